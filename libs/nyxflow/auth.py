@@ -1,0 +1,54 @@
+"""Credentials in gRPC metadata: a tenant's API key, or the internal secret plus a tenant id."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nyxflow.errors import Unauthenticated
+
+AUTHORIZATION = "authorization"
+INTERNAL = "x-nyxflow-internal"
+TENANT = "x-nyxflow-tenant"
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def hash_key(api_key: str) -> str:
+    """API keys are stored as their SHA-256: they are random, so no salt or KDF is needed."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def bearer_metadata(api_key: str) -> Metadata:
+    return ((AUTHORIZATION, f"Bearer {api_key}"),)
+
+
+def internal_metadata(secret: str, tenant_id: str) -> Metadata:
+    return ((INTERNAL, secret), (TENANT, tenant_id))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: exactly one of `api_key` (a tenant's key) or `tenant_id` (internal)."""
+
+    api_key: str | None = None
+    tenant_id: str | None = None
+
+
+def caller_from_metadata(metadata: Iterable[tuple[str, str | bytes]], secret: str) -> Caller:
+    values = {key.lower(): value for key, value in metadata if isinstance(value, str)}
+    internal = values.get(INTERNAL)
+    if internal is not None:
+        if not hmac.compare_digest(internal.encode(), secret.encode()):
+            raise Unauthenticated("invalid internal credentials")
+        tenant = values.get(TENANT)
+        if not tenant:
+            raise Unauthenticated(f"{TENANT} is required with internal credentials")
+        return Caller(tenant_id=tenant)
+    header = values.get(AUTHORIZATION, "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthenticated("missing API key: send 'authorization: Bearer <key>'")
+    return Caller(api_key=key.strip())

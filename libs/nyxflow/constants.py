@@ -1,0 +1,30 @@
+"""Step kinds and their defaults, in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+LLM: Final = "llm"
+FAN_OUT: Final = "fan_out"
+SYNTHESIS: Final = "synthesis"
+CONSISTENCY_CHECK: Final = "consistency_check"
+IMPLEMENTATION_PROMPT: Final = "implementation_prompt"
+TOOL: Final = "tool"
+
+STEP_KINDS: Final = frozenset(
+    {LLM, FAN_OUT, SYNTHESIS, CONSISTENCY_CHECK, IMPLEMENTATION_PROMPT, TOOL}
+)
+
+# Long-output kinds hit 8192 completion tokens in practice (the seeds' truncated steps).
+LONG_OUTPUT_MAX_TOKENS: Final = 16384
+DEFAULT_MAX_TOKENS: Final = 8192
+MAX_TOKENS_BY_KIND: Final = {
+    SYNTHESIS: LONG_OUTPUT_MAX_TOKENS,
+    IMPLEMENTATION_PROMPT: LONG_OUTPUT_MAX_TOKENS,
+}
+
+DEFAULT_PROVIDER: Final = "local"
+
+
+def default_max_tokens(kind: str) -> int:
+    return MAX_TOKENS_BY_KIND.get(kind, DEFAULT_MAX_TOKENS)

@@ -1,0 +1,43 @@
+"""Run and step statuses and event types: the vocabulary every service shares."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Run statuses.
+PENDING: Final = "pending"
+RUNNING: Final = "running"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+PAUSED: Final = "paused"
+CANCELLED: Final = "cancelled"
+SKIPPED: Final = "skipped"
+
+ACTIVE_RUN_STATUSES: Final = frozenset({PENDING, RUNNING})
+FINISHED_RUN_STATUSES: Final = frozenset({COMPLETED, FAILED, PAUSED, CANCELLED})
+STEP_STATUSES: Final = frozenset({PENDING, RUNNING, COMPLETED, FAILED, SKIPPED})
+
+# Event types.
+RUN_STARTED: Final = "run_started"
+STEP_STARTED: Final = "step_started"
+STEP_DELTA: Final = "step_delta"
+STEP_COMPLETED: Final = "step_completed"
+STEP_FAILED: Final = "step_failed"
+STEP_TRUNCATED: Final = "step_truncated"
+PROVIDER_FALLBACK: Final = "provider_fallback"
+FAN_OUT_PROGRESS: Final = "fan_out_progress"
+STEPS_GENERATED: Final = "steps_generated"
+RUN_PAUSED: Final = "run_paused"
+RUN_COMPLETED: Final = "run_completed"
+RUN_FAILED: Final = "run_failed"
+RUN_CANCELLED: Final = "run_cancelled"
+
+TERMINAL_EVENT_FOR_STATUS: Final = {
+    COMPLETED: RUN_COMPLETED,
+    FAILED: RUN_FAILED,
+    PAUSED: RUN_PAUSED,
+    CANCELLED: RUN_CANCELLED,
+}
+TERMINAL_EVENTS: Final = frozenset(TERMINAL_EVENT_FOR_STATUS.values())
+
+ORPHAN_ERROR: Final = "orphaned: lease expired"

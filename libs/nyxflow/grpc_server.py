@@ -1,0 +1,135 @@
+"""Server plumbing every gRPC service shares: errors → status codes, health, reflection, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from nyxflow.errors import NyxflowError, to_details
+
+log = logging.getLogger(__name__)
+
+# Long streams (WatchRun, Execute) stay open for minutes: keep the connections alive.
+CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_send_message_length", 32 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+)
+SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
+    *CHANNEL_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """The one place a NyxflowError becomes a gRPC status; anything else is INTERNAL, logged."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await unary(request, context)
+                except NyxflowError as error:
+                    await context.abort(error.code, to_details(error))
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception:
+                    log.exception("unhandled error", extra={"action": "rpc", "method": method})
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def unary_stream(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                try:
+                    async for response in stream(request, context):
+                        yield response
+                except NyxflowError as error:
+                    await context.abort(error.code, to_details(error))
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception:
+                    log.exception("unhandled error", extra={"action": "rpc", "method": method})
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+class GrpcService:
+    """A grpc.aio server with health and reflection, drained on SIGTERM/SIGINT."""
+
+    def __init__(self, service_names: Sequence[str], bind: str) -> None:
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+        self.health = health.aio.HealthServicer()
+        self.service_names = list(service_names)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = self.server.add_insecure_port(bind)
+        self._stop = asyncio.Event()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(
+        self,
+        *,
+        on_drain: Callable[[], Awaitable[None]] | None = None,
+        grace_s: float = 5.0,
+    ) -> None:
+        """Serve until SIGTERM/SIGINT or `request_stop`, then drain: NOT_SERVING first."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._stop.set)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        await self.server.start()
+        await self.set_serving(True)
+        await self._stop.wait()
+        await self.set_serving(False)
+        if on_drain is not None:
+            await on_drain()
+        await self.server.stop(grace_s)

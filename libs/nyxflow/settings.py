@@ -1,0 +1,18 @@
+"""Settings shared by every service; each service subclasses this once."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Environment variables all start with NYXFLOW_."""
+
+    model_config = SettingsConfigDict(env_prefix="NYXFLOW_", extra="ignore")
+
+    # Shared by the services so that the engine may write on behalf of a run's tenant.
+    internal_secret: str = "nyxflow-dev-internal-secret"
+    log_level: str = "INFO"
+    runs_addr: str = "127.0.0.1:50051"
+    engine_addr: str = "127.0.0.1:50052"
+    rpc_timeout_s: float = 10.0

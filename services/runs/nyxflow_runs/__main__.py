@@ -1,0 +1,36 @@
+"""`python -m nyxflow_runs [serve|migrate]`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from nyxflow import logs
+from nyxflow_runs import migrate
+from nyxflow_runs.db import create_engine
+from nyxflow_runs.service import serve
+from nyxflow_runs.settings import RunsSettings
+
+
+async def _migrate(settings: RunsSettings) -> None:
+    engine = create_engine(settings.database_url)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    settings = RunsSettings()
+    logs.configure("runs", settings.log_level)
+    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+    if command == "migrate":
+        asyncio.run(_migrate(settings))
+    elif command == "serve":
+        asyncio.run(serve(settings))
+    else:
+        sys.exit(f"usage: python -m nyxflow_runs [serve|migrate], not {command!r}")
+
+
+if __name__ == "__main__":
+    main()

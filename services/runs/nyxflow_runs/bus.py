@@ -1,0 +1,129 @@
+"""Live fan-out of persisted events to watchers: in-process, or Redis pub/sub between replicas.
+
+The bus is only a fast path. Watchers read the database first and whenever they see a gap or
+hear nothing for a while, so a lost message (or Redis being down) delays an event, never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
+
+log = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "nyxflow:run:"
+QUEUE_BATCHES = 256
+
+
+class Subscription:
+    """One watcher's inbox for one run. On overflow it is marked and drained: re-read the DB."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.queue: asyncio.Queue[Sequence[pb.RunEvent]] = asyncio.Queue(QUEUE_BATCHES)
+        self.overflowed = False
+
+    def deliver(self, events: Sequence[pb.RunEvent]) -> None:
+        try:
+            self.queue.put_nowait(events)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    async def next_batch(self, timeout_s: float) -> Sequence[pb.RunEvent] | None:
+        """The next batch, or None after `timeout_s` of silence."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout_s)
+        except TimeoutError:
+            return None
+
+
+class LocalBus:
+    """Delivers within this process; the default when no Redis is configured."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscription]] = defaultdict(set)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def subscribe(self, run_id: str) -> Subscription:
+        sub = Subscription(run_id)
+        self._subs[run_id].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.run_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.run_id]
+
+    def dispatch(self, run_id: str, events: Sequence[pb.RunEvent]) -> None:
+        for sub in tuple(self._subs.get(run_id, ())):
+            sub.deliver(events)
+
+    async def publish(self, run_id: str, events: Sequence[pb.RunEvent]) -> None:
+        self.dispatch(run_id, events)
+
+    def watcher_count(self) -> int:
+        return sum(len(subs) for subs in self._subs.values())
+
+
+class RedisBus(LocalBus):
+    """Publishes to Redis; one pattern subscription per process feeds the local watchers."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._redis = aioredis.from_url(url)
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_forever(), name="redis-bus-reader")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._redis.aclose()
+
+    async def publish(self, run_id: str, events: Sequence[pb.RunEvent]) -> None:
+        payload = runs_pb2.WriteResponse(events=events).SerializeToString()
+        try:
+            await self._redis.publish(CHANNEL_PREFIX + run_id, payload)
+        except (aioredis.RedisError, OSError) as error:
+            # Watchers fall back to polling the database; the write itself already committed.
+            log.warning("redis publish failed", extra={"action": "bus", "error": str(error)})
+            self.dispatch(run_id, events)
+
+    async def _read_forever(self) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                    async for message in pubsub.listen():
+                        if message.get("type") != "pmessage":
+                            continue
+                        channel = message["channel"].decode()
+                        batch = runs_pb2.WriteResponse.FromString(message["data"])
+                        self.dispatch(channel.removeprefix(CHANNEL_PREFIX), batch.events)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # Redis down: retry; watchers poll meanwhile.
+                log.warning("redis bus reconnecting", extra={"action": "bus", "error": str(error)})
+                await asyncio.sleep(1.0)
+
+
+def create_bus(redis_url: str | None) -> LocalBus:
+    return RedisBus(redis_url) if redis_url else LocalBus()

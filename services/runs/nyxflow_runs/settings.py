@@ -1,0 +1,15 @@
+"""Settings of the runs service."""
+
+from __future__ import annotations
+
+from nyxflow.settings import CommonSettings
+
+
+class RunsSettings(CommonSettings):
+    database_url: str = "sqlite+aiosqlite:///.nyxflow/nyxflow.db"
+    redis_url: str | None = None
+    api_key: str = "dev-key"  # the default tenant's key, stored hashed
+    runs_listen: str = "127.0.0.1:50051"
+    sweep_interval_s: float = 5.0
+    watch_poll_s: float = 1.0  # how often a watcher re-reads the database when the bus is quiet
+    migrate_on_start: bool = True

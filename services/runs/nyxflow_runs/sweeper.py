@@ -1,0 +1,23 @@
+"""The orphan sweeper: fails runs whose engine stopped renewing its lease."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nyxflow_runs.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def sweep_forever(store: Store, interval_s: float) -> None:
+    while True:
+        try:
+            swept = await store.sweep_orphans_all_tenants()
+            for run_id in swept:
+                log.warning("swept orphaned run", extra={"action": "sweep", "run_id": run_id})
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a database hiccup must not kill the loop
+            log.exception("sweep failed", extra={"action": "sweep"})
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,34 @@
+"""Resolves a call's credentials to its tenant; API keys are cached briefly."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from nyxflow.auth import caller_from_metadata
+from nyxflow_runs.store import Store
+
+KEY_CACHE_S = 5.0  # a revoked key stops working within this long
+
+
+class Tenancy:
+    def __init__(self, store: Store, internal_secret: str) -> None:
+        self._store = store
+        self._secret = internal_secret
+        self._keys: dict[str, tuple[str, float]] = {}
+
+    async def tenant_of(self, context: grpc.aio.ServicerContext) -> str:
+        caller = caller_from_metadata(context.invocation_metadata() or (), self._secret)
+        if caller.tenant_id is not None:
+            return caller.tenant_id
+        assert caller.api_key is not None
+        cached = self._keys.get(caller.api_key)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        tenant_id = await self._store.tenant_for_key(caller.api_key)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[caller.api_key] = (tenant_id, now + KEY_CACHE_S)
+        return tenant_id

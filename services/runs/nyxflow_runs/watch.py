@@ -1,0 +1,52 @@
+"""WatchRun: replay from the database, then the live tail from the bus, never a gap or a repeat."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from nyxflow import events as ev
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_runs.bus import LocalBus
+from nyxflow_runs.store import Store
+
+PAGE = 500
+
+
+async def watch_run(
+    store: Store, bus: LocalBus, tenant_id: str, run_id: str, after_seq: int, poll_s: float
+) -> AsyncIterator[pb.RunEvent]:
+    await store.run_status(tenant_id, run_id)  # NotFound before anything streams
+    # Subscribe before the first read so nothing published in between is missed.
+    sub = bus.subscribe(run_id)
+    try:
+        last = after_seq
+        while True:
+            page = await store.events_after(tenant_id, run_id, last, PAGE)
+            for event in page:
+                yield event
+                last = event.seq
+                if event.type in ev.TERMINAL_EVENTS:
+                    return
+            if len(page) == PAGE:
+                continue
+            if sub.overflowed:  # we fell behind the bus: the database has it all
+                sub.overflowed = False
+                while not sub.queue.empty():
+                    sub.queue.get_nowait()
+                continue
+            # Live tail until a gap, silence (poll the database) or the end.
+            while (batch := await sub.next_batch(poll_s)) is not None:
+                for event in batch:
+                    if event.seq <= last:
+                        continue
+                    if event.seq != last + 1:
+                        break  # a gap: fill it from the database
+                    yield event
+                    last = event.seq
+                    if event.type in ev.TERMINAL_EVENTS:
+                        return
+                else:
+                    continue
+                break
+    finally:
+        bus.unsubscribe(sub)
