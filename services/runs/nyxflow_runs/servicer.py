@@ -24,7 +24,9 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         self._tenancy = tenancy
         self._poll_s = poll_s
 
-    async def CreateWorkflow(self, request: runs_pb2.CreateWorkflowRequest, context: Ctx) -> pb.Workflow:
+    async def CreateWorkflow(
+        self, request: runs_pb2.CreateWorkflowRequest, context: Ctx
+    ) -> pb.Workflow:
         tenant = await self._tenancy.tenant_of(context)
         name = valid.workflow_name(request.name)
         return await self._store.create_workflow(tenant, name, valid.step_drafts(request.steps))

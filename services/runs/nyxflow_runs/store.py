@@ -14,7 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nyxflow import events as ev
 from nyxflow.auth import hash_key
-from nyxflow.errors import FailedPrecondition, InvalidArgument, NotFound, StaleToken, Unauthenticated
+from nyxflow.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StaleToken,
+    Unauthenticated,
+)
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
@@ -89,7 +95,9 @@ class Store:
 
     # --- workflows --------------------------------------------------------------------
 
-    async def create_workflow(self, tenant_id: str, name: str, drafts: Sequence[StepDraft]) -> pb.Workflow:
+    async def create_workflow(
+        self, tenant_id: str, name: str, drafts: Sequence[StepDraft]
+    ) -> pb.Workflow:
         async with self._sessions.begin() as session:
             workflow = Workflow(tenant_id=tenant_id, name=name)
             session.add(workflow)
@@ -152,9 +160,7 @@ class Store:
                 await session.flush()
                 return convert.run(run)
         except IntegrityError:
-            raise FailedPrecondition(
-                f"workflow {workflow_id} already has an active run"
-            ) from None
+            raise FailedPrecondition(f"workflow {workflow_id} already has an active run") from None
 
     async def get_run(self, tenant_id: str, run_id: str) -> pb.Run:
         async with self._sessions() as session:
@@ -346,7 +352,9 @@ class Store:
             ).all()
             for row in swept:
                 draft = Draft(ev.RUN_FAILED, {"status": ev.FAILED, "error": ev.ORPHAN_ERROR})
-                written = await self._insert_events(session, row.tenant_id, row.id, row.last_seq, [draft])
+                written = await self._insert_events(
+                    session, row.tenant_id, row.id, row.last_seq, [draft]
+                )
                 published.append((row.id, written))
             await self._settle_running_steps(
                 session, [row.workflow_id for row in swept], ev.FAILED, ev.ORPHAN_ERROR
@@ -469,4 +477,3 @@ class Store:
                 )
             ).all()
         )
-

@@ -60,7 +60,9 @@ def step_drafts(specs: Sequence[pb.StepSpec]) -> list[StepDraft]:
         seen.add(name)
         if spec.kind not in STEP_KINDS:
             allowed = ", ".join(sorted(STEP_KINDS))
-            raise InvalidArgument(f"unknown kind {spec.kind!r} (one of {allowed})", field=f"{at}.kind")
+            raise InvalidArgument(
+                f"unknown kind {spec.kind!r} (one of {allowed})", field=f"{at}.kind"
+            )
         if spec.max_tokens < 0:
             raise InvalidArgument("must not be negative", field=f"{at}.max_tokens")
         drafts.append(

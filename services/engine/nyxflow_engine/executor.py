@@ -1,0 +1,65 @@
+"""Claims runs and owns their executions for the life of the engine process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from nyxflow.auth import Metadata, internal_metadata
+from nyxflow.client import RunsClient
+from nyxflow.errors import FailedPrecondition
+from nyxflow_engine.execution import Execution
+from nyxflow_engine.feed import RunFeed
+from nyxflow_engine.providers.registry import Providers
+from nyxflow_engine.settings import EngineSettings
+from nyxflow_engine.writer import RunWriter
+
+log = logging.getLogger(__name__)
+
+
+class Executor:
+    def __init__(
+        self, channel: grpc.aio.Channel, settings: EngineSettings, providers: Providers
+    ) -> None:
+        self._channel = channel
+        self._settings = settings
+        self._providers = providers
+        self._executions: dict[str, Execution] = {}
+
+    @property
+    def active(self) -> int:
+        return len(self._executions)
+
+    async def start(self, run_id: str, caller: Metadata) -> RunFeed:
+        """Claim `run_id` with the caller's credentials and start it; FAILED_PRECONDITION if
+        the run is not pending or another caller won the claim."""
+        settings = self._settings
+        claimant = RunsClient(self._channel, caller, settings.rpc_timeout_s)
+        claim = await claimant.claim_run(run_id, settings.engine_id, settings.lease_ttl_s)
+        if not claim.won:
+            raise FailedPrecondition(f"run {run_id} is {claim.run.status}, not pending")
+        # From here on the engine writes for the run's tenant, whatever the caller does.
+        runs = RunsClient(
+            self._channel,
+            internal_metadata(settings.internal_secret, claim.run.tenant_id),
+            settings.rpc_timeout_s,
+        )
+        feed = RunFeed()
+        await feed.extend(claim.events)
+        writer = RunWriter(runs, run_id, claim.token, feed, settings.write_retry_s)
+        execution = Execution(writer, claim.run.steps, settings, self._providers)
+        self._executions[run_id] = execution
+        execution.start().add_done_callback(lambda _: self._executions.pop(run_id, None))
+        log.info("run claimed", extra={"run_id": run_id, "token": claim.token})
+        return feed
+
+    async def drain(self, grace_s: float) -> None:
+        """On shutdown: pause every run we hold and wait (bounded) for them to record it."""
+        executions = list(self._executions.values())
+        for execution in executions:
+            execution.pause()
+        tasks = [e.task for e in executions if e.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)

@@ -1,0 +1,42 @@
+"""A run's persisted events, in seq order, for any number of Execute callers to follow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from nyxflow.v1 import common_pb2 as pb
+
+
+class RunFeed:
+    def __init__(self) -> None:
+        self._events: list[pb.RunEvent] = []
+        self._changed = asyncio.Condition()
+        self._closed = False
+
+    async def extend(self, events: Sequence[pb.RunEvent]) -> None:
+        if not events:
+            return
+        async with self._changed:
+            self._events.extend(events)
+            self._changed.notify_all()
+
+    async def close(self) -> None:
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    async def follow(self) -> AsyncIterator[pb.RunEvent]:
+        """Every event from the first; ends when the feed closes. Cancelling only stops
+        this follower."""
+        index = 0
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: index < len(self._events) or self._closed)
+                batch = self._events[index:]
+                closed = self._closed
+            for event in batch:
+                yield event
+            index += len(batch)
+            if closed and index >= len(self._events):
+                return

@@ -1,0 +1,48 @@
+"""The provider interface: stream a completion, report usage and why it stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nyxflow.errors import NyxflowError
+
+OnDelta = Callable[[str], Awaitable[None]]
+
+FINISH_STOP = "stop"
+FINISH_MAX_TOKENS = "max_tokens"
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompt: str
+    model: str
+    max_tokens: int
+    system: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+    served_by: str
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == FINISH_MAX_TOKENS
+
+
+class ProviderError(NyxflowError):
+    """The provider could not complete the request."""
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(self, request: CompletionRequest, on_delta: OnDelta) -> Completion:
+        """Stream the completion through `on_delta`, then return it whole."""
+        ...

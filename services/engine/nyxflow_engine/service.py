@@ -1,0 +1,35 @@
+"""Assembles the engine: a channel to runs, the executor and the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nyxflow.client import open_channel
+from nyxflow.grpc_server import GrpcService
+from nyxflow.v1 import engine_pb2, engine_pb2_grpc
+from nyxflow_engine.executor import Executor
+from nyxflow_engine.providers.registry import Providers
+from nyxflow_engine.servicer import EngineServicer
+from nyxflow_engine.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["Engine"].full_name
+
+
+async def serve(settings: EngineSettings, started: asyncio.Event | None = None) -> None:
+    channel = open_channel(settings.runs_addr)
+    executor = Executor(channel, settings, Providers())
+    service = GrpcService([SERVICE_NAME], settings.engine_listen)
+    engine_pb2_grpc.add_EngineServicer_to_server(EngineServicer(executor), service.server)
+    log.info("engine serving", extra={"action": "start", "engine_id": settings.engine_id})
+    if started is not None:
+        started.set()
+    try:
+        await service.run(
+            on_drain=lambda: executor.drain(settings.shutdown_grace_s),
+            grace_s=settings.shutdown_grace_s,
+        )
+    finally:
+        await channel.close()

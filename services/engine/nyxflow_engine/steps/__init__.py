@@ -1,0 +1,1 @@
+"""Step kinds: each turns a step (and earlier outputs) into a completion."""
