@@ -84,7 +84,7 @@ class RunsClient:
     async def heartbeat(self, run_id: str, token: int, ttl_s: float) -> float:
         request = runs_pb2.HeartbeatRequest(run_id=run_id, token=token, lease_ttl_s=ttl_s)
         response = await _unary(self._stub.Heartbeat(request, **self._kw()))
-        return response.lease_expires_at
+        return float(response.lease_expires_at)
 
     async def append_events(
         self, run_id: str, token: int, events: Sequence[pb.EventDraft]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -31,7 +32,7 @@ SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
 )
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The one place a NyxflowError becomes a gRPC status; anything else is INTERNAL, logged."""
 
     async def intercept_service(
@@ -90,7 +91,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 class GrpcService:
     """A grpc.aio server with health and reflection, drained on SIGTERM/SIGINT."""
 
-    def __init__(self, service_names: Sequence[str], bind: str) -> None:
+    def __init__(
+        self, service_names: Sequence[str], bind: str, stop: asyncio.Event | None = None
+    ) -> None:
         self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
         self.health = health.aio.HealthServicer()
         self.service_names = list(service_names)
@@ -99,7 +102,9 @@ class GrpcService:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self.port = self.server.add_insecure_port(bind)
-        self._stop = asyncio.Event()
+        # An embedding caller (a test) passes its own stop event; a process stops on signals.
+        self._signals = stop is None
+        self._stop = stop or asyncio.Event()
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -118,16 +123,17 @@ class GrpcService:
         *,
         on_drain: Callable[[], Awaitable[None]] | None = None,
         grace_s: float = 5.0,
+        ready: asyncio.Event | None = None,
     ) -> None:
         """Serve until SIGTERM/SIGINT or `request_stop`, then drain: NOT_SERVING first."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+        for sig in (signal.SIGTERM, signal.SIGINT) if self._signals else ():
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(sig, self._stop.set)
-            except (NotImplementedError, RuntimeError):  # not the main thread
-                pass
         await self.server.start()
         await self.set_serving(True)
+        if ready is not None:
+            ready.set()
         await self._stop.wait()
         await self.set_serving(False)
         if on_drain is not None:

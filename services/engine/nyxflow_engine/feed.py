@@ -32,7 +32,8 @@ class RunFeed:
         index = 0
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: index < len(self._events) or self._closed)
+                while index >= len(self._events) and not self._closed:
+                    await self._changed.wait()
                 batch = self._events[index:]
                 closed = self._closed
             for event in batch:

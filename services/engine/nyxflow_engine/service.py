@@ -18,18 +18,23 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["Engine"].full_name
 
 
-async def serve(settings: EngineSettings, started: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: EngineSettings,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, or until `stop` is set when embedded (tests)."""
     channel = open_channel(settings.runs_addr)
     executor = Executor(channel, settings, Providers())
-    service = GrpcService([SERVICE_NAME], settings.engine_listen)
+    service = GrpcService([SERVICE_NAME], settings.engine_listen, stop)
     engine_pb2_grpc.add_EngineServicer_to_server(EngineServicer(executor), service.server)
     log.info("engine serving", extra={"action": "start", "engine_id": settings.engine_id})
-    if started is not None:
-        started.set()
     try:
         await service.run(
             on_drain=lambda: executor.drain(settings.shutdown_grace_s),
             grace_s=settings.shutdown_grace_s,
+            ready=ready,
         )
     finally:
         await channel.close()

@@ -22,7 +22,13 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = runs_pb2.DESCRIPTOR.services_by_name["Runs"].full_name
 
 
-async def serve(settings: RunsSettings, started: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: RunsSettings,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, or until `stop` is set when embedded (tests)."""
     engine = create_engine(settings.database_url)
     if settings.migrate_on_start:
         await migrate.upgrade(engine)
@@ -30,17 +36,15 @@ async def serve(settings: RunsSettings, started: asyncio.Event | None = None) ->
     await bus.start()
     store = Store(session_factory(engine), bus)
     await store.ensure_default_tenant(settings.api_key)
-    service = GrpcService([SERVICE_NAME], settings.runs_listen)
+    service = GrpcService([SERVICE_NAME], settings.runs_listen, stop)
     runs_pb2_grpc.add_RunsServicer_to_server(
         RunsServicer(store, bus, Tenancy(store, settings.internal_secret), settings.watch_poll_s),
         service.server,
     )
     sweeper = asyncio.create_task(sweep_forever(store, settings.sweep_interval_s), name="sweeper")
     log.info("runs serving", extra={"action": "start", "listen": settings.runs_listen})
-    if started is not None:
-        started.set()
     try:
-        await service.run()
+        await service.run(ready=ready)
     finally:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):

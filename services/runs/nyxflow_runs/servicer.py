@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
 
+from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2, runs_pb2_grpc
 from nyxflow_runs import validation as valid
@@ -14,7 +16,7 @@ from nyxflow_runs.store import Draft, Store
 from nyxflow_runs.tenancy import Tenancy
 from nyxflow_runs.watch import watch_run
 
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = grpc.aio.ServicerContext
 
 
 class RunsServicer(runs_pb2_grpc.RunsServicer):
@@ -113,7 +115,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         tenant = await self._tenancy.tenant_of(context)
         run_id = valid.require_id(request.run_id, "run_id")
         if request.after_seq < 0:
-            raise valid.InvalidArgument("must not be negative", field="after_seq")
+            raise InvalidArgument("must not be negative", field="after_seq")
         async for event in watch_run(
             self._store, self._bus, tenant, run_id, request.after_seq, self._poll_s
         ):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import Row, and_, insert, select, update
+from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -209,7 +209,7 @@ class Store:
             )
             if expires is None:
                 await self._refuse(session, tenant_id, run_id)
-        return float(expires)
+        return float(expires or 0.0)
 
     async def append_events(
         self, tenant_id: str, run_id: str, token: int, drafts: Sequence[Draft]
@@ -334,7 +334,7 @@ class Store:
             conditions.append(Run.workflow_id == workflow_id)
         published: list[tuple[str, list[pb.RunEvent]]] = []
         async with self._sessions.begin() as session:
-            swept: Sequence[Row[Any]] = (
+            swept = (
                 await session.execute(
                     update(Run)
                     .where(and_(*conditions))
@@ -374,7 +374,7 @@ class Store:
             Run.status == ev.RUNNING,
         )
 
-    async def _refuse(self, session: AsyncSession, tenant_id: str, run_id: str) -> None:
+    async def _refuse(self, session: AsyncSession, tenant_id: str, run_id: str) -> NoReturn:
         run = await self._run(session, tenant_id, run_id)  # NotFound if not ours
         raise StaleToken(f"stale fencing token: run {run_id} is {run.status}")
 
@@ -409,7 +409,7 @@ class Store:
         )
         if last_seq is None:
             await self._refuse(session, tenant_id, run_id)
-        first = int(last_seq) - len(drafts) + 1
+        first = last_seq - len(drafts) + 1
         return await self._insert_events(session, tenant_id, run_id, first, drafts)
 
     @staticmethod

@@ -89,9 +89,12 @@ def _pieces(prompt: str, tokens: int, items: int) -> list[str]:
     """The output, split into exactly `tokens` pieces (or fewer if the text is shorter)."""
     if not items:
         return [word + " " for word in _words(prompt, tokens)]
-    text = "".join(
-        f"## Item {i + 1}: {_words(f'{prompt}/{i}', 1)[0]}\n{' '.join(_words(f'{prompt}#{i}', 6))}\n\n"
-        for i in range(items)
-    )
+    text = "".join(_item(prompt, i) for i in range(items))
     size = max(1, -(-len(text) // tokens))
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _item(prompt: str, index: int) -> str:
+    heading = _words(f"{prompt}/{index}", 1)[0]
+    line = " ".join(_words(f"{prompt}#{index}", 6))
+    return f"## Item {index + 1}: {heading}\n{line}\n\n"
