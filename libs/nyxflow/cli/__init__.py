@@ -1,0 +1,1 @@
+"""The `nyxflow` command line."""

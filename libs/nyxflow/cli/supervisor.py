@@ -1,0 +1,84 @@
+"""Runs the three services as child processes, watches them, stops them all together."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVICES = ("runs", "engine", "gateway")
+STOP_GRACE_S = 15.0
+
+
+@dataclass
+class Supervisor:
+    env: Mapping[str, str]
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @classmethod
+    def with_shared_secret(cls) -> Supervisor:
+        env = dict(os.environ)
+        # The services must agree on the internal secret; a fresh one per `up` unless set.
+        env.setdefault("NYXFLOW_INTERNAL_SECRET", secrets.token_urlsafe(24))
+        return cls(env)
+
+    def start(self, name: str) -> None:
+        self.children[name] = subprocess.Popen(
+            [sys.executable, "-m", f"nyxflow_{name}"], env=dict(self.env)
+        )
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.children.items() if p.poll() is not None]
+
+    def stop(self) -> None:
+        """SIGTERM in reverse order (gateway first: it holds the browsers), then wait."""
+        for name in reversed(SERVICES):
+            child = self.children.get(name)
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in self.children.values():
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def wait_grpc_serving(address: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{address} did not become SERVING within {timeout_s}s")
+            time.sleep(0.1)
+
+
+def wait_http_ok(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+        time.sleep(0.1)

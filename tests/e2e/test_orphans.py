@@ -1,0 +1,70 @@
+"""Engines that die or freeze: the sweeper fails their runs, and a zombie writes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import httpx
+
+from nyxflow import events as ev
+from tests.support.eventually import eventually
+from tests.support.gateway_api import create_workflow, get_run, start_run, steps
+from tests.support.processes import LEASE_TTL_S, ProcessStack
+from tests.support.sse_client import read_events
+
+
+async def _start_long_run(http: httpx.AsyncClient, stack: ProcessStack, name: str) -> str:
+    workflow = await create_workflow(http, stack, name, steps(3, tokens=200, token_delay_ms=20))
+    run_id = await start_run(http, stack, workflow["id"])
+    # Connect, see it running, then leave: the run goes on in the engine.
+    await read_events(http, f"/v1/runs/{run_id}/events", stack.headers, limit=3)
+    return run_id
+
+
+async def test_sigkill_engine_run_is_swept_failed_within_two_ttl(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    run_id = await _start_long_run(http, stack, "killed")
+    stack.kill("engine")
+    killed_at = time.monotonic()
+    try:
+        run = await eventually(
+            lambda: get_run(http, stack, run_id),
+            lambda r: r["status"] != "running",
+            timeout_s=2 * LEASE_TTL_S + 1,
+            what="orphan swept",
+        )
+        assert time.monotonic() - killed_at <= 2 * LEASE_TTL_S + 1
+        assert run["status"] == "failed" and run["error"] == ev.ORPHAN_ERROR
+        assert "running" not in [s["status"] for s in run["steps"]]
+        events = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
+        assert events[-1].event == ev.RUN_FAILED and events[-1].json["error"] == ev.ORPHAN_ERROR
+    finally:
+        stack.start("engine")
+
+
+async def test_frozen_engine_is_swept_and_its_later_writes_are_refused(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    run_id = await _start_long_run(http, stack, "frozen")
+    stack.signal("engine", signal.SIGSTOP)
+    try:
+        swept = await eventually(
+            lambda: get_run(http, stack, run_id),
+            lambda r: r["status"] != "running",
+            timeout_s=2 * LEASE_TTL_S + 1,
+            what="frozen run swept",
+        )
+        assert swept["status"] == "failed" and swept["error"] == ev.ORPHAN_ERROR
+        stack.signal("engine", signal.SIGCONT)
+        # Give the zombie time to try: its next delta write and heartbeat must bounce.
+        await asyncio.sleep(LEASE_TTL_S)
+        after = await get_run(http, stack, run_id)
+        assert after == swept
+        assert "stale fencing token" in stack.log_text("engine") or "lease lost" in stack.log_text(
+            "engine"
+        )
+    finally:
+        stack.restart("engine")
