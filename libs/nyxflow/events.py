@@ -15,7 +15,7 @@ SKIPPED: Final = "skipped"
 
 ACTIVE_RUN_STATUSES: Final = frozenset({PENDING, RUNNING})
 FINISHED_RUN_STATUSES: Final = frozenset({COMPLETED, FAILED, PAUSED, CANCELLED})
-STEP_STATUSES: Final = frozenset({PENDING, RUNNING, COMPLETED, FAILED, SKIPPED})
+STEP_STATUSES: Final = frozenset({PENDING, RUNNING, COMPLETED, FAILED, SKIPPED, CANCELLED})
 
 # Event types.
 RUN_STARTED: Final = "run_started"
@@ -31,6 +31,10 @@ RUN_PAUSED: Final = "run_paused"
 RUN_COMPLETED: Final = "run_completed"
 RUN_FAILED: Final = "run_failed"
 RUN_CANCELLED: Final = "run_cancelled"
+# Operations, recorded as the first event of the run they create.
+STEP_RETRIED: Final = "step_retried"
+WORKFLOW_RESUMED: Final = "workflow_resumed"
+WORKFLOW_RERUN: Final = "workflow_rerun"
 
 TERMINAL_EVENT_FOR_STATUS: Final = {
     COMPLETED: RUN_COMPLETED,

@@ -68,3 +68,24 @@ async def test_frozen_engine_is_swept_and_its_later_writes_are_refused(
         )
     finally:
         stack.restart("engine")
+
+
+async def test_sigterm_engine_pauses_its_runs_never_leaves_them_running(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    run_id = await _start_long_run(http, stack, "drained")
+    stack.signal("engine", signal.SIGTERM)
+    try:
+        run = await eventually(
+            lambda: get_run(http, stack, run_id),
+            lambda r: r["status"] != "running",
+            timeout_s=LEASE_TTL_S,  # well before any sweep could have done it
+            what="run paused by the draining engine",
+        )
+        assert run["status"] == "paused" and run["error"] == "engine shut down"
+        assert [s["status"] for s in run["steps"]][0] in ("completed", "pending")
+        assert "running" not in [s["status"] for s in run["steps"]]
+        events = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
+        assert events[-1].event == ev.RUN_PAUSED
+    finally:
+        stack.restart("engine")

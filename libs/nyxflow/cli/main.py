@@ -47,8 +47,10 @@ def up(
             console.print(
                 f"  SSE       {base}/v1/runs/{run.id}/events?access_token={settings.api_key}"
             )
-            console.print(f"            curl -N -H 'Authorization: Bearer {settings.api_key}' "
-                          f"{base}/v1/runs/{run.id}/events")
+            console.print(
+                f"            curl -N -H 'Authorization: Bearer {settings.api_key}' "
+                f"{base}/v1/runs/{run.id}/events"
+            )
         console.print("Ctrl-C stops all three.")
         while not (dead := supervisor.dead()):
             time.sleep(0.5)

@@ -1,6 +1,6 @@
 """One claimed run, executing in a task the engine owns: steps in order, lease renewed by
-heartbeat, and every way out (success, step error, bug, cancel, shutdown, lost lease) written
-to the database before anything else."""
+heartbeat, and every way out (success, step error, bug, pause, cancel, shutdown, lost lease)
+written to the database before anything else."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_engine.providers.registry import Providers
 from nyxflow_engine.settings import EngineSettings
-from nyxflow_engine.steps.context import DeltaBuffer, StepContext
+from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult
+from nyxflow_engine.steps.generation import already_generated, generated_specs
 from nyxflow_engine.steps.registry import runner_for
 from nyxflow_engine.writer import LeaseLost, RunWriter, draft
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_ERROR = "engine shut down"
 CANCELLED_ERROR = "execution cancelled"
+PAUSED_BY_USER = "paused by user"
 
 
 class StepFailed(Exception):
@@ -39,13 +41,13 @@ class Execution:
     def __init__(
         self,
         writer: RunWriter,
-        steps: Sequence[pb.Step],
+        run: pb.Run,
         settings: EngineSettings,
         providers: Providers,
     ) -> None:
         self.writer = writer
         self.run_id = writer.run_id
-        self._steps = list(steps)
+        self._run_pb = run
         self._settings = settings
         self._providers = providers
         self._pausing = False
@@ -69,9 +71,11 @@ class Execution:
             await self._execute_steps()
             await self.writer.finish(ev.COMPLETED)
             log.info("run completed", extra=extra)
+        except PauseRequested:
+            await self._finish_quietly(ev.PAUSED, PAUSED_BY_USER)
         except LeaseLost as error:
             log.warning(
-                "lease lost, stopping without writing", extra={**extra, "error": str(error)}
+                "lease lost; stopping, writing nothing", extra={**extra, "error": str(error)}
             )
         except asyncio.CancelledError:
             if not self._lease_lost:
@@ -106,7 +110,7 @@ class Execution:
             try:
                 await self.writer.heartbeat(self._settings.lease_ttl_s)
             except LeaseLost:
-                # Swept or reclaimed while we were away: a zombie must stop, writing nothing.
+                # Swept, cancelled or reclaimed: a zombie must stop, writing nothing.
                 self._lease_lost = True
                 if self.task is not None:
                     self.task.cancel()
@@ -115,25 +119,56 @@ class Execution:
                 log.warning("heartbeat failed", extra={"run_id": self.run_id, "error": str(error)})
 
     async def _execute_steps(self) -> None:
-        # Resume semantics: every step not completed runs, in order, whatever follows it.
-        outputs = {s.name: s.output for s in self._steps if s.status == ev.COMPLETED}
-        for step in self._steps:
-            if step.status == ev.COMPLETED:
-                continue
-            outputs[step.name] = await self._execute_step(step, outputs)
+        """Resume semantics: every step not completed runs, in order, whatever follows it.
 
-    async def _execute_step(self, step: pb.Step, outputs: dict[str, str]) -> str:
+        The list can grow while we go (a synthesis generates steps right after itself)."""
+        steps: Sequence[pb.Step] = list(self._run_pb.steps)
+        outputs = {s.name: s.output for s in steps if s.status == ev.COMPLETED}
+        position = 0
+        while position < len(steps):
+            step = steps[position]
+            if step.status != ev.COMPLETED:
+                if self.writer.pause_requested:
+                    raise PauseRequested()
+                outputs[step.name] = await self._execute_step(step, steps, outputs)
+                done = pb.Step()
+                done.CopyFrom(step)
+                done.status, done.output = ev.COMPLETED, outputs[step.name]
+                step = done
+            if step.spec.generates and not already_generated(step, steps):
+                await self._generate(step, steps)
+                steps = await self.writer.current_steps()
+            position += 1
+
+    async def _generate(self, synthesis: pb.Step, steps: Sequence[pb.Step]) -> None:
+        workflow = await self.writer.workflow(self._run_pb.workflow_id)
+        specs = generated_specs(synthesis, steps, workflow.consistency_check)
+        await self.writer.generate(
+            synthesis.id,
+            specs,
+            draft(
+                ev.STEPS_GENERATED,
+                after_step_id=synthesis.id,
+                count=len(specs),
+                names=[s.name for s in specs],
+            ),
+        )
+
+    async def _execute_step(
+        self, step: pb.Step, steps: Sequence[pb.Step], outputs: dict[str, str]
+    ) -> str:
         ids = {"step_id": step.id, "name": step.name}
         await self.writer.step(
             step.id,
             runs_pb2.StepChange(status=ev.RUNNING),
             draft(ev.STEP_STARTED, **ids, kind=step.kind, order=step.order),
         )
-        deltas = DeltaBuffer(self.writer, step.id, self._settings.delta_flush_ms / 1000)
-        context = StepContext(step, outputs, self.writer, self._providers, deltas)
+        context = StepContext(
+            step, steps, outputs, self.writer, self._providers, self._settings.delta_flush_ms / 1000
+        )
         try:
-            completion = await runner_for(step.kind)(context)
-        except (LeaseLost, asyncio.CancelledError):
+            result = await runner_for(step.kind)(context)
+        except (LeaseLost, PauseRequested, asyncio.CancelledError):
             raise
         except Exception as error:
             message = describe(error)
@@ -143,39 +178,49 @@ class Execution:
                 draft(ev.STEP_FAILED, **ids, error=message),
             )
             raise StepFailed(f"step {step.name!r} failed: {message}") from error
+        await self._complete_step(step, result)
+        return result.output
+
+    async def _complete_step(self, step: pb.Step, result: StepResult) -> None:
+        ids = {"step_id": step.id, "name": step.name}
         drafts = []
-        if completion.truncated:
+        if result.truncated:
             drafts.append(
-                draft(
-                    ev.STEP_TRUNCATED,
-                    **ids,
-                    max_tokens=step.max_tokens,
-                    output_tokens=completion.output_tokens,
-                )
+                draft(ev.STEP_TRUNCATED, **ids, used=result.output_tokens, limit=step.max_tokens)
             )
         drafts.append(
             draft(
                 ev.STEP_COMPLETED,
                 **ids,
-                output=completion.text,
-                truncated=completion.truncated,
-                finish_reason=completion.finish_reason,
-                input_tokens=completion.input_tokens,
-                output_tokens=completion.output_tokens,
-                served_by=completion.served_by,
+                output=result.output,
+                truncated=result.truncated,
+                finish_reason=result.finish_reason,
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+                served_by=result.served_by,
+                alternatives=len(result.alternatives),
+                **result.extra,
             )
         )
-        await self.writer.step(
-            step.id,
-            runs_pb2.StepChange(
-                status=ev.COMPLETED,
-                output=completion.text,
-                truncated=completion.truncated,
-                finish_reason=completion.finish_reason,
-                input_tokens=completion.input_tokens,
-                output_tokens=completion.output_tokens,
-                served_by=completion.served_by,
-            ),
-            *drafts,
+        change = runs_pb2.StepChange(
+            status=ev.COMPLETED,
+            output=result.output,
+            truncated=result.truncated,
+            finish_reason=result.finish_reason,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            served_by=result.served_by,
+            alternatives=[
+                pb.Alternative(
+                    index=i,
+                    output=c.text,
+                    finish_reason=c.finish_reason,
+                    truncated=c.truncated,
+                    input_tokens=c.input_tokens,
+                    output_tokens=c.output_tokens,
+                    served_by=c.served_by,
+                )
+                for i, c in enumerate(result.alternatives)
+            ],
         )
-        return completion.text
+        await self.writer.step(step.id, change, *drafts)

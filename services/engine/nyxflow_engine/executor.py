@@ -49,7 +49,7 @@ class Executor:
         feed = RunFeed()
         await feed.extend(claim.events)
         writer = RunWriter(runs, run_id, claim.token, feed, settings.write_retry_s)
-        execution = Execution(writer, claim.run.steps, settings, self._providers)
+        execution = Execution(writer, claim.run, settings, self._providers)
         self._executions[run_id] = execution
         execution.start().add_done_callback(lambda _: self._executions.pop(run_id, None))
         log.info("run claimed", extra={"run_id": run_id, "token": claim.token})

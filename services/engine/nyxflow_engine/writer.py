@@ -8,7 +8,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from nyxflow.client import RunsClient
@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 
 class LeaseLost(Exception):
-    """Our claim is no longer current (swept or reclaimed): stop without writing."""
+    """Our claim is no longer current (swept, cancelled or reclaimed): stop without writing."""
 
 
 def draft(type_: str, **data: Any) -> pb.EventDraft:
@@ -37,7 +37,16 @@ class RunWriter:
         self.run_id = run_id
         self.token = token
         self.feed = feed
+        self.pause_requested = False  # set by runs on any write's answer
         self._retry_s = retry_s
+        # Writes of one run go out one at a time, so seqs reach the feed in order.
+        self._lock = asyncio.Lock()
+
+    async def _write(self, call: Callable[[], Awaitable[runs_pb2.WriteResponse]]) -> None:
+        async with self._lock:
+            response = await self._retrying(call)
+            self.pause_requested = self.pause_requested or response.pause_requested
+            await self.feed.extend(response.events)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self._retry_s
@@ -55,22 +64,34 @@ class RunWriter:
                 delay = min(delay * 2, 2.0)
 
     async def events(self, *drafts: pb.EventDraft) -> None:
-        written = await self._retrying(
-            lambda: self.runs.append_events(self.run_id, self.token, drafts)
-        )
-        await self.feed.extend(written)
+        await self._write(lambda: self.runs.append_events(self.run_id, self.token, drafts))
 
     async def step(self, step_id: str, change: runs_pb2.StepChange, *drafts: pb.EventDraft) -> None:
-        written = await self._retrying(
+        await self._write(
             lambda: self.runs.update_step(self.run_id, self.token, step_id, change, drafts)
         )
-        await self.feed.extend(written)
+
+    async def item(self, step_id: str, item: pb.StepItem, *drafts: pb.EventDraft) -> None:
+        await self._write(
+            lambda: self.runs.put_step_item(self.run_id, self.token, step_id, item, drafts)
+        )
+
+    async def generate(
+        self, after_step_id: str, specs: Sequence[pb.StepSpec], *drafts: pb.EventDraft
+    ) -> None:
+        await self._write(
+            lambda: self.runs.generate_steps(self.run_id, self.token, after_step_id, specs, drafts)
+        )
 
     async def finish(self, status: str, error: str = "") -> None:
-        written = await self._retrying(
-            lambda: self.runs.finish_run(self.run_id, self.token, status, error)
-        )
-        await self.feed.extend(written)
+        await self._write(lambda: self.runs.finish_run(self.run_id, self.token, status, error))
 
     async def heartbeat(self, ttl_s: float) -> None:
         await self._retrying(lambda: self.runs.heartbeat(self.run_id, self.token, ttl_s))
+
+    async def current_steps(self) -> list[pb.Step]:
+        run = await self._retrying(lambda: self.runs.get_run(self.run_id))
+        return list(run.steps)
+
+    async def workflow(self, workflow_id: str) -> pb.Workflow:
+        return await self._retrying(lambda: self.runs.get_workflow(workflow_id))

@@ -4,12 +4,62 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import models
 
+IDLE = "idle"
 
-def step(row: models.Step) -> pb.Step:
+
+def spec(row: models.Step) -> pb.StepSpec:
+    config: dict[str, Any] = row.config or {}
+    return pb.StepSpec(
+        name=row.name,
+        kind=row.kind,
+        prompt=row.prompt,
+        provider=row.provider,
+        model=row.model,
+        params_json=json.dumps(row.params or {}),
+        max_tokens=row.max_tokens,
+        persona=row.persona,
+        alternatives=row.alternatives,
+        auto_continue=row.auto_continue,
+        source=config.get("source", ""),
+        split=config.get("split", ""),
+        concurrency=config.get("concurrency", 0),
+        generates=config.get("generates", ""),
+        reviews=config.get("reviews", []),
+        tool=config.get("tool", ""),
+    )
+
+
+def alternative(index: int, value: dict[str, Any]) -> pb.Alternative:
+    return pb.Alternative(
+        index=index,
+        output=value.get("output", ""),
+        finish_reason=value.get("finish_reason", ""),
+        truncated=bool(value.get("truncated", False)),
+        input_tokens=int(value.get("input_tokens", 0)),
+        output_tokens=int(value.get("output_tokens", 0)),
+        served_by=value.get("served_by", ""),
+    )
+
+
+def alternative_dict(alt: pb.Alternative) -> dict[str, Any]:
+    return {
+        "output": alt.output,
+        "finish_reason": alt.finish_reason,
+        "truncated": alt.truncated,
+        "input_tokens": alt.input_tokens,
+        "output_tokens": alt.output_tokens,
+        "served_by": alt.served_by,
+    }
+
+
+def step(
+    row: models.Step, items: Sequence[models.StepItem] = (), system_prompt: str = ""
+) -> pb.Step:
     return pb.Step(
         id=row.id,
         order=row.position,
@@ -31,20 +81,30 @@ def step(row: models.Step) -> pb.Step:
         served_by=row.served_by or "",
         started_at=row.started_at or 0.0,
         finished_at=row.finished_at or 0.0,
+        spec=spec(row),
+        system_prompt=system_prompt,
+        selected_index=row.selected_index,
+        alternatives=[alternative(i, a) for i, a in enumerate(row.alternatives_out or [])],
+        items=[pb.StepItem(index=i.item_index, heading=i.heading, output=i.output) for i in items],
     )
 
 
-def workflow(row: models.Workflow, steps: Sequence[models.Step]) -> pb.Workflow:
+def workflow(
+    row: models.Workflow, steps: Sequence[pb.Step], latest: models.Run | None = None
+) -> pb.Workflow:
     return pb.Workflow(
         id=row.id,
         name=row.name,
-        steps=[step(s) for s in steps],
+        steps=steps,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        consistency_check=row.consistency_check,
+        status=latest.status if latest is not None else IDLE,
+        last_run_id=latest.id if latest is not None else "",
     )
 
 
-def run(row: models.Run, steps: Sequence[models.Step] = ()) -> pb.Run:
+def run(row: models.Run, steps: Sequence[pb.Step] = ()) -> pb.Run:
     return pb.Run(
         id=row.id,
         workflow_id=row.workflow_id,
@@ -55,7 +115,8 @@ def run(row: models.Run, steps: Sequence[models.Step] = ()) -> pb.Run:
         created_at=row.created_at,
         started_at=row.started_at or 0.0,
         finished_at=row.finished_at or 0.0,
-        steps=[step(s) for s in steps],
+        steps=steps,
+        pause_requested=row.pause_requested,
     )
 
 

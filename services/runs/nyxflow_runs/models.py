@@ -58,8 +58,21 @@ class Workflow(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
+    consistency_check: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
     updated_at: Mapped[float] = mapped_column(Float, server_default=db_now())
+
+
+class Persona(Base):
+    """A tenant's own persona; built-ins live in code (nyxflow.personas) and may be shadowed."""
+
+    __tablename__ = "personas"
+    __table_args__ = (Index("uq_personas_tenant_name", "tenant_id", "name", unique=True),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(200), default="")
+    system_prompt: Mapped[str] = mapped_column(Text)
 
 
 class Step(Base):
@@ -76,6 +89,11 @@ class Step(Base):
     model: Mapped[str] = mapped_column(String(200), default="")
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     max_tokens: Mapped[int] = mapped_column(Integer)
+    persona: Mapped[str] = mapped_column(String(100), default="")
+    alternatives: Mapped[int] = mapped_column(Integer, default=1)
+    auto_continue: Mapped[int] = mapped_column(Integer, default=0)
+    # Kind-specific definition: source, split, concurrency, generates, reviews, tool.
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     auto_generated: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(20), default="pending")
     output: Mapped[str | None] = mapped_column(Text)
@@ -85,6 +103,8 @@ class Step(Base):
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
     served_by: Mapped[str | None] = mapped_column(String(200))
+    selected_index: Mapped[int] = mapped_column(Integer, default=0)
+    alternatives_out: Mapped[list[Any]] = mapped_column(JSON, default=list)
     started_at: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)
 
@@ -123,6 +143,7 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     token: Mapped[int] = mapped_column(Integer, default=0)
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())

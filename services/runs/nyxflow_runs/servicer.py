@@ -13,10 +13,15 @@ from nyxflow.v1 import runs_pb2, runs_pb2_grpc
 from nyxflow_runs import validation as valid
 from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.store import Draft, Store
+from nyxflow_runs.store.engine_writes import Written
 from nyxflow_runs.tenancy import Tenancy
 from nyxflow_runs.watch import watch_run
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
+
+
+def _response(written: Written) -> runs_pb2.WriteResponse:
+    return runs_pb2.WriteResponse(events=written.events, pause_requested=written.pause_requested)
 
 
 class RunsServicer(runs_pb2_grpc.RunsServicer):
@@ -26,12 +31,16 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         self._tenancy = tenancy
         self._poll_s = poll_s
 
+    # --- workflows and personas -------------------------------------------------------
+
     async def CreateWorkflow(
         self, request: runs_pb2.CreateWorkflowRequest, context: Ctx
     ) -> pb.Workflow:
         tenant = await self._tenancy.tenant_of(context)
         name = valid.workflow_name(request.name)
-        return await self._store.create_workflow(tenant, name, valid.step_drafts(request.steps))
+        personas = await self._store.persona_names(tenant)
+        drafts = valid.step_drafts(request.steps, personas)
+        return await self._store.create_workflow(tenant, name, drafts, request.consistency_check)
 
     async def GetWorkflow(self, request: runs_pb2.GetWorkflowRequest, context: Ctx) -> pb.Workflow:
         tenant = await self._tenancy.tenant_of(context)
@@ -44,6 +53,34 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         tenant = await self._tenancy.tenant_of(context)
         return runs_pb2.ListWorkflowsResponse(workflows=await self._store.list_workflows(tenant))
 
+    async def DeleteWorkflow(
+        self, request: runs_pb2.DeleteWorkflowRequest, context: Ctx
+    ) -> runs_pb2.DeleteWorkflowResponse:
+        tenant = await self._tenancy.tenant_of(context)
+        workflow_id = valid.require_id(request.workflow_id, "workflow_id")
+        await self._store.delete_workflow(tenant, workflow_id)
+        return runs_pb2.DeleteWorkflowResponse()
+
+    async def DuplicateWorkflow(
+        self, request: runs_pb2.DuplicateWorkflowRequest, context: Ctx
+    ) -> pb.Workflow:
+        tenant = await self._tenancy.tenant_of(context)
+        workflow_id = valid.require_id(request.workflow_id, "workflow_id")
+        name = valid.workflow_name(request.name) if request.name.strip() else ""
+        return await self._store.duplicate_workflow(tenant, workflow_id, name)
+
+    async def ListPersonas(
+        self, request: runs_pb2.ListPersonasRequest, context: Ctx
+    ) -> runs_pb2.ListPersonasResponse:
+        tenant = await self._tenancy.tenant_of(context)
+        return runs_pb2.ListPersonasResponse(personas=await self._store.list_personas(tenant))
+
+    async def PutPersona(self, request: runs_pb2.PutPersonaRequest, context: Ctx) -> pb.Persona:
+        tenant = await self._tenancy.tenant_of(context)
+        return await self._store.put_persona(tenant, request.persona)
+
+    # --- runs and operations ------------------------------------------------------------
+
     async def CreateRun(self, request: runs_pb2.CreateRunRequest, context: Ctx) -> pb.Run:
         tenant = await self._tenancy.tenant_of(context)
         workflow_id = valid.require_id(request.workflow_id, "workflow_id")
@@ -52,6 +89,47 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def GetRun(self, request: runs_pb2.GetRunRequest, context: Ctx) -> pb.Run:
         tenant = await self._tenancy.tenant_of(context)
         return await self._store.get_run(tenant, valid.require_id(request.run_id, "run_id"))
+
+    async def ListRuns(
+        self, request: runs_pb2.ListRunsRequest, context: Ctx
+    ) -> runs_pb2.ListRunsResponse:
+        tenant = await self._tenancy.tenant_of(context)
+        runs = await self._store.list_runs(
+            tenant, request.workflow_id, request.status, request.limit or 50
+        )
+        return runs_pb2.ListRunsResponse(runs=runs)
+
+    async def RetryStep(self, request: runs_pb2.RetryStepRequest, context: Ctx) -> pb.Run:
+        tenant = await self._tenancy.tenant_of(context)
+        step_id = valid.require_id(request.step_id, "step_id")
+        return await self._store.retry_step(tenant, step_id, request.cascade)
+
+    async def ResumeWorkflow(self, request: runs_pb2.ResumeWorkflowRequest, context: Ctx) -> pb.Run:
+        tenant = await self._tenancy.tenant_of(context)
+        workflow_id = valid.require_id(request.workflow_id, "workflow_id")
+        return await self._store.resume_workflow(tenant, workflow_id)
+
+    async def RerunWorkflow(self, request: runs_pb2.RerunWorkflowRequest, context: Ctx) -> pb.Run:
+        tenant = await self._tenancy.tenant_of(context)
+        workflow_id = valid.require_id(request.workflow_id, "workflow_id")
+        return await self._store.rerun_workflow(tenant, workflow_id)
+
+    async def PauseRun(self, request: runs_pb2.PauseRunRequest, context: Ctx) -> pb.Run:
+        tenant = await self._tenancy.tenant_of(context)
+        return await self._store.pause_run(tenant, valid.require_id(request.run_id, "run_id"))
+
+    async def CancelRun(self, request: runs_pb2.CancelRunRequest, context: Ctx) -> pb.Run:
+        tenant = await self._tenancy.tenant_of(context)
+        return await self._store.cancel_run(tenant, valid.require_id(request.run_id, "run_id"))
+
+    async def SelectAlternative(
+        self, request: runs_pb2.SelectAlternativeRequest, context: Ctx
+    ) -> pb.Step:
+        tenant = await self._tenancy.tenant_of(context)
+        step_id = valid.require_id(request.step_id, "step_id")
+        return await self._store.select_alternative(tenant, step_id, request.index)
+
+    # --- the engine's calls -------------------------------------------------------------
 
     async def ClaimRun(
         self, request: runs_pb2.ClaimRunRequest, context: Ctx
@@ -78,8 +156,9 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     ) -> runs_pb2.WriteResponse:
         tenant = await self._tenancy.tenant_of(context)
         drafts = Draft.from_pb(request.events)
-        written = await self._store.append_events(tenant, request.run_id, request.token, drafts)
-        return runs_pb2.WriteResponse(events=written)
+        return _response(
+            await self._store.append_events(tenant, request.run_id, request.token, drafts)
+        )
 
     async def UpdateStep(
         self, request: runs_pb2.UpdateStepRequest, context: Ctx
@@ -93,7 +172,37 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
             request.change,
             Draft.from_pb(request.events),
         )
-        return runs_pb2.WriteResponse(events=written)
+        return _response(written)
+
+    async def PutStepItem(
+        self, request: runs_pb2.PutStepItemRequest, context: Ctx
+    ) -> runs_pb2.WriteResponse:
+        tenant = await self._tenancy.tenant_of(context)
+        if request.item.index < 0:
+            raise InvalidArgument("must not be negative", field="item.index")
+        written = await self._store.put_step_item(
+            tenant,
+            request.run_id,
+            request.token,
+            valid.require_id(request.step_id, "step_id"),
+            request.item,
+            Draft.from_pb(request.events),
+        )
+        return _response(written)
+
+    async def GenerateSteps(
+        self, request: runs_pb2.GenerateStepsRequest, context: Ctx
+    ) -> runs_pb2.WriteResponse:
+        tenant = await self._tenancy.tenant_of(context)
+        written = await self._store.generate_steps(
+            tenant,
+            request.run_id,
+            request.token,
+            valid.require_id(request.after_step_id, "after_step_id"),
+            request.steps,
+            Draft.from_pb(request.events),
+        )
+        return _response(written)
 
     async def FinishRun(
         self, request: runs_pb2.FinishRunRequest, context: Ctx
@@ -107,7 +216,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
             request.error,
             Draft.from_pb(request.events),
         )
-        return runs_pb2.WriteResponse(events=written)
+        return _response(written)
 
     async def WatchRun(
         self, request: runs_pb2.WatchRunRequest, context: Ctx

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from nyxflow.constants import DEFAULT_PROVIDER, STEP_KINDS, default_max_tokens
+from nyxflow import constants as kinds
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 
 MAX_NAME = 200
 MAX_STEPS = 500
+MAX_ALTERNATIVES = 8
+MAX_CONTINUE = 8
+MAX_CONCURRENCY = 64
+SPLITS = ("headings", "lines", "json")
+GENERATES = ("implementation_prompt",)
+REFERENCE = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
+STEP_REFERENCE = re.compile(r"steps\.([A-Za-z0-9_\- ]+?)\.output")
 
 
 @dataclass(frozen=True)
@@ -24,11 +32,21 @@ class StepDraft:
     model: str
     params: dict[str, Any]
     max_tokens: int
+    persona: str = ""
+    alternatives: int = 1
+    auto_continue: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def require_id(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument("is required", field=field)
+    return value
+
+
+def positive(value: float, field: str) -> float:
+    if value <= 0:
+        raise InvalidArgument("must be positive", field=field)
     return value
 
 
@@ -41,45 +59,119 @@ def workflow_name(name: str) -> str:
     return name
 
 
-def step_drafts(specs: Sequence[pb.StepSpec]) -> list[StepDraft]:
+def step_drafts(
+    specs: Sequence[pb.StepSpec], personas: Collection[str], *, earlier: Collection[str] = ()
+) -> list[StepDraft]:
+    """Validate a workflow's steps in order; `earlier` names steps that precede them all."""
     if not specs:
         raise InvalidArgument("a workflow needs at least one step", field="steps")
     if len(specs) > MAX_STEPS:
         raise InvalidArgument(f"at most {MAX_STEPS} steps", field="steps")
     drafts: list[StepDraft] = []
-    seen: set[str] = set()
+    seen: list[str] = list(earlier)
     for i, spec in enumerate(specs):
-        at = f"steps[{i}]"
-        name = spec.name.strip()
-        if not name:
-            raise InvalidArgument("is required", field=f"{at}.name")
-        if len(name) > MAX_NAME:
-            raise InvalidArgument(f"must be at most {MAX_NAME} characters", field=f"{at}.name")
-        if name in seen:
-            raise InvalidArgument(f"duplicate step name {name!r}", field=f"{at}.name")
-        seen.add(name)
-        if spec.kind not in STEP_KINDS:
-            allowed = ", ".join(sorted(STEP_KINDS))
-            raise InvalidArgument(
-                f"unknown kind {spec.kind!r} (one of {allowed})", field=f"{at}.kind"
-            )
-        if spec.max_tokens < 0:
-            raise InvalidArgument("must not be negative", field=f"{at}.max_tokens")
-        drafts.append(
-            StepDraft(
-                name=name,
-                kind=spec.kind,
-                prompt=spec.prompt,
-                provider=spec.provider or DEFAULT_PROVIDER,
-                model=spec.model,
-                params=_params(spec.params_json, f"{at}.params"),
-                max_tokens=spec.max_tokens or default_max_tokens(spec.kind),
-            )
-        )
+        draft = step_draft(spec, f"steps[{i}]", seen, personas)
+        seen.append(draft.name)
+        drafts.append(draft)
     return drafts
 
 
-def _params(raw: str, field: str) -> dict[str, Any]:
+def step_draft(
+    spec: pb.StepSpec, at: str, earlier: Sequence[str], personas: Collection[str]
+) -> StepDraft:
+    name = spec.name.strip()
+    if not name:
+        raise InvalidArgument("is required", field=f"{at}.name")
+    if len(name) > MAX_NAME:
+        raise InvalidArgument(f"must be at most {MAX_NAME} characters", field=f"{at}.name")
+    if name in earlier:
+        raise InvalidArgument(f"duplicate step name {name!r}", field=f"{at}.name")
+    if spec.kind not in kinds.STEP_KINDS:
+        allowed = ", ".join(sorted(kinds.STEP_KINDS))
+        raise InvalidArgument(f"unknown kind {spec.kind!r} (one of {allowed})", field=f"{at}.kind")
+    if spec.max_tokens < 0:
+        raise InvalidArgument("must not be negative", field=f"{at}.max_tokens")
+    if spec.persona and spec.persona not in personas:
+        raise InvalidArgument(f"unknown persona {spec.persona!r}", field=f"{at}.persona")
+    _references(spec, at, earlier)
+    return StepDraft(
+        name=name,
+        kind=spec.kind,
+        prompt=spec.prompt,
+        provider=spec.provider or kinds.DEFAULT_PROVIDER,
+        model=spec.model,
+        params=_object(spec.params_json, f"{at}.params"),
+        max_tokens=spec.max_tokens or kinds.default_max_tokens(spec.kind),
+        persona=spec.persona,
+        alternatives=_bounded(spec.alternatives or 1, 1, MAX_ALTERNATIVES, f"{at}.alternatives"),
+        auto_continue=_bounded(spec.auto_continue, 0, MAX_CONTINUE, f"{at}.auto_continue"),
+        config=_config(spec, at, earlier),
+    )
+
+
+def _config(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if spec.kind == kinds.FAN_OUT:
+        if not spec.source:
+            raise InvalidArgument("a fan_out needs the step it splits", field=f"{at}.source")
+        if spec.source not in earlier:
+            raise InvalidArgument(f"{spec.source!r} is not an earlier step", field=f"{at}.source")
+        split = spec.split or "headings"
+        if split not in SPLITS:
+            raise InvalidArgument(f"one of {', '.join(SPLITS)}", field=f"{at}.split")
+        concurrency = _bounded(spec.concurrency or 4, 1, MAX_CONCURRENCY, f"{at}.concurrency")
+        config.update(source=spec.source, split=split, concurrency=concurrency)
+    if spec.generates:
+        if spec.kind != kinds.SYNTHESIS:
+            raise InvalidArgument("only a synthesis generates steps", field=f"{at}.generates")
+        if spec.generates not in GENERATES:
+            raise InvalidArgument(f"one of {', '.join(GENERATES)}", field=f"{at}.generates")
+        config["generates"] = spec.generates
+    if spec.reviews:
+        if spec.kind != kinds.CONSISTENCY_CHECK:
+            raise InvalidArgument("only a consistency_check reviews", field=f"{at}.reviews")
+        for j, name in enumerate(spec.reviews):
+            if name not in earlier:
+                raise InvalidArgument(
+                    f"{name!r} is not an earlier step", field=f"{at}.reviews[{j}]"
+                )
+        config["reviews"] = list(spec.reviews)
+    if spec.kind == kinds.TOOL:
+        if not spec.tool:
+            raise InvalidArgument("a tool step names its tool", field=f"{at}.tool")
+        config["tool"] = spec.tool
+    return config
+
+
+def _references(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> None:
+    """Every `{{ … }}` in a prompt must resolve: an unknown one is an error now, not at run time."""
+    for match in REFERENCE.finditer(spec.prompt):
+        expression = match.group(1)
+        if expression == "item":
+            if spec.kind != kinds.FAN_OUT:
+                raise InvalidArgument(
+                    "{{ item }} is only defined inside a fan_out", field=f"{at}.prompt"
+                )
+            continue
+        step = STEP_REFERENCE.fullmatch(expression)
+        if step is None:
+            raise InvalidArgument(
+                f"unknown reference {{{{ {expression} }}}}: use {{{{ steps.<name>.output }}}}",
+                field=f"{at}.prompt",
+            )
+        if step.group(1).strip() not in earlier:
+            raise InvalidArgument(
+                f"{{{{ {expression} }}}} names no earlier step", field=f"{at}.prompt"
+            )
+
+
+def _bounded(value: int, low: int, high: int, field: str) -> int:
+    if not low <= value <= high:
+        raise InvalidArgument(f"must be between {low} and {high}", field=field)
+    return value
+
+
+def _object(raw: str, field: str) -> dict[str, Any]:
     if not raw:
         return {}
     try:
@@ -92,10 +184,4 @@ def _params(raw: str, field: str) -> dict[str, Any]:
 
 
 def event_data(raw: str, field: str) -> dict[str, Any]:
-    return _params(raw, field)
-
-
-def positive(value: float, field: str) -> float:
-    if value <= 0:
-        raise InvalidArgument("must be positive", field=field)
-    return value
+    return _object(raw, field)

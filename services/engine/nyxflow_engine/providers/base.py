@@ -21,6 +21,9 @@ class CompletionRequest:
     max_tokens: int
     system: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    variant: int = 0  # which of N alternatives: providers vary the sample by it
+    prefix: str = ""  # text already produced: continue it (after a max_tokens stop)
+    response_format: str = ""  # "verdict": first line `VERDICT: consistent|inconsistent`
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """`local`: a deterministic, offline provider that streams like a real one.
 
 params: `tokens` (default 64) pieces streamed `token_delay_ms` apart; `items: K` makes the
-output K markdown `## ` headings with a line under each; `fail: "message"` raises.
+output K markdown `## ` headings with a line under each; `script: "text"` answers exactly that
+text (split into `tokens` pieces); `fail: "message"` raises. The same request always gives the
+same output; each alternative (`variant`) a different one.
 """
 
 from __future__ import annotations
@@ -20,30 +22,11 @@ from nyxflow_engine.providers.base import (
     ProviderError,
 )
 
-WORDS = [
-    "analysis",
-    "synthesis",
-    "workflow",
-    "durable",
-    "stream",
-    "lease",
-    "token",
-    "event",
-    "step",
-    "output",
-    "review",
-    "provider",
-    "fallback",
-    "tenant",
-    "resume",
-    "retry",
-    "persist",
-    "commit",
-    "item",
-    "heading",
-    "summary",
-    "detail",
-]
+WORDS = (
+    "analysis", "synthesis", "workflow", "durable", "stream", "lease", "token", "event",
+    "step", "output", "review", "provider", "fallback", "tenant", "resume", "retry",
+    "persist", "commit", "item", "heading", "summary", "detail",
+)  # fmt: skip
 
 
 class LocalProvider:
@@ -53,10 +36,10 @@ class LocalProvider:
         params = request.params
         if "fail" in params:
             raise ProviderError(str(params["fail"]))
-        tokens = _int(params, "tokens", 64, minimum=1)
         delay_s = _int(params, "token_delay_ms", 0, minimum=0) / 1000
-        items = _int(params, "items", 0, minimum=0)
-        pieces = _pieces(request.prompt, tokens, items)
+        pieces = _pieces(request)
+        skipped = _already_produced(pieces, request.prefix)
+        pieces = pieces[skipped:]
         finish = FINISH_STOP
         if len(pieces) > request.max_tokens:
             pieces, finish = pieces[: request.max_tokens], FINISH_MAX_TOKENS
@@ -85,16 +68,34 @@ def _words(seed: str, count: int) -> list[str]:
     return [WORDS[(digest[i % len(digest)] + i) % len(WORDS)] for i in range(count)]
 
 
-def _pieces(prompt: str, tokens: int, items: int) -> list[str]:
-    """The output, split into exactly `tokens` pieces (or fewer if the text is shorter)."""
-    if not items:
-        return [word + " " for word in _words(prompt, tokens)]
-    text = "".join(_item(prompt, i) for i in range(items))
+def _pieces(request: CompletionRequest) -> list[str]:
+    """The whole answer, split into `tokens` pieces (fewer if the text is shorter)."""
+    params = request.params
+    tokens = _int(params, "tokens", 64, minimum=1)
+    items = _int(params, "items", 0, minimum=0)
+    seed = f"{request.system}\n{request.prompt}#{request.variant}"
+    if "script" in params:
+        text = str(params["script"])
+    elif request.response_format == "verdict":
+        text = "VERDICT: consistent\n- No contradictions found between the reviewed outputs.\n"
+    elif items:
+        text = "".join(_item(seed, i) for i in range(items))
+    else:
+        return [word + " " for word in _words(seed, tokens)]
     size = max(1, -(-len(text) // tokens))
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def _item(prompt: str, index: int) -> str:
-    heading = _words(f"{prompt}/{index}", 1)[0]
-    line = " ".join(_words(f"{prompt}#{index}", 6))
+def _item(seed: str, index: int) -> str:
+    heading = _words(f"{seed}/{index}", 1)[0]
+    line = " ".join(_words(f"{seed}#{index}", 6))
     return f"## Item {index + 1}: {heading}\n{line}\n\n"
+
+
+def _already_produced(pieces: list[str], prefix: str) -> int:
+    """How many pieces the prefix covers: a continuation picks up where the cut fell."""
+    count, length = 0, 0
+    while count < len(pieces) and length + len(pieces[count]) <= len(prefix):
+        length += len(pieces[count])
+        count += 1
+    return count

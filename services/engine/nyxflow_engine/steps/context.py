@@ -1,27 +1,36 @@
-"""What a step kind gets to work with."""
+"""What a step kind gets to work with, and what it gives back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.providers.base import FINISH_STOP, Completion, CompletionRequest
 from nyxflow_engine.providers.registry import Providers
 from nyxflow_engine.writer import RunWriter, draft
 
 
-class DeltaBuffer:
-    """Coalesces streamed text: at most one step_delta event per step per `flush_s`."""
+class PauseRequested(Exception):
+    """The user asked to pause; honoured at a step or fan-out item boundary."""
 
-    def __init__(self, writer: RunWriter, step_id: str, flush_s: float) -> None:
+
+class DeltaBuffer:
+    """Coalesces streamed text: at most one step_delta event per stream per `flush_s`."""
+
+    def __init__(
+        self, writer: RunWriter, step_id: str, flush_s: float, alternative: int = 0
+    ) -> None:
         self._writer = writer
         self._step_id = step_id
         self._flush_s = flush_s
+        self._alternative = alternative
         self._parts: list[str] = []
         self._last = time.monotonic()
 
@@ -33,17 +42,53 @@ class DeltaBuffer:
     async def flush(self) -> None:
         if self._parts:
             text, self._parts = "".join(self._parts), []
-            await self._writer.events(draft(ev.STEP_DELTA, step_id=self._step_id, text=text))
+            data: dict[str, Any] = {"step_id": self._step_id, "text": text}
+            if self._alternative:
+                data["alternative"] = self._alternative
+            await self._writer.events(draft(ev.STEP_DELTA, **data))
         self._last = time.monotonic()
+
+
+async def _discard(_: str) -> None:
+    return None
+
+
+@dataclass
+class StepResult:
+    output: str
+    finish_reason: str = FINISH_STOP
+    truncated: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    served_by: str = ""
+    alternatives: list[Completion] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # kind-specific, for the event
+
+    @classmethod
+    def of(cls, completion: Completion, **extra: Any) -> StepResult:
+        return cls(
+            output=completion.text,
+            finish_reason=completion.finish_reason,
+            truncated=completion.truncated,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            served_by=completion.served_by,
+            extra=extra,
+        )
 
 
 @dataclass
 class StepContext:
     step: pb.Step
-    outputs: Mapping[str, str]  # completed steps' outputs by name, for templates
+    steps: Sequence[pb.Step]  # the whole workflow as it stands, in order
+    outputs: Mapping[str, str]  # completed steps' outputs by name
     writer: RunWriter
     providers: Providers
-    deltas: DeltaBuffer
+    flush_s: float
+
+    @property
+    def spec(self) -> pb.StepSpec:
+        return self.step.spec
 
     @property
     def params(self) -> dict[str, Any]:
@@ -54,3 +99,58 @@ class StepContext:
         if not isinstance(value, dict):
             raise InvalidArgument("must be a JSON object", field="params")
         return value
+
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        variant: int = 0,
+        stream: bool = True,
+        response_format: str = "",
+    ) -> Completion:
+        """One completion of `prompt` with this step's provider, persona and limits; a
+        max_tokens stop is continued up to `auto_continue` times and the text joined."""
+        step = self.step
+        provider = self.providers.get(step.provider)
+        deltas = DeltaBuffer(self.writer, step.id, self.flush_s, variant) if stream else None
+        on_delta = deltas.add if deltas is not None else _discard
+        text, input_tokens, output_tokens = "", 0, 0
+        for _attempt in range(1 + max(0, self.spec.auto_continue)):
+            request = CompletionRequest(
+                prompt=prompt,
+                model=step.model,
+                max_tokens=step.max_tokens,
+                system=step.system_prompt,
+                params=self.params,
+                variant=variant,
+                prefix=text,
+                response_format=response_format,
+            )
+            completion = await provider.complete(request, on_delta)
+            text += completion.text
+            input_tokens += completion.input_tokens
+            output_tokens += completion.output_tokens
+            if not completion.truncated:
+                break
+        if deltas is not None:
+            await deltas.flush()
+        return Completion(
+            text=text,
+            finish_reason=completion.finish_reason,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            served_by=completion.served_by,
+        )
+
+    async def complete_alternatives(self, prompt: str, **kwargs: Any) -> StepResult:
+        """N alternatives (the step's `alternatives`), concurrently; the first is selected."""
+        count = max(1, self.spec.alternatives)
+        completions = await asyncio.gather(
+            *(self.complete(prompt, variant=i, **kwargs) for i in range(count))
+        )
+        result = StepResult.of(completions[0])
+        if count > 1:
+            result.alternatives = list(completions)
+            result.input_tokens = sum(c.input_tokens for c in completions)
+            result.output_tokens = sum(c.output_tokens for c in completions)
+        return result

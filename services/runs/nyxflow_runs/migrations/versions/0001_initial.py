@@ -41,6 +41,18 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key_hash')
     )
+    op.create_table('personas',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('tenant_id', sa.String(length=36), nullable=False),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('role', sa.String(length=200), nullable=False),
+    sa.Column('system_prompt', sa.Text(), nullable=False),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('personas', schema=None) as batch_op:
+        batch_op.create_index('uq_personas_tenant_name', ['tenant_id', 'name'], unique=True)
+
     op.create_table('projects',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('tenant_id', sa.String(length=36), nullable=False),
@@ -57,6 +69,7 @@ def upgrade() -> None:
     sa.Column('tenant_id', sa.String(length=36), nullable=False),
     sa.Column('project_id', sa.String(length=36), nullable=True),
     sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('consistency_check', sa.Boolean(), nullable=False),
     sa.Column('created_at', sa.Float(), server_default=NOW, nullable=False),
     sa.Column('updated_at', sa.Float(), server_default=NOW, nullable=False),
     sa.ForeignKeyConstraint(['project_id'], ['projects.id'], ondelete='CASCADE'),
@@ -74,6 +87,7 @@ def upgrade() -> None:
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('last_seq', sa.Integer(), nullable=False),
     sa.Column('token', sa.Integer(), nullable=False),
+    sa.Column('pause_requested', sa.Boolean(), nullable=False),
     sa.Column('lease_owner', sa.String(length=200), nullable=True),
     sa.Column('lease_expires_at', sa.Float(), nullable=True),
     sa.Column('created_at', sa.Float(), server_default=NOW, nullable=False),
@@ -100,6 +114,10 @@ def upgrade() -> None:
     sa.Column('model', sa.String(length=200), nullable=False),
     sa.Column('params', sa.JSON(), nullable=False),
     sa.Column('max_tokens', sa.Integer(), nullable=False),
+    sa.Column('persona', sa.String(length=100), nullable=False),
+    sa.Column('alternatives', sa.Integer(), nullable=False),
+    sa.Column('auto_continue', sa.Integer(), nullable=False),
+    sa.Column('config', sa.JSON(), nullable=False),
     sa.Column('auto_generated', sa.Boolean(), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('output', sa.Text(), nullable=True),
@@ -109,6 +127,8 @@ def upgrade() -> None:
     sa.Column('input_tokens', sa.Integer(), nullable=False),
     sa.Column('output_tokens', sa.Integer(), nullable=False),
     sa.Column('served_by', sa.String(length=200), nullable=True),
+    sa.Column('selected_index', sa.Integer(), nullable=False),
+    sa.Column('alternatives_out', sa.JSON(), nullable=False),
     sa.Column('started_at', sa.Float(), nullable=True),
     sa.Column('finished_at', sa.Float(), nullable=True),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], ondelete='CASCADE'),
@@ -170,5 +190,9 @@ def downgrade() -> None:
         batch_op.drop_index('uq_projects_tenant_name')
 
     op.drop_table('projects')
+    with op.batch_alter_table('personas', schema=None) as batch_op:
+        batch_op.drop_index('uq_personas_tenant_name')
+
+    op.drop_table('personas')
     op.drop_table('api_keys')
     op.drop_table('tenants')

@@ -1,0 +1,31 @@
+"""`consistency_check`: review the named outputs (default: all before it) for contradictions.
+The output starts with a verdict line, then the findings."""
+
+from __future__ import annotations
+
+import re
+
+from nyxflow import events as ev
+from nyxflow_engine.steps.context import StepContext, StepResult
+from nyxflow_engine.templating import render
+
+VERDICT = re.compile(r"^\s*VERDICT:\s*(consistent|inconsistent)\b", re.IGNORECASE | re.MULTILINE)
+INSTRUCTION = (
+    "Review the outputs below for contradictions, gaps and inconsistencies between them. "
+    "Answer with a first line `VERDICT: consistent` or `VERDICT: inconsistent`, then one "
+    "finding per line starting with `- `."
+)
+
+
+async def run_consistency_check(ctx: StepContext) -> StepResult:
+    names = list(ctx.spec.reviews) or [
+        s.name for s in ctx.steps if s.order < ctx.step.order and s.status == ev.COMPLETED
+    ]
+    sections = "\n\n".join(f"### {name}\n{ctx.outputs.get(name, '')}" for name in names)
+    guidance = render(ctx.step.prompt, ctx.outputs).strip()
+    prompt = f"{guidance}\n\n{INSTRUCTION}" if guidance else INSTRUCTION
+    completion = await ctx.complete(f"{prompt}\n\n{sections}", response_format="verdict")
+    match = VERDICT.search(completion.text)
+    verdict = match.group(1).lower() if match else "unknown"
+    findings = [line[2:].strip() for line in completion.text.splitlines() if line.startswith("- ")]
+    return StepResult.of(completion, verdict=verdict, findings=findings, reviewed=names)

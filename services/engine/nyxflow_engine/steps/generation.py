@@ -1,0 +1,61 @@
+"""What a synthesis marked `generates: implementation_prompt` appends: one implementation
+prompt per item of its output, and a final consistency check when the workflow asks for it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nyxflow import constants as kinds
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.splitting import split_items
+from nyxflow_engine.templating import literal
+
+MAX_NAME = 200
+
+
+def unique_name(wanted: str, taken: set[str]) -> str:
+    name, n = wanted[:MAX_NAME], 2
+    while name in taken:
+        suffix = f" ({n})"
+        name, n = wanted[: MAX_NAME - len(suffix)] + suffix, n + 1
+    taken.add(name)
+    return name
+
+
+def generated_specs(
+    synthesis: pb.Step, steps: Sequence[pb.Step], consistency_check: bool
+) -> list[pb.StepSpec]:
+    taken = {s.name for s in steps}
+    specs = [
+        pb.StepSpec(
+            name=unique_name(f"Implementation prompt {i + 1}: {item.heading}", taken),
+            kind=kinds.IMPLEMENTATION_PROMPT,
+            prompt=(
+                "Write a precise, self-contained implementation prompt for this part of the "
+                f"plan:\n\n{literal(item.text)}"
+            ),
+            provider=synthesis.provider,
+            model=synthesis.model,
+            params_json=synthesis.params_json,
+            persona=synthesis.spec.persona,
+        )
+        for i, item in enumerate(split_items(synthesis.output, "headings"))
+    ]
+    if consistency_check and specs:
+        specs.append(
+            pb.StepSpec(
+                name=unique_name("Consistency check", taken),
+                kind=kinds.CONSISTENCY_CHECK,
+                provider=synthesis.provider,
+                model=synthesis.model,
+                params_json=synthesis.params_json,
+                reviews=[synthesis.name, *(s.name for s in specs)],
+            )
+        )
+    return specs
+
+
+def already_generated(synthesis: pb.Step, steps: Sequence[pb.Step]) -> bool:
+    """Generated steps sit right after their synthesis; resume keeps them, never doubles them."""
+    following = [s for s in steps if s.order == synthesis.order + 1]
+    return bool(following) and following[0].auto_generated

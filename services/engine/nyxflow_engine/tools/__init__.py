@@ -1,0 +1,1 @@
+"""Deterministic tools: Python functions a `tool` step runs instead of a model."""

@@ -1,0 +1,17 @@
+"""The repository layer: every query of the suite lives in this package. Each public method
+is scoped by the caller's tenant, except the sweeper's, which says so in its name."""
+
+from __future__ import annotations
+
+from nyxflow_runs.store.base import Claim, Draft
+from nyxflow_runs.store.engine_writes import EngineWrites
+from nyxflow_runs.store.operations import Operations
+from nyxflow_runs.store.sweeping import Sweeping
+from nyxflow_runs.store.workflows import Workflows
+
+
+class Store(Workflows, Operations, EngineWrites, Sweeping):
+    """All of it, on one session factory and bus."""
+
+
+__all__ = ["Claim", "Draft", "Store"]

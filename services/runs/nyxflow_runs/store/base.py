@@ -1,0 +1,262 @@
+"""What the store's parts share: sessions, the bus, lookups and the row → proto reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from nyxflow import events as ev
+from nyxflow.errors import FailedPrecondition, NotFound, StaleToken
+from nyxflow.personas import BUILTIN_PERSONAS
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_runs import convert
+from nyxflow_runs.bus import LocalBus
+from nyxflow_runs.clock import db_now
+from nyxflow_runs.models import Persona, Run, RunEvent, Step, StepItem, Workflow
+from nyxflow_runs.validation import event_data
+
+# Everything an execution produced; retry and re-run put a step back to exactly this.
+PRISTINE_STEP: dict[str, Any] = {
+    "status": ev.PENDING,
+    "output": None,
+    "error": None,
+    "truncated": False,
+    "finish_reason": None,
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "served_by": None,
+    "selected_index": 0,
+    "alternatives_out": [],
+    "started_at": None,
+    "finished_at": None,
+}
+
+
+@dataclass(frozen=True)
+class Draft:
+    """An event to persist: its seq is assigned by the write that stores it."""
+
+    type: str
+    data: dict[str, Any]
+
+    @classmethod
+    def from_pb(cls, drafts: Sequence[pb.EventDraft]) -> list[Draft]:
+        return [
+            cls(d.type, event_data(d.data_json, f"events[{i}].data_json"))
+            for i, d in enumerate(drafts)
+        ]
+
+
+@dataclass(frozen=True)
+class Claim:
+    won: bool
+    token: int
+    run: pb.Run
+    events: list[pb.RunEvent]
+
+
+class StoreBase:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], bus: LocalBus) -> None:
+        self._sessions = sessions
+        self._bus = bus
+
+    async def sweep_orphans_all_tenants(self, workflow_id: str | None = None) -> list[str]:
+        raise NotImplementedError  # the Sweeping part provides it
+
+    # --- lookups, always by tenant ---------------------------------------------------
+
+    @staticmethod
+    async def _workflow(session: AsyncSession, tenant_id: str, workflow_id: str) -> Workflow:
+        workflow = await session.scalar(
+            select(Workflow).where(Workflow.id == workflow_id, Workflow.tenant_id == tenant_id)
+        )
+        if workflow is None:
+            raise NotFound(f"workflow {workflow_id} not found")
+        return workflow
+
+    @staticmethod
+    async def _run(session: AsyncSession, tenant_id: str, run_id: str) -> Run:
+        run = await session.scalar(select(Run).where(Run.id == run_id, Run.tenant_id == tenant_id))
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        return run
+
+    @staticmethod
+    async def _step(session: AsyncSession, tenant_id: str, step_id: str) -> Step:
+        step = await session.scalar(
+            select(Step).where(Step.id == step_id, Step.tenant_id == tenant_id)
+        )
+        if step is None:
+            raise NotFound(f"step {step_id} not found")
+        return step
+
+    @staticmethod
+    async def _steps(session: AsyncSession, workflow_id: str) -> list[Step]:
+        rows = await session.scalars(
+            select(Step).where(Step.workflow_id == workflow_id).order_by(Step.position)
+        )
+        return list(rows.all())
+
+    @staticmethod
+    async def _active_run(session: AsyncSession, workflow_id: str) -> Run | None:
+        return await session.scalar(
+            select(Run).where(
+                Run.workflow_id == workflow_id, Run.status.in_(ev.ACTIVE_RUN_STATUSES)
+            )
+        )
+
+    async def _require_idle(self, session: AsyncSession, workflow_id: str) -> None:
+        active = await self._active_run(session, workflow_id)
+        if active is not None:
+            raise FailedPrecondition(
+                f"workflow {workflow_id} has an active run {active.id} ({active.status})"
+            )
+
+    @staticmethod
+    async def _latest_run(session: AsyncSession, workflow_id: str) -> Run | None:
+        return await session.scalar(
+            select(Run)
+            .where(Run.workflow_id == workflow_id)
+            .order_by(Run.created_at.desc(), Run.id.desc())
+            .limit(1)
+        )
+
+    @staticmethod
+    async def _personas(session: AsyncSession, tenant_id: str) -> dict[str, str]:
+        """Persona name → system prompt: the built-ins, shadowed by the tenant's own."""
+        prompts = {name: p.system_prompt for name, p in BUILTIN_PERSONAS.items()}
+        rows = await session.execute(
+            select(Persona.name, Persona.system_prompt).where(Persona.tenant_id == tenant_id)
+        )
+        prompts.update({row.name: row.system_prompt for row in rows})
+        return prompts
+
+    # --- reads that build protos -------------------------------------------------------
+
+    async def _steps_pb(
+        self, session: AsyncSession, tenant_id: str, steps: Sequence[Step]
+    ) -> list[pb.Step]:
+        items: dict[str, list[StepItem]] = {}
+        if steps:
+            rows = await session.scalars(
+                select(StepItem)
+                .where(StepItem.step_id.in_([s.id for s in steps]))
+                .order_by(StepItem.step_id, StepItem.item_index)
+            )
+            for item in rows:
+                items.setdefault(item.step_id, []).append(item)
+        personas = await self._personas(session, tenant_id)
+        return [convert.step(s, items.get(s.id, ()), personas.get(s.persona, "")) for s in steps]
+
+    async def _workflow_pb(self, session: AsyncSession, workflow: Workflow) -> pb.Workflow:
+        steps = await self._steps_pb(
+            session, workflow.tenant_id, await self._steps(session, workflow.id)
+        )
+        latest = await self._latest_run(session, workflow.id)
+        return convert.workflow(workflow, steps, latest)
+
+    async def _run_pb(self, session: AsyncSession, run: Run) -> pb.Run:
+        steps = await self._steps(session, run.workflow_id)
+        return convert.run(run, await self._steps_pb(session, run.tenant_id, steps))
+
+    # --- writes shared by several parts --------------------------------------------------
+
+    @staticmethod
+    def _fenced(tenant_id: str, run_id: str, token: int) -> tuple[Any, ...]:
+        return (
+            Run.id == run_id,
+            Run.tenant_id == tenant_id,
+            Run.token == token,
+            Run.status == ev.RUNNING,
+        )
+
+    async def _refuse(self, session: AsyncSession, tenant_id: str, run_id: str) -> NoReturn:
+        run = await self._run(session, tenant_id, run_id)  # NotFound if not ours
+        raise StaleToken(f"stale fencing token: run {run_id} is {run.status}")
+
+    async def _append(
+        self, session: AsyncSession, run: Run, drafts: Sequence[Draft]
+    ) -> list[pb.RunEvent]:
+        """Append to a run this transaction already holds (created or locked)."""
+        first = run.last_seq + 1
+        run.last_seq += len(drafts)
+        await session.flush()
+        return await self._insert_events(session, run.tenant_id, run.id, first, drafts)
+
+    @staticmethod
+    async def _insert_events(
+        session: AsyncSession, tenant_id: str, run_id: str, first_seq: int, drafts: Sequence[Draft]
+    ) -> list[pb.RunEvent]:
+        if not drafts:
+            return []
+        rows = await session.scalars(
+            insert(RunEvent).returning(RunEvent, sort_by_parameter_order=True),
+            [
+                {
+                    "run_id": run_id,
+                    "tenant_id": tenant_id,
+                    "seq": first_seq + i,
+                    "type": d.type,
+                    "data": d.data,
+                }
+                for i, d in enumerate(drafts)
+            ],
+        )
+        return [convert.event(r) for r in rows.all()]
+
+    @staticmethod
+    async def _settle_running_steps(
+        session: AsyncSession, workflow_ids: Sequence[str], status: str, error: str
+    ) -> None:
+        """A finished run leaves no step running: failed or cancelled with the run, or pending
+        again (paused) so that resume runs it."""
+        if not workflow_ids:
+            return
+        values: dict[str, Any]
+        if status in (ev.FAILED, ev.CANCELLED):
+            values = {"status": status, "error": error or f"run {status}", "finished_at": db_now()}
+        else:
+            values = {"status": ev.PENDING, "started_at": None, "finished_at": None}
+        await session.execute(
+            update(Step)
+            .where(Step.workflow_id.in_(workflow_ids), Step.status == ev.RUNNING)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
+    @staticmethod
+    async def _reset_steps(session: AsyncSession, steps: Sequence[Step]) -> None:
+        """Back to never-executed: every output, usage, item and timestamp cleared."""
+        if not steps:
+            return
+        ids = [s.id for s in steps]
+        await session.execute(delete(StepItem).where(StepItem.step_id.in_(ids)))
+        await session.execute(
+            update(Step)
+            .where(Step.id.in_(ids))
+            .values(**PRISTINE_STEP)
+            .execution_options(synchronize_session=False)
+        )
+        for step in steps:  # keep the loaded rows true too
+            for key, value in PRISTINE_STEP.items():
+                setattr(step, key, value)
+
+    async def _delete_generated_after(
+        self, session: AsyncSession, workflow_id: str, position: int
+    ) -> None:
+        """Drop auto-generated steps after `position` and close the gaps in `order`."""
+        await session.execute(
+            delete(Step).where(
+                Step.workflow_id == workflow_id,
+                Step.auto_generated.is_(True),
+                Step.position > position,
+            )
+        )
+        for index, step in enumerate(await self._steps(session, workflow_id)):
+            if step.position != index:
+                step.position = index
+        await session.flush()

@@ -1,0 +1,52 @@
+"""The orphan sweep, across tenants: the one query that is not scoped by a caller."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, update
+
+from nyxflow import events as ev
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_runs.clock import db_now
+from nyxflow_runs.models import Run
+from nyxflow_runs.store.base import Draft, StoreBase
+
+
+class Sweeping(StoreBase):
+    async def sweep_orphans_all_tenants(self, workflow_id: str | None = None) -> list[str]:
+        """Fail every running run whose lease expired by the database's clock.
+
+        A conditional UPDATE: two replicas sweeping at once sweep each orphan once.
+        """
+        conditions = [Run.status == ev.RUNNING, Run.lease_expires_at < db_now()]
+        if workflow_id is not None:
+            conditions.append(Run.workflow_id == workflow_id)
+        published: list[tuple[str, list[pb.RunEvent]]] = []
+        async with self._sessions.begin() as session:
+            swept = (
+                await session.execute(
+                    update(Run)
+                    .where(and_(*conditions))
+                    .values(
+                        status=ev.FAILED,
+                        error=ev.ORPHAN_ERROR,
+                        finished_at=db_now(),
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        last_seq=Run.last_seq + 1,
+                    )
+                    .returning(Run.id, Run.tenant_id, Run.workflow_id, Run.last_seq)
+                    .execution_options(synchronize_session=False)
+                )
+            ).all()
+            for row in swept:
+                draft = Draft(ev.RUN_FAILED, {"status": ev.FAILED, "error": ev.ORPHAN_ERROR})
+                written = await self._insert_events(
+                    session, row.tenant_id, row.id, row.last_seq, [draft]
+                )
+                published.append((row.id, written))
+            await self._settle_running_steps(
+                session, [row.workflow_id for row in swept], ev.FAILED, ev.ORPHAN_ERROR
+            )
+        for run_id, written in published:
+            await self._bus.publish(run_id, written)
+        return [run_id for run_id, _ in published]

@@ -1,0 +1,275 @@
+"""Tenants, keys, personas, workflows and reading runs."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from nyxflow import events as ev
+from nyxflow.auth import hash_key
+from nyxflow.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from nyxflow.personas import BUILTIN_PERSONAS
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_runs import convert
+from nyxflow_runs.clock import db_now
+from nyxflow_runs.models import ApiKey, Persona, Run, RunEvent, Step, Tenant, Workflow
+from nyxflow_runs.store.base import StoreBase
+from nyxflow_runs.validation import StepDraft
+
+DEFAULT_TENANT = "default"
+MAX_LIST = 500
+
+
+def step_row(tenant_id: str, workflow_id: str, position: int, d: StepDraft) -> Step:
+    return Step(
+        tenant_id=tenant_id,
+        workflow_id=workflow_id,
+        position=position,
+        name=d.name,
+        kind=d.kind,
+        prompt=d.prompt,
+        provider=d.provider,
+        model=d.model,
+        params=d.params,
+        max_tokens=d.max_tokens,
+        persona=d.persona,
+        alternatives=d.alternatives,
+        auto_continue=d.auto_continue,
+        config=d.config,
+    )
+
+
+class Workflows(StoreBase):
+    # --- tenants and keys -------------------------------------------------------------
+
+    async def ensure_default_tenant(self, api_key: str) -> str:
+        """Create the `default` tenant and register `api_key` for it (idempotent)."""
+        async with self._sessions.begin() as session:
+            tenant_id = await session.scalar(select(Tenant.id).where(Tenant.slug == DEFAULT_TENANT))
+            if tenant_id is None:
+                tenant = Tenant(slug=DEFAULT_TENANT, name="Default")
+                session.add(tenant)
+                await session.flush()
+                tenant_id = tenant.id
+            digest = hash_key(api_key)
+            exists = await session.scalar(select(ApiKey.id).where(ApiKey.key_hash == digest))
+            if exists is None:
+                session.add(ApiKey(tenant_id=tenant_id, name="default", key_hash=digest))
+        return tenant_id
+
+    async def tenant_for_key(self, api_key: str) -> str:
+        digest = hash_key(api_key)
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(ApiKey.tenant_id, ApiKey.key_hash).where(
+                        ApiKey.key_hash == digest,
+                        ApiKey.revoked_at.is_(None),
+                        (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > db_now()),
+                    )
+                )
+            ).first()
+        if row is None or not hmac.compare_digest(row.key_hash, digest):
+            raise Unauthenticated("invalid API key")
+        return str(row.tenant_id)
+
+    # --- personas -----------------------------------------------------------------------
+
+    async def persona_names(self, tenant_id: str) -> set[str]:
+        async with self._sessions() as session:
+            return set(await self._personas(session, tenant_id))
+
+    async def list_personas(self, tenant_id: str) -> list[pb.Persona]:
+        async with self._sessions() as session:
+            own = (
+                await session.scalars(select(Persona).where(Persona.tenant_id == tenant_id))
+            ).all()
+        result = {
+            p.name: pb.Persona(
+                name=p.name, role=p.role, system_prompt=p.system_prompt, builtin=True
+            )
+            for p in BUILTIN_PERSONAS.values()
+        }
+        for p in own:
+            result[p.name] = pb.Persona(name=p.name, role=p.role, system_prompt=p.system_prompt)
+        return sorted(result.values(), key=lambda p: p.name.lower())
+
+    async def put_persona(self, tenant_id: str, persona: pb.Persona) -> pb.Persona:
+        name = persona.name.strip()
+        if not name:
+            raise InvalidArgument("is required", field="persona.name")
+        if not persona.system_prompt.strip():
+            raise InvalidArgument("is required", field="persona.system_prompt")
+        async with self._sessions.begin() as session:
+            row = await session.scalar(
+                select(Persona).where(Persona.tenant_id == tenant_id, Persona.name == name)
+            )
+            if row is None:
+                row = Persona(tenant_id=tenant_id, name=name)
+                session.add(row)
+            row.role = persona.role
+            row.system_prompt = persona.system_prompt
+        return pb.Persona(name=name, role=persona.role, system_prompt=persona.system_prompt)
+
+    # --- workflows --------------------------------------------------------------------
+
+    async def create_workflow(
+        self,
+        tenant_id: str,
+        name: str,
+        drafts: Sequence[StepDraft],
+        consistency_check: bool = False,
+    ) -> pb.Workflow:
+        async with self._sessions.begin() as session:
+            workflow = Workflow(tenant_id=tenant_id, name=name, consistency_check=consistency_check)
+            session.add(workflow)
+            await session.flush()
+            session.add_all(step_row(tenant_id, workflow.id, i, d) for i, d in enumerate(drafts))
+            await session.flush()
+            return await self._workflow_pb(session, workflow)
+
+    async def get_workflow(self, tenant_id: str, workflow_id: str) -> pb.Workflow:
+        async with self._sessions() as session:
+            workflow = await self._workflow(session, tenant_id, workflow_id)
+            return await self._workflow_pb(session, workflow)
+
+    async def list_workflows(self, tenant_id: str) -> list[pb.Workflow]:
+        async with self._sessions() as session:
+            workflows = (
+                await session.scalars(
+                    select(Workflow)
+                    .where(Workflow.tenant_id == tenant_id)
+                    .order_by(Workflow.created_at.desc(), Workflow.id)
+                    .limit(MAX_LIST)
+                )
+            ).all()
+            ids = [w.id for w in workflows]
+            steps = (
+                await session.scalars(
+                    select(Step).where(Step.workflow_id.in_(ids)).order_by(Step.position)
+                )
+            ).all()
+            ranked = (
+                select(
+                    Run,
+                    func.row_number()
+                    .over(
+                        partition_by=Run.workflow_id,
+                        order_by=(Run.created_at.desc(), Run.id.desc()),
+                    )
+                    .label("rank"),
+                )
+                .where(Run.workflow_id.in_(ids))
+                .subquery()
+            )
+            latest_rows = await session.execute(select(ranked).where(ranked.c.rank == 1))
+            latest = {row.workflow_id: row for row in latest_rows}
+            steps_pb = await self._steps_pb(session, tenant_id, steps)
+        by_workflow: dict[str, list[pb.Step]] = {}
+        for step, step_pb in zip(steps, steps_pb, strict=True):
+            by_workflow.setdefault(step.workflow_id, []).append(step_pb)
+        result = []
+        for w in workflows:
+            message = convert.workflow(w, by_workflow.get(w.id, []))
+            if (run := latest.get(w.id)) is not None:
+                message.status, message.last_run_id = run.status, run.id
+            result.append(message)
+        return result
+
+    async def duplicate_workflow(self, tenant_id: str, workflow_id: str, name: str) -> pb.Workflow:
+        """Same definition minus auto-generated steps; order 0..n-1, new ids, nothing executed."""
+        async with self._sessions.begin() as session:
+            source = await self._workflow(session, tenant_id, workflow_id)
+            copy = Workflow(
+                tenant_id=tenant_id,
+                project_id=source.project_id,
+                name=name or f"{source.name} (copy)",
+                consistency_check=source.consistency_check,
+            )
+            session.add(copy)
+            await session.flush()
+            authored = [s for s in await self._steps(session, workflow_id) if not s.auto_generated]
+            for position, s in enumerate(authored):
+                session.add(
+                    Step(
+                        tenant_id=tenant_id,
+                        workflow_id=copy.id,
+                        position=position,
+                        name=s.name,
+                        kind=s.kind,
+                        prompt=s.prompt,
+                        provider=s.provider,
+                        model=s.model,
+                        params=dict(s.params or {}),
+                        max_tokens=s.max_tokens,
+                        persona=s.persona,
+                        alternatives=s.alternatives,
+                        auto_continue=s.auto_continue,
+                        config=dict(s.config or {}),
+                    )
+                )
+            await session.flush()
+            return await self._workflow_pb(session, copy)
+
+    async def delete_workflow(self, tenant_id: str, workflow_id: str) -> None:
+        async with self._sessions.begin() as session:
+            await self._workflow(session, tenant_id, workflow_id)
+            await self._require_idle(session, workflow_id)
+            # Steps, items, runs and events go by ON DELETE CASCADE (SQLite: foreign_keys=ON).
+            await session.execute(delete(Workflow).where(Workflow.id == workflow_id))
+
+    # --- runs -------------------------------------------------------------------------
+
+    async def create_run(self, tenant_id: str, workflow_id: str) -> pb.Run:
+        # A stale run must not block a new one: sweep this workflow's orphans first.
+        await self.sweep_orphans_all_tenants(workflow_id=workflow_id)
+        try:
+            async with self._sessions.begin() as session:
+                await self._workflow(session, tenant_id, workflow_id)
+                run = Run(tenant_id=tenant_id, workflow_id=workflow_id, status=ev.PENDING)
+                session.add(run)
+                await session.flush()
+                return convert.run(run)
+        except IntegrityError:
+            raise FailedPrecondition(f"workflow {workflow_id} already has an active run") from None
+
+    async def get_run(self, tenant_id: str, run_id: str) -> pb.Run:
+        async with self._sessions() as session:
+            return await self._run_pb(session, await self._run(session, tenant_id, run_id))
+
+    async def list_runs(
+        self, tenant_id: str, workflow_id: str = "", status: str = "", limit: int = 50
+    ) -> list[pb.Run]:
+        query = select(Run).where(Run.tenant_id == tenant_id)
+        if workflow_id:
+            query = query.where(Run.workflow_id == workflow_id)
+        if status:
+            query = query.where(Run.status == status)
+        query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(min(limit, MAX_LIST))
+        async with self._sessions() as session:
+            return [convert.run(r) for r in (await session.scalars(query)).all()]
+
+    async def events_after(
+        self, tenant_id: str, run_id: str, after_seq: int, limit: int = 500
+    ) -> list[pb.RunEvent]:
+        async with self._sessions() as session:
+            rows = (
+                await session.scalars(
+                    select(RunEvent)
+                    .where(
+                        RunEvent.run_id == run_id,
+                        RunEvent.tenant_id == tenant_id,
+                        RunEvent.seq > after_seq,
+                    )
+                    .order_by(RunEvent.seq)
+                    .limit(limit)
+                )
+            ).all()
+        return [convert.event(r) for r in rows]
+
+    async def run_status(self, tenant_id: str, run_id: str) -> str:
+        async with self._sessions() as session:
+            return (await self._run(session, tenant_id, run_id)).status
