@@ -20,7 +20,7 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import db_now
-from nyxflow_runs.models import Run, Step, StepItem
+from nyxflow_runs.models import Run, RunEvent, Step, StepItem
 from nyxflow_runs.store.base import Claim, Draft, StoreBase
 from nyxflow_runs.store.workflows import step_row
 from nyxflow_runs.validation import step_drafts
@@ -55,12 +55,20 @@ class EngineWrites(StoreBase):
             if won is None:
                 run = await self._run(session, tenant_id, run_id)  # NotFound if not ours
                 return Claim(False, 0, convert.run(run), [])
-            rows = await self._insert_events(
+            started = await self._insert_events(
                 session, tenant_id, run_id, won.last_seq, [Draft(ev.RUN_STARTED, {"owner": owner})]
             )
+            # The claim hands back the run's whole stream so far (an operation such as a retry
+            # recorded its event before the start), so Execute's followers miss nothing.
+            earlier = await session.scalars(
+                select(RunEvent)
+                .where(RunEvent.run_id == run_id, RunEvent.seq < won.last_seq)
+                .order_by(RunEvent.seq)
+            )
+            events = [convert.event(r) for r in earlier.all()] + started
             run = await self._run(session, tenant_id, run_id)
-            claim = Claim(True, won.token, await self._run_pb(session, run), rows)
-        await self._bus.publish(run_id, claim.events)
+            claim = Claim(True, won.token, await self._run_pb(session, run), events)
+        await self._bus.publish(run_id, started)
         return claim
 
     async def heartbeat(self, tenant_id: str, run_id: str, token: int, ttl_s: float) -> float:

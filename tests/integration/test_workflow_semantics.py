@@ -1,0 +1,414 @@
+"""The seeds' workflow engine, each of its bugs pinned: retry, resume, clone, re-run, pause,
+cancel, fan-out, generation, alternatives, truncation, tools, personas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nyxflow import events as ev
+from nyxflow.errors import FailedPrecondition, InvalidArgument
+from nyxflow.v1 import common_pb2 as pb
+from tests.support.eventually import eventually
+from tests.support.inprocess import Clients
+
+
+def spec(name: str, kind: str = "llm", prompt: str = "p", **fields: Any) -> pb.StepSpec:
+    params = fields.pop("params", {})
+    return pb.StepSpec(
+        name=name, kind=kind, prompt=prompt, params_json=json.dumps(params), **fields
+    )
+
+
+async def execute(api: Clients, run_id: str) -> list[pb.RunEvent]:
+    assert api.engine is not None
+    return [e async for e in api.engine.execute(run_id)]
+
+
+async def run_once(api: Clients, workflow_id: str) -> tuple[pb.Run, list[pb.RunEvent]]:
+    run = await api.runs.create_run(workflow_id)
+    events = await execute(api, run.id)
+    return await api.runs.get_run(run.id), events
+
+
+def started(events: list[pb.RunEvent]) -> list[str]:
+    return [json.loads(e.data_json)["name"] for e in events if e.type == ev.STEP_STARTED]
+
+
+def planning_workflow(consistency: bool = False) -> tuple[str, list[pb.StepSpec], bool]:
+    return (
+        "plan",
+        [
+            spec("Outline", params={"items": 3, "tokens": 30}),
+            spec(
+                "Synthesis",
+                "synthesis",
+                "Combine: {{ steps.Outline.output }}",
+                generates="implementation_prompt",
+                params={"items": 3, "tokens": 30},
+            ),
+        ],
+        consistency,
+    )
+
+
+# --- seed bugs ----------------------------------------------------------------------------
+
+
+async def test_retry_clears_stale_alternatives_and_really_executes(api: Clients) -> None:
+    workflow = await api.runs.create_workflow(
+        "alts", [spec("Draft", alternatives=3, params={"tokens": 8}), spec("Next")]
+    )
+    run, _ = await run_once(api, workflow.id)
+    step = run.steps[0]
+    assert len(step.alternatives) == 3 and len({a.output for a in step.alternatives}) == 3
+    chosen = await api.runs.select_alternative(step.id, 2)
+    assert chosen.selected_index == 2 and chosen.output == step.alternatives[2].output
+
+    retried = await api.runs.retry_step(step.id)
+
+    reset = (await api.runs.get_run(retried.id)).steps[0]
+    assert reset.status == ev.PENDING and reset.output == "" and reset.error == ""
+    assert list(reset.alternatives) == [] and reset.selected_index == 0
+    assert (reset.input_tokens, reset.output_tokens, reset.served_by) == (0, 0, "")
+    assert (reset.started_at, reset.finished_at, reset.truncated) == (0, 0, False)
+    events = await execute(api, retried.id)
+    assert started(events) == ["Draft"]  # Next stays completed; Draft really runs again
+    again = (await api.runs.get_run(retried.id)).steps[0]
+    assert again.status == ev.COMPLETED and again.selected_index == 0
+    assert again.output == again.alternatives[0].output
+
+
+async def test_resume_runs_pending_synthesis_before_completed_generated_steps(
+    api: Clients,
+) -> None:
+    name, steps, consistency = planning_workflow()
+    workflow = await api.runs.create_workflow(name, steps, consistency)
+    run, _ = await run_once(api, workflow.id)
+    generated = [s for s in run.steps if s.auto_generated]
+    assert len(generated) == 3 and all(s.status == ev.COMPLETED for s in generated)
+    synthesis = run.steps[1]
+
+    # The seeds' state: synthesis pending, the steps generated from it completed.
+    retried = await api.runs.retry_step(synthesis.id)
+    events = await execute(api, retried.id)
+
+    assert started(events) == ["Synthesis"]
+    after = await api.runs.get_run(retried.id)
+    assert after.steps[1].status == ev.COMPLETED and after.steps[1].output != ""
+    assert after.steps[1].output_tokens > 0
+    assert [s.id for s in after.steps if s.auto_generated] == [s.id for s in generated]
+    assert all(s.status == ev.COMPLETED and s.output for s in after.steps)
+
+
+async def test_duplicate_drops_generated_steps_and_reindexes(api: Clients) -> None:
+    name, steps, consistency = planning_workflow(consistency=True)
+    workflow = await api.runs.create_workflow(name, steps, consistency)
+    run, _ = await run_once(api, workflow.id)
+    assert [s.kind for s in run.steps][-1] == "consistency_check"
+
+    copy = await api.runs.duplicate_workflow(workflow.id)
+
+    assert copy.id != workflow.id and copy.name == "plan (copy)"
+    assert [s.name for s in copy.steps] == ["Outline", "Synthesis"]
+    assert [s.order for s in copy.steps] == [0, 1]
+    assert not {s.id for s in copy.steps} & {s.id for s in run.steps}
+    assert all(s.status == ev.PENDING and not s.output and not s.auto_generated for s in copy.steps)
+    assert copy.steps[1].spec.generates == "implementation_prompt" and copy.consistency_check
+
+
+async def test_a_run_is_completed_only_with_every_step_completed(api: Clients) -> None:
+    workflow = await api.runs.create_workflow(
+        "fail then resume",
+        [spec("a"), spec("b", params={"fail": "transient"}), spec("c")],
+    )
+    failed, _ = await run_once(api, workflow.id)
+    assert failed.status == ev.FAILED
+    assert [s.status for s in failed.steps] == [ev.COMPLETED, ev.FAILED, ev.PENDING]
+    with pytest.raises(FailedPrecondition, match="failed"):
+        await api.runs.pause_run(failed.id)
+
+    # Resume runs b (and would run c): b fails again, so the run is failed, never completed.
+    resumed = await api.runs.resume_workflow(workflow.id)
+    events = await execute(api, resumed.id)
+    assert started(events) == ["b"]
+    stored = await api.runs.get_run(resumed.id)
+    assert stored.status == ev.FAILED and stored.steps[2].status == ev.PENDING
+
+
+async def test_resume_and_retry_refuse_in_the_wrong_state(api: Clients) -> None:
+    workflow = await api.runs.create_workflow("states", [spec("a")])
+    with pytest.raises(FailedPrecondition, match="never run"):
+        await api.runs.resume_workflow(workflow.id)
+    run = await api.runs.create_run(workflow.id)
+    with pytest.raises(FailedPrecondition, match="pending"):
+        await api.runs.retry_step(run.steps[0].id if run.steps else workflow.steps[0].id)
+    with pytest.raises(FailedPrecondition, match="pending"):
+        await api.runs.rerun_workflow(workflow.id)
+    await execute(api, run.id)
+    with pytest.raises(FailedPrecondition, match="completed"):
+        await api.runs.resume_workflow(workflow.id)
+    with pytest.raises(FailedPrecondition, match="completed"):
+        await api.runs.cancel_run(run.id)
+
+
+# --- operations -----------------------------------------------------------------------------
+
+
+async def test_rerun_resets_everything_and_drops_generated_steps(api: Clients) -> None:
+    name, steps, consistency = planning_workflow()
+    workflow = await api.runs.create_workflow(name, steps, consistency)
+    await run_once(api, workflow.id)
+
+    rerun = await api.runs.rerun_workflow(workflow.id)
+    fresh = await api.runs.get_run(rerun.id)
+    assert [s.name for s in fresh.steps] == ["Outline", "Synthesis"]
+    assert all(s.status == ev.PENDING and not s.output for s in fresh.steps)
+    events = await execute(api, rerun.id)
+    assert events[0].type == ev.WORKFLOW_RERUN and events[1].type == ev.RUN_STARTED
+    assert started(events)[:2] == ["Outline", "Synthesis"] and len(started(events)) == 5
+
+
+async def test_retry_from_here_resets_later_steps_and_deletes_generated(api: Clients) -> None:
+    name, steps, consistency = planning_workflow()
+    steps.insert(0, spec("Intro", params={"tokens": 4}))
+    workflow = await api.runs.create_workflow(name, steps, consistency)
+    run, _ = await run_once(api, workflow.id)
+    outline = run.steps[1]
+
+    retried = await api.runs.retry_step(outline.id, cascade=True)
+
+    fresh = await api.runs.get_run(retried.id)
+    assert [s.name for s in fresh.steps] == ["Intro", "Outline", "Synthesis"]
+    assert [s.status for s in fresh.steps] == [ev.COMPLETED, ev.PENDING, ev.PENDING]
+    assert [s.order for s in fresh.steps] == [0, 1, 2]
+    events = await execute(api, retried.id)
+    assert started(events)[:2] == ["Outline", "Synthesis"]
+
+
+async def test_pause_between_steps_then_resume_completes(api: Clients) -> None:
+    workflow = await api.runs.create_workflow(
+        "pausable", [spec(f"s{i}", params={"tokens": 10, "token_delay_ms": 20}) for i in range(4)]
+    )
+    run = await api.runs.create_run(workflow.id)
+    assert api.engine is not None
+    stream = api.engine.execute(run.id)
+    seen: list[pb.RunEvent] = []
+    async for event in stream:
+        seen.append(event)
+        if event.type == ev.STEP_STARTED:
+            requested = await api.runs.pause_run(run.id)
+            assert requested.status == ev.RUNNING and requested.pause_requested
+    assert seen[-1].type == ev.RUN_PAUSED
+    paused = await api.runs.get_run(run.id)
+    assert paused.status == ev.PAUSED
+    assert [s.status for s in paused.steps] == [ev.COMPLETED] + [ev.PENDING] * 3
+
+    resumed = await api.runs.resume_workflow(workflow.id)
+    events = await execute(api, resumed.id)
+    assert started(events) == ["s1", "s2", "s3"]
+    assert (await api.runs.get_run(resumed.id)).status == ev.COMPLETED
+
+
+async def test_pause_of_a_pending_run_is_immediate(api: Clients) -> None:
+    workflow = await api.runs.create_workflow("p", [spec("a")])
+    run = await api.runs.create_run(workflow.id)
+    paused = await api.runs.pause_run(run.id)
+    assert paused.status == ev.PAUSED
+    events = [e async for e in api.runs.watch_run(run.id)]
+    assert [e.type for e in events] == [ev.RUN_PAUSED]
+
+
+async def test_cancel_stops_at_once_and_fences_the_engine(api: Clients) -> None:
+    workflow = await api.runs.create_workflow(
+        "cancel", [spec("long", params={"tokens": 400, "token_delay_ms": 10}), spec("never")]
+    )
+    run = await api.runs.create_run(workflow.id)
+    assert api.engine is not None
+    stream = api.engine.execute(run.id)
+    async for event in stream:
+        if event.type == ev.STEP_DELTA:
+            break
+    cancelled = await api.runs.cancel_run(run.id)
+    assert cancelled.status == ev.CANCELLED
+    assert [s.status for s in cancelled.steps] == [ev.CANCELLED, ev.PENDING]
+    last_seq = cancelled.last_seq
+    await asyncio.sleep(0.3)  # the engine's next delta write must bounce
+    after = await api.runs.get_run(run.id)
+    assert after.last_seq == last_seq and after.status == ev.CANCELLED
+    events = [e async for e in api.runs.watch_run(run.id)]
+    assert events[-1].type == ev.RUN_CANCELLED
+
+
+# --- kinds ----------------------------------------------------------------------------------
+
+
+async def test_fan_out_persists_each_item_and_reports_progress(api: Clients) -> None:
+    workflow = await api.runs.create_workflow(
+        "fan",
+        [
+            spec("Topics", params={"items": 13, "tokens": 60}),
+            spec(
+                "Per topic",
+                "fan_out",
+                "Detail this: {{ item }}",
+                source="Topics",
+                concurrency=4,
+                params={"tokens": 5},
+            ),
+        ],
+    )
+    run, events = await run_once(api, workflow.id)
+    fan = run.steps[1]
+    assert fan.status == ev.COMPLETED
+    assert [i.index for i in fan.items] == list(range(13))
+    assert [i.heading for i in fan.items][0].startswith("Item 1:")
+    assert fan.output == "\n\n".join(i.output for i in fan.items)
+    progress = [json.loads(e.data_json) for e in events if e.type == ev.FAN_OUT_PROGRESS]
+    assert sorted(p["index"] for p in progress) == list(range(13))
+    assert [p["done"] for p in progress] == list(range(1, 14))
+    assert {p["total"] for p in progress} == {13}
+
+
+async def test_fan_out_resume_runs_only_missing_items(api: Clients) -> None:
+    workflow = await api.runs.create_workflow(
+        "fan-pause",
+        [
+            spec("Topics", params={"items": 8, "tokens": 40}),
+            spec(
+                "Each",
+                "fan_out",
+                "{{ item }}",
+                source="Topics",
+                concurrency=1,
+                params={"tokens": 5, "token_delay_ms": 15},
+            ),
+        ],
+    )
+    run = await api.runs.create_run(workflow.id)
+    assert api.engine is not None
+    async for event in api.engine.execute(run.id):
+        if event.type == ev.FAN_OUT_PROGRESS and json.loads(event.data_json)["done"] == 3:
+            await api.runs.pause_run(run.id)
+    paused = await api.runs.get_run(run.id)
+    assert paused.status == ev.PAUSED and paused.steps[1].status == ev.PENDING
+    done_before = {i.index: i.output for i in paused.steps[1].items}
+    assert 3 <= len(done_before) < 8
+
+    resumed = await api.runs.resume_workflow(workflow.id)
+    events = await execute(api, resumed.id)
+    progress = [json.loads(e.data_json)["index"] for e in events if e.type == ev.FAN_OUT_PROGRESS]
+    assert sorted(progress) == sorted(set(range(8)) - set(done_before))
+    final = (await api.runs.get_run(resumed.id)).steps[1]
+    assert [i.index for i in final.items] == list(range(8))
+    assert all(final.items[i].output == out for i, out in done_before.items())
+
+
+async def test_synthesis_generates_implementation_prompts_and_consistency_check(
+    api: Clients,
+) -> None:
+    name, steps, _ = planning_workflow()
+    workflow = await api.runs.create_workflow(name, steps, consistency_check=True)
+    run, events = await run_once(api, workflow.id)
+    generated = [s for s in run.steps if s.auto_generated]
+    assert [s.kind for s in generated] == ["implementation_prompt"] * 3 + ["consistency_check"]
+    assert [s.order for s in run.steps] == list(range(len(run.steps)))
+    assert all(s.status == ev.COMPLETED for s in run.steps)
+    gen_events = [json.loads(e.data_json) for e in events if e.type == ev.STEPS_GENERATED]
+    assert len(gen_events) == 1 and gen_events[0]["count"] == 4
+    check = run.steps[-1]
+    assert check.output.startswith("VERDICT: consistent")
+    completed = [json.loads(e.data_json) for e in events if e.type == ev.STEP_COMPLETED]
+    assert completed[-1]["verdict"] == "consistent"
+    assert completed[-1]["reviewed"] == ["Synthesis", *(s.name for s in generated[:3])]
+
+
+async def test_truncation_marks_and_auto_continue_joins(api: Clients) -> None:
+    cut = spec("cut", params={"tokens": 50}, max_tokens=20)
+    joined = spec("joined", params={"tokens": 50}, max_tokens=20, auto_continue=2)
+    short = spec("short", params={"tokens": 50}, max_tokens=20, auto_continue=1)
+    workflow = await api.runs.create_workflow("trunc", [cut, joined, short])
+    run, events = await run_once(api, workflow.id)
+    by_name = {s.name: s for s in run.steps}
+    assert by_name["cut"].truncated and by_name["cut"].output_tokens == 20
+    assert not by_name["joined"].truncated and len(by_name["joined"].output.split()) == 50
+    assert by_name["short"].truncated and len(by_name["short"].output.split()) == 40
+    marks = [json.loads(e.data_json) for e in events if e.type == ev.STEP_TRUNCATED]
+    assert [(m["name"], m["limit"]) for m in marks] == [("cut", 20), ("short", 20)]
+
+
+async def test_tools_echo_and_scan_repository(api: Clients, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "app.py").write_text("print('hi')\n")
+    (repo / "README.md").write_text("# demo\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "."], check=True)
+    workflow = await api.runs.create_workflow(
+        "tools",
+        [
+            spec("scan", "tool", tool="scan_repository", params={"path": str(repo)}),
+            spec("say", "tool", "files: {{ steps.scan.output }}", tool="echo"),
+        ],
+    )
+    run, _ = await run_once(api, workflow.id)
+    report = json.loads(run.steps[0].output)
+    assert report["files"] == 2 and report["languages"] == {"Python": 1, "Markdown": 1}
+    assert run.steps[0].served_by == "tool:scan_repository"
+    assert run.steps[1].output.startswith("files: {")
+
+
+async def test_personas_reach_the_provider(api: Clients) -> None:
+    names = {p.name for p in await api.runs.list_personas()}
+    assert {"NyxCore", "Athena", "Nemesis", "Ipcha Mistabra", "Aletheia"} <= names
+    await api.runs.put_persona(pb.Persona(name="Terse", system_prompt="one two three"))
+    workflow = await api.runs.create_workflow(
+        "persona", [spec("a", "llm", "x y", persona="Terse"), spec("b", "llm", "x y")]
+    )
+    run, _ = await run_once(api, workflow.id)
+    assert run.steps[0].system_prompt == "one two three"
+    assert run.steps[0].input_tokens == run.steps[1].input_tokens + 3
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("steps", "field"),
+    [
+        ([spec("a", prompt="{{ steps.b.output }}"), spec("b")], "steps[0].prompt"),
+        ([spec("a", prompt="{{ item }}")], "steps[0].prompt"),
+        ([spec("a", prompt="{{ nonsense }}")], "steps[0].prompt"),
+        ([spec("a", "fan_out", source="zzz")], "steps[0].source"),
+        ([spec("a"), spec("b", "fan_out", source="a", split="words")], "steps[1].split"),
+        ([spec("a", persona="Nobody")], "steps[0].persona"),
+        ([spec("a", alternatives=99)], "steps[0].alternatives"),
+        ([spec("a", generates="implementation_prompt")], "steps[0].generates"),
+        ([spec("a", "tool")], "steps[0].tool"),
+        ([spec("a", "consistency_check", reviews=["later"])], "steps[0].reviews[0]"),
+    ],
+)
+async def test_invalid_definitions_name_the_field(
+    api: Clients, steps: list[pb.StepSpec], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        await api.runs.create_workflow("bad", steps)
+    assert raised.value.field == field
+
+
+async def test_delete_refuses_while_active_then_removes_everything(api: Clients) -> None:
+    workflow = await api.runs.create_workflow("gone", [spec("a")])
+    run = await api.runs.create_run(workflow.id)
+    with pytest.raises(FailedPrecondition):
+        await api.runs.delete_workflow(workflow.id)
+    await execute(api, run.id)
+    await api.runs.delete_workflow(workflow.id)
+    listed = await eventually(
+        api.runs.list_workflows, lambda ws: workflow.id not in {w.id for w in ws}
+    )
+    assert workflow.id not in {w.id for w in listed}
