@@ -267,7 +267,7 @@ async def test_fan_out_persists_each_item_and_reports_progress(api: Clients) -> 
     fan = run.steps[1]
     assert fan.status == ev.COMPLETED
     assert [i.index for i in fan.items] == list(range(13))
-    assert [i.heading for i in fan.items][0].startswith("Item 1:")
+    assert fan.items[0].heading.startswith("Item 1:")
     assert fan.output == "\n\n".join(i.output for i in fan.items)
     progress = [json.loads(e.data_json) for e in events if e.type == ev.FAN_OUT_PROGRESS]
     assert sorted(p["index"] for p in progress) == list(range(13))

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from nyxflow import events as ev
+from nyxflow.cli import render
+from nyxflow.cli.connection import connect, err, run_async
 from nyxflow.cli.demo import create_demo
+from nyxflow.cli.follow import follow
 from nyxflow.cli.supervisor import SERVICES, Supervisor, wait_grpc_serving, wait_http_ok
+from nyxflow.errors import FailedPrecondition
 from nyxflow.settings import CommonSettings
+from nyxflow.templates import parse_template
 
 app = typer.Typer(help="nyxflow: durable LLM workflows, streamed live.", no_args_is_help=True)
-console = Console(stderr=True)
+workflow_app = typer.Typer(help="Create, list, show, duplicate, delete, resume, re-run.")
+run_app = typer.Typer(help="Start, follow, list, pause, cancel runs.")
+step_app = typer.Typer(help="Retry a step, choose an alternative.")
+app.add_typer(workflow_app, name="workflow")
+app.add_typer(run_app, name="run")
+app.add_typer(step_app, name="step")
+
+JSON = typer.Option(False, "--json", help="Machine-readable output.")
+DETACHED = "detached: the run goes on; `nyxflow run follow {}` to watch it again"
 
 
 class UpSettings(CommonSettings):
@@ -38,31 +52,236 @@ def up(
         wait_grpc_serving(settings.engine_addr, start_timeout)
         supervisor.start("gateway")
         wait_http_ok(f"{base}/healthz", start_timeout)
-        console.print(f"[green]nyxflow is up[/]: {', '.join(SERVICES)}")
-        console.print(f"  page      {base}/")
-        console.print(f"  API key   {settings.api_key}")
+        err.print(f"[green]nyxflow is up[/]: {', '.join(SERVICES)}")
+        err.print(f"  page      {base}/")
+        err.print(f"  API key   {settings.api_key}")
         if demo:
             workflow, run = asyncio.run(create_demo(settings.runs_addr, settings.api_key))
-            console.print(f"  demo      workflow {workflow.id}, run {run.id} (pending)")
-            console.print(
-                f"  SSE       {base}/v1/runs/{run.id}/events?access_token={settings.api_key}"
-            )
-            console.print(
-                f"            curl -N -H 'Authorization: Bearer {settings.api_key}' "
-                f"{base}/v1/runs/{run.id}/events"
-            )
-        console.print("Ctrl-C stops all three.")
+            err.print(f"  demo      workflow {workflow.id}, run {run.id} (pending)")
+            err.print(f"  SSE       {base}/v1/runs/{run.id}/events?access_token={settings.api_key}")
+        err.print("Ctrl-C stops all three.")
         while not (dead := supervisor.dead()):
             time.sleep(0.5)
-        console.print(f"[red]{', '.join(dead)} exited; stopping the others[/]")
+        err.print(f"[red]{', '.join(dead)} exited; stopping the others[/]")
         raise typer.Exit(1)
     except KeyboardInterrupt:
-        console.print("stopping…")
+        err.print("stopping…")
     except TimeoutError as error:
-        console.print(f"[red]{error}[/]")
+        err.print(f"[red]{error}[/]")
         raise typer.Exit(1) from None
     finally:
         supervisor.stop()
+
+
+# --- workflows --------------------------------------------------------------------------
+
+
+@workflow_app.command("create")
+@run_async
+async def workflow_create(
+    file: Path = typer.Option(..., "-f", "--file", help="A YAML or JSON template."),
+    as_json: bool = JSON,
+) -> None:
+    """Create a workflow from a template file."""
+    request = parse_template(await asyncio.to_thread(file.read_text)).to_request()
+    async with connect() as c:
+        workflow = await c.runs.create_workflow(
+            request.name, request.steps, request.consistency_check
+        )
+    render.as_json(workflow) if as_json else render.out.print(f"created {workflow.id}")
+
+
+@workflow_app.command("list")
+@run_async
+async def workflow_list(as_json: bool = JSON) -> None:
+    async with connect() as c:
+        workflows = await c.runs.list_workflows()
+    render.as_json(list(workflows)) if as_json else render.workflows_table(workflows)
+
+
+@workflow_app.command("show")
+@run_async
+async def workflow_show(workflow_id: str, as_json: bool = JSON) -> None:
+    async with connect() as c:
+        workflow = await c.runs.get_workflow(workflow_id)
+    if as_json:
+        render.as_json(workflow)
+        return
+    render.out.print(f"[bold]{workflow.name}[/] {render.status(workflow.status)}")
+    render.steps_table(list(workflow.steps))
+
+
+@workflow_app.command("duplicate")
+@run_async
+async def workflow_duplicate(workflow_id: str, name: str = "", as_json: bool = JSON) -> None:
+    async with connect() as c:
+        copy = await c.runs.duplicate_workflow(workflow_id, name)
+    render.as_json(copy) if as_json else render.out.print(f"created {copy.id}")
+
+
+@workflow_app.command("delete")
+@run_async
+async def workflow_delete(workflow_id: str) -> None:
+    async with connect() as c:
+        await c.runs.delete_workflow(workflow_id)
+    render.out.print(f"deleted {workflow_id}")
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+
+async def _start_and_follow(run_id: str, follow_it: bool, tokens: bool, as_json: bool) -> None:
+    async with connect() as c:
+        stream = c.engine.execute(run_id)
+        if not follow_it:
+            async for _ in stream:  # the first event means the engine holds it; then detach
+                break
+            render.out.print(run_id)
+            return
+        final = await _follow_until_ctrl_c(stream, run_id, tokens, as_json)
+    if final != ev.COMPLETED:
+        raise typer.Exit(1)
+
+
+async def _follow_until_ctrl_c(stream: object, run_id: str, tokens: bool, as_json: bool) -> str:
+    try:
+        return await follow(stream, tokens=tokens, as_json=as_json)  # type: ignore[arg-type]
+    except asyncio.CancelledError:
+        err.print(DETACHED.format(run_id))
+        raise typer.Exit(130) from None
+
+
+@run_app.command("start")
+@run_async
+async def run_start(
+    workflow_id: str,
+    follow_it: bool = typer.Option(False, "--follow", help="Watch it to the end."),
+    tokens: bool = typer.Option(False, "--tokens", help="Stream the tokens too."),
+    as_json: bool = JSON,
+) -> None:
+    """Start a new run of a workflow (Ctrl-C while following detaches; the run goes on)."""
+    async with connect() as c:
+        run = await c.runs.create_run(workflow_id)
+    await _start_and_follow(run.id, follow_it, tokens, as_json)
+
+
+@run_app.command("follow")
+@run_async
+async def run_follow(
+    run_id: str,
+    tokens: bool = typer.Option(False, "--tokens"),
+    as_json: bool = JSON,
+) -> None:
+    """Watch a run: a pending one is started, any other replayed and followed."""
+    async with connect() as c:
+        run = await c.runs.get_run(run_id)
+        if run.status == ev.PENDING:
+            try:
+                final = await _follow_until_ctrl_c(
+                    c.engine.execute(run_id), run_id, tokens, as_json
+                )
+            except FailedPrecondition:  # someone else started it first
+                final = await _follow_until_ctrl_c(
+                    c.runs.watch_run(run_id), run_id, tokens, as_json
+                )
+        else:
+            final = await _follow_until_ctrl_c(c.runs.watch_run(run_id), run_id, tokens, as_json)
+    if final != ev.COMPLETED:
+        raise typer.Exit(1)
+
+
+@run_app.command("list")
+@run_async
+async def run_list(
+    status: str = typer.Option("", help="Only runs with this status."),
+    workflow: str = typer.Option("", help="Only this workflow's runs."),
+    as_json: bool = JSON,
+) -> None:
+    async with connect() as c:
+        runs = await c.runs.list_runs(workflow, status)
+    render.as_json(list(runs)) if as_json else render.runs_table(runs)
+
+
+@run_app.command("show")
+@run_async
+async def run_show(run_id: str, as_json: bool = JSON) -> None:
+    async with connect() as c:
+        run = await c.runs.get_run(run_id)
+    if as_json:
+        render.as_json(run)
+        return
+    render.out.print(f"run {run.id} {render.status(run.status)} {run.error}")
+    render.steps_table(list(run.steps))
+
+
+@run_app.command("pause")
+@run_async
+async def run_pause(run_id: str) -> None:
+    """Pause: at once if pending, else at the next step or fan-out item."""
+    async with connect() as c:
+        run = await c.runs.pause_run(run_id)
+    note = " (at the next step boundary)" if run.pause_requested else ""
+    render.out.print(f"{run.id} {render.status(run.status)}{note}")
+
+
+@run_app.command("cancel")
+@run_async
+async def run_cancel(run_id: str) -> None:
+    async with connect() as c:
+        run = await c.runs.cancel_run(run_id)
+    render.out.print(f"{run.id} {render.status(run.status)}")
+
+
+@run_app.command("resume")
+@run_async
+async def run_resume(
+    workflow_id: str,
+    follow_it: bool = typer.Option(False, "--follow"),
+    tokens: bool = typer.Option(False, "--tokens"),
+    as_json: bool = JSON,
+) -> None:
+    """Resume a paused or failed workflow: every step not completed runs, in order."""
+    async with connect() as c:
+        run = await c.runs.resume_workflow(workflow_id)
+    await _start_and_follow(run.id, follow_it, tokens, as_json)
+
+
+@run_app.command("rerun")
+@run_async
+async def run_rerun(
+    workflow_id: str,
+    follow_it: bool = typer.Option(False, "--follow"),
+    as_json: bool = JSON,
+) -> None:
+    """Reset every step and run the workflow again."""
+    async with connect() as c:
+        run = await c.runs.rerun_workflow(workflow_id)
+    await _start_and_follow(run.id, follow_it, False, as_json)
+
+
+# --- steps --------------------------------------------------------------------------------
+
+
+@step_app.command("retry")
+@run_async
+async def step_retry(
+    step_id: str,
+    cascade: bool = typer.Option(False, "--cascade", help="Retry every later step too."),
+    follow_it: bool = typer.Option(False, "--follow"),
+) -> None:
+    """Reset the step (and with --cascade every later one) and start a new run."""
+    async with connect() as c:
+        run = await c.runs.retry_step(step_id, cascade)
+    await _start_and_follow(run.id, follow_it, False, False)
+
+
+@step_app.command("select")
+@run_async
+async def step_select(step_id: str, index: int) -> None:
+    """Use alternative INDEX as the step's output."""
+    async with connect() as c:
+        step = await c.runs.select_alternative(step_id, index)
+    render.out.print(f"{step.name}: alternative {step.selected_index} selected")
 
 
 @app.command()
@@ -73,5 +292,12 @@ def version() -> None:
     typer.echo(dist_version("nyxflow"))
 
 
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()
