@@ -12,7 +12,7 @@ from nyxflow import events as ev
 from tests.support.eventually import eventually
 from tests.support.gateway_api import create_workflow, get_run, start_run, steps
 from tests.support.processes import LEASE_TTL_S, ProcessStack
-from tests.support.sse_client import read_events
+from tests.support.sse_client import frames, read_events
 
 
 async def _start_long_run(http: httpx.AsyncClient, stack: ProcessStack, name: str) -> str:
@@ -89,3 +89,57 @@ async def test_sigterm_engine_pauses_its_runs_never_leaves_them_running(
         assert events[-1].event == ev.RUN_PAUSED
     finally:
         stack.restart("engine")
+
+
+async def test_fan_out_killed_mid_way_resumes_to_exactly_all_items(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    workflow = await create_workflow(
+        http,
+        stack,
+        "fan-crash",
+        [
+            {"name": "Topics", "params": {"items": 13, "tokens": 80}},
+            {
+                "name": "Each",
+                "kind": "fan_out",
+                "source": "Topics",
+                "concurrency": 1,
+                "prompt": "Detail {{ item }}",
+                "params": {"tokens": 10, "token_delay_ms": 20},
+            },
+        ],
+    )
+    run_id = await start_run(http, stack, workflow["id"])
+    seen = 0
+    async with http.stream("GET", f"/v1/runs/{run_id}/events", headers=stack.headers) as response:
+        async for frame in frames(response):
+            if frame.event == ev.FAN_OUT_PROGRESS:
+                seen = frame.json["done"]
+                if seen == 5:
+                    break
+    stack.kill("engine")
+    try:
+        await eventually(
+            lambda: get_run(http, stack, run_id),
+            lambda r: r["status"] == "failed",
+            timeout_s=2 * LEASE_TTL_S + 1,
+            what="crashed fan-out swept",
+        )
+    finally:
+        stack.start("engine")
+    crashed = await get_run(http, stack, run_id)
+    kept = {i["index"]: i["output"] for i in crashed["steps"][1]["items"]}
+    assert 5 <= len(kept) < 13
+
+    resumed = await http.post(f"/v1/workflows/{workflow['id']}/resume", headers=stack.headers)
+    assert resumed.status_code == 201, resumed.text
+    events = await read_events(http, f"/v1/runs/{resumed.json()['id']}/events", stack.headers)
+
+    assert events[-1].event == ev.RUN_COMPLETED
+    redone = [f.json["index"] for f in events if f.event == ev.FAN_OUT_PROGRESS]
+    assert sorted(redone) == sorted(set(range(13)) - set(kept))
+    final = await get_run(http, stack, resumed.json()["id"])
+    items = final["steps"][1]["items"]
+    assert [i["index"] for i in items] == list(range(13))
+    assert all(items[i]["output"] == out for i, out in kept.items())
