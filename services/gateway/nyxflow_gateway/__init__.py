@@ -1,0 +1,1 @@
+"""The HTTP gateway: JSON API, the page, and the SSE stream of a run."""

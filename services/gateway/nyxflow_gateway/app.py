@@ -1,0 +1,60 @@
+"""The FastAPI application: channels opened in the lifespan, routes, errors, the page."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from nyxflow.client import open_channel
+from nyxflow_gateway import errors
+from nyxflow_gateway.deps import Clients
+from nyxflow_gateway.routes import personas, runs, steps, workflows
+from nyxflow_gateway.settings import GatewaySettings
+from nyxflow_gateway.sse import StreamGauge
+
+PAGE = Path(__file__).parent / "static" / "index.html"
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.gauge = StreamGauge()
+        app.state.runs_channel = open_channel(settings.runs_addr)
+        app.state.engine_channel = open_channel(settings.engine_addr)
+        try:
+            yield
+        finally:
+            await app.state.runs_channel.close()
+            await app.state.engine_channel.close()
+
+    app = FastAPI(
+        title="nyxflow",
+        summary="Durable multi-step LLM workflows, streamed live.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (workflows, runs, steps, personas):
+        app.include_router(module.router)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/debug/streams", tags=["health"])
+    async def streams(_: Clients) -> dict[str, Any]:
+        return {"upstream_streams": app.state.gauge.upstream_streams}
+
+    return app

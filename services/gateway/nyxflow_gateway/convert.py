@@ -1,0 +1,104 @@
+"""Protobuf messages → the JSON the API returns (timestamps as ISO-8601, objects decoded)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from nyxflow.v1 import common_pb2 as pb
+
+
+def when(epoch: float) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch else None
+
+
+def _object(raw: str) -> dict[str, Any]:
+    value = json.loads(raw) if raw else {}
+    return value if isinstance(value, dict) else {}
+
+
+def step(s: pb.Step) -> dict[str, Any]:
+    spec = s.spec
+    return {
+        "id": s.id,
+        "order": s.order,
+        "name": s.name,
+        "kind": s.kind,
+        "prompt": s.prompt,
+        "persona": spec.persona,
+        "provider": s.provider,
+        "model": s.model,
+        "params": _object(s.params_json),
+        "max_tokens": s.max_tokens,
+        "alternatives_count": spec.alternatives,
+        "auto_continue": spec.auto_continue,
+        "source": spec.source,
+        "split": spec.split,
+        "concurrency": spec.concurrency,
+        "generates": spec.generates,
+        "reviews": list(spec.reviews),
+        "tool": spec.tool,
+        "status": s.status,
+        "output": s.output,
+        "error": s.error or None,
+        "auto_generated": s.auto_generated,
+        "truncated": s.truncated,
+        "finish_reason": s.finish_reason or None,
+        "input_tokens": s.input_tokens,
+        "output_tokens": s.output_tokens,
+        "served_by": s.served_by or None,
+        "selected_index": s.selected_index,
+        "alternatives": [
+            {
+                "index": a.index,
+                "output": a.output,
+                "finish_reason": a.finish_reason,
+                "truncated": a.truncated,
+                "input_tokens": a.input_tokens,
+                "output_tokens": a.output_tokens,
+                "served_by": a.served_by,
+            }
+            for a in s.alternatives
+        ],
+        "items": [{"index": i.index, "heading": i.heading, "output": i.output} for i in s.items],
+        "started_at": when(s.started_at),
+        "finished_at": when(s.finished_at),
+    }
+
+
+def workflow(w: pb.Workflow) -> dict[str, Any]:
+    return {
+        "id": w.id,
+        "name": w.name,
+        "status": w.status,
+        "last_run_id": w.last_run_id or None,
+        "consistency_check": w.consistency_check,
+        "created_at": when(w.created_at),
+        "updated_at": when(w.updated_at),
+        "steps": [step(s) for s in w.steps],
+    }
+
+
+def run(r: pb.Run) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "workflow_id": r.workflow_id,
+        "status": r.status,
+        "error": r.error or None,
+        "last_seq": r.last_seq,
+        "pause_requested": r.pause_requested,
+        "created_at": when(r.created_at),
+        "started_at": when(r.started_at),
+        "finished_at": when(r.finished_at),
+        "steps": [step(s) for s in r.steps],
+    }
+
+
+def persona(p: pb.Persona) -> dict[str, Any]:
+    return {"name": p.name, "role": p.role, "system_prompt": p.system_prompt, "builtin": p.builtin}
+
+
+def event_data(e: pb.RunEvent) -> str:
+    """An event's SSE data: its own data plus seq, type and run id, as one JSON object."""
+    return json.dumps({**_object(e.data_json), "seq": e.seq, "type": e.type, "run_id": e.run_id})

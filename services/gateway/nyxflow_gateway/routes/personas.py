@@ -1,0 +1,30 @@
+"""/v1/personas: the built-ins and the tenant's own named system prompts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_gateway import convert
+from nyxflow_gateway.deps import Clients
+
+router = APIRouter(prefix="/v1/personas", tags=["personas"])
+
+
+class PersonaBody(BaseModel):
+    role: str = ""
+    system_prompt: str = Field(min_length=1)
+
+
+@router.get("")
+async def list_personas(services: Clients) -> dict[str, Any]:
+    return {"personas": [convert.persona(p) for p in await services.runs.list_personas()]}
+
+
+@router.put("/{name}")
+async def put_persona(name: str, body: PersonaBody, services: Clients) -> dict[str, Any]:
+    persona = pb.Persona(name=name, role=body.role, system_prompt=body.system_prompt)
+    return convert.persona(await services.runs.put_persona(persona))

@@ -1,0 +1,76 @@
+"""/v1/runs: read, list, pause, cancel, and the SSE stream of events."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from nyxflow.errors import InvalidArgument
+from nyxflow_gateway import convert
+from nyxflow_gateway.deps import Clients, StreamClients
+from nyxflow_gateway.sse import HEADERS, frames
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+SEQ = re.compile(r"\d{1,18}")
+
+
+def parse_last_event_id(header: str | None, query: str | None) -> int:
+    raw = header if header is not None else query
+    if raw is None or raw == "":
+        return 0
+    if not SEQ.fullmatch(raw.strip()):
+        field = "Last-Event-ID" if header is not None else "last_event_id"
+        raise InvalidArgument("must be a non-negative integer (an event's seq)", field=field)
+    return int(raw)
+
+
+@router.get("")
+async def list_runs(
+    services: Clients,
+    workflow_id: str = "",
+    status: str = "",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    runs = await services.runs.list_runs(workflow_id, status, limit)
+    return {"runs": [convert.run(r) for r in runs]}
+
+
+@router.get("/{run_id}")
+async def get_run(run_id: str, services: Clients) -> dict[str, Any]:
+    return convert.run(await services.runs.get_run(run_id))
+
+
+@router.post("/{run_id}/pause")
+async def pause_run(run_id: str, services: Clients) -> dict[str, Any]:
+    return convert.run(await services.runs.pause_run(run_id))
+
+
+@router.post("/{run_id}/cancel")
+async def cancel_run(run_id: str, services: Clients) -> dict[str, Any]:
+    return convert.run(await services.runs.cancel_run(run_id))
+
+
+@router.get(
+    "/{run_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def run_events(
+    run_id: str,
+    request: Request,
+    services: StreamClients,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: str | None = None,
+) -> StreamingResponse:
+    """Starts the run if it is pending, else follows it; replays after Last-Event-ID."""
+    after = parse_last_event_id(last_event_id_header, last_event_id)
+    run = await services.runs.get_run(run_id)  # 401 / 404 before any stream opens
+    state = request.app.state
+    return StreamingResponse(
+        frames(services, run_id, run.status, after, state.settings, state.gauge),
+        media_type="text/event-stream; charset=utf-8",
+        headers=HEADERS,
+    )

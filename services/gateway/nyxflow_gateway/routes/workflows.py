@@ -1,0 +1,92 @@
+"""/v1/workflows: create (JSON or a YAML/JSON template), list, show, duplicate, delete,
+and the workflow-level operations that start a new run (run, resume, re-run)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
+
+from nyxflow.templates import WorkflowTemplate, parse_template
+from nyxflow_gateway import convert
+from nyxflow_gateway.deps import Clients
+
+router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
+MAX_TEMPLATE_BYTES = 1_000_000
+
+
+class DuplicateBody(BaseModel):
+    name: str = ""
+
+
+async def _create(services: Clients, template: WorkflowTemplate) -> dict[str, Any]:
+    request = template.to_request()
+    workflow = await services.runs.create_workflow(
+        request.name, request.steps, request.consistency_check
+    )
+    return convert.workflow(workflow)
+
+
+@router.post("", status_code=201)
+async def create_workflow(body: WorkflowTemplate, services: Clients) -> dict[str, Any]:
+    return await _create(services, body)
+
+
+@router.post(
+    "/import",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {"content": {"application/yaml": {"schema": {"type": "string"}}}}
+    },
+)
+async def import_workflow(request: Request, services: Clients) -> dict[str, Any]:
+    """Create from a template's text, YAML or JSON, as pasted or read from a file."""
+    raw = await request.body()
+    text = raw[:MAX_TEMPLATE_BYTES].decode("utf-8", errors="replace")
+    return await _create(services, parse_template(text))
+
+
+@router.get("")
+async def list_workflows(services: Clients) -> dict[str, Any]:
+    return {"workflows": [convert.workflow(w) for w in await services.runs.list_workflows()]}
+
+
+@router.get("/{workflow_id}")
+async def get_workflow(workflow_id: str, services: Clients) -> dict[str, Any]:
+    return convert.workflow(await services.runs.get_workflow(workflow_id))
+
+
+@router.delete("/{workflow_id}", status_code=204)
+async def delete_workflow(workflow_id: str, services: Clients) -> Response:
+    await services.runs.delete_workflow(workflow_id)
+    return Response(status_code=204)
+
+
+@router.post("/{workflow_id}/duplicate", status_code=201)
+async def duplicate_workflow(
+    workflow_id: str, services: Clients, body: DuplicateBody | None = None
+) -> dict[str, Any]:
+    name = body.name if body is not None else ""
+    return convert.workflow(await services.runs.duplicate_workflow(workflow_id, name))
+
+
+@router.post("/{workflow_id}/runs", status_code=201)
+async def create_run(workflow_id: str, services: Clients) -> dict[str, Any]:
+    return convert.run(await services.runs.create_run(workflow_id))
+
+
+@router.get("/{workflow_id}/runs")
+async def list_workflow_runs(workflow_id: str, services: Clients) -> dict[str, Any]:
+    await services.runs.get_workflow(workflow_id)  # 404 for a missing or foreign workflow
+    return {"runs": [convert.run(r) for r in await services.runs.list_runs(workflow_id)]}
+
+
+@router.post("/{workflow_id}/resume", status_code=201)
+async def resume_workflow(workflow_id: str, services: Clients) -> dict[str, Any]:
+    return convert.run(await services.runs.resume_workflow(workflow_id))
+
+
+@router.post("/{workflow_id}/rerun", status_code=201)
+async def rerun_workflow(workflow_id: str, services: Clients) -> dict[str, Any]:
+    return convert.run(await services.runs.rerun_workflow(workflow_id))

@@ -1,0 +1,13 @@
+"""Settings of the gateway."""
+
+from __future__ import annotations
+
+from nyxflow.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    sse_heartbeat_s: float = 15.0
+    sse_retry_ms: int = 3000
+    sse_queue_events: int = 1000  # per client: a client this far behind is dropped, alone
