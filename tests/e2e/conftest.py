@@ -1,4 +1,5 @@
-"""One process stack per backend per module: SQLite with the in-process bus, PostgreSQL with Redis."""
+"""One process stack per backend per module: SQLite with the in-process bus,
+PostgreSQL with Redis."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ async def test_sigterm_engine_pauses_its_runs_never_leaves_them_running(
             what="run paused by the draining engine",
         )
         assert run["status"] == "paused" and run["error"] == "engine shut down"
-        assert [s["status"] for s in run["steps"]][0] in ("completed", "pending")
+        assert run["steps"][0]["status"] in ("completed", "pending")
         assert "running" not in [s["status"] for s in run["steps"]]
         events = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
         assert events[-1].event == ev.RUN_PAUSED

@@ -47,7 +47,9 @@ async def test_connect_streams_every_event_in_order_and_database_matches(
 async def test_reconnect_with_last_event_id_resumes_without_duplicates_or_restart(
     http: httpx.AsyncClient, stack: ProcessStack
 ) -> None:
-    workflow = await create_workflow(http, stack, "reconnect", steps(4, tokens=20, token_delay_ms=15))
+    workflow = await create_workflow(
+        http, stack, "reconnect", steps(4, tokens=20, token_delay_ms=15)
+    )
     run_id = await start_run(http, stack, workflow["id"])
 
     first = await read_events(http, events_url(run_id), stack.headers, limit=4)
@@ -63,12 +65,14 @@ async def test_reconnect_with_last_event_id_resumes_without_duplicates_or_restar
     assert [f.seq for f in everything] == seqs
 
 
-async def test_query_last_event_id_is_honoured(http: httpx.AsyncClient, stack: ProcessStack) -> None:
+async def test_query_last_event_id_is_honoured(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
     workflow = await create_workflow(http, stack, "query", steps(1, tokens=4))
     run_id = await start_run(http, stack, workflow["id"])
     await read_events(http, events_url(run_id), stack.headers)
     tail = await read_events(http, f"{events_url(run_id)}?last_event_id=3", stack.headers)
-    assert [f.seq for f in tail][0] == 4 and tail[-1].event == ev.RUN_COMPLETED
+    assert tail[0].seq == 4 and tail[-1].event == ev.RUN_COMPLETED
 
 
 async def test_fifty_concurrent_connects_start_the_run_once(

@@ -36,6 +36,12 @@ async def get_run(http: httpx.AsyncClient, stack: ProcessStack, run_id: str) -> 
 
 def steps(count: int, **params: Any) -> list[dict[str, Any]]:
     return [
-        {"name": f"s{i}", "kind": "llm", "prompt": f"step {i}", "provider": "local", "params": params}
+        {
+            "name": f"s{i}",
+            "kind": "llm",
+            "prompt": f"step {i}",
+            "provider": "local",
+            "params": params,
+        }
         for i in range(count)
     ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nyxflow import constants as kinds
+from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 
@@ -180,6 +181,20 @@ def _object(raw: str, field: str) -> dict[str, Any]:
         raise InvalidArgument(f"is not valid JSON: {error.msg}", field=field) from None
     if not isinstance(value, dict):
         raise InvalidArgument("must be a JSON object", field=field)
+    return value
+
+
+MAX_EVENT_TYPE = 40  # the run_events.type column
+
+
+def event_type(value: str, field: str) -> str:
+    """An engine's event: named, fits its column, and never terminal (FinishRun writes those)."""
+    if not value:
+        raise InvalidArgument("is required", field=field)
+    if len(value) > MAX_EVENT_TYPE:
+        raise InvalidArgument(f"must be at most {MAX_EVENT_TYPE} characters", field=field)
+    if value in ev.TERMINAL_EVENTS:
+        raise InvalidArgument(f"{value!r} is written by FinishRun only", field=field)
     return value
 
 

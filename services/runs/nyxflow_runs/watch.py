@@ -15,7 +15,9 @@ PAGE = 500
 async def watch_run(
     store: Store, bus: LocalBus, tenant_id: str, run_id: str, after_seq: int, poll_s: float
 ) -> AsyncIterator[pb.RunEvent]:
-    await store.run_status(tenant_id, run_id)  # NotFound before anything streams
+    # NotFound before anything streams. Read before the first page: a run finished by then
+    # has its terminal event (written in the same transaction) in the database too.
+    status = await store.run_status(tenant_id, run_id)
     # Subscribe before the first read so nothing published in between is missed.
     sub = bus.subscribe(run_id)
     try:
@@ -29,6 +31,8 @@ async def watch_run(
                     return
             if len(page) == PAGE:
                 continue
+            if status in ev.FINISHED_RUN_STATUSES:
+                return  # it ended before we came, at or before after_seq: nothing more will come
             if sub.overflowed:  # we fell behind the bus: the database has it all
                 sub.overflowed = False
                 while not sub.queue.empty():

@@ -17,7 +17,7 @@ from nyxflow_runs import convert
 from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import Persona, Run, RunEvent, Step, StepItem, Workflow
-from nyxflow_runs.validation import event_data
+from nyxflow_runs.validation import event_data, event_type
 
 # Everything an execution produced; retry and re-run put a step back to exactly this.
 PRISTINE_STEP: dict[str, Any] = {
@@ -46,7 +46,10 @@ class Draft:
     @classmethod
     def from_pb(cls, drafts: Sequence[pb.EventDraft]) -> list[Draft]:
         return [
-            cls(d.type, event_data(d.data_json, f"events[{i}].data_json"))
+            cls(
+                event_type(d.type, f"events[{i}].type"),
+                event_data(d.data_json, f"events[{i}].data_json"),
+            )
             for i, d in enumerate(drafts)
         ]
 
