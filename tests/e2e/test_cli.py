@@ -1,0 +1,51 @@
+"""The `nyxflow` CLI against the running services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.inprocess import API_KEY
+from tests.support.processes import ProcessStack
+
+
+def cli(stack: ProcessStack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "NYXFLOW_API_KEY": API_KEY,
+        "NYXFLOW_RUNS_ADDR": stack.runs_addr,
+        "NYXFLOW_ENGINE_ADDR": stack.engine_addr,
+    }
+    command = [sys.executable, "-m", "nyxflow.cli.main", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_create_start_follow_and_exit_codes(stack: ProcessStack, tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("name: cli\nsteps:\n  - name: a\n    params: {tokens: 5}\n")
+    created = cli(stack, "workflow", "create", "-f", str(good), "--json")
+    assert created.returncode == 0, created.stderr
+    workflow_id = json.loads(created.stdout)["id"]
+
+    followed = cli(stack, "run", "start", workflow_id, "--follow", "--json")
+    assert followed.returncode == 0, followed.stderr
+    types = [json.loads(line)["type"] for line in followed.stdout.splitlines()]
+    assert types[0] == "run_started" and types[-1] == "run_completed"
+
+    listed = cli(stack, "run", "list", "--workflow", workflow_id, "--json")
+    assert [r["status"] for r in json.loads(listed.stdout)] == ["completed"]
+
+    failing = tmp_path / "failing.yaml"
+    failing.write_text("name: f\nsteps:\n  - name: a\n    params: {fail: nope}\n")
+    failing_id = json.loads(cli(stack, "workflow", "create", "-f", str(failing), "--json").stdout)[
+        "id"
+    ]
+    assert cli(stack, "run", "start", failing_id, "--follow").returncode == 1
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nsteps:\n  - name: a\n    kind: nope\n")
+    refused = cli(stack, "workflow", "create", "-f", str(bad))
+    assert refused.returncode == 2 and "steps[0].kind" in refused.stderr

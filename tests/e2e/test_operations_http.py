@@ -1,0 +1,104 @@
+"""Every workflow operation over HTTP, as the page and scripts use them."""
+
+from __future__ import annotations
+
+import httpx
+
+from nyxflow import events as ev
+from tests.support.eventually import eventually
+from tests.support.gateway_api import create_workflow, get_run, start_run
+from tests.support.processes import ProcessStack
+from tests.support.sse_client import read_events
+
+TEMPLATE = """
+name: From YAML
+steps:
+  - name: Draft
+    alternatives: 2
+    params: {tokens: 6}
+  - name: Review
+    persona: Nemesis
+    prompt: "Review: {{ steps.Draft.output }}"
+    params: {tokens: 6}
+"""
+
+
+async def finish(http: httpx.AsyncClient, stack: ProcessStack, run_id: str) -> str:
+    events = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
+    return str(events[-1].event)
+
+
+async def test_import_select_retry_duplicate_rerun_delete(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    headers = stack.headers
+    imported = await http.post(
+        "/v1/workflows/import",
+        content=TEMPLATE,
+        headers={**headers, "Content-Type": "application/yaml"},
+    )
+    assert imported.status_code == 201, imported.text
+    workflow = imported.json()
+    assert [s["persona"] for s in workflow["steps"]] == ["", "Nemesis"]
+    run_id = await start_run(http, stack, workflow["id"])
+    assert await finish(http, stack, run_id) == ev.RUN_COMPLETED
+
+    draft = (await get_run(http, stack, run_id))["steps"][0]
+    assert len(draft["alternatives"]) == 2
+    chosen = await http.post(f"/v1/steps/{draft['id']}/select", json={"index": 1}, headers=headers)
+    assert (
+        chosen.status_code == 200 and chosen.json()["output"] == draft["alternatives"][1]["output"]
+    )
+    out_of_range = await http.post(
+        f"/v1/steps/{draft['id']}/select", json={"index": 5}, headers=headers
+    )
+    assert out_of_range.status_code == 400 and out_of_range.json()["error"]["field"] == "index"
+
+    retried = await http.post(
+        f"/v1/steps/{draft['id']}/retry", json={"cascade": True}, headers=headers
+    )
+    assert retried.status_code == 201
+    assert [s["status"] for s in retried.json()["steps"]] == []  # a new run carries no steps yet
+    fresh = await get_run(http, stack, retried.json()["id"])
+    assert [s["status"] for s in fresh["steps"]] == ["pending", "pending"]
+    assert await finish(http, stack, fresh["id"]) == ev.RUN_COMPLETED
+
+    copy = await http.post(f"/v1/workflows/{workflow['id']}/duplicate", headers=headers)
+    assert copy.status_code == 201 and copy.json()["name"] == "From YAML (copy)"
+
+    rerun = await http.post(f"/v1/workflows/{workflow['id']}/rerun", headers=headers)
+    assert rerun.status_code == 201
+    busy = await http.delete(f"/v1/workflows/{workflow['id']}", headers=headers)
+    assert busy.status_code == 409 and "pending" in busy.json()["error"]["message"]
+    assert await finish(http, stack, rerun.json()["id"]) == ev.RUN_COMPLETED
+    assert (
+        await http.delete(f"/v1/workflows/{workflow['id']}", headers=headers)
+    ).status_code == 204
+    gone = await http.get(f"/v1/workflows/{workflow['id']}", headers=headers)
+    assert gone.status_code == 404
+
+
+async def test_pause_cancel_resume_over_http(http: httpx.AsyncClient, stack: ProcessStack) -> None:
+    slow = {"tokens": 30, "token_delay_ms": 20}
+    workflow = await create_workflow(
+        http, stack, "steer", [{"name": f"s{i}", "params": slow} for i in range(3)]
+    )
+    run_id = await start_run(http, stack, workflow["id"])
+    await read_events(http, f"/v1/runs/{run_id}/events", stack.headers, limit=2)
+    paused = await http.post(f"/v1/runs/{run_id}/pause", headers=stack.headers)
+    assert paused.status_code == 200 and paused.json()["pause_requested"]
+    run = await eventually(
+        lambda: get_run(http, stack, run_id), lambda r: r["status"] == "paused", timeout_s=10
+    )
+    assert "running" not in [s["status"] for s in run["steps"]]
+
+    resumed = await http.post(f"/v1/workflows/{workflow['id']}/resume", headers=stack.headers)
+    assert resumed.status_code == 201
+    resumed_id = resumed.json()["id"]
+    await read_events(http, f"/v1/runs/{resumed_id}/events", stack.headers, limit=3)
+    cancelled = await http.post(f"/v1/runs/{resumed_id}/cancel", headers=stack.headers)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    again = await http.post(f"/v1/runs/{resumed_id}/cancel", headers=stack.headers)
+    assert again.status_code == 409 and "cancelled" in again.json()["error"]["message"]
+    runs = await http.get(f"/v1/workflows/{workflow['id']}/runs", headers=stack.headers)
+    assert [r["status"] for r in runs.json()["runs"]] == ["cancelled", "paused"]
