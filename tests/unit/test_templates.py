@@ -47,7 +47,10 @@ def test_json_is_accepted_too() -> None:
         ("name: x\nsteps:\n  - name: a\n    colour: red\n", "steps[0].colour"),
         ("name: x\nsteps: []\n", "steps"),
         ("steps:\n  - name: a\n", "name"),
-        ("name: x\nsteps:\n  - name: a\n  - name: b\n    concurrency: 1000\n", "steps[1].concurrency"),
+        (
+            "name: x\nsteps:\n  - name: a\n  - name: b\n    concurrency: 1000\n",
+            "steps[1].concurrency",
+        ),
         ("- just\n- a list\n", "template"),
         ("name: [unclosed\n", "template"),
     ],

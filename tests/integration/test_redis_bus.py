@@ -1,0 +1,154 @@
+"""Live fan-out between runs replicas through Redis: a watcher on replica A hears, in order and
+at once, what an engine writes through replica B. PostgreSQL only (replicas share a database)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import redis.asyncio as aioredis
+
+from nyxflow import events as ev
+from nyxflow.auth import internal_metadata
+from nyxflow.client import RunsClient
+from nyxflow.errors import FailedPrecondition
+from nyxflow.v1 import common_pb2 as pb
+from tests.support.databases import REDIS_URL, fresh_database, unavailable
+from tests.support.eventually import eventually
+from tests.support.inprocess import SECRET, Clients, clients, runs_service
+from tests.support.workflows import chain
+
+pytestmark = [pytest.mark.pg, pytest.mark.redis]
+
+# Replica A re-reads the database only every 30 s: anything faster came through Redis.
+SLOW_POLL_S = 30.0
+LIVE_WITHIN_S = 1.0
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except (aioredis.RedisError, OSError) as error:
+        await client.aclose()
+        unavailable("Redis", error)
+        raise
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def pg_url(tmp_path: Path, redis_client: aioredis.Redis) -> AsyncIterator[str]:
+    async with fresh_database("postgresql", tmp_path) as url:
+        yield url
+
+
+def draft(type_: str, **data: Any) -> pb.EventDraft:
+    return pb.EventDraft(type=type_, data_json=json.dumps(data))
+
+
+async def pattern_subscribers(client: aioredis.Redis) -> int:
+    """Redis connections with a pattern subscription (each replica's bus reader has one)."""
+    return sum(1 for c in await client.client_list() if int(c.get("psub", 0)) > 0)
+
+
+def as_engine(api: Clients, tenant_id: str) -> RunsClient:
+    return RunsClient(api.runs_channel, internal_metadata(SECRET, tenant_id))
+
+
+async def next_event(stream: AsyncGenerator[pb.RunEvent, None], timeout_s: float) -> pb.RunEvent:
+    async with asyncio.timeout(timeout_s):
+        return await anext(stream)
+
+
+async def test_a_watcher_on_one_replica_hears_writes_through_another_live(
+    pg_url: str, redis_client: aioredis.Redis
+) -> None:
+    subscribers_before = await pattern_subscribers(redis_client)
+    async with (
+        runs_service(pg_url, redis_url=REDIS_URL, watch_poll_s=SLOW_POLL_S) as a_settings,
+        runs_service(pg_url, redis_url=REDIS_URL) as b_settings,
+        clients(a_settings.runs_listen) as a,
+        clients(b_settings.runs_listen) as b,
+    ):
+        # both replicas' bus readers are subscribed to Redis
+        await eventually(
+            lambda: pattern_subscribers(redis_client),
+            lambda n: n >= subscribers_before + 2,
+            timeout_s=5.0,
+            what="both replicas subscribed to Redis",
+        )
+        workflow = await b.runs.create_workflow("fan-out", chain(1))
+        run = await b.runs.create_run(workflow.id)
+        engine_b = as_engine(b, run.tenant_id)
+        claim = await engine_b.claim_run(run.id, "engine-b", 30.0)
+        assert claim.won
+
+        stream = cast(AsyncGenerator[pb.RunEvent, None], a.runs.watch_run(run.id))
+        try:
+            first = await next_event(stream, LIVE_WITHIN_S)  # replayed from the database
+            assert (first.seq, first.type) == (1, ev.RUN_STARTED)
+
+            for n in range(5):
+                (written,) = (
+                    await engine_b.append_events(run.id, claim.token, [draft(ev.STEP_DELTA, n=n)])
+                ).events
+                live = await next_event(stream, LIVE_WITHIN_S)
+                assert (live.seq, live.type, json.loads(live.data_json)) == (
+                    written.seq,
+                    ev.STEP_DELTA,
+                    {"n": n},
+                )
+            batch = (
+                await engine_b.append_events(
+                    run.id, claim.token, [draft(ev.STEP_DELTA, n=n) for n in range(5, 9)]
+                )
+            ).events
+            received = [await next_event(stream, LIVE_WITHIN_S) for _ in batch]
+            assert [e.seq for e in received] == [e.seq for e in batch] == [7, 8, 9, 10]
+
+            (terminal,) = (await engine_b.finish_run(run.id, claim.token, ev.COMPLETED)).events
+            last = await next_event(stream, LIVE_WITHIN_S)
+            assert (last.seq, last.type) == (terminal.seq, ev.RUN_COMPLETED)
+            with pytest.raises(StopAsyncIteration):
+                await next_event(stream, LIVE_WITHIN_S)
+        finally:
+            await stream.aclose()
+
+        assert (await a.runs.get_run(run.id)).status == ev.COMPLETED
+
+
+async def test_replicas_share_one_truth(pg_url: str) -> None:
+    """Claims through both replicas at once start the run once; B's finish fences A's writes."""
+    async with (
+        runs_service(pg_url, redis_url=REDIS_URL) as a_settings,
+        runs_service(pg_url, redis_url=REDIS_URL) as b_settings,
+        clients(a_settings.runs_listen) as a,
+        clients(b_settings.runs_listen) as b,
+    ):
+        run = await a.runs.create_run((await a.runs.create_workflow("one", chain(1))).id)
+        engine_a, engine_b = (as_engine(c, run.tenant_id) for c in (a, b))
+
+        claims = await asyncio.gather(
+            *(
+                engine.claim_run(run.id, f"e{i}", 30.0)
+                for i in range(20)
+                for engine in (engine_a, engine_b)
+            )
+        )
+
+        winners = [c for c in claims if c.won]
+        assert len(winners) == 1
+        token = winners[0].token
+        await engine_b.finish_run(run.id, token, ev.COMPLETED)
+        with pytest.raises(FailedPrecondition):
+            await engine_a.append_events(run.id, token, [draft(ev.STEP_DELTA)])
+        replay = [e async for e in a.runs.watch_run(run.id)]
+        assert [(e.seq, e.type) for e in replay] == [(1, ev.RUN_STARTED), (2, ev.RUN_COMPLETED)]

@@ -1,0 +1,725 @@
+"""The runs service's invariants, through its real gRPC API on both databases: start once, one
+active run per workflow, fencing, gap-free seqs, the orphan sweeper, WatchRun, tenant walls,
+validation, and the database as the truth. The engine's calls are made directly, with the
+internal credentials the engine uses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import pytest
+
+from nyxflow import events as ev
+from nyxflow.auth import INTERNAL, internal_metadata
+from nyxflow.client import RunsClient
+from nyxflow.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NyxflowError,
+)
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
+from tests.support.direct import Direct, direct
+from tests.support.eventually import eventually
+from tests.support.inprocess import SECRET, Clients, clients, runs_service
+from tests.support.workflows import chain, llm_step
+
+OWNER = "engine-under-test"
+TTL = 30.0
+MISSING = "00000000-0000-0000-0000-000000000000"
+
+
+@pytest.fixture
+async def runs(runs_addr: str) -> AsyncIterator[Clients]:
+    async with clients(runs_addr) as c:
+        yield c
+
+
+@pytest.fixture
+async def db(runs_addr: str, database_url: str) -> AsyncIterator[Direct]:
+    """The same database, read without the service (runs_addr first: it migrates)."""
+    async with direct(database_url) as d:
+        yield d
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def as_engine(api: Clients, tenant_id: str) -> RunsClient:
+    """A client with the engine's identity: the internal secret plus the run's tenant."""
+    return RunsClient(api.runs_channel, internal_metadata(SECRET, tenant_id))
+
+
+def draft(type_: str, **data: Any) -> pb.EventDraft:
+    return pb.EventDraft(type=type_, data_json=json.dumps(data))
+
+
+async def new_run(api: Clients, steps: int = 2, name: str = "wf") -> pb.Run:
+    workflow = await api.runs.create_workflow(name, chain(steps))
+    return await api.runs.create_run(workflow.id)
+
+
+async def claimed(
+    api: Clients, ttl_s: float = TTL, steps: int = 2, name: str = "wf"
+) -> tuple[RunsClient, pb.Run, int]:
+    """A new run, claimed: the engine client, the run (with steps) and the fencing token."""
+    run = await new_run(api, steps, name)
+    engine = as_engine(api, run.tenant_id)
+    claim = await engine.claim_run(run.id, OWNER, ttl_s)
+    assert claim.won
+    return engine, claim.run, claim.token
+
+
+@asynccontextmanager
+async def watching(
+    client: RunsClient, run_id: str, after_seq: int = 0
+) -> AsyncIterator[AsyncGenerator[pb.RunEvent, None]]:
+    stream = cast(AsyncGenerator[pb.RunEvent, None], client.watch_run(run_id, after_seq))
+    try:
+        yield stream
+    finally:
+        await stream.aclose()
+
+
+async def next_event(
+    stream: AsyncGenerator[pb.RunEvent, None], timeout_s: float = 2.0
+) -> pb.RunEvent:
+    async with asyncio.timeout(timeout_s):
+        return await anext(stream)
+
+
+async def watch_all(
+    client: RunsClient, run_id: str, after_seq: int = 0, timeout_s: float = 5.0
+) -> list[pb.RunEvent]:
+    """Everything WatchRun sends; it must end by itself (after the terminal event)."""
+    async with asyncio.timeout(timeout_s), watching(client, run_id, after_seq) as stream:
+        return [event async for event in stream]
+
+
+def seqs_and_types(events: list[pb.RunEvent]) -> list[tuple[int, str]]:
+    return [(e.seq, e.type) for e in events]
+
+
+def engine_writes(
+    engine: RunsClient, run: pb.Run, token: int
+) -> dict[str, Callable[[], Awaitable[object]]]:
+    """Every engine write, with `token`, by name."""
+    step_id = run.steps[0].id
+    return {
+        "Heartbeat": lambda: engine.heartbeat(run.id, token, TTL),
+        "AppendEvents": lambda: engine.append_events(
+            run.id, token, [draft(ev.STEP_DELTA, text="x")]
+        ),
+        "AppendEvents (none)": lambda: engine.append_events(run.id, token, []),
+        "UpdateStep": lambda: engine.update_step(
+            run.id,
+            token,
+            step_id,
+            runs_pb2.StepChange(status=ev.COMPLETED, output="late"),
+            [draft(ev.STEP_COMPLETED, step_id=step_id)],
+        ),
+        "FinishRun": lambda: engine.finish_run(run.id, token, ev.FAILED, "late"),
+    }
+
+
+async def outcome(call: Callable[[], Awaitable[object]]) -> str:
+    """`ok`, or the error's class and message: compare many calls in one assert."""
+    try:
+        await call()
+    except NyxflowError as error:
+        return f"{type(error).__name__}: {error.message}"
+    return "ok"
+
+
+async def outcomes(calls: dict[str, Callable[[], Awaitable[object]]]) -> dict[str, str]:
+    return {name: await outcome(call) for name, call in calls.items()}
+
+
+async def assert_stale(engine: RunsClient, run: pb.Run, token: int) -> None:
+    """Every write with `token` is refused as stale (FAILED_PRECONDITION)."""
+    got = await outcomes(engine_writes(engine, run, token))
+    assert all(o.startswith("FailedPrecondition: stale fencing token") for o in got.values()), got
+
+
+# --- start once ------------------------------------------------------------------------------
+
+
+async def test_a_hundred_simultaneous_claims_start_the_run_once(runs: Clients, db: Direct) -> None:
+    run = await new_run(runs)
+    engine = as_engine(runs, run.tenant_id)
+
+    claims = await asyncio.gather(
+        *(engine.claim_run(run.id, f"engine-{i}", TTL) for i in range(100))
+    )
+
+    winners = [i for i, claim in enumerate(claims) if claim.won]
+    assert len(winners) == 1, winners
+    winner = claims[winners[0]]
+    assert winner.token > 0 and winner.run.status == ev.RUNNING
+    assert seqs_and_types(list(winner.events)) == [(1, ev.RUN_STARTED)]
+    assert [s.id for s in winner.run.steps] == [
+        s.id for s in (await runs.runs.get_run(run.id)).steps
+    ]
+    for claim in claims:
+        if not claim.won:
+            assert claim.token == 0 and not claim.events and claim.run.id == run.id
+    persisted = await db.events(run.tenant_id, run.id)
+    assert seqs_and_types(persisted) == [(1, ev.RUN_STARTED)]
+    assert json.loads(persisted[0].data_json) == {"owner": f"engine-{winners[0]}"}
+    stored = await runs.runs.get_run(run.id)
+    assert stored.status == ev.RUNNING and stored.last_seq == 1 and stored.started_at > 0
+
+
+async def test_a_finished_run_is_never_claimed_again(runs: Clients, db: Direct) -> None:
+    engine, run, token = await claimed(runs)
+    await engine.finish_run(run.id, token, ev.COMPLETED)
+
+    again = await engine.claim_run(run.id, "another-engine", TTL)
+
+    assert not again.won and again.token == 0 and again.run.status == ev.COMPLETED
+    assert seqs_and_types(await db.events(run.tenant_id, run.id)) == [
+        (1, ev.RUN_STARTED),
+        (2, ev.RUN_COMPLETED),
+    ]
+
+
+# --- one active run per workflow ---------------------------------------------------------------
+
+
+async def test_one_active_run_per_workflow(runs: Clients) -> None:
+    workflow = await runs.runs.create_workflow("single", chain(1))
+
+    results = await asyncio.gather(
+        *(runs.runs.create_run(workflow.id) for _ in range(50)), return_exceptions=True
+    )
+
+    created = [r for r in results if isinstance(r, pb.Run)]
+    refused = [r for r in results if isinstance(r, FailedPrecondition)]
+    assert len(created) == 1 and len(refused) == 49, [r for r in results if r not in refused]
+    (run,) = created
+    # still refused while it runs
+    engine = as_engine(runs, run.tenant_id)
+    claim = await engine.claim_run(run.id, OWNER, TTL)
+    with pytest.raises(FailedPrecondition):
+        await runs.runs.create_run(workflow.id)
+    await engine.finish_run(run.id, claim.token, ev.COMPLETED)
+
+    again = await runs.runs.create_run(workflow.id)
+
+    assert again.id != run.id and again.status == ev.PENDING and again.last_seq == 0
+    assert (await runs.runs.get_run(run.id)).status == ev.COMPLETED
+
+
+# --- fencing -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrong", ["next", "zero"])
+async def test_a_wrong_token_is_refused_and_changes_nothing(
+    runs: Clients, db: Direct, wrong: str
+) -> None:
+    engine, run, token = await claimed(runs)
+    bad = token + 1 if wrong == "next" else 0
+    before = await runs.runs.get_run(run.id)
+
+    await assert_stale(engine, run, bad)
+
+    assert await runs.runs.get_run(run.id) == before
+    assert before.status == ev.RUNNING and before.last_seq == 1
+    assert seqs_and_types(await db.events(run.tenant_id, run.id)) == [(1, ev.RUN_STARTED)]
+    # the right token still writes, right after the claim's event
+    written = await engine.append_events(run.id, token, [draft(ev.STEP_DELTA, t="ok")])
+    assert [e.seq for e in written.events] == [2]
+
+
+async def test_after_finish_the_old_token_is_refused(runs: Clients, db: Direct) -> None:
+    engine, run, token = await claimed(runs)
+    step = run.steps[0]
+    await engine.update_step(run.id, token, step.id, runs_pb2.StepChange(status=ev.RUNNING))
+    await engine.update_step(
+        run.id, token, step.id, runs_pb2.StepChange(status=ev.COMPLETED, output="done")
+    )
+    finished = await engine.finish_run(run.id, token, ev.COMPLETED)
+    assert seqs_and_types(list(finished.events)) == [(2, ev.RUN_COMPLETED)]
+    snapshot = await runs.runs.get_run(run.id)
+
+    await assert_stale(engine, run, token)
+
+    assert await runs.runs.get_run(run.id) == snapshot
+    assert snapshot.status == ev.COMPLETED and snapshot.steps[0].output == "done"
+    assert seqs_and_types(await db.events(run.tenant_id, run.id)) == [
+        (1, ev.RUN_STARTED),
+        (2, ev.RUN_COMPLETED),
+    ]
+
+
+# --- gap-free seqs -----------------------------------------------------------------------------
+
+
+async def test_concurrent_appends_get_gap_free_seqs(runs: Clients) -> None:
+    engine, run, token = await claimed(runs)
+
+    responses = await asyncio.gather(
+        *(
+            engine.append_events(
+                run.id, token, [draft(ev.STEP_DELTA, batch=b, i=i) for i in range(5)]
+            )
+            for b in range(20)
+        )
+    )
+    batches = [list(response.events) for response in responses]
+
+    for b, written in enumerate(batches):
+        first = written[0].seq
+        assert [e.seq for e in written] == list(range(first, first + 5)), b  # one block each
+        assert [json.loads(e.data_json) for e in written] == [
+            {"batch": b, "i": i} for i in range(5)
+        ]
+    assert sorted(e.seq for written in batches for e in written) == list(range(2, 102))
+    await engine.finish_run(run.id, token, ev.COMPLETED)
+
+    replay = await watch_all(runs.runs, run.id)
+
+    assert [e.seq for e in replay] == list(range(1, 103))
+    assert replay[0].type == ev.RUN_STARTED and replay[-1].type == ev.RUN_COMPLETED
+    returned = {e.seq: (e.type, json.loads(e.data_json)) for w in batches for e in w}
+    assert {e.seq: (e.type, json.loads(e.data_json)) for e in replay[1:101]} == returned
+    assert (await runs.runs.get_run(run.id)).last_seq == 102
+
+
+# --- the orphan sweeper ------------------------------------------------------------------------
+
+
+async def test_an_expired_lease_is_swept_with_its_running_step(runs: Clients, db: Direct) -> None:
+    engine, run, token = await claimed(runs, ttl_s=0.5)
+    step = run.steps[0]
+    await engine.update_step(
+        run.id,
+        token,
+        step.id,
+        runs_pb2.StepChange(status=ev.RUNNING),
+        [draft(ev.STEP_STARTED, step_id=step.id)],
+    )
+
+    swept = await eventually(
+        lambda: runs.runs.get_run(run.id),
+        lambda r: r.status != ev.RUNNING,
+        timeout_s=2.0,
+        what="the orphaned run swept",
+    )
+
+    assert swept.status == ev.FAILED and swept.error == ev.ORPHAN_ERROR
+    assert swept.finished_at >= swept.started_at > 0
+    assert [s.status for s in swept.steps] == [ev.FAILED, ev.PENDING]
+    assert swept.steps[0].error == ev.ORPHAN_ERROR and swept.steps[0].finished_at > 0
+    events = await db.events(run.tenant_id, run.id)
+    assert seqs_and_types(events) == [(1, ev.RUN_STARTED), (2, ev.STEP_STARTED), (3, ev.RUN_FAILED)]
+    assert json.loads(events[-1].data_json) == {"status": ev.FAILED, "error": ev.ORPHAN_ERROR}
+    # the engine wakes up: a zombie changes nothing
+    await assert_stale(engine, run, token)
+    assert await runs.runs.get_run(run.id) == swept
+    assert len(await db.events(run.tenant_id, run.id)) == 3
+
+
+async def test_heartbeats_keep_a_run_alive(runs: Clients) -> None:
+    engine, kept, token = await claimed(runs, ttl_s=1.0, name="kept")
+    _, dropped, _ = await claimed(runs, ttl_s=1.0, name="dropped")  # never heartbeats
+
+    expiries: list[float] = []
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+        expiries.append(await engine.heartbeat(kept.id, token, 1.0))
+
+    assert (await runs.runs.get_run(kept.id)).status == ev.RUNNING
+    assert expiries == sorted(expiries) and len(set(expiries)) == len(expiries)
+    # the sweeper was at work all along: the run without heartbeats is gone (2 x TTL passed)
+    lost = await runs.runs.get_run(dropped.id)
+    assert lost.status == ev.FAILED and lost.error == ev.ORPHAN_ERROR
+
+
+async def test_two_runs_replicas_sweep_an_orphan_once(
+    runs: Clients, db: Direct, database_url: str
+) -> None:
+    async with runs_service(database_url) as second, clients(second.runs_listen) as other:
+        _, run, _ = await claimed(runs, ttl_s=0.3)
+
+        swept = await eventually(
+            lambda: other.runs.get_run(run.id),
+            lambda r: r.status != ev.RUNNING,
+            timeout_s=2.0,
+            what="the orphaned run swept",
+        )
+        # more sweeps, all at once, find nothing left to sweep
+        again = await asyncio.gather(*(db.store.sweep_orphans_all_tenants() for _ in range(10)))
+
+    assert swept.status == ev.FAILED and swept.error == ev.ORPHAN_ERROR
+    assert all(run.id not in ids for ids in again)
+    events = await db.events(run.tenant_id, run.id)
+    assert seqs_and_types(events) == [(1, ev.RUN_STARTED), (2, ev.RUN_FAILED)]
+    assert await runs.runs.get_run(run.id) == swept
+
+
+async def test_concurrent_sweeps_fail_each_orphan_exactly_once(database_url: str) -> None:
+    # Its own runs service, whose sweeper has done its first round and then waits an hour.
+    async with (
+        runs_service(database_url, sweep_interval_s=3600) as settings,
+        clients(settings.runs_listen) as api,
+        direct(database_url) as a,
+        direct(database_url) as b,
+        direct(database_url) as c,
+    ):
+        orphans = [(await claimed(api, ttl_s=0.2, name=f"w{i}"))[1] for i in range(5)]
+        ids = [run.id for run in orphans]
+        await eventually(lambda: a.expired_leases(ids), lambda n: n == len(ids), timeout_s=2.0)
+
+        results = await asyncio.gather(
+            *(store.store.sweep_orphans_all_tenants() for store in [a, b, c] * 7)
+        )
+
+        assert sorted(run_id for swept in results for run_id in swept) == sorted(ids)
+        for run in orphans:
+            stored = await api.runs.get_run(run.id)
+            assert stored.status == ev.FAILED and stored.error == ev.ORPHAN_ERROR
+            assert seqs_and_types(await a.events(run.tenant_id, run.id)) == [
+                (1, ev.RUN_STARTED),
+                (2, ev.RUN_FAILED),
+            ]
+
+
+async def test_create_run_sweeps_the_workflows_stale_run_first(database_url: str) -> None:
+    async with (
+        runs_service(database_url, sweep_interval_s=3600) as settings,
+        clients(settings.runs_listen) as api,
+        direct(database_url) as db,
+    ):
+        workflow = await api.runs.create_workflow("stale", chain(1))
+        old = await api.runs.create_run(workflow.id)
+        engine = as_engine(api, old.tenant_id)
+        claim = await engine.claim_run(old.id, OWNER, 0.3)
+        assert claim.won
+        await eventually(lambda: db.expired_leases([old.id]), lambda n: n == 1, timeout_s=2.0)
+        assert (await api.runs.get_run(old.id)).status == ev.RUNNING  # nobody swept it yet
+
+        new = await api.runs.create_run(workflow.id)
+
+        assert new.status == ev.PENDING and new.id != old.id
+        stale = await api.runs.get_run(old.id)
+        assert stale.status == ev.FAILED and stale.error == ev.ORPHAN_ERROR
+        assert seqs_and_types(await db.events(old.tenant_id, old.id)) == [
+            (1, ev.RUN_STARTED),
+            (2, ev.RUN_FAILED),
+        ]
+        await assert_stale(engine, claim.run, claim.token)
+
+
+# --- WatchRun ----------------------------------------------------------------------------------
+
+
+async def test_watch_replays_after_after_seq_then_the_live_tail_then_ends(runs: Clients) -> None:
+    engine, run, token = await claimed(runs)
+    await engine.append_events(run.id, token, [draft(ev.STEP_DELTA, n=n) for n in range(3)])
+
+    async with watching(runs.runs, run.id, after_seq=2) as stream:
+        replayed = [await next_event(stream) for _ in range(2)]
+        assert [(e.seq, json.loads(e.data_json)["n"]) for e in replayed] == [(3, 1), (4, 2)]
+        for n in range(3, 6):
+            (written,) = (
+                await engine.append_events(run.id, token, [draft(ev.STEP_DELTA, n=n)])
+            ).events
+            live = await next_event(stream)
+            assert (live.seq, live.type, live.data_json) == (
+                written.seq,
+                written.type,
+                written.data_json,
+            )
+        batch = (
+            await engine.append_events(
+                run.id, token, [draft(ev.STEP_DELTA, n=6), draft(ev.STEP_DELTA, n=7)]
+            )
+        ).events
+        assert [(await next_event(stream)).seq for _ in batch] == [e.seq for e in batch]
+        (terminal,) = (await engine.finish_run(run.id, token, ev.COMPLETED)).events
+        last = await next_event(stream)
+        assert (last.seq, last.type) == (terminal.seq, ev.RUN_COMPLETED) == (10, ev.RUN_COMPLETED)
+        with pytest.raises(StopAsyncIteration):
+            await next_event(stream)
+
+
+async def test_watch_tails_live_through_the_bus_not_the_poll(database_url: str) -> None:
+    async with (
+        runs_service(database_url, watch_poll_s=30) as settings,
+        clients(settings.runs_listen) as api,
+    ):
+        engine, run, token = await claimed(api)
+        async with watching(api.runs, run.id) as stream:
+            assert (await next_event(stream)).type == ev.RUN_STARTED
+            for n in range(5):
+                written = (
+                    await engine.append_events(run.id, token, [draft(ev.STEP_DELTA, n=n)])
+                ).events[0]
+                # the poll would take 30 s: only the bus delivers this fast
+                assert (await next_event(stream, timeout_s=1.0)).seq == written.seq
+            await engine.finish_run(run.id, token, ev.COMPLETED)
+            assert (await next_event(stream, timeout_s=1.0)).type == ev.RUN_COMPLETED
+
+
+async def test_watch_of_a_finished_run_replays_and_ends(runs: Clients) -> None:
+    engine, run, token = await claimed(runs)
+    await engine.append_events(run.id, token, [draft(ev.STEP_DELTA, n=1)])
+    await engine.finish_run(run.id, token, ev.FAILED, "boom")
+
+    assert seqs_and_types(await watch_all(runs.runs, run.id)) == [
+        (1, ev.RUN_STARTED),
+        (2, ev.STEP_DELTA),
+        (3, ev.RUN_FAILED),
+    ]
+    assert seqs_and_types(await watch_all(runs.runs, run.id, after_seq=2)) == [(3, ev.RUN_FAILED)]
+
+
+async def test_watch_after_the_terminal_event_ends_at_once(runs: Clients) -> None:
+    """A client that already has the terminal event reconnects with it as Last-Event-ID (a
+    browser's EventSource does, when the stream closes): nothing more will ever come, so the
+    stream must end instead of tailing a finished run forever."""
+    engine, run, token = await claimed(runs)
+    (terminal,) = (await engine.finish_run(run.id, token, ev.COMPLETED)).events
+
+    assert await watch_all(runs.runs, run.id, after_seq=terminal.seq, timeout_s=2.0) == []
+
+
+async def test_watch_errors(runs: Clients) -> None:
+    with pytest.raises(NotFound):
+        await watch_all(runs.runs, MISSING)
+    run = await new_run(runs)
+    with pytest.raises(InvalidArgument) as negative:
+        await watch_all(runs.runs, run.id, after_seq=-1)
+    assert negative.value.field == "after_seq"
+    with pytest.raises(InvalidArgument) as empty:
+        await watch_all(runs.runs, "")
+    assert empty.value.field == "run_id"
+
+
+# --- tenants are walls -------------------------------------------------------------------------
+
+
+async def test_another_tenant_gets_not_found_for_everything(runs: Clients, db: Direct) -> None:
+    workflow = await runs.runs.create_workflow("a-only", chain(2))
+    run = await runs.runs.create_run(workflow.id)
+    b = await db.add_tenant("tenant-b")
+    as_b = runs.as_key(b.api_key)
+    b_engine = as_engine(runs, b.id)
+
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "GetWorkflow": lambda: as_b.get_workflow(workflow.id),
+        "GetRun": lambda: as_b.get_run(run.id),
+        "CreateRun": lambda: as_b.create_run(workflow.id),
+        "WatchRun": lambda: watch_all(as_b, run.id),
+        "ClaimRun": lambda: as_b.claim_run(run.id, OWNER, TTL),
+        "ClaimRun (internal)": lambda: b_engine.claim_run(run.id, OWNER, TTL),
+    }
+    got = await outcomes(calls)
+    assert all(o.startswith("NotFound: ") for o in got.values()), got
+
+    # exactly like a missing id: same status, same message but for the id
+    with pytest.raises(NotFound) as theirs:
+        await as_b.get_run(run.id)
+    with pytest.raises(NotFound) as missing:
+        await as_b.get_run(MISSING)
+    assert str(theirs.value).replace(run.id, "<id>") == str(missing.value).replace(MISSING, "<id>")
+
+    b_workflow = await as_b.create_workflow("b-only", chain(1))
+    assert [w.id for w in await as_b.list_workflows()] == [b_workflow.id]
+    assert [w.id for w in await runs.runs.list_workflows()] == [workflow.id]
+
+    # A's run is untouched, and B cannot write to it even with A's current token
+    stored = await runs.runs.get_run(run.id)
+    assert stored.status == ev.PENDING and stored.last_seq == 0
+    claim = await as_engine(runs, run.tenant_id).claim_run(run.id, OWNER, TTL)
+    assert claim.won
+    got = await outcomes(engine_writes(b_engine, claim.run, claim.token))
+    assert all(o.startswith("NotFound: ") for o in got.values()), got
+    assert seqs_and_types(await db.events(run.tenant_id, run.id)) == [(1, ev.RUN_STARTED)]
+    assert await db.events(b.id, run.id) == []
+
+
+def reads_and_claims(client: RunsClient, run_id: str) -> dict[str, Callable[[], Awaitable[object]]]:
+    return {
+        "ListWorkflows": client.list_workflows,
+        "GetRun": lambda: client.get_run(run_id),
+        "ClaimRun": lambda: client.claim_run(run_id, OWNER, TTL),
+        "WatchRun": lambda: watch_all(client, run_id),
+    }
+
+
+async def test_credentials_are_required(runs: Clients) -> None:
+    run = await new_run(runs)
+    nobody = RunsClient(runs.runs_channel, ())
+    wrong_key = runs.as_key("not-a-key")
+    wrong_secret = RunsClient(runs.runs_channel, internal_metadata("wrong-secret", run.tenant_id))
+    no_tenant = RunsClient(runs.runs_channel, ((INTERNAL, SECRET),))
+
+    for client in (nobody, wrong_key, wrong_secret, no_tenant):
+        got = await outcomes(reads_and_claims(client, run.id))
+        assert all(o.startswith("Unauthenticated: ") for o in got.values()), got
+
+    stored = await runs.runs.get_run(run.id)
+    assert stored.status == ev.PENDING and stored.last_seq == 0
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def spec(name: str, kind: str = "llm", **fields: Any) -> pb.StepSpec:
+    return pb.StepSpec(name=name, kind=kind, **fields)
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "field"),
+    [
+        ("", [llm_step("a")], "name"),
+        ("   ", [llm_step("a")], "name"),
+        ("x" * 201, [llm_step("a")], "name"),
+        ("wf", [], "steps"),
+        ("wf", [spec("a", kind="nope")], "steps[0].kind"),
+        ("wf", [llm_step("a"), spec("b", kind="")], "steps[1].kind"),
+        ("wf", [spec("a", params_json="[1, 2]")], "steps[0].params"),
+        ("wf", [spec("a", params_json='"text"')], "steps[0].params"),
+        ("wf", [spec("a", params_json="{not json")], "steps[0].params"),
+        ("wf", [llm_step("a"), llm_step("b"), llm_step("a")], "steps[2].name"),
+        ("wf", [spec(" ")], "steps[0].name"),
+        ("wf", [spec("a", max_tokens=-1)], "steps[0].max_tokens"),
+        ("wf", [spec("a", prompt="{{ steps.a.output }}")], "steps[0].prompt"),
+        ("wf", [llm_step("a"), spec("b", prompt="{{ steps.c.output }}")], "steps[1].prompt"),
+        ("wf", [spec("a", prompt="{{ item }}")], "steps[0].prompt"),
+        ("wf", [spec("a", prompt="{{ whatever }}")], "steps[0].prompt"),
+        ("wf", [spec("a", persona="nobody-by-this-name")], "steps[0].persona"),
+    ],
+)
+async def test_create_workflow_names_the_invalid_field(
+    runs: Clients, name: str, steps: list[pb.StepSpec], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await runs.runs.create_workflow(name, steps)
+    assert caught.value.field == field
+    assert caught.value.message and not caught.value.message.startswith(field)
+    assert await runs.runs.list_workflows() == []
+
+
+async def test_engine_calls_name_the_invalid_field(runs: Clients) -> None:
+    engine, run, token = await claimed(runs)
+    step_id = run.steps[0].id
+    bad: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("lease_ttl_s", lambda: engine.claim_run(run.id, OWNER, 0)),
+        ("owner", lambda: engine.claim_run(run.id, "", TTL)),
+        ("run_id", lambda: engine.claim_run("", OWNER, TTL)),
+        ("lease_ttl_s", lambda: engine.heartbeat(run.id, token, -1)),
+        ("status", lambda: engine.finish_run(run.id, token, ev.RUNNING)),
+        (
+            "change.status",
+            lambda: engine.update_step(run.id, token, step_id, runs_pb2.StepChange(status="done")),
+        ),
+        (
+            "events[1].data_json",
+            lambda: engine.append_events(
+                run.id,
+                token,
+                [draft(ev.STEP_DELTA), pb.EventDraft(type=ev.STEP_DELTA, data_json="[]")],
+            ),
+        ),
+    ]
+    for field, call in bad:
+        with pytest.raises(InvalidArgument) as caught:
+            await call()
+        assert caught.value.field == field
+
+    stored = await runs.runs.get_run(run.id)
+    assert stored.status == ev.RUNNING and stored.last_seq == 1
+    assert [s.status for s in stored.steps] == [ev.PENDING, ev.PENDING]
+
+
+BAD_DRAFTS = {
+    "empty type": [pb.EventDraft(type="", data_json="{}")],
+    "type over 40 characters": [draft("x" * 41)],
+    "terminal type": [draft(ev.RUN_COMPLETED, status=ev.COMPLETED)],
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DRAFTS))
+async def test_event_drafts_are_validated(runs: Clients, db: Direct, case: str) -> None:
+    """An event's type is required, fits its column (40 characters) on every backend, and is
+    never a terminal one: only FinishRun and the sweeper end a run's stream, together with its
+    status. Otherwise a stray `run_completed` ends every watcher of a run that goes on."""
+    engine, run, token = await claimed(runs)
+    drafts, step_id = BAD_DRAFTS[case], run.steps[0].id
+    change = runs_pb2.StepChange(status=ev.RUNNING)
+
+    got = await outcomes(
+        {
+            "AppendEvents": lambda: engine.append_events(run.id, token, drafts),
+            "UpdateStep": lambda: engine.update_step(run.id, token, step_id, change, drafts),
+            "FinishRun": lambda: engine.finish_run(run.id, token, ev.FAILED, "x", drafts),
+        }
+    )
+
+    assert all(o.startswith("InvalidArgument: ") for o in got.values()), got
+    stored = await runs.runs.get_run(run.id)
+    assert stored.status == ev.RUNNING and stored.last_seq == 1
+    assert seqs_and_types(await db.events(run.tenant_id, run.id)) == [(1, ev.RUN_STARTED)]
+
+
+# --- the database is the truth -----------------------------------------------------------------
+
+
+async def start_two_steps(engine: RunsClient, run: pb.Run, token: int) -> None:
+    """The first step completed, the second one running."""
+    first, second = run.steps[0].id, run.steps[1].id
+    await engine.update_step(run.id, token, first, runs_pb2.StepChange(status=ev.RUNNING))
+    await engine.update_step(
+        run.id, token, first, runs_pb2.StepChange(status=ev.COMPLETED, output="first output")
+    )
+    await engine.update_step(run.id, token, second, runs_pb2.StepChange(status=ev.RUNNING))
+
+
+async def test_finish_failed_fails_the_running_step(runs: Clients, db: Direct) -> None:
+    engine, run, token = await claimed(runs, steps=3)
+    await start_two_steps(engine, run, token)
+
+    (terminal,) = (await engine.finish_run(run.id, token, ev.FAILED, "provider exploded")).events
+
+    stored = await runs.runs.get_run(run.id)
+    assert stored.status == ev.FAILED and stored.error == "provider exploded"
+    assert stored.finished_at > 0
+    assert [s.status for s in stored.steps] == [ev.COMPLETED, ev.FAILED, ev.PENDING]
+    assert stored.steps[0].output == "first output" and stored.steps[0].error == ""
+    assert stored.steps[1].error == "provider exploded" and stored.steps[1].finished_at > 0
+    assert stored.steps[2].error == ""
+    assert terminal.type == ev.RUN_FAILED
+    assert json.loads(terminal.data_json) == {"status": ev.FAILED, "error": "provider exploded"}
+    assert (await db.events(run.tenant_id, run.id))[-1] == terminal
+
+
+async def test_finish_paused_puts_the_running_step_back_to_pending(runs: Clients) -> None:
+    engine, run, token = await claimed(runs, steps=3)
+    await start_two_steps(engine, run, token)
+
+    (terminal,) = (await engine.finish_run(run.id, token, ev.PAUSED, "engine shut down")).events
+
+    stored = await runs.runs.get_run(run.id)
+    assert stored.status == ev.PAUSED and stored.error == "engine shut down"
+    assert terminal.type == ev.RUN_PAUSED
+    assert [s.status for s in stored.steps] == [ev.COMPLETED, ev.PENDING, ev.PENDING]
+    assert stored.steps[0].output == "first output"
+    assert stored.steps[1].started_at == 0 and stored.steps[1].error == ""
+    # a paused run is no longer active: the workflow may run again, from its steps' state
+    resumed = await runs.runs.create_run(run.workflow_id)
+    assert resumed.status == ev.PENDING
+    assert [s.status for s in (await runs.runs.get_run(resumed.id)).steps] == [
+        ev.COMPLETED,
+        ev.PENDING,
+        ev.PENDING,
+    ]
