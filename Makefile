@@ -62,7 +62,7 @@ typecheck: proto
 	$(BIN)/mypy
 
 bench: proto
-	$(BIN)/python -m tests.bench
+	CI=1 $(BIN)/python -m tests.bench
 
 clean:
 	rm -rf $(GEN) $(VENV) .pytest_cache .mypy_cache .ruff_cache

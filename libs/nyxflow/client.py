@@ -168,6 +168,23 @@ class RunsClient:
         )
         return await _unary(self._stub.PutStepItem(request, **self._kw()))
 
+    async def record(
+        self,
+        run_id: str,
+        token: int,
+        ops: Sequence[runs_pb2.WriteOp],
+        finish_status: str = "",
+        finish_error: str = "",
+    ) -> runs_pb2.WriteResponse:
+        request = runs_pb2.RecordRequest(
+            run_id=run_id,
+            token=token,
+            ops=ops,
+            finish_status=finish_status,
+            finish_error=finish_error,
+        )
+        return await _unary(self._stub.Record(request, **self._kw()))
+
     async def generate_steps(
         self,
         run_id: str,

@@ -90,6 +90,7 @@ class Execution:
             log.exception("run crashed", extra=extra)
             await self._finish_quietly(ev.FAILED, describe(error))
         finally:
+            await self.writer.close()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -176,6 +177,7 @@ class Execution:
                 step.id,
                 runs_pb2.StepChange(status=ev.FAILED, error=message),
                 draft(ev.STEP_FAILED, **ids, error=message),
+                durable=True,
             )
             raise StepFailed(f"step {step.name!r} failed: {message}") from error
         await self._complete_step(step, result)
@@ -223,4 +225,5 @@ class Execution:
                 for i, c in enumerate(result.alternatives)
             ],
         )
-        await self.writer.step(step.id, change, *drafts)
+        # A result costs a model call to redo: it is committed before the next step starts.
+        await self.writer.step(step.id, change, *drafts, durable=True)

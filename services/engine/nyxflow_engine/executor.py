@@ -48,7 +48,14 @@ class Executor:
         )
         feed = RunFeed()
         await feed.extend(claim.events)
-        writer = RunWriter(runs, run_id, claim.token, feed, settings.write_retry_s)
+        writer = RunWriter(
+            runs,
+            run_id,
+            claim.token,
+            feed,
+            settings.write_retry_s,
+            settings.group_commit_ms / 1000,
+        )
         execution = Execution(writer, claim.run, settings, self._providers)
         self._executions[run_id] = execution
         execution.start().add_done_callback(lambda _: self._executions.pop(run_id, None))

@@ -1,5 +1,10 @@
-"""Every write of one run execution to runs: fenced by the claim's token, retried while runs is
-unavailable, and fed to the run's followers in seq order."""
+"""Every write of one run execution to runs, group-committed.
+
+Progress (a step started, streamed text) is batched and committed within `group_commit_s`;
+what would cost work if lost (a step's result, a fan-out item, the end of the run) is
+committed before the execution moves on. Every batch is one Record call, fenced by the
+claim's token, retried while runs is unavailable, and fed to the run's followers in seq order.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +34,19 @@ def draft(type_: str, **data: Any) -> pb.EventDraft:
     return pb.EventDraft(type=type_, data_json=json.dumps(data))
 
 
+def _event_ops(drafts: Sequence[pb.EventDraft]) -> list[runs_pb2.WriteOp]:
+    return [runs_pb2.WriteOp(event=d) for d in drafts]
+
+
 class RunWriter:
     def __init__(
-        self, runs: RunsClient, run_id: str, token: int, feed: RunFeed, retry_s: float
+        self,
+        runs: RunsClient,
+        run_id: str,
+        token: int,
+        feed: RunFeed,
+        retry_s: float,
+        group_commit_s: float = 0.05,
     ) -> None:
         self.runs = runs
         self.run_id = run_id
@@ -39,14 +54,98 @@ class RunWriter:
         self.feed = feed
         self.pause_requested = False  # set by runs on any write's answer
         self._retry_s = retry_s
-        # Writes of one run go out one at a time, so seqs reach the feed in order.
+        self._group_commit_s = group_commit_s
+        self._pending: list[runs_pb2.WriteOp] = []
+        self._timer: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        # One batch in flight at a time, so seqs reach the feed in order.
         self._lock = asyncio.Lock()
 
-    async def _write(self, call: Callable[[], Awaitable[runs_pb2.WriteResponse]]) -> None:
+    # --- what the execution calls ------------------------------------------------------
+
+    def events(self, *drafts: pb.EventDraft) -> None:
+        self._defer(_event_ops(drafts))
+
+    async def step(
+        self,
+        step_id: str,
+        change: runs_pb2.StepChange,
+        *drafts: pb.EventDraft,
+        durable: bool = False,
+    ) -> None:
+        write = runs_pb2.WriteOp(step=runs_pb2.StepWrite(step_id=step_id, change=change))
+        self._defer([write, *_event_ops(drafts)])
+        if durable:
+            await self.flush()
+
+    async def item(self, step_id: str, item: pb.StepItem, *drafts: pb.EventDraft) -> None:
+        """A finished fan-out item is committed before the next one counts on it."""
+        write = runs_pb2.WriteOp(item=runs_pb2.ItemWrite(step_id=step_id, item=item))
+        self._defer([write, *_event_ops(drafts)])
+        await self.flush()
+
+    async def generate(
+        self, after_step_id: str, specs: Sequence[pb.StepSpec], *drafts: pb.EventDraft
+    ) -> None:
+        await self.flush()
         async with self._lock:
-            response = await self._retrying(call)
-            self.pause_requested = self.pause_requested or response.pause_requested
-            await self.feed.extend(response.events)
+            response = await self._retrying(
+                lambda: self.runs.generate_steps(
+                    self.run_id, self.token, after_step_id, specs, drafts
+                )
+            )
+            await self._absorb(response)
+
+    async def finish(self, status: str, error: str = "") -> None:
+        await self.flush(status, error)
+
+    async def heartbeat(self, ttl_s: float) -> None:
+        await self._retrying(lambda: self.runs.heartbeat(self.run_id, self.token, ttl_s))
+
+    async def current_steps(self) -> list[pb.Step]:
+        run = await self._retrying(lambda: self.runs.get_run(self.run_id))
+        return list(run.steps)
+
+    async def workflow(self, workflow_id: str) -> pb.Workflow:
+        return await self._retrying(lambda: self.runs.get_workflow(workflow_id))
+
+    async def flush(self, finish_status: str = "", finish_error: str = "") -> None:
+        self._raise_failure()
+        async with self._lock:
+            ops, self._pending = self._pending, []
+            if not ops and not finish_status:
+                return
+            response = await self._retrying(
+                lambda: self.runs.record(self.run_id, self.token, ops, finish_status, finish_error)
+            )
+            await self._absorb(response)
+
+    # --- group commit -----------------------------------------------------------------
+
+    def _defer(self, ops: list[runs_pb2.WriteOp]) -> None:
+        self._raise_failure()
+        self._pending.extend(ops)
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._flush_soon(), name=f"commit-{self.run_id}")
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self._group_commit_s)
+        try:
+            await self.flush()
+        except Exception as error:  # the execution sees it at its next write
+            self._failure = error
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    async def _absorb(self, response: runs_pb2.WriteResponse) -> None:
+        self.pause_requested = self.pause_requested or response.pause_requested
+        await self.feed.extend(response.events)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self._retry_s
@@ -62,36 +161,3 @@ class RunWriter:
                 log.warning("runs unavailable, retrying", extra={"run_id": self.run_id})
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
-
-    async def events(self, *drafts: pb.EventDraft) -> None:
-        await self._write(lambda: self.runs.append_events(self.run_id, self.token, drafts))
-
-    async def step(self, step_id: str, change: runs_pb2.StepChange, *drafts: pb.EventDraft) -> None:
-        await self._write(
-            lambda: self.runs.update_step(self.run_id, self.token, step_id, change, drafts)
-        )
-
-    async def item(self, step_id: str, item: pb.StepItem, *drafts: pb.EventDraft) -> None:
-        await self._write(
-            lambda: self.runs.put_step_item(self.run_id, self.token, step_id, item, drafts)
-        )
-
-    async def generate(
-        self, after_step_id: str, specs: Sequence[pb.StepSpec], *drafts: pb.EventDraft
-    ) -> None:
-        await self._write(
-            lambda: self.runs.generate_steps(self.run_id, self.token, after_step_id, specs, drafts)
-        )
-
-    async def finish(self, status: str, error: str = "") -> None:
-        await self._write(lambda: self.runs.finish_run(self.run_id, self.token, status, error))
-
-    async def heartbeat(self, ttl_s: float) -> None:
-        await self._retrying(lambda: self.runs.heartbeat(self.run_id, self.token, ttl_s))
-
-    async def current_steps(self) -> list[pb.Step]:
-        run = await self._retrying(lambda: self.runs.get_run(self.run_id))
-        return list(run.steps)
-
-    async def workflow(self, workflow_id: str) -> pb.Workflow:
-        return await self._retrying(lambda: self.runs.get_workflow(workflow_id))

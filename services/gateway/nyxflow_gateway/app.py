@@ -13,9 +13,9 @@ from fastapi.responses import HTMLResponse
 from nyxflow.client import open_channel
 from nyxflow_gateway import errors
 from nyxflow_gateway.deps import Clients
+from nyxflow_gateway.hub import RunHub
 from nyxflow_gateway.routes import personas, runs, steps, workflows
 from nyxflow_gateway.settings import GatewaySettings
-from nyxflow_gateway.sse import StreamGauge
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 
@@ -26,7 +26,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.gauge = StreamGauge()
+        app.state.hub = RunHub(settings.sse_queue_events)
         app.state.runs_channel = open_channel(settings.runs_addr)
         app.state.engine_channel = open_channel(settings.engine_addr)
         try:
@@ -55,6 +55,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/v1/debug/streams", tags=["health"])
     async def streams(_: Clients) -> dict[str, Any]:
-        return {"upstream_streams": app.state.gauge.upstream_streams}
+        hub: RunHub = app.state.hub
+        return {"upstream_streams": hub.upstream_streams, "channels": hub.channels}
 
     return app

@@ -100,5 +100,14 @@ def persona(p: pb.Persona) -> dict[str, Any]:
 
 
 def event_data(e: pb.RunEvent) -> str:
-    """An event's SSE data: its own data plus seq, type and run id, as one JSON object."""
-    return json.dumps({**_object(e.data_json), "seq": e.seq, "type": e.type, "run_id": e.run_id})
+    """An event's SSE data: its own data plus seq, type, run id and the time it was persisted
+    (epoch seconds, the database's clock), as one JSON object."""
+    return json.dumps(
+        {
+            **_object(e.data_json),
+            "seq": e.seq,
+            "type": e.type,
+            "run_id": e.run_id,
+            "at": round(e.created_at, 6),
+        }
+    )

@@ -120,6 +120,11 @@ def run(row: models.Run, steps: Sequence[pb.Step] = ()) -> pb.Run:
     )
 
 
+def event_row(row: Any) -> pb.RunEvent:
+    """From a Core result row (the hot path), same as `event` from an ORM object."""
+    return event(row)
+
+
 def event(row: models.RunEvent) -> pb.RunEvent:
     return pb.RunEvent(
         run_id=row.run_id,

@@ -15,7 +15,9 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 def create_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        # No pre-ping: it costs a round trip per checkout; a dead connection fails the call and
+        # is discarded, and the engine retries writes.
+        return create_async_engine(url, pool_size=10, max_overflow=10, pool_recycle=1800)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # Only the runs service opens the file: one connection serialises its writes without

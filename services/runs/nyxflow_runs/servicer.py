@@ -13,7 +13,7 @@ from nyxflow.v1 import runs_pb2, runs_pb2_grpc
 from nyxflow_runs import validation as valid
 from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.store import Draft, Store
-from nyxflow_runs.store.engine_writes import Written
+from nyxflow_runs.store.record import Batch, Written
 from nyxflow_runs.tenancy import Tenancy
 from nyxflow_runs.watch import watch_run
 
@@ -203,6 +203,11 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
             Draft.from_pb(request.events),
         )
         return _response(written)
+
+    async def Record(self, request: runs_pb2.RecordRequest, context: Ctx) -> runs_pb2.WriteResponse:
+        tenant = await self._tenancy.tenant_of(context)
+        batch = Batch.of(request.ops, request.finish_status, request.finish_error)
+        return _response(await self._store.record(tenant, request.run_id, request.token, batch))
 
     async def FinishRun(
         self, request: runs_pb2.FinishRunRequest, context: Ctx

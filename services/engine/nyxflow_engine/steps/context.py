@@ -45,7 +45,7 @@ class DeltaBuffer:
             data: dict[str, Any] = {"step_id": self._step_id, "text": text}
             if self._alternative:
                 data["alternative"] = self._alternative
-            await self._writer.events(draft(ev.STEP_DELTA, **data))
+            self._writer.events(draft(ev.STEP_DELTA, **data))
         self._last = time.monotonic()
 
 

@@ -70,7 +70,7 @@ async def run_events(
     run = await services.runs.get_run(run_id)  # 401 / 404 before any stream opens
     state = request.app.state
     return StreamingResponse(
-        frames(services, run_id, run.status, after, state.settings, state.gauge),
+        frames(state.hub, services, run_id, run.status, after, state.settings),
         media_type="text/event-stream; charset=utf-8",
         headers=HEADERS,
     )

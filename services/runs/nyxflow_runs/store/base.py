@@ -44,11 +44,12 @@ class Draft:
     data: dict[str, Any]
 
     @classmethod
-    def from_pb(cls, drafts: Sequence[pb.EventDraft]) -> list[Draft]:
+    def from_pb(cls, drafts: Sequence[pb.EventDraft], at: str = "") -> list[Draft]:
+        """Validated drafts; `at` names a single draft's field, else `events[i]`."""
         return [
             cls(
-                event_type(d.type, f"events[{i}].type"),
-                event_data(d.data_json, f"events[{i}].data_json"),
+                event_type(d.type, f"{at or f'events[{i}]'}.type"),
+                event_data(d.data_json, f"{at or f'events[{i}]'}.data_json"),
             )
             for i, d in enumerate(drafts)
         ]

@@ -7,11 +7,8 @@ is stale (the run was swept, cancelled or finished), so a zombie engine changes 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nyxflow import events as ev
@@ -20,19 +17,19 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import db_now
-from nyxflow_runs.models import Run, RunEvent, Step, StepItem
-from nyxflow_runs.store.base import Claim, Draft, StoreBase
+from nyxflow_runs.models import Run, RunEvent
+from nyxflow_runs.store.base import Claim, Draft
+from nyxflow_runs.store.record import Batch, Recording, Written
 from nyxflow_runs.store.workflows import step_row
 from nyxflow_runs.validation import step_drafts
 
 
-@dataclass(frozen=True)
-class Written:
-    events: list[pb.RunEvent]
-    pause_requested: bool
+def _batch(ops: Sequence[runs_pb2.WriteOp] = (), events: Sequence[Draft] = ()) -> Batch:
+    """Single writes are batches too: one code path for every engine write."""
+    return Batch(list(ops), list(events), "", "")
 
 
-class EngineWrites(StoreBase):
+class EngineWrites(Recording):
     async def claim_run(self, tenant_id: str, run_id: str, owner: str, ttl_s: float) -> Claim:
         """The one pending → running transition: a compare-and-set, so only one caller wins."""
         async with self._sessions.begin() as session:
@@ -87,9 +84,7 @@ class EngineWrites(StoreBase):
     async def append_events(
         self, tenant_id: str, run_id: str, token: int, drafts: Sequence[Draft]
     ) -> Written:
-        async with self._sessions.begin() as session:
-            written = await self._fenced_append(session, tenant_id, run_id, token, drafts)
-        return await self._published(run_id, written)
+        return await self.record(tenant_id, run_id, token, _batch(events=drafts))
 
     async def update_step(
         self,
@@ -102,40 +97,8 @@ class EngineWrites(StoreBase):
     ) -> Written:
         if change.status not in ev.STEP_STATUSES:
             raise InvalidArgument(f"unknown step status {change.status!r}", field="change.status")
-        values: dict[str, Any] = {"status": change.status}
-        if change.status == ev.RUNNING:
-            values.update(started_at=db_now(), finished_at=None, error=None)
-        else:
-            values.update(
-                output=change.output or None,
-                error=change.error or None,
-                truncated=change.truncated,
-                finish_reason=change.finish_reason or None,
-                input_tokens=change.input_tokens,
-                output_tokens=change.output_tokens,
-                served_by=change.served_by or None,
-                finished_at=db_now(),
-            )
-            if change.alternatives:
-                values.update(
-                    alternatives_out=[convert.alternative_dict(a) for a in change.alternatives],
-                    selected_index=0,
-                )
-        async with self._sessions.begin() as session:
-            workflow_id = await self._fenced_workflow(session, tenant_id, run_id, token)
-            updated = await session.scalar(
-                update(Step)
-                .where(
-                    Step.id == step_id, Step.workflow_id == workflow_id, Step.tenant_id == tenant_id
-                )
-                .values(**values)
-                .returning(Step.id)
-                .execution_options(synchronize_session=False)
-            )
-            if updated is None:
-                raise NotFound(f"step {step_id} not found in run {run_id}")
-            written = await self._fenced_append(session, tenant_id, run_id, token, drafts)
-        return await self._published(run_id, written)
+        op = runs_pb2.WriteOp(step=runs_pb2.StepWrite(step_id=step_id, change=change))
+        return await self.record(tenant_id, run_id, token, _batch([op], drafts))
 
     async def put_step_item(
         self,
@@ -146,34 +109,9 @@ class EngineWrites(StoreBase):
         item: pb.StepItem,
         drafts: Sequence[Draft],
     ) -> Written:
-        """One fan-out item's result, as its own row, the moment it is done. Idempotent per
-        (step, index): a second write of the same item keeps the first."""
-        async with self._sessions.begin() as session:
-            workflow_id = await self._fenced_workflow(session, tenant_id, run_id, token)
-            step = await self._step(session, tenant_id, step_id)
-            if step.workflow_id != workflow_id:
-                raise NotFound(f"step {step_id} not found in run {run_id}")
-            exists = await session.scalar(
-                select(StepItem.id).where(
-                    StepItem.step_id == step_id, StepItem.item_index == item.index
-                )
-            )
-            if exists is None:
-                session.add(
-                    StepItem(
-                        tenant_id=tenant_id,
-                        step_id=step_id,
-                        item_index=item.index,
-                        heading=item.heading,
-                        output=item.output,
-                    )
-                )
-                try:
-                    await session.flush()
-                except IntegrityError:
-                    raise NotFound(f"step {step_id} not found in run {run_id}") from None
-            written = await self._fenced_append(session, tenant_id, run_id, token, drafts)
-        return await self._published(run_id, written)
+        """One fan-out item's result, as its own row, the moment it is done."""
+        op = runs_pb2.WriteOp(item=runs_pb2.ItemWrite(step_id=step_id, item=item))
+        return await self.record(tenant_id, run_id, token, _batch([op], drafts))
 
     async def generate_steps(
         self,
@@ -214,32 +152,12 @@ class EngineWrites(StoreBase):
         drafts: Sequence[Draft],
     ) -> Written:
         """Ends a run and always appends its terminal event, in one transaction."""
-        terminal = ev.TERMINAL_EVENT_FOR_STATUS.get(status)
-        if terminal is None:
+        if status not in ev.TERMINAL_EVENT_FOR_STATUS:
             raise InvalidArgument(f"cannot finish a run as {status!r}", field="status")
-        data: dict[str, Any] = {"status": status}
-        if error:
-            data["error"] = error
-        async with self._sessions.begin() as session:
-            workflow_id = await self._fenced_workflow(session, tenant_id, run_id, token)
-            written = await self._fenced_append(
-                session, tenant_id, run_id, token, [*drafts, Draft(terminal, data)]
-            )
-            await session.execute(
-                update(Run)
-                .where(Run.id == run_id)
-                .values(
-                    status=status,
-                    error=error or None,
-                    finished_at=db_now(),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    pause_requested=False,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            await self._settle_running_steps(session, [workflow_id], status, error)
-        return await self._published(run_id, written)
+        terminal = Batch.of([], status, error).drafts
+        return await self.record(
+            tenant_id, run_id, token, Batch([], [*drafts, *terminal], status, error)
+        )
 
     # --- helpers ----------------------------------------------------------------------
 

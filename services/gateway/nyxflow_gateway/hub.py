@@ -1,0 +1,120 @@
+"""One upstream per run per gateway, shared by every browser following that run.
+
+The first browser to ask for a run opens its upstream (Execute if pending, else WatchRun from
+the start); its events are kept for the life of the channel, so a browser that arrives later,
+or reconnects with a Last-Event-ID, is served from memory and then live. When the last browser
+leaves, the upstream is cancelled: never the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from nyxflow.sse import event_frame
+from nyxflow_gateway import convert
+from nyxflow_gateway.deps import Services
+from nyxflow_gateway.upstream import upstream
+
+log = logging.getLogger(__name__)
+
+END = None  # queued after the last event
+
+
+@dataclass(frozen=True)
+class Frame:
+    """An event, encoded once for every browser that receives it."""
+
+    seq: int
+    text: str
+
+
+class Subscriber:
+    """One browser's bounded inbox: a browser that falls this far behind is dropped alone."""
+
+    def __init__(self, size: int, after_seq: int) -> None:
+        self.queue: asyncio.Queue[Frame | None] = asyncio.Queue(size)
+        self.dropped = False
+        self.after_seq = after_seq  # everything up to here was sent already: never twice
+
+    def offer(self, item: Frame | None) -> None:
+        if self.dropped:
+            return
+        if item is not None:
+            if item.seq <= self.after_seq:
+                return
+            self.after_seq = item.seq
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped = True
+            with contextlib.suppress(asyncio.QueueEmpty):  # wake the reader so it can leave
+                self.queue.get_nowait()
+            self.queue.put_nowait(END)
+
+
+@dataclass
+class RunChannel:
+    run_id: str
+    frames: list[Frame] = field(default_factory=list)
+    subscribers: set[Subscriber] = field(default_factory=set)
+    done: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class RunHub:
+    def __init__(self, queue_size: int) -> None:
+        self._queue_size = queue_size
+        self._channels: dict[str, RunChannel] = {}
+        self.upstream_streams = 0
+
+    @property
+    def channels(self) -> int:
+        return len(self._channels)
+
+    def subscribe(self, services: Services, run_id: str, status: str, after_seq: int) -> Subscriber:
+        channel = self._channels.get(run_id)
+        if channel is None:
+            channel = RunChannel(run_id)
+            self._channels[run_id] = channel
+            channel.task = asyncio.create_task(self._pump(channel, services, status))
+        subscriber = Subscriber(self._queue_size, after_seq)
+        for frame in channel.frames:
+            subscriber.offer(frame)
+        if channel.done:
+            subscriber.offer(END)
+        channel.subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, run_id: str, subscriber: Subscriber) -> None:
+        channel = self._channels.get(run_id)
+        if channel is None:
+            return
+        channel.subscribers.discard(subscriber)
+        if not channel.subscribers:
+            del self._channels[run_id]
+            if channel.task is not None:
+                channel.task.cancel()  # the upstream gRPC stream goes; the run does not
+
+    async def _pump(self, channel: RunChannel, services: Services, status: str) -> None:
+        self.upstream_streams += 1
+        source = upstream(services, channel.run_id, status, 0)
+        try:
+            async for event in source:
+                frame = Frame(
+                    event.seq, event_frame(event.seq, event.type, convert.event_data(event))
+                )
+                channel.frames.append(frame)
+                for subscriber in tuple(channel.subscribers):
+                    subscriber.offer(frame)
+        except Exception as error:  # browsers get what arrived; EventSource reconnects
+            log.warning("upstream ended", extra={"run_id": channel.run_id, "error": str(error)})
+        finally:
+            self.upstream_streams -= 1
+            channel.done = True
+            for subscriber in tuple(channel.subscribers):
+                subscriber.offer(END)
+            with contextlib.suppress(Exception):
+                await source.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,247 @@
+"""The engine's hot path: a batch of step changes, items and events in one transaction.
+
+Statements are built once with bind parameters (SQLAlchemy then caches their compiled form),
+and the fencing check, the row lock and the seq allocation are one UPDATE, so a batch costs
+one round trip per statement and no ORM bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, and_, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nyxflow import events as ev
+from nyxflow.errors import InvalidArgument, NotFound
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
+from nyxflow_runs import convert
+from nyxflow_runs.clock import db_now
+from nyxflow_runs.models import Run, RunEvent, Step, StepItem
+from nyxflow_runs.store.base import Draft, StoreBase
+
+runs_t: Table = Run.__table__  # type: ignore[assignment]
+steps_t: Table = Step.__table__  # type: ignore[assignment]
+items_t: Table = StepItem.__table__  # type: ignore[assignment]
+events_t: Table = RunEvent.__table__  # type: ignore[assignment]
+
+FENCE = (
+    update(runs_t)
+    .where(
+        runs_t.c.id == bindparam("b_run_id"),
+        runs_t.c.tenant_id == bindparam("b_tenant_id"),
+        runs_t.c.token == bindparam("b_token"),
+        runs_t.c.status == ev.RUNNING,
+    )
+    .values(last_seq=runs_t.c.last_seq + bindparam("b_count"))
+    .returning(runs_t.c.workflow_id, runs_t.c.last_seq, runs_t.c.pause_requested)
+)
+_STEP_WHERE = and_(
+    steps_t.c.id == bindparam("b_step_id"),
+    steps_t.c.workflow_id == bindparam("b_workflow_id"),
+)
+START_STEP = (
+    update(steps_t)
+    .where(_STEP_WHERE)
+    .values(status=ev.RUNNING, started_at=db_now(), finished_at=None, error=None)
+    .returning(steps_t.c.id)
+)
+END_STEP = (
+    update(steps_t)
+    .where(_STEP_WHERE)
+    .values(
+        status=bindparam("b_status"),
+        output=bindparam("b_output"),
+        error=bindparam("b_error"),
+        truncated=bindparam("b_truncated"),
+        finish_reason=bindparam("b_finish_reason"),
+        input_tokens=bindparam("b_input_tokens"),
+        output_tokens=bindparam("b_output_tokens"),
+        served_by=bindparam("b_served_by"),
+        finished_at=db_now(),
+    )
+    .returning(steps_t.c.id)
+)
+SET_ALTERNATIVES = (
+    update(steps_t)
+    .where(steps_t.c.id == bindparam("b_step_id"))
+    .values(alternatives_out=bindparam("b_alternatives"), selected_index=0)
+)
+STEP_IN_WORKFLOW = select(steps_t.c.id).where(_STEP_WHERE)
+ITEM_EXISTS = select(items_t.c.id).where(
+    items_t.c.step_id == bindparam("b_step_id"), items_t.c.item_index == bindparam("b_index")
+)
+INSERT_EVENTS = insert(events_t).returning(*events_t.c, sort_by_parameter_order=True)
+END_RUN = (
+    update(runs_t)
+    .where(runs_t.c.id == bindparam("b_run_id"))
+    .values(
+        status=bindparam("b_status"),
+        error=bindparam("b_error"),
+        finished_at=db_now(),
+        lease_owner=None,
+        lease_expires_at=None,
+        pause_requested=False,
+    )
+)
+
+
+@dataclass(frozen=True)
+class Written:
+    events: list[pb.RunEvent]
+    pause_requested: bool
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A validated RecordRequest."""
+
+    ops: list[runs_pb2.WriteOp]
+    drafts: list[Draft]  # the event ops, in order, then the terminal event if finishing
+    finish_status: str
+    finish_error: str
+
+    @classmethod
+    def of(
+        cls, ops: Sequence[runs_pb2.WriteOp], finish_status: str = "", finish_error: str = ""
+    ) -> Batch:
+        drafts: list[Draft] = []
+        for i, op in enumerate(ops):
+            kind = op.WhichOneof("op")
+            if kind == "step" and op.step.change.status not in ev.STEP_STATUSES:
+                field = f"ops[{i}].step.change.status"
+                raise InvalidArgument(f"unknown step status {op.step.change.status!r}", field=field)
+            if kind == "item" and op.item.item.index < 0:
+                raise InvalidArgument("must not be negative", field=f"ops[{i}].item.item.index")
+            if kind == "event":
+                drafts += Draft.from_pb([op.event], f"ops[{i}].event")
+            if kind is None:
+                raise InvalidArgument("an op needs step, item or event", field=f"ops[{i}]")
+        if finish_status:
+            terminal = ev.TERMINAL_EVENT_FOR_STATUS.get(finish_status)
+            if terminal is None:
+                raise InvalidArgument(
+                    f"cannot finish a run as {finish_status!r}", field="finish_status"
+                )
+            data: dict[str, Any] = {"status": finish_status}
+            if finish_error:
+                data["error"] = finish_error
+            drafts.append(Draft(terminal, data))
+        return cls(list(ops), drafts, finish_status, finish_error)
+
+
+class Recording(StoreBase):
+    async def record(self, tenant_id: str, run_id: str, token: int, batch: Batch) -> Written:
+        async with self._sessions.begin() as session:
+            fenced = (
+                await session.execute(
+                    FENCE,
+                    {
+                        "b_run_id": run_id,
+                        "b_tenant_id": tenant_id,
+                        "b_token": token,
+                        "b_count": len(batch.drafts),
+                    },
+                )
+            ).first()
+            if fenced is None:
+                await self._refuse(session, tenant_id, run_id)
+            workflow_id = fenced.workflow_id
+            for op in batch.ops:
+                kind = op.WhichOneof("op")
+                if kind == "step":
+                    await self._apply_step(session, run_id, workflow_id, op.step)
+                elif kind == "item":
+                    await self._apply_item(session, tenant_id, run_id, workflow_id, op.item)
+            first = fenced.last_seq - len(batch.drafts) + 1
+            events = await self._insert(session, tenant_id, run_id, first, batch.drafts)
+            if batch.finish_status:
+                await session.execute(
+                    END_RUN,
+                    {
+                        "b_run_id": run_id,
+                        "b_status": batch.finish_status,
+                        "b_error": batch.finish_error or None,
+                    },
+                )
+                await self._settle_running_steps(
+                    session, [workflow_id], batch.finish_status, batch.finish_error
+                )
+        await self._bus.publish(run_id, events)
+        return Written(events, bool(fenced.pause_requested))
+
+    @staticmethod
+    async def _apply_step(
+        session: AsyncSession, run_id: str, workflow_id: str, write: runs_pb2.StepWrite
+    ) -> None:
+        change = write.change
+        where = {"b_step_id": write.step_id, "b_workflow_id": workflow_id}
+        if change.status == ev.RUNNING:
+            updated = (await session.execute(START_STEP, where)).first()
+        else:
+            values = {
+                **where,
+                "b_status": change.status,
+                "b_output": change.output or None,
+                "b_error": change.error or None,
+                "b_truncated": change.truncated,
+                "b_finish_reason": change.finish_reason or None,
+                "b_input_tokens": change.input_tokens,
+                "b_output_tokens": change.output_tokens,
+                "b_served_by": change.served_by or None,
+            }
+            updated = (await session.execute(END_STEP, values)).first()
+            if updated is not None and change.alternatives:
+                alternatives = [convert.alternative_dict(a) for a in change.alternatives]
+                await session.execute(
+                    SET_ALTERNATIVES, {"b_step_id": write.step_id, "b_alternatives": alternatives}
+                )
+        if updated is None:
+            raise NotFound(f"step {write.step_id} not found in run {run_id}")
+
+    @staticmethod
+    async def _apply_item(
+        session: AsyncSession,
+        tenant_id: str,
+        run_id: str,
+        workflow_id: str,
+        write: runs_pb2.ItemWrite,
+    ) -> None:
+        """Idempotent per (step, index): a second write of the same item keeps the first."""
+        where = {"b_step_id": write.step_id, "b_workflow_id": workflow_id}
+        if (await session.execute(STEP_IN_WORKFLOW, where)).first() is None:
+            raise NotFound(f"step {write.step_id} not found in run {run_id}")
+        item = write.item
+        exists = await session.execute(
+            ITEM_EXISTS, {"b_step_id": write.step_id, "b_index": item.index}
+        )
+        if exists.first() is None:
+            await session.execute(
+                insert(items_t),
+                {
+                    "tenant_id": tenant_id,
+                    "step_id": write.step_id,
+                    "item_index": item.index,
+                    "heading": item.heading,
+                    "output": item.output,
+                },
+            )
+
+    @staticmethod
+    async def _insert(
+        session: AsyncSession, tenant_id: str, run_id: str, first: int, drafts: Sequence[Draft]
+    ) -> list[pb.RunEvent]:
+        if not drafts:
+            return []
+        rows = await session.execute(
+            INSERT_EVENTS,
+            [
+                {"run_id": run_id, "tenant_id": tenant_id, "seq": first + i, "type": d.type,
+                 "data": d.data}
+                for i, d in enumerate(drafts)
+            ],
+        )  # fmt: skip
+        return [convert.event_row(r) for r in rows]
