@@ -22,6 +22,7 @@ from nyxflow.errors import (
     InvalidArgument,
     NotFound,
     NyxflowError,
+    Unauthenticated,
 )
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
@@ -519,11 +520,13 @@ async def test_another_tenant_gets_not_found_for_everything(runs: Clients, db: D
         "GetRun": lambda: as_b.get_run(run.id),
         "CreateRun": lambda: as_b.create_run(workflow.id),
         "WatchRun": lambda: watch_all(as_b, run.id),
-        "ClaimRun": lambda: as_b.claim_run(run.id, OWNER, TTL),
         "ClaimRun (internal)": lambda: b_engine.claim_run(run.id, OWNER, TTL),
     }
     got = await outcomes(calls)
     assert all(o.startswith("NotFound: ") for o in got.values()), got
+    # a tenant's key may read and steer runs, never write as their engine
+    with pytest.raises(Unauthenticated, match="internal credentials"):
+        await as_b.claim_run(run.id, OWNER, TTL)
 
     # exactly like a missing id: same status, same message but for the id
     with pytest.raises(NotFound) as theirs:

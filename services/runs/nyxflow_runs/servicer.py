@@ -134,7 +134,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def ClaimRun(
         self, request: runs_pb2.ClaimRunRequest, context: Ctx
     ) -> runs_pb2.ClaimRunResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = self._tenancy.engine_tenant_of(context)
         run_id = valid.require_id(request.run_id, "run_id")
         owner = valid.require_id(request.owner, "owner")
         ttl = valid.positive(request.lease_ttl_s, "lease_ttl_s")
@@ -146,7 +146,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def Heartbeat(
         self, request: runs_pb2.HeartbeatRequest, context: Ctx
     ) -> runs_pb2.HeartbeatResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = self._tenancy.engine_tenant_of(context)
         ttl = valid.positive(request.lease_ttl_s, "lease_ttl_s")
         expires = await self._store.heartbeat(tenant, request.run_id, request.token, ttl)
         return runs_pb2.HeartbeatResponse(lease_expires_at=expires)
@@ -154,7 +154,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def AppendEvents(
         self, request: runs_pb2.AppendEventsRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = self._tenancy.engine_tenant_of(context)
         drafts = Draft.from_pb(request.events)
         return _response(
             await self._store.append_events(tenant, request.run_id, request.token, drafts)
@@ -163,7 +163,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def UpdateStep(
         self, request: runs_pb2.UpdateStepRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = self._tenancy.engine_tenant_of(context)
         written = await self._store.update_step(
             tenant,
             request.run_id,
@@ -177,7 +177,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def PutStepItem(
         self, request: runs_pb2.PutStepItemRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = self._tenancy.engine_tenant_of(context)
         if request.item.index < 0:
             raise InvalidArgument("must not be negative", field="item.index")
         written = await self._store.put_step_item(
@@ -193,7 +193,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def GenerateSteps(
         self, request: runs_pb2.GenerateStepsRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = self._tenancy.engine_tenant_of(context)
         written = await self._store.generate_steps(
             tenant,
             request.run_id,
@@ -205,14 +205,14 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         return _response(written)
 
     async def Record(self, request: runs_pb2.RecordRequest, context: Ctx) -> runs_pb2.WriteResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = self._tenancy.engine_tenant_of(context)
         batch = Batch.of(request.ops, request.finish_status, request.finish_error)
         return _response(await self._store.record(tenant, request.run_id, request.token, batch))
 
     async def FinishRun(
         self, request: runs_pb2.FinishRunRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = self._tenancy.engine_tenant_of(context)
         written = await self._store.finish_run(
             tenant,
             request.run_id,

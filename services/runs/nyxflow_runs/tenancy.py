@@ -7,6 +7,7 @@ import time
 import grpc
 
 from nyxflow.auth import caller_from_metadata
+from nyxflow.errors import Unauthenticated
 from nyxflow_runs.store import Store
 
 KEY_CACHE_S = 5.0  # a revoked key stops working within this long
@@ -32,3 +33,11 @@ class Tenancy:
             self._keys.clear()
         self._keys[caller.api_key] = (tenant_id, now + KEY_CACHE_S)
         return tenant_id
+
+    def engine_tenant_of(self, context: grpc.aio.ServicerContext) -> str:
+        """The engine's calls (claim, heartbeat, writes) take internal credentials only: a
+        tenant's API key may read and steer its runs, never write as their engine."""
+        caller = caller_from_metadata(context.invocation_metadata() or (), self._secret)
+        if caller.tenant_id is None:
+            raise Unauthenticated("engine calls need the internal credentials")
+        return caller.tenant_id

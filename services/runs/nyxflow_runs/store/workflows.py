@@ -224,6 +224,8 @@ class Workflows(StoreBase):
     # --- runs -------------------------------------------------------------------------
 
     async def create_run(self, tenant_id: str, workflow_id: str) -> pb.Run:
+        async with self._sessions() as session:
+            await self._workflow(session, tenant_id, workflow_id)  # NotFound before any write
         # A stale run must not block a new one: sweep this workflow's orphans first.
         await self.sweep_orphans_all_tenants(workflow_id=workflow_id)
         try:
