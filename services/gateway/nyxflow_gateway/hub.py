@@ -35,24 +35,29 @@ class Subscriber:
     """One browser's bounded inbox: a browser that falls this far behind is dropped alone."""
 
     def __init__(self, size: int, after_seq: int) -> None:
-        self.queue: asyncio.Queue[Frame | None] = asyncio.Queue(size)
+        # One slot more than the frames it holds, so that END always fits.
+        self.queue: asyncio.Queue[Frame | None] = asyncio.Queue(size + 1)
+        self.size = size
+        self.closed = False
         self.dropped = False
         self.after_seq = after_seq  # everything up to here was sent already: never twice
+        self.backlog: list[Frame] = []  # frames the channel held when this browser joined
 
     def offer(self, item: Frame | None) -> None:
-        if self.dropped:
+        if self.closed:
             return
         if item is not None:
             if item.seq <= self.after_seq:
                 return
-            self.after_seq = item.seq
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.dropped = True
-            with contextlib.suppress(asyncio.QueueEmpty):  # wake the reader so it can leave
-                self.queue.get_nowait()
-            self.queue.put_nowait(END)
+            if self.queue.qsize() >= self.size:
+                # Too far behind: what is queued is still sent, then the stream ends. Nothing
+                # queued is discarded, so the browser's Last-Event-ID leaves no hole.
+                self.dropped = True
+                item = END
+            else:
+                self.after_seq = item.seq
+        self.queue.put_nowait(item)
+        self.closed = item is END
 
 
 @dataclass
@@ -81,8 +86,11 @@ class RunHub:
             self._channels[run_id] = channel
             channel.task = asyncio.create_task(self._pump(channel, services, status))
         subscriber = Subscriber(self._queue_size, after_seq)
-        for frame in channel.frames:
-            subscriber.offer(frame)
+        # What the channel already holds is replayed from memory, outside the bounded inbox:
+        # joining a long run late is not falling behind. Only live frames go through the inbox.
+        subscriber.backlog = [f for f in channel.frames if f.seq > after_seq]
+        if subscriber.backlog:
+            subscriber.after_seq = subscriber.backlog[-1].seq
         if channel.done:
             subscriber.offer(END)
         channel.subscribers.add(subscriber)

@@ -31,6 +31,9 @@ async def frames(
     subscriber = hub.subscribe(services, run_id, status, after_seq)
     try:
         yield retry_frame(settings.sse_retry_ms)
+        backlog, subscriber.backlog = subscriber.backlog, []
+        for start in range(0, len(backlog), MAX_BATCH):
+            yield "".join(f.text for f in backlog[start : start + MAX_BATCH])
         while True:
             try:
                 item = await asyncio.wait_for(subscriber.queue.get(), settings.sse_heartbeat_s)

@@ -14,7 +14,7 @@ from nyxflow_gateway.deps import Clients, StreamClients
 from nyxflow_gateway.sse import HEADERS, frames
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
-SEQ = re.compile(r"\d{1,18}")
+SEQ = re.compile(r"[0-9]{1,18}")  # not \d: int() would take "٣" too
 
 
 def parse_last_event_id(header: str | None, query: str | None) -> int:
