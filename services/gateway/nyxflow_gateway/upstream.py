@@ -16,32 +16,40 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 5.0
 
 
+class _Cursor:
+    """The last seq passed on, so that no source repeats what another already gave."""
+
+    def __init__(self, after_seq: int) -> None:
+        self.last = after_seq
+        self.ended = False
+
+    async def relay(self, source: AsyncIterator[pb.RunEvent]) -> AsyncIterator[pb.RunEvent]:
+        async for event in source:
+            if event.seq <= self.last:
+                continue
+            self.last = event.seq
+            yield event
+            if event.type in ev.TERMINAL_EVENTS:
+                self.ended = True
+                return
+
+
 async def upstream(
     services: Services, run_id: str, status: str, after_seq: int
 ) -> AsyncIterator[pb.RunEvent]:
-    last = after_seq
+    cursor = _Cursor(after_seq)
     if status == ev.PENDING:
         try:
-            async for event in services.engine.execute(run_id):
-                if event.seq <= last:
-                    continue
-                last = event.seq
+            async for event in cursor.relay(services.engine.execute(run_id)):
                 yield event
-                if event.type in ev.TERMINAL_EVENTS:
-                    return
         except (FailedPrecondition, Unavailable) as error:
             # Another connection won the start, or the engine is away: follow instead.
             log.info("following instead of starting", extra={"run_id": run_id, "why": str(error)})
     backoff = 0.2
-    while True:
+    while not cursor.ended:
         try:
-            async for event in services.runs.watch_run(run_id, last):
-                if event.seq <= last:
-                    continue
-                last = event.seq
+            async for event in cursor.relay(services.runs.watch_run(run_id, cursor.last)):
                 yield event
-                if event.type in ev.TERMINAL_EVENTS:
-                    return
             return
         except Unavailable:
             await asyncio.sleep(backoff)
