@@ -524,8 +524,7 @@ async def test_another_tenant_gets_not_found_for_everything(runs: Clients, db: D
     }
     got = await outcomes(calls)
     assert all(o.startswith("NotFound: ") for o in got.values()), got
-    # a tenant's key may read and steer runs, never write as their engine
-    with pytest.raises(Unauthenticated, match="internal credentials"):
+    with pytest.raises(NotFound):
         await as_b.claim_run(run.id, OWNER, TTL)
 
     # exactly like a missing id: same status, same message but for the id
@@ -726,3 +725,17 @@ async def test_finish_paused_puts_the_running_step_back_to_pending(runs: Clients
         ev.PENDING,
         ev.PENDING,
     ]
+
+
+async def test_a_tenant_key_claims_but_never_writes_as_the_engine(runs: Clients) -> None:
+    run = await new_run(runs)
+    claim = await runs.runs.claim_run(run.id, OWNER, TTL)
+    assert claim.won
+    drafts = [pb.EventDraft(type="step_delta", data_json="{}")]
+    with pytest.raises(Unauthenticated, match="internal credentials"):
+        await runs.runs.append_events(run.id, claim.token, drafts)
+    with pytest.raises(Unauthenticated, match="internal credentials"):
+        await runs.runs.heartbeat(run.id, claim.token, TTL)
+    with pytest.raises(Unauthenticated, match="internal credentials"):
+        await runs.runs.finish_run(run.id, claim.token, "completed")
+    assert (await runs.runs.get_run(run.id)).last_seq == 1

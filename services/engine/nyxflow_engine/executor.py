@@ -36,17 +36,17 @@ class Executor:
         """Claim `run_id` with the caller's credentials and start it; FAILED_PRECONDITION if
         the run is not pending or another caller won the claim."""
         settings = self._settings
-        # The caller's credentials decide whether it may see the run (NOT_FOUND otherwise);
-        # the claim and every write after it go as the engine, for the run's tenant.
-        run = await RunsClient(self._channel, caller, settings.rpc_timeout_s).get_run(run_id)
-        runs = RunsClient(
-            self._channel,
-            internal_metadata(settings.internal_secret, run.tenant_id),
-            settings.rpc_timeout_s,
-        )
-        claim = await runs.claim_run(run_id, settings.engine_id, settings.lease_ttl_s)
+        # The claim goes with the caller's credentials (NOT_FOUND for a run not theirs);
+        # every write after it goes as the engine, for the run's tenant.
+        claimant = RunsClient(self._channel, caller, settings.rpc_timeout_s)
+        claim = await claimant.claim_run(run_id, settings.engine_id, settings.lease_ttl_s)
         if not claim.won:
             raise FailedPrecondition(f"run {run_id} is {claim.run.status}, not pending")
+        runs = RunsClient(
+            self._channel,
+            internal_metadata(settings.internal_secret, claim.run.tenant_id),
+            settings.rpc_timeout_s,
+        )
         feed = RunFeed()
         await feed.extend(claim.events)
         writer = RunWriter(

@@ -134,7 +134,9 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def ClaimRun(
         self, request: runs_pb2.ClaimRunRequest, context: Ctx
     ) -> runs_pb2.ClaimRunResponse:
-        tenant = self._tenancy.engine_tenant_of(context)
+        # The caller's own key may claim (it may start its runs anyway); every later write
+        # of the run needs the engine's internal credentials.
+        tenant = await self._tenancy.tenant_of(context)
         run_id = valid.require_id(request.run_id, "run_id")
         owner = valid.require_id(request.owner, "owner")
         ttl = valid.positive(request.lease_ttl_s, "lease_ttl_s")
