@@ -26,5 +26,12 @@ MAX_TOKENS_BY_KIND: Final = {
 DEFAULT_PROVIDER: Final = "local"
 
 
-def default_max_tokens(kind: str) -> int:
+# Steps that rewrite a whole earlier output ("Extend & Improve", "Improve", "Refactor") need
+# the long ceiling whatever their kind: in the seeds they hit 8192/8192 exactly.
+LONG_OUTPUT_WORDS: Final = ("improve", "extend", "rewrite", "refactor", "expand")
+
+
+def default_max_tokens(kind: str, name: str = "") -> int:
+    if any(word in name.lower() for word in LONG_OUTPUT_WORDS):
+        return LONG_OUTPUT_MAX_TOKENS
     return MAX_TOKENS_BY_KIND.get(kind, DEFAULT_MAX_TOKENS)

@@ -102,7 +102,7 @@ def step_draft(
         provider=spec.provider or kinds.DEFAULT_PROVIDER,
         model=spec.model,
         params=_object(spec.params_json, f"{at}.params"),
-        max_tokens=spec.max_tokens or kinds.default_max_tokens(spec.kind),
+        max_tokens=spec.max_tokens or kinds.default_max_tokens(spec.kind, name),
         persona=spec.persona,
         alternatives=_bounded(spec.alternatives or 1, 1, MAX_ALTERNATIVES, f"{at}.alternatives"),
         auto_continue=_bounded(spec.auto_continue, 0, MAX_CONTINUE, f"{at}.auto_continue"),
