@@ -32,8 +32,27 @@ SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
 )
 
 
+Translate = Callable[[Exception], NyxflowError | None]
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """The one place a NyxflowError becomes a gRPC status; anything else is INTERNAL, logged."""
+    """The one place an error becomes a gRPC status: a NyxflowError (or what `translate` turns
+    into one, e.g. a lost database connection into UNAVAILABLE) by its code; anything else is
+    INTERNAL, logged, with no detail leaked."""
+
+    def __init__(self, translate: Translate | None = None) -> None:
+        self._translate = translate
+
+    async def _abort(
+        self, error: Exception, context: grpc.aio.ServicerContext, method: str
+    ) -> None:
+        known = error if isinstance(error, NyxflowError) else None
+        if known is None and self._translate is not None:
+            known = self._translate(error)
+        if known is not None:
+            await context.abort(known.code, to_details(known))
+        log.error("unhandled error", exc_info=error, extra={"action": "rpc", "method": method})
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     async def intercept_service(
         self,
@@ -50,13 +69,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
                     return await unary(request, context)
-                except NyxflowError as error:
-                    await context.abort(error.code, to_details(error))
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
-                except Exception:
-                    log.exception("unhandled error", extra={"action": "rpc", "method": method})
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                except Exception as error:
+                    await self._abort(error, context, method)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
@@ -72,13 +88,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     async for response in stream(request, context):
                         yield response
-                except NyxflowError as error:
-                    await context.abort(error.code, to_details(error))
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
-                except Exception:
-                    log.exception("unhandled error", extra={"action": "rpc", "method": method})
-                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                except Exception as error:
+                    await self._abort(error, context, method)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
@@ -92,9 +105,15 @@ class GrpcService:
     """A grpc.aio server with health and reflection, drained on SIGTERM/SIGINT."""
 
     def __init__(
-        self, service_names: Sequence[str], bind: str, stop: asyncio.Event | None = None
+        self,
+        service_names: Sequence[str],
+        bind: str,
+        stop: asyncio.Event | None = None,
+        translate: Translate | None = None,
     ) -> None:
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(translate)], options=SERVER_OPTIONS
+        )
         self.health = health.aio.HealthServicer()
         self.service_names = list(service_names)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -8,7 +8,7 @@ import logging
 
 from nyxflow.grpc_server import GrpcService
 from nyxflow.v1 import runs_pb2, runs_pb2_grpc
-from nyxflow_runs import migrate
+from nyxflow_runs import db_errors, migrate
 from nyxflow_runs.bus import create_bus
 from nyxflow_runs.db import create_engine, session_factory
 from nyxflow_runs.servicer import RunsServicer
@@ -36,7 +36,7 @@ async def serve(
     await bus.start()
     store = Store(session_factory(engine), bus)
     await store.ensure_default_tenant(settings.api_key)
-    service = GrpcService([SERVICE_NAME], settings.runs_listen, stop)
+    service = GrpcService([SERVICE_NAME], settings.runs_listen, stop, db_errors.translate)
     runs_pb2_grpc.add_RunsServicer_to_server(
         RunsServicer(store, bus, Tenancy(store, settings.internal_secret), settings.watch_poll_s),
         service.server,
