@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,16 @@ def test_create_start_follow_and_exit_codes(stack: ProcessStack, tmp_path: Path)
     bad.write_text("name: b\nsteps:\n  - name: a\n    kind: nope\n")
     refused = cli(stack, "workflow", "create", "-f", str(bad))
     assert refused.returncode == 2 and "steps[0].kind" in refused.stderr
+
+
+def test_db_upgrade_migrates_an_empty_database(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    env = {**os.environ, "NYXFLOW_DATABASE_URL": url}
+    command = [sys.executable, "-m", "nyxflow.cli.main", "db", "upgrade"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(tmp_path / "fresh.db") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    assert {"workflows", "steps", "step_items", "runs", "run_events"} <= tables
+    assert version == "0001"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +27,8 @@ step_app = typer.Typer(help="Retry a step, choose an alternative.")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(run_app, name="run")
 app.add_typer(step_app, name="step")
+db_app = typer.Typer(help="The runs service's database.")
+app.add_typer(db_app, name="db")
 
 JSON = typer.Option(False, "--json", help="Machine-readable output.")
 DETACHED = "detached: the run goes on; `nyxflow run follow {}` to watch it again"
@@ -282,6 +286,16 @@ async def step_select(step_id: str, index: int) -> None:
     async with connect() as c:
         step = await c.runs.select_alternative(step_id, index)
     render.out.print(f"{step.name}: alternative {step.selected_index} selected")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the schema migrations to NYXFLOW_DATABASE_URL (SQLite or PostgreSQL)."""
+    # The runs service owns the schema; run its migration in its own process.
+    done = subprocess.run([sys.executable, "-m", "nyxflow_runs", "migrate"], check=False)
+    if done.returncode != 0:
+        raise typer.Exit(1)
+    err.print("[green]database is at the latest schema[/]")
 
 
 @app.command()
