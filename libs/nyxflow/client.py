@@ -12,7 +12,7 @@ gRPC failures come back as the matching `nyxflow.errors` exception.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -37,7 +37,7 @@ async def _unary(call: Awaitable[T]) -> T:
         raise from_rpc_error(error) from None
 
 
-async def _stream(call: Any) -> AsyncIterator[pb.RunEvent]:
+async def _stream(call: Any) -> AsyncGenerator[pb.RunEvent, None]:
     try:
         async for item in call:
             yield item
@@ -211,7 +211,7 @@ class RunsClient:
         )
         return await _unary(self._stub.FinishRun(request, **self._kw()))
 
-    def watch_run(self, run_id: str, after_seq: int = 0) -> AsyncIterator[pb.RunEvent]:
+    def watch_run(self, run_id: str, after_seq: int = 0) -> AsyncGenerator[pb.RunEvent, None]:
         request = runs_pb2.WatchRunRequest(run_id=run_id, after_seq=after_seq)
         return _stream(self._stub.WatchRun(request, metadata=self._md))
 
@@ -221,6 +221,6 @@ class EngineClient:
         self._stub = engine_pb2_grpc.EngineStub(channel)
         self._md = metadata
 
-    def execute(self, run_id: str) -> AsyncIterator[pb.RunEvent]:
+    def execute(self, run_id: str) -> AsyncGenerator[pb.RunEvent, None]:
         request = engine_pb2.ExecuteRequest(run_id=run_id)
         return _stream(self._stub.Execute(request, metadata=self._md))

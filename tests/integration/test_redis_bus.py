@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -91,7 +91,7 @@ async def test_a_watcher_on_one_replica_hears_writes_through_another_live(
         claim = await engine_b.claim_run(run.id, "engine-b", 30.0)
         assert claim.won
 
-        stream = cast(AsyncGenerator[pb.RunEvent, None], a.runs.watch_run(run.id))
+        stream = a.runs.watch_run(run.id)
         try:
             first = await next_event(stream, LIVE_WITHIN_S)  # replayed from the database
             assert (first.seq, first.type) == (1, ev.RUN_STARTED)

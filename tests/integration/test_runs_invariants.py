@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -81,7 +81,7 @@ async def claimed(
 async def watching(
     client: RunsClient, run_id: str, after_seq: int = 0
 ) -> AsyncIterator[AsyncGenerator[pb.RunEvent, None]]:
-    stream = cast(AsyncGenerator[pb.RunEvent, None], client.watch_run(run_id, after_seq))
+    stream = client.watch_run(run_id, after_seq)
     try:
         yield stream
     finally:

@@ -125,4 +125,4 @@ class RunHub:
             for subscriber in tuple(channel.subscribers):
                 subscriber.offer(END)
             with contextlib.suppress(Exception):
-                await source.aclose()  # type: ignore[attr-defined]
+                await source.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from nyxflow import events as ev
 from nyxflow.errors import FailedPrecondition, Unavailable
@@ -23,7 +23,7 @@ class _Cursor:
         self.last = after_seq
         self.ended = False
 
-    async def relay(self, source: AsyncIterator[pb.RunEvent]) -> AsyncIterator[pb.RunEvent]:
+    async def relay(self, source: AsyncIterator[pb.RunEvent]) -> AsyncGenerator[pb.RunEvent, None]:
         async for event in source:
             if event.seq <= self.last:
                 continue
@@ -36,7 +36,7 @@ class _Cursor:
 
 async def upstream(
     services: Services, run_id: str, status: str, after_seq: int
-) -> AsyncIterator[pb.RunEvent]:
+) -> AsyncGenerator[pb.RunEvent, None]:
     cursor = _Cursor(after_seq)
     if status == ev.PENDING:
         try:
