@@ -24,6 +24,9 @@ MAX_TOKENS_BY_KIND: Final = {
 }
 
 DEFAULT_PROVIDER: Final = "local"
+# Providers the engine knows; a chain entry is "name" or "name:model".
+PROVIDERS: Final = ("local", "anthropic", "openai", "google", "openai_compatible")
+MAX_CHAIN: Final = 8
 
 
 # Steps that rewrite a whole earlier output ("Extend & Improve", "Improve", "Refactor") need

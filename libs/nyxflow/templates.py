@@ -43,6 +43,7 @@ class StepTemplate(BaseModel):
     persona: str = ""
     provider: str = ""
     model: str = ""
+    providers: list[str] = Field(default_factory=list, max_length=8)
     params: dict[str, Any] = Field(default_factory=dict)
     max_tokens: int = Field(default=0, ge=0)
     alternatives: int = Field(default=1, ge=1, le=8)
@@ -64,12 +65,14 @@ class WorkflowTemplate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     consistency_check: bool = False
+    default_providers: list[str] = Field(default_factory=list, max_length=8)
     steps: list[StepTemplate] = Field(min_length=1, max_length=500)
 
     def to_request(self) -> runs_pb2.CreateWorkflowRequest:
         return runs_pb2.CreateWorkflowRequest(
             name=self.name,
             consistency_check=self.consistency_check,
+            default_providers=self.default_providers,
             steps=[s.to_pb() for s in self.steps],
         )
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nyxflow_runs.migrate import head_revision
 from tests.support.inprocess import API_KEY
 from tests.support.processes import ProcessStack
 
@@ -62,4 +63,4 @@ def test_db_upgrade_migrates_an_empty_database(tmp_path: Path) -> None:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
     assert {"workflows", "steps", "step_items", "runs", "run_events"} <= tables
-    assert version == "0001"
+    assert version == head_revision()

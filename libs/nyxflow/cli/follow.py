@@ -34,8 +34,12 @@ def _show(kind: str, data: dict[str, object], tokens: bool) -> None:
         console.print("[blue]run started[/]")
     elif kind == ev.STEP_STARTED:
         console.print(f"▶ {name} [grey50]({data.get('kind')})[/]")
+    elif kind == ev.STEP_DELTA and tokens and data.get("reset"):
+        console.print("\n[yellow]… stream broke off; retrying[/]")
     elif kind == ev.STEP_DELTA and tokens:
         console.print(str(data.get("text", "")), end="", markup=False, highlight=False)
+    elif kind == ev.PROVIDER_FALLBACK:
+        console.print(f"[yellow]↪ {data.get('from')} → {data.get('to')}: {data.get('reason')}[/]")
     elif kind == ev.STEP_COMPLETED:
         note = " [yellow]truncated[/]" if data.get("truncated") else ""
         served = data.get("served_by", "")

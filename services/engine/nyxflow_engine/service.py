@@ -26,7 +26,7 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT, or until `stop` is set when embedded (tests)."""
     channel = open_channel(settings.runs_addr)
-    executor = Executor(channel, settings, Providers())
+    executor = Executor(channel, settings, Providers.from_settings(settings))
     service = GrpcService([SERVICE_NAME], settings.engine_listen, stop)
     engine_pb2_grpc.add_EngineServicer_to_server(EngineServicer(executor), service.server)
     log.info("engine serving", extra={"action": "start", "engine_id": settings.engine_id})

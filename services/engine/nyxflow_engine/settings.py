@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from nyxflow.settings import CommonSettings
 
@@ -23,3 +23,20 @@ class EngineSettings(CommonSettings):
     group_commit_ms: float = 50.0  # progress is committed at most this long after it happens
     write_retry_s: float = 30.0  # how long a write to runs is retried while runs is unavailable
     shutdown_grace_s: float = 10.0
+    # Providers: keys are secrets (never logged, never stored); base URLs point at proxies,
+    # test servers or, for openai_compatible, a local model server.
+    # The chain for steps whose step, workflow and tenant name none.
+    default_providers: list[str] = Field(default_factory=lambda: ["local"])
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    google_api_key: SecretStr | None = None
+    google_base_url: str | None = None
+    openai_compatible_api_key: SecretStr | None = None
+    openai_compatible_base_url: str | None = "http://127.0.0.1:11434/v1"
+    provider_timeout_s: float = 300.0  # one request, streaming included
+    provider_attempts: int = 3  # per provider before the next one
+    provider_backoff_s: float = 0.5
+    provider_backoff_max_s: float = 8.0
+    provider_budget_s: float = 120.0  # retries of one provider stop after this long

@@ -31,6 +31,7 @@ def spec(row: models.Step) -> pb.StepSpec:
         generates=config.get("generates", ""),
         reviews=config.get("reviews", []),
         tool=config.get("tool", ""),
+        providers=config.get("providers", []),
     )
 
 
@@ -57,8 +58,21 @@ def alternative_dict(alt: pb.Alternative) -> dict[str, Any]:
     }
 
 
+def chain(row: models.Step, default: Sequence[str] = ()) -> list[str]:
+    """The step's own chain, else its provider[:model], else the workflow's or tenant's."""
+    own: list[str] = (row.config or {}).get("providers", [])
+    if own:
+        return own
+    if row.provider:
+        return [f"{row.provider}:{row.model}" if row.model else row.provider]
+    return list(default)
+
+
 def step(
-    row: models.Step, items: Sequence[models.StepItem] = (), system_prompt: str = ""
+    row: models.Step,
+    items: Sequence[models.StepItem] = (),
+    system_prompt: str = "",
+    default_chain: Sequence[str] = (),
 ) -> pb.Step:
     return pb.Step(
         id=row.id,
@@ -86,6 +100,7 @@ def step(
         selected_index=row.selected_index,
         alternatives=[alternative(i, a) for i, a in enumerate(row.alternatives_out or [])],
         items=[pb.StepItem(index=i.item_index, heading=i.heading, output=i.output) for i in items],
+        providers=chain(row, default_chain),
     )
 
 
@@ -101,6 +116,7 @@ def workflow(
         consistency_check=row.consistency_check,
         status=latest.status if latest is not None else IDLE,
         last_run_id=latest.id if latest is not None else "",
+        default_providers=row.default_providers or [],
     )
 
 

@@ -29,6 +29,7 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     slug: Mapped[str] = mapped_column(String(100), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    default_providers: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
 
 
@@ -59,6 +60,7 @@ class Workflow(Base):
     project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     consistency_check: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_providers: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
     updated_at: Mapped[float] = mapped_column(Float, server_default=db_now())
 

@@ -40,7 +40,10 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         name = valid.workflow_name(request.name)
         personas = await self._store.persona_names(tenant)
         drafts = valid.step_drafts(request.steps, personas)
-        return await self._store.create_workflow(tenant, name, drafts, request.consistency_check)
+        chain = valid.provider_chain(request.default_providers, "default_providers")
+        return await self._store.create_workflow(
+            tenant, name, drafts, request.consistency_check, chain
+        )
 
     async def GetWorkflow(self, request: runs_pb2.GetWorkflowRequest, context: Ctx) -> pb.Workflow:
         tenant = await self._tenancy.tenant_of(context)

@@ -99,7 +99,7 @@ def step_draft(
         name=name,
         kind=spec.kind,
         prompt=spec.prompt,
-        provider=spec.provider or kinds.DEFAULT_PROVIDER,
+        provider=provider_name(spec.provider, f"{at}.provider") if spec.provider else "",
         model=spec.model,
         params=_object(spec.params_json, f"{at}.params"),
         max_tokens=spec.max_tokens or kinds.default_max_tokens(spec.kind, name),
@@ -137,11 +137,35 @@ def _config(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> dict[str, Any
                     f"{name!r} is not an earlier step", field=f"{at}.reviews[{j}]"
                 )
         config["reviews"] = list(spec.reviews)
+    if spec.providers:
+        config["providers"] = provider_chain(spec.providers, f"{at}.providers")
     if spec.kind == kinds.TOOL:
         if not spec.tool:
             raise InvalidArgument("a tool step names its tool", field=f"{at}.tool")
         config["tool"] = spec.tool
     return config
+
+
+def provider_name(name: str, field: str) -> str:
+    if name not in kinds.PROVIDERS:
+        raise InvalidArgument(
+            f"unknown provider {name!r} (one of {', '.join(kinds.PROVIDERS)})", field=field
+        )
+    return name
+
+
+def provider_chain(entries: Sequence[str], field: str) -> list[str]:
+    """["anthropic:claude-sonnet-4", "local"] — each a known provider, optionally with a model."""
+    if len(entries) > kinds.MAX_CHAIN:
+        raise InvalidArgument(f"at most {kinds.MAX_CHAIN} providers", field=field)
+    chain = []
+    for i, entry in enumerate(entries):
+        name, _, model = entry.strip().partition(":")
+        provider_name(name, f"{field}[{i}]")
+        if len(entry) > MAX_NAME:
+            raise InvalidArgument(f"must be at most {MAX_NAME} characters", field=f"{field}[{i}]")
+        chain.append(f"{name}:{model.strip()}" if model.strip() else name)
+    return chain
 
 
 def _references(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> None:

@@ -33,15 +33,27 @@ class DeltaBuffer:
         self._alternative = alternative
         self._parts: list[str] = []
         self._last = time.monotonic()
+        self._shown = False  # whether this attempt's text has reached the event stream
 
     async def add(self, text: str) -> None:
         self._parts.append(text)
         if time.monotonic() - self._last >= self._flush_s:
             await self.flush()
 
+    async def reset(self) -> None:
+        """A provider attempt broke off mid-stream and is retried: what it showed is void."""
+        self._parts = []
+        if self._shown:
+            data: dict[str, Any] = {"step_id": self._step_id, "text": "", "reset": True}
+            if self._alternative:
+                data["alternative"] = self._alternative
+            self._writer.events(draft(ev.STEP_DELTA, **data))
+            self._shown = False
+
     async def flush(self) -> None:
         if self._parts:
             text, self._parts = "".join(self._parts), []
+            self._shown = True
             data: dict[str, Any] = {"step_id": self._step_id, "text": text}
             if self._alternative:
                 data["alternative"] = self._alternative
@@ -50,6 +62,10 @@ class DeltaBuffer:
 
 
 async def _discard(_: str) -> None:
+    return None
+
+
+async def _nothing() -> None:
     return None
 
 
@@ -111,9 +127,9 @@ class StepContext:
         """One completion of `prompt` with this step's provider, persona and limits; a
         max_tokens stop is continued up to `auto_continue` times and the text joined."""
         step = self.step
-        provider = self.providers.get(step.provider)
         deltas = DeltaBuffer(self.writer, step.id, self.flush_s, variant) if stream else None
         on_delta = deltas.add if deltas is not None else _discard
+        on_reset = deltas.reset if deltas is not None else _nothing
         text, input_tokens, output_tokens = "", 0, 0
         for _attempt in range(1 + max(0, self.spec.auto_continue)):
             request = CompletionRequest(
@@ -126,7 +142,13 @@ class StepContext:
                 prefix=text,
                 response_format=response_format,
             )
-            completion = await provider.complete(request, on_delta)
+            completion = await self.providers.complete(
+                step.providers,
+                request,
+                on_delta,
+                on_fallback=self._fallback,
+                on_reset=on_reset,
+            )
             text += completion.text
             input_tokens += completion.input_tokens
             output_tokens += completion.output_tokens
@@ -141,6 +163,10 @@ class StepContext:
             output_tokens=output_tokens,
             served_by=completion.served_by,
         )
+
+    def _fallback(self, from_: str, to: str, reason: str) -> None:
+        data = {"step_id": self.step.id, "from": from_, "to": to, "reason": reason}
+        self.writer.events(draft(ev.PROVIDER_FALLBACK, **data))
 
     async def complete_alternatives(self, prompt: str, **kwargs: Any) -> StepResult:
         """N alternatives (the step's `alternatives`), concurrently; the first is selected."""

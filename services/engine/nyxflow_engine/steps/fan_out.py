@@ -59,6 +59,6 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
         output="\n\n".join(outputs[i] for i in range(total)),
         input_tokens=usage["input"],
         output_tokens=usage["output"],
-        served_by=served_by or f"{step.provider}:{step.model}",
+        served_by=served_by or (step.providers[0] if step.providers else ""),
         extra={"items": total},
     )

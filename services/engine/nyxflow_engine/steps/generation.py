@@ -34,8 +34,7 @@ def generated_specs(
                 "Write a precise, self-contained implementation prompt for this part of the "
                 f"plan:\n\n{literal(item.text)}"
             ),
-            provider=synthesis.provider,
-            model=synthesis.model,
+            providers=list(synthesis.providers),
             params_json=synthesis.params_json,
             persona=synthesis.spec.persona,
         )
@@ -46,8 +45,7 @@ def generated_specs(
             pb.StepSpec(
                 name=unique_name("Consistency check", taken),
                 kind=kinds.CONSISTENCY_CHECK,
-                provider=synthesis.provider,
-                model=synthesis.model,
+                providers=list(synthesis.providers),
                 params_json=synthesis.params_json,
                 reviews=[synthesis.name, *(s.name for s in specs)],
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -16,7 +16,7 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import convert
 from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.clock import db_now
-from nyxflow_runs.models import Persona, Run, RunEvent, Step, StepItem, Workflow
+from nyxflow_runs.models import Persona, Run, RunEvent, Step, StepItem, Tenant, Workflow
 from nyxflow_runs.validation import event_data, event_type
 
 # Everything an execution produced; retry and re-run put a step back to exactly this.
@@ -154,7 +154,31 @@ class StoreBase:
             for item in rows:
                 items.setdefault(item.step_id, []).append(item)
         personas = await self._personas(session, tenant_id)
-        return [convert.step(s, items.get(s.id, ()), personas.get(s.persona, "")) for s in steps]
+        defaults = await self._default_chains(session, {s.workflow_id for s in steps})
+        return [
+            convert.step(
+                s, items.get(s.id, ()), personas.get(s.persona, ""), defaults.get(s.workflow_id, ())
+            )
+            for s in steps
+        ]
+
+    @staticmethod
+    async def _default_chains(
+        session: AsyncSession, workflow_ids: Collection[str]
+    ) -> dict[str, list[str]]:
+        """Workflow id → the chain for steps naming none: the workflow's, else the tenant's."""
+        if not workflow_ids:
+            return {}
+        rows = await session.execute(
+            select(
+                Workflow.id,
+                Workflow.default_providers,
+                Tenant.default_providers.label("tenant_chain"),
+            )
+            .join(Tenant, Tenant.id == Workflow.tenant_id)
+            .where(Workflow.id.in_(workflow_ids))
+        )
+        return {row.id: list(row.default_providers or row.tenant_chain or []) for row in rows}
 
     async def _workflow_pb(self, session: AsyncSession, workflow: Workflow) -> pb.Workflow:
         steps = await self._steps_pb(

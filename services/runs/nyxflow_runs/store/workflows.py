@@ -122,9 +122,15 @@ class Workflows(StoreBase):
         name: str,
         drafts: Sequence[StepDraft],
         consistency_check: bool = False,
+        default_providers: Sequence[str] = (),
     ) -> pb.Workflow:
         async with self._sessions.begin() as session:
-            workflow = Workflow(tenant_id=tenant_id, name=name, consistency_check=consistency_check)
+            workflow = Workflow(
+                tenant_id=tenant_id,
+                name=name,
+                consistency_check=consistency_check,
+                default_providers=list(default_providers),
+            )
             session.add(workflow)
             await session.flush()
             session.add_all(step_row(tenant_id, workflow.id, i, d) for i, d in enumerate(drafts))
@@ -188,6 +194,7 @@ class Workflows(StoreBase):
                 project_id=source.project_id,
                 name=name or f"{source.name} (copy)",
                 consistency_check=source.consistency_check,
+                default_providers=list(source.default_providers or []),
             )
             session.add(copy)
             await session.flush()

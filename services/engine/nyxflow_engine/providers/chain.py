@@ -1,0 +1,119 @@
+"""A step's provider chain: retry what is transient, move on from what is not, say why.
+
+Retries back off exponentially with full jitter, bounded both in attempts and in time per
+provider. A retry after part of a stream was shown first tells the listener to reset, so the
+final output never holds the dropped attempt's text twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+
+from nyxflow_engine.providers.base import (
+    Completion,
+    CompletionRequest,
+    OnDelta,
+    Provider,
+    ProviderError,
+)
+from nyxflow_engine.providers.failures import Action, ProviderFailure
+
+OnFallback = Callable[[str, str, str], None]  # from, to, reason
+OnReset = Callable[[], Awaitable[None]]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3  # per provider, the first try included
+    backoff_s: float = 0.5
+    backoff_max_s: float = 8.0
+    budget_s: float = 120.0  # time per provider, retries and waits included
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class Target:
+    provider: str
+    model: str
+
+    @classmethod
+    def parse(cls, entry: str) -> Target:
+        name, _, model = entry.partition(":")
+        return cls(name.strip(), model.strip())
+
+
+class AllProvidersFailed(ProviderError):
+    """Every provider of the chain failed; the message lists each one's reason."""
+
+
+async def complete_with_chain(
+    lookup: Callable[[str], Provider],
+    chain: Sequence[str],
+    request: CompletionRequest,
+    on_delta: OnDelta,
+    *,
+    policy: RetryPolicy,
+    on_fallback: OnFallback,
+    on_reset: OnReset,
+    sleep: Sleep = asyncio.sleep,
+) -> Completion:
+    reasons: list[str] = []
+    for i, entry in enumerate(chain):
+        target = Target.parse(entry)
+        try:
+            return await _with_retries(
+                lookup(target.provider),
+                replace(request, model=target.model),
+                on_delta,
+                policy=policy,
+                on_reset=on_reset,
+                sleep=sleep,
+            )
+        except ProviderFailure as failure:
+            if failure.action is Action.FAIL:
+                raise ProviderError(failure.reason) from None
+            reasons.append(failure.reason)
+            if i + 1 < len(chain):
+                on_fallback(entry, chain[i + 1], failure.reason)
+    raise AllProvidersFailed("every provider failed: " + "; ".join(reasons))
+
+
+async def _with_retries(
+    provider: Provider,
+    request: CompletionRequest,
+    on_delta: OnDelta,
+    *,
+    policy: RetryPolicy,
+    on_reset: OnReset,
+    sleep: Sleep,
+) -> Completion:
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        streamed = False
+
+        async def tracked(text: str) -> None:
+            nonlocal streamed
+            streamed = True
+            await on_delta(text)
+
+        try:
+            return await provider.complete(request, tracked)
+        except ProviderFailure as failure:
+            if streamed:
+                await on_reset()
+            if failure.action is not Action.RETRY or attempt >= policy.attempts:
+                raise
+            delay = policy.delay(attempt)
+            if time.monotonic() - started + delay > policy.budget_s:
+                raise
+            await sleep(delay)

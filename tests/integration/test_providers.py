@@ -1,0 +1,249 @@
+"""Real provider SDKs against loopback servers speaking each provider's wire format:
+streaming, usage, truncation, fallback on credit/quota, retries, dropped streams, secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from nyxflow import events as ev
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
+from tests.support.fake_providers import FakeProviders, Reply, fake_providers
+from tests.support.inprocess import Clients, clients, engine_service
+
+KEYS = {
+    "anthropic_api_key": "sk-ant-secret-4242",
+    "openai_api_key": "sk-openai-secret-4242",
+    "google_api_key": "AIza-secret-4242",
+    "openai_compatible_api_key": "local-secret-4242",
+}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeProviders]:
+    async with fake_providers() as server:
+        yield server
+
+
+@pytest.fixture
+async def api(runs_addr: str, fake: FakeProviders) -> AsyncIterator[Clients]:
+    """Runs plus an engine whose providers all point at the fake server."""
+    async with (
+        engine_service(
+            runs_addr,
+            **KEYS,
+            anthropic_base_url=fake.base_url,
+            openai_base_url=f"{fake.base_url}/v1",
+            openai_compatible_base_url=f"{fake.base_url}/v1",
+            google_base_url=fake.base_url,
+            provider_backoff_s=0.01,
+            provider_backoff_max_s=0.05,
+            delta_flush_ms=0,
+        ) as engine,
+        clients(runs_addr, engine.engine_listen) as c,
+    ):
+        yield c
+
+
+def step(name: str, providers: list[str], **fields: Any) -> pb.StepSpec:
+    return pb.StepSpec(name=name, kind="llm", prompt="Write it.", providers=providers, **fields)
+
+
+async def run_steps(api: Clients, *steps: pb.StepSpec) -> tuple[pb.Run, list[pb.RunEvent]]:
+    workflow = await api.runs.create_workflow("providers", list(steps))
+    run = await api.runs.create_run(workflow.id)
+    assert api.engine is not None
+    events = [e async for e in api.engine.execute(run.id)]
+    return await api.runs.get_run(run.id), events
+
+
+def of_type(events: list[pb.RunEvent], type_: str) -> list[dict[str, Any]]:
+    return [json.loads(e.data_json) for e in events if e.type == type_]
+
+
+def streamed_text(events: list[pb.RunEvent]) -> str:
+    """What a browser shows: deltas appended, a reset discarding what came before it."""
+    shown = ""
+    for delta in of_type(events, ev.STEP_DELTA):
+        shown = "" if delta.get("reset") else shown + delta["text"]
+    return shown
+
+
+@pytest.mark.parametrize(
+    ("entry", "wire"),
+    [
+        ("anthropic:claude-sonnet-4", "anthropic"),
+        ("openai:gpt-4.1", "openai"),
+        ("google:gemini-2.5-pro", "google"),
+        ("openai_compatible:llama3", "openai"),
+    ],
+)
+async def test_streamed_completion_per_provider(
+    api: Clients, fake: FakeProviders, entry: str, wire: str
+) -> None:
+    answer = "Streaming answers arrive in many small chunks, joined in order."
+    fake.script(wire, Reply(text=answer, chunk=5, input_tokens=21, output_tokens=13))
+
+    run, events = await run_steps(api, step("Draft", [entry], persona="Nemesis"))
+
+    assert run.status == ev.COMPLETED, run.error
+    done = run.steps[0]
+    assert done.output == answer
+    assert done.served_by == entry
+    assert (done.input_tokens, done.output_tokens) == (21, 13)
+    assert (done.finish_reason, done.truncated) == ("stop", False)
+    deltas = of_type(events, ev.STEP_DELTA)
+    assert len(deltas) > 1 and streamed_text(events) == answer
+    request = fake.requests[-1]
+    assert request.body.get("model", entry.split(":")[1]) in (entry.split(":")[1], None)
+    assert "Nemesis" in json.dumps(request.body) or "adversar" in json.dumps(request.body).lower()
+
+
+async def test_truncation_at_the_ceiling_is_recorded(api: Clients, fake: FakeProviders) -> None:
+    fake.script("anthropic", Reply(text="cut off mid", finish="max_tokens", output_tokens=64))
+
+    run, events = await run_steps(api, step("Long", ["anthropic:claude"], max_tokens=64))
+
+    done = run.steps[0]
+    assert (done.truncated, done.finish_reason) == (True, "max_tokens")
+    assert of_type(events, ev.STEP_TRUNCATED)[0]["limit"] == 64
+    assert fake.requests[-1].body["max_tokens"] == 64
+
+
+async def test_credit_exhausted_falls_back_to_the_next_provider(
+    api: Clients, fake: FakeProviders
+) -> None:
+    """The seeds' case: Anthropic out of credit, Gemini serves the step, and both say so."""
+    fake.script("anthropic", Reply(error="credit"))
+    fake.script("google", Reply(text="Gemini served this."))
+
+    run, events = await run_steps(
+        api, step("Plan", ["anthropic:claude-sonnet-4", "google:gemini-2.5-pro", "openai:gpt-4.1"])
+    )
+
+    assert run.status == ev.COMPLETED, run.error
+    assert run.steps[0].output == "Gemini served this."
+    assert run.steps[0].served_by == "google:gemini-2.5-pro"
+    (fallback,) = of_type(events, ev.PROVIDER_FALLBACK)
+    assert fallback["from"] == "anthropic:claude-sonnet-4"
+    assert fallback["to"] == "google:gemini-2.5-pro"
+    assert "credit balance is too low" in fallback["reason"]
+    assert fake.count("anthropic") == 1  # not retried: credit does not come back in seconds
+    assert fake.count("openai") == 0
+
+
+async def test_rate_limited_twice_then_served_without_fallback(
+    api: Clients, fake: FakeProviders
+) -> None:
+    fake.script(
+        "openai", Reply(error="rate_limit"), Reply(error="rate_limit"), Reply(text="third time")
+    )
+
+    run, events = await run_steps(api, step("Retry", ["openai:gpt-4.1", "google:gemini"]))
+
+    assert run.steps[0].output == "third time"
+    assert run.steps[0].served_by == "openai:gpt-4.1"
+    assert fake.count("openai") == 3 and fake.count("google") == 0
+    assert of_type(events, ev.PROVIDER_FALLBACK) == []
+
+
+async def test_every_provider_down_fails_the_step_with_each_reason(
+    api: Clients, fake: FakeProviders
+) -> None:
+    fake.script("anthropic", Reply(error="auth"))
+    fake.script("openai", Reply(error="quota"))
+    fake.script("google", *(Reply(error="server") for _ in range(3)))
+
+    run, events = await run_steps(
+        api, step("Doomed", ["anthropic:claude", "openai:gpt-4.1", "google:gemini"])
+    )
+
+    assert run.status == ev.FAILED
+    failed = run.steps[0]
+    assert failed.status == ev.FAILED
+    for provider in ("anthropic:", "openai:", "google:"):
+        assert provider in failed.error
+    assert "quota" in failed.error
+    assert fake.count("google") == 3  # a 5xx is retried up to the attempt limit
+    assert len(of_type(events, ev.PROVIDER_FALLBACK)) == 2
+
+
+async def test_invalid_request_fails_at_once_with_the_providers_message(
+    api: Clients, fake: FakeProviders
+) -> None:
+    fake.script("anthropic", Reply(error="invalid", message="prompt is too long: 250000 tokens"))
+
+    run, events = await run_steps(api, step("Bad", ["anthropic:claude", "google:gemini"]))
+
+    assert run.status == ev.FAILED
+    assert "prompt is too long" in run.steps[0].error
+    assert fake.count("google") == 0 and of_type(events, ev.PROVIDER_FALLBACK) == []
+
+
+@pytest.mark.parametrize("wire", ["anthropic", "openai", "google"])
+async def test_a_stream_dropped_half_way_is_retried_without_duplicated_text(
+    api: Clients, fake: FakeProviders, wire: str
+) -> None:
+    answer = "one two three four five six seven eight nine ten"
+    fake.script(wire, Reply(text=answer, chunk=4, drop_after=3), Reply(text=answer, chunk=4))
+
+    run, events = await run_steps(api, step("Flaky", [f"{wire}:m"]))
+
+    assert run.status == ev.COMPLETED, run.error
+    assert run.steps[0].output == answer
+    assert fake.count(wire) == 2
+    assert any(d.get("reset") for d in of_type(events, ev.STEP_DELTA))
+    assert streamed_text(events) == answer
+
+
+async def test_workflow_default_chain_applies_to_steps_naming_none(
+    api: Clients, fake: FakeProviders
+) -> None:
+    fake.script("openai", Reply(text="from the workflow's chain"))
+    request = runs_pb2.CreateWorkflowRequest(
+        name="defaults",
+        steps=[pb.StepSpec(name="Plain", kind="llm", prompt="p")],
+        default_providers=["openai:gpt-4.1-mini"],
+    )
+    workflow = await api.runs._stub.CreateWorkflow(request, **api.runs._kw())
+    assert list(workflow.steps[0].providers) == ["openai:gpt-4.1-mini"]
+    run = await api.runs.create_run(workflow.id)
+    assert api.engine is not None
+    _ = [e async for e in api.engine.execute(run.id)]
+
+    done = (await api.runs.get_run(run.id)).steps[0]
+    assert done.served_by == "openai:gpt-4.1-mini" and done.output == "from the workflow's chain"
+
+
+async def test_keys_never_reach_logs_events_or_the_database(
+    api: Clients, fake: FakeProviders, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake.script("anthropic", Reply(error="auth"))
+    fake.script("openai", Reply(error="rate_limit"), Reply(text="ok"))
+
+    run, events = await run_steps(api, step("Keys", ["anthropic:claude", "openai:gpt-4.1"]))
+
+    assert run.status == ev.COMPLETED
+    sent = fake.requests[0].headers
+    key = KEYS["anthropic_api_key"]
+    assert key in (sent.get("x-api-key"), sent.get("authorization", "").removeprefix("Bearer "))
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            dump = ""
+            for table in ("runs", "run_events", "steps", "workflows", "tenants"):
+                rows = await connection.execute(text(f"SELECT * FROM {table}"))
+                dump += repr(rows.all())
+    finally:
+        await engine.dispose()
+    seen = dump + caplog.text + repr([e.data_json for e in events]) + repr(run)
+    for key in KEYS.values():
+        assert key not in seen

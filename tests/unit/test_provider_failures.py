@@ -1,0 +1,51 @@
+"""One table decides what each provider error means for the chain."""
+
+from __future__ import annotations
+
+import pytest
+
+from nyxflow_engine.providers.chain import RetryPolicy
+from nyxflow_engine.providers.failures import Action, classify, failure
+
+CREDIT = "Your credit balance is too low to access the Anthropic API."
+QUOTA = "You exceeded your current quota, please check your plan and billing details."
+GEMINI_QUOTA = "Quota exceeded for quota metric 'Generate Content API requests'"
+TOO_LONG = "prompt is too long: 250000 tokens > 200000 maximum"
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "code", "action"),
+    [
+        # Anthropic reports an empty wallet as a 400 invalid_request_error.
+        (400, CREDIT, "invalid_request_error", Action.NEXT),
+        (429, QUOTA, "insufficient_quota", Action.NEXT),
+        (429, GEMINI_QUOTA, "RESOURCE_EXHAUSTED", Action.NEXT),
+        (401, "invalid x-api-key", "authentication_error", Action.NEXT),
+        (403, "permission denied", "PERMISSION_DENIED", Action.NEXT),
+        (404, "model: claude-9 not found", "not_found_error", Action.NEXT),
+        (429, "Rate limit reached for requests", "rate_limit_exceeded", Action.RETRY),
+        (529, "Overloaded", "overloaded_error", Action.RETRY),
+        (500, "Internal server error", "api_error", Action.RETRY),
+        (503, "The model is overloaded", "UNAVAILABLE", Action.RETRY),
+        (None, "connection failed: RemoteProtocolError", "", Action.RETRY),
+        (400, TOO_LONG, "invalid_request_error", Action.FAIL),
+        (422, "messages: field required", "", Action.FAIL),
+    ],
+)  # fmt: skip
+def test_classification(status: int | None, message: str, code: str, action: Action) -> None:
+    assert classify(status, message, code) is action
+
+
+def test_failure_reason_names_provider_and_status() -> None:
+    error = failure("anthropic", 400, "Your credit balance is too low", "invalid_request_error")
+    assert error.action is Action.NEXT
+    assert error.reason == "anthropic: Your credit balance is too low (HTTP 400)"
+    assert "no response" in failure("google", None, "connection failed").reason
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    policy = RetryPolicy(attempts=6, backoff_s=0.5, backoff_max_s=4.0)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 4.0)]:
+        delays = {policy.delay(attempt) for _ in range(50)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 1  # jittered, so replicas do not retry in lockstep
