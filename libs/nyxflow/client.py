@@ -20,8 +20,15 @@ import grpc
 from nyxflow.auth import Metadata
 from nyxflow.errors import from_rpc_error
 from nyxflow.grpc_server import CHANNEL_OPTIONS
+from nyxflow.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    engine_pb2,
+    engine_pb2_grpc,
+    runs_pb2,
+    runs_pb2_grpc,
+)
 from nyxflow.v1 import common_pb2 as pb
-from nyxflow.v1 import engine_pb2, engine_pb2_grpc, runs_pb2, runs_pb2_grpc
 
 T = TypeVar("T")
 
@@ -57,12 +64,55 @@ class RunsClient:
         return {"metadata": self._md, "timeout": self._timeout}
 
     async def create_workflow(
-        self, name: str, steps: Sequence[pb.StepSpec], consistency_check: bool = False
+        self,
+        name: str,
+        steps: Sequence[pb.StepSpec],
+        consistency_check: bool = False,
+        *,
+        default_providers: Sequence[str] = (),
+        project_id: str = "",
     ) -> pb.Workflow:
         request = runs_pb2.CreateWorkflowRequest(
-            name=name, steps=steps, consistency_check=consistency_check
+            name=name,
+            steps=steps,
+            consistency_check=consistency_check,
+            default_providers=default_providers,
+            project_id=project_id,
         )
+        return await self.create_workflow_from(request)
+
+    async def create_workflow_from(self, request: runs_pb2.CreateWorkflowRequest) -> pb.Workflow:
         return await _unary(self._stub.CreateWorkflow(request, **self._kw()))
+
+    async def create_project(self, name: str) -> runs_pb2.Project:
+        request = runs_pb2.CreateProjectRequest(name=name)
+        return await _unary(self._stub.CreateProject(request, **self._kw()))
+
+    async def get_project(self, project_id: str) -> runs_pb2.Project:
+        request = runs_pb2.GetProjectRequest(project_id=project_id)
+        return await _unary(self._stub.GetProject(request, **self._kw()))
+
+    async def list_projects(self) -> list[runs_pb2.Project]:
+        response = await _unary(
+            self._stub.ListProjects(runs_pb2.ListProjectsRequest(), **self._kw())
+        )
+        return list(response.projects)
+
+    async def add_repository(
+        self, project_id: str, owner: str, repo: str, path: str = ""
+    ) -> runs_pb2.Repository:
+        request = runs_pb2.AddRepositoryRequest(
+            project_id=project_id, owner=owner, repo=repo, path=path
+        )
+        return await _unary(self._stub.AddRepository(request, **self._kw()))
+
+    async def add_project_note(self, project_id: str, text: str) -> runs_pb2.ProjectNote:
+        request = runs_pb2.AddProjectNoteRequest(project_id=project_id, text=text)
+        return await _unary(self._stub.AddProjectNote(request, **self._kw()))
+
+    async def add_workflow_insight(self, workflow_id: str, text: str) -> runs_pb2.WorkflowInsight:
+        request = runs_pb2.AddWorkflowInsightRequest(workflow_id=workflow_id, text=text)
+        return await _unary(self._stub.AddWorkflowInsight(request, **self._kw()))
 
     async def delete_workflow(self, workflow_id: str) -> None:
         request = runs_pb2.DeleteWorkflowRequest(workflow_id=workflow_id)
@@ -214,6 +264,56 @@ class RunsClient:
     def watch_run(self, run_id: str, after_seq: int = 0) -> AsyncGenerator[pb.RunEvent, None]:
         request = runs_pb2.WatchRunRequest(run_id=run_id, after_seq=after_seq)
         return _stream(self._stub.WatchRun(request, metadata=self._md))
+
+
+class AdminClient:
+    """Operator calls; `metadata` carries the admin key."""
+
+    def __init__(self, channel: grpc.aio.Channel, metadata: Metadata, timeout_s: float = 30.0):
+        self._stub = admin_pb2_grpc.AdminStub(channel)
+        self._kw = {"metadata": metadata, "timeout": timeout_s}
+
+    async def create_tenant(
+        self, slug: str, name: str = "", default_providers: Sequence[str] = ()
+    ) -> admin_pb2.Tenant:
+        request = admin_pb2.CreateTenantRequest(
+            slug=slug, name=name, default_providers=default_providers
+        )
+        return await _unary(self._stub.CreateTenant(request, **self._kw))
+
+    async def list_tenants(self) -> list[admin_pb2.Tenant]:
+        response = await _unary(self._stub.ListTenants(admin_pb2.ListTenantsRequest(), **self._kw))
+        return list(response.tenants)
+
+    async def set_tenant_providers(
+        self, tenant: str, default_providers: Sequence[str]
+    ) -> admin_pb2.Tenant:
+        request = admin_pb2.SetTenantProvidersRequest(
+            tenant=tenant, default_providers=default_providers
+        )
+        return await _unary(self._stub.SetTenantProviders(request, **self._kw))
+
+    async def create_api_key(
+        self, tenant: str, name: str, expires_at: float = 0.0
+    ) -> admin_pb2.CreateApiKeyResponse:
+        request = admin_pb2.CreateApiKeyRequest(tenant=tenant, name=name, expires_at=expires_at)
+        return await _unary(self._stub.CreateApiKey(request, **self._kw))
+
+    async def list_api_keys(self, tenant: str) -> list[admin_pb2.ApiKey]:
+        request = admin_pb2.ListApiKeysRequest(tenant=tenant)
+        return list((await _unary(self._stub.ListApiKeys(request, **self._kw))).keys)
+
+    async def revoke_api_key(self, key_id: str) -> admin_pb2.ApiKey:
+        request = admin_pb2.RevokeApiKeyRequest(key_id=key_id)
+        return await _unary(self._stub.RevokeApiKey(request, **self._kw))
+
+    async def move_project(
+        self, project_id: str, to_tenant: str, *, dry_run: bool = False, on_conflict: str = ""
+    ) -> admin_pb2.MoveProjectResponse:
+        request = admin_pb2.MoveProjectRequest(
+            project_id=project_id, to_tenant=to_tenant, dry_run=dry_run, on_conflict=on_conflict
+        )
+        return await _unary(self._stub.MoveProject(request, **self._kw))
 
 
 class EngineClient:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 
 class NyxflowError(Exception):
@@ -78,13 +80,44 @@ def to_details(error: NyxflowError) -> str:
     return f"{error.field}{FIELD_SEPARATOR}{error.message}" if error.field else error.message
 
 
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_details(error: NyxflowError) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata with a google.rpc.Status: a named field travels as a
+    BadRequest.FieldViolation, so any gRPC client (grpcurl included) can read which one."""
+    if not error.field:
+        return ()
+    violation = error_details_pb2.BadRequest.FieldViolation(
+        field=error.field, description=error.message
+    )
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    status = status_pb2.Status(
+        code=error.code.value[0],
+        message=to_details(error),
+        details=[detail],
+    )
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+def _field_violation(error: grpc.aio.AioRpcError) -> tuple[str, str] | None:
+    for key, value in error.trailing_metadata() or ():
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            request = error_details_pb2.BadRequest()
+            if detail.Unpack(request) and request.field_violations:
+                first = request.field_violations[0]
+                return first.field, first.description
+    return None
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError) -> NyxflowError:
     """Turn a status received from another service back into the matching exception."""
     cls = _BY_CODE.get(error.code(), NyxflowError)
-    details = error.details() or ""
-    field = None
-    if cls is InvalidArgument and FIELD_SEPARATOR in details:
-        head, _, rest = details.partition(FIELD_SEPARATOR)
-        if head and " " not in head:
-            field, details = head, rest
-    return cls(details or None, field=field)
+    violation = _field_violation(error)
+    if violation is not None:
+        return cls(violation[1], field=violation[0])
+    return cls(error.details() or None)

@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from nyxflow.errors import NyxflowError, to_details
+from nyxflow.errors import NyxflowError, status_details, to_details
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if known is None and self._translate is not None:
             known = self._translate(error)
         if known is not None:
-            await context.abort(known.code, to_details(known))
+            await context.abort(known.code, to_details(known), status_details(known))
         log.error("unhandled error", exc_info=error, extra={"action": "rpc", "method": method})
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 

@@ -66,6 +66,7 @@ class WorkflowTemplate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     consistency_check: bool = False
     default_providers: list[str] = Field(default_factory=list, max_length=8)
+    project_id: str = Field(default="", max_length=36)
     steps: list[StepTemplate] = Field(min_length=1, max_length=500)
 
     def to_request(self) -> runs_pb2.CreateWorkflowRequest:
@@ -73,6 +74,7 @@ class WorkflowTemplate(BaseModel):
             name=self.name,
             consistency_check=self.consistency_check,
             default_providers=self.default_providers,
+            project_id=self.project_id,
             steps=[s.to_pb() for s in self.steps],
         )
 

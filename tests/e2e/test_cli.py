@@ -7,17 +7,21 @@ import os
 import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from nyxflow_runs.migrate import head_revision
-from tests.support.inprocess import API_KEY
+from tests.support.inprocess import ADMIN_KEY, API_KEY
 from tests.support.processes import ProcessStack
 
 
-def cli(stack: ProcessStack, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    stack: ProcessStack, *args: str, api_key: str = API_KEY
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "NYXFLOW_API_KEY": API_KEY,
+        "NYXFLOW_API_KEY": api_key,
+        "NYXFLOW_ADMIN_KEY": ADMIN_KEY,
         "NYXFLOW_RUNS_ADDR": stack.runs_addr,
         "NYXFLOW_ENGINE_ADDR": stack.engine_addr,
     }
@@ -64,3 +68,27 @@ def test_db_upgrade_migrates_an_empty_database(tmp_path: Path) -> None:
         version = db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
     assert {"workflows", "steps", "step_items", "runs", "run_events"} <= tables
     assert version == head_revision()
+
+
+def test_admin_tenants_keys_and_move_project(stack: ProcessStack, tmp_path: Path) -> None:
+    slug = f"cli-{uuid.uuid4().hex[:8]}"
+    assert cli(stack, "admin", "tenant", "create", slug).returncode == 0
+    listed = json.loads(cli(stack, "admin", "tenant", "list", "--json").stdout)
+    assert slug in [t["slug"] for t in listed]
+    created = cli(stack, "admin", "key", "create", slug, "--name", "ci")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert "not shown again" in created.stderr
+    keys = cli(stack, "admin", "key", "list", slug)
+    assert "ci" in keys.stdout and secret not in keys.stdout
+
+    template = tmp_path / "t.yaml"
+    template.write_text("name: theirs\nsteps:\n  - name: a\n    params: {tokens: 2}\n")
+    assert cli(stack, "workflow", "create", "-f", str(template), api_key=secret).returncode == 0
+    mine = json.loads(cli(stack, "workflow", "list", "--json").stdout)
+    assert "theirs" not in [w["name"] for w in mine]  # the default tenant does not see it
+
+    refused = cli(stack, "admin", "move-project", "nope", slug, "--dry-run")
+    assert refused.returncode == 1 and "project_id" in refused.stderr
+    bad = cli(stack, "admin", "move-project", "p", slug, "--on-conflict", "overwrite")
+    assert bad.returncode == 2 and "on_conflict" in bad.stderr

@@ -20,6 +20,7 @@ from tests.support.ports import free_port
 
 API_KEY = "test-key"
 SECRET = "test-internal-secret"
+ADMIN_KEY = "test-admin-key"
 
 
 @contextlib.asynccontextmanager
@@ -45,6 +46,7 @@ async def runs_service(database_url: str, **overrides: Any) -> AsyncIterator[Run
         "database_url": database_url,
         "runs_listen": f"127.0.0.1:{free_port()}",
         "api_key": API_KEY,
+        "admin_key": ADMIN_KEY,
         "internal_secret": SECRET,
         "sweep_interval_s": 0.2,
         "watch_poll_s": 0.5,

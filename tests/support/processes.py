@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nyxflow.cli.supervisor import wait_grpc_serving, wait_http_ok
-from tests.support.inprocess import API_KEY, SECRET
+from tests.support.databases import fresh_database
+from tests.support.inprocess import ADMIN_KEY, API_KEY, SECRET
 from tests.support.ports import free_port
 
 # Short leases so orphan tests finish in seconds: TTL 2 s, heartbeat 0.5 s, sweep 0.5 s.
@@ -49,6 +53,7 @@ class ProcessStack:
         env.update(
             NYXFLOW_DATABASE_URL=self.database_url,
             NYXFLOW_API_KEY=API_KEY,
+            NYXFLOW_ADMIN_KEY=ADMIN_KEY,
             NYXFLOW_INTERNAL_SECRET=SECRET,
             NYXFLOW_RUNS_ADDR=self.runs_addr,
             NYXFLOW_RUNS_LISTEN=self.runs_addr,
@@ -113,3 +118,27 @@ class ProcessStack:
 
     def log_text(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_stack(backend: str, tmp: Path, redis_url: str | None) -> Iterator[ProcessStack]:
+    """A fresh database on `backend` and the three services on it, for a whole test module
+    (sync, because module fixtures outlive any one test's event loop)."""
+    database = fresh_database(backend, tmp)
+    loop = asyncio.new_event_loop()
+    try:
+        url = loop.run_until_complete(database.__aenter__())
+        stack = ProcessStack(database_url=url, logs=tmp, redis_url=redis_url)
+        try:
+            stack.start_all()
+            yield stack
+        finally:
+            stack.stop_all()
+            for name in SERVICES:
+                with contextlib.suppress(FileNotFoundError):
+                    errors = [ln for ln in stack.log_text(name).splitlines() if '"error"' in ln]
+                    if errors:
+                        print(f"--- {name} errors ---", *errors[-20:], sep="\n")
+        loop.run_until_complete(database.__aexit__(None, None, None))
+    finally:
+        loop.close()

@@ -15,13 +15,17 @@ from nyxflow.errors import (
     Unauthenticated,
     Unavailable,
     from_rpc_error,
+    status_details,
     to_details,
 )
 
 
 def on_the_wire(error: NyxflowError) -> grpc.aio.AioRpcError:
     """What a client receives when a servicer raises `error` (see ErrorInterceptor)."""
-    return rpc_error(error.code, to_details(error))
+    trailing = grpc.aio.Metadata(*status_details(error))
+    return grpc.aio.AioRpcError(
+        error.code, grpc.aio.Metadata(), trailing, details=to_details(error)
+    )
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:

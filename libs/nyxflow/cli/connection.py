@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from nyxflow.auth import bearer_metadata
-from nyxflow.client import EngineClient, RunsClient, open_channel
+from nyxflow.client import AdminClient, EngineClient, RunsClient, open_channel
 from nyxflow.errors import InvalidArgument, NyxflowError
 from nyxflow.settings import CommonSettings
 
@@ -25,6 +25,7 @@ USAGE_ERROR = 2
 
 class CliSettings(CommonSettings):
     api_key: str = "dev-key"
+    admin_key: str = ""
 
 
 @dataclass
@@ -39,6 +40,15 @@ async def connect() -> AsyncIterator[Clients]:
     md = bearer_metadata(settings.api_key)
     async with open_channel(settings.runs_addr) as runs, open_channel(settings.engine_addr) as eng:
         yield Clients(RunsClient(runs, md, settings.rpc_timeout_s), EngineClient(eng, md))
+
+
+@contextlib.asynccontextmanager
+async def connect_admin() -> AsyncIterator[AdminClient]:
+    settings = CliSettings()
+    if not settings.admin_key:
+        raise InvalidArgument("set NYXFLOW_ADMIN_KEY to the runs service's admin key", field="env")
+    async with open_channel(settings.runs_addr) as runs:
+        yield AdminClient(runs, bearer_metadata(settings.admin_key))
 
 
 def run_async(func: Callable[P, Awaitable[T]]) -> Callable[P, T]:

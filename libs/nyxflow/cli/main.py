@@ -12,6 +12,7 @@ import typer
 
 from nyxflow import events as ev
 from nyxflow.cli import render
+from nyxflow.cli.admin import admin_app
 from nyxflow.cli.connection import connect, err, run_async
 from nyxflow.cli.demo import create_demo
 from nyxflow.cli.follow import follow
@@ -29,6 +30,7 @@ app.add_typer(run_app, name="run")
 app.add_typer(step_app, name="step")
 db_app = typer.Typer(help="The runs service's database.")
 app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
 
 JSON = typer.Option(False, "--json", help="Machine-readable output.")
 DETACHED = "detached: the run goes on; `nyxflow run follow {}` to watch it again"
@@ -59,6 +61,7 @@ def up(
         err.print(f"[green]nyxflow is up[/]: {', '.join(SERVICES)}")
         err.print(f"  page      {base}/")
         err.print(f"  API key   {settings.api_key}")
+        err.print(f"  admin key {supervisor.env['NYXFLOW_ADMIN_KEY']}  (NYXFLOW_ADMIN_KEY)")
         if demo:
             workflow, run = asyncio.run(create_demo(settings.runs_addr, settings.api_key))
             err.print(f"  demo      workflow {workflow.id}, run {run.id} (pending)")
@@ -89,9 +92,7 @@ async def workflow_create(
     """Create a workflow from a template file."""
     request = parse_template(await asyncio.to_thread(file.read_text)).to_request()
     async with connect() as c:
-        workflow = await c.runs.create_workflow(
-            request.name, request.steps, request.consistency_check
-        )
+        workflow = await c.runs.create_workflow_from(request)
     render.as_json(workflow) if as_json else render.out.print(f"created {workflow.id}")
 
 

@@ -29,6 +29,7 @@ class Supervisor:
         env = dict(os.environ)
         # The services must agree on the internal secret; a fresh one per `up` unless set.
         env.setdefault("NYXFLOW_INTERNAL_SECRET", secrets.token_urlsafe(24))
+        env.setdefault("NYXFLOW_ADMIN_KEY", "nyx_admin_" + secrets.token_urlsafe(24))
         return cls(env)
 
     def start(self, name: str) -> None:

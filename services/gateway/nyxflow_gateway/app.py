@@ -9,15 +9,17 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from nyxflow.client import open_channel
 from nyxflow_gateway import errors
 from nyxflow_gateway.deps import Clients
 from nyxflow_gateway.hub import RunHub
-from nyxflow_gateway.routes import personas, runs, steps, workflows
+from nyxflow_gateway.routes import personas, projects, runs, steps, workflows
 from nyxflow_gateway.settings import GatewaySettings
 
-PAGE = Path(__file__).parent / "static" / "index.html"
+STATIC = Path(__file__).parent / "static"
+PAGE = STATIC / "index.html"
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -42,8 +44,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (workflows, runs, steps, personas):
+    for module in (workflows, runs, steps, personas, projects):
         app.include_router(module.router)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")  # the page's JS and CSS
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
 
 
 def when(epoch: float) -> str | None:
@@ -76,6 +77,7 @@ def workflow(w: pb.Workflow) -> dict[str, Any]:
         "last_run_id": w.last_run_id or None,
         "consistency_check": w.consistency_check,
         "default_providers": list(w.default_providers),
+        "project_id": w.project_id or None,
         "created_at": when(w.created_at),
         "updated_at": when(w.updated_at),
         "steps": [step(s) for s in w.steps],
@@ -113,3 +115,43 @@ def event_data(e: pb.RunEvent) -> str:
             "at": round(e.created_at, 6),
         }
     )
+
+
+def repository(r: runs_pb2.Repository) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "project_id": r.project_id,
+        "owner": r.owner,
+        "repo": r.repo,
+        "path": r.path,
+        "created_at": when(r.created_at),
+    }
+
+
+def note(n: runs_pb2.ProjectNote) -> dict[str, Any]:
+    return {
+        "id": n.id,
+        "project_id": n.project_id,
+        "text": n.text,
+        "created_at": when(n.created_at),
+    }
+
+
+def insight(i: runs_pb2.WorkflowInsight) -> dict[str, Any]:
+    return {
+        "id": i.id,
+        "workflow_id": i.workflow_id,
+        "text": i.text,
+        "created_at": when(i.created_at),
+    }
+
+
+def project(p: runs_pb2.Project) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "created_at": when(p.created_at),
+        "repositories": [repository(r) for r in p.repositories],
+        "notes": [note(n) for n in p.notes],
+        "workflow_ids": list(p.workflow_ids),
+    }

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
 from nyxflow_runs import models
 
 IDLE = "idle"
@@ -117,6 +118,7 @@ def workflow(
         status=latest.status if latest is not None else IDLE,
         last_run_id=latest.id if latest is not None else "",
         default_providers=row.default_providers or [],
+        project_id=row.project_id or "",
     )
 
 
@@ -148,4 +150,43 @@ def event(row: models.RunEvent) -> pb.RunEvent:
         type=row.type,
         data_json=json.dumps(row.data or {}),
         created_at=row.created_at,
+    )
+
+
+def repository(row: models.Repository) -> runs_pb2.Repository:
+    return runs_pb2.Repository(
+        id=row.id,
+        project_id=row.project_id,
+        owner=row.owner,
+        repo=row.repo,
+        path=row.path,
+        created_at=row.created_at,
+    )
+
+
+def note(row: models.ProjectNote) -> runs_pb2.ProjectNote:
+    return runs_pb2.ProjectNote(
+        id=row.id, project_id=row.project_id, text=row.text, created_at=row.created_at
+    )
+
+
+def insight(row: models.WorkflowInsight) -> runs_pb2.WorkflowInsight:
+    return runs_pb2.WorkflowInsight(
+        id=row.id, workflow_id=row.workflow_id, text=row.text, created_at=row.created_at
+    )
+
+
+def project(
+    row: models.Project,
+    repositories: Sequence[models.Repository] = (),
+    notes: Sequence[models.ProjectNote] = (),
+    workflow_ids: Sequence[str] = (),
+) -> runs_pb2.Project:
+    return runs_pb2.Project(
+        id=row.id,
+        name=row.name,
+        created_at=row.created_at,
+        repositories=[repository(r) for r in repositories],
+        notes=[note(n) for n in notes],
+        workflow_ids=workflow_ids,
     )

@@ -24,6 +24,12 @@ class Base(AsyncAttrs, DeclarativeBase):
     __mapper_args__ = {"eager_defaults": True}
 
 
+class TenantOwned:
+    """Marks a table whose rows belong to one tenant: scoped sessions filter it (scoping.py)."""
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -44,7 +50,7 @@ class ApiKey(Base):
     expires_at: Mapped[float | None] = mapped_column(Float)
 
 
-class Project(Base):
+class Project(TenantOwned, Base):
     __tablename__ = "projects"
     __table_args__ = (Index("uq_projects_tenant_name", "tenant_id", "name", unique=True),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -53,7 +59,7 @@ class Project(Base):
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
 
 
-class Workflow(Base):
+class Workflow(TenantOwned, Base):
     __tablename__ = "workflows"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -65,7 +71,47 @@ class Workflow(Base):
     updated_at: Mapped[float] = mapped_column(Float, server_default=db_now())
 
 
-class Persona(Base):
+class Repository(TenantOwned, Base):
+    """A git work tree a project's pipelines read; unique per tenant by (owner, repo)."""
+
+    __tablename__ = "repositories"
+    __table_args__ = (
+        Index("uq_repositories_tenant_owner_repo", "tenant_id", "owner", "repo", unique=True),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    owner: Mapped[str] = mapped_column(String(200))
+    repo: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
+
+
+class ProjectNote(TenantOwned, Base):
+    __tablename__ = "project_notes"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
+
+
+class WorkflowInsight(TenantOwned, Base):
+    __tablename__ = "workflow_insights"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    workflow_id: Mapped[str] = mapped_column(
+        ForeignKey("workflows.id", ondelete="CASCADE"), index=True
+    )
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
+
+
+class Persona(TenantOwned, Base):
     """A tenant's own persona; built-ins live in code (nyxflow.personas) and may be shadowed."""
 
     __tablename__ = "personas"
@@ -77,7 +123,7 @@ class Persona(Base):
     system_prompt: Mapped[str] = mapped_column(Text)
 
 
-class Step(Base):
+class Step(TenantOwned, Base):
     __tablename__ = "steps"
     __table_args__ = (Index("ix_steps_workflow_order", "workflow_id", "position"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -111,7 +157,7 @@ class Step(Base):
     finished_at: Mapped[float | None] = mapped_column(Float)
 
 
-class StepItem(Base):
+class StepItem(TenantOwned, Base):
     """One fan-out item's result: a row each, written the moment the item finishes."""
 
     __tablename__ = "step_items"
@@ -125,7 +171,7 @@ class StepItem(Base):
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
 
 
-class Run(Base):
+class Run(TenantOwned, Base):
     __tablename__ = "runs"
     __table_args__ = (
         # At most one active run per workflow, enforced by the database itself.
@@ -153,7 +199,7 @@ class Run(Base):
     finished_at: Mapped[float | None] = mapped_column(Float)
 
 
-class RunEvent(Base):
+class RunEvent(TenantOwned, Base):
     __tablename__ = "run_events"
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -7,8 +7,9 @@ import contextlib
 import logging
 
 from nyxflow.grpc_server import GrpcService
-from nyxflow.v1 import runs_pb2, runs_pb2_grpc
+from nyxflow.v1 import admin_pb2, admin_pb2_grpc, runs_pb2, runs_pb2_grpc
 from nyxflow_runs import db_errors, migrate
+from nyxflow_runs.admin_servicer import AdminServicer
 from nyxflow_runs.bus import create_bus
 from nyxflow_runs.db import create_engine, session_factory
 from nyxflow_runs.servicer import RunsServicer
@@ -20,6 +21,7 @@ from nyxflow_runs.tenancy import Tenancy
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = runs_pb2.DESCRIPTOR.services_by_name["Runs"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
 async def serve(
@@ -36,9 +38,15 @@ async def serve(
     await bus.start()
     store = Store(session_factory(engine), bus)
     await store.ensure_default_tenant(settings.api_key)
-    service = GrpcService([SERVICE_NAME], settings.runs_listen, stop, db_errors.translate)
+    service = GrpcService(
+        [SERVICE_NAME, ADMIN_SERVICE_NAME], settings.runs_listen, stop, db_errors.translate
+    )
+    tenancy = Tenancy(store, settings.internal_secret)
     runs_pb2_grpc.add_RunsServicer_to_server(
-        RunsServicer(store, bus, Tenancy(store, settings.internal_secret), settings.watch_poll_s),
+        RunsServicer(store, bus, tenancy, settings.watch_poll_s), service.server
+    )
+    admin_pb2_grpc.add_AdminServicer_to_server(
+        AdminServicer(store, tenancy, settings.admin_key, settings.internal_secret),
         service.server,
     )
     sweeper = asyncio.create_task(sweep_forever(store, settings.sweep_interval_s), name="sweeper")

@@ -41,8 +41,10 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         personas = await self._store.persona_names(tenant)
         drafts = valid.step_drafts(request.steps, personas)
         chain = valid.provider_chain(request.default_providers, "default_providers")
+        if request.project_id:
+            await self._store.require_project(tenant, request.project_id)
         return await self._store.create_workflow(
-            tenant, name, drafts, request.consistency_check, chain
+            tenant, name, drafts, request.consistency_check, chain, request.project_id or None
         )
 
     async def GetWorkflow(self, request: runs_pb2.GetWorkflowRequest, context: Ctx) -> pb.Workflow:
@@ -71,6 +73,53 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         workflow_id = valid.require_id(request.workflow_id, "workflow_id")
         name = valid.workflow_name(request.name) if request.name.strip() else ""
         return await self._store.duplicate_workflow(tenant, workflow_id, name)
+
+    # --- projects -------------------------------------------------------------------------
+
+    async def CreateProject(
+        self, request: runs_pb2.CreateProjectRequest, context: Ctx
+    ) -> runs_pb2.Project:
+        tenant = await self._tenancy.tenant_of(context)
+        return await self._store.create_project(tenant, valid.text(request.name, "name", 200))
+
+    async def GetProject(
+        self, request: runs_pb2.GetProjectRequest, context: Ctx
+    ) -> runs_pb2.Project:
+        tenant = await self._tenancy.tenant_of(context)
+        project_id = valid.require_id(request.project_id, "project_id")
+        return await self._store.get_project(tenant, project_id)
+
+    async def ListProjects(
+        self, request: runs_pb2.ListProjectsRequest, context: Ctx
+    ) -> runs_pb2.ListProjectsResponse:
+        tenant = await self._tenancy.tenant_of(context)
+        return runs_pb2.ListProjectsResponse(projects=await self._store.list_projects(tenant))
+
+    async def AddRepository(
+        self, request: runs_pb2.AddRepositoryRequest, context: Ctx
+    ) -> runs_pb2.Repository:
+        tenant = await self._tenancy.tenant_of(context)
+        project_id = valid.require_id(request.project_id, "project_id")
+        owner = valid.text(request.owner, "owner", 200)
+        repo = valid.text(request.repo, "repo", 200)
+        path = valid.text(request.path, "path", 4096, required=False)
+        return await self._store.add_repository(tenant, project_id, owner, repo, path)
+
+    async def AddProjectNote(
+        self, request: runs_pb2.AddProjectNoteRequest, context: Ctx
+    ) -> runs_pb2.ProjectNote:
+        tenant = await self._tenancy.tenant_of(context)
+        project_id = valid.require_id(request.project_id, "project_id")
+        text = valid.text(request.text, "text", 100_000)
+        return await self._store.add_project_note(tenant, project_id, text)
+
+    async def AddWorkflowInsight(
+        self, request: runs_pb2.AddWorkflowInsightRequest, context: Ctx
+    ) -> runs_pb2.WorkflowInsight:
+        tenant = await self._tenancy.tenant_of(context)
+        workflow_id = valid.require_id(request.workflow_id, "workflow_id")
+        text = valid.text(request.text, "text", 100_000)
+        return await self._store.add_workflow_insight(tenant, workflow_id, text)
 
     async def ListPersonas(
         self, request: runs_pb2.ListPersonasRequest, context: Ctx

@@ -34,6 +34,10 @@ class Tenancy:
         self._keys[caller.api_key] = (tenant_id, now + KEY_CACHE_S)
         return tenant_id
 
+    def forget_keys(self) -> None:
+        """After a revocation: every key is looked up again on its next use."""
+        self._keys.clear()
+
     def engine_tenant_of(self, context: grpc.aio.ServicerContext) -> str:
         """The engine's calls (claim, heartbeat, writes) take internal credentials only: a
         tenant's API key may read and steer its runs, never write as their engine."""

@@ -45,6 +45,24 @@ def require_id(value: str, field: str) -> str:
     return value
 
 
+def text(value: str, field: str, limit: int, *, required: bool = True) -> str:
+    value = value.strip()
+    if required and not value:
+        raise InvalidArgument("is required", field=field)
+    if len(value) > limit:
+        raise InvalidArgument(f"must be at most {limit} characters", field=field)
+    return value
+
+
+SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")
+
+
+def slug(value: str, field: str) -> str:
+    if not SLUG.fullmatch(value):
+        raise InvalidArgument("lower-case letters, digits and '-', at most 100", field=field)
+    return value
+
+
 def positive(value: float, field: str) -> float:
     if value <= 0:
         raise InvalidArgument("must be positive", field=field)

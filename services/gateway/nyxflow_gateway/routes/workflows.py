@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from nyxflow.templates import WorkflowTemplate, parse_template
 from nyxflow_gateway import convert
@@ -20,12 +20,12 @@ class DuplicateBody(BaseModel):
     name: str = ""
 
 
+class InsightBody(BaseModel):
+    text: str = Field(min_length=1, max_length=100_000)
+
+
 async def _create(services: Clients, template: WorkflowTemplate) -> dict[str, Any]:
-    request = template.to_request()
-    workflow = await services.runs.create_workflow(
-        request.name, request.steps, request.consistency_check
-    )
-    return convert.workflow(workflow)
+    return convert.workflow(await services.runs.create_workflow_from(template.to_request()))
 
 
 @router.post("", status_code=201)
@@ -90,3 +90,8 @@ async def resume_workflow(workflow_id: str, services: Clients) -> dict[str, Any]
 @router.post("/{workflow_id}/rerun", status_code=201)
 async def rerun_workflow(workflow_id: str, services: Clients) -> dict[str, Any]:
     return convert.run(await services.runs.rerun_workflow(workflow_id))
+
+
+@router.post("/{workflow_id}/insights", status_code=201)
+async def add_insight(workflow_id: str, body: InsightBody, services: Clients) -> dict[str, Any]:
+    return convert.insight(await services.runs.add_workflow_insight(workflow_id, body.text))

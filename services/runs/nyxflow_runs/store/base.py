@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -17,6 +18,7 @@ from nyxflow_runs import convert
 from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import Persona, Run, RunEvent, Step, StepItem, Tenant, Workflow
+from nyxflow_runs.scoping import TENANT
 from nyxflow_runs.validation import event_data, event_type
 
 # Everything an execution produced; retry and re-run put a step back to exactly this.
@@ -67,6 +69,18 @@ class StoreBase:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], bus: LocalBus) -> None:
         self._sessions = sessions
         self._bus = bus
+
+    @contextlib.asynccontextmanager
+    async def _scoped(self, tenant_id: str, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session that sees only `tenant_id`'s rows (scoping.py); `write` wraps it in a
+        transaction. Only lookups that must cross tenants (keys, the sweeper, admin) use
+        `self._sessions` directly."""
+        async with self._sessions(info={TENANT: tenant_id}) as session:
+            if not write:
+                yield session
+                return
+            async with session.begin():
+                yield session
 
     async def sweep_orphans_all_tenants(self, workflow_id: str | None = None) -> list[str]:
         raise NotImplementedError  # the Sweeping part provides it

@@ -32,7 +32,7 @@ def _batch(ops: Sequence[runs_pb2.WriteOp] = (), events: Sequence[Draft] = ()) -
 class EngineWrites(Recording):
     async def claim_run(self, tenant_id: str, run_id: str, owner: str, ttl_s: float) -> Claim:
         """The one pending → running transition: a compare-and-set, so only one caller wins."""
-        async with self._sessions.begin() as session:
+        async with self._scoped(tenant_id, write=True) as session:
             won = (
                 await session.execute(
                     update(Run)
@@ -69,7 +69,7 @@ class EngineWrites(Recording):
         return claim
 
     async def heartbeat(self, tenant_id: str, run_id: str, token: int, ttl_s: float) -> float:
-        async with self._sessions.begin() as session:
+        async with self._scoped(tenant_id, write=True) as session:
             expires = await session.scalar(
                 update(Run)
                 .where(*self._fenced(tenant_id, run_id, token))
@@ -123,7 +123,7 @@ class EngineWrites(Recording):
         drafts: Sequence[Draft],
     ) -> Written:
         """Insert auto-generated steps right after `after_step_id`; later steps move down."""
-        async with self._sessions.begin() as session:
+        async with self._scoped(tenant_id, write=True) as session:
             workflow_id = await self._fenced_workflow(session, tenant_id, run_id, token)
             steps = await self._steps(session, workflow_id)
             anchor = next((s for s in steps if s.id == after_step_id), None)

@@ -35,7 +35,7 @@ class Operations(StoreBase):
                 await self._reset_steps(session, [step])
             return Draft(ev.STEP_RETRIED, {"step_id": step_id, "cascade": cascade})
 
-        async with self._sessions.begin() as session:
+        async with self._scoped(tenant_id, write=True) as session:
             workflow_id = (await self._step(session, tenant_id, step_id)).workflow_id
         return await self._new_run(tenant_id, workflow_id, change)
 
@@ -63,7 +63,7 @@ class Operations(StoreBase):
 
     async def pause_run(self, tenant_id: str, run_id: str) -> pb.Run:
         """A pending run pauses at once; a running one at its next step or item boundary."""
-        async with self._sessions.begin() as session:
+        async with self._scoped(tenant_id, write=True) as session:
             run = await self._locked_run(session, tenant_id, run_id)
             written = []
             if run.status == ev.PENDING:
@@ -79,7 +79,7 @@ class Operations(StoreBase):
     async def cancel_run(self, tenant_id: str, run_id: str) -> pb.Run:
         """Stops at once: the run ends now and its token moves on, so the engine's next write
         is refused and it stops; the step it was on is marked cancelled."""
-        async with self._sessions.begin() as session:
+        async with self._scoped(tenant_id, write=True) as session:
             run = await self._locked_run(session, tenant_id, run_id)
             if run.status not in ev.ACTIVE_RUN_STATUSES:
                 raise FailedPrecondition(
@@ -91,7 +91,7 @@ class Operations(StoreBase):
         return result
 
     async def select_alternative(self, tenant_id: str, step_id: str, index: int) -> pb.Step:
-        async with self._sessions.begin() as session:
+        async with self._scoped(tenant_id, write=True) as session:
             step = await self._step(session, tenant_id, step_id)
             await self._require_idle(session, step.workflow_id)
             alternatives: list[dict[str, Any]] = list(step.alternatives_out or [])
@@ -117,7 +117,7 @@ class Operations(StoreBase):
         first event records what was done."""
         await self.sweep_orphans_all_tenants(workflow_id=workflow_id)
         try:
-            async with self._sessions.begin() as session:
+            async with self._scoped(tenant_id, write=True) as session:
                 await self._workflow(session, tenant_id, workflow_id)
                 await self._require_idle(session, workflow_id)
                 draft = await change(session, workflow_id)

@@ -79,11 +79,11 @@ class Workflows(StoreBase):
     # --- personas -----------------------------------------------------------------------
 
     async def persona_names(self, tenant_id: str) -> set[str]:
-        async with self._sessions() as session:
+        async with self._scoped(tenant_id) as session:
             return set(await self._personas(session, tenant_id))
 
     async def list_personas(self, tenant_id: str) -> list[pb.Persona]:
-        async with self._sessions() as session:
+        async with self._scoped(tenant_id) as session:
             own = (
                 await session.scalars(select(Persona).where(Persona.tenant_id == tenant_id))
             ).all()
@@ -103,7 +103,7 @@ class Workflows(StoreBase):
             raise InvalidArgument("is required", field="persona.name")
         if not persona.system_prompt.strip():
             raise InvalidArgument("is required", field="persona.system_prompt")
-        async with self._sessions.begin() as session:
+        async with self._scoped(tenant_id, write=True) as session:
             row = await session.scalar(
                 select(Persona).where(Persona.tenant_id == tenant_id, Persona.name == name)
             )
@@ -123,10 +123,12 @@ class Workflows(StoreBase):
         drafts: Sequence[StepDraft],
         consistency_check: bool = False,
         default_providers: Sequence[str] = (),
+        project_id: str | None = None,
     ) -> pb.Workflow:
-        async with self._sessions.begin() as session:
+        async with self._scoped(tenant_id, write=True) as session:
             workflow = Workflow(
                 tenant_id=tenant_id,
+                project_id=project_id,
                 name=name,
                 consistency_check=consistency_check,
                 default_providers=list(default_providers),
@@ -138,12 +140,12 @@ class Workflows(StoreBase):
             return await self._workflow_pb(session, workflow)
 
     async def get_workflow(self, tenant_id: str, workflow_id: str) -> pb.Workflow:
-        async with self._sessions() as session:
+        async with self._scoped(tenant_id) as session:
             workflow = await self._workflow(session, tenant_id, workflow_id)
             return await self._workflow_pb(session, workflow)
 
     async def list_workflows(self, tenant_id: str) -> list[pb.Workflow]:
-        async with self._sessions() as session:
+        async with self._scoped(tenant_id) as session:
             workflows = (
                 await session.scalars(
                     select(Workflow)
@@ -187,7 +189,7 @@ class Workflows(StoreBase):
 
     async def duplicate_workflow(self, tenant_id: str, workflow_id: str, name: str) -> pb.Workflow:
         """Same definition minus auto-generated steps; order 0..n-1, new ids, nothing executed."""
-        async with self._sessions.begin() as session:
+        async with self._scoped(tenant_id, write=True) as session:
             source = await self._workflow(session, tenant_id, workflow_id)
             copy = Workflow(
                 tenant_id=tenant_id,
@@ -222,7 +224,7 @@ class Workflows(StoreBase):
             return await self._workflow_pb(session, copy)
 
     async def delete_workflow(self, tenant_id: str, workflow_id: str) -> None:
-        async with self._sessions.begin() as session:
+        async with self._scoped(tenant_id, write=True) as session:
             await self._workflow(session, tenant_id, workflow_id)
             await self._require_idle(session, workflow_id)
             # Steps, items, runs and events go by ON DELETE CASCADE (SQLite: foreign_keys=ON).
@@ -231,12 +233,12 @@ class Workflows(StoreBase):
     # --- runs -------------------------------------------------------------------------
 
     async def create_run(self, tenant_id: str, workflow_id: str) -> pb.Run:
-        async with self._sessions() as session:
+        async with self._scoped(tenant_id) as session:
             await self._workflow(session, tenant_id, workflow_id)  # NotFound before any write
         # A stale run must not block a new one: sweep this workflow's orphans first.
         await self.sweep_orphans_all_tenants(workflow_id=workflow_id)
         try:
-            async with self._sessions.begin() as session:
+            async with self._scoped(tenant_id, write=True) as session:
                 await self._workflow(session, tenant_id, workflow_id)
                 run = Run(tenant_id=tenant_id, workflow_id=workflow_id, status=ev.PENDING)
                 session.add(run)
@@ -246,7 +248,7 @@ class Workflows(StoreBase):
             raise FailedPrecondition(f"workflow {workflow_id} already has an active run") from None
 
     async def get_run(self, tenant_id: str, run_id: str) -> pb.Run:
-        async with self._sessions() as session:
+        async with self._scoped(tenant_id) as session:
             return await self._run_pb(session, await self._run(session, tenant_id, run_id))
 
     async def list_runs(
@@ -258,13 +260,13 @@ class Workflows(StoreBase):
         if status:
             query = query.where(Run.status == status)
         query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(min(limit, MAX_LIST))
-        async with self._sessions() as session:
+        async with self._scoped(tenant_id) as session:
             return [convert.run(r) for r in (await session.scalars(query)).all()]
 
     async def events_after(
         self, tenant_id: str, run_id: str, after_seq: int, limit: int = 500
     ) -> list[pb.RunEvent]:
-        async with self._sessions() as session:
+        async with self._scoped(tenant_id) as session:
             rows = (
                 await session.scalars(
                     select(RunEvent)
@@ -280,5 +282,5 @@ class Workflows(StoreBase):
         return [convert.event(r) for r in rows]
 
     async def run_status(self, tenant_id: str, run_id: str) -> str:
-        async with self._sessions() as session:
+        async with self._scoped(tenant_id) as session:
             return (await self._run(session, tenant_id, run_id)).status

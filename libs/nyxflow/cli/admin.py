@@ -1,0 +1,119 @@
+"""`nyxflow admin`: tenants, API keys and moving projects, with NYXFLOW_ADMIN_KEY."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.table import Table
+
+from nyxflow.cli import render
+from nyxflow.cli.connection import connect_admin, err, run_async
+
+admin_app = typer.Typer(help="Operator commands (need NYXFLOW_ADMIN_KEY).")
+tenant_app = typer.Typer(help="Create and list tenants.")
+key_app = typer.Typer(help="Create, list and revoke API keys.")
+admin_app.add_typer(tenant_app, name="tenant")
+admin_app.add_typer(key_app, name="key")
+
+JSON = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+@tenant_app.command("create")
+@run_async
+async def tenant_create(
+    slug: str,
+    name: str = typer.Option("", help="Display name (default: the slug)."),
+    provider: list[str] = typer.Option([], "--provider", help="Default chain entry, repeatable."),
+    as_json: bool = JSON,
+) -> None:
+    """Create a tenant."""
+    async with connect_admin() as admin:
+        tenant = await admin.create_tenant(slug, name, provider)
+    render.as_json(tenant) if as_json else render.out.print(f"created tenant {tenant.slug}")
+
+
+@tenant_app.command("list")
+@run_async
+async def tenant_list(as_json: bool = JSON) -> None:
+    """Every tenant."""
+    async with connect_admin() as admin:
+        tenants = await admin.list_tenants()
+    if as_json:
+        render.as_json(list(tenants))
+        return
+    table = Table("id", "slug", "name", "default providers")
+    for t in tenants:
+        table.add_row(t.id, t.slug, t.name, ", ".join(t.default_providers))
+    render.out.print(table)
+
+
+@key_app.command("create")
+@run_async
+async def key_create(
+    tenant: str,
+    name: str = typer.Option(..., help="What the key is for."),
+    expires_in_days: float = typer.Option(0, help="0 = never expires."),
+    as_json: bool = JSON,
+) -> None:
+    """Create a key; its secret is printed once and never again."""
+    expires_at = time.time() + expires_in_days * 86400 if expires_in_days > 0 else 0.0
+    async with connect_admin() as admin:
+        created = await admin.create_api_key(tenant, name, expires_at)
+    if as_json:
+        render.as_json(created)
+        return
+    render.out.print(created.secret)
+    err.print(f"key {created.key.id} for {tenant}: store the secret now, it is not shown again")
+
+
+@key_app.command("list")
+@run_async
+async def key_list(tenant: str, as_json: bool = JSON) -> None:
+    """A tenant's keys (never their secrets)."""
+    async with connect_admin() as admin:
+        keys = await admin.list_api_keys(tenant)
+    if as_json:
+        render.as_json(list(keys))
+        return
+    table = Table("id", "name", "state")
+    for k in keys:
+        state = "revoked" if k.revoked_at else ("expires" if k.expires_at else "active")
+        table.add_row(k.id, k.name, state)
+    render.out.print(table)
+
+
+@key_app.command("revoke")
+@run_async
+async def key_revoke(key_id: str) -> None:
+    """Revoke a key at once."""
+    async with connect_admin() as admin:
+        await admin.revoke_api_key(key_id)
+    render.out.print(f"revoked {key_id}")
+
+
+@admin_app.command("move-project")
+@run_async
+async def move_project(
+    project_id: str,
+    to_tenant: str,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count and list conflicts only."),
+    on_conflict: str = typer.Option("fail", help="fail | replace_empty"),
+    as_json: bool = JSON,
+) -> None:
+    """Move a project and everything under it to another tenant, in one transaction."""
+    async with connect_admin() as admin:
+        report = await admin.move_project(
+            project_id, to_tenant, dry_run=dry_run, on_conflict=on_conflict
+        )
+    if as_json:
+        render.as_json(report)
+        return
+    table = Table("table", "rows")
+    for name, count in report.counts.items():
+        table.add_row(name, str(count))
+    render.out.print(table)
+    for c in report.conflicts:
+        note = "empty, replaceable" if c.empty else "not empty"
+        render.out.print(f"[yellow]conflict[/] {c.kind} {c.name} ({note})")
+    render.out.print("moved" if report.moved else "dry run: nothing changed")

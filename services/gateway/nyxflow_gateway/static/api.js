@@ -1,0 +1,87 @@
+// The gateway's JSON API, with the API key kept in sessionStorage (gone when the tab closes).
+
+const KEY = "nyxflow.apiKey";
+
+export const getKey = () => sessionStorage.getItem(KEY) || "";
+export const setKey = (key) => sessionStorage.setItem(KEY, key);
+export const clearKey = () => sessionStorage.removeItem(KEY);
+
+export class ApiError extends Error {
+  constructor(status, code, message, field) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.field = field || null;
+  }
+
+  /** "field: message", as the error is shown to the user. */
+  describe() {
+    return this.field ? `${this.field}: ${this.message}` : this.message;
+  }
+}
+
+/** One call. `body` is sent as JSON unless `contentType` says otherwise (then as text). */
+export async function api(path, { method = "GET", body, contentType, key } = {}) {
+  const headers = { Authorization: `Bearer ${key ?? getKey()}`, Accept: "application/json" };
+  let payload;
+  if (body !== undefined) {
+    headers["Content-Type"] = contentType || "application/json";
+    payload = contentType ? String(body) : JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: payload, cache: "no-store" });
+  } catch (error) {
+    throw new ApiError(0, "network", `network error: ${error.message}`, null);
+  }
+  let data = null;
+  if (response.status !== 204) {
+    const text = await response.text();
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+  }
+  if (!response.ok) {
+    const error = (data && data.error) || {};
+    throw new ApiError(
+      response.status,
+      error.code || "http_error",
+      error.message || response.statusText || `HTTP ${response.status}`,
+      error.field,
+    );
+  }
+  return data;
+}
+
+const id = (value) => encodeURIComponent(value);
+
+export const listWorkflows = () => api("/v1/workflows");
+export const getWorkflow = (workflowId) => api(`/v1/workflows/${id(workflowId)}`);
+export const importWorkflow = (text) =>
+  api("/v1/workflows/import", { method: "POST", body: text, contentType: "application/yaml" });
+export const duplicateWorkflow = (workflowId) =>
+  api(`/v1/workflows/${id(workflowId)}/duplicate`, { method: "POST", body: {} });
+export const deleteWorkflow = (workflowId) =>
+  api(`/v1/workflows/${id(workflowId)}`, { method: "DELETE" });
+export const startRun = (workflowId) =>
+  api(`/v1/workflows/${id(workflowId)}/runs`, { method: "POST" });
+export const resumeWorkflow = (workflowId) =>
+  api(`/v1/workflows/${id(workflowId)}/resume`, { method: "POST" });
+export const rerunWorkflow = (workflowId) =>
+  api(`/v1/workflows/${id(workflowId)}/rerun`, { method: "POST" });
+export const getRun = (runId) => api(`/v1/runs/${id(runId)}`);
+export const pauseRun = (runId) => api(`/v1/runs/${id(runId)}/pause`, { method: "POST" });
+export const cancelRun = (runId) => api(`/v1/runs/${id(runId)}/cancel`, { method: "POST" });
+export const retryStep = (stepId, cascade) =>
+  api(`/v1/steps/${id(stepId)}/retry`, { method: "POST", body: { cascade } });
+export const selectAlternative = (stepId, index) =>
+  api(`/v1/steps/${id(stepId)}/select`, { method: "POST", body: { index } });
+
+/** The events stream's URL: EventSource cannot send headers, so the key rides as a query. */
+export function eventsUrl(runId, afterSeq = 0) {
+  const after = afterSeq > 0 ? `&last_event_id=${afterSeq}` : "";
+  return `/v1/runs/${id(runId)}/events?access_token=${encodeURIComponent(getKey())}${after}`;
+}

@@ -1,0 +1,852 @@
+// nyxflow's page: sign in, the workflows, one workflow followed live. Hash routes:
+//   #/                   the workflows
+//   #/workflows/<id>     one workflow, its steps and its latest run
+
+import * as API from "./api.js";
+import { ApiError, clearKey, getKey, setKey } from "./api.js";
+import { ACTIVE_STATUSES, RunFollower } from "./live.js";
+import { renderMarkdown } from "./markdown.js";
+
+const main = document.getElementById("main");
+const who = document.getElementById("who");
+const signOut = document.getElementById("sign-out");
+
+// --- small DOM helpers -------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") el.className = value;
+    else if (name === "text") el.textContent = value;
+    else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else el.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+const dot = () => h("span", { class: "dot", "aria-hidden": "true" });
+
+function statusBadge(status) {
+  return h("span", { class: `badge status-${status}` }, dot(), status);
+}
+
+function when(iso) {
+  if (!iso) return "—";
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? "—" : date.toLocaleString();
+}
+
+function duration(step) {
+  if (!step.started_at) return "—";
+  const end = step.finished_at ? new Date(step.finished_at) : step.status === "running" ? new Date() : null;
+  if (!end) return "—";
+  const ms = Math.max(0, end - new Date(step.started_at));
+  return ms < 1000 ? `${ms} ms` : ms < 60000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.floor(ms / 60000)} min ${Math.round((ms % 60000) / 1000)} s`;
+}
+
+const epochIso = (at) => (typeof at === "number" ? new Date(at * 1000).toISOString() : null);
+const shortId = (id) => (id ? String(id).slice(0, 8) : "");
+
+function errorLine(error) {
+  if (error instanceof ApiError && error.field) {
+    return [h("code", { class: "field" }, error.field), ": ", error.message];
+  }
+  return [error instanceof ApiError ? error.describe() : String(error?.message || error)];
+}
+
+function announce(text) {
+  const region = document.getElementById("announcer");
+  region.textContent = "";
+  setTimeout(() => {
+    region.textContent = text;
+  }, 30);
+}
+
+// --- routing ------------------------------------------------------------------------------
+
+let teardown = () => {};
+
+function route() {
+  teardown();
+  teardown = () => {};
+  const signedIn = Boolean(getKey());
+  who.textContent = signedIn ? "Signed in" : "";
+  signOut.hidden = !signedIn;
+  if (!signedIn) return showSignIn();
+  const match = /^#\/workflows\/([^/?#]+)$/.exec(location.hash);
+  if (match) return showDetail(decodeURIComponent(match[1]));
+  return showList();
+}
+
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
+function handleAuth(error) {
+  if (error instanceof ApiError && error.status === 401) {
+    clearKey();
+    sessionStorage.setItem("nyxflow.signInMessage", "Your API key was refused; sign in again.");
+    route();
+    return true;
+  }
+  return false;
+}
+
+function focusTitle() {
+  const title = main.querySelector("h2");
+  if (title) {
+    title.setAttribute("tabindex", "-1");
+    title.focus({ preventScroll: true });
+  }
+}
+
+// --- sign in ------------------------------------------------------------------------------
+
+function showSignIn() {
+  document.title = "Sign in · nyxflow";
+  const message = sessionStorage.getItem("nyxflow.signInMessage") || "";
+  sessionStorage.removeItem("nyxflow.signInMessage");
+  const input = h("input", {
+    id: "api-key", type: "password", autocomplete: "current-password", required: true,
+    spellcheck: "false", "aria-describedby": "sign-in-help",
+  });
+  const error = h("p", { class: "error", role: "alert", id: "sign-in-error" }, message);
+  const form = h(
+    "form", { class: "card sign-in", "aria-labelledby": "sign-in-title" },
+    h("h2", { id: "sign-in-title" }, "Sign in"),
+    h("label", { for: "api-key" }, "API key"),
+    input,
+    h("p", { class: "muted", id: "sign-in-help" }, "Kept in this tab only (sessionStorage)."),
+    h("button", { type: "submit", class: "primary" }, "Sign in"),
+    error,
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const key = input.value.trim();
+    if (!key) return;
+    try {
+      await API.api("/v1/workflows", { key });
+      setKey(key);
+      go(location.hash.startsWith("#/workflows/") ? location.hash : "#/");
+    } catch (e) {
+      error.replaceChildren(...(e.status === 401 ? ["That API key was refused."] : errorLine(e)));
+      input.focus();
+    }
+  });
+  main.replaceChildren(form);
+  input.focus();
+}
+
+// --- the workflows ------------------------------------------------------------------------
+
+const SAMPLE = `name: Plan the release
+steps:
+  - name: Outline
+    prompt: Outline the release as markdown headings.
+    provider: local
+    params: {items: 4, tokens: 40, token_delay_ms: 20}
+  - name: Detail
+    kind: fan_out
+    source: Outline
+    split: headings
+    prompt: "Detail this part: {{ item }}"
+    params: {tokens: 12}
+`;
+
+async function showList() {
+  document.title = "Workflows · nyxflow";
+  const tbody = h("tbody");
+  const listError = h("p", { class: "error", role: "alert" });
+  const table = h(
+    "table", { class: "workflows" },
+    h("caption", { class: "visually-hidden" }, "Workflows"),
+    h("thead", {}, h("tr", {}, ["Name", "Status", "Last run", "Updated", "Actions"].map((t) => h("th", { scope: "col" }, t)))),
+    tbody,
+  );
+  const template = h("textarea", { id: "template", rows: "12", spellcheck: "false", "aria-describedby": "template-help create-error" });
+  template.value = SAMPLE;
+  const createError = h("p", { class: "error", role: "alert", id: "create-error" });
+  const create = h("button", { type: "submit", class: "primary" }, "Create workflow");
+  const form = h(
+    "form", { class: "card create", "aria-labelledby": "create-title" },
+    h("h3", { id: "create-title" }, "Create from a template"),
+    h("label", { for: "template" }, "Template (YAML or JSON)"),
+    h("p", { class: "muted", id: "template-help" }, "Paste a template; errors name the field."),
+    template, h("div", { class: "row" }, create), createError,
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    createError.replaceChildren();
+    create.disabled = true;
+    try {
+      const workflow = await API.importWorkflow(template.value);
+      go(`#/workflows/${encodeURIComponent(workflow.id)}`);
+    } catch (e) {
+      if (!handleAuth(e)) createError.replaceChildren(...errorLine(e));
+    } finally {
+      create.disabled = false;
+    }
+  });
+  main.replaceChildren(
+    h("section", { class: "list", "aria-labelledby": "list-title" },
+      h("h2", { id: "list-title" }, "Workflows"), listError, h("div", { class: "table-wrap" }, table)),
+    form,
+  );
+  focusTitle();
+
+  async function load() {
+    try {
+      const { workflows } = await API.listWorkflows();
+      tbody.replaceChildren(...workflows.map(row));
+      if (!workflows.length) {
+        tbody.append(h("tr", {}, h("td", { colspan: "5", class: "muted" }, "No workflows yet: create one below.")));
+      }
+    } catch (e) {
+      if (!handleAuth(e)) listError.replaceChildren(...errorLine(e));
+    }
+  }
+
+  function row(w) {
+    const active = ACTIVE_STATUSES.has(w.status);
+    const duplicate = h("button", { type: "button", "aria-label": `Duplicate ${w.name}` }, "Duplicate");
+    duplicate.addEventListener("click", async () => {
+      try {
+        await API.duplicateWorkflow(w.id);
+        announce(`Duplicated ${w.name}`);
+      } catch (e) {
+        if (!handleAuth(e)) listError.replaceChildren(...errorLine(e));
+      }
+      await load();
+    });
+    const remove = h("button", { type: "button", class: "danger", disabled: active, "aria-label": `Delete ${w.name}` }, "Delete");
+    remove.addEventListener("click", async () => {
+      if (!window.confirm(`Delete the workflow “${w.name}” and all its runs?`)) return;
+      try {
+        await API.deleteWorkflow(w.id);
+        announce(`Deleted ${w.name}`);
+      } catch (e) {
+        if (!handleAuth(e)) listError.replaceChildren(...errorLine(e));
+      }
+      await load();
+    });
+    return h(
+      "tr", { "data-workflow-id": w.id },
+      h("td", { "data-label": "Name" }, h("a", { href: `#/workflows/${encodeURIComponent(w.id)}` }, w.name)),
+      h("td", { "data-label": "Status" }, statusBadge(w.status)),
+      h("td", { "data-label": "Last run" }, w.last_run_id ? h("code", { title: w.last_run_id }, shortId(w.last_run_id)) : h("span", { class: "muted" }, "never")),
+      h("td", { "data-label": "Updated" }, h("time", { datetime: w.updated_at || "" }, when(w.updated_at))),
+      h("td", { "data-label": "Actions", class: "row-actions" }, duplicate, remove),
+    );
+  }
+
+  await load();
+}
+
+// --- one workflow ---------------------------------------------------------------------------
+
+const STEP_RANK = { pending: 0, running: 1 };
+const rank = (status) => STEP_RANK[status] ?? 2;
+
+function showDetail(workflowId) {
+  document.title = "Workflow · nyxflow";
+  const state = {
+    workflow: null,
+    run: null,
+    steps: [],
+    follower: null,
+    busy: false,
+    gone: false,
+    actionsKey: "",
+    dirty: new Set(),
+    frame: 0,
+    refreshTimer: 0,
+  };
+  const stepEls = new Map(); // step id → { details, pill, parts… }
+
+  const title = h("h2", { id: "wf-title", tabindex: "-1" }, "Loading…");
+  const statusEl = h("span", { id: "wf-status" });
+  const runLine = h("p", { id: "run-line", class: "muted", "aria-live": "polite" });
+  const actions = h("div", { class: "actions", role: "group", "aria-label": "Workflow actions" });
+  const actionError = h("p", { class: "error", role: "alert", id: "action-error" });
+  const settings = h("dl", { class: "settings-list" });
+  const pills = h("div", { class: "pills", role: "list", "aria-label": "Steps by status" });
+  const expandAll = h("button", { type: "button" }, "Expand all");
+  const collapseAll = h("button", { type: "button" }, "Collapse all");
+  const stepsBox = h("div", { class: "steps", id: "steps" });
+  const root = h(
+    "div", { class: "detail", "data-workflow-id": workflowId, "data-live": "off" },
+    h("p", { class: "back" }, h("a", { href: "#/" }, "← Workflows")),
+    h("div", { class: "detail-head" }, title, statusEl),
+    runLine,
+    actions,
+    actionError,
+    h("details", { class: "card settings" }, h("summary", {}, "Settings"), settings),
+    h("nav", { class: "navigator", "aria-label": "Step navigator" },
+      h("div", { class: "nav-tools" }, expandAll, collapseAll), pills),
+    stepsBox,
+  );
+  main.replaceChildren(root);
+
+  expandAll.addEventListener("click", () => stepEls.forEach((s) => { s.details.open = true; }));
+  collapseAll.addEventListener("click", () => stepEls.forEach((s) => { s.details.open = false; }));
+
+  const ticker = setInterval(() => {
+    for (const step of state.steps) if (step.status === "running") markDirty(step.id);
+  }, 1000);
+
+  teardown = () => {
+    state.gone = true;
+    clearInterval(ticker);
+    clearTimeout(state.refreshTimer);
+    cancelAnimationFrame(state.frame);
+    stopFollowing();
+    window.nyxflow.detail = null;
+  };
+  const streamed = {};
+  window.nyxflow.detail = {
+    get appliedSeqs() { return state.follower ? [...state.follower.applied] : [...lastApplied]; },
+    get lastSeq() { return state.follower ? state.follower.lastSeq : lastSeqSeen; },
+    get mode() { return state.follower ? state.follower.mode : "off"; },
+    get runId() { return state.run?.id ?? null; },
+    streamed, // step id → the text its step_delta events carried in the followed run
+  };
+  let lastApplied = [];
+  let lastSeqSeen = 0;
+
+  // --- state changes ---------------------------------------------------------------------
+
+  const byId = (id) => state.steps.find((s) => s.id === id);
+  const active = () => Boolean(state.run && ACTIVE_STATUSES.has(state.run.status));
+
+  function stopFollowing() {
+    if (state.follower) {
+      lastApplied = [...state.follower.applied];
+      lastSeqSeen = state.follower.lastSeq;
+      state.follower.stop();
+    }
+    state.follower = null;
+  }
+
+  function follow(runId) {
+    if (state.follower && state.follower.runId === runId && !state.follower.stopped) return;
+    stopFollowing();
+    const follower = new RunFollower(runId, {
+      onEvent: (type, data) => applyEvent(type, data),
+      onSnapshot: (run) => {
+        state.run = run;
+        replaceSteps(run.steps);
+        renderHead();
+      },
+      onEnd: () => {
+        if (state.follower === follower) stopFollowing();
+        reload();
+      },
+      onMode: (mode) => {
+        root.dataset.live = mode;
+        renderHead();
+      },
+      onGap: () => refreshSoon(),
+      onError: (e) => handleAuth(e),
+    });
+    state.follower = follower;
+    follower.start();
+  }
+
+  async function reload() {
+    try {
+      const workflow = await API.getWorkflow(workflowId);
+      const run = workflow.last_run_id ? await API.getRun(workflow.last_run_id) : null;
+      if (state.gone) return;
+      state.workflow = workflow;
+      const following = state.follower && run && state.follower.runId === run.id && !state.follower.stopped;
+      state.run = run;
+      if (following) mergeSteps(run.steps);
+      else replaceSteps(run ? run.steps : workflow.steps);
+      if (run && ACTIVE_STATUSES.has(run.status)) follow(run.id);
+      else stopFollowing();
+      renderHead();
+    } catch (e) {
+      if (state.gone || handleAuth(e)) return;
+      if (e instanceof ApiError && e.status === 404) {
+        title.textContent = "Workflow not found";
+        stepsBox.replaceChildren(h("p", {}, "It may have been deleted. ", h("a", { href: "#/" }, "Back to the workflows")));
+        return;
+      }
+      actionError.replaceChildren(...errorLine(e));
+    }
+  }
+
+  /** While a run is followed, an event may arrive before or after a snapshot taken at about the
+   * same time: a step never goes back (pending < running < finished) and a running step keeps
+   * the text streamed so far; items and alternatives come from the API. */
+  function mergeSteps(fresh) {
+    const next = fresh.map((incoming) => {
+      const local = byId(incoming.id);
+      if (!local) return { ...incoming };
+      if (rank(incoming.status) > rank(local.status)) return { ...local, ...incoming };
+      if (rank(incoming.status) < rank(local.status) || local.status === "running") {
+        return { ...local, items: mergeItems(local.items, incoming.items) };
+      }
+      return { ...local, ...incoming, progress: local.progress, notes: local.notes };
+    });
+    state.steps = next;
+    renderSteps();
+  }
+
+  function mergeItems(mine = [], theirs = []) {
+    const items = new Map((mine || []).map((i) => [i.index, i]));
+    for (const item of theirs || []) items.set(item.index, item);
+    return [...items.values()].sort((a, b) => a.index - b.index);
+  }
+
+  function replaceSteps(fresh) {
+    state.steps = fresh.map((s) => {
+      const local = byId(s.id);
+      return { ...s, notes: local?.notes };
+    });
+    renderSteps();
+  }
+
+  function refreshSoon(delay = 250) {
+    if (state.refreshTimer) return;
+    state.refreshTimer = setTimeout(async () => {
+      state.refreshTimer = 0;
+      const follower = state.follower;
+      if (!follower || follower.stopped || state.gone) return;
+      try {
+        const run = await API.getRun(follower.runId);
+        if (state.follower !== follower || follower.stopped || state.gone) return;
+        state.run = { ...run, status: state.run?.status ?? run.status };
+        mergeSteps(run.steps);
+        renderHead();
+      } catch (e) {
+        handleAuth(e);
+      }
+    }, delay);
+  }
+
+  function applyEvent(type, data) {
+    const step = data.step_id ? byId(data.step_id) : null;
+    switch (type) {
+      case "run_started":
+        if (state.run) state.run.status = "running";
+        break;
+      case "step_started":
+        if (!step) { refreshSoon(0); break; }
+        Object.assign(step, {
+          status: "running", output: "", error: null, truncated: false, finish_reason: null,
+          input_tokens: 0, output_tokens: 0, served_by: null, alternatives: [], items: [],
+          selected_index: 0, started_at: epochIso(data.at), finished_at: null, progress: null, notes: [],
+        });
+        streamed[step.id] = "";
+        break;
+      case "step_delta":
+        if (step && step.status === "running" && !data.alternative) {
+          if (data.reset) {
+            // The provider's stream broke off and is retried: what it showed is void.
+            step.output = "";
+            streamed[step.id] = "";
+          } else {
+            step.output += data.text || "";
+            streamed[step.id] = (streamed[step.id] || "") + (data.text || "");
+          }
+        }
+        break;
+      case "step_truncated":
+        if (step) step.truncated = true;
+        break;
+      case "provider_fallback":
+        if (step) step.notes = [...(step.notes || []), `Fell back from ${data.from} to ${data.to}: ${data.reason}`];
+        break;
+      case "fan_out_progress":
+        if (!step) break;
+        step.progress = { done: data.done, total: data.total, heading: data.heading || "" };
+        if (!(step.items || []).some((i) => i.index === data.index)) {
+          step.items = [...(step.items || []), { index: data.index, heading: data.heading || "", output: null }]
+            .sort((a, b) => a.index - b.index);
+        }
+        refreshSoon();
+        break;
+      case "step_completed":
+        if (!step) { refreshSoon(0); break; }
+        Object.assign(step, {
+          status: "completed", output: data.output ?? step.output, truncated: Boolean(data.truncated),
+          finish_reason: data.finish_reason || null, input_tokens: data.input_tokens || 0,
+          output_tokens: data.output_tokens || 0, served_by: data.served_by || null,
+          finished_at: epochIso(data.at),
+        });
+        if ((data.alternatives || 0) > 1 || data.items) refreshSoon(0);
+        break;
+      case "step_failed":
+        if (!step) { refreshSoon(0); break; }
+        Object.assign(step, { status: "failed", error: data.error || "failed", finished_at: epochIso(data.at) });
+        stepEls.get(step.id)?.details.setAttribute("open", "");
+        break;
+      case "steps_generated":
+        refreshSoon(0);
+        break;
+      case "run_paused":
+      case "run_completed":
+      case "run_failed":
+      case "run_cancelled":
+        if (state.run) {
+          state.run.status = data.status || type.slice(4);
+          state.run.error = data.error || null;
+        }
+        break;
+      default:
+        break; // step_retried, workflow_resumed, workflow_rerun: the snapshot has them
+    }
+    if (step) markDirty(step.id);
+    if (type.startsWith("run_") || type === "step_started" || type === "step_completed" || type === "step_failed") {
+      renderHead();
+    }
+  }
+
+  // --- rendering --------------------------------------------------------------------------
+
+  function markDirty(id) {
+    state.dirty.add(id);
+    if (!state.frame) {
+      state.frame = requestAnimationFrame(() => {
+        state.frame = 0;
+        const ids = [...state.dirty];
+        state.dirty.clear();
+        for (const stepId of ids) {
+          const step = byId(stepId);
+          if (step) updateStep(step);
+        }
+      });
+    }
+  }
+
+  function renderHead() {
+    if (state.gone) return;
+    const w = state.workflow;
+    if (!w) return;
+    const runStatus = state.run ? state.run.status : w.status;
+    const status = state.run && state.run.id === w.last_run_id ? runStatus : w.status;
+    title.textContent = w.name;
+    document.title = `${w.name} · nyxflow`;
+    statusEl.replaceChildren(statusBadge(status));
+    root.dataset.status = status;
+    root.dataset.runId = state.run?.id ?? "";
+    root.dataset.runStatus = state.run?.status ?? "";
+    const mode = state.follower?.mode;
+    const live = mode === "sse" ? " · live" : mode === "polling" ? " · refreshing every 3 s" : "";
+    runLine.replaceChildren(
+      state.run
+        ? h("span", {}, "Run ", h("code", { title: state.run.id }, shortId(state.run.id)), ` ${state.run.status}${state.run.pause_requested && active() ? " (pause requested)" : ""}${live}`, state.run.error ? ` · ${state.run.error}` : "")
+        : "Never run",
+    );
+    settings.replaceChildren(
+      ...[
+        ["Workflow id", h("code", {}, w.id)],
+        ["Steps", String(state.steps.length)],
+        ["Consistency check", w.consistency_check ? "yes" : "no"],
+        ["Created", when(w.created_at)],
+        ["Updated", when(w.updated_at)],
+        ["Last run", w.last_run_id ? h("code", {}, w.last_run_id) : "never"],
+      ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
+    );
+    renderActions(status);
+    for (const step of state.steps) markDirty(step.id); // step buttons depend on the run
+  }
+
+  function renderActions(status) {
+    const isActive = active();
+    const wanted = [];
+    if (!isActive && status === "idle") wanted.push(["Start", "primary", () => API.startRun(workflowId)]);
+    if (isActive && !state.run.pause_requested) wanted.push(["Pause", "", () => API.pauseRun(state.run.id)]);
+    if (isActive) wanted.push(["Cancel", "danger", () => API.cancelRun(state.run.id), "Cancel this run? The running step stops now."]);
+    if (!isActive && ["paused", "failed", "cancelled"].includes(status)) wanted.push(["Resume", "primary", () => API.resumeWorkflow(workflowId)]);
+    if (!isActive && status !== "idle") wanted.push(["Re-run", "", () => API.rerunWorkflow(workflowId), "Re-run every step? All outputs are discarded."]);
+    wanted.push(["Duplicate", "", async () => {
+      const copy = await API.duplicateWorkflow(workflowId);
+      go(`#/workflows/${encodeURIComponent(copy.id)}`);
+    }]);
+    if (!isActive) wanted.push(["Delete", "danger", async () => {
+      await API.deleteWorkflow(workflowId);
+      go("#/");
+    }, "Delete this workflow and all its runs?"]);
+    const key = `${wanted.map((w) => w[0]).join("|")}|${state.busy}`;
+    if (key === state.actionsKey) return;
+    state.actionsKey = key;
+    const focused = document.activeElement?.closest?.(".actions") ? document.activeElement.textContent : null;
+    actions.replaceChildren(
+      ...wanted.map(([label, cls, run, confirmText]) => {
+        const button = h("button", { type: "button", class: cls || null, disabled: state.busy }, label);
+        button.addEventListener("click", () => act(run, confirmText));
+        return button;
+      }),
+    );
+    if (focused) [...actions.children].find((b) => b.textContent === focused)?.focus();
+  }
+
+  async function act(run, confirmText) {
+    if (state.busy) return;
+    if (confirmText && !window.confirm(confirmText)) return;
+    state.busy = true;
+    actionError.replaceChildren();
+    renderHead();
+    try {
+      await run();
+    } catch (e) {
+      if (handleAuth(e)) return;
+      actionError.replaceChildren(...errorLine(e));
+    } finally {
+      state.busy = false;
+    }
+    if (!state.gone) await reload(); // the API's answer wins
+    renderHead();
+  }
+
+  function renderSteps() {
+    if (state.gone) return;
+    const seen = new Set();
+    state.steps.forEach((step, position) => {
+      seen.add(step.id);
+      let parts = stepEls.get(step.id);
+      if (!parts) {
+        parts = createStep(step);
+        stepEls.set(step.id, parts);
+      }
+      if (stepsBox.children[position] !== parts.details) stepsBox.insertBefore(parts.details, stepsBox.children[position] || null);
+      if (pills.children[position] !== parts.pillItem) pills.insertBefore(parts.pillItem, pills.children[position] || null);
+      parts.rendered = {}; // force every part to re-render
+      updateStep(step);
+    });
+    for (const [id, parts] of stepEls) {
+      if (!seen.has(id)) {
+        parts.details.remove();
+        parts.pillItem.remove();
+        stepEls.delete(id);
+      }
+    }
+  }
+
+  function createStep(step) {
+    const pill = h("a", { class: "pill", href: `#step-${step.id}`, "data-step-id": step.id },
+      dot(), h("span", { class: "pill-label" }), h("span", { class: "visually-hidden pill-status" }));
+    pill.addEventListener("click", (event) => {
+      event.preventDefault(); // the hash is the route; scroll without touching it
+      const parts = stepEls.get(step.id);
+      if (!parts) return;
+      parts.details.open = true;
+      const reduce = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      parts.details.scrollIntoView({ behavior: reduce ? "auto" : "smooth", block: "start" });
+      parts.summary.focus({ preventScroll: true });
+    });
+    const pillItem = h("div", { role: "listitem", class: "pill-item" }, pill);
+    const summary = h("summary", {},
+      dot(), h("span", { class: "step-title" }), h("span", { class: "step-status badge" }),
+      h("span", { class: "step-kind muted" }), h("span", { class: "badge truncated", hidden: true }, "truncated"));
+    const meta = h("dl", { class: "meta" });
+    const notes = h("ul", { class: "notes", hidden: true });
+    const error = h("div", { class: "step-error error", role: "alert", hidden: true });
+    const fanout = h("div", { class: "fanout", hidden: true });
+    const output = h("div", { class: "output markdown", "aria-label": "Output" });
+    const alternatives = h("div", { class: "alternatives", hidden: true });
+    const stepActions = h("div", { class: "step-actions", role: "group", "aria-label": "Step actions" });
+    const details = h("details", { class: "step", id: `step-${step.id}`, "data-step-id": step.id },
+      summary, h("div", { class: "step-body" }, meta, notes, error, fanout, output, alternatives, stepActions));
+    return { details, summary, pill, pillItem, meta, notes, error, fanout, output, alternatives, stepActions, rendered: {}, tab: null };
+  }
+
+  function updateStep(step) {
+    const parts = stepEls.get(step.id);
+    if (!parts) return;
+    const r = parts.rendered;
+    const label = `${step.order + 1}. ${step.name}`;
+    const status = step.status;
+    for (const el of [parts.details, parts.pill]) {
+      el.dataset.status = status;
+      el.className = `${el === parts.pill ? "pill" : "step"} status-${status}`;
+    }
+    if (status === "running") parts.pill.setAttribute("aria-current", "step");
+    else parts.pill.removeAttribute("aria-current");
+    parts.pill.title = `${label} (${status})`;
+    parts.pill.querySelector(".pill-label").textContent = label;
+    parts.pill.querySelector(".pill-status").textContent = `: ${status}`;
+    if (status === "running" && r.status !== "running") revealPill(parts.pill);
+    r.status = status;
+    parts.summary.querySelector(".step-title").textContent = label;
+    parts.summary.querySelector(".step-status").textContent = status;
+    parts.summary.querySelector(".step-status").className = `step-status badge status-${status}`;
+    parts.summary.querySelector(".step-kind").textContent = step.kind;
+    parts.summary.querySelector(".truncated").hidden = !step.truncated;
+
+    const provider = [step.provider, step.model].filter(Boolean).join(":");
+    const served = step.served_by || (provider ? `${provider} (configured)` : "—");
+    const rows = [
+      ["Status", status],
+      ["Persona", step.persona || "—"],
+      ["Served by", served],
+      ["Tokens in / out", `${step.input_tokens || 0} / ${step.output_tokens || 0}`],
+      ["Duration", duration(step)],
+    ];
+    if (step.finish_reason) rows.push(["Finish", step.finish_reason + (step.truncated ? " (truncated)" : "")]);
+    const metaKey = JSON.stringify(rows);
+    if (r.meta !== metaKey) {
+      r.meta = metaKey;
+      parts.meta.replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    }
+
+    const notes = step.notes || [];
+    parts.notes.hidden = !notes.length;
+    if (r.notes !== notes.length) {
+      r.notes = notes.length;
+      parts.notes.replaceChildren(...notes.map((n) => h("li", {}, n)));
+    }
+
+    parts.error.hidden = !step.error || status === "completed";
+    if (r.error !== step.error) {
+      r.error = step.error;
+      parts.error.replaceChildren(h("strong", {}, "Error: "), step.error || "");
+    }
+
+    renderFanout(step, parts);
+
+    const output = step.output || "";
+    if (r.output !== output) {
+      r.output = output;
+      parts.output.innerHTML = output
+        ? renderMarkdown(output)
+        : `<p class="muted">${status === "running" ? "Waiting for output…" : "No output yet."}</p>`;
+    }
+    parts.output.setAttribute("aria-busy", String(status === "running"));
+    parts.output.hidden = step.kind === "fan_out" && (step.items || []).length > 0; // = the items
+
+    renderAlternatives(step, parts);
+    renderStepActions(step, parts);
+  }
+
+  function revealPill(pill) {
+    const row = pills;
+    const left = pill.offsetLeft - row.offsetLeft;
+    if (left < row.scrollLeft || left + pill.offsetWidth > row.scrollLeft + row.clientWidth) {
+      row.scrollTo({ left: Math.max(0, left - row.clientWidth / 3), behavior: "smooth" });
+    }
+  }
+
+  function renderFanout(step, parts) {
+    const items = step.items || [];
+    const progress = step.progress
+      || (items.length ? { done: items.length, total: step.status === "completed" ? items.length : null, heading: items[items.length - 1].heading } : null);
+    const isFanout = step.kind === "fan_out";
+    parts.fanout.hidden = !isFanout || (!progress && !items.length);
+    if (parts.fanout.hidden) return;
+    const key = JSON.stringify([progress, items.map((i) => [i.index, i.output === null ? null : (i.output || "").length])]);
+    if (parts.rendered.fanout === key) return;
+    parts.rendered.fanout = key;
+    const done = progress?.done ?? items.length;
+    const total = progress?.total ?? "?";
+    const bar = h("progress", { max: String(typeof total === "number" ? total : done || 1), value: String(done), "aria-label": `Items done of ${total}` });
+    parts.fanout.replaceChildren(
+      h("div", { class: "fanout-head" },
+        h("span", { class: "fanout-label" }, "Items"), bar,
+        h("span", { class: "fanout-count" }, `${done}/${total}`),
+        progress?.heading ? h("span", { class: "fanout-heading muted", title: progress.heading }, progress.heading) : null),
+      h("ol", { class: "items" },
+        items.map((item) => {
+          const body = h("div", { class: "markdown item-output" });
+          if (item.output === null || item.output === undefined) body.append(h("p", { class: "muted" }, "Done; loading…"));
+          else body.innerHTML = renderMarkdown(item.output);
+          return h("li", { class: "item", "data-index": String(item.index) },
+            h("div", { class: "item-heading" }, item.heading || `Item ${item.index + 1}`), body);
+        })),
+    );
+  }
+
+  function renderAlternatives(step, parts) {
+    const alts = step.alternatives || [];
+    parts.alternatives.hidden = alts.length < 2;
+    if (alts.length < 2) return;
+    if (parts.tab === null || parts.tab >= alts.length) parts.tab = step.selected_index || 0;
+    const canSelect = !active() && step.status === "completed" && !state.busy;
+    const key = JSON.stringify([alts.map((a) => a.output.length), step.selected_index, parts.tab, canSelect]);
+    if (parts.rendered.alts === key) return;
+    parts.rendered.alts = key;
+    const hadFocus = parts.alternatives.contains(document.activeElement) ? document.activeElement.dataset.focusKey : null;
+    const base = `alt-${step.id}`;
+    const tabs = alts.map((alt, i) => {
+      const selected = i === step.selected_index;
+      const tab = h("button", {
+        type: "button", role: "tab", id: `${base}-tab-${i}`, "aria-controls": `${base}-panel-${i}`,
+        "aria-selected": String(i === parts.tab), tabindex: i === parts.tab ? "0" : "-1",
+        class: selected ? "tab chosen" : "tab", "data-focus-key": `tab-${i}`,
+      }, `Alternative ${i + 1}`, selected ? h("span", { class: "chosen-mark" }, " ✓ in use") : null);
+      tab.addEventListener("click", () => {
+        parts.tab = i;
+        updateStep(step);
+      });
+      tab.addEventListener("keydown", (event) => {
+        const moves = { ArrowRight: 1, ArrowLeft: -1, Home: -i, End: alts.length - 1 - i };
+        if (!(event.key in moves)) return;
+        event.preventDefault();
+        parts.tab = (i + moves[event.key] + alts.length) % alts.length;
+        updateStep(step);
+        parts.alternatives.querySelector(`[data-focus-key="tab-${parts.tab}"]`)?.focus();
+      });
+      return tab;
+    });
+    const alt = alts[parts.tab];
+    const chosen = parts.tab === step.selected_index;
+    const use = h("button", { type: "button", class: "primary", disabled: !canSelect, "data-focus-key": "use" }, "Use this one");
+    use.addEventListener("click", () => act(() => API.selectAlternative(step.id, parts.tab)));
+    const panel = h("div", { role: "tabpanel", id: `${base}-panel-${parts.tab}`, "aria-labelledby": `${base}-tab-${parts.tab}`, class: "tabpanel", tabindex: "0" },
+      h("p", { class: "muted alt-meta" }, `${alt.served_by || "—"} · ${alt.input_tokens} in / ${alt.output_tokens} out${alt.truncated ? " · truncated" : ""}`),
+      h("div", { class: "markdown alt-output" }),
+      chosen ? h("p", { class: "muted" }, "This alternative is the step's output.") : use);
+    panel.querySelector(".alt-output").innerHTML = renderMarkdown(alt.output);
+    parts.alternatives.replaceChildren(
+      h("h4", { class: "alts-title" }, `Alternatives (${alts.length})`),
+      h("div", { role: "tablist", "aria-label": `Alternatives of ${step.name}`, class: "tabs" }, tabs),
+      panel,
+    );
+    if (hadFocus) parts.alternatives.querySelector(`[data-focus-key="${hadFocus}"]`)?.focus();
+  }
+
+  function renderStepActions(step, parts) {
+    const allowed = !active() && !state.busy && step.status !== "pending";
+    const key = `${allowed}`;
+    if (parts.rendered.actions === key) return;
+    parts.rendered.actions = key;
+    if (!allowed) {
+      parts.stepActions.replaceChildren();
+      return;
+    }
+    const retry = h("button", { type: "button" }, "Retry step");
+    retry.addEventListener("click", () => {
+      const now = byId(step.id) || step;
+      act(() => API.retryStep(step.id, false),
+        now.status === "completed" ? `Retry “${now.name}”? Its output is discarded.` : null);
+    });
+    const cascade = h("button", { type: "button", class: "danger" }, "Retry from here");
+    cascade.addEventListener("click", () =>
+      act(() => API.retryStep(step.id, true), `Retry “${step.name}” and every step after it? Their outputs are discarded.`));
+    parts.stepActions.replaceChildren(retry, cascade);
+  }
+
+  reload().then(() => {
+    if (!state.gone && document.activeElement === document.body) title.focus({ preventScroll: true });
+  });
+  title.focus({ preventScroll: true });
+}
+
+// --- start --------------------------------------------------------------------------------
+
+window.nyxflow = { detail: null };
+signOut.addEventListener("click", () => {
+  clearKey();
+  go("#/");
+});
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,87 @@
+// A small, sanitising markdown renderer for step outputs.
+//
+// Everything is HTML-escaped first; only then are a few constructs turned into tags:
+// headings, lists, fenced and inline code, bold, italics and links (http and https only).
+// Nothing from the input can produce a tag or an attribute of its own.
+
+const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+
+export function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ESCAPES[c]);
+}
+
+const HOLE = "\u0000"; // placeholder delimiter; stripped from the input beforehand
+
+// `text` is already escaped.
+function inline(text) {
+  const held = [];
+  const hold = (html) => `${HOLE}${held.push(html) - 1}${HOLE}`;
+  let out = text.replace(/`([^`\n]+)`/g, (_, code) => hold(`<code>${code}</code>`));
+  out = out.replace(/\[([^\]\n]+)\]\(([^)\s]+)\)/g, (whole, label, url) => {
+    // The URL is escaped text: an &quot; cannot close the attribute. Only http(s) links.
+    if (!/^https?:\/\/[^\s]+$/i.test(url)) return whole;
+    return hold(`<a href="${url}" rel="noopener noreferrer nofollow" target="_blank">${emphasis(label)}</a>`);
+  });
+  out = emphasis(out);
+  return out.replace(new RegExp(`${HOLE}(\\d+)${HOLE}`, "g"), (_, i) => held[Number(i)]);
+}
+
+function emphasis(text) {
+  return text
+    .replace(/\*\*([^*\n]+?)\*\*/g, "<strong>$1</strong>")
+    .replace(/(^|[^\w])__([^_\n]+?)__(?!\w)/g, "$1<strong>$2</strong>")
+    .replace(/\*([^*\n]+?)\*/g, "<em>$1</em>")
+    .replace(/(^|[^\w])_([^_\n]+?)_(?!\w)/g, "$1<em>$2</em>");
+}
+
+const FENCE = /^\s*```\s*([\w+-]*)\s*$/;
+const HEADING = /^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+const BULLET = /^\s*[-*+]\s+(.*)$/;
+const NUMBERED = /^\s*\d{1,9}[.)]\s+(.*)$/;
+
+/** Markdown text → safe HTML. */
+export function renderMarkdown(source) {
+  const lines = escapeHtml(String(source ?? "").split(HOLE).join("")).split(/\r?\n/);
+  const html = [];
+  let paragraph = [];
+  const flush = () => {
+    if (paragraph.length) html.push(`<p>${inline(paragraph.join(" "))}</p>`);
+    paragraph = [];
+  };
+  for (let i = 0; i < lines.length; i += 1) {
+    const line = lines[i];
+    const fence = FENCE.exec(line);
+    if (fence) {
+      flush();
+      const code = [];
+      for (i += 1; i < lines.length && !FENCE.test(lines[i]); i += 1) code.push(lines[i]);
+      const lang = fence[1] ? ` class="language-${fence[1]}"` : "";
+      html.push(`<pre><code${lang}>${code.join("\n")}</code></pre>`);
+      continue;
+    }
+    const heading = HEADING.exec(line);
+    if (heading) {
+      flush();
+      const level = Math.min(6, heading[1].length + 2); // a step output sits under an h2/h3
+      html.push(`<h${level}>${inline(heading[2])}</h${level}>`);
+      continue;
+    }
+    const list = BULLET.test(line) ? BULLET : NUMBERED.test(line) ? NUMBERED : null;
+    if (list) {
+      flush();
+      const tag = list === BULLET ? "ul" : "ol";
+      const items = [];
+      while (i < lines.length && list.test(lines[i])) {
+        items.push(`<li>${inline(list.exec(lines[i])[1].trim())}</li>`);
+        i += 1;
+      }
+      i -= 1;
+      html.push(`<${tag}>${items.join("")}</${tag}>`);
+      continue;
+    }
+    if (line.trim() === "") flush();
+    else paragraph.push(line.trim());
+  }
+  flush();
+  return html.join("\n");
+}

@@ -1,0 +1,352 @@
+"""The page in a real browser against the real stack: start and follow runs live, the step
+navigator, a broken and resumed event stream, fan-out, failure and alternatives."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+import httpx
+from playwright.async_api import Page, Route, expect
+
+from nyxflow import events as ev
+from tests.browser.conftest import ARTIFACTS
+from tests.support.eventually import eventually
+from tests.support.gateway_api import create_workflow, get_run, start_run, steps
+from tests.support.processes import ProcessStack
+from tests.support.sse_client import read_events
+
+EVENTS_URL = re.compile(r"/v1/runs/[^/]+/events")
+BLUE, GREEN = "rgb(91, 155, 255)", "rgb(63, 185, 80)"
+
+
+def template(name: str, count: int, params: str) -> str:
+    body = "".join(f"  - name: Step {i + 1}\n    params: {params}\n" for i in range(count))
+    return f"name: {name}\nsteps:\n{body}"
+
+
+def words(markdown: str) -> str:
+    """The text a reader sees of rendered markdown: heading marks gone, spaces collapsed."""
+    lines = (re.sub(r"^\s*#+\s*", "", line) for line in markdown.splitlines())
+    return " ".join(" ".join(lines).split())
+
+
+async def text_of(page: Page, selector: str) -> str:
+    return " ".join((await page.locator(selector).text_content() or "").split())
+
+
+async def shown_run_id(page: Page) -> str:
+    run_id = await page.locator(".detail").get_attribute("data-run-id")
+    assert run_id, "the page shows no run"
+    return run_id
+
+
+async def create_from_page(page: Page, text: str) -> str:
+    await page.get_by_label("Template (YAML or JSON)").fill(text)
+    await page.get_by_role("button", name="Create workflow").click()
+    await page.wait_for_url(re.compile(r"#/workflows/"))
+    return page.url.rsplit("/", 1)[1]
+
+
+async def open_workflow(page: Page, workflow_id: str, name: str) -> None:
+    await page.evaluate("hash => { location.hash = hash; }", f"#/workflows/{workflow_id}")
+    await expect(page.locator("#wf-title")).to_have_text(name)
+
+
+async def finished_run(
+    http: httpx.AsyncClient, stack: ProcessStack, workflow_id: str, count: int
+) -> list[dict[str, Any]]:
+    async def runs() -> list[dict[str, Any]]:
+        response = await http.get(f"/v1/workflows/{workflow_id}/runs", headers=stack.headers)
+        found: list[dict[str, Any]] = response.json()["runs"]
+        return found
+
+    return await eventually(
+        runs,
+        lambda rs: len(rs) == count and rs[0]["status"] not in ("pending", "running"),
+        timeout_s=20,
+        what=f"run {count} finished",
+    )
+
+
+async def test_start_from_the_page_pills_go_grey_blue_green(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    await page.get_by_label("Template (YAML or JSON)").fill(
+        "name: Bad\nsteps:\n  - name: A\n    kind: teleport\n"
+    )
+    await page.get_by_role("button", name="Create workflow").click()
+    alert = page.locator("#create-error")
+    await expect(alert.locator("code.field")).to_have_text("steps[0].kind")
+    assert (await alert.inner_text()).startswith("steps[0].kind: ")
+
+    workflow_id = await create_from_page(
+        page, template("Twenty", 20, "{tokens: 12, token_delay_ms: 25}")
+    )
+    pills = page.locator(".navigator .pill")
+    await expect(pills).to_have_count(20)
+    assert await pills.evaluate_all("ps => ps.map(p => p.dataset.status)") == ["pending"] * 20
+    await page.evaluate(
+        """() => {
+          const seen = (window.pillHistory = {});
+          const note = (p) => {
+            const h = (seen[p.dataset.stepId] ||= []);
+            if (h[h.length - 1] !== p.dataset.status) h.push(p.dataset.status);
+          };
+          document.querySelectorAll(".pill").forEach(note);
+          new MutationObserver((changes) => changes.forEach((c) => note(c.target))).observe(
+            document.querySelector(".pills"),
+            { subtree: true, attributes: true, attributeFilter: ["data-status"] });
+        }"""
+    )
+
+    await page.get_by_role("button", name="Start", exact=True).click()
+    running = page.locator('.pill[aria-current="step"]')
+    await expect(running).to_have_count(1)
+    assert await running.locator(".dot").evaluate("d => getComputedStyle(d).backgroundColor") == (
+        BLUE
+    )
+    step_id = await running.get_attribute("data-step-id")
+    assert await running.get_attribute("href") == f"#step-{step_id}"
+    await expect(page.get_by_role("button", name="Pause")).to_be_visible()
+    await expect(page.get_by_role("button", name="Cancel")).to_be_visible()
+
+    await expect(page.locator(".detail")).to_have_attribute(
+        "data-run-status", "completed", timeout=30_000
+    )
+    await expect(pills.locator(".dot").first).to_have_css("background-color", GREEN)
+    history = await page.evaluate("() => window.pillHistory")
+    assert len(history) == 20
+    assert all(h == ["pending", "running", "completed"] for h in history.values()), history
+    await expect(page.locator('.pill[aria-current="step"]')).to_have_count(0)
+    await expect(page.get_by_role("button", name="Re-run")).to_be_visible()
+    await expect(page.get_by_role("button", name="Start", exact=True)).to_have_count(0)
+
+    await page.screenshot(path=str(ARTIFACTS / "twenty-steps-completed.png"), full_page=True)
+
+    run = await get_run(http, stack, await shown_run_id(page))
+    assert run["workflow_id"] == workflow_id and run["status"] == "completed"
+    last = run["steps"][-1]
+    assert await text_of(page, f"#step-{last['id']} .output") == words(last["output"])
+
+
+async def test_navigator_jumps_expands_collapses_and_sticks(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    workflow = await create_workflow(http, stack, "Navigate", steps(20, tokens=30))
+    run_id = await start_run(http, stack, workflow["id"])
+    await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
+    await page.set_viewport_size({"width": 375, "height": 740})
+    await open_workflow(page, workflow["id"], "Navigate")
+
+    fifteenth = workflow["steps"][14]
+    step = page.locator(f"#step-{fifteenth['id']}")
+    pill = page.locator(".navigator .pill").nth(14)
+    await expect(pill).to_have_attribute("title", re.compile(r"^15\. s14"))
+    await pill.click()
+    await expect(step).to_have_js_property("open", True)
+    await expect(step).to_be_in_viewport()
+    await expect(step.locator(".output")).to_be_visible()
+    assert page.url.endswith(f"#/workflows/{workflow['id']}"), "the route is kept"
+
+    await page.get_by_role("button", name="Expand all").click()
+    details = page.locator("details.step")
+    assert await details.evaluate_all("ds => ds.every(d => d.open)")
+    await page.evaluate("() => window.scrollTo(0, document.body.scrollHeight / 2)")
+    await page.wait_for_function("() => window.scrollY > 500")
+    box = await page.locator("nav.navigator").bounding_box()
+    assert box is not None and abs(box["y"]) <= 1, box
+    assert await page.evaluate("() => document.documentElement.scrollWidth") <= 375
+    await page.screenshot(path=str(ARTIFACTS / "navigator-375px.png"))
+
+    await page.get_by_role("button", name="Collapse all").click()
+    assert await details.evaluate_all("ds => ds.length === 20 && ds.every(d => !d.open)")
+    await page.keyboard.press("Tab")  # keyboard reaches the controls
+    assert await page.evaluate("() => document.activeElement.tagName") in ("A", "BUTTON", "SUMMARY")
+
+
+async def test_a_broken_stream_resumes_without_losing_or_repeating_events(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    workflow = await create_workflow(
+        http, stack, "Reconnect", steps(6, tokens=16, token_delay_ms=20)
+    )
+    await open_workflow(page, workflow["id"], "Reconnect")
+    cut_after = 12
+    seen: list[int] = []
+
+    async def first_events(url: str) -> tuple[str, int]:
+        """The first `cut_after` event frames as the server sent them (this starts the run)."""
+        text, count, last = "", 0, 0
+        async with http.stream("GET", url, headers=stack.headers) as response:
+            frame: list[str] = []
+            async for line in response.aiter_lines():
+                if line:
+                    frame.append(line)
+                    continue
+                if any(f.startswith("event:") for f in frame):
+                    text += "\n".join(frame) + "\n\n"
+                    count += 1
+                    last = int(next(f for f in frame if f.startswith("id:"))[3:])
+                frame = []
+                if count == cut_after:
+                    break
+        return text, last
+
+    async def handle(route: Route) -> None:
+        if route.request.resource_type != "eventsource":
+            await route.continue_()
+            return
+        # What the page has applied when it (re)connects. Chromium adds Last-Event-ID below
+        # the interception layer, so the header itself is not visible here.
+        seen.append(await page.evaluate("() => window.nyxflow.detail.lastSeq"))
+        if len(seen) == 1:  # the connection ends mid-run, after a dozen events
+            body, _ = await first_events(route.request.url)
+            await route.fulfill(
+                status=200,
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+                body="retry: 200\n\n" + body,
+            )
+        elif len(seen) == 2:  # the reconnect: replay from earlier, so five arrive twice
+            headers = {**route.request.headers, "last-event-id": str(cut_after - 5)}
+            await route.continue_(headers=headers)
+        else:
+            await route.continue_()
+
+    await page.route(EVENTS_URL, handle)
+    await page.get_by_role("button", name="Start", exact=True).click()
+    await expect(page.locator(".detail")).to_have_attribute(
+        "data-run-status", "completed", timeout=20_000
+    )
+    assert seen == [0, cut_after], "one cut, one reconnect, after the first dozen events"
+    run_id = await shown_run_id(page)
+    run = await get_run(http, stack, run_id)
+    applied = await page.evaluate("() => window.nyxflow.detail.appliedSeqs")
+    assert applied == list(range(1, run["last_seq"] + 1)), "an event lost or applied twice"
+
+    streamed = await page.evaluate("() => window.nyxflow.detail.streamed")
+    for step in run["steps"]:
+        assert step["status"] == "completed"
+        assert streamed[step["id"]] == step["output"], step["name"]
+        assert await text_of(page, f"#step-{step['id']} .output") == words(step["output"])
+    replay = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
+    assert Counter(f.event for f in replay)[ev.RUN_STARTED] == 1
+    assert [f.seq for f in replay] == applied
+
+
+MIXED = """
+name: Mixed
+steps:
+  - name: Outline
+    alternatives: 2
+    params: {items: 13, tokens: 26, token_delay_ms: 5}
+  - name: Detail
+    kind: fan_out
+    source: Outline
+    split: headings
+    concurrency: 4
+    prompt: "Detail: {{ item }}"
+    params: {tokens: 4, token_delay_ms: 10}
+  - name: Broken
+    prompt: This one fails.
+    params: {fail: the model is on fire}
+"""
+
+
+async def test_fan_out_failure_retry_and_alternatives(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    workflow_id = await create_from_page(page, MIXED)
+    await page.get_by_role("button", name="Start", exact=True).click()
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-run-status", "failed", timeout=20_000)
+    outline, fan_out, broken = (await get_run(http, stack, await shown_run_id(page)))["steps"]
+
+    fan = page.locator(f"#step-{fan_out['id']}")
+    await expect(fan.locator(".fanout-count")).to_have_text("13/13")
+    await expect(fan.locator("progress")).to_have_attribute("value", "13")
+    await expect(fan.locator(".item")).to_have_count(13)
+    await expect(fan.locator(".item").last.locator(".item-output")).to_have_text(
+        words(fan_out["items"][12]["output"])
+    )
+
+    failed = page.locator(f"#step-{broken['id']}")
+    await expect(failed).to_have_js_property("open", True)
+    await expect(failed.locator(".step-error")).to_contain_text("the model is on fire")
+    await expect(page.locator(f".pill[data-step-id='{broken['id']}'] .dot")).to_have_css(
+        "background-color", "rgb(255, 107, 99)"
+    )
+    await expect(page.get_by_role("button", name="Resume")).to_be_visible()
+
+    first = page.locator(f"#step-{outline['id']}")
+    await page.locator(f".pill[data-step-id='{outline['id']}']").click()
+    tabs = first.get_by_role("tab")
+    await expect(tabs).to_have_count(2)
+    assert outline["selected_index"] == 0
+    await tabs.nth(1).click()
+    await expect(tabs.nth(1)).to_have_attribute("aria-selected", "true")
+    await first.get_by_role("button", name="Use this one").click()
+    await expect(tabs.nth(1)).to_contain_text("in use")
+    chosen = (await get_run(http, stack, await shown_run_id(page)))["steps"][0]
+    assert chosen["selected_index"] == 1
+    assert chosen["output"] == outline["alternatives"][1]["output"] != outline["output"]
+    await expect(first.locator(".output")).to_have_text(words(chosen["output"]))
+
+    await page.get_by_role("button", name="Expand all").click()
+    await page.screenshot(path=str(ARTIFACTS / "fan-out-failure-alternatives.png"), full_page=True)
+    await failed.get_by_role("button", name="Retry step").click()
+    runs = await finished_run(http, stack, workflow_id, 2)
+    assert runs[0]["status"] == "failed"
+    await expect(detail).to_have_attribute("data-run-id", runs[0]["id"])
+    await expect(detail).to_have_attribute("data-run-status", "failed")
+    await expect(failed.locator(".step-error")).to_contain_text("the model is on fire")
+    again = await read_events(http, f"/v1/runs/{runs[0]['id']}/events", stack.headers)
+    assert again[0].event == ev.STEP_RETRIED and again[0].json["step_id"] == broken["id"]
+    assert [e.json["name"] for e in again if e.event == ev.STEP_STARTED] == ["Broken"]
+
+
+async def test_markdown_is_sanitised(page: Page) -> None:
+    html = await page.evaluate(
+        """async () => (await import("/static/markdown.js")).renderMarkdown(
+          "# Title\\n<script>alert(1)</script> <img src=x onerror=alert(1)>\\n\\n" +
+          "- **bold** and *it* and `<b>code</b>`\\n- [ok](https://example.com/a_b_c)\\n" +
+          "1. [bad](javascript:alert(1)) [x](https://e.com/\\"onmouseover=alert(1))\\n\\n" +
+          "```js\\n<b>raw</b>\\n```")"""
+    )
+    assert "<script" not in html and "<img" not in html and "<b>" not in html
+    assert "&lt;script&gt;" in html and "&lt;b&gt;raw&lt;/b&gt;" in html
+    assert "<h3>Title</h3>" in html
+    assert "<strong>bold</strong>" in html and "<em>it</em>" in html
+    assert "<code>&lt;b&gt;code&lt;/b&gt;</code>" in html
+    assert '<a href="https://example.com/a_b_c" rel="noopener noreferrer nofollow"' in html
+    assert 'href="javascript' not in html and "[bad](javascript:alert(1))" in html
+    assert '"onmouseover' not in html
+    assert "<ul><li>" in html and "<ol><li>" in html
+
+
+async def test_without_an_event_stream_the_page_polls_until_the_run_ends(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    workflow = await create_workflow(http, stack, "Polling", steps(3, tokens=6, token_delay_ms=20))
+    await open_workflow(page, workflow["id"], "Polling")
+    refused: list[str] = []
+
+    async def refuse(route: Route) -> None:
+        if route.request.resource_type == "eventsource":
+            refused.append(route.request.url)
+            await route.fulfill(status=503, body="")
+        else:  # the page's one-off request that starts a pending run
+            await route.continue_()
+
+    await page.route(EVENTS_URL, refuse)
+    await page.get_by_role("button", name="Start", exact=True).click()
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-live", "polling")
+    await expect(page.locator("#run-line")).to_contain_text("refreshing every 3 s")
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=15_000)
+    await expect(detail).to_have_attribute("data-live", "off")
+    assert len(refused) == 3, "three failed connects, then polling"
+    run = await get_run(http, stack, await shown_run_id(page))
+    for step in run["steps"]:
+        assert await text_of(page, f"#step-{step['id']} .output") == words(step["output"])

@@ -1,0 +1,292 @@
+"""Tenants are walls: keys, the scoped store, every RPC with another tenant's ids, and moving
+a project with everything under it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor as pbd
+from sqlalchemy import select, update
+
+from nyxflow import events as ev
+from nyxflow.auth import bearer_metadata
+from nyxflow.client import AdminClient, RunsClient, open_channel
+from nyxflow.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    Unauthenticated,
+)
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2, runs_pb2_grpc
+from nyxflow_runs.bus import LocalBus
+from nyxflow_runs.db import create_engine, session_factory
+from nyxflow_runs.models import Run, Workflow
+from nyxflow_runs.store import Store
+from tests.support.inprocess import ADMIN_KEY, API_KEY, Clients
+
+
+def llm(name: str) -> pb.StepSpec:
+    return pb.StepSpec(name=name, kind="llm", prompt="p", params_json=json.dumps({"tokens": 3}))
+
+
+@dataclass
+class Tenants:
+    admin: AdminClient
+    a: RunsClient
+    b: RunsClient
+    b_key: str
+    b_id: str
+    channel: grpc.aio.Channel
+
+
+@pytest.fixture
+async def tenants(runs_addr: str) -> AsyncIterator[Tenants]:
+    async with open_channel(runs_addr) as channel:
+        admin = AdminClient(channel, bearer_metadata(ADMIN_KEY))
+        b = await admin.create_tenant("team-b", "Team B")
+        created = await admin.create_api_key("team-b", "ci")
+        yield Tenants(
+            admin,
+            RunsClient(channel, bearer_metadata(API_KEY)),
+            RunsClient(channel, bearer_metadata(created.secret)),
+            created.secret,
+            b.id,
+            channel,
+        )
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+async def test_admin_calls_need_the_admin_key(tenants: Tenants) -> None:
+    for md in (bearer_metadata(API_KEY), bearer_metadata(tenants.b_key), ()):
+        with pytest.raises(Unauthenticated):
+            await AdminClient(tenants.channel, md).list_tenants()
+    slugs = [t.slug for t in await tenants.admin.list_tenants()]
+    assert slugs == ["default", "team-b"]
+
+
+async def test_a_key_is_shown_once_stored_hashed_and_revocable(tenants: Tenants) -> None:
+    created = await tenants.admin.create_api_key("team-b", "laptop")
+    assert created.secret.startswith("nyx_") and len(created.secret) > 40
+    listed = await tenants.admin.list_api_keys("team-b")
+    assert [k.name for k in listed] == ["ci", "laptop"]
+    assert created.secret not in repr(listed)
+    as_laptop = RunsClient(tenants.channel, bearer_metadata(created.secret))
+    assert await as_laptop.list_workflows() == []
+
+    revoked = await tenants.admin.revoke_api_key(created.key.id)
+
+    assert revoked.revoked_at > 0
+    with pytest.raises(Unauthenticated):
+        await as_laptop.list_workflows()
+    assert await tenants.b.list_workflows() == []  # the other key of the tenant still works
+
+
+async def test_expired_unknown_and_malformed_keys_are_refused(tenants: Tenants) -> None:
+    soon = await tenants.admin.create_api_key("team-b", "short", expires_at=time.time() + 1.0)
+    client = RunsClient(tenants.channel, bearer_metadata(soon.secret))
+    await client.list_workflows()
+    await asyncio.sleep(1.2 + 5.0 * 0)  # past expiry; the key cache must not outlive it
+    tenants_client_fresh = RunsClient(tenants.channel, bearer_metadata(soon.secret))
+    with pytest.raises(Unauthenticated):
+        # A fresh process would refuse it; this one refuses it once its cache entry lapses.
+        for _ in range(60):
+            await tenants_client_fresh.list_workflows()
+            await asyncio.sleep(0.1)
+    for md in (bearer_metadata("nyx_nope"), (("authorization", "Basic abc"),), ()):
+        with pytest.raises(Unauthenticated):
+            await RunsClient(tenants.channel, md).list_workflows()
+
+
+# --- every RPC with another tenant's ids -------------------------------------------------
+
+# Engine calls take internal credentials only (tested in test_runs_invariants).
+ENGINE_ONLY = {
+    "ClaimRun", "Heartbeat", "AppendEvents", "UpdateStep", "FinishRun", "PutStepItem", "Record",
+    "GenerateSteps",
+}  # fmt: skip
+LISTS = {"ListWorkflows", "ListRuns", "ListProjects", "ListPersonas"}
+CREATES = {"CreateWorkflow", "CreateProject", "PutPersona"}  # take no foreign id, or checked below
+
+
+async def _a_world(a: RunsClient, api: Clients) -> dict[str, str]:
+    """Tenant A's ids: a project with a repository, a workflow in it, a finished run."""
+    project = await a.create_project("alpha")
+    await a.add_repository(project.id, "acme", "app", "/src/app")
+    workflow = await a.create_workflow(
+        "wf",
+        [llm("s")],
+        project_id=project.id,
+    )
+    run = await a.create_run(workflow.id)
+    assert api.engine is not None
+    _ = [e async for e in api.engine.execute(run.id)]
+    return {
+        "project_id": project.id,
+        "workflow_id": workflow.id,
+        "run_id": run.id,
+        "step_id": workflow.steps[0].id,
+    }
+
+
+def _request_with_ids(method: pbd.MethodDescriptor, ids: dict[str, str]) -> Any:
+    request_class = getattr(runs_pb2, method.input_type.name)
+    fields = {f.name for f in method.input_type.fields}
+    values: dict[str, Any] = {k: v for k, v in ids.items() if k in fields}
+    for name, default in (("owner", "o"), ("repo", "r"), ("text", "t"), ("name", "n")):
+        if name in fields:
+            values[name] = default
+    return request_class(**values)
+
+
+async def test_every_rpc_answers_not_found_for_another_tenants_ids(
+    tenants: Tenants, api: Clients
+) -> None:
+    ids = await _a_world(tenants.a, api)
+    stub = runs_pb2_grpc.RunsStub(tenants.channel)
+    md = bearer_metadata(tenants.b_key)
+    service = runs_pb2.DESCRIPTOR.services_by_name["Runs"]
+    checked = []
+    for method in service.methods:
+        if method.name in ENGINE_ONLY | LISTS | CREATES:
+            continue
+        request = _request_with_ids(method, ids)
+        assert any(getattr(request, f, "") for f in ids), f"{method.name}: add its id to the test"
+        call = getattr(stub, method.name)(request, metadata=md, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            if method.server_streaming:
+                async for _ in call:
+                    pass
+            else:
+                await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, method.name
+        checked.append(method.name)
+    assert len(checked) >= 14  # a renamed or dropped RPC shows up here
+
+    # Lists never include A's rows; creating into A's project is NOT_FOUND too.
+    assert await tenants.b.list_workflows() == []
+    assert await tenants.b.list_runs() == []
+    assert await tenants.b.list_projects() == []
+    with pytest.raises(NotFound):
+        await tenants.b.create_workflow(
+            "x",
+            [llm("s")],
+            project_id=ids["project_id"],
+        )
+    # The same names are free in B: uniqueness is per tenant.
+    project = await tenants.b.create_project("alpha")
+    await tenants.b.add_repository(project.id, "acme", "app")
+    with pytest.raises(AlreadyExists) as exists:
+        await tenants.b.add_repository(project.id, "acme", "app")
+    assert exists.value.field == "repo"
+
+
+async def test_a_scoped_session_filters_without_a_where(
+    tenants: Tenants, database_url: str
+) -> None:
+    """The store's one enforcement point: no `where tenant_id` written, none leaked."""
+    theirs = await tenants.a.create_workflow("a-only", [llm("s")])
+    engine = create_engine(database_url)
+    store = Store(session_factory(engine), LocalBus())
+    try:
+        async with store._scoped(tenants.b_id, write=True) as session:
+            assert (await session.scalars(select(Workflow))).all() == []
+            changed = await session.execute(
+                update(Workflow).values(name="stolen").execution_options(synchronize_session=False)
+            )
+            assert changed.rowcount == 0  # type: ignore[attr-defined]
+            assert (await session.scalars(select(Run))).all() == []
+    finally:
+        await engine.dispose()
+    assert (await tenants.a.get_workflow(theirs.id)).name == "a-only"
+
+
+# --- moving a project --------------------------------------------------------------------
+
+
+async def test_move_project_dry_run_then_move_everything(tenants: Tenants, api: Clients) -> None:
+    ids = await _a_world(tenants.a, api)
+    await tenants.a.add_project_note(ids["project_id"], "remember the flaky test")
+    await tenants.a.add_workflow_insight(ids["workflow_id"], "step s is slow")
+    before = await tenants.a.get_run(ids["run_id"])
+
+    dry = await tenants.admin.move_project(ids["project_id"], "team-b", dry_run=True)
+    assert not dry.moved and list(dry.conflicts) == []
+    assert dry.counts["projects"] == 1 and dry.counts["workflows"] == 1
+    assert dry.counts["runs"] == 1 and dry.counts["run_events"] == before.last_seq
+    assert (await tenants.a.get_project(ids["project_id"])).name == "alpha"  # nothing changed
+
+    moved = await tenants.admin.move_project(ids["project_id"], "team-b")
+
+    assert moved.moved and dict(moved.counts) == dict(dry.counts)
+    for read in (tenants.a.get_project, tenants.a.get_workflow, tenants.a.get_run):
+        key = {"get_project": "project_id", "get_workflow": "workflow_id", "get_run": "run_id"}
+        with pytest.raises(NotFound):
+            await read(ids[key[read.__name__]])
+    assert await tenants.a.list_workflows() == [] and await tenants.a.list_runs() == []
+    project = await tenants.b.get_project(ids["project_id"])
+    assert [r.repo for r in project.repositories] == ["app"]
+    assert [n.text for n in project.notes] == ["remember the flaky test"]
+    run = await tenants.b.get_run(ids["run_id"])
+    assert run.status == ev.COMPLETED and run.steps[0].output == before.steps[0].output
+    events = [e async for e in tenants.b.watch_run(ids["run_id"])]
+    assert [e.seq for e in events] == list(range(1, before.last_seq + 1))
+
+
+async def test_move_conflicts_fail_or_replace_only_empty_records(
+    tenants: Tenants, api: Clients
+) -> None:
+    ids = await _a_world(tenants.a, api)
+    clash = await tenants.b.create_project("alpha")  # same name, empty
+    repo_clash = await tenants.b.create_project("other")
+    await tenants.b.add_repository(repo_clash.id, "acme", "app")
+
+    with pytest.raises(AlreadyExists) as refused:
+        await tenants.admin.move_project(ids["project_id"], "team-b")
+    assert "project alpha" in refused.value.message and "acme/app" in refused.value.message
+    assert (await tenants.a.get_project(ids["project_id"])).name == "alpha"  # nothing moved
+    assert (await tenants.b.get_project(clash.id)).name == "alpha"
+
+    # Not empty any more: replace_empty refuses, still changing nothing.
+    await tenants.b.create_workflow("keep me", [llm("s")], project_id=clash.id)
+    with pytest.raises(AlreadyExists) as not_empty:
+        await tenants.admin.move_project(ids["project_id"], "team-b", on_conflict="replace_empty")
+    assert "not empty" in not_empty.value.message
+    assert (await tenants.a.get_project(ids["project_id"])).name == "alpha"
+
+    # Empty again (its workflow moved elsewhere): replaced.
+    await tenants.b.delete_workflow((await tenants.b.list_workflows())[0].id)
+    moved = await tenants.admin.move_project(
+        ids["project_id"], "team-b", on_conflict="replace_empty"
+    )
+    assert moved.moved
+    with pytest.raises(NotFound):
+        await tenants.b.get_project(clash.id)
+    assert (await tenants.b.get_project(ids["project_id"])).repositories[0].repo == "app"
+    assert (await tenants.b.get_project(repo_clash.id)).repositories == []
+
+
+async def test_move_is_refused_while_a_run_is_active(tenants: Tenants) -> None:
+    project = await tenants.a.create_project("busy")
+    workflow = await tenants.a.create_workflow(
+        "wf",
+        [llm("s")],
+        project_id=project.id,
+    )
+    await tenants.a.create_run(workflow.id)  # pending, never executed here
+    with pytest.raises(FailedPrecondition):
+        await tenants.admin.move_project(project.id, "team-b")
+    with pytest.raises(NotFound):
+        await tenants.admin.move_project("nope", "team-b")
+    with pytest.raises(NotFound) as unknown:
+        await tenants.admin.move_project(project.id, "nobody")
+    assert unknown.value.field == "to_tenant"
