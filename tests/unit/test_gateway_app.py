@@ -348,8 +348,14 @@ async def test_health_and_page_need_no_key(gateway: Gateway) -> None:
     assert health.status_code == 200 and health.json() == {"status": "ok"}
     page = await gateway.http.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "EventSource" in page.text and "sessionStorage" in page.text
-    assert "https://" not in page.text and "http://" not in page.text  # no external network
+    assert '<script type="module" src="/static/app.js">' in page.text
+    scripts = {
+        name: (await gateway.http.get(f"/static/{name}")).text
+        for name in ("app.js", "api.js", "live.js", "markdown.js", "style.css")
+    }
+    assert "new EventSource" in scripts["live.js"] and "sessionStorage" in scripts["api.js"]
+    for text in [page.text, *scripts.values()]:
+        assert "//cdn" not in text and "fonts.googleapis" not in text  # no external network
 
 
 @pytest.mark.parametrize(
