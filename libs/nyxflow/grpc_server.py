@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from nyxflow.errors import NyxflowError, status_details, to_details
+from nyxflow.errors import NyxflowError, Unavailable, status_details, to_details
 
 log = logging.getLogger(__name__)
 
@@ -134,22 +134,48 @@ class GrpcService:
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
+    async def _prepared(self, prepare: Callable[[], Awaitable[None]]) -> bool:
+        """False when asked to stop first; a failed preparation raises (the process exits)."""
+        work = asyncio.ensure_future(prepare())
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            return False
+        try:
+            work.result()
+        except BaseException:
+            await self.server.stop(0)
+            raise
+        return True
+
     def request_stop(self) -> None:
         self._stop.set()
 
     async def run(
         self,
         *,
+        prepare: Callable[[], Awaitable[None]] | None = None,
         on_drain: Callable[[], Awaitable[None]] | None = None,
         grace_s: float = 5.0,
         ready: asyncio.Event | None = None,
     ) -> None:
-        """Serve until SIGTERM/SIGINT or `request_stop`, then drain: NOT_SERVING first."""
+        """Listen at once but answer NOT_SERVING until `prepare` (dependencies, schema) is done;
+        serve until SIGTERM/SIGINT or `request_stop`, then drain: NOT_SERVING first."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT) if self._signals else ():
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(sig, self._stop.set)
         await self.server.start()
+        await self.set_serving(False)
+        if prepare is not None and not await self._prepared(prepare):
+            await self.server.stop(0)
+            return
         await self.set_serving(True)
         if ready is not None:
             ready.set()
@@ -158,3 +184,19 @@ class GrpcService:
         if on_drain is not None:
             await on_drain()
         await self.server.stop(grace_s)
+
+
+async def wait_serving(channel: grpc.aio.Channel, timeout_s: float) -> None:
+    """Until the service behind `channel` reports SERVING (a dependency at start-up)."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise Unavailable(f"a dependency did not become SERVING within {timeout_s:.0f} s")
+        await asyncio.sleep(0.2)

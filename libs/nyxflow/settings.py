@@ -16,3 +16,5 @@ class CommonSettings(BaseSettings):
     runs_addr: str = "127.0.0.1:50051"
     engine_addr: str = "127.0.0.1:50052"
     rpc_timeout_s: float = 10.0
+    metrics_port: int = 0  # runs and engine: Prometheus metrics on this port (0 = off)
+    metrics_host: str = "127.0.0.1"

@@ -47,6 +47,7 @@ async def runs_service(database_url: str, **overrides: Any) -> AsyncIterator[Run
         "runs_listen": f"127.0.0.1:{free_port()}",
         "api_key": API_KEY,
         "admin_key": ADMIN_KEY,
+        "migrate_on_start": True,
         "internal_secret": SECRET,
         "sweep_interval_s": 0.2,
         "watch_poll_s": 0.5,

@@ -54,6 +54,7 @@ class ProcessStack:
             NYXFLOW_DATABASE_URL=self.database_url,
             NYXFLOW_API_KEY=API_KEY,
             NYXFLOW_ADMIN_KEY=ADMIN_KEY,
+            NYXFLOW_MIGRATE_ON_START="true",
             NYXFLOW_INTERNAL_SECRET=SECRET,
             NYXFLOW_RUNS_ADDR=self.runs_addr,
             NYXFLOW_RUNS_LISTEN=self.runs_addr,

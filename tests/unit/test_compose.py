@@ -23,10 +23,14 @@ def compose() -> dict[str, Any]:
 
 def test_the_scaled_out_shape_with_health_checks() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "redis", "runs", "engine", "gateway"}
+    assert set(services) == {"postgres", "redis", "migrate", "runs", "engine", "gateway"}
     assert services["engine"]["deploy"]["replicas"] == 2
     for name, service in services.items():
-        assert "healthcheck" in service, f"{name} has no health check"
+        if name != "migrate":  # a one-shot job
+            assert "healthcheck" in service, f"{name} has no health check"
+    assert services["migrate"]["command"] == ["python", "-m", "nyxflow_runs", "migrate"]
+    migrated = services["runs"]["depends_on"]["migrate"]
+    assert migrated == {"condition": "service_completed_successfully"}
     for name in ("runs", "engine", "gateway"):
         assert services[name]["command"][:3] == ["python", "-m", f"nyxflow_{name}"]
 

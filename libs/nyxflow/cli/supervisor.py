@@ -30,6 +30,8 @@ class Supervisor:
         # The services must agree on the internal secret; a fresh one per `up` unless set.
         env.setdefault("NYXFLOW_INTERNAL_SECRET", secrets.token_urlsafe(24))
         env.setdefault("NYXFLOW_ADMIN_KEY", "nyx_admin_" + secrets.token_urlsafe(24))
+        # One command for a developer: `up` brings the schema up to date before serving.
+        env.setdefault("NYXFLOW_MIGRATE_ON_START", "true")
         return cls(env)
 
     def start(self, name: str) -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 from nyxflow import events as ev
+from nyxflow import metrics
 from nyxflow.errors import NyxflowError
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
@@ -70,6 +72,7 @@ class Execution:
         try:
             await self._execute_steps()
             await self.writer.finish(ev.COMPLETED)
+            metrics.RUNS_FINISHED.labels(status=ev.COMPLETED).inc()
             log.info("run completed", extra=extra)
         except PauseRequested:
             await self._finish_quietly(ev.PAUSED, PAUSED_BY_USER)
@@ -100,6 +103,7 @@ class Execution:
         """Best effort: if even this write fails, the sweeper fails the run after its lease."""
         try:
             await self.writer.finish(status, error)
+            metrics.RUNS_FINISHED.labels(status=status).inc()
         except LeaseLost:
             pass
         except Exception:
@@ -110,6 +114,7 @@ class Execution:
             await asyncio.sleep(self._settings.heartbeat_s)
             try:
                 await self.writer.heartbeat(self._settings.lease_ttl_s)
+                metrics.LEASE_RENEWALS.inc()
             except LeaseLost:
                 # Swept, cancelled or reclaimed: a zombie must stop, writing nothing.
                 self._lease_lost = True
@@ -167,6 +172,7 @@ class Execution:
         context = StepContext(
             step, steps, outputs, self.writer, self._providers, self._settings.delta_flush_ms / 1000
         )
+        started = time.monotonic()
         try:
             result = await runner_for(step.kind)(context)
         except (LeaseLost, PauseRequested, asyncio.CancelledError):
@@ -180,6 +186,10 @@ class Execution:
                 durable=True,
             )
             raise StepFailed(f"step {step.name!r} failed: {message}") from error
+        provider = metrics.provider_of(result.served_by) if result.served_by else "none"
+        metrics.STEP_SECONDS.labels(kind=step.kind, provider=provider).observe(
+            time.monotonic() - started
+        )
         await self._complete_step(step, result)
         return result.output
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nyxflow import metrics
 from nyxflow.client import open_channel
-from nyxflow.grpc_server import GrpcService
+from nyxflow.grpc_server import GrpcService, wait_serving
 from nyxflow.v1 import engine_pb2, engine_pb2_grpc
 from nyxflow_engine.executor import Executor
 from nyxflow_engine.providers.registry import Providers
@@ -29,9 +30,12 @@ async def serve(
     executor = Executor(channel, settings, Providers.from_settings(settings))
     service = GrpcService([SERVICE_NAME], settings.engine_listen, stop)
     engine_pb2_grpc.add_EngineServicer_to_server(EngineServicer(executor), service.server)
+    metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
     log.info("engine serving", extra={"action": "start", "engine_id": settings.engine_id})
     try:
         await service.run(
+            # NOT_SERVING until runs answers: an engine that cannot write must not take work.
+            prepare=lambda: wait_serving(channel, settings.runs_wait_s),
             on_drain=lambda: executor.drain(settings.shutdown_grace_s),
             grace_s=settings.shutdown_grace_s,
             ready=ready,

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nyxflow.client import open_channel
 from nyxflow_gateway import errors
@@ -56,6 +57,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics_text() -> PlainTextResponse:
+        """Prometheus text format; no key, like /healthz (bind the gateway privately or
+        filter /metrics at the proxy)."""
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/debug/streams", tags=["health"])
     async def streams(_: Clients) -> dict[str, Any]:

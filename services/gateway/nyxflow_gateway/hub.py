@@ -13,6 +13,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from nyxflow import metrics
 from nyxflow.sse import event_frame
 from nyxflow_gateway import convert
 from nyxflow_gateway.deps import Services
@@ -94,13 +95,15 @@ class RunHub:
         if channel.done:
             subscriber.offer(END)
         channel.subscribers.add(subscriber)
+        metrics.SSE_CLIENTS.inc()
         return subscriber
 
     def unsubscribe(self, run_id: str, subscriber: Subscriber) -> None:
         channel = self._channels.get(run_id)
-        if channel is None:
+        if channel is None or subscriber not in channel.subscribers:
             return
         channel.subscribers.discard(subscriber)
+        metrics.SSE_CLIENTS.dec()
         if not channel.subscribers:
             del self._channels[run_id]
             if channel.task is not None:
@@ -108,6 +111,7 @@ class RunHub:
 
     async def _pump(self, channel: RunChannel, services: Services, status: str) -> None:
         self.upstream_streams += 1
+        metrics.UPSTREAM_STREAMS.inc()
         source = upstream(services, channel.run_id, status, 0)
         try:
             async for event in source:
@@ -121,6 +125,7 @@ class RunHub:
             log.warning("upstream ended", extra={"run_id": channel.run_id, "error": str(error)})
         finally:
             self.upstream_streams -= 1
+            metrics.UPSTREAM_STREAMS.dec()
             channel.done = True
             for subscriber in tuple(channel.subscribers):
                 subscriber.offer(END)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 from nyxflow import logs
+from nyxflow.errors import NyxflowError
 from nyxflow_runs import migrate
 from nyxflow_runs.db import create_engine
 from nyxflow_runs.service import serve
@@ -24,12 +26,16 @@ def main() -> None:
     settings = RunsSettings()
     logs.configure("runs", settings.log_level)
     command = sys.argv[1] if len(sys.argv) > 1 else "serve"
-    if command == "migrate":
-        asyncio.run(_migrate(settings))
-    elif command == "serve":
-        asyncio.run(serve(settings))
-    else:
-        sys.exit(f"usage: python -m nyxflow_runs [serve|migrate], not {command!r}")
+    try:
+        if command == "migrate":
+            asyncio.run(_migrate(settings))
+        elif command == "serve":
+            asyncio.run(serve(settings))
+        else:
+            sys.exit(f"usage: python -m nyxflow_runs [serve|migrate], not {command!r}")
+    except NyxflowError as error:  # a refusal to start says why, without a traceback
+        logging.getLogger("nyxflow_runs").error(error.message, extra={"action": "start"})
+        sys.exit(f"nyxflow runs: {error.message}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
+from nyxflow import metrics
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 
@@ -74,6 +75,7 @@ class LocalBus:
             sub.deliver(events)
 
     async def publish(self, run_id: str, events: Sequence[pb.RunEvent]) -> None:
+        metrics.EVENTS_WRITTEN.inc(len(events))
         self.dispatch(run_id, events)
 
     def watcher_count(self) -> int:
@@ -99,6 +101,7 @@ class RedisBus(LocalBus):
         await self._redis.aclose()
 
     async def publish(self, run_id: str, events: Sequence[pb.RunEvent]) -> None:
+        metrics.EVENTS_WRITTEN.inc(len(events))
         payload = runs_pb2.WriteResponse(events=events).SerializeToString()
         try:
             await self._redis.publish(CHANNEL_PREFIX + run_id, payload)

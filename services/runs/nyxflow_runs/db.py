@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession  # re-exported
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from nyxflow.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -40,3 +48,20 @@ def create_engine(url: str) -> AsyncEngine:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def wait_for_database(engine: AsyncEngine, timeout_s: float) -> None:
+    """Start-up waits for the database (it may start after us), then gives up loudly."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    while True:
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            return
+        except (OSError, DBAPIError) as error:
+            if time.monotonic() + delay > deadline:
+                raise Unavailable(f"database unreachable for {timeout_s:.0f} s: {error}") from None
+            log.warning("waiting for the database", extra={"action": "start", "error": str(error)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -6,9 +6,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from nyxflow.errors import FailedPrecondition
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -33,3 +36,25 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None  # the package ships its migrations
     return head
+
+
+class NotMigrated(FailedPrecondition):
+    """The database's schema is not the one this code needs."""
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    def _current(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(_current)
+
+
+async def require_current(engine: AsyncEngine) -> None:
+    """Refuse to serve on a schema other than the code's: say which command fixes it."""
+    current, head = await current_revision(engine), head_revision()
+    if current != head:
+        raise NotMigrated(
+            f"the database is at schema {current or 'none'}, this version needs {head}: "
+            "run `nyxflow db upgrade` (or `python -m nyxflow_runs migrate`)"
+        )

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 
+from nyxflow import metrics
 from nyxflow.grpc_server import GrpcService
 from nyxflow.v1 import admin_pb2, admin_pb2_grpc, runs_pb2, runs_pb2_grpc
 from nyxflow_runs import db_errors, migrate
 from nyxflow_runs.admin_servicer import AdminServicer
 from nyxflow_runs.bus import create_bus
-from nyxflow_runs.db import create_engine, session_factory
+from nyxflow_runs.db import create_engine, session_factory, wait_for_database
 from nyxflow_runs.servicer import RunsServicer
 from nyxflow_runs.settings import RunsSettings
 from nyxflow_runs.store import Store
@@ -32,12 +33,8 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT, or until `stop` is set when embedded (tests)."""
     engine = create_engine(settings.database_url)
-    if settings.migrate_on_start:
-        await migrate.upgrade(engine)
     bus = create_bus(settings.redis_url)
-    await bus.start()
     store = Store(session_factory(engine), bus)
-    await store.ensure_default_tenant(settings.api_key)
     service = GrpcService(
         [SERVICE_NAME, ADMIN_SERVICE_NAME], settings.runs_listen, stop, db_errors.translate
     )
@@ -49,13 +46,28 @@ async def serve(
         AdminServicer(store, tenancy, settings.admin_key, settings.internal_secret),
         service.server,
     )
-    sweeper = asyncio.create_task(sweep_forever(store, settings.sweep_interval_s), name="sweeper")
-    log.info("runs serving", extra={"action": "start", "listen": settings.runs_listen})
+
+    async def prepare() -> None:
+        """NOT_SERVING until the database answers and has this code's schema."""
+        await wait_for_database(engine, settings.database_wait_s)
+        if settings.migrate_on_start:
+            await migrate.upgrade(engine)
+        await migrate.require_current(engine)
+        await bus.start()
+        await store.ensure_default_tenant(settings.api_key)
+        background.append(
+            asyncio.create_task(sweep_forever(store, settings.sweep_interval_s), name="sweeper")
+        )
+
+    background: list[asyncio.Task[None]] = []
+    metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
+    log.info("runs starting", extra={"action": "start", "listen": settings.runs_listen})
     try:
-        await service.run(ready=ready)
+        await service.run(prepare=prepare, ready=ready)
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await bus.close()
         await engine.dispose()

@@ -13,4 +13,7 @@ class RunsSettings(CommonSettings):
     runs_listen: str = "127.0.0.1:50051"
     sweep_interval_s: float = 5.0
     watch_poll_s: float = 1.0  # how often a watcher re-reads the database when the bus is quiet
-    migrate_on_start: bool = True
+    # Off in production: the schema changes only through `nyxflow db upgrade`, and an
+    # unmigrated database is refused at start. `nyxflow up` and the tests turn it on.
+    migrate_on_start: bool = False
+    database_wait_s: float = 60.0  # start-up waits this long for the database to answer

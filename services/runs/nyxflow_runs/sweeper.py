@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from nyxflow import metrics
 from nyxflow_runs.store import Store
 
 log = logging.getLogger(__name__)
@@ -14,6 +15,8 @@ async def sweep_forever(store: Store, interval_s: float) -> None:
     while True:
         try:
             swept = await store.sweep_orphans_all_tenants()
+            metrics.SWEPT.inc(len(swept))
+            metrics.RUNS_FINISHED.labels(status="failed").inc(len(swept))
             for run_id in swept:
                 log.warning("swept orphaned run", extra={"action": "sweep", "run_id": run_id})
         except asyncio.CancelledError:

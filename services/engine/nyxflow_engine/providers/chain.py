@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
+from nyxflow import metrics
 from nyxflow_engine.providers.base import (
     Completion,
     CompletionRequest,
@@ -82,6 +83,9 @@ async def complete_with_chain(
                 raise ProviderError(failure.reason) from None
             reasons.append(failure.reason)
             if i + 1 < len(chain):
+                metrics.PROVIDER_FALLBACKS.labels(
+                    from_provider=target.provider, to_provider=Target.parse(chain[i + 1]).provider
+                ).inc()
                 on_fallback(entry, chain[i + 1], failure.reason)
     raise AllProvidersFailed("every provider failed: " + "; ".join(reasons))
 
@@ -109,6 +113,7 @@ async def _with_retries(
         try:
             return await provider.complete(request, tracked)
         except ProviderFailure as failure:
+            metrics.PROVIDER_ERRORS.labels(provider=provider.name, action=failure.action).inc()
             if streamed:
                 await on_reset()
             if failure.action is not Action.RETRY or attempt >= policy.attempts:

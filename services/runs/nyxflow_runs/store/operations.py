@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nyxflow import events as ev
+from nyxflow import metrics
 from nyxflow.errors import FailedPrecondition, InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import convert
@@ -122,6 +123,7 @@ class Operations(StoreBase):
                 await self._require_idle(session, workflow_id)
                 draft = await change(session, workflow_id)
                 run = Run(tenant_id=tenant_id, workflow_id=workflow_id, status=ev.PENDING)
+                metrics.RUNS_CREATED.inc()
                 session.add(run)
                 await session.flush()
                 await self._append(session, run, [draft])

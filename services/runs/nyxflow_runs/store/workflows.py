@@ -9,6 +9,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from nyxflow import events as ev
+from nyxflow import metrics
 from nyxflow.auth import hash_key
 from nyxflow.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from nyxflow.personas import BUILTIN_PERSONAS
@@ -241,6 +242,7 @@ class Workflows(StoreBase):
             async with self._scoped(tenant_id, write=True) as session:
                 await self._workflow(session, tenant_id, workflow_id)
                 run = Run(tenant_id=tenant_id, workflow_id=workflow_id, status=ev.PENDING)
+                metrics.RUNS_CREATED.inc()
                 session.add(run)
                 await session.flush()
                 return convert.run(run)
