@@ -9,7 +9,7 @@ PROTOS := $(wildcard protos/nyxflow/v1/*.proto)
 GEN := libs/nyxflow/v1
 STAMP := $(GEN)/.stamp
 
-.PHONY: all install proto run test test-unit test-integration test-e2e lint typecheck fmt bench migrate clean
+.PHONY: all install proto run test test-unit test-integration test-e2e faults lint typecheck fmt bench migrate clean
 
 all: lint typecheck test
 
@@ -49,6 +49,9 @@ test-integration: proto
 
 test-e2e: proto
 	$(BIN)/pytest tests/e2e
+
+faults: proto
+	$(BIN)/pytest tests/faults
 
 lint: proto
 	$(BIN)/ruff check .

@@ -248,6 +248,30 @@ class RunsClient:
         )
         return await _unary(self._stub.GenerateSteps(request, **self._kw()))
 
+    async def save_artifacts(
+        self,
+        run_id: str,
+        token: int,
+        step_id: str,
+        artifacts: Sequence[pb.Artifact] = (),
+        findings: Sequence[pb.Finding] = (),
+    ) -> runs_pb2.WriteResponse:
+        request = runs_pb2.SaveArtifactsRequest(
+            run_id=run_id, token=token, step_id=step_id, artifacts=artifacts, findings=findings
+        )
+        return await _unary(self._stub.SaveArtifacts(request, **self._kw()))
+
+    async def start_pipeline(self, request: runs_pb2.StartPipelineRequest) -> pb.Run:
+        return await _unary(self._stub.StartPipeline(request, **self._kw()))
+
+    async def get_artifact(self, run_id: str, name: str) -> pb.Artifact:
+        request = runs_pb2.GetArtifactRequest(run_id=run_id, name=name)
+        return await _unary(self._stub.GetArtifact(request, **self._kw()))
+
+    async def list_findings(self, run_id: str) -> list[pb.Finding]:
+        request = runs_pb2.ListFindingsRequest(run_id=run_id)
+        return list((await _unary(self._stub.ListFindings(request, **self._kw()))).findings)
+
     async def finish_run(
         self,
         run_id: str,

@@ -58,6 +58,13 @@ class Unauthenticated(NyxflowError):
     http_status = 401
 
 
+class ResourceExhausted(NyxflowError):
+    """The request is too large (the gateway refuses what no gRPC message could carry)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 413
+
+
 class Unavailable(NyxflowError):
     """A service is unavailable; try again."""
 

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+# Fields every line of the current task carries (run_id, step_id, tenant): asyncio copies the
+# context into each task, so one run's fields never reach another's lines.
+_CONTEXT: ContextVar[dict[str, str]] = ContextVar("nyxflow_log_context", default={})  # noqa: B039
+
+
+def bind(**fields: str) -> None:
+    """Add fields to every later line of this task (and the tasks it starts)."""
+    _CONTEXT.set({**_CONTEXT.get(), **fields})
+
+
+@contextlib.contextmanager
+def bound(**fields: str) -> Iterator[None]:
+    """Add fields to the lines logged inside the block."""
+    token = _CONTEXT.set({**_CONTEXT.get(), **fields})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,6 +48,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        entry.update(_CONTEXT.get())
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

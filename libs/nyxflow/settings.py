@@ -18,3 +18,5 @@ class CommonSettings(BaseSettings):
     rpc_timeout_s: float = 10.0
     metrics_port: int = 0  # runs and engine: Prometheus metrics on this port (0 = off)
     metrics_host: str = "127.0.0.1"
+    # OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; unset = tracing off.
+    otlp_endpoint: str | None = None

@@ -31,6 +31,7 @@ from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 
+INT32_MAX = 2**31 - 1  # the proto's int32: more cannot be sent on
 Kind = Literal["llm", "fan_out", "synthesis", "consistency_check", "implementation_prompt", "tool"]
 
 
@@ -45,7 +46,7 @@ class StepTemplate(BaseModel):
     model: str = ""
     providers: list[str] = Field(default_factory=list, max_length=8)
     params: dict[str, Any] = Field(default_factory=dict)
-    max_tokens: int = Field(default=0, ge=0)
+    max_tokens: int = Field(default=0, ge=0, le=INT32_MAX)
     alternatives: int = Field(default=1, ge=1, le=8)
     auto_continue: int = Field(default=0, ge=0, le=8)
     source: str = ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ from tests.browser.conftest import ARTIFACTS
 from tests.support.eventually import eventually
 from tests.support.gateway_api import create_workflow, get_run, start_run, steps
 from tests.support.processes import ProcessStack
+from tests.support.repos import model_replies, planted_repo
 from tests.support.sse_client import read_events
 
 EVENTS_URL = re.compile(r"/v1/runs/[^/]+/events")
@@ -350,3 +352,35 @@ async def test_without_an_event_stream_the_page_polls_until_the_run_ends(
     run = await get_run(http, stack, await shown_run_id(page))
     for step in run["steps"]:
         assert await text_of(page, f"#step-{step['id']} .output") == words(step["output"])
+
+
+async def test_a_pipeline_shows_its_phase_and_its_patch(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack, tmp_path: Path
+) -> None:
+    repo = planted_repo(tmp_path)
+    headers = stack.headers
+    project = (await http.post("/v1/projects", json={"name": "page-pipes"}, headers=headers)).json()
+    repository = (
+        await http.post(
+            f"/v1/projects/{project['id']}/repositories",
+            json={"owner": "acme", "repo": "page-shop", "path": str(repo)},
+            headers=headers,
+        )
+    ).json()
+    run = (
+        await http.post(
+            f"/v1/repositories/{repository['id']}/pipelines",
+            json={"pipeline": "auto-fix", "params": {"replies": model_replies(), "tokens": 3}},
+            headers=headers,
+        )
+    ).json()
+    events = await read_events(http, f"/v1/runs/{run['id']}/events", headers)
+    assert events[-1].event == ev.RUN_COMPLETED
+
+    await open_workflow(page, run["workflow_id"], "auto-fix: acme/page-shop")
+    await expect(page.locator("#run-phase")).to_contain_text("reviewing")
+    patch = page.locator("#patch")
+    await expect(patch).to_be_visible()
+    await expect(patch.locator(".diff-add")).to_contain_text(["+    return a + b"])
+    await expect(patch.get_by_role("link", name="Download patch")).to_be_visible()
+    await page.screenshot(path=str(ARTIFACTS / "pipeline-patch.png"), full_page=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from nyxflow_runs.migrate import head_revision
 from tests.support.inprocess import ADMIN_KEY, API_KEY
 from tests.support.processes import ProcessStack
+from tests.support.repos import model_replies, planted_repo
 
 
 def cli(
@@ -92,3 +93,24 @@ def test_admin_tenants_keys_and_move_project(stack: ProcessStack, tmp_path: Path
     assert refused.returncode == 1 and "project_id" in refused.stderr
     bad = cli(stack, "admin", "move-project", "p", slug, "--on-conflict", "overwrite")
     assert bad.returncode == 2 and "on_conflict" in bad.stderr
+
+
+def test_project_repository_pipeline_follow_and_patch(stack: ProcessStack, tmp_path: Path) -> None:
+    repo = planted_repo(tmp_path)
+    project = cli(stack, "project", "create", f"cli-{uuid.uuid4().hex[:6]}").stdout.split()[-1]
+    added = cli(stack, "project", "add-repo", project, "acme", "shop", str(repo))
+    assert added.returncode == 0, added.stderr
+    repository = added.stdout.split()[-1]
+    params = json.dumps({"replies": model_replies(), "tokens": 3})
+    started = cli(stack, "pipeline", "start", repository, "auto-fix", "--params", params, "--json")
+    assert started.returncode == 0, started.stderr
+    run = json.loads(started.stdout)
+    assert run["phase"] == "scanning"
+
+    followed = cli(stack, "run", "follow", run["id"])
+    assert followed.returncode == 0, followed.stderr
+    assert "improving" in followed.stdout and "reviewing" in followed.stdout
+    assert "phase reviewing" in cli(stack, "run", "show", run["id"]).stdout
+    patch = cli(stack, "pipeline", "patch", run["id"]).stdout
+    assert "+    return a + b" in patch
+    assert cli(stack, "pipeline", "start", repository, "lint").returncode == 2

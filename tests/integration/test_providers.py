@@ -13,10 +13,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from nyxflow import events as ev
+from nyxflow.auth import bearer_metadata
+from nyxflow.client import AdminClient
 from nyxflow.v1 import common_pb2 as pb
-from nyxflow.v1 import runs_pb2
 from tests.support.fake_providers import FakeProviders, Reply, fake_providers
-from tests.support.inprocess import Clients, clients, engine_service
+from tests.support.inprocess import ADMIN_KEY, Clients, clients, engine_service
 
 KEYS = {
     "anthropic_api_key": "sk-ant-secret-4242",
@@ -207,12 +208,11 @@ async def test_workflow_default_chain_applies_to_steps_naming_none(
     api: Clients, fake: FakeProviders
 ) -> None:
     fake.script("openai", Reply(text="from the workflow's chain"))
-    request = runs_pb2.CreateWorkflowRequest(
-        name="defaults",
-        steps=[pb.StepSpec(name="Plain", kind="llm", prompt="p")],
+    workflow = await api.runs.create_workflow(
+        "defaults",
+        [pb.StepSpec(name="Plain", kind="llm", prompt="p")],
         default_providers=["openai:gpt-4.1-mini"],
     )
-    workflow = await api.runs._stub.CreateWorkflow(request, **api.runs._kw())
     assert list(workflow.steps[0].providers) == ["openai:gpt-4.1-mini"]
     run = await api.runs.create_run(workflow.id)
     assert api.engine is not None
@@ -247,3 +247,23 @@ async def test_keys_never_reach_logs_events_or_the_database(
     seen = dump + caplog.text + repr([e.data_json for e in events]) + repr(run)
     for key in KEYS.values():
         assert key not in seen
+
+
+async def test_the_tenant_default_chain_applies_when_step_and_workflow_name_none(
+    api: Clients, fake: FakeProviders
+) -> None:
+    fake.script("google", Reply(text="from the tenant's chain"))
+    admin = AdminClient(api.runs_channel, bearer_metadata(ADMIN_KEY))
+    await admin.set_tenant_providers("default", ["google:gemini-2.5-flash"])
+    plain = pb.StepSpec(name="Plain", kind="llm", prompt="p")
+
+    workflow = await api.runs.create_workflow("tenant defaults", [plain])
+    assert list(workflow.steps[0].providers) == ["google:gemini-2.5-flash"]
+    run = await api.runs.create_run(workflow.id)
+    assert api.engine is not None
+    _ = [e async for e in api.engine.execute(run.id)]
+    assert (await api.runs.get_run(run.id)).steps[0].served_by == "google:gemini-2.5-flash"
+
+    # The workflow's own chain wins over the tenant's.
+    own = await api.runs.create_workflow("own", [plain], default_providers=["openai:gpt-4.1"])
+    assert list(own.steps[0].providers) == ["openai:gpt-4.1"]

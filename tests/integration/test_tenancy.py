@@ -112,7 +112,7 @@ async def test_expired_unknown_and_malformed_keys_are_refused(tenants: Tenants) 
 # Engine calls take internal credentials only (tested in test_runs_invariants).
 ENGINE_ONLY = {
     "ClaimRun", "Heartbeat", "AppendEvents", "UpdateStep", "FinishRun", "PutStepItem", "Record",
-    "GenerateSteps",
+    "GenerateSteps", "SaveArtifacts",
 }  # fmt: skip
 LISTS = {"ListWorkflows", "ListRuns", "ListProjects", "ListPersonas"}
 CREATES = {"CreateWorkflow", "CreateProject", "PutPersona"}  # take no foreign id, or checked below
@@ -121,7 +121,7 @@ CREATES = {"CreateWorkflow", "CreateProject", "PutPersona"}  # take no foreign i
 async def _a_world(a: RunsClient, api: Clients) -> dict[str, str]:
     """Tenant A's ids: a project with a repository, a workflow in it, a finished run."""
     project = await a.create_project("alpha")
-    await a.add_repository(project.id, "acme", "app", "/src/app")
+    repository = await a.add_repository(project.id, "acme", "app", "/src/app")
     workflow = await a.create_workflow(
         "wf",
         [llm("s")],
@@ -135,6 +135,7 @@ async def _a_world(a: RunsClient, api: Clients) -> dict[str, str]:
         "workflow_id": workflow.id,
         "run_id": run.id,
         "step_id": workflow.steps[0].id,
+        "repository_id": repository.id,
     }
 
 
@@ -142,7 +143,14 @@ def _request_with_ids(method: pbd.MethodDescriptor, ids: dict[str, str]) -> Any:
     request_class = getattr(runs_pb2, method.input_type.name)
     fields = {f.name for f in method.input_type.fields}
     values: dict[str, Any] = {k: v for k, v in ids.items() if k in fields}
-    for name, default in (("owner", "o"), ("repo", "r"), ("text", "t"), ("name", "n")):
+    defaults = (
+        ("owner", "o"),
+        ("repo", "r"),
+        ("text", "t"),
+        ("name", "n"),
+        ("pipeline", "auto-fix"),
+    )
+    for name, default in defaults:
         if name in fields:
             values[name] = default
     return request_class(**values)

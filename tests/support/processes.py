@@ -31,6 +31,9 @@ class ProcessStack:
     engine_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Extra processes (a second engine or runs replica) or per-process env overrides, by the
+    # name they are started, signalled and restarted under: name -> (service, extra env).
+    replicas: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
     @property
     def runs_addr(self) -> str:
@@ -73,15 +76,24 @@ class ProcessStack:
             env["NYXFLOW_REDIS_URL"] = self.redis_url
         return env
 
+    def add_replica(self, name: str, service: str, **env: str) -> None:
+        """Declare process `name` running `service` with `env` on top of the stack's (e.g. a
+        second engine: NYXFLOW_ENGINE_LISTEN=…); then start/kill/signal/restart it by name."""
+        self.replicas[name] = (service, dict(env))
+
     def start(self, name: str) -> None:
+        service, extra = self.replicas.get(name, (name, {}))
+        env = {**self.env(), **extra}
         log = (self.logs / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", f"nyxflow_{name}"], env=self.env(), stdout=log, stderr=log
+            [sys.executable, "-m", f"nyxflow_{service}"], env=env, stdout=log, stderr=log
         )
-        if name == "gateway":
-            wait_http_ok(f"{self.base_url}/healthz", 30)
+        if service == "gateway":
+            wait_http_ok(f"http://127.0.0.1:{env['NYXFLOW_GATEWAY_PORT']}/healthz", 30)
+        elif service == "runs":
+            wait_grpc_serving(env["NYXFLOW_RUNS_LISTEN"], 30)
         else:
-            wait_grpc_serving(self.runs_addr if name == "runs" else self.engine_addr, 30)
+            wait_grpc_serving(env["NYXFLOW_ENGINE_LISTEN"], 30)
 
     def start_all(self) -> None:
         for name in SERVICES:
@@ -104,7 +116,10 @@ class ProcessStack:
         self.start(name)
 
     def stop_all(self) -> None:
-        for name in reversed(SERVICES):
+        # Gateways first, runs last, replicas with their service.
+        order = {"gateway": 0, "engine": 1, "runs": 2}
+        names = sorted(self.procs, key=lambda n: order[self.replicas.get(n, (n, {}))[0]])
+        for name in names:
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGCONT)
@@ -122,7 +137,9 @@ class ProcessStack:
 
 
 @contextlib.contextmanager
-def running_stack(backend: str, tmp: Path, redis_url: str | None) -> Iterator[ProcessStack]:
+def running_stack(
+    backend: str, tmp: Path, redis_url: str | None, env: dict[str, str] | None = None
+) -> Iterator[ProcessStack]:
     """A fresh database on `backend` and the three services on it, for a whole test module
     (sync, because module fixtures outlive any one test's event loop)."""
     database = fresh_database(backend, tmp)
@@ -130,6 +147,8 @@ def running_stack(backend: str, tmp: Path, redis_url: str | None) -> Iterator[Pr
     try:
         url = loop.run_until_complete(database.__aenter__())
         stack = ProcessStack(database_url=url, logs=tmp, redis_url=redis_url)
+        for name in SERVICES:
+            stack.add_replica(name, name, **(env or {}))  # the same services, extra settings
         try:
             stack.start_all()
             yield stack

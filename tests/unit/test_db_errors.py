@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asyncpg.exceptions import AdminShutdownError, CannotConnectNowError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -24,3 +25,15 @@ def test_other_errors_stay_unknown() -> None:
     assert translate(IntegrityError("INSERT", {}, Exception("duplicate"))) is None
     assert translate(DBAPIError("SELECT", {}, Exception("syntax"))) is None
     assert translate(ValueError("bug")) is None
+
+
+def test_a_restarting_server_is_unavailable() -> None:
+    """asyncpg's "the database system is starting up" (57P03), bare or as SQLAlchemy wraps it."""
+    starting = CannotConnectNowError("the database system is starting up")
+    assert starting.sqlstate == "57P03"
+    wrapped = Exception("adapted")
+    wrapped.__cause__ = starting
+    for orig in (starting, wrapped):
+        assert isinstance(translate(DBAPIError("INSERT", {}, orig)), Unavailable)
+    shutting = AdminShutdownError("terminating connection due to administrator command")
+    assert isinstance(translate(DBAPIError("INSERT", {}, shutting)), Unavailable)

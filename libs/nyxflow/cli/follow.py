@@ -33,7 +33,8 @@ def _show(kind: str, data: dict[str, object], tokens: bool) -> None:
     if kind == ev.RUN_STARTED:
         console.print("[blue]run started[/]")
     elif kind == ev.STEP_STARTED:
-        console.print(f"▶ {name} [grey50]({data.get('kind')})[/]")
+        phase = f" · {data['phase']}" if data.get("phase") else ""
+        console.print(f"▶ {name} [grey50]({data.get('kind')}{phase})[/]")
     elif kind == ev.STEP_DELTA and tokens and data.get("reset"):
         console.print("\n[yellow]… stream broke off; retrying[/]")
     elif kind == ev.STEP_DELTA and tokens:

@@ -16,6 +16,7 @@ from nyxflow.cli.admin import admin_app
 from nyxflow.cli.connection import connect, err, run_async
 from nyxflow.cli.demo import create_demo
 from nyxflow.cli.follow import follow
+from nyxflow.cli.projects import pipeline_app, project_app
 from nyxflow.cli.supervisor import SERVICES, Supervisor, wait_grpc_serving, wait_http_ok
 from nyxflow.errors import FailedPrecondition
 from nyxflow.settings import CommonSettings
@@ -31,6 +32,8 @@ app.add_typer(step_app, name="step")
 db_app = typer.Typer(help="The runs service's database.")
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
+app.add_typer(project_app, name="project")
+app.add_typer(pipeline_app, name="pipeline")
 
 JSON = typer.Option(False, "--json", help="Machine-readable output.")
 DETACHED = "detached: the run goes on; `nyxflow run follow {}` to watch it again"
@@ -215,7 +218,8 @@ async def run_show(run_id: str, as_json: bool = JSON) -> None:
     if as_json:
         render.as_json(run)
         return
-    render.out.print(f"run {run.id} {render.status(run.status)} {run.error}")
+    phase = f" · phase {run.phase}" if run.phase else ""
+    render.out.print(f"run {run.id} {render.status(run.status)}{phase} {run.error}")
     render.steps_table(list(run.steps))
 
 

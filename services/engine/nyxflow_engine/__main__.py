@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from nyxflow import logs
+from nyxflow import logs, tracing
 from nyxflow_engine.service import serve
 from nyxflow_engine.settings import EngineSettings
 
@@ -12,7 +12,12 @@ from nyxflow_engine.settings import EngineSettings
 def main() -> None:
     settings = EngineSettings()
     logs.configure("engine", settings.log_level)
-    asyncio.run(serve(settings))
+    traced = tracing.configure("engine", settings.otlp_endpoint)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        if traced:
+            tracing.shutdown()
 
 
 if __name__ == "__main__":

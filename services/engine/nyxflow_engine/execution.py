@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from nyxflow import events as ev
-from nyxflow import metrics
+from nyxflow import logs, metrics
 from nyxflow.errors import NyxflowError
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
@@ -67,6 +67,7 @@ class Execution:
             self.task.cancel()
 
     async def _run(self) -> None:
+        logs.bind(run_id=self.run_id, tenant=self._run_pb.tenant_id)
         extra = {"run_id": self.run_id}
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.run_id}")
         try:
@@ -136,7 +137,8 @@ class Execution:
             if step.status != ev.COMPLETED:
                 if self.writer.pause_requested:
                     raise PauseRequested()
-                outputs[step.name] = await self._execute_step(step, steps, outputs)
+                with logs.bound(step_id=step.id):
+                    outputs[step.name] = await self._execute_step(step, steps, outputs)
                 done = pb.Step()
                 done.CopyFrom(step)
                 done.status, done.output = ev.COMPLETED, outputs[step.name]
@@ -167,7 +169,13 @@ class Execution:
         await self.writer.step(
             step.id,
             runs_pb2.StepChange(status=ev.RUNNING),
-            draft(ev.STEP_STARTED, **ids, kind=step.kind, order=step.order),
+            draft(
+                ev.STEP_STARTED,
+                **ids,
+                kind=step.kind,
+                order=step.order,
+                **({"phase": step.spec.phase} if step.spec.phase else {}),
+            ),
         )
         context = StepContext(
             step, steps, outputs, self.writer, self._providers, self._settings.delta_flush_ms / 1000

@@ -60,6 +60,8 @@ def _json_items(text: str) -> list[Item]:
         raise InvalidArgument(
             f"the source output is not JSON: {error.msg}", field="split"
         ) from None
+    if isinstance(value, dict) and isinstance(value.get("items"), list):
+        value = value["items"]  # a report that carries its items, e.g. a repository scan
     if not isinstance(value, list):
         raise InvalidArgument("the source output is not a JSON array", field="split")
     items = []

@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from google.protobuf.message import Message
+
 from nyxflow.client import RunsClient
 from nyxflow.errors import StaleToken, Unavailable
 from nyxflow.v1 import common_pb2 as pb
@@ -32,6 +34,23 @@ class LeaseLost(Exception):
 
 def draft(type_: str, **data: Any) -> pb.EventDraft:
     return pb.EventDraft(type=type_, data_json=json.dumps(data))
+
+
+def scrub(message: Message) -> None:
+    """Model and tool output may hold NUL, which PostgreSQL text cannot store: it would fail
+    the write and with it the run. Replace it, in place, in every string of the message."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            if field.is_repeated:
+                value[:] = [v.replace("\x00", "\ufffd") for v in value]
+            elif "\x00" in value:
+                setattr(message, field.name, value.replace("\x00", "\ufffd"))
+        elif field.type == field.TYPE_MESSAGE:
+            entry = field.message_type
+            if entry is not None and entry.GetOptions().map_entry:
+                continue  # no maps in what the engine writes; leave them be
+            for item in value if field.is_repeated else [value]:
+                scrub(item)
 
 
 def _event_ops(drafts: Sequence[pb.EventDraft]) -> list[runs_pb2.WriteOp]:
@@ -88,6 +107,8 @@ class RunWriter:
         self, after_step_id: str, specs: Sequence[pb.StepSpec], *drafts: pb.EventDraft
     ) -> None:
         await self.flush()
+        for spec in specs:
+            scrub(spec)
         async with self._lock:
             response = await self._retrying(
                 lambda: self.runs.generate_steps(
@@ -95,6 +116,17 @@ class RunWriter:
                 )
             )
             await self._absorb(response)
+
+    async def save_artifacts(
+        self, step_id: str, artifacts: Sequence[pb.Artifact], findings: Sequence[pb.Finding]
+    ) -> None:
+        """Durable before the step completes, fenced by the token like every write."""
+        await self.flush()
+        for message in [*artifacts, *findings]:
+            scrub(message)
+        await self._retrying(
+            lambda: self.runs.save_artifacts(self.run_id, self.token, step_id, artifacts, findings)
+        )
 
     async def finish(self, status: str, error: str = "") -> None:
         await self.flush(status, error)
@@ -115,6 +147,8 @@ class RunWriter:
             ops, self._pending = self._pending, []
             if not ops and not finish_status:
                 return
+            for op in ops:
+                scrub(op)
             response = await self._retrying(
                 lambda: self.runs.record(self.run_id, self.token, ops, finish_status, finish_error)
             )

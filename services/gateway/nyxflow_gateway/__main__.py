@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from nyxflow import logs
+from nyxflow import logs, tracing
 from nyxflow_gateway.app import create_app
 from nyxflow_gateway.settings import GatewaySettings
 
@@ -12,13 +12,21 @@ from nyxflow_gateway.settings import GatewaySettings
 def main() -> None:
     settings = GatewaySettings()
     logs.configure("gateway", settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        log_config=None,  # our JSON logging
-        timeout_graceful_shutdown=5,
-    )
+    traced = tracing.configure("gateway", settings.otlp_endpoint)
+    app = create_app(settings)
+    if traced:
+        tracing.instrument_app(app)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            log_config=None,  # our JSON logging
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if traced:
+            tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from nyxflow.client import open_channel
 from nyxflow_gateway import errors
 from nyxflow_gateway.deps import Clients
 from nyxflow_gateway.hub import RunHub
-from nyxflow_gateway.routes import personas, projects, runs, steps, workflows
+from nyxflow_gateway.routes import personas, pipelines, projects, runs, steps, workflows
 from nyxflow_gateway.settings import GatewaySettings
 
 STATIC = Path(__file__).parent / "static"
@@ -45,7 +45,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (workflows, runs, steps, personas, projects):
+    for module in (workflows, runs, steps, personas, projects, pipelines):
         app.include_router(module.router)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")  # the page's JS and CSS

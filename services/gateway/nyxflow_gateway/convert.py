@@ -92,6 +92,7 @@ def run(r: pb.Run) -> dict[str, Any]:
         "error": r.error or None,
         "last_seq": r.last_seq,
         "pause_requested": r.pause_requested,
+        "phase": r.phase or None,
         "created_at": when(r.created_at),
         "started_at": when(r.started_at),
         "finished_at": when(r.finished_at),
@@ -154,4 +155,15 @@ def project(p: runs_pb2.Project) -> dict[str, Any]:
         "repositories": [repository(r) for r in p.repositories],
         "notes": [note(n) for n in p.notes],
         "workflow_ids": list(p.workflow_ids),
+    }
+
+
+def finding(f: pb.Finding) -> dict[str, Any]:
+    return {
+        "file": f.file,
+        "line": f.line,
+        "severity": f.severity,
+        "category": f.category,
+        "message": f.message,
+        "step_id": f.step_id,
     }

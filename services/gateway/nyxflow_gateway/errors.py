@@ -9,10 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from nyxflow.errors import NyxflowError
+from nyxflow.errors import NyxflowError, ResourceExhausted
 from nyxflow.templates import field_path
 
 log = logging.getLogger(__name__)
+SOURCES = ("body", "query", "path", "header", "cookie")
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, object]:
@@ -23,15 +24,18 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(NyxflowError)
     async def nyxflow_error(_: Request, error: NyxflowError) -> JSONResponse:
         code = error.code.name.lower()
-        return JSONResponse(
-            error_body(code, error.message, error.field), status_code=error.http_status
-        )
+        # Too large for a gRPC message: the request's body as a whole is what is refused.
+        field = error.field or ("body" if isinstance(error, ResourceExhausted) else None)
+        return JSONResponse(error_body(code, error.message, field), status_code=error.http_status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
-        location = tuple(p for p in first.get("loc", ()) if p not in ("body", "query", "path"))
-        field = field_path(location) or None
+        loc = tuple(first.get("loc", ()))
+        location = tuple(p for p in loc if p not in SOURCES)
+        # A missing or malformed body, or a body of the wrong type, is the body's fault.
+        whole = first.get("type") == "json_invalid" or not location
+        field = str(loc[0]) if whole and loc else field_path(location) or "request"
         return JSONResponse(
             error_body("invalid_argument", str(first.get("msg", "invalid")), field),
             status_code=400,
@@ -39,8 +43,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        # FastAPI's own 400 is a body it could not parse (not UTF-8, a broken form).
+        field = "body" if error.status_code == 400 else None
         return JSONResponse(
-            error_body("http_error", str(error.detail)), status_code=error.status_code
+            error_body("http_error", str(error.detail), field), status_code=error.status_code
         )
 
     @app.exception_handler(Exception)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from nyxflow import logs
+from nyxflow import logs, tracing
 from nyxflow.errors import NyxflowError
 from nyxflow_runs import migrate
 from nyxflow_runs.db import create_engine
@@ -26,6 +26,7 @@ def main() -> None:
     settings = RunsSettings()
     logs.configure("runs", settings.log_level)
     command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+    traced = command == "serve" and tracing.configure("runs", settings.otlp_endpoint)
     try:
         if command == "migrate":
             asyncio.run(_migrate(settings))
@@ -36,6 +37,9 @@ def main() -> None:
     except NyxflowError as error:  # a refusal to start says why, without a traceback
         logging.getLogger("nyxflow_runs").error(error.message, extra={"action": "start"})
         sys.exit(f"nyxflow runs: {error.message}")
+    finally:
+        if traced:
+            tracing.shutdown()
 
 
 if __name__ == "__main__":

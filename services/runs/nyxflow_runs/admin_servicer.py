@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import math
 from typing import TypeAlias
 
 import grpc
+from google.protobuf.message import Message
 
 from nyxflow.auth import caller_from_metadata
 from nyxflow.errors import InvalidArgument, Unauthenticated
@@ -58,18 +60,19 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._admin_key = admin_key
         self._secret = secret
 
-    def _require_admin(self, context: Ctx) -> None:
+    def _require_admin(self, request: Message, context: Ctx) -> None:
         if not self._admin_key:
             raise Unauthenticated("the admin API is off: set NYXFLOW_ADMIN_KEY")
         caller = caller_from_metadata(context.invocation_metadata() or (), self._secret)
         key = caller.api_key or ""
         if not hmac.compare_digest(key.encode(), self._admin_key.encode()):
             raise Unauthenticated("admin calls need the admin key")
+        valid.no_nul(request)
 
     async def CreateTenant(
         self, request: admin_pb2.CreateTenantRequest, context: Ctx
     ) -> admin_pb2.Tenant:
-        self._require_admin(context)
+        self._require_admin(request, context)
         slug = valid.slug(request.slug, "slug")
         name = valid.text(request.name or request.slug, "name", 200)
         chain = valid.provider_chain(request.default_providers, "default_providers")
@@ -78,14 +81,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def ListTenants(
         self, request: admin_pb2.ListTenantsRequest, context: Ctx
     ) -> admin_pb2.ListTenantsResponse:
-        self._require_admin(context)
+        self._require_admin(request, context)
         tenants = await self._store.list_tenants()
         return admin_pb2.ListTenantsResponse(tenants=[_tenant(t) for t in tenants])
 
     async def SetTenantProviders(
         self, request: admin_pb2.SetTenantProvidersRequest, context: Ctx
     ) -> admin_pb2.Tenant:
-        self._require_admin(context)
+        self._require_admin(request, context)
         tenant = valid.require_id(request.tenant, "tenant")
         chain = valid.provider_chain(request.default_providers, "default_providers")
         return _tenant(await self._store.set_tenant_providers(tenant, chain))
@@ -93,18 +96,18 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def CreateApiKey(
         self, request: admin_pb2.CreateApiKeyRequest, context: Ctx
     ) -> admin_pb2.CreateApiKeyResponse:
-        self._require_admin(context)
+        self._require_admin(request, context)
         tenant = valid.require_id(request.tenant, "tenant")
         name = valid.text(request.name, "name", 200)
-        if request.expires_at < 0:
-            raise InvalidArgument("must not be negative", field="expires_at")
+        if not (request.expires_at >= 0 and math.isfinite(request.expires_at)):
+            raise InvalidArgument("must be a finite, non-negative epoch time", field="expires_at")
         key, secret = await self._store.create_api_key(tenant, name, request.expires_at or None)
         return admin_pb2.CreateApiKeyResponse(key=_key(key), secret=secret)
 
     async def ListApiKeys(
         self, request: admin_pb2.ListApiKeysRequest, context: Ctx
     ) -> admin_pb2.ListApiKeysResponse:
-        self._require_admin(context)
+        self._require_admin(request, context)
         tenant = valid.require_id(request.tenant, "tenant")
         keys = await self._store.list_api_keys(tenant)
         return admin_pb2.ListApiKeysResponse(keys=[_key(k) for k in keys])
@@ -112,7 +115,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def RevokeApiKey(
         self, request: admin_pb2.RevokeApiKeyRequest, context: Ctx
     ) -> admin_pb2.ApiKey:
-        self._require_admin(context)
+        self._require_admin(request, context)
         key = await self._store.revoke_api_key(valid.require_id(request.key_id, "key_id"))
         self._tenancy.forget_keys()  # this replica stops accepting it at once
         return _key(key)
@@ -120,7 +123,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def MoveProject(
         self, request: admin_pb2.MoveProjectRequest, context: Ctx
     ) -> admin_pb2.MoveProjectResponse:
-        self._require_admin(context)
+        self._require_admin(request, context)
         project_id = valid.require_id(request.project_id, "project_id")
         to_tenant = valid.require_id(request.to_tenant, "to_tenant")
         on_conflict = request.on_conflict or FAIL

@@ -33,6 +33,7 @@ def spec(row: models.Step) -> pb.StepSpec:
         reviews=config.get("reviews", []),
         tool=config.get("tool", ""),
         providers=config.get("providers", []),
+        phase=config.get("phase", ""),
     )
 
 
@@ -122,6 +123,17 @@ def workflow(
     )
 
 
+def phase(steps: Sequence[pb.Step]) -> str:
+    """A pipeline run's phase: its running step's, else where it failed or will go on, else
+    the last one's."""
+    phased = [s for s in steps if s.spec.phase]
+    for status in ("running", "failed", "pending"):
+        for s in phased:
+            if s.status == status:
+                return s.spec.phase
+    return phased[-1].spec.phase if phased else ""
+
+
 def run(row: models.Run, steps: Sequence[pb.Step] = ()) -> pb.Run:
     return pb.Run(
         id=row.id,
@@ -135,6 +147,7 @@ def run(row: models.Run, steps: Sequence[pb.Step] = ()) -> pb.Run:
         finished_at=row.finished_at or 0.0,
         steps=steps,
         pause_requested=row.pause_requested,
+        phase=phase(steps),
     )
 
 

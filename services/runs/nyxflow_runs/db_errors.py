@@ -8,6 +8,19 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from nyxflow.errors import NyxflowError, Unavailable
 
+# SQLSTATE classes that mean "the server is not there right now": connection exceptions (08),
+# operator intervention (57: shutting down, starting up, 57P03 "cannot connect now").
+TRANSIENT_SQLSTATE_CLASSES = ("08", "57")
+
+
+def _sqlstate(error: DBAPIError) -> str:
+    original = error.orig
+    code = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    cause = getattr(original, "__cause__", None)
+    if code is None and cause is not None:  # SQLAlchemy's asyncpg adapter wraps the real one
+        code = getattr(cause, "sqlstate", None)
+    return str(code or "")
+
 
 def translate(error: Exception) -> NyxflowError | None:
     if isinstance(error, PoolTimeout):
@@ -16,6 +29,8 @@ def translate(error: Exception) -> NyxflowError | None:
         isinstance(error, DBAPIError) and error.connection_invalidated
     ):
         return Unavailable("the database is unavailable; try again")
+    if isinstance(error, DBAPIError) and _sqlstate(error).startswith(TRANSIENT_SQLSTATE_CLASSES):
+        return Unavailable("the database is restarting; try again")
     if isinstance(error, (ConnectionError, OSError)):
         return Unavailable("the database is unavailable; try again")
     return None

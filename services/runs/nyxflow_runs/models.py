@@ -207,3 +207,31 @@ class RunEvent(TenantOwned, Base):
     type: Mapped[str] = mapped_column(String(40))
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
+
+
+class RunArtifact(TenantOwned, Base):
+    """A file a run produced (a pipeline's patch, its review); kept when the workflow re-runs."""
+
+    __tablename__ = "run_artifacts"
+    __table_args__ = (Index("uq_run_artifacts_run_name", "run_id", "name", unique=True),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step_id: Mapped[str] = mapped_column(String(36), default="")
+    name: Mapped[str] = mapped_column(String(200))
+    media_type: Mapped[str] = mapped_column(String(100), default="text/plain")
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
+
+
+class Finding(TenantOwned, Base):
+    __tablename__ = "findings"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step_id: Mapped[str] = mapped_column(String(36), default="")
+    file: Mapped[str] = mapped_column(Text)
+    line: Mapped[int] = mapped_column(Integer, default=0)
+    severity: Mapped[str] = mapped_column(String(20))
+    category: Mapped[str] = mapped_column(String(100), default="")
+    message: Mapped[str] = mapped_column(Text)

@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 from typing import TypeAlias
 
 import grpc
+from google.protobuf.message import Message
 
+from nyxflow import pipelines
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2, runs_pb2_grpc
@@ -18,6 +20,7 @@ from nyxflow_runs.tenancy import Tenancy
 from nyxflow_runs.watch import watch_run
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
+MAX_SEQ = 2**31 - 1
 
 
 def _response(written: Written) -> runs_pb2.WriteResponse:
@@ -31,12 +34,18 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         self._tenancy = tenancy
         self._poll_s = poll_s
 
+    async def _tenant(self, request: Message, context: Ctx) -> str:
+        """The caller's tenant, then the request's strings checked for NUL."""
+        tenant = await self._tenancy.tenant_of(context)
+        valid.no_nul(request)
+        return tenant
+
     # --- workflows and personas -------------------------------------------------------
 
     async def CreateWorkflow(
         self, request: runs_pb2.CreateWorkflowRequest, context: Ctx
     ) -> pb.Workflow:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         name = valid.workflow_name(request.name)
         personas = await self._store.persona_names(tenant)
         drafts = valid.step_drafts(request.steps, personas)
@@ -48,20 +57,20 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         )
 
     async def GetWorkflow(self, request: runs_pb2.GetWorkflowRequest, context: Ctx) -> pb.Workflow:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         workflow_id = valid.require_id(request.workflow_id, "workflow_id")
         return await self._store.get_workflow(tenant, workflow_id)
 
     async def ListWorkflows(
         self, request: runs_pb2.ListWorkflowsRequest, context: Ctx
     ) -> runs_pb2.ListWorkflowsResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         return runs_pb2.ListWorkflowsResponse(workflows=await self._store.list_workflows(tenant))
 
     async def DeleteWorkflow(
         self, request: runs_pb2.DeleteWorkflowRequest, context: Ctx
     ) -> runs_pb2.DeleteWorkflowResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         workflow_id = valid.require_id(request.workflow_id, "workflow_id")
         await self._store.delete_workflow(tenant, workflow_id)
         return runs_pb2.DeleteWorkflowResponse()
@@ -69,7 +78,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def DuplicateWorkflow(
         self, request: runs_pb2.DuplicateWorkflowRequest, context: Ctx
     ) -> pb.Workflow:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         workflow_id = valid.require_id(request.workflow_id, "workflow_id")
         name = valid.workflow_name(request.name) if request.name.strip() else ""
         return await self._store.duplicate_workflow(tenant, workflow_id, name)
@@ -79,26 +88,26 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def CreateProject(
         self, request: runs_pb2.CreateProjectRequest, context: Ctx
     ) -> runs_pb2.Project:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         return await self._store.create_project(tenant, valid.text(request.name, "name", 200))
 
     async def GetProject(
         self, request: runs_pb2.GetProjectRequest, context: Ctx
     ) -> runs_pb2.Project:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         project_id = valid.require_id(request.project_id, "project_id")
         return await self._store.get_project(tenant, project_id)
 
     async def ListProjects(
         self, request: runs_pb2.ListProjectsRequest, context: Ctx
     ) -> runs_pb2.ListProjectsResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         return runs_pb2.ListProjectsResponse(projects=await self._store.list_projects(tenant))
 
     async def AddRepository(
         self, request: runs_pb2.AddRepositoryRequest, context: Ctx
     ) -> runs_pb2.Repository:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         project_id = valid.require_id(request.project_id, "project_id")
         owner = valid.text(request.owner, "owner", 200)
         repo = valid.text(request.repo, "repo", 200)
@@ -108,7 +117,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def AddProjectNote(
         self, request: runs_pb2.AddProjectNoteRequest, context: Ctx
     ) -> runs_pb2.ProjectNote:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         project_id = valid.require_id(request.project_id, "project_id")
         text = valid.text(request.text, "text", 100_000)
         return await self._store.add_project_note(tenant, project_id, text)
@@ -116,7 +125,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def AddWorkflowInsight(
         self, request: runs_pb2.AddWorkflowInsightRequest, context: Ctx
     ) -> runs_pb2.WorkflowInsight:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         workflow_id = valid.require_id(request.workflow_id, "workflow_id")
         text = valid.text(request.text, "text", 100_000)
         return await self._store.add_workflow_insight(tenant, workflow_id, text)
@@ -124,60 +133,64 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def ListPersonas(
         self, request: runs_pb2.ListPersonasRequest, context: Ctx
     ) -> runs_pb2.ListPersonasResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         return runs_pb2.ListPersonasResponse(personas=await self._store.list_personas(tenant))
 
     async def PutPersona(self, request: runs_pb2.PutPersonaRequest, context: Ctx) -> pb.Persona:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
+        valid.text(request.persona.name, "persona.name", 100)
+        valid.text(request.persona.role, "persona.role", 200, required=False)
         return await self._store.put_persona(tenant, request.persona)
 
     # --- runs and operations ------------------------------------------------------------
 
     async def CreateRun(self, request: runs_pb2.CreateRunRequest, context: Ctx) -> pb.Run:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         workflow_id = valid.require_id(request.workflow_id, "workflow_id")
         return await self._store.create_run(tenant, workflow_id)
 
     async def GetRun(self, request: runs_pb2.GetRunRequest, context: Ctx) -> pb.Run:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         return await self._store.get_run(tenant, valid.require_id(request.run_id, "run_id"))
 
     async def ListRuns(
         self, request: runs_pb2.ListRunsRequest, context: Ctx
     ) -> runs_pb2.ListRunsResponse:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
+        if request.limit < 0:
+            raise InvalidArgument("must not be negative", field="limit")
         runs = await self._store.list_runs(
             tenant, request.workflow_id, request.status, request.limit or 50
         )
         return runs_pb2.ListRunsResponse(runs=runs)
 
     async def RetryStep(self, request: runs_pb2.RetryStepRequest, context: Ctx) -> pb.Run:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         step_id = valid.require_id(request.step_id, "step_id")
         return await self._store.retry_step(tenant, step_id, request.cascade)
 
     async def ResumeWorkflow(self, request: runs_pb2.ResumeWorkflowRequest, context: Ctx) -> pb.Run:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         workflow_id = valid.require_id(request.workflow_id, "workflow_id")
         return await self._store.resume_workflow(tenant, workflow_id)
 
     async def RerunWorkflow(self, request: runs_pb2.RerunWorkflowRequest, context: Ctx) -> pb.Run:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         workflow_id = valid.require_id(request.workflow_id, "workflow_id")
         return await self._store.rerun_workflow(tenant, workflow_id)
 
     async def PauseRun(self, request: runs_pb2.PauseRunRequest, context: Ctx) -> pb.Run:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         return await self._store.pause_run(tenant, valid.require_id(request.run_id, "run_id"))
 
     async def CancelRun(self, request: runs_pb2.CancelRunRequest, context: Ctx) -> pb.Run:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         return await self._store.cancel_run(tenant, valid.require_id(request.run_id, "run_id"))
 
     async def SelectAlternative(
         self, request: runs_pb2.SelectAlternativeRequest, context: Ctx
     ) -> pb.Step:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         step_id = valid.require_id(request.step_id, "step_id")
         return await self._store.select_alternative(tenant, step_id, request.index)
 
@@ -188,9 +201,9 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     ) -> runs_pb2.ClaimRunResponse:
         # The caller's own key may claim (it may start its runs anyway); every later write
         # of the run needs the engine's internal credentials.
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         run_id = valid.require_id(request.run_id, "run_id")
-        owner = valid.require_id(request.owner, "owner")
+        owner = valid.require_id(request.owner, "owner", 200)
         ttl = valid.positive(request.lease_ttl_s, "lease_ttl_s")
         claim = await self._store.claim_run(tenant, run_id, owner, ttl)
         return runs_pb2.ClaimRunResponse(
@@ -258,6 +271,52 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         )
         return _response(written)
 
+    async def SaveArtifacts(
+        self, request: runs_pb2.SaveArtifactsRequest, context: Ctx
+    ) -> runs_pb2.WriteResponse:
+        tenant = self._tenancy.engine_tenant_of(context)
+        for i, artifact in enumerate(request.artifacts):
+            valid.text(artifact.name, f"artifacts[{i}].name", 200)
+        await self._store.save_artifacts(
+            tenant,
+            valid.require_id(request.run_id, "run_id"),
+            request.token,
+            request.step_id,
+            request.artifacts,
+            request.findings,
+        )
+        return runs_pb2.WriteResponse()
+
+    # --- code pipelines ---------------------------------------------------------------------
+
+    async def StartPipeline(self, request: runs_pb2.StartPipelineRequest, context: Ctx) -> pb.Run:
+        tenant = await self._tenant(request, context)
+        valid.require_id(request.repository_id, "repository_id")
+        pipelines.validate(request.pipeline, request.goal)
+        valid.bounded(request.max_files, 0, 10_000, "max_files")
+        valid.bounded(request.max_bytes, 0, 5_000_000, "max_bytes")
+        valid.text(request.goal, "goal", 10_000, required=False)
+        valid.text(request.test_command, "test_command", 1_000, required=False)
+        chain = valid.provider_chain(request.providers, "providers")
+        params = valid.json_object(request.params_json, "params")
+        return await self._store.start_pipeline(tenant, request, chain, params)
+
+    async def GetArtifact(self, request: runs_pb2.GetArtifactRequest, context: Ctx) -> pb.Artifact:
+        tenant = await self._tenant(request, context)
+        run_id = valid.require_id(request.run_id, "run_id")
+        return await self._store.get_artifact(
+            tenant, run_id, valid.require_id(request.name, "name")
+        )
+
+    async def ListFindings(
+        self, request: runs_pb2.ListFindingsRequest, context: Ctx
+    ) -> runs_pb2.ListFindingsResponse:
+        tenant = await self._tenant(request, context)
+        run_id = valid.require_id(request.run_id, "run_id")
+        return runs_pb2.ListFindingsResponse(
+            findings=await self._store.list_findings(tenant, run_id)
+        )
+
     async def Record(self, request: runs_pb2.RecordRequest, context: Ctx) -> runs_pb2.WriteResponse:
         tenant = self._tenancy.engine_tenant_of(context)
         batch = Batch.of(request.ops, request.finish_status, request.finish_error)
@@ -280,11 +339,12 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def WatchRun(
         self, request: runs_pb2.WatchRunRequest, context: Ctx
     ) -> AsyncIterator[pb.RunEvent]:
-        tenant = await self._tenancy.tenant_of(context)
+        tenant = await self._tenant(request, context)
         run_id = valid.require_id(request.run_id, "run_id")
         if request.after_seq < 0:
             raise InvalidArgument("must not be negative", field="after_seq")
+        after_seq = min(request.after_seq, MAX_SEQ)  # no run has more events; the column is int32
         async for event in watch_run(
-            self._store, self._bus, tenant, run_id, request.after_seq, self._poll_s
+            self._store, self._bus, tenant, run_id, after_seq, self._poll_s
         ):
             yield event

@@ -6,6 +6,7 @@ import time
 
 import grpc
 
+from nyxflow import logs
 from nyxflow.auth import caller_from_metadata
 from nyxflow.errors import Unauthenticated
 from nyxflow_runs.store import Store
@@ -22,16 +23,19 @@ class Tenancy:
     async def tenant_of(self, context: grpc.aio.ServicerContext) -> str:
         caller = caller_from_metadata(context.invocation_metadata() or (), self._secret)
         if caller.tenant_id is not None:
+            logs.bind(tenant=caller.tenant_id)
             return caller.tenant_id
         assert caller.api_key is not None
         cached = self._keys.get(caller.api_key)
         now = time.monotonic()
         if cached is not None and cached[1] > now:
+            logs.bind(tenant=cached[0])
             return cached[0]
         tenant_id = await self._store.tenant_for_key(caller.api_key)
         if len(self._keys) > 10_000:
             self._keys.clear()
         self._keys[caller.api_key] = (tenant_id, now + KEY_CACHE_S)
+        logs.bind(tenant=tenant_id)  # the rest of this call's lines say whose it was
         return tenant_id
 
     def forget_keys(self) -> None:

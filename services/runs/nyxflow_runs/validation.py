@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from google.protobuf.message import Message
 
 from nyxflow import constants as kinds
 from nyxflow import events as ev
@@ -39,10 +42,27 @@ class StepDraft:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def require_id(value: str, field: str) -> str:
+def require_id(value: str, field: str, limit: int | None = None) -> str:
     if not value:
         raise InvalidArgument("is required", field=field)
+    if limit is not None and len(value) > limit:
+        raise InvalidArgument(f"must be at most {limit} characters", field=field)
     return value
+
+
+def no_nul(message: Message, at: str = "") -> None:
+    """No string of a request may hold NUL: PostgreSQL text cannot store it (nor compare with
+    it), so it is refused on every backend, with the field named, before any query."""
+    for descriptor, value in message.ListFields():
+        path = f"{at}.{descriptor.name}" if at else descriptor.name
+        repeated = descriptor.is_repeated
+        items = list(enumerate(value)) if repeated else [(None, value)]
+        for i, item in items:
+            where = path if i is None else f"{path}[{i}]"
+            if descriptor.type == descriptor.TYPE_STRING and "\x00" in item:
+                raise InvalidArgument("must not contain NUL characters", field=where)
+            if descriptor.type == descriptor.TYPE_MESSAGE and isinstance(item, Message):
+                no_nul(item, where)
 
 
 def text(value: str, field: str, limit: int, *, required: bool = True) -> str:
@@ -64,8 +84,8 @@ def slug(value: str, field: str) -> str:
 
 
 def positive(value: float, field: str) -> float:
-    if value <= 0:
-        raise InvalidArgument("must be positive", field=field)
+    if not (value > 0 and math.isfinite(value)):  # NaN and inf too: a lease must expire
+        raise InvalidArgument("must be a positive number", field=field)
     return value
 
 
@@ -108,6 +128,8 @@ def step_draft(
     if spec.kind not in kinds.STEP_KINDS:
         allowed = ", ".join(sorted(kinds.STEP_KINDS))
         raise InvalidArgument(f"unknown kind {spec.kind!r} (one of {allowed})", field=f"{at}.kind")
+    if len(spec.model) > MAX_NAME:
+        raise InvalidArgument(f"must be at most {MAX_NAME} characters", field=f"{at}.model")
     if spec.max_tokens < 0:
         raise InvalidArgument("must not be negative", field=f"{at}.max_tokens")
     if spec.persona and spec.persona not in personas:
@@ -157,6 +179,8 @@ def _config(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> dict[str, Any
         config["reviews"] = list(spec.reviews)
     if spec.providers:
         config["providers"] = provider_chain(spec.providers, f"{at}.providers")
+    if spec.phase:
+        config["phase"] = text(spec.phase, f"{at}.phase", 40)
     if spec.kind == kinds.TOOL:
         if not spec.tool:
             raise InvalidArgument("a tool step names its tool", field=f"{at}.tool")
@@ -208,22 +232,41 @@ def _references(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> None:
             )
 
 
+def bounded(value: int, low: int, high: int, field: str) -> int:
+    return _bounded(value, low, high, field)
+
+
 def _bounded(value: int, low: int, high: int, field: str) -> int:
     if not low <= value <= high:
         raise InvalidArgument(f"must be between {low} and {high}", field=field)
     return value
 
 
+def json_object(raw: str, field: str) -> dict[str, Any]:
+    return _object(raw, field)
+
+
 def _object(raw: str, field: str) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constant)
     except json.JSONDecodeError as error:
         raise InvalidArgument(f"is not valid JSON: {error.msg}", field=field) from None
+    except (ValueError, RecursionError) as error:  # NaN, 5000-digit numbers, deep nesting
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise InvalidArgument(f"is not valid JSON: {reason}", field=field) from None
     if not isinstance(value, dict):
         raise InvalidArgument("must be a JSON object", field=field)
+    try:  # "\ud800" escapes decode to lone surrogates, which no UTF-8 reader can take back
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument("holds a lone UTF-16 surrogate", field=field) from None
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 MAX_EVENT_TYPE = 40  # the run_events.type column

@@ -2,8 +2,9 @@
 
 params: `tokens` (default 64) pieces streamed `token_delay_ms` apart; `items: K` makes the
 output K markdown `## ` headings with a line under each; `script: "text"` answers exactly that
-text (split into `tokens` pieces); `fail: "message"` raises. The same request always gives the
-same output; each alternative (`variant`) a different one.
+text (split into `tokens` pieces); `replies: {"needle": "text"}` answers the text of the first
+needle found in the prompt (scripted pipelines: a reply per file); `fail: "message"` raises.
+The same request always gives the same output; each alternative (`variant`) a different one.
 """
 
 from __future__ import annotations
@@ -74,7 +75,15 @@ def _pieces(request: CompletionRequest) -> list[str]:
     tokens = _int(params, "tokens", 64, minimum=1)
     items = _int(params, "items", 0, minimum=0)
     seed = f"{request.system}\n{request.prompt}#{request.variant}"
-    if "script" in params:
+    replies = params.get("replies")
+    reply = (
+        next((str(text) for needle, text in replies.items() if needle in request.prompt), None)
+        if isinstance(replies, dict)
+        else None
+    )
+    if reply is not None:
+        text = reply
+    elif "script" in params:
         text = str(params["script"])
     elif request.response_format == "verdict":
         text = "VERDICT: consistent\n- No contradictions found between the reviewed outputs.\n"

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.steps.context import StepContext, StepResult
 from nyxflow_engine.templating import render
-from nyxflow_engine.tools.registry import tool_for
+from nyxflow_engine.tools.registry import ToolCall, tool_for
 
 
 async def run_tool(ctx: StepContext) -> StepResult:
     name = ctx.spec.tool
-    output = await tool_for(name)(ctx.params, render(ctx.step.prompt, ctx.outputs))
+    step_id = ctx.step.id
+
+    async def save(artifacts: Sequence[pb.Artifact], findings: Sequence[pb.Finding]) -> None:
+        await ctx.writer.save_artifacts(step_id, artifacts, findings)
+
+    call = ToolCall(ctx.params, render(ctx.step.prompt, ctx.outputs), save)
+    output = await tool_for(name)(call)
     return StepResult(output=output, served_by=f"tool:{name}")

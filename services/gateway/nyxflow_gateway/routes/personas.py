@@ -15,8 +15,8 @@ router = APIRouter(prefix="/v1/personas", tags=["personas"])
 
 
 class PersonaBody(BaseModel):
-    role: str = ""
-    system_prompt: str = Field(min_length=1)
+    role: str = Field(default="", max_length=200)
+    system_prompt: str = Field(min_length=1, max_length=1_000_000)  # well under a gRPC message
 
 
 @router.get("")

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from nyxflow.templates import INT32_MAX
 from nyxflow_gateway import convert
 from nyxflow_gateway.deps import Clients
 
@@ -18,7 +19,7 @@ class RetryBody(BaseModel):
 
 
 class SelectBody(BaseModel):
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=INT32_MAX)
 
 
 @router.post("/{step_id}/retry", status_code=201)

@@ -8,16 +8,19 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
+from nyxflow.errors import ResourceExhausted
+from nyxflow.grpc_server import CHANNEL_OPTIONS
 from nyxflow.templates import WorkflowTemplate, parse_template
 from nyxflow_gateway import convert
 from nyxflow_gateway.deps import Clients
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 MAX_TEMPLATE_BYTES = 1_000_000
+MAX_MESSAGE_BYTES = int(dict(CHANNEL_OPTIONS)["grpc.max_send_message_length"])
 
 
 class DuplicateBody(BaseModel):
-    name: str = ""
+    name: str = Field(default="", max_length=200)
 
 
 class InsightBody(BaseModel):
@@ -25,7 +28,10 @@ class InsightBody(BaseModel):
 
 
 async def _create(services: Clients, template: WorkflowTemplate) -> dict[str, Any]:
-    return convert.workflow(await services.runs.create_workflow_from(template.to_request()))
+    request = template.to_request()
+    if request.ByteSize() > MAX_MESSAGE_BYTES:  # the channel would refuse it: say so here
+        raise ResourceExhausted(f"at most {MAX_MESSAGE_BYTES} bytes as a message", field="body")
+    return convert.workflow(await services.runs.create_workflow_from(request))
 
 
 @router.post("", status_code=201)
@@ -42,8 +48,12 @@ async def create_workflow(body: WorkflowTemplate, services: Clients) -> dict[str
 )
 async def import_workflow(request: Request, services: Clients) -> dict[str, Any]:
     """Create from a template's text, YAML or JSON, as pasted or read from a file."""
-    raw = await request.body()
-    text = raw[:MAX_TEMPLATE_BYTES].decode("utf-8", errors="replace")
+    raw = bytearray()
+    async for chunk in request.stream():  # refused, not cut: a cut template may still parse
+        raw += chunk
+        if len(raw) > MAX_TEMPLATE_BYTES:
+            raise ResourceExhausted(f"at most {MAX_TEMPLATE_BYTES} bytes", field="template")
+    text = raw.decode("utf-8", errors="replace")
     return await _create(services, parse_template(text))
 
 

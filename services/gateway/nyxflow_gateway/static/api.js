@@ -81,6 +81,17 @@ export const selectAlternative = (stepId, index) =>
   api(`/v1/steps/${id(stepId)}/select`, { method: "POST", body: { index } });
 
 /** The events stream's URL: EventSource cannot send headers, so the key rides as a query. */
+/** A run's artifact as text (a pipeline's patch), or null when it has none. */
+export async function getArtifactText(runId, name) {
+  const response = await fetch(`/v1/runs/${id(runId)}/artifacts/${id(name)}`, {
+    headers: { Authorization: `Bearer ${getKey()}` },
+    cache: "no-store",
+  });
+  if (response.status === 404) return null;
+  if (!response.ok) throw new ApiError(response.status, "http_error", `HTTP ${response.status}`, null);
+  return response.text();
+}
+
 export function eventsUrl(runId, afterSeq = 0) {
   const after = afterSeq > 0 ? `&last_event_id=${afterSeq}` : "";
   return `/v1/runs/${id(runId)}/events?access_token=${encodeURIComponent(getKey())}${after}`;

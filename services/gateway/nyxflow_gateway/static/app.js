@@ -280,6 +280,7 @@ function showDetail(workflowId) {
   const expandAll = h("button", { type: "button" }, "Expand all");
   const collapseAll = h("button", { type: "button" }, "Collapse all");
   const stepsBox = h("div", { class: "steps", id: "steps" });
+  const patchBox = h("section", { class: "card patch", id: "patch", hidden: "" });
   const root = h(
     "div", { class: "detail", "data-workflow-id": workflowId, "data-live": "off" },
     h("p", { class: "back" }, h("a", { href: "#/" }, "← Workflows")),
@@ -291,6 +292,7 @@ function showDetail(workflowId) {
     h("nav", { class: "navigator", "aria-label": "Step navigator" },
       h("div", { class: "nav-tools" }, expandAll, collapseAll), pills),
     stepsBox,
+    patchBox,
   );
   main.replaceChildren(root);
 
@@ -439,6 +441,7 @@ function showDetail(workflowId) {
         if (state.run) state.run.status = "running";
         break;
       case "step_started":
+        if (data.phase && state.run) state.run.phase = data.phase;
         if (!step) { refreshSoon(0); break; }
         Object.assign(step, {
           status: "running", output: "", error: null, truncated: false, finish_reason: null,
@@ -543,7 +546,7 @@ function showDetail(workflowId) {
     const live = mode === "sse" ? " · live" : mode === "polling" ? " · refreshing every 3 s" : "";
     runLine.replaceChildren(
       state.run
-        ? h("span", {}, "Run ", h("code", { title: state.run.id }, shortId(state.run.id)), ` ${state.run.status}${state.run.pause_requested && active() ? " (pause requested)" : ""}${live}`, state.run.error ? ` · ${state.run.error}` : "")
+        ? h("span", {}, "Run ", h("code", { title: state.run.id }, shortId(state.run.id)), state.run.phase ? h("span", { class: "phase", id: "run-phase" }, ` phase ${state.run.phase} ·`) : "", ` ${state.run.status}${state.run.pause_requested && active() ? " (pause requested)" : ""}${live}`, state.run.error ? ` · ${state.run.error}` : "")
         : "Never run",
     );
     settings.replaceChildren(
@@ -558,6 +561,34 @@ function showDetail(workflowId) {
     );
     renderActions(status);
     for (const step of state.steps) markDirty(step.id); // step buttons depend on the run
+    renderPatch();
+  }
+
+  // A pipeline's combined patch, as a diff view with a download: never applied for the user.
+  let patchFor = "";
+  async function renderPatch() {
+    const run = state.run;
+    const reviews = state.steps.some((s) => s.tool === "review_patches");
+    if (!run || !reviews || run.status !== "completed" || patchFor === run.id) return;
+    patchFor = run.id;
+    const text = await API.getArtifactText(run.id, "patch").catch(() => null);
+    if (state.gone || text === null) return;
+    const lines = text.split("\n").map((line) => {
+      const kind = line.startsWith("+++") || line.startsWith("---") ? "file"
+        : line.startsWith("@@") ? "hunk" : line.startsWith("+") ? "add"
+        : line.startsWith("-") ? "del" : "ctx";
+      return h("span", { class: `diff-${kind}` }, `${line}\n`);
+    });
+    const download = h("a", {
+      href: URL.createObjectURL(new Blob([text], { type: "text/x-diff" })),
+      download: `${run.id}.patch`,
+    }, "Download patch");
+    patchBox.replaceChildren(
+      h("h3", {}, "Patch"),
+      text ? h("p", {}, download, " · apply it yourself with ", h("code", {}, "git apply")) : h("p", { class: "muted" }, "No change was accepted."),
+      text ? h("pre", { class: "diff", "aria-label": "Combined patch" }, ...lines) : "",
+    );
+    patchBox.hidden = false;
   }
 
   function renderActions(status) {

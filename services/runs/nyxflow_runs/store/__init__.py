@@ -8,12 +8,13 @@ from nyxflow_runs.store.admin import Admin, MoveReport
 from nyxflow_runs.store.base import Claim, Draft
 from nyxflow_runs.store.engine_writes import EngineWrites
 from nyxflow_runs.store.operations import Operations
+from nyxflow_runs.store.pipelines import Pipelines
 from nyxflow_runs.store.projects import Projects
 from nyxflow_runs.store.sweeping import Sweeping
 from nyxflow_runs.store.workflows import Workflows
 
 
-class Store(Workflows, Projects, Operations, EngineWrites, Sweeping, Admin):
+class Store(Pipelines, Workflows, Projects, Operations, EngineWrites, Sweeping, Admin):
     """All of it, on one session factory and bus."""
 
 

@@ -20,11 +20,13 @@ from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import (
     ApiKey,
     Base,
+    Finding,
     Persona,
     Project,
     ProjectNote,
     Repository,
     Run,
+    RunArtifact,
     RunEvent,
     Step,
     StepItem,
@@ -270,4 +272,6 @@ def _moved(project_id: str) -> list[tuple[str, type[Base], ColumnElement[bool]]]
         ("repositories", Repository, Repository.project_id == project_id),
         ("project_notes", ProjectNote, ProjectNote.project_id == project_id),
         ("workflow_insights", WorkflowInsight, WorkflowInsight.workflow_id.in_(workflows)),
+        ("run_artifacts", RunArtifact, RunArtifact.run_id.in_(runs)),
+        ("findings", Finding, Finding.run_id.in_(runs)),
     ]

@@ -1,0 +1,69 @@
+"""`collect_findings`: the analysis' JSON findings, normalised and stored as rows."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.tools.registry import ToolCall
+
+SEVERITIES = ("critical", "high", "medium", "low", "info")
+MAX_FINDINGS = 5_000
+
+
+def json_values(text: str) -> list[Any]:
+    """Every JSON array or object embedded in model output (fenced or not), in order."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    position = 0
+    while position < len(text):
+        starts = [i for i in (text.find("[", position), text.find("{", position)) if i >= 0]
+        if not starts:
+            break
+        start = min(starts)
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            position = start + 1
+            continue
+        values.append(value)
+        position = end
+    return values
+
+
+def finding(value: Any) -> pb.Finding | None:
+    if not isinstance(value, dict) or not value.get("file") or not value.get("message"):
+        return None
+    severity = str(value.get("severity", "info")).lower()
+    line = value.get("line", 0)
+    return pb.Finding(
+        file=str(value["file"])[:1000],
+        line=line if isinstance(line, int) and not isinstance(line, bool) and line > 0 else 0,
+        severity=severity if severity in SEVERITIES else "info",
+        category=str(value.get("category", ""))[:100],
+        message=str(value["message"])[:10_000],
+    )
+
+
+async def collect_findings(call: ToolCall) -> str:
+    found: list[pb.Finding] = []
+    for value in json_values(call.prompt):
+        for entry in value if isinstance(value, list) else [value]:
+            if (item := finding(entry)) is not None and len(found) < MAX_FINDINGS:
+                found.append(item)
+    await call.save([], found)
+    by_severity = Counter(f.severity for f in found)
+    return json.dumps(
+        {
+            "count": len(found),
+            "by_severity": {s: by_severity[s] for s in SEVERITIES if by_severity[s]},
+            "findings": [
+                {"file": f.file, "line": f.line, "severity": f.severity,
+                 "category": f.category, "message": f.message}
+                for f in found[:200]
+            ],
+        },
+        indent=2,
+    )  # fmt: skip

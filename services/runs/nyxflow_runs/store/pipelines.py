@@ -1,0 +1,141 @@
+"""Code pipelines: start one over a repository; store and read what its runs produced."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from nyxflow import events as ev
+from nyxflow import metrics
+from nyxflow.errors import FailedPrecondition, NotFound
+from nyxflow.pipelines import pipeline_steps
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
+from nyxflow_runs.models import Finding, Repository, Run, RunArtifact, Workflow
+from nyxflow_runs.store.engine_writes import EngineWrites
+from nyxflow_runs.store.workflows import Workflows, step_row
+from nyxflow_runs.validation import step_drafts
+
+
+class Pipelines(Workflows, EngineWrites):
+    async def start_pipeline(
+        self,
+        tenant_id: str,
+        request: runs_pb2.StartPipelineRequest,
+        chain: Sequence[str],
+        params: dict[str, Any],
+    ) -> pb.Run:
+        """A fresh workflow from the built-in template, and its pending run, in one commit."""
+        async with self._scoped(tenant_id, write=True) as session:
+            repo = await session.scalar(
+                select(Repository).where(Repository.id == request.repository_id)
+            )
+            if repo is None:
+                raise NotFound(
+                    f"repository {request.repository_id} not found", field="repository_id"
+                )
+            if not repo.path:
+                raise FailedPrecondition("the repository has no local path", field="path")
+            specs = pipeline_steps(
+                request.pipeline,
+                path=repo.path,
+                goal=request.goal,
+                test_command=request.test_command,
+                max_files=request.max_files,
+                max_bytes=request.max_bytes,
+                providers=chain,
+                params=params,
+            )
+            drafts = step_drafts(specs, await self._personas(session, tenant_id))
+            workflow = Workflow(
+                tenant_id=tenant_id,
+                project_id=repo.project_id,
+                name=f"{request.pipeline}: {repo.owner}/{repo.repo}",
+            )
+            session.add(workflow)
+            await session.flush()
+            session.add_all(step_row(tenant_id, workflow.id, i, d) for i, d in enumerate(drafts))
+            run = Run(tenant_id=tenant_id, workflow_id=workflow.id, status=ev.PENDING)
+            session.add(run)
+            await session.flush()
+            metrics.RUNS_CREATED.inc()
+            return await self._run_pb(session, run)
+
+    async def save_artifacts(
+        self,
+        tenant_id: str,
+        run_id: str,
+        token: int,
+        step_id: str,
+        artifacts: Sequence[pb.Artifact],
+        findings: Sequence[pb.Finding],
+    ) -> None:
+        async with self._scoped(tenant_id, write=True) as session:
+            await self._fenced_workflow(session, tenant_id, run_id, token)
+            for a in artifacts:
+                # A retried step replaces what its earlier attempt stored under the same name.
+                old = await session.scalar(
+                    select(RunArtifact).where(
+                        RunArtifact.run_id == run_id, RunArtifact.name == a.name
+                    )
+                )
+                if old is not None:
+                    await session.delete(old)
+                    await session.flush()
+                session.add(
+                    RunArtifact(
+                        run_id=run_id,
+                        step_id=step_id,
+                        name=a.name,
+                        media_type=a.media_type or "text/plain",
+                        content=a.content,
+                    )
+                )
+            session.add_all(
+                Finding(
+                    run_id=run_id,
+                    step_id=step_id,
+                    file=f.file,
+                    line=f.line,
+                    severity=f.severity,
+                    category=f.category,
+                    message=f.message,
+                )
+                for f in findings
+            )
+
+    async def get_artifact(self, tenant_id: str, run_id: str, name: str) -> pb.Artifact:
+        async with self._scoped(tenant_id) as session:
+            await self._run(session, tenant_id, run_id)
+            row = await session.scalar(
+                select(RunArtifact).where(RunArtifact.run_id == run_id, RunArtifact.name == name)
+            )
+            if row is None:
+                raise NotFound(f"run {run_id} has no artifact {name!r}", field="name")
+            return pb.Artifact(
+                name=row.name,
+                media_type=row.media_type,
+                content=row.content,
+                step_id=row.step_id,
+                created_at=row.created_at,
+            )
+
+    async def list_findings(self, tenant_id: str, run_id: str) -> list[pb.Finding]:
+        async with self._scoped(tenant_id) as session:
+            await self._run(session, tenant_id, run_id)
+            rows = await session.scalars(
+                select(Finding).where(Finding.run_id == run_id).order_by(Finding.file, Finding.line)
+            )
+            return [
+                pb.Finding(
+                    file=f.file,
+                    line=f.line,
+                    severity=f.severity,
+                    category=f.category,
+                    message=f.message,
+                    step_id=f.step_id,
+                )
+                for f in rows.all()
+            ]

@@ -1,0 +1,71 @@
+"""What must hold in the database after any fault, read directly with SQL (not through the
+services under test): checked once every scenario has settled."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+
+from tests.support.processes import LEASE_TTL_S
+
+# The sweeper needs up to 2 x TTL after an engine dies, plus its own interval (0.5 s) and slack.
+SETTLE_S = 2 * LEASE_TTL_S + 2.0
+
+LEASELESS_ACTIVE = """
+    SELECT id, status, lease_owner, lease_expires_at
+    FROM runs
+    WHERE status IN ('pending', 'running')
+      AND (lease_expires_at IS NULL
+           OR lease_expires_at <= CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION))
+"""
+COMPLETED_WITHOUT_OUTPUT = (
+    "SELECT id, name FROM steps WHERE status = 'completed' AND output IS NULL"
+)
+# Per run: seqs must be exactly 1..last_seq (count, min, max and distinct all agree).
+SEQ_GAPS = """
+    SELECT r.id, r.last_seq, count(e.seq) AS n, count(DISTINCT e.seq) AS distinct_n,
+           coalesce(min(e.seq), 0) AS lo, coalesce(max(e.seq), 0) AS hi
+    FROM runs r LEFT JOIN run_events e ON e.run_id = r.id
+    GROUP BY r.id, r.last_seq
+    HAVING count(e.seq) <> r.last_seq
+        OR count(DISTINCT e.seq) <> count(e.seq)
+        OR coalesce(max(e.seq), 0) <> r.last_seq
+        OR (count(e.seq) > 0 AND min(e.seq) <> 1)
+"""
+
+
+def asyncpg_dsn(sqlalchemy_url: str) -> str:
+    return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def violations(dsn: str) -> dict[str, list[dict[str, Any]]]:
+    connection = await asyncpg.connect(asyncpg_dsn(dsn), timeout=10)
+    try:
+        found: dict[str, list[dict[str, Any]]] = {}
+        for name, sql in (
+            ("active run without a live lease", LEASELESS_ACTIVE),
+            ("completed step with NULL output", COMPLETED_WITHOUT_OUTPUT),
+            ("event seqs not 1..last_seq", SEQ_GAPS),
+        ):
+            rows = [dict(r) for r in await connection.fetch(sql)]
+            if rows:
+                found[name] = rows
+        return found
+    finally:
+        await connection.close()
+
+
+async def assert_invariants(dsn: str, settle_s: float = SETTLE_S) -> None:
+    """Polls until every invariant holds (the sweeper may still be at work), at most
+    `settle_s`, then fails with what is still wrong."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        found = await violations(dsn)
+        if not found:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"invariants violated after {settle_s:.1f} s: {found}")
+        await asyncio.sleep(0.2)

@@ -1,0 +1,206 @@
+"""PostgreSQL restarted, Redis stopped and the runs service restarted mid-run: every run ends
+completed or failed with its error stored, streams stay whole, and new runs work after."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from nyxflow import events as ev
+from tests.faults.conftest import LIMITS, TIMEOUT, shared_redis_url
+from tests.faults.helpers import (
+    Received,
+    assert_full_stream,
+    fetch,
+    grpc_clients,
+    run_row,
+    start_on_engine,
+    timed_events,
+    wait_status,
+)
+from tests.faults.infra import OwnPostgres, OwnRedis, own_postgres, own_redis, stack_on
+from tests.faults.invariants import assert_invariants
+from tests.support.databases import fresh_database
+from tests.support.eventually import eventually
+from tests.support.gateway_api import create_workflow, start_run, steps
+from tests.support.ports import free_port
+from tests.support.processes import ProcessStack
+
+FINISHED = frozenset(ev.FINISHED_RUN_STATUSES)
+# The engine retries writes for NYXFLOW_WRITE_RETRY_S (30 s): runs must settle well before.
+SETTLE_S = 40.0
+
+
+async def _completed_steps(dsn: str, run_id: str) -> int:
+    rows = await fetch(
+        dsn,
+        "SELECT count(*) AS n FROM run_events WHERE run_id = $1 AND type = 'step_completed'",
+        run_id,
+    )
+    return int(rows[0]["n"])
+
+
+async def _check_stream(dsn: str, run_id: str, received: list[Received]) -> dict[str, object]:
+    """The run is finished, its error stored if it failed, and the stream was whole."""
+    run = await run_row(dsn, run_id)
+    assert run["status"] in (ev.COMPLETED, ev.FAILED), run
+    if run["status"] == ev.FAILED:
+        assert run["error"], run
+    assert_full_stream(received, run["last_seq"], ev.TERMINAL_EVENT_FOR_STATUS[run["status"]])
+    return run
+
+
+@pytest.fixture
+def own_pg() -> Iterator[OwnPostgres]:
+    with own_postgres() as cluster:
+        yield cluster
+
+
+@pytest.mark.timeout(150)
+async def test_postgresql_restarted_mid_run(own_pg: OwnPostgres, tmp_path: Path) -> None:
+    with stack_on(own_pg.url, tmp_path, shared_redis_url(), {}) as stack:
+        dsn = stack.database_url
+        async with httpx.AsyncClient(
+            base_url=stack.base_url, timeout=TIMEOUT, limits=LIMITS
+        ) as http:
+            run_ids = []
+            for i in range(3):
+                workflow = await create_workflow(
+                    http, stack, f"pg-{i}", steps(15, tokens=5, token_delay_ms=20)
+                )
+                run_ids.append(await start_run(http, stack, workflow["id"]))
+            readers = [asyncio.create_task(timed_events(http, stack, r)) for r in run_ids]
+            for run_id in run_ids:
+                await eventually(
+                    lambda r=run_id: _completed_steps(dsn, r),  # type: ignore[misc]
+                    lambda n: n >= 2,
+                    timeout_s=20,
+                    what="two steps done before the restart",
+                )
+            await asyncio.to_thread(own_pg.restart_fast)
+
+            for run_id, reader in zip(run_ids, readers, strict=True):
+                await wait_status(dsn, run_id, FINISHED, SETTLE_S)
+                received = await asyncio.wait_for(reader, 20)
+                run = await _check_stream(dsn, run_id, received)
+                print(f"run across the restart: {run['status']} {run['error']!r}")
+            await assert_invariants(dsn)
+
+            # The stack is healthy again: a new run completes.
+            workflow = await create_workflow(http, stack, "pg-after", steps(3, tokens=5))
+            run_id = await start_run(http, stack, workflow["id"])
+            received = await timed_events(http, stack, run_id)
+            run = await _check_stream(dsn, run_id, received)
+            assert run["status"] == ev.COMPLETED
+            await assert_invariants(dsn)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[OwnRedis]:
+    with own_redis() as server:
+        yield server
+
+
+async def _followers(
+    http: httpx.AsyncClient, stack: ProcessStack, run_id: str, count: int
+) -> list[asyncio.Task[list[Received]]]:
+    return [asyncio.create_task(timed_events(http, stack, run_id)) for _ in range(count)]
+
+
+@pytest.mark.timeout(150)
+async def test_redis_stopped_mid_run_watchers_poll_then_stream_live_again(
+    redis_server: OwnRedis, tmp_path: Path
+) -> None:
+    # The engine writes through `runs`; the gateway follows through `runs2`, which hears of
+    # those writes only over Redis, or by polling the database (every 2 s here) without it.
+    poll_s = 2.0
+    runs2 = f"127.0.0.1:{free_port()}"
+    replicas = {
+        "runs2": {"NYXFLOW_RUNS_LISTEN": runs2, "NYXFLOW_WATCH_POLL_S": str(poll_s)},
+        "gateway": {"NYXFLOW_RUNS_ADDR": runs2},
+    }
+    async with fresh_database("postgresql", tmp_path) as url:
+        with stack_on(url, tmp_path, redis_server.url, replicas) as stack:
+            await _redis_then_polling_then_live(stack, redis_server, poll_s)
+
+
+async def _redis_then_polling_then_live(
+    stack: ProcessStack, redis_server: OwnRedis, poll_s: float
+) -> None:
+    dsn = stack.database_url
+    await eventually(
+        lambda: asyncio.to_thread(redis_server.pattern_subscribers),
+        lambda n: n >= 2,
+        timeout_s=10,
+        what="both runs replicas subscribed to Redis",
+    )
+    async with (
+        httpx.AsyncClient(base_url=stack.base_url, timeout=TIMEOUT, limits=LIMITS) as http,
+        grpc_clients(stack.runs_addr, stack.engine_addr) as (_, engines),
+    ):
+        workflow = await create_workflow(
+            http, stack, "redis-down", steps(10, tokens=10, token_delay_ms=30)
+        )
+        run_id = await start_run(http, stack, workflow["id"])
+        # Started on the engine directly, so the gateway's browsers follow it via WatchRun.
+        await start_on_engine(engines[0], run_id)
+        followers = await _followers(http, stack, run_id, 3)
+        await eventually(
+            lambda: _completed_steps(dsn, run_id),
+            lambda n: n >= 2,
+            timeout_s=20,
+            what="two steps streamed live",
+        )
+        await asyncio.to_thread(redis_server.stop)
+        run = await wait_status(dsn, run_id, FINISHED, 60)
+        assert run["status"] == ev.COMPLETED
+        for follower in followers:
+            assert_full_stream(
+                await asyncio.wait_for(follower, 3 * poll_s), run["last_seq"], ev.RUN_COMPLETED
+            )
+
+        await asyncio.to_thread(redis_server.start)
+        await eventually(
+            lambda: asyncio.to_thread(redis_server.pattern_subscribers),
+            lambda n: n >= 2,
+            timeout_s=10,
+            what="both runs replicas back on Redis",
+        )
+        workflow = await create_workflow(
+            http, stack, "redis-back", steps(6, tokens=10, token_delay_ms=30)
+        )
+        run_id = await start_run(http, stack, workflow["id"])
+        await start_on_engine(engines[0], run_id)
+        received = await timed_events(http, stack, run_id)
+        run = await run_row(dsn, run_id)
+        assert_full_stream(received, run["last_seq"], ev.RUN_COMPLETED)
+        # Live, not polled: an event reaches the browser far sooner than the poll interval.
+        lags = [r.at - r.frame.json["at"] for r in received[1:]]
+        assert statistics.median(lags) < poll_s / 4, f"median lag {statistics.median(lags):.2f} s"
+    await assert_invariants(dsn)
+
+
+@pytest.mark.timeout(120)
+async def test_runs_service_restarted_mid_run(http: httpx.AsyncClient, stack: ProcessStack) -> None:
+    dsn = stack.database_url
+    workflow = await create_workflow(
+        http, stack, "runs-restart", steps(20, tokens=5, token_delay_ms=20)
+    )
+    run_id = await start_run(http, stack, workflow["id"])
+    reader = asyncio.create_task(timed_events(http, stack, run_id))
+    await eventually(
+        lambda: _completed_steps(dsn, run_id),
+        lambda n: n >= 3,
+        timeout_s=20,
+        what="three steps done before the restart",
+    )
+    await asyncio.to_thread(stack.restart, "runs")
+    await wait_status(dsn, run_id, FINISHED, SETTLE_S)
+    await _check_stream(dsn, run_id, await asyncio.wait_for(reader, 20))
+    assert "runs unavailable, retrying" in stack.log_text("engine")
+    await assert_invariants(dsn)

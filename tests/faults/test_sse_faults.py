@@ -1,0 +1,208 @@
+"""The gateway under hostile clients: stampedes of connects and starts, a client that never
+reads, and hundreds that vanish without closing. Runs are untouched, streams stay whole."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from nyxflow import events as ev
+from tests.faults.helpers import (
+    assert_full_stream,
+    db_events,
+    debug_streams,
+    fetch,
+    rss_kb,
+    run_row,
+    timed_events,
+    wait_status,
+)
+from tests.faults.invariants import assert_invariants
+from tests.support.eventually import eventually
+from tests.support.gateway_api import create_workflow, start_run, steps
+from tests.support.ports import free_port
+from tests.support.processes import ProcessStack
+from tests.support.sse_client import read_events
+
+FINISHED = frozenset(ev.FINISHED_RUN_STATUSES)
+
+
+@pytest.mark.timeout(120)
+async def test_stampede_of_starts_and_connects(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    dsn = stack.database_url
+    followed = await create_workflow(
+        http, stack, "stampede-sse", steps(3, tokens=20, token_delay_ms=20)
+    )
+    pending = await start_run(http, stack, followed["id"])
+    contested = await create_workflow(http, stack, "stampede-post", steps(2, tokens=5))
+    url = f"/v1/runs/{pending}/events"
+
+    async def post() -> httpx.Response:
+        return await http.post(f"/v1/workflows/{contested['id']}/runs", headers=stack.headers)
+
+    # Both stampedes at once: 200 browsers opening one pending run, 200 clicks on "run".
+    results = await asyncio.gather(
+        *(read_events(http, url, stack.headers) for _ in range(200)),
+        *(post() for _ in range(200)),
+    )
+    streams = results[:200]
+    posts = [r for r in results[200:] if isinstance(r, httpx.Response)]
+
+    codes = sorted(r.status_code for r in posts)
+    assert codes == [201] + [409] * 199, codes[:3] + codes[-3:]
+    created = await fetch(dsn, "SELECT id FROM runs WHERE workflow_id = $1", contested["id"])
+    assert len(created) == 1
+
+    run = await run_row(dsn, pending)
+    assert run["status"] == ev.COMPLETED
+    types = [e["type"] for e in await db_events(dsn, pending)]
+    assert types.count(ev.RUN_STARTED) == 1
+    for stream in streams:
+        assert isinstance(stream, list)
+        assert_full_stream(stream, run["last_seq"], ev.RUN_COMPLETED)
+
+    # The one run the clicks created runs too, so nothing is left pending.
+    winner = next(r for r in posts if r.status_code == 201).json()["id"]
+    assert (await read_events(http, f"/v1/runs/{winner}/events", stack.headers))[-1].event == (
+        ev.RUN_COMPLETED
+    )
+    await assert_invariants(dsn)
+
+
+@contextlib.asynccontextmanager
+async def raw_get(
+    port: int, path: str, stack: ProcessStack, rcvbuf: int | None = None
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """An HTTP/1.1 GET on a plain socket: the test decides what is (never) read."""
+    sock = socket.socket()
+    if rcvbuf is not None:  # a tiny window: the server's writes back up at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    auth = stack.headers["Authorization"]
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        yield reader, writer
+    finally:
+        abort(writer)
+
+
+def abort(writer: asyncio.StreamWriter) -> None:
+    """Vanish: SO_LINGER 0 turns close into a RST, no FIN handshake, as a dead peer would."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.mark.timeout(120)
+async def test_a_client_that_never_reads_harms_no_one(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    dsn = stack.database_url
+    # A second gateway with a small per-client queue, so the slow client overflows it here.
+    port = free_port()
+    stack.add_replica(
+        "gateway2", "gateway", NYXFLOW_GATEWAY_PORT=str(port), NYXFLOW_SSE_QUEUE_EVENTS="100"
+    )
+    stack.start("gateway2")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        pid = stack.procs["gateway2"].pid
+        big = " ".join(f"word{i}" for i in range(40_000))  # ~400 KB per step output
+        workflow = await create_workflow(
+            http,
+            stack,
+            "slow-client",
+            steps(6, script=big, tokens=2000, token_delay_ms=1, max_tokens=16000),
+        )
+        run_id = await start_run(http, stack, workflow["id"])
+        baseline = rss_kb(pid)
+        # The slow client starts the run, then never reads a byte.
+        async with raw_get(port, f"/v1/runs/{run_id}/events", stack, rcvbuf=4096):
+            readers = [
+                asyncio.create_task(timed_events(http, stack, run_id, base)) for _ in range(5)
+            ]
+            peak = baseline
+            while not all(r.done() for r in readers):
+                peak = max(peak, rss_kb(pid))
+                await asyncio.sleep(0.1)
+            run = await wait_status(dsn, run_id, FINISHED, 30)
+            assert run["status"] == ev.COMPLETED
+            for reader in readers:
+                assert_full_stream(reader.result(), run["last_seq"], ev.RUN_COMPLETED)
+            peak = max(peak, rss_kb(pid))
+        grown_mb = (peak - baseline) / 1024
+        print(f"gateway RSS {baseline} KB -> peak {peak} KB (+{grown_mb:.1f} MB)")
+        assert grown_mb < 50, f"gateway RSS grew {grown_mb:.1f} MB"
+    finally:
+        stack.kill("gateway2")
+    await assert_invariants(dsn)
+
+
+@pytest.mark.timeout(120)
+async def test_vanishing_clients_release_their_upstreams(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    dsn = stack.database_url
+    baseline = await debug_streams(http, stack, stack.base_url)
+    run_ids = []
+    for i in range(5):
+        workflow = await create_workflow(
+            http, stack, f"vanish-{i}", steps(3, tokens=30, token_delay_ms=20)
+        )
+        run_ids.append(await start_run(http, stack, workflow["id"]))
+
+    async def connect(run_id: str) -> asyncio.StreamWriter:
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", stack.gateway_port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        auth = stack.headers["Authorization"]
+        request = (
+            f"GET /v1/runs/{run_id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n"
+        )
+        writer.write(request.encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        return writer
+
+    # The first connect of each run starts it; 100 browsers per run, then all gone at once.
+    writers = [w for r in run_ids for w in await asyncio.gather(*(connect(r) for _ in range(100)))]
+    assert len(writers) == 500
+    during = await debug_streams(http, stack, stack.base_url)
+    assert during["upstream_streams"] >= baseline["upstream_streams"]
+    for writer in writers:
+        abort(writer)
+
+    await eventually(
+        lambda: debug_streams(http, stack, stack.base_url),
+        lambda s: (
+            s["upstream_streams"] == baseline["upstream_streams"]
+            and s["channels"] == baseline["channels"]
+        ),
+        timeout_s=10,
+        interval_s=0.2,
+        what="upstreams back to the baseline",
+    )
+    # The runs never noticed: each completes, and its stream replays whole.
+    for run_id in run_ids:
+        run = await wait_status(dsn, run_id, FINISHED, 30)
+        assert run["status"] == ev.COMPLETED
+        assert_full_stream(
+            await read_events(http, f"/v1/runs/{run_id}/events", stack.headers),
+            run["last_seq"],
+            ev.RUN_COMPLETED,
+        )
+    await assert_invariants(dsn)

@@ -1,0 +1,144 @@
+"""Code pipelines on a real git repository: findings stored, a patch that applies, a broken
+diff rejected with its reason, the user's work tree untouched, re-runs keeping artifacts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nyxflow import events as ev
+from nyxflow.errors import FailedPrecondition, InvalidArgument, NotFound
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
+from tests.support.inprocess import Clients
+from tests.support.repos import CALC, TEST_COMMAND, git, model_replies, planted_repo
+
+
+async def start(api: Clients, repo: Path, pipeline: str, **fields: object) -> pb.Run:
+    project = await api.runs.create_project(f"p-{pipeline}")
+    repository = await api.runs.add_repository(project.id, "acme", "shop", str(repo))
+    params = {"replies": model_replies(), "script": "[]" if pipeline == "code-analysis" else ""}
+    request = runs_pb2.StartPipelineRequest(
+        repository_id=repository.id,
+        pipeline=pipeline,
+        params_json=json.dumps({**params, "tokens": 4}),
+        **fields,  # type: ignore[arg-type]
+    )
+    return await api.runs.start_pipeline(request)
+
+
+async def execute(api: Clients, run_id: str) -> list[pb.RunEvent]:
+    assert api.engine is not None
+    return [e async for e in api.engine.execute(run_id)]
+
+
+def phases(events: list[pb.RunEvent]) -> list[str]:
+    started = [json.loads(e.data_json) for e in events if e.type == ev.STEP_STARTED]
+    return [s.get("phase", "") for s in started]
+
+
+async def test_code_analysis_stores_findings_and_reports(api: Clients, tmp_path: Path) -> None:
+    repo = planted_repo(tmp_path)
+    run = await start(api, repo, "code-analysis")
+    assert run.phase == "scanning" and run.status == ev.PENDING
+
+    events = await execute(api, run.id)
+
+    done = await api.runs.get_run(run.id)
+    assert done.status == ev.COMPLETED, done.error
+    assert phases(events) == ["scanning", "analyzing", "reporting", "reporting"]
+    assert done.phase == "reporting"
+    scan = json.loads(done.steps[0].output)
+    assert scan["files"] == 3 and scan["left_out"]["files"] == 0
+    (finding,) = await api.runs.list_findings(run.id)
+    assert (finding.file, finding.line, finding.severity) == ("calc.py", 2, "high")
+    assert "subtracts" in finding.message
+
+
+async def test_auto_fix_patch_applies_and_a_broken_diff_is_rejected(
+    api: Clients, tmp_path: Path
+) -> None:
+    repo = planted_repo(tmp_path)
+    run = await start(api, repo, "auto-fix", test_command=TEST_COMMAND)
+    events = await execute(api, run.id)
+
+    done = await api.runs.get_run(run.id)
+    assert done.status == ev.COMPLETED, done.error
+    assert phases(events) == ["scanning", "improving", "reviewing"]
+    patch = await api.runs.get_artifact(run.id, "patch")
+    assert patch.media_type == "text/x-diff" and "+    return a + b" in patch.content
+    checked = subprocess.run(
+        ["git", "-C", str(repo), "apply", "--check", "-"], input=patch.content, text=True
+    )
+    assert checked.returncode == 0  # applies cleanly to HEAD
+    review = json.loads((await api.runs.get_artifact(run.id, "review")).content)
+    assert [a["files"] for a in review["accepted"]] == [["calc.py"]]
+    (rejected,) = review["rejected"]
+    assert rejected["files"] == ["util.py"] and rejected["reason"].startswith("does not apply")
+    # Never applied to the user's work tree.
+    assert (repo / "calc.py").read_text() == CALC
+    assert git(repo, "status", "--porcelain") == ""
+
+
+async def test_a_patch_that_breaks_the_tests_is_rejected(api: Clients, tmp_path: Path) -> None:
+    repo = planted_repo(tmp_path)
+    (repo / "test_calc.py").write_text(
+        "def test_add():\n    from calc import add\n    assert add(2, 3) == -1\n"
+    )
+    git(repo, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qam", "odd")
+    run = await start(api, repo, "refactor", goal="make add correct", test_command=TEST_COMMAND)
+    await execute(api, run.id)
+
+    review = json.loads((await api.runs.get_artifact(run.id, "review")).content)
+    reasons = {tuple(r["files"]): r["reason"] for r in review["rejected"]}
+    assert reasons[("calc.py",)].startswith("tests failed")
+    assert review["accepted"] == [] and review["patch_bytes"] == 0
+
+
+async def test_a_rerun_starts_fresh_and_keeps_the_old_artifacts(
+    api: Clients, tmp_path: Path
+) -> None:
+    repo = planted_repo(tmp_path)
+    first = await start(api, repo, "auto-fix")
+    await execute(api, first.id)
+    old_patch = (await api.runs.get_artifact(first.id, "patch")).content
+
+    second = await api.runs.rerun_workflow(first.workflow_id)
+    assert second.id != first.id
+    assert (await api.runs.get_run(second.id)).phase == "scanning"
+    await execute(api, second.id)
+
+    assert (await api.runs.get_artifact(first.id, "patch")).content == old_patch
+    assert (await api.runs.get_artifact(second.id, "patch")).content == old_patch
+    with pytest.raises(NotFound) as missing:
+        await api.runs.get_artifact(first.id, "nothing")
+    assert missing.value.field == "name"
+
+
+async def test_bad_pipeline_requests_name_the_field(api: Clients, tmp_path: Path) -> None:
+    project = await api.runs.create_project("bad")
+    no_path = await api.runs.add_repository(project.id, "acme", "nowhere")
+    cases = [
+        (runs_pb2.StartPipelineRequest(repository_id=no_path.id, pipeline="lint"), "pipeline"),
+        (runs_pb2.StartPipelineRequest(repository_id=no_path.id, pipeline="refactor"), "goal"),
+        (runs_pb2.StartPipelineRequest(repository_id="", pipeline="auto-fix"), "repository_id"),
+        (
+            runs_pb2.StartPipelineRequest(
+                repository_id=no_path.id, pipeline="auto-fix", max_files=-1
+            ),
+            "max_files",
+        ),
+    ]
+    for request, field in cases:
+        with pytest.raises((InvalidArgument, FailedPrecondition)) as refused:
+            await api.runs.start_pipeline(request)
+        assert refused.value.field == field, request
+    with pytest.raises(FailedPrecondition) as no_tree:
+        await api.runs.start_pipeline(
+            runs_pb2.StartPipelineRequest(repository_id=no_path.id, pipeline="code-analysis")
+        )
+    assert no_tree.value.field == "path"
+    assert await api.runs.list_runs() == []  # nothing half-made
