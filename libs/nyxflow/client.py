@@ -225,6 +225,7 @@ class RunsClient:
         ops: Sequence[runs_pb2.WriteOp],
         finish_status: str = "",
         finish_error: str = "",
+        batch_id: str = "",
     ) -> runs_pb2.WriteResponse:
         request = runs_pb2.RecordRequest(
             run_id=run_id,
@@ -232,6 +233,7 @@ class RunsClient:
             ops=ops,
             finish_status=finish_status,
             finish_error=finish_error,
+            batch_id=batch_id,
         )
         return await _unary(self._stub.Record(request, **self._kw()))
 

@@ -739,3 +739,33 @@ async def test_a_tenant_key_claims_but_never_writes_as_the_engine(runs: Clients)
     with pytest.raises(Unauthenticated, match="internal credentials"):
         await runs.runs.finish_run(run.id, claim.token, "completed")
     assert (await runs.runs.get_run(run.id)).last_seq == 1
+
+
+async def test_a_retried_batch_is_answered_not_applied_twice(api: Clients) -> None:
+    """The engine retries a Record whose reply was lost: the same events, stored once."""
+    engine, run, token = await claimed(api)
+    step = run.steps[0]
+    ops = [
+        runs_pb2.WriteOp(
+            step=runs_pb2.StepWrite(
+                step_id=step.id, change=runs_pb2.StepChange(status=ev.COMPLETED, output="x")
+            )
+        ),
+        runs_pb2.WriteOp(event=draft(ev.STEP_COMPLETED, step_id=step.id)),
+        runs_pb2.WriteOp(event=draft(ev.STEP_DELTA, step_id=step.id, text="x")),
+    ]
+
+    first = await engine.record(run.id, token, ops, batch_id="batch-1")
+    again = await engine.record(run.id, token, ops, batch_id="batch-1")
+
+    assert [e.seq for e in again.events] == [e.seq for e in first.events] == [2, 3]
+    stored = await api.runs.get_run(run.id)
+    assert stored.last_seq == 3
+    later = await engine.record(
+        run.id, token, [runs_pb2.WriteOp(event=draft(ev.STEP_DELTA, step_id=step.id, text="y"))],
+        batch_id="batch-2",
+    )  # fmt: skip
+    assert [e.seq for e in later.events] == [4]
+    # Another lease may not replay this one's batch.
+    with pytest.raises(FailedPrecondition):
+        await engine.record(run.id, token + 1, ops, batch_id="batch-2")

@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -149,8 +150,11 @@ class RunWriter:
                 return
             for op in ops:
                 scrub(op)
+            batch_id = uuid.uuid4().hex  # the same across retries: applied once at most
             response = await self._retrying(
-                lambda: self.runs.record(self.run_id, self.token, ops, finish_status, finish_error)
+                lambda: self.runs.record(
+                    self.run_id, self.token, ops, finish_status, finish_error, batch_id
+                )
             )
             await self._absorb(response)
 

@@ -192,6 +192,7 @@ class Run(TenantOwned, Base):
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     token: Mapped[int] = mapped_column(Integer, default=0)
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_batch: Mapped[str | None] = mapped_column(String(64))  # the engine's last Record
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())

@@ -319,7 +319,12 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
 
     async def Record(self, request: runs_pb2.RecordRequest, context: Ctx) -> runs_pb2.WriteResponse:
         tenant = self._tenancy.engine_tenant_of(context)
-        batch = Batch.of(request.ops, request.finish_status, request.finish_error)
+        batch = Batch.of(
+            request.ops,
+            request.finish_status,
+            request.finish_error,
+            valid.text(request.batch_id, "batch_id", 64, required=False),
+        )
         return _response(await self._store.record(tenant, request.run_id, request.token, batch))
 
     async def FinishRun(

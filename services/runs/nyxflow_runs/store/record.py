@@ -7,6 +7,7 @@ one round trip per statement and no ORM bookkeeping.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,10 +36,15 @@ FENCE = (
         runs_t.c.tenant_id == bindparam("b_tenant_id"),
         runs_t.c.token == bindparam("b_token"),
         runs_t.c.status == ev.RUNNING,
+        # A batch already applied is not applied again (its reply was lost; see `_replayed`).
+        runs_t.c.last_batch.is_distinct_from(bindparam("b_batch")),
     )
-    .values(last_seq=runs_t.c.last_seq + bindparam("b_count"))
+    .values(last_seq=runs_t.c.last_seq + bindparam("b_count"), last_batch=bindparam("b_batch"))
     .returning(runs_t.c.workflow_id, runs_t.c.last_seq, runs_t.c.pause_requested)
 )
+LAST_BATCH = select(
+    runs_t.c.last_batch, runs_t.c.token, runs_t.c.last_seq, runs_t.c.pause_requested
+).where(runs_t.c.id == bindparam("b_run_id"), runs_t.c.tenant_id == bindparam("b_tenant_id"))
 _STEP_WHERE = and_(
     steps_t.c.id == bindparam("b_step_id"),
     steps_t.c.workflow_id == bindparam("b_workflow_id"),
@@ -103,10 +109,15 @@ class Batch:
     drafts: list[Draft]  # the event ops, in order, then the terminal event if finishing
     finish_status: str
     finish_error: str
+    batch_id: str = ""
 
     @classmethod
     def of(
-        cls, ops: Sequence[runs_pb2.WriteOp], finish_status: str = "", finish_error: str = ""
+        cls,
+        ops: Sequence[runs_pb2.WriteOp],
+        finish_status: str = "",
+        finish_error: str = "",
+        batch_id: str = "",
     ) -> Batch:
         drafts: list[Draft] = []
         for i, op in enumerate(ops):
@@ -130,7 +141,7 @@ class Batch:
             if finish_error:
                 data["error"] = finish_error
             drafts.append(Draft(terminal, data))
-        return cls(list(ops), drafts, finish_status, finish_error)
+        return cls(list(ops), drafts, finish_status, finish_error, batch_id)
 
 
 class Recording(StoreBase):
@@ -144,10 +155,15 @@ class Recording(StoreBase):
                         "b_tenant_id": tenant_id,
                         "b_token": token,
                         "b_count": len(batch.drafts),
+                        # A caller without batch ids gets a fresh one: never taken for a retry.
+                        "b_batch": batch.batch_id or uuid.uuid4().hex,
                     },
                 )
             ).first()
             if fenced is None:
+                replayed = await self._replayed(session, tenant_id, run_id, token, batch)
+                if replayed is not None:
+                    return replayed
                 await self._refuse(session, tenant_id, run_id)
             workflow_id = fenced.workflow_id
             for op in batch.ops:
@@ -172,6 +188,27 @@ class Recording(StoreBase):
                 )
         await self._bus.publish(run_id, events)
         return Written(events, bool(fenced.pause_requested))
+
+    @staticmethod
+    async def _replayed(
+        session: AsyncSession, tenant_id: str, run_id: str, token: int, batch: Batch
+    ) -> Written | None:
+        """The same batch again, from the same lease: answer what it wrote the first time.
+        The engine holds one batch in flight per run, so its events are the run's last ones."""
+        if not batch.batch_id:
+            return None
+        row = (
+            await session.execute(LAST_BATCH, {"b_run_id": run_id, "b_tenant_id": tenant_id})
+        ).first()
+        if row is None or row.last_batch != batch.batch_id or row.token != token:
+            return None
+        first = row.last_seq - len(batch.drafts) + 1
+        rows = await session.scalars(
+            select(RunEvent)
+            .where(RunEvent.run_id == run_id, RunEvent.seq >= first)
+            .order_by(RunEvent.seq)
+        )
+        return Written([convert.event(r) for r in rows.all()], bool(row.pause_requested))
 
     @staticmethod
     async def _apply_step(
