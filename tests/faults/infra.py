@@ -66,7 +66,6 @@ def own_postgres() -> Iterator[OwnPostgres]:
     except (OSError, subprocess.SubprocessError) as error:
         shutil.rmtree(data, ignore_errors=True)
         unavailable("PostgreSQL (own cluster)", error)
-        raise
     try:
         yield cluster
     finally:
@@ -122,7 +121,6 @@ def own_redis() -> Iterator[OwnRedis]:
     except (OSError, redis.RedisError) as error:
         server.stop()
         unavailable("Redis (own server)", error)
-        raise
     try:
         yield server
     finally:

@@ -37,7 +37,6 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
     except (aioredis.RedisError, OSError) as error:
         await client.aclose()
         unavailable("Redis", error)
-        raise
     try:
         yield client
     finally:

@@ -95,13 +95,9 @@ async def test_expired_unknown_and_malformed_keys_are_refused(tenants: Tenants) 
     soon = await tenants.admin.create_api_key("team-b", "short", expires_at=time.time() + 1.0)
     client = RunsClient(tenants.channel, bearer_metadata(soon.secret))
     await client.list_workflows()
-    await asyncio.sleep(1.2 + 5.0 * 0)  # past expiry; the key cache must not outlive it
-    tenants_client_fresh = RunsClient(tenants.channel, bearer_metadata(soon.secret))
+    await asyncio.sleep(1.2)  # past expiry: the key cache must not outlive the key
     with pytest.raises(Unauthenticated):
-        # A fresh process would refuse it; this one refuses it once its cache entry lapses.
-        for _ in range(60):
-            await tenants_client_fresh.list_workflows()
-            await asyncio.sleep(0.1)
+        await client.list_workflows()
     for md in (bearer_metadata("nyx_nope"), (("authorization", "Basic abc"),), ()):
         with pytest.raises(Unauthenticated):
             await RunsClient(tenants.channel, md).list_workflows()

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import asyncpg
 import pytest
@@ -16,7 +17,7 @@ REDIS_URL = os.environ.get("NYXFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BACKENDS = ("sqlite", "postgresql")
 
 
-def unavailable(what: str, error: BaseException) -> None:
+def unavailable(what: str, error: BaseException) -> NoReturn:
     """On CI a missing PostgreSQL or Redis is a failure; on a laptop, a skip that says why."""
     message = f"{what} is not reachable: {error}"
     if os.environ.get("CI"):
@@ -35,7 +36,6 @@ async def fresh_database(backend: str, tmp_dir: Path) -> AsyncIterator[str]:
         admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
     except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         unavailable("PostgreSQL", error)
-        raise
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:

@@ -31,10 +31,12 @@ class Tenancy:
         if cached is not None and cached[1] > now:
             logs.bind(tenant=cached[0])
             return cached[0]
-        tenant_id = await self._store.tenant_for_key(caller.api_key)
+        tenant_id, expires_at = await self._store.tenant_for_key(caller.api_key)
         if len(self._keys) > 10_000:
             self._keys.clear()
-        self._keys[caller.api_key] = (tenant_id, now + KEY_CACHE_S)
+        # Never cached past the key's own expiry.
+        left = KEY_CACHE_S if expires_at is None else min(KEY_CACHE_S, expires_at - time.time())
+        self._keys[caller.api_key] = (tenant_id, now + left)
         logs.bind(tenant=tenant_id)  # the rest of this call's lines say whose it was
         return tenant_id
 

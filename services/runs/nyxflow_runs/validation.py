@@ -141,11 +141,11 @@ def step_draft(
         prompt=spec.prompt,
         provider=provider_name(spec.provider, f"{at}.provider") if spec.provider else "",
         model=spec.model,
-        params=_object(spec.params_json, f"{at}.params"),
+        params=json_object(spec.params_json, f"{at}.params"),
         max_tokens=spec.max_tokens or kinds.default_max_tokens(spec.kind, name),
         persona=spec.persona,
-        alternatives=_bounded(spec.alternatives or 1, 1, MAX_ALTERNATIVES, f"{at}.alternatives"),
-        auto_continue=_bounded(spec.auto_continue, 0, MAX_CONTINUE, f"{at}.auto_continue"),
+        alternatives=bounded(spec.alternatives or 1, 1, MAX_ALTERNATIVES, f"{at}.alternatives"),
+        auto_continue=bounded(spec.auto_continue, 0, MAX_CONTINUE, f"{at}.auto_continue"),
         config=_config(spec, at, earlier),
     )
 
@@ -160,7 +160,7 @@ def _config(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> dict[str, Any
         split = spec.split or "headings"
         if split not in SPLITS:
             raise InvalidArgument(f"one of {', '.join(SPLITS)}", field=f"{at}.split")
-        concurrency = _bounded(spec.concurrency or 4, 1, MAX_CONCURRENCY, f"{at}.concurrency")
+        concurrency = bounded(spec.concurrency or 4, 1, MAX_CONCURRENCY, f"{at}.concurrency")
         config.update(source=spec.source, split=split, concurrency=concurrency)
     if spec.generates:
         if spec.kind != kinds.SYNTHESIS:
@@ -233,20 +233,12 @@ def _references(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> None:
 
 
 def bounded(value: int, low: int, high: int, field: str) -> int:
-    return _bounded(value, low, high, field)
-
-
-def _bounded(value: int, low: int, high: int, field: str) -> int:
     if not low <= value <= high:
         raise InvalidArgument(f"must be between {low} and {high}", field=field)
     return value
 
 
 def json_object(raw: str, field: str) -> dict[str, Any]:
-    return _object(raw, field)
-
-
-def _object(raw: str, field: str) -> dict[str, Any]:
     if not raw:
         return {}
     try:
@@ -284,4 +276,4 @@ def event_type(value: str, field: str) -> str:
 
 
 def event_data(raw: str, field: str) -> dict[str, Any]:
-    return _object(raw, field)
+    return json_object(raw, field)

@@ -61,12 +61,13 @@ class Workflows(StoreBase):
                 session.add(ApiKey(tenant_id=tenant_id, name="default", key_hash=digest))
         return tenant_id
 
-    async def tenant_for_key(self, api_key: str) -> str:
+    async def tenant_for_key(self, api_key: str) -> tuple[str, float | None]:
+        """The key's tenant, and when the key expires (epoch seconds; None: never)."""
         digest = hash_key(api_key)
         async with self._sessions() as session:
             row = (
                 await session.execute(
-                    select(ApiKey.tenant_id, ApiKey.key_hash).where(
+                    select(ApiKey.tenant_id, ApiKey.key_hash, ApiKey.expires_at).where(
                         ApiKey.key_hash == digest,
                         ApiKey.revoked_at.is_(None),
                         (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > db_now()),
@@ -75,7 +76,7 @@ class Workflows(StoreBase):
             ).first()
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             raise Unauthenticated("invalid API key")
-        return str(row.tenant_id)
+        return str(row.tenant_id), row.expires_at
 
     # --- personas -----------------------------------------------------------------------
 
