@@ -769,3 +769,42 @@ async def test_a_retried_batch_is_answered_not_applied_twice(api: Clients) -> No
     # Another lease may not replay this one's batch.
     with pytest.raises(FailedPrecondition):
         await engine.record(run.id, token + 1, ops, batch_id="batch-2")
+
+
+@pytest.mark.parametrize("op", ["start", "end", "item"])
+async def test_a_batch_naming_another_runs_step_is_refused_whole(api: Clients, op: str) -> None:
+    """Every write of a batch lands or none does: a step outside the run's workflow refuses
+    the batch, its events and its other step changes included."""
+    engine, run, token = await claimed(api, name="mine")
+    _, other, _ = await claimed(api, name="theirs")
+    foreign = other.steps[0].id
+    write = {
+        "start": runs_pb2.WriteOp(
+            step=runs_pb2.StepWrite(step_id=foreign, change=runs_pb2.StepChange(status=ev.RUNNING))
+        ),
+        "end": runs_pb2.WriteOp(
+            step=runs_pb2.StepWrite(
+                step_id=foreign, change=runs_pb2.StepChange(status=ev.COMPLETED, output="x")
+            )
+        ),
+        "item": runs_pb2.WriteOp(
+            item=runs_pb2.ItemWrite(step_id=foreign, item=pb.StepItem(index=0, output="x"))
+        ),
+    }[op]
+    own_start = runs_pb2.WriteOp(
+        step=runs_pb2.StepWrite(
+            step_id=run.steps[0].id, change=runs_pb2.StepChange(status=ev.RUNNING)
+        )
+    )
+    ops = [own_start, runs_pb2.WriteOp(event=draft(ev.STEP_STARTED)), write]
+
+    with pytest.raises(NotFound, match=foreign):
+        await engine.record(run.id, token, ops, batch_id="b-1")
+
+    stored = await api.runs.get_run(run.id)
+    assert stored.last_seq == 1 and stored.steps[0].status == ev.PENDING
+    assert (await api.runs.get_run(other.id)).steps[0].status == ev.PENDING
+    assert [s.items for s in (await api.runs.get_run(other.id)).steps] == [[], []]
+    # The refused batch id is not taken for applied: a corrected batch goes through.
+    fixed = await engine.record(run.id, token, ops[:2], batch_id="b-1")
+    assert [e.seq for e in fixed.events] == [2]

@@ -37,3 +37,20 @@ def test_a_restarting_server_is_unavailable() -> None:
         assert isinstance(translate(DBAPIError("INSERT", {}, orig)), Unavailable)
     shutting = AdminShutdownError("terminating connection due to administrator command")
     assert isinstance(translate(DBAPIError("INSERT", {}, shutting)), Unavailable)
+
+
+def test_the_hot_paths_bare_asyncpg_errors_are_translated_too() -> None:
+    """store/hot_path.py talks to asyncpg directly: its errors arrive unwrapped."""
+    from asyncpg.exceptions import ConnectionDoesNotExistError, InterfaceError, UniqueViolationError
+
+    for error in (
+        AdminShutdownError("terminating connection due to administrator command"),
+        ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        InterfaceError("connection is closed"),
+    ):
+        assert isinstance(translate(error), Unavailable), error
+    assert translate(UniqueViolationError("duplicate key")) is None
+    assert (
+        translate(InterfaceError("cannot perform operation: another operation is in progress"))
+        is None
+    )

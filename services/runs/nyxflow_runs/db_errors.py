@@ -3,6 +3,7 @@ engine retries its write), not INTERNAL (which would fail the run)."""
 
 from __future__ import annotations
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -31,6 +32,13 @@ def translate(error: Exception) -> NyxflowError | None:
         return Unavailable("the database is unavailable; try again")
     if isinstance(error, DBAPIError) and _sqlstate(error).startswith(TRANSIENT_SQLSTATE_CLASSES):
         return Unavailable("the database is restarting; try again")
+    # The hot path (store/hot_path.py) talks to asyncpg directly: its errors arrive unwrapped.
+    if isinstance(error, asyncpg.PostgresError) and str(error.sqlstate or "").startswith(
+        TRANSIENT_SQLSTATE_CLASSES
+    ):
+        return Unavailable("the database is restarting; try again")
+    if isinstance(error, asyncpg.InterfaceError) and "closed" in str(error):
+        return Unavailable("the database connection was lost; try again")
     if isinstance(error, (ConnectionError, OSError)):
         return Unavailable("the database is unavailable; try again")
     return None

@@ -32,6 +32,11 @@ def _batch(ops: Sequence[runs_pb2.WriteOp] = (), events: Sequence[Draft] = ()) -
 class EngineWrites(Recording):
     async def claim_run(self, tenant_id: str, run_id: str, owner: str, ttl_s: float) -> Claim:
         """The one pending → running transition: a compare-and-set, so only one caller wins."""
+        if self._hot is not None:
+            claim = await self._hot.claim(tenant_id, run_id, owner, ttl_s)
+            if claim is not None:
+                await self._bus.publish(run_id, claim.events[-1:])
+                return claim
         async with self._scoped(tenant_id, write=True) as session:
             won = (
                 await session.execute(

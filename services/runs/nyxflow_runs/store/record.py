@@ -7,6 +7,7 @@ one round trip per statement and no ORM bookkeeping.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from nyxflow_runs import convert
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import Run, RunEvent, Step, StepItem
 from nyxflow_runs.store.base import Draft, StoreBase
+from nyxflow_runs.store.hot_path import HotPath
 
 runs_t: Table = Run.__table__  # type: ignore[assignment]
 steps_t: Table = Step.__table__  # type: ignore[assignment]
@@ -145,7 +147,20 @@ class Batch:
 
 
 class Recording(StoreBase):
+    @functools.cached_property
+    def _hot(self) -> HotPath | None:
+        return HotPath.of(self._sessions.kw.get("bind"))
+
     async def record(self, tenant_id: str, run_id: str, token: int, batch: Batch) -> Written:
+        if self._hot is not None:
+            done = await self._hot.record(
+                tenant_id, run_id, token, batch.ops, batch.drafts, batch.finish_status,
+                batch.finish_error, batch.batch_id,
+            )  # fmt: skip
+            if done is not None:
+                await self._bus.publish(run_id, done[0])
+                return Written(*done)
+        # SQLite, or a refusal or replay to explain: the general path.
         async with self._sessions.begin() as session:
             fenced = (
                 await session.execute(
