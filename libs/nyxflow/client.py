@@ -237,6 +237,12 @@ class RunsClient:
         )
         return await _unary(self._stub.Record(request, **self._kw()))
 
+    async def record_many(
+        self, batches: Sequence[runs_pb2.RecordRequest]
+    ) -> runs_pb2.RecordManyResponse:
+        request = runs_pb2.RecordManyRequest(batches=batches)
+        return await _unary(self._stub.RecordMany(request, **self._kw()))
+
     async def generate_steps(
         self,
         run_id: str,

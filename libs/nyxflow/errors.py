@@ -121,9 +121,28 @@ def _field_violation(error: grpc.aio.AioRpcError) -> tuple[str, str] | None:
     return None
 
 
+# A stale token travels as FAILED_PRECONDITION; this prefix tells the engine its lease is
+# gone (stop, write nothing) rather than that one operation was refused.
+STALE_TOKEN_PREFIX = "stale fencing token"
+_STATUS_BY_VALUE = {status.value[0]: status for status in grpc.StatusCode}
+
+
+def _class_for(code: grpc.StatusCode, message: str) -> type[NyxflowError]:
+    cls = _BY_CODE.get(code, NyxflowError)
+    if cls is FailedPrecondition and message.startswith(STALE_TOKEN_PREFIX):
+        return StaleToken
+    return cls
+
+
+def error_from_status(code: int, message: str, field: str = "") -> NyxflowError:
+    """The exception for a status carried inside a message (RecordMany's per-batch results)."""
+    cls = _class_for(_STATUS_BY_VALUE.get(code, grpc.StatusCode.UNKNOWN), message)
+    return cls(message, field=field or None)
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError) -> NyxflowError:
     """Turn a status received from another service back into the matching exception."""
-    cls = _BY_CODE.get(error.code(), NyxflowError)
+    cls = _class_for(error.code(), error.details() or "")
     violation = _field_violation(error)
     if violation is not None:
         return cls(violation[1], field=violation[0])

@@ -23,6 +23,7 @@ from nyxflow.errors import (
     NotFound,
     NyxflowError,
     Unauthenticated,
+    error_from_status,
 )
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
@@ -126,7 +127,20 @@ def engine_writes(
             [draft(ev.STEP_COMPLETED, step_id=step_id)],
         ),
         "FinishRun": lambda: engine.finish_run(run.id, token, ev.FAILED, "late"),
+        "RecordMany": lambda: record_alone(engine, run.id, token),
     }
+
+
+async def record_alone(engine: RunsClient, run_id: str, token: int) -> runs_pb2.WriteResponse:
+    """RecordMany with one batch, its per-batch refusal raised like a call's."""
+    ops = [runs_pb2.WriteOp(event=draft(ev.STEP_DELTA, text="x"))]
+    response = await engine.record_many(
+        [runs_pb2.RecordRequest(run_id=run_id, token=token, ops=ops)]
+    )
+    (result,) = response.results
+    if result.code:
+        raise error_from_status(result.code, result.message, result.field)
+    return result.written
 
 
 async def outcome(call: Callable[[], Awaitable[object]]) -> str:
@@ -145,7 +159,7 @@ async def outcomes(calls: dict[str, Callable[[], Awaitable[object]]]) -> dict[st
 async def assert_stale(engine: RunsClient, run: pb.Run, token: int) -> None:
     """Every write with `token` is refused as stale (FAILED_PRECONDITION)."""
     got = await outcomes(engine_writes(engine, run, token))
-    assert all(o.startswith("FailedPrecondition: stale fencing token") for o in got.values()), got
+    assert all(o.startswith("StaleToken: stale fencing token") for o in got.values()), got
 
 
 # --- start once ------------------------------------------------------------------------------
@@ -808,3 +822,53 @@ async def test_a_batch_naming_another_runs_step_is_refused_whole(api: Clients, o
     # The refused batch id is not taken for applied: a corrected batch goes through.
     fixed = await engine.record(run.id, token, ops[:2], batch_id="b-1")
     assert [e.seq for e in fixed.events] == [2]
+
+
+async def test_record_many_answers_each_batch_alone(api: Clients) -> None:
+    """The engine's group commit: good batches land, each bad one is refused on its own with
+    its reason (stale token, foreign step, invalid op), and no run sees another's events."""
+    runs = [await claimed(api, name=f"group-{i}") for i in range(5)]
+    engine = runs[0][0]
+
+    def start(run: pb.Run, step_id: str = "") -> list[runs_pb2.WriteOp]:
+        step = step_id or run.steps[0].id
+        change = runs_pb2.StepChange(status=ev.RUNNING)
+        return [
+            runs_pb2.WriteOp(step=runs_pb2.StepWrite(step_id=step, change=change)),
+            runs_pb2.WriteOp(event=draft(ev.STEP_STARTED, step_id=step)),
+        ]
+
+    (_, good, good_token), (_, stale, stale_token), (_, foreign, f_token) = runs[:3]
+    (_, bad, bad_token), (_, done, done_token) = runs[3:]
+    batches = [
+        runs_pb2.RecordRequest(run_id=good.id, token=good_token, ops=start(good)),
+        runs_pb2.RecordRequest(run_id=stale.id, token=stale_token + 7, ops=start(stale)),
+        runs_pb2.RecordRequest(
+            run_id=foreign.id, token=f_token, ops=start(foreign, good.steps[1].id)
+        ),
+        runs_pb2.RecordRequest(
+            run_id=bad.id, token=bad_token, ops=[runs_pb2.WriteOp(event=pb.EventDraft(type=""))]
+        ),
+        runs_pb2.RecordRequest(
+            run_id=done.id, token=done_token, ops=start(done), finish_status=ev.COMPLETED
+        ),
+    ]
+
+    results = (await engine.record_many(batches)).results
+
+    assert [r.code for r in results] == [0, 9, 5, 3, 0]  # OK, FAILED_PRECONDITION, NOT_FOUND, …
+    assert results[1].message.startswith("stale fencing token")
+    assert good.steps[1].id in results[2].message
+    assert results[3].field == "batches[3].ops[0].event.type"
+    assert [e.seq for e in results[0].written.events] == [2]
+    assert [e.type for e in results[4].written.events] == [ev.STEP_STARTED, ev.RUN_COMPLETED]
+    after = {r.id: await api.runs.get_run(r.id) for _, r, _ in runs}
+    assert after[good.id].steps[0].status == ev.RUNNING and after[good.id].last_seq == 2
+    assert after[good.id].steps[1].status == ev.PENDING  # the foreign batch's target
+    for untouched in (stale, foreign, bad):
+        assert (
+            after[untouched.id].last_seq == 1 and after[untouched.id].steps[0].status == ev.PENDING
+        )
+    assert after[done.id].status == ev.COMPLETED
+    # The paused-not-running step of a completed run is settled like FinishRun does.
+    assert after[done.id].steps[0].status == ev.PENDING

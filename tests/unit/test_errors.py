@@ -14,6 +14,7 @@ from nyxflow.errors import (
     StaleToken,
     Unauthenticated,
     Unavailable,
+    error_from_status,
     from_rpc_error,
     status_details,
     to_details,
@@ -64,7 +65,8 @@ def test_without_a_field_details_are_the_message() -> None:
         (NotFound("run r1 not found"), NotFound),
         (AlreadyExists("taken"), AlreadyExists),
         (FailedPrecondition("has an active run"), FailedPrecondition),
-        (StaleToken("stale fencing token: run r1 is failed"), FailedPrecondition),
+        # A stale token is told apart: the engine stops writing instead of failing the run.
+        (StaleToken("stale fencing token: run r1 is failed"), StaleToken),
         (Unauthenticated("invalid API key"), Unauthenticated),
         (Unavailable("try again"), Unavailable),
         (NyxflowError("boom"), NyxflowError),
@@ -94,3 +96,14 @@ def test_unknown_codes_are_the_base_error() -> None:
     received = from_rpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down"))
     assert type(received) is NyxflowError and received.message == "slow down"
     assert received.code == grpc.StatusCode.INTERNAL
+
+
+def test_a_status_carried_in_a_message_comes_back_as_its_exception() -> None:
+    """RecordMany answers each batch with a code, message and field of its own."""
+    stale = error_from_status(9, "stale fencing token: run r1 is failed")
+    assert type(stale) is StaleToken
+    refused = error_from_status(9, "has an active run")
+    assert type(refused) is FailedPrecondition
+    invalid = error_from_status(3, "unknown event type", "batches[2].ops[0].event.type")
+    assert type(invalid) is InvalidArgument and invalid.field == "batches[2].ops[0].event.type"
+    assert type(error_from_status(12345, "from the future")) is NyxflowError

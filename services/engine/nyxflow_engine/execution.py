@@ -116,8 +116,12 @@ class Execution:
             try:
                 await self.writer.heartbeat(self._settings.lease_ttl_s)
                 metrics.LEASE_RENEWALS.inc()
-            except LeaseLost:
+            except LeaseLost as error:
                 # Swept, cancelled or reclaimed: a zombie must stop, writing nothing.
+                log.warning(
+                    "lease lost; stopping, writing nothing",
+                    extra={"run_id": self.run_id, "error": str(error)},
+                )
                 self._lease_lost = True
                 if self.task is not None:
                     self.task.cancel()
@@ -137,8 +141,10 @@ class Execution:
             if step.status != ev.COMPLETED:
                 if self.writer.pause_requested:
                     raise PauseRequested()
+                # The last step's result travels with the run's end: one write, not two.
+                last = position == len(steps) - 1 and not step.spec.generates
                 with logs.bound(step_id=step.id):
-                    outputs[step.name] = await self._execute_step(step, steps, outputs)
+                    outputs[step.name] = await self._execute_step(step, steps, outputs, last)
                 done = pb.Step()
                 done.CopyFrom(step)
                 done.status, done.output = ev.COMPLETED, outputs[step.name]
@@ -163,7 +169,7 @@ class Execution:
         )
 
     async def _execute_step(
-        self, step: pb.Step, steps: Sequence[pb.Step], outputs: dict[str, str]
+        self, step: pb.Step, steps: Sequence[pb.Step], outputs: dict[str, str], last: bool
     ) -> str:
         ids = {"step_id": step.id, "name": step.name}
         await self.writer.step(
@@ -198,10 +204,10 @@ class Execution:
         metrics.STEP_SECONDS.labels(kind=step.kind, provider=provider).observe(
             time.monotonic() - started
         )
-        await self._complete_step(step, result)
+        await self._complete_step(step, result, durable=not last)
         return result.output
 
-    async def _complete_step(self, step: pb.Step, result: StepResult) -> None:
+    async def _complete_step(self, step: pb.Step, result: StepResult, durable: bool) -> None:
         ids = {"step_id": step.id, "name": step.name}
         drafts = []
         if result.truncated:
@@ -243,5 +249,6 @@ class Execution:
                 for i, c in enumerate(result.alternatives)
             ],
         )
-        # A result costs a model call to redo: it is committed before the next step starts.
-        await self.writer.step(step.id, change, *drafts, durable=True)
+        # A result costs a model call to redo: it is committed before the next step starts
+        # (the last one's, with the run's end).
+        await self.writer.step(step.id, change, *drafts, durable=durable)

@@ -10,6 +10,7 @@ import grpc
 from nyxflow.auth import Metadata, internal_metadata
 from nyxflow.client import RunsClient
 from nyxflow.errors import FailedPrecondition
+from nyxflow_engine.committer import Committer
 from nyxflow_engine.execution import Execution
 from nyxflow_engine.feed import RunFeed
 from nyxflow_engine.providers.registry import Providers
@@ -27,6 +28,7 @@ class Executor:
         self._settings = settings
         self._providers = providers
         self._executions: dict[str, Execution] = {}
+        self._committer = Committer(channel, settings.internal_secret, settings.rpc_timeout_s)
 
     @property
     def active(self) -> int:
@@ -51,6 +53,8 @@ class Executor:
         await feed.extend(claim.events)
         writer = RunWriter(
             runs,
+            self._committer,
+            claim.run.tenant_id,
             run_id,
             claim.token,
             feed,

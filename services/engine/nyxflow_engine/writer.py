@@ -23,6 +23,7 @@ from nyxflow.client import RunsClient
 from nyxflow.errors import StaleToken, Unavailable
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
+from nyxflow_engine.committer import Committer
 from nyxflow_engine.feed import RunFeed
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class RunWriter:
     def __init__(
         self,
         runs: RunsClient,
+        committer: Committer,
+        tenant_id: str,
         run_id: str,
         token: int,
         feed: RunFeed,
@@ -69,6 +72,8 @@ class RunWriter:
         group_commit_s: float = 0.05,
     ) -> None:
         self.runs = runs
+        self._committer = committer
+        self._tenant_id = tenant_id
         self.run_id = run_id
         self.token = token
         self.feed = feed
@@ -150,11 +155,16 @@ class RunWriter:
                 return
             for op in ops:
                 scrub(op)
-            batch_id = uuid.uuid4().hex  # the same across retries: applied once at most
+            request = runs_pb2.RecordRequest(
+                run_id=self.run_id,
+                token=self.token,
+                ops=ops,
+                finish_status=finish_status,
+                finish_error=finish_error,
+                batch_id=uuid.uuid4().hex,  # the same across retries: applied once at most
+            )
             response = await self._retrying(
-                lambda: self.runs.record(
-                    self.run_id, self.token, ops, finish_status, finish_error, batch_id
-                )
+                lambda: self._committer.record(self._tenant_id, request)
             )
             await self._absorb(response)
 

@@ -78,6 +78,10 @@ class LocalBus:
         metrics.EVENTS_WRITTEN.inc(len(events))
         self.dispatch(run_id, events)
 
+    async def publish_many(self, batches: Sequence[tuple[str, Sequence[pb.RunEvent]]]) -> None:
+        for run_id, events in batches:
+            await self.publish(run_id, events)
+
     def watcher_count(self) -> int:
         return sum(len(subs) for subs in self._subs.values())
 
@@ -109,6 +113,23 @@ class RedisBus(LocalBus):
             # Watchers fall back to polling the database; the write itself already committed.
             log.warning("redis publish failed", extra={"action": "bus", "error": str(error)})
             self.dispatch(run_id, events)
+
+    async def publish_many(self, batches: Sequence[tuple[str, Sequence[pb.RunEvent]]]) -> None:
+        """A group commit's events in one round trip to Redis (a pipeline, not a transaction)."""
+        batches = [(run_id, events) for run_id, events in batches if events]
+        if not batches:
+            return
+        metrics.EVENTS_WRITTEN.inc(sum(len(events) for _, events in batches))
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id, events in batches:
+                    payload = runs_pb2.WriteResponse(events=events).SerializeToString()
+                    pipe.publish(CHANNEL_PREFIX + run_id, payload)
+                await pipe.execute()
+        except (aioredis.RedisError, OSError) as error:
+            log.warning("redis publish failed", extra={"action": "bus", "error": str(error)})
+            for run_id, events in batches:
+                self.dispatch(run_id, events)
 
     async def _read_forever(self) -> None:
         while True:

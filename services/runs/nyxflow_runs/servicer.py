@@ -9,22 +9,30 @@ import grpc
 from google.protobuf.message import Message
 
 from nyxflow import pipelines
-from nyxflow.errors import InvalidArgument
+from nyxflow.errors import InvalidArgument, NyxflowError
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2, runs_pb2_grpc
 from nyxflow_runs import validation as valid
 from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.store import Draft, Store
+from nyxflow_runs.store.hot_path import Entry
 from nyxflow_runs.store.record import Batch, Written
 from nyxflow_runs.tenancy import Tenancy
 from nyxflow_runs.watch import watch_run
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
 MAX_SEQ = 2**31 - 1
+MAX_GROUP = 1000  # batches per RecordMany: an engine sends what its runs wrote meanwhile
 
 
 def _response(written: Written) -> runs_pb2.WriteResponse:
     return runs_pb2.WriteResponse(events=written.events, pause_requested=written.pause_requested)
+
+
+def _refused(error: NyxflowError) -> runs_pb2.RecordResult:
+    return runs_pb2.RecordResult(
+        code=error.code.value[0], message=error.message, field=error.field or ""
+    )
 
 
 class RunsServicer(runs_pb2_grpc.RunsServicer):
@@ -326,6 +334,36 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
             valid.text(request.batch_id, "batch_id", 64, required=False),
         )
         return _response(await self._store.record(tenant, request.run_id, request.token, batch))
+
+    async def RecordMany(
+        self, request: runs_pb2.RecordManyRequest, context: Ctx
+    ) -> runs_pb2.RecordManyResponse:
+        tenant = self._tenancy.engine_tenant_of(context)
+        if len(request.batches) > MAX_GROUP:
+            raise InvalidArgument(f"at most {MAX_GROUP} batches per call", field="batches")
+        results: dict[int, runs_pb2.RecordResult] = {}
+        entries: list[Entry] = []
+        positions: list[int] = []
+        for i, b in enumerate(request.batches):
+            try:
+                batch_id = valid.text(b.batch_id, "batch_id", 64, required=False)
+                batch = Batch.of(b.ops, b.finish_status, b.finish_error, batch_id)
+            except NyxflowError as error:
+                error.field = f"batches[{i}].{error.field}" if error.field else f"batches[{i}]"
+                results[i] = _refused(error)
+                continue
+            entries.append(Entry(b.run_id, b.token, batch))
+            positions.append(i)
+        for i, outcome in zip(
+            positions, await self._store.record_many(tenant, entries), strict=True
+        ):
+            if isinstance(outcome, NyxflowError):
+                results[i] = _refused(outcome)
+            else:
+                results[i] = runs_pb2.RecordResult(written=_response(outcome))
+        return runs_pb2.RecordManyResponse(
+            results=[results[i] for i in range(len(request.batches))]
+        )
 
     async def FinishRun(
         self, request: runs_pb2.FinishRunRequest, context: Ctx

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nyxflow import events as ev
-from nyxflow.errors import FailedPrecondition, NotFound, StaleToken
+from nyxflow.errors import STALE_TOKEN_PREFIX, FailedPrecondition, NotFound, StaleToken
 from nyxflow.personas import BUILTIN_PERSONAS
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import convert
@@ -20,6 +21,9 @@ from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import Persona, Run, RunEvent, Step, StepItem, Tenant, Workflow
 from nyxflow_runs.scoping import TENANT
 from nyxflow_runs.validation import event_data, event_type
+
+if TYPE_CHECKING:
+    from nyxflow_runs.store.hot_path import HotPath
 
 # Everything an execution produced; retry and re-run put a step back to exactly this.
 PRISTINE_STEP: dict[str, Any] = {
@@ -69,6 +73,13 @@ class StoreBase:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], bus: LocalBus) -> None:
         self._sessions = sessions
         self._bus = bus
+
+    @functools.cached_property
+    def _hot(self) -> HotPath | None:
+        """asyncpg directly for the engine's hot path, on PostgreSQL (hot_path.py)."""
+        from nyxflow_runs.store.hot_path import HotPath  # it builds on this module
+
+        return HotPath.of(self._sessions.kw.get("bind"))
 
     @contextlib.asynccontextmanager
     async def _scoped(self, tenant_id: str, *, write: bool = False) -> AsyncIterator[AsyncSession]:
@@ -218,7 +229,7 @@ class StoreBase:
 
     async def _refuse(self, session: AsyncSession, tenant_id: str, run_id: str) -> NoReturn:
         run = await self._run(session, tenant_id, run_id)  # NotFound if not ours
-        raise StaleToken(f"stale fencing token: run {run_id} is {run.status}")
+        raise StaleToken(f"{STALE_TOKEN_PREFIX}: run {run_id} is {run.status}")
 
     async def _append(
         self, session: AsyncSession, run: Run, drafts: Sequence[Draft]

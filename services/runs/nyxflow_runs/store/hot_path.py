@@ -17,7 +17,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,7 +28,10 @@ from nyxflow.personas import BUILTIN_PERSONAS
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
-from nyxflow_runs.store.base import Claim, Draft
+from nyxflow_runs.store.base import Claim
+
+if TYPE_CHECKING:
+    from nyxflow_runs.store.record import Batch
 
 NOW = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
 
@@ -38,24 +41,36 @@ UPDATE runs SET status = 'running', token = token + 1, lease_owner = $3,
 WHERE id = $1 AND tenant_id = $2 AND status = 'pending'
 RETURNING *"""
 
-FENCE = """
-UPDATE runs SET last_seq = last_seq + $4, last_batch = $5
-WHERE id = $1 AND tenant_id = $2 AND token = $3 AND status = 'running'
-    AND last_batch IS DISTINCT FROM $5
-RETURNING workflow_id, last_seq, pause_requested"""
+# No row when the workflow is not the tenant's or already has an active run: the general
+# path then explains (or sweeps a stale run first and tries again).
+CREATE_RUN = f"""
+INSERT INTO runs (id, tenant_id, workflow_id, status, last_seq, token, pause_requested,
+                  created_at)
+SELECT $1, w.tenant_id, w.id, 'pending', 0, 0, false, {NOW}
+FROM workflows w WHERE w.id = $2 AND w.tenant_id = $3
+ON CONFLICT DO NOTHING
+RETURNING *"""
 
-# The same fence, ending the run in the same statement.
-FENCE_FINISH = f"""
-UPDATE runs SET last_seq = last_seq + $4, last_batch = $5, status = $6, error = $7,
-    finished_at = {NOW}, lease_owner = NULL, lease_expires_at = NULL, pause_requested = false
-WHERE id = $1 AND tenant_id = $2 AND token = $3 AND status = 'running'
-    AND last_batch IS DISTINCT FROM $5
-RETURNING workflow_id, last_seq, pause_requested"""
+# Every statement below takes many runs at once (a group commit: see `record_many`).
+FENCE = f"""
+UPDATE runs AS r SET last_seq = r.last_seq + v.n, last_batch = v.batch,
+    status = COALESCE(v.finish, r.status),
+    error = CASE WHEN v.finish IS NULL THEN r.error ELSE v.error END,
+    finished_at = CASE WHEN v.finish IS NULL THEN r.finished_at ELSE {NOW} END,
+    lease_owner = CASE WHEN v.finish IS NULL THEN r.lease_owner END,
+    lease_expires_at = CASE WHEN v.finish IS NULL THEN r.lease_expires_at END,
+    pause_requested = v.finish IS NULL AND r.pause_requested
+FROM unnest($2::varchar[], $3::bigint[], $4::int[], $5::varchar[], $6::varchar[], $7::text[])
+    AS v(id, token, n, batch, finish, error)
+WHERE r.id = v.id AND r.tenant_id = $1 AND r.token = v.token AND r.status = 'running'
+    AND r.last_batch IS DISTINCT FROM v.batch
+RETURNING r.id, r.workflow_id, r.last_seq, r.pause_requested"""
 
 START_STEPS = f"""
-UPDATE steps SET status = 'running', started_at = {NOW}, finished_at = NULL, error = NULL
-WHERE workflow_id = $1 AND id = ANY($2::varchar[])
-RETURNING id"""
+UPDATE steps AS s SET status = 'running', started_at = {NOW}, finished_at = NULL, error = NULL
+FROM unnest($1::varchar[], $2::varchar[]) AS v(id, workflow_id)
+WHERE s.id = v.id AND s.workflow_id = v.workflow_id
+RETURNING s.id"""
 
 END_STEPS = f"""
 UPDATE steps AS s SET status = v.status, output = v.output, error = v.error,
@@ -63,14 +78,16 @@ UPDATE steps AS s SET status = v.status, output = v.output, error = v.error,
     output_tokens = v.output_tokens, served_by = v.served_by, finished_at = {NOW},
     alternatives_out = COALESCE(v.alternatives::json, s.alternatives_out),
     selected_index = CASE WHEN v.alternatives IS NULL THEN s.selected_index ELSE 0 END
-FROM unnest($2::varchar[], $3::varchar[], $4::text[], $5::text[], $6::bool[], $7::varchar[],
-            $8::int[], $9::int[], $10::varchar[], $11::text[])
-    AS v(id, status, output, error, truncated, finish_reason, input_tokens, output_tokens,
-         served_by, alternatives)
-WHERE s.id = v.id AND s.workflow_id = $1
+FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::text[], $5::text[], $6::bool[],
+            $7::varchar[], $8::int[], $9::int[], $10::varchar[], $11::text[])
+    AS v(id, workflow_id, status, output, error, truncated, finish_reason, input_tokens,
+         output_tokens, served_by, alternatives)
+WHERE s.id = v.id AND s.workflow_id = v.workflow_id
 RETURNING s.id"""
 
-STEPS_IN_WORKFLOW = "SELECT count(*) FROM steps WHERE workflow_id = $1 AND id = ANY($2::varchar[])"
+FOREIGN_STEPS = """
+SELECT v.id FROM unnest($1::varchar[], $2::varchar[]) AS v(id, workflow_id)
+WHERE NOT EXISTS (SELECT 1 FROM steps s WHERE s.id = v.id AND s.workflow_id = v.workflow_id)"""
 
 # Idempotent per (step, index): a second write of the same item keeps the first.
 INSERT_ITEMS = f"""
@@ -80,23 +97,24 @@ FROM unnest($2::varchar[], $3::varchar[], $4::int[], $5::text[], $6::text[])
     AS v(id, step_id, item_index, heading, output)
 ON CONFLICT (step_id, item_index) DO NOTHING"""
 
-INSERT_EVENTS = f"""
+INSERT_MANY_EVENTS = f"""
 INSERT INTO run_events (run_id, tenant_id, seq, type, data, created_at)
-SELECT $1, $2, $3 + v.n - 1, v.type, v.data::json, {NOW}
-FROM unnest($4::varchar[], $5::text[]) WITH ORDINALITY AS v(type, data, n)
-RETURNING seq, type, data::text AS data, created_at"""
+SELECT v.run_id, $1, v.seq, v.type, v.data::json, {NOW}
+FROM unnest($2::varchar[], $3::int[], $4::varchar[], $5::text[]) AS v(run_id, seq, type, data)
+RETURNING run_id, seq, type, data::text AS data, created_at"""
+
+# A finished run leaves no step running: failed or cancelled with it, else pending again.
+SETTLE_FAILED = f"""
+UPDATE steps AS s SET status = v.status, error = v.error, finished_at = {NOW}
+FROM unnest($1::varchar[], $2::varchar[], $3::text[]) AS v(workflow_id, status, error)
+WHERE s.workflow_id = v.workflow_id AND s.status = 'running'"""
+SETTLE_PENDING = """
+UPDATE steps SET status = 'pending', started_at = NULL, finished_at = NULL
+WHERE workflow_id = ANY($1::varchar[]) AND status = 'running'"""
 
 EVENTS_BEFORE = """
 SELECT seq, type, data::text AS data, created_at FROM run_events
 WHERE run_id = $1 AND seq < $2 ORDER BY seq"""
-
-# A finished run leaves no step running: failed or cancelled with it, else pending again.
-SETTLE_FAILED = f"""
-UPDATE steps SET status = $2, error = $3, finished_at = {NOW}
-WHERE workflow_id = $1 AND status = 'running'"""
-SETTLE_PENDING = """
-UPDATE steps SET status = 'pending', started_at = NULL, finished_at = NULL
-WHERE workflow_id = $1 AND status = 'running'"""
 
 STEPS = """
 SELECT s.*, w.default_providers AS workflow_chain, t.default_providers AS tenant_chain
@@ -184,6 +202,13 @@ class HotPath:
                     await connection.invalidate()
                 raise
 
+    # --- create and claim ---------------------------------------------------------------
+
+    async def create_run(self, tenant_id: str, workflow_id: str) -> pb.Run | None:
+        async with self._connection() as db:
+            row = await db.fetchrow(CREATE_RUN, str(uuid.uuid4()), workflow_id, tenant_id)
+        return None if row is None else convert.run(Row(row))  # type: ignore[arg-type]
+
     # --- claim ------------------------------------------------------------------------
 
     async def claim(self, tenant_id: str, run_id: str, owner: str, ttl_s: float) -> Claim | None:
@@ -194,7 +219,7 @@ class HotPath:
                 return None
             seq = won["last_seq"]
             started = await db.fetch(
-                INSERT_EVENTS, run_id, tenant_id, seq, [ev.RUN_STARTED],
+                INSERT_MANY_EVENTS, tenant_id, [run_id], [seq], [ev.RUN_STARTED],
                 [json.dumps({"owner": owner})],
             )  # fmt: skip
             earlier = await db.fetch(EVENTS_BEFORE, run_id, seq)
@@ -222,112 +247,208 @@ class HotPath:
             for r in rows
         ]
 
-    # --- record -----------------------------------------------------------------------
+    # --- record ---------------------------------------------------------------------
 
-    async def record(
-        self,
-        tenant_id: str,
-        run_id: str,
-        token: int,
-        ops: Sequence[runs_pb2.WriteOp],
-        drafts: Sequence[Draft],
-        finish_status: str,
-        finish_error: str,
-        batch_id: str,
-    ) -> tuple[list[pb.RunEvent], bool] | None:
-        """Apply a batch in one transaction: (its events, pause requested), or None if the
-        fence refused it (or the batch needs the general path's ordering)."""
-        plan = StepPlan.of(ops)
-        if plan is None:
-            return None
-        fence = (run_id, tenant_id, token, len(drafts), batch_id or uuid.uuid4().hex)
+    async def record_many(
+        self, tenant_id: str, entries: Sequence[Entry]
+    ) -> dict[int, tuple[list[pb.RunEvent], bool]]:
+        """Apply many runs' batches in one transaction, a few statements in all.
+
+        Returns, by entry index, (its events, pause requested) for every batch applied. An
+        entry left out was fenced off (stale token, replay) or needs its own transaction (the
+        same run twice, an order the set-based statements cannot keep): the caller takes it
+        through the general path. A step outside its run's workflow raises NotFound and
+        nothing is written."""
+        chosen: dict[str, int] = {}
+        plans: dict[int, StepPlan] = {}
+        for index, entry in enumerate(entries):
+            plan = StepPlan.of(entry.batch.ops)
+            if plan is not None and entry.run_id not in chosen:
+                chosen[entry.run_id] = index
+                plans[index] = plan
+        if not chosen:
+            return {}
+        picked = [entries[i] for i in chosen.values()]
         async with self._connection() as db, db.transaction():
-            if finish_status:
-                finish = (finish_status, finish_error or None)
-                fenced = await db.fetchrow(FENCE_FINISH, *fence, *finish)
-            else:
-                fenced = await db.fetchrow(FENCE, *fence)
-            if fenced is None:
-                return None
-            workflow_id = fenced["workflow_id"]
-            await self._apply_steps(db, run_id, workflow_id, plan)
-            await self._insert_items(db, tenant_id, run_id, workflow_id, ops)
-            first = fenced["last_seq"] - len(drafts) + 1
-            rows = await db.fetch(
-                INSERT_EVENTS, run_id, tenant_id, first, [d.type for d in drafts],
-                [json.dumps(d.data) for d in drafts],
-            ) if drafts else []  # fmt: skip
-            if finish_status in (ev.FAILED, ev.CANCELLED):
-                error = finish_error or f"run {finish_status}"
-                await db.execute(SETTLE_FAILED, workflow_id, finish_status, error)
-            elif finish_status:
-                await db.execute(SETTLE_PENDING, workflow_id)
-        events = sorted((_event(run_id, r) for r in rows), key=lambda e: e.seq)
-        return events, bool(fenced["pause_requested"])
-
-    @staticmethod
-    async def _apply_steps(
-        db: asyncpg.Connection, run_id: str, workflow_id: str, plan: StepPlan
-    ) -> None:
-        if plan.starts:
-            started = await db.fetch(START_STEPS, workflow_id, plan.starts)
-            _require_all(run_id, plan.starts, [r["id"] for r in started])
-        if plan.ends:
-            changes = [w.change for w in plan.ends]
-            ended = await db.fetch(
-                END_STEPS,
-                workflow_id,
-                [w.step_id for w in plan.ends],
-                [c.status for c in changes],
-                [c.output or None for c in changes],
-                [c.error or None for c in changes],
-                [c.truncated for c in changes],
-                [c.finish_reason or None for c in changes],
-                [c.input_tokens for c in changes],
-                [c.output_tokens for c in changes],
-                [c.served_by or None for c in changes],
-                [
-                    json.dumps([convert.alternative_dict(a) for a in c.alternatives])
-                    if c.alternatives
-                    else None
-                    for c in changes
-                ],
+            fenced = await db.fetch(
+                FENCE,
+                tenant_id,
+                [e.run_id for e in picked],
+                [e.token for e in picked],
+                [len(e.batch.drafts) for e in picked],
+                [e.batch.batch_id or uuid.uuid4().hex for e in picked],
+                [e.batch.finish_status or None for e in picked],
+                [e.batch.finish_error or None for e in picked],
             )
-            _require_all(run_id, [w.step_id for w in plan.ends], [r["id"] for r in ended])
+            if not fenced:
+                return {}
+            applied = [
+                Applied(chosen[r["id"]], r["workflow_id"], r["last_seq"], r["pause_requested"])
+                for r in fenced
+            ]
+            await _apply_steps(db, entries, plans, applied)
+            await _insert_items(db, tenant_id, entries, applied)
+            rows = await _insert_events(db, tenant_id, entries, applied)
+            await _settle(db, entries, applied)
+        events: dict[str, list[pb.RunEvent]] = {}
+        for row in rows:
+            events.setdefault(row["run_id"], []).append(_event(row["run_id"], row))
+        return {
+            a.index: (
+                sorted(events.get(entries[a.index].run_id, []), key=lambda e: e.seq),
+                bool(a.pause_requested),
+            )
+            for a in applied
+        }
 
-    @staticmethod
-    async def _insert_items(
-        db: asyncpg.Connection,
-        tenant_id: str,
-        run_id: str,
-        workflow_id: str,
-        ops: Sequence[runs_pb2.WriteOp],
-    ) -> None:
-        writes = [op.item for op in ops if op.WhichOneof("op") == "item"]
-        if not writes:
-            return
-        step_ids = sorted({w.step_id for w in writes})
-        if await db.fetchval(STEPS_IN_WORKFLOW, workflow_id, step_ids) != len(step_ids):
-            known = {r["id"] for r in await db.fetch(
-                "SELECT id FROM steps WHERE workflow_id = $1 AND id = ANY($2::varchar[])",
-                workflow_id, step_ids,
-            )}  # fmt: skip
-            missing = next(s for s in step_ids if s not in known)
-            raise NotFound(f"step {missing} not found in run {run_id}")
+
+@dataclass(frozen=True)
+class Entry:
+    """One run's batch in a group commit."""
+
+    run_id: str
+    token: int
+    batch: Batch
+
+
+@dataclass(frozen=True)
+class Applied:
+    """An entry the fence let through: where its run's workflow and seqs stand."""
+
+    index: int
+    workflow_id: str
+    last_seq: int
+    pause_requested: bool
+
+
+async def _apply_steps(
+    db: asyncpg.Connection,
+    entries: Sequence[Entry],
+    plans: dict[int, StepPlan],
+    applied: Sequence[Applied],
+) -> None:
+    starts = [(s, a.workflow_id) for a in applied for s in plans[a.index].starts]
+    if starts:
+        rows = await db.fetch(START_STEPS, [s for s, _ in starts], [w for _, w in starts])
+        _require_all(entries, applied, [s for s, _ in starts], [r["id"] for r in rows])
+    ends = [(w, a.workflow_id) for a in applied for w in plans[a.index].ends]
+    if not ends:
+        return
+    changes = [w.change for w, _ in ends]
+    rows = await db.fetch(
+        END_STEPS,
+        [w.step_id for w, _ in ends],
+        [workflow_id for _, workflow_id in ends],
+        [c.status for c in changes],
+        [c.output or None for c in changes],
+        [c.error or None for c in changes],
+        [c.truncated for c in changes],
+        [c.finish_reason or None for c in changes],
+        [c.input_tokens for c in changes],
+        [c.output_tokens for c in changes],
+        [c.served_by or None for c in changes],
+        [
+            json.dumps([convert.alternative_dict(a) for a in c.alternatives])
+            if c.alternatives
+            else None
+            for c in changes
+        ],
+    )
+    _require_all(entries, applied, [w.step_id for w, _ in ends], [r["id"] for r in rows])
+
+
+async def _insert_items(
+    db: asyncpg.Connection, tenant_id: str, entries: Sequence[Entry], applied: Sequence[Applied]
+) -> None:
+    writes = [
+        (op.item, a.workflow_id)
+        for a in applied
+        for op in entries[a.index].batch.ops
+        if op.WhichOneof("op") == "item"
+    ]
+    if not writes:
+        return
+    foreign = await db.fetch(
+        FOREIGN_STEPS, [w.step_id for w, _ in writes], [wf for _, wf in writes]
+    )
+    _require_all(entries, applied, [r["id"] for r in foreign], [])
+    await db.execute(
+        INSERT_ITEMS,
+        tenant_id,
+        [str(uuid.uuid4()) for _ in writes],
+        [w.step_id for w, _ in writes],
+        [w.item.index for w, _ in writes],
+        [w.item.heading for w, _ in writes],
+        [w.item.output for w, _ in writes],
+    )
+
+
+async def _insert_events(
+    db: asyncpg.Connection, tenant_id: str, entries: Sequence[Entry], applied: Sequence[Applied]
+) -> list[asyncpg.Record]:
+    run_ids: list[str] = []
+    seqs: list[int] = []
+    types: list[str] = []
+    data: list[str] = []
+    for a in applied:
+        entry = entries[a.index]
+        first = a.last_seq - len(entry.batch.drafts) + 1
+        for offset, d in enumerate(entry.batch.drafts):
+            run_ids.append(entry.run_id)
+            seqs.append(first + offset)
+            types.append(d.type)
+            data.append(json.dumps(d.data))
+    if not run_ids:
+        return []
+    rows: list[asyncpg.Record] = await db.fetch(
+        INSERT_MANY_EVENTS, tenant_id, run_ids, seqs, types, data
+    )
+    return rows
+
+
+async def _settle(
+    db: asyncpg.Connection, entries: Sequence[Entry], applied: Sequence[Applied]
+) -> None:
+    failed = [
+        (a.workflow_id, entries[a.index].batch)
+        for a in applied
+        if entries[a.index].batch.finish_status in (ev.FAILED, ev.CANCELLED)
+    ]
+    if failed:
         await db.execute(
-            INSERT_ITEMS,
-            tenant_id,
-            [str(uuid.uuid4()) for _ in writes],
-            [w.step_id for w in writes],
-            [w.item.index for w in writes],
-            [w.item.heading for w in writes],
-            [w.item.output for w in writes],
+            SETTLE_FAILED,
+            [w for w, _ in failed],
+            [b.finish_status for _, b in failed],
+            [b.finish_error or f"run {b.finish_status}" for _, b in failed],
         )
+    pending = [
+        a.workflow_id
+        for a in applied
+        if entries[a.index].batch.finish_status not in ("", ev.FAILED, ev.CANCELLED)
+    ]
+    if pending:
+        await db.execute(SETTLE_PENDING, pending)
 
 
-def _require_all(run_id: str, wanted: Sequence[str], found: Sequence[str]) -> None:
-    """A step id not in the run's workflow refuses the whole batch (the transaction rolls
-    back as the error leaves it)."""
+def _require_all(
+    entries: Sequence[Entry],
+    applied: Sequence[Applied],
+    wanted: Sequence[str],
+    found: Sequence[str],
+) -> None:
+    """A step id outside its run's workflow refuses the group (the transaction rolls back as
+    the error leaves it); the caller then applies each batch alone, to refuse only that one."""
     missing = set(wanted) - set(found)
-    if missing:
-        raise NotFound(f"step {sorted(missing)[0]} not found in run {run_id}")
+    if not missing:
+        return
+    step_id = sorted(missing)[0]
+    run_id = next(
+        (
+            entries[a.index].run_id
+            for a in applied
+            for op in entries[a.index].batch.ops
+            if (op.step.step_id if op.WhichOneof("op") == "step" else op.item.step_id) == step_id
+        ),
+        "?",
+    )
+    raise NotFound(f"step {step_id} not found in run {run_id}")

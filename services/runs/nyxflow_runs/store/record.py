@@ -7,7 +7,6 @@ one round trip per statement and no ORM bookkeeping.
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,14 +16,14 @@ from sqlalchemy import Table, and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nyxflow import events as ev
-from nyxflow.errors import InvalidArgument, NotFound
+from nyxflow.errors import InvalidArgument, NotFound, NyxflowError
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import Run, RunEvent, Step, StepItem
 from nyxflow_runs.store.base import Draft, StoreBase
-from nyxflow_runs.store.hot_path import HotPath
+from nyxflow_runs.store.hot_path import Entry
 
 runs_t: Table = Run.__table__  # type: ignore[assignment]
 steps_t: Table = Step.__table__  # type: ignore[assignment]
@@ -147,19 +146,39 @@ class Batch:
 
 
 class Recording(StoreBase):
-    @functools.cached_property
-    def _hot(self) -> HotPath | None:
-        return HotPath.of(self._sessions.kw.get("bind"))
+    async def record_many(
+        self, tenant_id: str, entries: Sequence[Entry]
+    ) -> list[Written | NyxflowError]:
+        """Many runs' batches at once (the engine's group commit), each answered alone: a
+        batch refused (stale token, a foreign step, a bad op) costs only its own run."""
+        results: dict[int, Written | NyxflowError] = {}
+        if self._hot is not None:
+            try:
+                applied = await self._hot.record_many(tenant_id, entries)
+            except NotFound:
+                applied = {}  # one batch names a foreign step: each alone finds which
+            published = []
+            for index, (events, pause) in applied.items():
+                results[index] = Written(events, pause)
+                published.append((entries[index].run_id, events))
+            await self._bus.publish_many(published)
+        for index, entry in enumerate(entries):
+            if index not in results:
+                try:
+                    results[index] = await self.record(
+                        tenant_id, entry.run_id, entry.token, entry.batch
+                    )
+                except NyxflowError as error:
+                    results[index] = error
+        return [results[i] for i in range(len(entries))]
 
     async def record(self, tenant_id: str, run_id: str, token: int, batch: Batch) -> Written:
         if self._hot is not None:
-            done = await self._hot.record(
-                tenant_id, run_id, token, batch.ops, batch.drafts, batch.finish_status,
-                batch.finish_error, batch.batch_id,
-            )  # fmt: skip
-            if done is not None:
-                await self._bus.publish(run_id, done[0])
-                return Written(*done)
+            applied = await self._hot.record_many(tenant_id, [Entry(run_id, token, batch)])
+            if applied:
+                events, pause = applied[0]
+                await self._bus.publish(run_id, events)
+                return Written(events, pause)
         # SQLite, or a refusal or replay to explain: the general path.
         async with self._sessions.begin() as session:
             fenced = (

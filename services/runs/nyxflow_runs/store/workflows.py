@@ -235,6 +235,11 @@ class Workflows(StoreBase):
     # --- runs -------------------------------------------------------------------------
 
     async def create_run(self, tenant_id: str, workflow_id: str) -> pb.Run:
+        if self._hot is not None:
+            created = await self._hot.create_run(tenant_id, workflow_id)
+            if created is not None:
+                metrics.RUNS_CREATED.inc()
+                return created
         async with self._scoped(tenant_id) as session:
             await self._workflow(session, tenant_id, workflow_id)  # NotFound before any write
         # A stale run must not block a new one: sweep this workflow's orphans first.

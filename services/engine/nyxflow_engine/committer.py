@@ -1,0 +1,70 @@
+"""Group commit across runs: every execution's write goes through here, and the writes that
+wait while a call is in flight travel together in the next `RecordMany` (one per tenant).
+
+One call in flight per tenant keeps the cost per write falling as load rises: a lone write
+goes at once, and under load a call carries every run that wrote meanwhile. Each batch is
+still answered alone (its events, or why it was refused), so one stale run costs no other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import grpc
+
+from nyxflow.auth import internal_metadata
+from nyxflow.client import RunsClient
+from nyxflow.errors import error_from_status
+from nyxflow.v1 import runs_pb2
+
+Waiting = tuple[runs_pb2.RecordRequest, "asyncio.Future[runs_pb2.WriteResponse]"]
+
+
+class Committer:
+    def __init__(self, channel: grpc.aio.Channel, secret: str, timeout_s: float) -> None:
+        self._channel = channel
+        self._secret = secret
+        self._timeout_s = timeout_s
+        self._waiting: dict[str, list[Waiting]] = defaultdict(list)
+        self._senders: dict[str, asyncio.Task[None]] = {}
+
+    async def record(
+        self, tenant_id: str, request: runs_pb2.RecordRequest
+    ) -> runs_pb2.WriteResponse:
+        """Apply one run's batch; raises what runs refused it with (or why the call failed)."""
+        future: asyncio.Future[runs_pb2.WriteResponse] = asyncio.get_running_loop().create_future()
+        self._waiting[tenant_id].append((request, future))
+        if tenant_id not in self._senders:
+            self._senders[tenant_id] = asyncio.create_task(
+                self._send_while_waiting(tenant_id), name=f"commit-{tenant_id}"
+            )
+        return await future
+
+    async def _send_while_waiting(self, tenant_id: str) -> None:
+        runs = RunsClient(
+            self._channel, internal_metadata(self._secret, tenant_id), self._timeout_s
+        )
+        try:
+            while self._waiting.get(tenant_id):
+                group = self._waiting.pop(tenant_id)
+                await self._send(runs, group)
+        finally:
+            del self._senders[tenant_id]
+
+    @staticmethod
+    async def _send(runs: RunsClient, group: list[Waiting]) -> None:
+        try:
+            response = await runs.record_many([request for request, _ in group])
+        except Exception as error:  # the whole call failed: every writer retries its own
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(group, response.results, strict=True):
+            if future.done():  # its writer was cancelled meanwhile
+                continue
+            if result.code == grpc.StatusCode.OK.value[0]:
+                future.set_result(result.written)
+            else:
+                future.set_exception(error_from_status(result.code, result.message, result.field))
