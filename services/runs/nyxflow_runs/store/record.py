@@ -153,10 +153,7 @@ class Recording(StoreBase):
         batch refused (stale token, a foreign step, a bad op) costs only its own run."""
         results: dict[int, Written | NyxflowError] = {}
         if self._hot is not None:
-            try:
-                applied = await self._hot.record_many(tenant_id, entries)
-            except NotFound:
-                applied = {}  # one batch names a foreign step: each alone finds which
+            applied = await self._hot.record_many(tenant_id, entries)
             published = []
             for index, (events, pause) in applied.items():
                 results[index] = Written(events, pause)
