@@ -42,6 +42,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, translate: Translate | None = None) -> None:
         self._translate = translate
+        # gRPC asks for the handler on every call; the wrapped one per method is built once.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def _abort(
         self, error: Exception, context: grpc.aio.ServicerContext, method: str
@@ -59,10 +61,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrap(await continuation(handler_call_details), method)
+            if wrapped is not None:
+                self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler:
         if handler is None:
             return handler
-        method = handler_call_details.method
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 

@@ -124,7 +124,9 @@ async def test_sigkill_engine_replicas_at_random_moments(
                     http, stack, f"kill-{round_}", fan_out_steps() if fan else chain_steps()
                 )
                 run_id = await start_run(http, stack, workflow["id"])
-                target = rng.randint(0, 12) if fan else rng.randint(1, 28)
+                # Enough left after the target (and the random wait) that the kill lands mid-run:
+                # 13 items two at a time, 200 ms each; 30 steps of 50 ms.
+                target = rng.randint(0, 10) if fan else rng.randint(1, 24)
                 seen = await _execute_until(engines[victim], run_id, fan, target, rng)
                 stack.kill(names[victim])
                 killed_at = time.monotonic()

@@ -52,8 +52,7 @@ class Committer:
         finally:
             del self._senders[tenant_id]
 
-    @staticmethod
-    async def _send(runs: RunsClient, group: list[Waiting]) -> None:
+    async def _send(self, runs: RunsClient, group: list[Waiting]) -> None:
         try:
             response = await runs.record_many([request for request, _ in group])
         except Exception as error:  # the whole call failed: every writer retries its own

@@ -81,6 +81,11 @@ class RunWriter:
         self._retry_s = retry_s
         self._group_commit_s = group_commit_s
         self._pending: list[runs_pb2.WriteOp] = []
+        # Ops deferred and ops committed, counted since the start: a flush whose ops another
+        # flush already carried returns without a call of its own (see `flush`).
+        self._deferred = 0
+        self._committed = 0
+        self._lost: tuple[int, Exception] | None = None  # ops up to here went in a failed batch
         self._timer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         # One batch in flight at a time, so seqs reach the feed in order.
@@ -148,9 +153,20 @@ class RunWriter:
         return await self._retrying(lambda: self.runs.get_workflow(workflow_id))
 
     async def flush(self, finish_status: str = "", finish_error: str = "") -> None:
+        """Commit everything deferred so far (and end the run, if asked).
+
+        Concurrent flushes (a fan-out's items) share calls: each batch carries all that is
+        pending when it goes, and a flush whose ops went in an earlier batch only waits for
+        it. Without that, items would queue one call each behind the lock."""
         self._raise_failure()
+        target = self._deferred
         async with self._lock:
+            if not finish_status and self._committed >= target:
+                return
+            if not finish_status and self._lost is not None and self._lost[0] >= target:
+                raise self._lost[1]  # the batch that carried our ops failed
             ops, self._pending = self._pending, []
+            taken = self._deferred
             if not ops and not finish_status:
                 return
             for op in ops:
@@ -163,9 +179,17 @@ class RunWriter:
                 finish_error=finish_error,
                 batch_id=uuid.uuid4().hex,  # the same across retries: applied once at most
             )
-            response = await self._retrying(
-                lambda: self._committer.record(self._tenant_id, request)
-            )
+            try:
+                response = await self._retrying(
+                    lambda: self._committer.record(self._tenant_id, request)
+                )
+            except Exception as error:
+                self._lost = (
+                    taken,
+                    error,
+                )  # its ops are lost: so is every flush that counted on them
+                raise
+            self._committed = taken
             await self._absorb(response)
 
     # --- group commit -----------------------------------------------------------------
@@ -173,6 +197,7 @@ class RunWriter:
     def _defer(self, ops: list[runs_pb2.WriteOp]) -> None:
         self._raise_failure()
         self._pending.extend(ops)
+        self._deferred += len(ops)
         if self._timer is None or self._timer.done():
             self._timer = asyncio.create_task(self._flush_soon(), name=f"commit-{self.run_id}")
 

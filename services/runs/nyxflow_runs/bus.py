@@ -7,6 +7,7 @@ hear nothing for a while, so a lost message (or Redis being down) delays an even
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections import defaultdict
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "nyxflow:run:"
 QUEUE_BATCHES = 256
+OUTBOX_LIMIT = 10_000  # batches queued for Redis before they are delivered locally only
 
 
 class Subscription:
@@ -93,11 +95,16 @@ class RedisBus(LocalBus):
         super().__init__()
         self._redis = aioredis.from_url(url)
         self._reader: asyncio.Task[None] | None = None
+        self._outbox: collections.deque[tuple[str, Sequence[pb.RunEvent]]] = collections.deque()
+        self._sender: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_forever(), name="redis-bus-reader")
 
     async def close(self) -> None:
+        if self._sender is not None:  # what was committed is still published
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._sender, 5.0)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -105,31 +112,41 @@ class RedisBus(LocalBus):
         await self._redis.aclose()
 
     async def publish(self, run_id: str, events: Sequence[pb.RunEvent]) -> None:
-        metrics.EVENTS_WRITTEN.inc(len(events))
-        payload = runs_pb2.WriteResponse(events=events).SerializeToString()
-        try:
-            await self._redis.publish(CHANNEL_PREFIX + run_id, payload)
-        except (aioredis.RedisError, OSError) as error:
-            # Watchers fall back to polling the database; the write itself already committed.
-            log.warning("redis publish failed", extra={"action": "bus", "error": str(error)})
-            self.dispatch(run_id, events)
+        await self.publish_many([(run_id, events)])
 
     async def publish_many(self, batches: Sequence[tuple[str, Sequence[pb.RunEvent]]]) -> None:
-        """A group commit's events in one round trip to Redis (a pipeline, not a transaction)."""
+        """Queue the batches for Redis and return: the writer that committed them does not
+        wait for the publish. One sender drains the queue in order, a pipeline per round."""
         batches = [(run_id, events) for run_id, events in batches if events]
         if not batches:
             return
         metrics.EVENTS_WRITTEN.inc(sum(len(events) for _, events in batches))
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for run_id, events in batches:
-                    payload = runs_pb2.WriteResponse(events=events).SerializeToString()
-                    pipe.publish(CHANNEL_PREFIX + run_id, payload)
-                await pipe.execute()
-        except (aioredis.RedisError, OSError) as error:
-            log.warning("redis publish failed", extra={"action": "bus", "error": str(error)})
+        if len(self._outbox) >= OUTBOX_LIMIT:
+            # Redis cannot keep up: deliver here and drop; other replicas' watchers catch up
+            # from the database (they poll on silence and on any gap).
+            log.warning("redis outbox full", extra={"action": "bus"})
             for run_id, events in batches:
                 self.dispatch(run_id, events)
+            return
+        self._outbox.extend(batches)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_outbox(), name="redis-bus-sender")
+
+    async def _send_outbox(self) -> None:
+        while self._outbox:
+            batches = list(self._outbox)
+            self._outbox.clear()
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for run_id, events in batches:
+                        payload = runs_pb2.WriteResponse(events=events).SerializeToString()
+                        pipe.publish(CHANNEL_PREFIX + run_id, payload)
+                    await pipe.execute()
+            except (aioredis.RedisError, OSError) as error:
+                # Watchers here still get them; the write itself already committed.
+                log.warning("redis publish failed", extra={"action": "bus", "error": str(error)})
+                for run_id, events in batches:
+                    self.dispatch(run_id, events)
 
     async def _read_forever(self) -> None:
         while True:

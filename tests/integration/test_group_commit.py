@@ -1,0 +1,106 @@
+"""The engine's writes against the real runs service: concurrent writes of one run share
+calls, writes of many runs share one RecordMany, and a failed batch fails every write it
+carried (none returns as if committed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from nyxflow import events as ev
+from nyxflow.auth import internal_metadata
+from nyxflow.client import RunsClient
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
+from nyxflow_engine.committer import Committer, Waiting
+from nyxflow_engine.feed import RunFeed
+from nyxflow_engine.writer import LeaseLost, RunWriter, draft
+from tests.integration.test_runs_invariants import claimed
+from tests.support.inprocess import SECRET, Clients, clients
+
+
+class CountingCommitter(Committer):
+    """The real committer, noting each RecordMany it sends: its batches' op counts."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel, SECRET, 10.0)
+        self.calls: list[list[int]] = []
+
+    async def _send(self, runs: RunsClient, group: list[Waiting]) -> None:
+        self.calls.append([len(request.ops) for request, _ in group])
+        await super()._send(runs, group)
+
+
+@pytest.fixture
+async def api(runs_addr: str) -> AsyncIterator[Clients]:
+    async with clients(runs_addr) as c:
+        yield c
+
+
+def writer_for(api: Clients, committer: Committer, run: pb.Run, token: int) -> RunWriter:
+    runs = RunsClient(api.runs_channel, internal_metadata(SECRET, run.tenant_id))
+    return RunWriter(runs, committer, run.tenant_id, run.id, token, RunFeed(), retry_s=5.0)
+
+
+def item(step_id: str, index: int) -> tuple[str, pb.StepItem, pb.EventDraft]:
+    return (
+        step_id,
+        pb.StepItem(index=index, heading=f"h{index}", output=f"out {index}"),
+        draft(ev.FAN_OUT_PROGRESS, step_id=step_id, index=index),
+    )
+
+
+async def test_concurrent_items_of_a_run_share_calls(api: Clients) -> None:
+    _, run, token = await claimed(api)
+    committer = CountingCommitter(api.runs_channel)
+    writer = writer_for(api, committer, run, token)
+    step_id = run.steps[0].id
+
+    await asyncio.gather(*(writer.item(*item(step_id, i)) for i in range(16)))
+
+    # The first goes alone; the fifteen that queued behind it go together (an item and its
+    # event each).
+    assert committer.calls == [[2], [30]]
+    stored = await api.runs.get_run(run.id)
+    assert [i.index for i in stored.steps[0].items] == list(range(16))
+    assert stored.last_seq == 1 + 16
+
+
+async def test_writes_of_many_runs_share_one_call(api: Clients) -> None:
+    committer = CountingCommitter(api.runs_channel)
+    claims = [await claimed(api, name=f"many-{i}") for i in range(6)]
+    writers = [writer_for(api, committer, run, token) for _, run, token in claims]
+
+    async def complete_first_step(writer: RunWriter, run: pb.Run) -> None:
+        step = run.steps[0]
+        change = runs_pb2.StepChange(status=ev.COMPLETED, output=f"done {run.id}")
+        await writer.step(step.id, change, draft(ev.STEP_COMPLETED, step_id=step.id), durable=True)
+
+    await asyncio.gather(
+        *(complete_first_step(w, run) for w, (_, run, _) in zip(writers, claims, strict=True))
+    )
+
+    assert committer.calls == [[2] * 6]  # all six runs' batches in one RecordMany
+    for _, run, _ in claims:
+        stored = await api.runs.get_run(run.id)
+        assert stored.steps[0].status == ev.COMPLETED
+        assert stored.steps[0].output == f"done {run.id}"
+
+
+async def test_a_failed_batch_fails_every_write_it_carried(api: Clients) -> None:
+    _, run, token = await claimed(api)
+    committer = CountingCommitter(api.runs_channel)
+    writer = writer_for(api, committer, run, token)
+    step_id = run.steps[0].id
+    await api.runs.cancel_run(run.id)  # the lease is gone: every batch is refused
+
+    outcomes = await asyncio.gather(
+        *(writer.item(*item(step_id, i)) for i in range(8)), return_exceptions=True
+    )
+
+    assert all(isinstance(o, LeaseLost) for o in outcomes), outcomes
+    assert committer.calls == [[2], [14]]
+    assert (await api.runs.get_run(run.id)).steps[0].items == []
