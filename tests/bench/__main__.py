@@ -11,17 +11,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nyxflow import loop
 from nyxflow.auth import bearer_metadata
 from nyxflow.client import EngineClient, RunsClient, open_channel
 from nyxflow.v1 import common_pb2 as pb
 from tests.bench.floor import floor_steps_per_s
-from tests.bench.sse_load import Latencies, follow, percentile, rss_kb
+from tests.bench.sse_load import follow_in_workers, percentile, rss_kb
 from tests.support.databases import REDIS_URL, fresh_database
 from tests.support.inprocess import API_KEY
 from tests.support.processes import ProcessStack
 
 RESULTS = Path(__file__).parent / "results.json"
 LANES = 8
+CONNECT_S = 8.0  # the SSE clients connect within this, before the measured events
+SSE_WORKERS = 4  # processes the SSE clients are spread over (see sse_load.py)
 
 
 def step(name: str, **params: Any) -> pb.StepSpec:
@@ -79,33 +82,32 @@ async def fan_out_item_ms(runs: RunsClient, engine: EngineClient, items: int) ->
 async def stream_latency(
     stack: ProcessStack, runs: RunsClient, clients: int, run_count: int
 ) -> dict[str, float]:
-    slow = [step(f"s{j}", tokens=20, token_delay_ms=25) for j in range(4)]
+    # The first step holds still for a few seconds, so that all the clients are connected
+    # before the measured events flow: latency under a connect storm is another question.
+    slow = [
+        step("warm-up", tokens=1, token_delay_ms=int(CONNECT_S * 1000)),
+        *(step(f"s{j}", tokens=20, token_delay_ms=25) for j in range(4)),
+    ]
     run_ids = []
     for i in range(run_count):
         workflow = await runs.create_workflow(f"stream-{i}", slow)
         run_ids.append((await runs.create_run(workflow.id)).id)
     gateway_pid = stack.procs["gateway"].pid
     before = rss_kb(gateway_pid)
-    out = Latencies()
-    tasks = [
-        asyncio.create_task(
-            follow(
-                "127.0.0.1",
-                stack.gateway_port,
-                f"/v1/runs/{run_ids[i % run_count]}/events",
-                API_KEY,
-                out,
-            )
-        )
-        for i in range(clients)
-    ]
+    paths = [f"/v1/runs/{run_ids[i % run_count]}/events" for i in range(clients)]
+    following = asyncio.ensure_future(
+        follow_in_workers("127.0.0.1", stack.gateway_port, paths, API_KEY, SSE_WORKERS)
+    )
     peak = before
-    while out.finished < clients and not all(t.done() for t in tasks):
+    while not following.done():
         peak = max(peak, rss_kb(gateway_pid))
         await asyncio.sleep(0.2)
-    await asyncio.gather(*tasks, return_exceptions=True)
+    out, connected_s = following.result()
+    assert out.finished == clients, f"{clients - out.finished} SSE clients saw no end"
+    assert connected_s < CONNECT_S, f"the clients took {connected_s:.1f} s to connect"
     return {
         "clients": clients,
+        "connected_s": connected_s,
         "events": len(out.samples),
         "p50_ms": percentile(out.samples, 0.5) * 1000,
         "p99_ms": percentile(out.samples, 0.99) * 1000,
@@ -178,6 +180,7 @@ def report(r: dict[str, Any]) -> None:
     print(f"{'fan-out 1000 vs 10':<34}{r['fan_out_ratio_1000_vs_10']:>14.2f}   <= 1.3")
     s = r["stream"]
     print(f"{'SSE clients':<34}{s['clients']:>14}")
+    print(f"{'SSE clients connected in s':<34}{s['connected_s']:>14.2f}")
     print(f"{'SSE event latency p50 ms':<34}{s['p50_ms']:>14.1f}")
     print(f"{'SSE event latency p99 ms':<34}{s['p99_ms']:>14.1f}   < 20")
     print(f"{'gateway RSS per client KB':<34}{s['rss_per_client_kb']:>14.1f}   < 50")
@@ -186,4 +189,4 @@ def report(r: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    loop.run(main())

@@ -14,6 +14,9 @@ def main() -> None:
     logs.configure("engine", settings.log_level)
     traced = tracing.configure("engine", settings.otlp_endpoint)
     try:
+        # asyncio's own loop, not uvloop (runs, gateway): the engine runs git and the
+        # pipelines' test commands, and uvloop's child processes lose their exit status
+        # now and then under concurrency.
         asyncio.run(serve(settings))
     finally:
         if traced:

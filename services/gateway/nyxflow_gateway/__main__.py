@@ -22,6 +22,10 @@ def main() -> None:
             host=settings.gateway_host,
             port=settings.gateway_port,
             log_config=None,  # our JSON logging
+            loop="uvloop",
+            # h11, not httptools: httptools refuses some header bytes before the app sees
+            # them, with a plain-text 400 that names no field.
+            http="h11",
             timeout_graceful_shutdown=5,
         )
     finally:

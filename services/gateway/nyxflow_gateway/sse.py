@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 
 from nyxflow.sse import comment_frame, retry_frame
 from nyxflow_gateway.deps import Services
-from nyxflow_gateway.hub import END, RunHub
+from nyxflow_gateway.hub import END, Frame, RunHub, Subscriber
 from nyxflow_gateway.settings import GatewaySettings
 
 MAX_BATCH = 64
+IDLE = Frame(-1, "")  # nothing arrived within the heartbeat interval
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -35,9 +36,8 @@ async def frames(
         for start in range(0, len(backlog), MAX_BATCH):
             yield "".join(f.text for f in backlog[start : start + MAX_BATCH])
         while True:
-            try:
-                item = await asyncio.wait_for(subscriber.queue.get(), settings.sse_heartbeat_s)
-            except TimeoutError:
+            item = await _next(subscriber, settings.sse_heartbeat_s)
+            if item is IDLE:
                 yield comment_frame()
                 continue
             # Under load, send what has queued up in one write: far less work per event.
@@ -53,3 +53,15 @@ async def frames(
                 return
     finally:
         hub.unsubscribe(run_id, subscriber)
+
+
+async def _next(subscriber: Subscriber, timeout_s: float) -> Frame | None:
+    """The next frame, END, or IDLE after `timeout_s`. A frame already queued costs no timer:
+    with a thousand browsers on a run, this wait runs a thousand times per event."""
+    if not subscriber.queue.empty():
+        return subscriber.queue.get_nowait()
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await subscriber.queue.get()
+    except TimeoutError:
+        return IDLE

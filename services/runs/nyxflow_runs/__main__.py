@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from nyxflow import logs, tracing
+from nyxflow import logs, loop, tracing
 from nyxflow.errors import NyxflowError
 from nyxflow_runs import migrate
 from nyxflow_runs.db import create_engine
@@ -31,7 +31,7 @@ def main() -> None:
         if command == "migrate":
             asyncio.run(_migrate(settings))
         elif command == "serve":
-            asyncio.run(serve(settings))
+            loop.run(serve(settings))
         else:
             sys.exit(f"usage: python -m nyxflow_runs [serve|migrate], not {command!r}")
     except NyxflowError as error:  # a refusal to start says why, without a traceback

@@ -33,15 +33,17 @@ class Outcome:
 
 
 async def run(cwd: Path, *args: str, timeout_s: float = 120.0, stdin: bytes = b"") -> Outcome:
+    # A pipe only when there is input: writing even nothing to a command that has already
+    # exited fails on uvloop ("the handler is closed").
     process = await asyncio.create_subprocess_exec(
         *args,
         cwd=cwd,
-        stdin=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     try:
-        out, _ = await asyncio.wait_for(process.communicate(stdin), timeout_s)
+        out, _ = await asyncio.wait_for(process.communicate(stdin or None), timeout_s)
     except TimeoutError:
         process.kill()
         await process.wait()
