@@ -144,8 +144,9 @@ class RunsClient:
         request = runs_pb2.CreateRunRequest(workflow_id=workflow_id)
         return await _unary(self._stub.CreateRun(request, **self._kw()))
 
-    async def get_run(self, run_id: str) -> pb.Run:
-        return await _unary(self._stub.GetRun(runs_pb2.GetRunRequest(run_id=run_id), **self._kw()))
+    async def get_run(self, run_id: str, *, brief: bool = False) -> pb.Run:
+        request = runs_pb2.GetRunRequest(run_id=run_id, brief=brief)
+        return await _unary(self._stub.GetRun(request, **self._kw()))
 
     async def list_runs(
         self, workflow_id: str = "", status: str = "", limit: int = 50

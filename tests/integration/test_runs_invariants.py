@@ -872,3 +872,22 @@ async def test_record_many_answers_each_batch_alone(api: Clients) -> None:
     assert after[done.id].status == ev.COMPLETED
     # The paused-not-running step of a completed run is settled like FinishRun does.
     assert after[done.id].steps[0].status == ev.PENDING
+
+
+async def test_a_brief_get_run_is_the_run_without_its_steps(api: Clients) -> None:
+    """What an SSE connect asks: the status, from one row."""
+    engine, run, token = await claimed(api, steps=3)
+    await engine.record(run.id, token, [runs_pb2.WriteOp(event=draft(ev.STEP_DELTA, text="x"))])
+
+    full = await api.runs.get_run(run.id)
+    brief = await api.runs.get_run(run.id, brief=True)
+
+    assert len(full.steps) == 3 and list(brief.steps) == []
+    expected = pb.Run()
+    expected.CopyFrom(full)
+    del expected.steps[:]
+    expected.phase = ""
+    assert brief == expected
+    assert brief.status == ev.RUNNING and brief.last_seq == 2
+    with pytest.raises(NotFound):
+        await api.runs.get_run(MISSING, brief=True)

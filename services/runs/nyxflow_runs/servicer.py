@@ -159,7 +159,8 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
 
     async def GetRun(self, request: runs_pb2.GetRunRequest, context: Ctx) -> pb.Run:
         tenant = await self._tenant(request, context)
-        return await self._store.get_run(tenant, valid.require_id(request.run_id, "run_id"))
+        run_id = valid.require_id(request.run_id, "run_id")
+        return await self._store.get_run(tenant, run_id, brief=request.brief)
 
     async def ListRuns(
         self, request: runs_pb2.ListRunsRequest, context: Ctx

@@ -67,7 +67,8 @@ async def run_events(
 ) -> StreamingResponse:
     """Starts the run if it is pending, else follows it; replays after Last-Event-ID."""
     after = parse_last_event_id(last_event_id_header, last_event_id)
-    run = await services.runs.get_run(run_id)  # 401 / 404 before any stream opens
+    # 401 / 404 before any stream opens; the status decides start or follow.
+    run = await services.runs.get_run(run_id, brief=True)
     state = request.app.state
     return StreamingResponse(
         frames(state.hub, services, run_id, run.status, after, state.settings),

@@ -255,9 +255,10 @@ class Workflows(StoreBase):
         except IntegrityError:
             raise FailedPrecondition(f"workflow {workflow_id} already has an active run") from None
 
-    async def get_run(self, tenant_id: str, run_id: str) -> pb.Run:
+    async def get_run(self, tenant_id: str, run_id: str, brief: bool = False) -> pb.Run:
         async with self._scoped(tenant_id) as session:
-            return await self._run_pb(session, await self._run(session, tenant_id, run_id))
+            run = await self._run(session, tenant_id, run_id)
+            return convert.run(run) if brief else await self._run_pb(session, run)
 
     async def list_runs(
         self, tenant_id: str, workflow_id: str = "", status: str = "", limit: int = 50
