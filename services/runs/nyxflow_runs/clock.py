@@ -14,10 +14,13 @@ class db_now(FunctionElement[float]):  # noqa: N801 - reads like the SQL functio
     inherit_cache = True
 
 
+# clock_timestamp, not now(): now() is frozen at the start of the transaction.
+PG_NOW_SQL = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+
+
 @compiles(db_now, "postgresql")
 def _pg_now(element: db_now, compiler: Any, **kw: Any) -> str:
-    # clock_timestamp, not now(): now() is frozen at the start of the transaction.
-    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+    return PG_NOW_SQL
 
 
 @compiles(db_now, "sqlite")

@@ -29,6 +29,11 @@ def _response(written: Written) -> runs_pb2.WriteResponse:
     return runs_pb2.WriteResponse(events=written.events, pause_requested=written.pause_requested)
 
 
+def _batch(request: runs_pb2.RecordRequest) -> Batch:
+    batch_id = valid.text(request.batch_id, "batch_id", 64, required=False)
+    return Batch.of(request.ops, request.finish_status, request.finish_error, batch_id)
+
+
 def _refused(error: NyxflowError) -> runs_pb2.RecordResult:
     return runs_pb2.RecordResult(
         code=error.code.value[0], message=error.message, field=error.field or ""
@@ -328,12 +333,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
 
     async def Record(self, request: runs_pb2.RecordRequest, context: Ctx) -> runs_pb2.WriteResponse:
         tenant = self._tenancy.engine_tenant_of(context)
-        batch = Batch.of(
-            request.ops,
-            request.finish_status,
-            request.finish_error,
-            valid.text(request.batch_id, "batch_id", 64, required=False),
-        )
+        batch = _batch(request)
         return _response(await self._store.record(tenant, request.run_id, request.token, batch))
 
     async def RecordMany(
@@ -347,8 +347,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         positions: list[int] = []
         for i, b in enumerate(request.batches):
             try:
-                batch_id = valid.text(b.batch_id, "batch_id", 64, required=False)
-                batch = Batch.of(b.ops, b.finish_status, b.finish_error, batch_id)
+                batch = _batch(b)
             except NyxflowError as error:
                 error.field = f"batches[{i}].{error.field}" if error.field else f"batches[{i}]"
                 results[i] = _refused(error)

@@ -30,12 +30,13 @@ from nyxflow.personas import BUILTIN_PERSONAS
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
+from nyxflow_runs.clock import PG_NOW_SQL
 from nyxflow_runs.store.base import Claim
 
 if TYPE_CHECKING:
     from nyxflow_runs.store.record import Batch
 
-NOW = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+NOW = PG_NOW_SQL  # the database's clock, as everywhere (clock.py)
 
 # No row when the workflow is not the tenant's or already has an active run: the general
 # path then explains (or sweeps a stale run first and tries again).

@@ -161,8 +161,8 @@ class Recording(StoreBase):
             await self._bus.publish_many(published)
         for index, entry in enumerate(entries):
             if index not in results:
-                try:
-                    results[index] = await self.record(
+                try:  # the hot path left it out already: straight to the general one
+                    results[index] = await self._record_general(
                         tenant_id, entry.run_id, entry.token, entry.batch
                     )
                 except NyxflowError as error:
@@ -176,7 +176,13 @@ class Recording(StoreBase):
                 events, pause = applied[0]
                 await self._bus.publish(run_id, events)
                 return Written(events, pause)
-        # SQLite, or a refusal or replay to explain: the general path.
+        return await self._record_general(tenant_id, run_id, token, batch)
+
+    async def _record_general(
+        self, tenant_id: str, run_id: str, token: int, batch: Batch
+    ) -> Written:
+        """SQLite, or what the hot path leaves out: a refusal or replay to explain, or an
+        order its one statement cannot keep."""
         async with self._sessions.begin() as session:
             fenced = (
                 await session.execute(
