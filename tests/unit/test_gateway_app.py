@@ -33,6 +33,7 @@ from nyxflow.grpc_server import ErrorInterceptor
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import engine_pb2, engine_pb2_grpc, runs_pb2, runs_pb2_grpc
 from nyxflow_gateway.app import create_app
+from nyxflow_gateway.http_protocol import Protocol
 from nyxflow_gateway.settings import GatewaySettings
 from tests.support.eventually import eventually
 from tests.support.sse_client import Frame, frames
@@ -273,6 +274,7 @@ async def serve_gateway(settings: GatewaySettings) -> AsyncIterator[str]:
             log_config=None,
             lifespan="on",
             ws="none",
+            http=Protocol,  # as the service runs
             timeout_graceful_shutdown=1,
         )
         server = uvicorn.Server(config)
@@ -625,6 +627,45 @@ async def test_idle_stream_sends_keepalive_comments(gateway: Gateway) -> None:
 
     kinds = ["retry" if f.retry else f.event or f"comment:{f.comments[0]}" for f in seen]
     assert kinds == ["retry", ev.RUN_STARTED, "comment:keepalive", "comment:keepalive"]
+
+
+async def raw_request(base_url: str, request: bytes) -> tuple[bytes, bytes]:
+    """Bytes no HTTP client would send: the status line and the body of the answer."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.read(), 5)  # the gateway closes after a 400
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "field"),
+    [
+        (
+            b"GET /v1/runs/x/events HTTP/1.1\r\nHost: a\r\nLast-Event-ID: 1\x7f\r\n\r\n",
+            "Last-Event-ID",
+        ),
+        (
+            b"GET /v1/runs HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer \x01k\r\n\r\n",
+            "Authorization",
+        ),
+        (b"GET /v1/r\x7fns HTTP/1.1\r\nHost: a\r\n\r\n", "request line"),
+    ],
+)
+async def test_a_request_http_cannot_parse_gets_a_json_400_naming_the_field(
+    gateway: Gateway, request_bytes: bytes, field: str
+) -> None:
+    status, body = await raw_request(gateway.base_url, request_bytes)
+
+    assert status == b"HTTP/1.1 400 Bad Request"
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_argument"
+    assert error["field"] == field
+    assert gateway.world.watch_calls == [] and gateway.world.execute_calls == []
 
 
 # --- the event stream: disconnects and slow clients ----------------------------------------

@@ -6,6 +6,7 @@ import uvicorn
 
 from nyxflow import logs, tracing
 from nyxflow_gateway.app import create_app
+from nyxflow_gateway.http_protocol import Protocol
 from nyxflow_gateway.settings import GatewaySettings
 
 
@@ -23,9 +24,7 @@ def main() -> None:
             port=settings.gateway_port,
             log_config=None,  # our JSON logging
             loop="uvloop",
-            # h11, not httptools: httptools refuses some header bytes before the app sees
-            # them, with a plain-text 400 that names no field.
-            http="h11",
+            http=Protocol,  # httptools, refusing what it cannot parse in our JSON (see there)
             timeout_graceful_shutdown=5,
         )
     finally:

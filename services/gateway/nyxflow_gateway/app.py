@@ -29,12 +29,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.hub = RunHub(settings.sse_queue_events)
+        app.state.hub = RunHub(settings.sse_queue_events, settings.sse_heartbeat_s)
         app.state.runs_channel = open_channel(settings.runs_addr)
         app.state.engine_channel = open_channel(settings.engine_addr)
         try:
             yield
         finally:
+            await app.state.hub.close()
             await app.state.runs_channel.close()
             await app.state.engine_channel.close()
 

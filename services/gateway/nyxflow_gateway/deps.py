@@ -1,4 +1,7 @@
-"""Request dependencies: the caller's API key and per-request clients carrying it."""
+"""Request dependencies: the caller's API key and per-request clients carrying it.
+
+All `async def`: FastAPI runs a plain `def` dependency in a worker thread, a thread hop on
+every request for what is a dictionary lookup."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ def _bearer(request: Request) -> str | None:
     return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
 
-def api_key(request: Request) -> str:
+async def api_key(request: Request) -> str:
     """The key from `Authorization: Bearer`; runs checks it, not the gateway."""
     key = _bearer(request)
     if key is None:
@@ -25,7 +28,7 @@ def api_key(request: Request) -> str:
     return key
 
 
-def stream_api_key(
+async def stream_api_key(
     request: Request,
     access_token: Annotated[str | None, Query(description="for EventSource")] = None,
 ) -> str:
@@ -51,11 +54,13 @@ def _services(request: Request, key: str) -> Services:
     )
 
 
-def services(request: Request, key: Annotated[str, Depends(api_key)]) -> Services:
+async def services(request: Request, key: Annotated[str, Depends(api_key)]) -> Services:
     return _services(request, key)
 
 
-def stream_services(request: Request, key: Annotated[str, Depends(stream_api_key)]) -> Services:
+async def stream_services(
+    request: Request, key: Annotated[str, Depends(stream_api_key)]
+) -> Services:
     return _services(request, key)
 
 

@@ -29,36 +29,68 @@ class Frame:
     """An event, encoded once for every browser that receives it."""
 
     seq: int
-    text: str
+    data: bytes
 
 
 class Subscriber:
-    """One browser's bounded inbox: a browser that falls this far behind is dropped alone."""
+    """One browser's bounded inbox: a browser that falls this far behind is dropped alone.
+
+    A list and one waiter, not an asyncio.Queue with a timer per wait: with a thousand
+    browsers, every event is offered a thousand times, so each offer must cost little."""
 
     def __init__(self, size: int, after_seq: int) -> None:
-        # One slot more than the frames it holds, so that END always fits.
-        self.queue: asyncio.Queue[Frame | None] = asyncio.Queue(size + 1)
         self.size = size
-        self.closed = False
+        self.pending: list[Frame] = []
+        self.ended = False  # END offered: the run ended, the upstream broke, or we dropped it
         self.dropped = False
+        self.idle = False  # a heartbeat is due
+        self.quiet = True  # nothing offered since the hub's last heartbeat tick
         self.after_seq = after_seq  # everything up to here was sent already: never twice
         self.backlog: list[Frame] = []  # frames the channel held when this browser joined
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: Frame | None) -> None:
-        if self.closed:
+        if self.ended:
             return
-        if item is not None:
-            if item.seq <= self.after_seq:
-                return
-            if self.queue.qsize() >= self.size:
-                # Too far behind: what is queued is still sent, then the stream ends. Nothing
-                # queued is discarded, so the browser's Last-Event-ID leaves no hole.
-                self.dropped = True
-                item = END
-            else:
-                self.after_seq = item.seq
-        self.queue.put_nowait(item)
-        self.closed = item is END
+        if item is END:
+            self.ended = True
+        elif item.seq <= self.after_seq:
+            return
+        elif len(self.pending) >= self.size:
+            # Too far behind: what is pending is still sent, then the stream ends. Nothing
+            # pending is discarded, so the browser's Last-Event-ID leaves no hole.
+            self.dropped = self.ended = True
+        else:
+            self.after_seq = item.seq
+            self.pending.append(item)
+            self.quiet = False
+        self._wake()
+
+    def heartbeat(self) -> None:
+        """Called by the hub's one ticker: a browser that heard nothing gets a comment."""
+        if self.quiet and not self.ended:
+            self.idle = True
+            self._wake()
+        self.quiet = True
+
+    def end(self) -> None:
+        self.offer(END)
+
+    async def take(self) -> tuple[list[Frame], bool]:
+        """What is pending (possibly nothing, when only a heartbeat is due) and whether the
+        stream ends after it."""
+        while not (self.pending or self.ended or self.idle):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        frames, self.pending, self.idle = self.pending, [], False
+        return frames, self.ended
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 @dataclass
@@ -71,10 +103,19 @@ class RunChannel:
 
 
 class RunHub:
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, heartbeat_s: float) -> None:
         self._queue_size = queue_size
+        self._heartbeat_s = heartbeat_s
         self._channels: dict[str, RunChannel] = {}
+        self._ticker: asyncio.Task[None] | None = None
         self.upstream_streams = 0
+
+    async def close(self) -> None:
+        for task in [self._ticker, *(c.task for c in self._channels.values())]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     @property
     def channels(self) -> int:
@@ -86,6 +127,8 @@ class RunHub:
             channel = RunChannel(run_id)
             self._channels[run_id] = channel
             channel.task = asyncio.create_task(self._pump(channel, services, status))
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick(), name="sse-heartbeat")
         subscriber = Subscriber(self._queue_size, after_seq)
         # What the channel already holds is replayed from memory, outside the bounded inbox:
         # joining a long run late is not falling behind. Only live frames go through the inbox.
@@ -109,15 +152,22 @@ class RunHub:
             if channel.task is not None:
                 channel.task.cancel()  # the upstream gRPC stream goes; the run does not
 
+    async def _tick(self) -> None:
+        """One timer for every browser, instead of one per browser per wait."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            for channel in tuple(self._channels.values()):
+                for subscriber in tuple(channel.subscribers):
+                    subscriber.heartbeat()
+
     async def _pump(self, channel: RunChannel, services: Services, status: str) -> None:
         self.upstream_streams += 1
         metrics.UPSTREAM_STREAMS.inc()
         source = upstream(services, channel.run_id, status, 0)
         try:
             async for event in source:
-                frame = Frame(
-                    event.seq, event_frame(event.seq, event.type, convert.event_data(event))
-                )
+                text = event_frame(event.seq, event.type, convert.event_data(event))
+                frame = Frame(event.seq, text.encode())
                 channel.frames.append(frame)
                 for subscriber in tuple(channel.subscribers):
                     subscriber.offer(frame)

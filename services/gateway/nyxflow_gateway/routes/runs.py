@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from nyxflow.errors import InvalidArgument
 from nyxflow_gateway import convert
 from nyxflow_gateway.deps import Clients, StreamClients
-from nyxflow_gateway.sse import HEADERS, frames
+from nyxflow_gateway.sse import MEDIA_TYPE, EventStream
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 SEQ = re.compile(r"[0-9]{1,18}")  # not \d: int() would take "٣" too
@@ -55,8 +55,8 @@ async def cancel_run(run_id: str, services: Clients) -> dict[str, Any]:
 
 @router.get(
     "/{run_id}/events",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    response_class=StreamingResponse,  # for the OpenAPI document; EventStream is returned
+    responses={200: {"content": {MEDIA_TYPE.split(";")[0]: {}}}},
 )
 async def run_events(
     run_id: str,
@@ -64,14 +64,10 @@ async def run_events(
     services: StreamClients,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: str | None = None,
-) -> StreamingResponse:
+) -> EventStream:
     """Starts the run if it is pending, else follows it; replays after Last-Event-ID."""
     after = parse_last_event_id(last_event_id_header, last_event_id)
     # 401 / 404 before any stream opens; the status decides start or follow.
     run = await services.runs.get_run(run_id, brief=True)
     state = request.app.state
-    return StreamingResponse(
-        frames(state.hub, services, run_id, run.status, after, state.settings),
-        media_type="text/event-stream; charset=utf-8",
-        headers=HEADERS,
-    )
+    return EventStream(state.hub, services, run_id, run.status, after, state.settings)
