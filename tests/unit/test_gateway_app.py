@@ -266,7 +266,7 @@ def listening_socket() -> Iterator[socket.socket]:
 
 
 @contextlib.asynccontextmanager
-async def serve_gateway(settings: GatewaySettings) -> AsyncIterator[str]:
+async def serve_gateway(settings: GatewaySettings, protocol: Any = Protocol) -> AsyncIterator[str]:
     """The real app under uvicorn in this event loop, on a socket already bound to port 0."""
     with listening_socket() as sock:
         config = uvicorn.Config(
@@ -274,7 +274,7 @@ async def serve_gateway(settings: GatewaySettings) -> AsyncIterator[str]:
             log_config=None,
             lifespan="on",
             ws="none",
-            http=Protocol,  # as the service runs
+            http=protocol,
             timeout_graceful_shutdown=1,
         )
         server = uvicorn.Server(config)
@@ -295,8 +295,18 @@ def overrides() -> dict[str, Any]:
     return {}
 
 
+# The gateway's own server writes SSE frames straight to the connection; under any other
+# server the stream goes through ASGI `send`. The stream's tests run on both.
+BOTH_SERVERS = pytest.mark.parametrize("protocol", [Protocol, "h11"], ids=["direct", "asgi"])
+
+
 @pytest.fixture
-async def gateway(overrides: dict[str, Any]) -> AsyncIterator[Gateway]:
+def protocol() -> Any:
+    return Protocol  # as the service runs
+
+
+@pytest.fixture
+async def gateway(overrides: dict[str, Any], protocol: Any) -> AsyncIterator[Gateway]:
     world = World()
     runs = FakeRuns(world)  # type: ignore[abstract]  # only what the gateway calls
     async with (
@@ -307,7 +317,7 @@ async def gateway(overrides: dict[str, Any]) -> AsyncIterator[Gateway]:
             runs_addr=runs_addr, engine_addr=engine, rpc_timeout_s=5.0, **overrides
         )
         async with (
-            serve_gateway(settings) as base_url,
+            serve_gateway(settings, protocol) as base_url,
             httpx.AsyncClient(base_url=base_url, timeout=5) as http,
         ):
             yield Gateway(http, world, settings, base_url)
@@ -477,6 +487,7 @@ async def test_malformed_last_event_id_is_400(gateway: Gateway, value: str) -> N
 # --- the event stream: relaying ---------------------------------------------------------
 
 
+@BOTH_SERVERS
 async def test_pending_run_is_started_through_execute_and_relayed(gateway: Gateway) -> None:
     world = gateway.world
     world.add_run(ev.PENDING)
@@ -558,6 +569,7 @@ async def test_other_runs_are_followed_never_started(gateway: Gateway, status: s
     assert world.execute_calls == [] and len(world.watch_calls) == 1
 
 
+@BOTH_SERVERS
 @pytest.mark.parametrize("overrides", [{"sse_queue_events": 16}])
 async def test_a_late_joiner_gets_the_whole_history_beyond_its_inbox(gateway: Gateway) -> None:
     """Joining a long run late replays from memory, outside the bounded inbox: not dropped."""
@@ -611,6 +623,7 @@ async def test_broken_watch_is_retried_from_the_last_seq_sent(gateway: Gateway) 
     assert world.watch_calls == [(RUN, 0), (RUN, 2)]
 
 
+@BOTH_SERVERS
 @pytest.mark.parametrize("overrides", [{"sse_heartbeat_s": 0.1}])
 async def test_idle_stream_sends_keepalive_comments(gateway: Gateway) -> None:
     world = gateway.world
@@ -671,6 +684,7 @@ async def test_a_request_http_cannot_parse_gets_a_json_400_naming_the_field(
 # --- the event stream: disconnects and slow clients ----------------------------------------
 
 
+@BOTH_SERVERS
 @pytest.mark.parametrize("status", [ev.PENDING, ev.RUNNING])
 async def test_closed_tab_cancels_the_upstream_and_never_the_run(
     gateway: Gateway, status: str
@@ -701,6 +715,7 @@ async def test_closed_tab_cancels_the_upstream_and_never_the_run(
     assert world.cancel_calls == 0
 
 
+@BOTH_SERVERS
 async def test_two_tabs_get_the_same_events_and_the_run_starts_once(gateway: Gateway) -> None:
     world = gateway.world
     world.add_run(ev.PENDING)
@@ -718,6 +733,7 @@ async def test_two_tabs_get_the_same_events_and_the_run_starts_once(gateway: Gat
     await eventually(gateway.upstreams, lambda n: n == 0, timeout_s=2, what="upstreams released")
 
 
+@BOTH_SERVERS
 @pytest.mark.parametrize("overrides", [{"sse_queue_events": 16}])
 async def test_a_client_that_stops_reading_is_dropped_alone_without_gaps(
     gateway: Gateway,

@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol, with a request it cannot parse refused like every other one.
+"""uvicorn's httptools protocol, with a request it cannot parse refused like every other one,
+and the connection's transport offered to the SSE stream.
 
 httptools writes a chunk in about half the time h11 takes, which is most of the gateway's work
 when a thousand browsers follow runs. But it refuses a request with a byte HTTP does not allow
@@ -14,6 +15,7 @@ import re
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+TRANSPORT = "nyxflow.transport"  # scope["extensions"] key: the connection's transport
 KEPT = 16 * 1024  # enough of the latest bytes to find the request's head in
 # What RFC 9110 allows in a field value: visible ASCII, obs-text, space and tab.
 BAD_VALUE = re.compile(rb"[^\t\x20-\x7e\x80-\xff]")
@@ -45,6 +47,9 @@ class Protocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_body = True
         super().on_headers_complete()
+        # The event stream writes its chunks here itself (see sse.py); the ASGI task that
+        # reads the scope has not started yet.
+        self.scope.setdefault("extensions", {})[TRANSPORT] = {"transport": self.transport}
 
     def on_message_complete(self) -> None:
         self._head, self._in_body = b"", False

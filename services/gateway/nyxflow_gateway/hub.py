@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from nyxflow import metrics
-from nyxflow.sse import event_frame
+from nyxflow.sse import comment_frame, event_frame
 from nyxflow_gateway import convert
 from nyxflow_gateway.deps import Services
 from nyxflow_gateway.upstream import upstream
@@ -24,19 +24,36 @@ log = logging.getLogger(__name__)
 END = None  # queued after the last event
 
 
+def chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk of a chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
 @dataclass(frozen=True)
 class Frame:
-    """An event, encoded once for every browser that receives it."""
+    """An event, encoded (and framed as a chunk) once for every browser that receives it."""
 
     seq: int
-    data: bytes
+    chunk: bytes
+
+    @property
+    def data(self) -> bytes:
+        return self.chunk[self.chunk.index(b"\r\n") + 2 : -2]
+
+
+KEEPALIVE = chunk(comment_frame().encode())
 
 
 class Subscriber:
     """One browser's bounded inbox: a browser that falls this far behind is dropped alone.
 
-    A list and one waiter, not an asyncio.Queue with a timer per wait: with a thousand
-    browsers, every event is offered a thousand times, so each offer must cost little."""
+    With a thousand browsers every event is offered a thousand times, so an offer must cost
+    little. Once the browser has its backlog, and when the server offers the connection's
+    transport, an offer writes the frame's chunk there and then: no task wakes per browser
+    per event. Otherwise the frame waits in `pending` for the browser's task (`take`).
+
+    A browser that does not read is dropped once `size` frames wait for it in this process
+    (in `pending`, or in the transport's buffer beyond what the socket holds)."""
 
     def __init__(self, size: int, after_seq: int) -> None:
         self.size = size
@@ -48,6 +65,12 @@ class Subscriber:
         self.after_seq = after_seq  # everything up to here was sent already: never twice
         self.backlog: list[Frame] = []  # frames the channel held when this browser joined
         self._waiter: asyncio.Future[None] | None = None
+        self._transport: asyncio.WriteTransport | None = None
+        self._unsent = 0  # frames written while the transport still held unsent bytes
+
+    def write_directly(self, transport: asyncio.WriteTransport) -> None:
+        """From now on, offers go straight to `transport` (the backlog is written)."""
+        self._transport = transport
 
     def offer(self, item: Frame | None) -> None:
         if self.ended:
@@ -55,6 +78,11 @@ class Subscriber:
         if item is END:
             self.ended = True
         elif item.seq <= self.after_seq:
+            return
+        elif self._transport is not None:
+            self.after_seq = item.seq
+            self.quiet = False
+            self._write(item.chunk)
             return
         elif len(self.pending) >= self.size:
             # Too far behind: what is pending is still sent, then the stream ends. Nothing
@@ -69,8 +97,11 @@ class Subscriber:
     def heartbeat(self) -> None:
         """Called by the hub's one ticker: a browser that heard nothing gets a comment."""
         if self.quiet and not self.ended:
-            self.idle = True
-            self._wake()
+            if self._transport is not None:
+                self._write(KEEPALIVE)
+            else:
+                self.idle = True
+                self._wake()
         self.quiet = True
 
     def end(self) -> None:
@@ -87,6 +118,22 @@ class Subscriber:
                 self._waiter = None
         frames, self.pending, self.idle = self.pending, [], False
         return frames, self.ended
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():  # gone: the browser's task hears of it from the server
+            return
+        transport.write(data)
+        if not transport.get_write_buffer_size():
+            self._unsent = 0
+        else:
+            self._unsent += 1
+            if self._unsent > self.size:
+                # Too far behind: what was written is still sent, then the stream ends,
+                # never with a hole before the browser's Last-Event-ID.
+                self.dropped = self.ended = True
+                self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -166,8 +213,8 @@ class RunHub:
         source = upstream(services, channel.run_id, status, 0)
         try:
             async for event in source:
-                text = event_frame(event.seq, event.type, convert.event_data(event))
-                frame = Frame(event.seq, text.encode())
+                data = event_frame(event.seq, event.type, convert.event_data(event)).encode()
+                frame = Frame(event.seq, chunk(data))
                 channel.frames.append(frame)
                 for subscriber in tuple(channel.subscribers):
                     subscriber.offer(frame)

@@ -1,26 +1,30 @@
 """A run's events to one browser as SSE frames, through the gateway's shared RunHub.
 
-The hub holds one upstream per run (see hub.py); this module only writes one subscriber's
-inbox to its browser: `retry:` first, then what the hub offers, a comment when the hub's
-heartbeat finds the stream idle. A closed tab unsubscribes; the last one out cancels the
-upstream, never the run.
+The hub holds one upstream per run (see hub.py); this module serves one browser: `retry:`
+first, then the backlog, then whatever the hub offers, with a comment when the hub's heartbeat
+finds the stream idle. A closed tab unsubscribes; the last one out cancels the upstream, never
+the run.
 
 A plain ASGI response rather than a StreamingResponse over a generator: with a thousand
 browsers every event is written a thousand times, and the generator, the task group that
 StreamingResponse starts per browser and a timer per wait cost more than the write itself.
+Under the gateway's own server (http_protocol.py) the hub goes further and writes each frame
+straight to the connection's transport; elsewhere this task writes through ASGI `send`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any, cast
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from nyxflow.sse import comment_frame, retry_frame
 from nyxflow_gateway.deps import Services
-from nyxflow_gateway.hub import RunHub, Subscriber
+from nyxflow_gateway.http_protocol import TRANSPORT
+from nyxflow_gateway.hub import RunHub, Subscriber, chunk
 from nyxflow_gateway.settings import GatewaySettings
 
 MAX_BATCH = 64  # backlog frames per write when a browser joins a long run late
@@ -45,10 +49,11 @@ class EventStream(Response):
         del self.headers["content-length"]  # a stream: chunked
         self._hub, self._services = hub, services
         self._run_id, self._status, self._after_seq = run_id, status, after_seq
-        self._retry_ms = settings.sse_retry_ms
+        self._retry = retry_frame(settings.sse_retry_ms).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        transport = _transport(scope)
         # Subscribed once the response has started, so a request that fails before holds nothing.
         subscriber = self._hub.subscribe(
             self._services, self._run_id, self._status, self._after_seq
@@ -57,18 +62,31 @@ class EventStream(Response):
         listener = asyncio.ensure_future(_until_disconnect(receive))
         listener.add_done_callback(lambda _: subscriber.end())
         try:
-            await _write(send, retry_frame(self._retry_ms).encode())
             backlog, subscriber.backlog = subscriber.backlog, []
-            for start in range(0, len(backlog), MAX_BATCH):
-                await _write(send, b"".join(f.data for f in backlog[start : start + MAX_BATCH]))
+            if transport is not None:
+                # No await from subscribing to here, so no live frame can come in between.
+                transport.write(chunk(self._retry) + b"".join(f.chunk for f in backlog))
+                subscriber.write_directly(transport)
+            else:
+                await _write(send, self._retry)
+                for start in range(0, len(backlog), MAX_BATCH):
+                    batch = backlog[start : start + MAX_BATCH]
+                    await _write(send, b"".join(f.data for f in batch))
             await _follow(subscriber, send)
-            if not listener.done():
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            self._hub.unsubscribe(self._run_id, subscriber)
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
-            self._hub.unsubscribe(self._run_id, subscriber)
+        if not listener.cancelled() and listener.done():
+            return  # the browser is gone: nothing more to send
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _transport(scope: Scope) -> asyncio.WriteTransport | None:
+    extension: dict[str, Any] = scope.get("extensions", {}).get(TRANSPORT, {})
+    # uvloop's transports do not derive from asyncio's classes, hence no isinstance.
+    return cast("asyncio.WriteTransport | None", extension.get("transport"))
 
 
 async def _follow(subscriber: Subscriber, send: Send) -> None:
