@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from nyxflow import logs, tracing
+from nyxflow import logs, loop, tracing
 from nyxflow_engine.service import serve
 from nyxflow_engine.settings import EngineSettings
 
 
 def main() -> None:
+    loop.hand_over_io_quickly()
     settings = EngineSettings()
     logs.configure("engine", settings.log_level)
     traced = tracing.configure("engine", settings.otlp_endpoint)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uvicorn
 
-from nyxflow import logs, tracing
+from nyxflow import logs, loop, tracing
 from nyxflow_gateway.app import create_app
 from nyxflow_gateway.http_protocol import Protocol
 from nyxflow_gateway.settings import GatewaySettings
 
 
 def main() -> None:
+    loop.hand_over_io_quickly()
     settings = GatewaySettings()
     logs.configure("gateway", settings.log_level)
     traced = tracing.configure("gateway", settings.otlp_endpoint)

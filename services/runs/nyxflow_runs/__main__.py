@@ -23,6 +23,7 @@ async def _migrate(settings: RunsSettings) -> None:
 
 
 def main() -> None:
+    loop.hand_over_io_quickly()
     settings = RunsSettings()
     logs.configure("runs", settings.log_level)
     command = sys.argv[1] if len(sys.argv) > 1 else "serve"
