@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nyxflow.client import open_channel
 from nyxflow_gateway import errors
-from nyxflow_gateway.deps import Clients
+from nyxflow_gateway.deps import Clients, ServicesByKey
 from nyxflow_gateway.hub import RunHub
 from nyxflow_gateway.routes import personas, pipelines, projects, runs, steps, workflows
 from nyxflow_gateway.settings import GatewaySettings
@@ -32,6 +32,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.hub = RunHub(settings.sse_queue_events, settings.sse_heartbeat_s)
         app.state.runs_channel = open_channel(settings.runs_addr)
         app.state.engine_channel = open_channel(settings.engine_addr)
+        app.state.services = ServicesByKey(
+            app.state.runs_channel, app.state.engine_channel, settings.rpc_timeout_s
+        )
         try:
             yield
         finally:

@@ -5,9 +5,11 @@ every request for what is a dictionary lookup."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated
 
+import grpc
 from fastapi import Depends, Query, Request
 
 from nyxflow.auth import bearer_metadata
@@ -39,19 +41,41 @@ async def stream_api_key(
     return key
 
 
+KEPT_KEYS = 1024
+
+
 @dataclass(frozen=True)
 class Services:
     runs: RunsClient
     engine: EngineClient
 
 
+class ServicesByKey:
+    """The clients of the last keys seen, kept: a client builds a stub per RPC method, and a
+    thousand browsers connecting with one key would each build their own."""
+
+    def __init__(self, runs: grpc.aio.Channel, engine: grpc.aio.Channel, timeout_s: float):
+        self._runs, self._engine, self._timeout_s = runs, engine, timeout_s
+        self._kept: OrderedDict[str, Services] = OrderedDict()
+
+    def __call__(self, key: str) -> Services:
+        kept = self._kept.get(key)
+        if kept is None:
+            md = bearer_metadata(key)
+            kept = Services(
+                RunsClient(self._runs, md, self._timeout_s), EngineClient(self._engine, md)
+            )
+            self._kept[key] = kept
+            if len(self._kept) > KEPT_KEYS:
+                self._kept.popitem(last=False)
+        else:
+            self._kept.move_to_end(key)
+        return kept
+
+
 def _services(request: Request, key: str) -> Services:
-    state = request.app.state
-    md = bearer_metadata(key)
-    return Services(
-        RunsClient(state.runs_channel, md, state.settings.rpc_timeout_s),
-        EngineClient(state.engine_channel, md),
-    )
+    by_key: ServicesByKey = request.app.state.services
+    return by_key(key)
 
 
 async def services(request: Request, key: Annotated[str, Depends(api_key)]) -> Services:

@@ -45,7 +45,7 @@ class Protocol(HttpToolsProtocol):
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
-        self._in_body = True
+        self._head, self._in_body = b"", True  # parsed: not kept for a long stream's life
         super().on_headers_complete()
         # The event stream writes its chunks here itself (see sse.py); the ASGI task that
         # reads the scope has not started yet.
