@@ -29,6 +29,19 @@ def internal_metadata(secret: str, tenant_id: str) -> Metadata:
     return ((INTERNAL, secret), (TENANT, tenant_id))
 
 
+def engine_metadata(secret: str) -> Metadata:
+    """The internal secret for no tenant in particular: the engine's calls across tenants."""
+    return ((INTERNAL, secret),)
+
+
+def require_internal(metadata: Iterable[tuple[str, str | bytes]], secret: str) -> None:
+    """UNAUTHENTICATED unless the call carries the internal secret (any tenant or none)."""
+    values = {key.lower(): value for key, value in metadata if isinstance(value, str)}
+    internal = values.get(INTERNAL)
+    if internal is None or not hmac.compare_digest(internal.encode(), secret.encode()):
+        raise Unauthenticated("this call needs the internal credentials")
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling: exactly one of `api_key` (a tenant's key) or `tenant_id` (internal)."""

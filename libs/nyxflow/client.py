@@ -71,6 +71,7 @@ class RunsClient:
         *,
         default_providers: Sequence[str] = (),
         project_id: str = "",
+        on_orphan: str = "",
     ) -> pb.Workflow:
         request = runs_pb2.CreateWorkflowRequest(
             name=name,
@@ -78,6 +79,7 @@ class RunsClient:
             consistency_check=consistency_check,
             default_providers=default_providers,
             project_id=project_id,
+            on_orphan=on_orphan,
         )
         return await self.create_workflow_from(request)
 
@@ -186,6 +188,16 @@ class RunsClient:
         request = runs_pb2.HeartbeatRequest(run_id=run_id, token=token, lease_ttl_s=ttl_s)
         response = await _unary(self._stub.Heartbeat(request, **self._kw()))
         return float(response.lease_expires_at)
+
+    async def release_run(
+        self, run_id: str, token: int, reason: str
+    ) -> runs_pb2.ReleaseRunResponse:
+        request = runs_pb2.ReleaseRunRequest(run_id=run_id, token=token, reason=reason)
+        return await _unary(self._stub.ReleaseRun(request, **self._kw()))
+
+    async def list_requeued_runs(self, limit: int = 0) -> list[runs_pb2.RequeuedRun]:
+        request = runs_pb2.ListRequeuedRunsRequest(limit=limit)
+        return list((await _unary(self._stub.ListRequeuedRuns(request, **self._kw()))).runs)
 
     async def append_events(
         self, run_id: str, token: int, events: Sequence[pb.EventDraft]

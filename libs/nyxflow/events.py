@@ -31,6 +31,9 @@ RUN_PAUSED: Final = "run_paused"
 RUN_COMPLETED: Final = "run_completed"
 RUN_FAILED: Final = "run_failed"
 RUN_CANCELLED: Final = "run_cancelled"
+# Written by runs alone: the sweeper put an orphan back to pending, or a draining engine
+# handed its run over (the workflow's on_orphan is "resume"); an engine adopts it next.
+RUN_REQUEUED: Final = "run_requeued"
 # Operations, recorded as the first event of the run they create.
 STEP_RETRIED: Final = "step_retried"
 WORKFLOW_RESUMED: Final = "workflow_resumed"
@@ -45,3 +48,12 @@ TERMINAL_EVENT_FOR_STATUS: Final = {
 TERMINAL_EVENTS: Final = frozenset(TERMINAL_EVENT_FOR_STATUS.values())
 
 ORPHAN_ERROR: Final = "orphaned: lease expired"
+
+# What the sweeper does with a run whose lease expired (the workflow's on_orphan).
+ON_ORPHAN_FAIL: Final = "fail"
+ON_ORPHAN_RESUME: Final = "resume"
+ON_ORPHAN_POLICIES: Final = (ON_ORPHAN_FAIL, ON_ORPHAN_RESUME)
+# A run goes back to pending at most this often (sweeps and drains together); then an orphan
+# fails like any other and a drain pauses it, so a run whose steps kill their engine does not
+# go round for ever.
+MAX_REQUEUES: Final = 5

@@ -2,6 +2,7 @@
 
     name: Plan the release
     consistency_check: true        # after generated steps, append a consistency check
+    on_orphan: resume              # engine died: back to pending for a live one (or: fail)
     steps:
       - name: Outline
         kind: llm                  # llm | fan_out | synthesis | consistency_check | tool
@@ -66,6 +67,8 @@ class WorkflowTemplate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     consistency_check: bool = False
+    # A run whose engine died: failed (the default), or back to pending for a live engine.
+    on_orphan: Literal["fail", "resume"] = "fail"
     default_providers: list[str] = Field(default_factory=list, max_length=8)
     project_id: str = Field(default="", max_length=36)
     steps: list[StepTemplate] = Field(min_length=1, max_length=500)
@@ -74,6 +77,7 @@ class WorkflowTemplate(BaseModel):
         return runs_pb2.CreateWorkflowRequest(
             name=self.name,
             consistency_check=self.consistency_check,
+            on_orphan=self.on_orphan,
             default_providers=self.default_providers,
             project_id=self.project_id,
             steps=[s.to_pb() for s in self.steps],

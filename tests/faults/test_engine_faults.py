@@ -5,6 +5,7 @@ swept engine writes nothing more."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -27,6 +28,7 @@ from tests.faults.helpers import (
     wait_status,
 )
 from tests.faults.invariants import assert_invariants
+from tests.support.eventually import eventually
 from tests.support.gateway_api import create_workflow, start_run, steps
 from tests.support.ports import free_port
 from tests.support.processes import LEASE_TTL_S, ProcessStack
@@ -35,7 +37,7 @@ from tests.support.sse_client import read_events
 # Kill -> lease expiry (<= TTL after the last renewal) -> next sweep (0.5 s), with slack for
 # two busy cores: the README's promise is 2 x TTL.
 SWEEP_DEADLINE_S = 2 * LEASE_TTL_S + 1.0
-ROUNDS = 10
+ROUNDS = 25  # the kills over the suite; every third one with on_orphan: resume
 FINISHED = frozenset(ev.FINISHED_RUN_STATUSES)
 
 
@@ -100,10 +102,12 @@ async def _execute_until(
     return seen
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 async def test_sigkill_engine_replicas_at_random_moments(
     http: httpx.AsyncClient, stack: ProcessStack
 ) -> None:
+    """25 kills. Every third workflow says `on_orphan: resume`: its run goes on by itself on
+    a live replica; the others fail as orphans and are resumed by hand on the survivor."""
     dsn = stack.database_url
     second_port = free_port()
     stack.add_replica("engine2", "engine", NYXFLOW_ENGINE_LISTEN=f"127.0.0.1:{second_port}")
@@ -118,10 +122,15 @@ async def test_sigkill_engine_replicas_at_random_moments(
             engines,
         ):
             for round_ in range(ROUNDS):
-                fan = round_ % 2 == 0
+                fan, resume = round_ % 2 == 0, round_ % 3 == 2
                 victim, survivor = round_ % 2, 1 - round_ % 2
+                policy = {"on_orphan": "resume"} if resume else {}
                 workflow = await create_workflow(
-                    http, stack, f"kill-{round_}", fan_out_steps() if fan else chain_steps()
+                    http,
+                    stack,
+                    f"kill-{round_}",
+                    fan_out_steps() if fan else chain_steps(),
+                    **policy,
                 )
                 run_id = await start_run(http, stack, workflow["id"])
                 # Enough left after the target (and the random wait) that the kill lands mid-run:
@@ -132,63 +141,36 @@ async def test_sigkill_engine_replicas_at_random_moments(
                 killed_at = time.monotonic()
                 # The dead replica comes back while the sweeper and the other replica work.
                 restarting = asyncio.create_task(asyncio.to_thread(stack.start, names[victim]))
-                context = f"round {round_} (seed {seed}, {'fan-out' if fan else 'chain'})"
+                kind = (
+                    f"{'fan-out' if fan else 'chain'}, on_orphan {'resume' if resume else 'fail'}"
+                )
+                context = f"round {round_} (seed {seed}, {kind})"
+                if resume:
+                    runs = [run_id]
+                    await _handed_over(dsn, run_id, killed_at, context)
+                else:
+                    runs = [
+                        run_id,
+                        await _failed_then_resumed(
+                            http, stack, run_id, killed_at, engines[survivor], context
+                        ),
+                    ]
+                await restarting
 
-                swept = await wait_status(dsn, run_id, FINISHED, SWEEP_DEADLINE_S + 2)
-                took = time.monotonic() - killed_at
-                assert swept["status"] == ev.FAILED, context
-                assert swept["error"] == ev.ORPHAN_ERROR, context
-                assert took <= SWEEP_DEADLINE_S, f"{context}: swept after {took:.2f} s"
-                crashed = await db_events(dsn, run_id)
-                assert [e["type"] for e in crashed].count(ev.RUN_FAILED) == 1, context
-
-                # What the engine reported done before it died is in the database, unchanged.
-                at_sweep = await _steps_of(dsn, workflow["id"])
-                items_at_sweep = await _items_of(dsn, workflow["id"])
+                # What the engine reported done before it died is there, unchanged; all is done.
+                final_steps = await _steps_of(dsn, workflow["id"])
+                final_items = await _items_of(dsn, workflow["id"])
                 for event in seen:
                     if event.type == ev.STEP_COMPLETED:
                         data = _json(event.data_json)
-                        step = at_sweep[data["step_id"]]
-                        assert step["status"] == ev.COMPLETED, context
-                        assert step["output"] == data["output"], context
+                        assert final_steps[data["step_id"]]["output"] == data["output"], context
                     elif event.type == ev.FAN_OUT_PROGRESS:
-                        assert _json(event.data_json)["index"] in items_at_sweep, context
-                assert ev.RUNNING not in {s["status"] for s in at_sweep.values()}, context
-
-                # Resume on the survivor: only what was not done runs again.
-                resumed = await http.post(
-                    f"/v1/workflows/{workflow['id']}/resume", headers=stack.headers
-                )
-                assert resumed.status_code == 201, resumed.text
-                second = resumed.json()["id"]
-                events = [e async for e in engines[survivor].execute(second)]
-                assert events[-1].type == ev.RUN_COMPLETED, f"{context}: {events[-1]}"
-                await restarting
-
-                final_steps = await _steps_of(dsn, workflow["id"])
-                final_items = await _items_of(dsn, workflow["id"])
-                for step_id, step in at_sweep.items():
-                    if step["status"] == ev.COMPLETED:
-                        assert final_steps[step_id]["output"] == step["output"], context
-                for index, output in items_at_sweep.items():
-                    assert final_items[index] == output, context
+                        data = _json(event.data_json)
+                        assert data["index"] in final_items, context
                 if fan:
                     assert sorted(final_items) == list(range(13)), context
                 assert {s["status"] for s in final_steps.values()} == {ev.COMPLETED}, context
-
-                started: Counter[str] = Counter()
-                progress: Counter[int] = Counter()
-                for rid in (run_id, second):
-                    for e in await db_events(dsn, rid):
-                        if e["type"] == ev.STEP_STARTED:
-                            started[_json(e["data"])["step_id"]] += 1
-                        elif e["type"] == ev.FAN_OUT_PROGRESS:
-                            progress[_json(e["data"])["index"]] += 1
-                twice = [sid for sid, n in started.items() if n > 1]
-                assert max(started.values()) <= 2 and len(twice) <= 1, f"{context}: {started}"
-                for step_id in twice:  # only the one in flight at the kill ran again
-                    assert at_sweep[step_id]["status"] != ev.COMPLETED, context
-                assert all(n == 1 for n in progress.values()), f"{context}: {progress}"
+                await _nothing_redone_but_the_one_in_flight(dsn, runs, context)
     finally:
         with_engine2 = stack.procs.get("engine2")
         if with_engine2 is not None:
@@ -196,6 +178,81 @@ async def test_sigkill_engine_replicas_at_random_moments(
         if "engine" not in stack.procs:
             stack.start("engine")
     await assert_invariants(dsn)
+
+
+async def _handed_over(dsn: str, run_id: str, killed_at: float, context: str) -> None:
+    """`on_orphan: resume`: requeued within 2 x TTL, adopted by a live replica, completed."""
+    requeued = await eventually(
+        lambda: run_row(dsn, run_id),
+        lambda r: r["requeues"] > 0 or r["status"] in FINISHED,
+        timeout_s=SWEEP_DEADLINE_S + 2,
+        interval_s=0.05,
+        what=f"{context}: the orphan requeued",
+    )
+    took = time.monotonic() - killed_at
+    assert requeued["requeues"] == 1, f"{context}: {requeued}"
+    assert took <= SWEEP_DEADLINE_S, f"{context}: requeued after {took:.2f} s"
+    done = await wait_status(dsn, run_id, FINISHED, 30)
+    assert (done["status"], done["error"]) == (ev.COMPLETED, None), f"{context}: {done}"
+    types = [e["type"] for e in await db_events(dsn, run_id)]
+    assert types.count(ev.RUN_REQUEUED) == 1 and ev.RUN_FAILED not in types, f"{context}: {types}"
+    owners = [
+        _json(e["data"])["owner"]
+        for e in await db_events(dsn, run_id)
+        if e["type"] == ev.RUN_STARTED
+    ]
+    assert len(owners) == 2 and owners[0] != owners[1], f"{context}: {owners}"
+
+
+async def _failed_then_resumed(
+    http: httpx.AsyncClient,
+    stack: ProcessStack,
+    run_id: str,
+    killed_at: float,
+    survivor: EngineClient,
+    context: str,
+) -> str:
+    """`on_orphan: fail`: failed as an orphan within 2 x TTL, then resumed by hand on the
+    survivor; the new run's id."""
+    dsn = stack.database_url
+    swept = await wait_status(dsn, run_id, FINISHED, SWEEP_DEADLINE_S + 2)
+    assert swept["status"] == ev.FAILED, context
+    assert swept["error"] == ev.ORPHAN_ERROR, context
+    assert time.monotonic() - killed_at <= SWEEP_DEADLINE_S, context
+    crashed = await db_events(dsn, run_id)
+    assert [e["type"] for e in crashed].count(ev.RUN_FAILED) == 1, context
+    statuses = {s["status"] for s in (await _steps_of(dsn, str(swept["workflow_id"]))).values()}
+    assert ev.RUNNING not in statuses, context
+    resumed = await http.post(f"/v1/workflows/{swept['workflow_id']}/resume", headers=stack.headers)
+    assert resumed.status_code == 201, resumed.text
+    second = str(resumed.json()["id"])
+    events = [e async for e in survivor.execute(second)]
+    assert events[-1].type == ev.RUN_COMPLETED, f"{context}: {events[-1]}"
+    return second
+
+
+async def _nothing_redone_but_the_one_in_flight(dsn: str, run_ids: list[str], context: str) -> None:
+    """Across the runs of one workflow, in order: a step starts again only if it had not
+    completed before the kill, at most one does, and no fan-out item is done twice."""
+    started: Counter[str] = Counter()
+    completed: set[str] = set()
+    twice_done_before: list[str] = []
+    progress: Counter[int] = Counter()
+    for rid in run_ids:
+        for e in await db_events(dsn, rid):
+            data = _json(e["data"])
+            if e["type"] == ev.STEP_STARTED:
+                started[data["step_id"]] += 1
+                if data["step_id"] in completed:
+                    twice_done_before.append(data["step_id"])
+            elif e["type"] == ev.STEP_COMPLETED:
+                completed.add(data["step_id"])
+            elif e["type"] == ev.FAN_OUT_PROGRESS:
+                progress[data["index"]] += 1
+    twice = [sid for sid, n in started.items() if n > 1]
+    assert max(started.values()) <= 2 and len(twice) <= 1, f"{context}: {started}"
+    assert not twice_done_before, f"{context}: completed steps ran again: {twice_done_before}"
+    assert all(n == 1 for n in progress.values()), f"{context}: {progress}"
 
 
 def _json(data: Any) -> dict[str, Any]:
@@ -236,6 +293,68 @@ async def test_sigterm_engine_pauses_every_run_within_the_grace(
     streamed = await read_events(http, f"/v1/runs/{resumed.json()['id']}/events", stack.headers)
     assert streamed[-1].event == ev.RUN_COMPLETED
     # The other two stay paused: not active, so the invariants hold.
+    await assert_invariants(dsn)
+
+
+async def test_sigterm_engine_hands_resumable_runs_to_another_replica(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """`on_orphan: resume`: a draining engine hands its runs over at once (no lease to wait
+    out) and the other replica finishes them; a browser following one sees the whole run on
+    one stream. The workflow without the policy is paused as before."""
+    dsn = stack.database_url
+    stack.add_replica("engine2", "engine", NYXFLOW_ENGINE_LISTEN=f"127.0.0.1:{free_port()}")
+    stack.start("engine2")
+    long = steps(3, tokens=60, token_delay_ms=20)
+    handed, kept = [], []
+    for i in range(2):
+        workflow = await create_workflow(http, stack, f"handover-{i}", long, on_orphan="resume")
+        handed.append(await start_run(http, stack, workflow["id"]))
+    workflow = await create_workflow(http, stack, "paused", long)
+    kept.append(await start_run(http, stack, workflow["id"]))
+    # A browser connects (it starts the run on the first engine) and keeps following.
+    url = f"/v1/runs/{handed[0]}/events"
+    following = asyncio.create_task(read_events(http, url, stack.headers))
+    for run_id in [*handed[1:], *kept]:
+        await read_events(http, f"/v1/runs/{run_id}/events", stack.headers, limit=3)
+    await wait_status(dsn, handed[0], frozenset({ev.RUNNING}), 10)
+    proc = stack.procs["engine"]
+    stack.signal("engine", signal.SIGTERM)
+    terminated_at = time.monotonic()
+    try:
+        for run_id in handed:
+            requeued = await eventually(
+                functools.partial(db_events, dsn, run_id),
+                lambda events: ev.RUN_REQUEUED in [e["type"] for e in events],
+                timeout_s=LEASE_TTL_S,  # before any sweep could have done it
+                interval_s=0.05,
+                what=f"{run_id} handed over",
+            )
+            reason = [_json(e["data"]) for e in requeued if e["type"] == ev.RUN_REQUEUED]
+            assert reason == [{"status": ev.PENDING, "reason": "engine shut down", "requeues": 1}]
+        paused = await wait_status(dsn, kept[0], FINISHED, LEASE_TTL_S)
+        assert (paused["status"], paused["error"]) == (ev.PAUSED, "engine shut down")
+        await asyncio.to_thread(proc.wait, 10)
+        grace = float(stack.env()["NYXFLOW_SHUTDOWN_GRACE_S"])
+        assert time.monotonic() - terminated_at <= grace + 2
+
+        for run_id in handed:
+            done = await wait_status(dsn, run_id, FINISHED, 30)
+            assert done["status"] == ev.COMPLETED, done
+            events = await db_events(dsn, run_id)
+            assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+            owners = [_json(e["data"])["owner"] for e in events if e["type"] == ev.RUN_STARTED]
+            assert len(owners) == 2 and owners[0] != owners[1], owners
+            assert ev.RUN_FAILED not in [e["type"] for e in events]
+        streamed = await asyncio.wait_for(following, 30)
+        assert [f.id for f in streamed] == [str(n) for n in range(1, len(streamed) + 1)]
+        types = [f.event for f in streamed]
+        assert ev.RUN_REQUEUED in types and types[-1] == ev.RUN_COMPLETED
+        assert types.count(ev.RUN_STARTED) == 2
+    finally:
+        stack.procs.pop("engine", None)
+        stack.start("engine")
+        stack.kill("engine2")
     await assert_invariants(dsn)
 
 

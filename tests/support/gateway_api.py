@@ -10,10 +10,14 @@ from tests.support.processes import ProcessStack
 
 
 async def create_workflow(
-    http: httpx.AsyncClient, stack: ProcessStack, name: str, steps: list[dict[str, Any]]
+    http: httpx.AsyncClient,
+    stack: ProcessStack,
+    name: str,
+    steps: list[dict[str, Any]],
+    **fields: Any,
 ) -> dict[str, Any]:
     response = await http.post(
-        "/v1/workflows", json={"name": name, "steps": steps}, headers=stack.headers
+        "/v1/workflows", json={"name": name, "steps": steps, **fields}, headers=stack.headers
     )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()

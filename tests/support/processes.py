@@ -70,6 +70,7 @@ class ProcessStack:
             NYXFLOW_SWEEP_INTERVAL_S="0.5",
             NYXFLOW_WATCH_POLL_S="0.5",
             NYXFLOW_SHUTDOWN_GRACE_S="5",
+            NYXFLOW_ADOPT_INTERVAL_S="0.2",
             NYXFLOW_LOG_LEVEL="INFO",
         )
         if self.redis_url:

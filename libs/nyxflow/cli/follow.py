@@ -52,6 +52,8 @@ def _show(kind: str, data: dict[str, object], tokens: bool) -> None:
         filled = int(20 * done / total) if total else 20
         bar = "█" * filled + "░" * (20 - filled)
         console.print(f"  {bar} {done}/{total} · {data.get('heading', '')}")
+    elif kind == ev.RUN_REQUEUED:
+        console.print(f"[yellow]⇄ handed to another engine ({data.get('reason')})[/]")
     elif kind == ev.STEPS_GENERATED:
         console.print(f"+ {data.get('count')} steps generated")
     elif kind in ev.TERMINAL_EVENTS:

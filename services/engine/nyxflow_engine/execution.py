@@ -61,7 +61,8 @@ class Execution:
         return self.task
 
     def pause(self) -> None:
-        """Graceful shutdown: stop and leave the run paused, to be resumed."""
+        """Graceful shutdown: stop, and leave the run to another replica (on_orphan: resume)
+        or paused, to be resumed."""
         self._pausing = True
         if self.task is not None:
             self.task.cancel()
@@ -82,11 +83,12 @@ class Execution:
                 "lease lost; stopping, writing nothing", extra={**extra, "error": str(error)}
             )
         except asyncio.CancelledError:
-            if not self._lease_lost:
-                status, message = (
-                    (ev.PAUSED, SHUTDOWN_ERROR) if self._pausing else (ev.FAILED, CANCELLED_ERROR)
-                )
-                await self._finish_quietly(status, message)
+            if self._lease_lost:
+                pass
+            elif self._pausing:
+                await self._release_quietly()
+            else:
+                await self._finish_quietly(ev.FAILED, CANCELLED_ERROR)
             raise
         except StepFailed as error:
             await self._finish_quietly(ev.FAILED, str(error))
@@ -109,6 +111,19 @@ class Execution:
             pass
         except Exception:
             log.exception("could not record the run's end", extra={"run_id": self.run_id})
+
+    async def _release_quietly(self) -> None:
+        """Draining: another replica takes the run over (on_orphan: resume), else it pauses.
+        If runs cannot be told, the sweeper deals with the run after its lease."""
+        try:
+            status = await self.writer.release(SHUTDOWN_ERROR)
+            if status == ev.PAUSED:
+                metrics.RUNS_FINISHED.labels(status=status).inc()
+            log.info("run released", extra={"run_id": self.run_id, "status": status})
+        except LeaseLost:
+            pass
+        except Exception:
+            log.exception("could not release the run", extra={"run_id": self.run_id})
 
     async def _heartbeat(self) -> None:
         while True:

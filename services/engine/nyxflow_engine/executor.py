@@ -67,6 +67,11 @@ class Executor:
         log.info("run claimed", extra={"run_id": run_id, "token": claim.token})
         return feed
 
+    async def adopt(self, run_id: str, tenant_id: str) -> RunFeed:
+        """Claim a requeued run as the engine itself (no caller is waiting on it)."""
+        caller = internal_metadata(self._settings.internal_secret, tenant_id)
+        return await self.start(run_id, caller)
+
     async def drain(self, grace_s: float) -> None:
         """On shutdown: pause every run we hold and wait (bounded) for them to record it."""
         executions = list(self._executions.values())

@@ -6,9 +6,11 @@ import asyncio
 import logging
 
 from nyxflow import metrics
-from nyxflow.client import open_channel
+from nyxflow.auth import engine_metadata
+from nyxflow.client import RunsClient, open_channel
 from nyxflow.grpc_server import GrpcService, wait_serving
 from nyxflow.v1 import engine_pb2, engine_pb2_grpc
+from nyxflow_engine.adopter import adopt_forever
 from nyxflow_engine.executor import Executor
 from nyxflow_engine.providers.registry import Providers
 from nyxflow_engine.servicer import EngineServicer
@@ -32,13 +34,28 @@ async def serve(
     engine_pb2_grpc.add_EngineServicer_to_server(EngineServicer(executor), service.server)
     metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
     log.info("engine serving", extra={"action": "start", "engine_id": settings.engine_id})
+    runs = RunsClient(channel, engine_metadata(settings.internal_secret), settings.rpc_timeout_s)
+    adopting: list[asyncio.Task[None]] = []
+
+    async def prepare() -> None:
+        # NOT_SERVING until runs answers: an engine that cannot write must not take work.
+        await wait_serving(channel, settings.runs_wait_s)
+        adopting.append(
+            asyncio.create_task(
+                adopt_forever(executor, runs, settings.adopt_interval_s), name="adopter"
+            )
+        )
+
+    async def drain() -> None:
+        for task in adopting:  # a draining engine takes nothing new
+            task.cancel()
+        await executor.drain(settings.shutdown_grace_s)
+
     try:
         await service.run(
-            # NOT_SERVING until runs answers: an engine that cannot write must not take work.
-            prepare=lambda: wait_serving(channel, settings.runs_wait_s),
-            on_drain=lambda: executor.drain(settings.shutdown_grace_s),
-            grace_s=settings.shutdown_grace_s,
-            ready=ready,
+            prepare=prepare, on_drain=drain, grace_s=settings.shutdown_grace_s, ready=ready
         )
     finally:
+        for task in adopting:
+            task.cancel()
         await channel.close()

@@ -23,6 +23,7 @@ class EngineSettings(CommonSettings):
     group_commit_ms: float = 50.0  # progress is committed at most this long after it happens
     write_retry_s: float = 30.0  # how long a write to runs is retried while runs is unavailable
     shutdown_grace_s: float = 10.0
+    adopt_interval_s: float = 1.0  # how often requeued runs (on_orphan: resume) are looked for
     runs_wait_s: float = 60.0  # start-up waits this long for the runs service
     # Providers: keys are secrets (never logged, never stored); base URLs point at proxies,
     # test servers or, for openai_compatible, a local model server.

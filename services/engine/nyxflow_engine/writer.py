@@ -142,6 +142,17 @@ class RunWriter:
     async def finish(self, status: str, error: str = "") -> None:
         await self.flush(status, error)
 
+    async def release(self, reason: str) -> str:
+        """Let go of the run (the engine is draining): runs hands it to another replica or
+        pauses it, by the workflow's policy; the status it chose is returned."""
+        await self.flush()
+        async with self._lock:
+            response = await self._retrying(
+                lambda: self.runs.release_run(self.run_id, self.token, reason)
+            )
+            await self._absorb(response.written)
+        return response.status
+
     async def heartbeat(self, ttl_s: float) -> None:
         await self._retrying(lambda: self.runs.heartbeat(self.run_id, self.token, ttl_s))
 

@@ -120,6 +120,7 @@ def workflow(
         last_run_id=latest.id if latest is not None else "",
         default_providers=row.default_providers or [],
         project_id=row.project_id or "",
+        on_orphan=row.on_orphan,
     )
 
 
@@ -148,6 +149,7 @@ def run(row: models.Run, steps: Sequence[pb.Step] = ()) -> pb.Run:
         steps=steps,
         pause_requested=row.pause_requested,
         phase=phase(steps),
+        requeues=row.requeues,
     )
 
 

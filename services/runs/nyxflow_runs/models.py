@@ -66,6 +66,7 @@ class Workflow(TenantOwned, Base):
     project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     consistency_check: Mapped[bool] = mapped_column(Boolean, default=False)
+    on_orphan: Mapped[str] = mapped_column(String(20), default="fail", server_default="fail")
     default_providers: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
     updated_at: Mapped[float] = mapped_column(Float, server_default=db_now())
@@ -192,6 +193,7 @@ class Run(TenantOwned, Base):
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     token: Mapped[int] = mapped_column(Integer, default=0)
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    requeues: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_batch: Mapped[str | None] = mapped_column(String(64))  # the engine's last Record
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)

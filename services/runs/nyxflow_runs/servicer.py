@@ -63,10 +63,17 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         personas = await self._store.persona_names(tenant)
         drafts = valid.step_drafts(request.steps, personas)
         chain = valid.provider_chain(request.default_providers, "default_providers")
+        policy = valid.on_orphan(request.on_orphan)
         if request.project_id:
             await self._store.require_project(tenant, request.project_id)
         return await self._store.create_workflow(
-            tenant, name, drafts, request.consistency_check, chain, request.project_id or None
+            tenant,
+            name,
+            drafts,
+            request.consistency_check,
+            chain,
+            request.project_id or None,
+            policy,
         )
 
     async def GetWorkflow(self, request: runs_pb2.GetWorkflowRequest, context: Ctx) -> pb.Workflow:
@@ -300,6 +307,25 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
             request.findings,
         )
         return runs_pb2.WriteResponse()
+
+    async def ReleaseRun(
+        self, request: runs_pb2.ReleaseRunRequest, context: Ctx
+    ) -> runs_pb2.ReleaseRunResponse:
+        tenant = self._tenancy.engine_tenant_of(context)
+        run_id = valid.require_id(request.run_id, "run_id")
+        reason = valid.text(request.reason, "reason", 1_000, required=False)
+        status, written = await self._store.release_run(tenant, run_id, request.token, reason)
+        return runs_pb2.ReleaseRunResponse(written=_response(written), status=status)
+
+    async def ListRequeuedRuns(
+        self, request: runs_pb2.ListRequeuedRunsRequest, context: Ctx
+    ) -> runs_pb2.ListRequeuedRunsResponse:
+        self._tenancy.require_engine(context)
+        limit = valid.bounded(request.limit, 0, 1_000, "limit")
+        rows = await self._store.list_requeued_all_tenants(limit)
+        return runs_pb2.ListRequeuedRunsResponse(
+            runs=[runs_pb2.RequeuedRun(run_id=r, tenant_id=t) for r, t in rows]
+        )
 
     # --- code pipelines ---------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import time
 import grpc
 
 from nyxflow import logs
-from nyxflow.auth import caller_from_metadata
+from nyxflow.auth import caller_from_metadata, require_internal
 from nyxflow.errors import Unauthenticated
 from nyxflow_runs.store import Store
 
@@ -51,3 +51,7 @@ class Tenancy:
         if caller.tenant_id is None:
             raise Unauthenticated("engine calls need the internal credentials")
         return caller.tenant_id
+
+    def require_engine(self, context: grpc.aio.ServicerContext) -> None:
+        """The engine's calls across tenants (adopting requeued runs): internal only."""
+        require_internal(context.invocation_metadata() or (), self._secret)

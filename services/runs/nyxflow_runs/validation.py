@@ -98,6 +98,18 @@ def workflow_name(name: str) -> str:
     return name
 
 
+def on_orphan(value: str) -> str:
+    """Empty means the default, fail."""
+    if not value:
+        return ev.ON_ORPHAN_FAIL
+    if value not in ev.ON_ORPHAN_POLICIES:
+        raise InvalidArgument(
+            f"must be one of {', '.join(ev.ON_ORPHAN_POLICIES)}, not {value[:40]!r}",
+            field="on_orphan",
+        )
+    return value
+
+
 def step_drafts(
     specs: Sequence[pb.StepSpec], personas: Collection[str], *, earlier: Collection[str] = ()
 ) -> list[StepDraft]:
@@ -272,6 +284,8 @@ def event_type(value: str, field: str) -> str:
         raise InvalidArgument(f"must be at most {MAX_EVENT_TYPE} characters", field=field)
     if value in ev.TERMINAL_EVENTS:
         raise InvalidArgument(f"{value!r} is written by FinishRun only", field=field)
+    if value == ev.RUN_REQUEUED:
+        raise InvalidArgument(f"{value!r} is written by runs only", field=field)
     return value
 
 

@@ -495,6 +495,14 @@ function showDetail(workflowId) {
       case "steps_generated":
         refreshSoon(0);
         break;
+      case "run_requeued":
+        // Its engine died or drained: the run waits for another, its running step pending again.
+        if (state.run) {
+          state.run.status = "pending";
+          state.run.requeues = data.requeues || 0;
+        }
+        refreshSoon(0);
+        break;
       case "run_paused":
       case "run_completed":
       case "run_failed":
@@ -546,7 +554,7 @@ function showDetail(workflowId) {
     const live = mode === "sse" ? " · live" : mode === "polling" ? " · refreshing every 3 s" : "";
     runLine.replaceChildren(
       state.run
-        ? h("span", {}, "Run ", h("code", { title: state.run.id }, shortId(state.run.id)), state.run.phase ? h("span", { class: "phase", id: "run-phase" }, ` phase ${state.run.phase} ·`) : "", ` ${state.run.status}${state.run.pause_requested && active() ? " (pause requested)" : ""}${live}`, state.run.error ? ` · ${state.run.error}` : "")
+        ? h("span", {}, "Run ", h("code", { title: state.run.id }, shortId(state.run.id)), state.run.phase ? h("span", { class: "phase", id: "run-phase" }, ` phase ${state.run.phase} ·`) : "", ` ${state.run.status}${state.run.pause_requested && active() ? " (pause requested)" : ""}${state.run.requeues ? ` (handed over ${state.run.requeues}×)` : ""}${live}`, state.run.error ? ` · ${state.run.error}` : "")
         : "Never run",
     );
     settings.replaceChildren(
@@ -554,6 +562,7 @@ function showDetail(workflowId) {
         ["Workflow id", h("code", {}, w.id)],
         ["Steps", String(state.steps.length)],
         ["Consistency check", w.consistency_check ? "yes" : "no"],
+        ["If its engine dies", w.on_orphan === "resume" ? "another engine resumes the run" : "the run fails"],
         ["Created", when(w.created_at)],
         ["Updated", when(w.updated_at)],
         ["Last run", w.last_run_id ? h("code", {}, w.last_run_id) : "never"],

@@ -6,7 +6,7 @@ import { eventsUrl, getRun } from "./api.js";
 export const EVENT_TYPES = [
   "run_started", "step_started", "step_delta", "step_completed", "step_failed",
   "step_truncated", "provider_fallback", "fan_out_progress", "steps_generated",
-  "run_paused", "run_completed", "run_failed", "run_cancelled",
+  "run_paused", "run_completed", "run_failed", "run_cancelled", "run_requeued",
   "step_retried", "workflow_resumed", "workflow_rerun",
 ];
 export const TERMINAL_EVENTS = new Set(["run_paused", "run_completed", "run_failed", "run_cancelled"]);

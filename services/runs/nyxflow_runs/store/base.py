@@ -24,6 +24,7 @@ from nyxflow_runs.validation import event_data, event_type
 
 if TYPE_CHECKING:
     from nyxflow_runs.store.hot_path import HotPath
+    from nyxflow_runs.store.sweeping import Swept
 
 # Everything an execution produced; retry and re-run put a step back to exactly this.
 PRISTINE_STEP: dict[str, Any] = {
@@ -93,7 +94,7 @@ class StoreBase:
             async with session.begin():
                 yield session
 
-    async def sweep_orphans_all_tenants(self, workflow_id: str | None = None) -> list[str]:
+    async def sweep_orphans_all_tenants(self, workflow_id: str | None = None) -> Swept:
         raise NotImplementedError  # the Sweeping part provides it
 
     # --- lookups, always by tenant ---------------------------------------------------

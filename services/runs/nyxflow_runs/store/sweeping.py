@@ -2,30 +2,49 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, update
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, select, update
 
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs.clock import db_now
-from nyxflow_runs.models import Run
-from nyxflow_runs.store.base import Draft, StoreBase
+from nyxflow_runs.models import Run, Workflow
+from nyxflow_runs.store.base import Draft
+from nyxflow_runs.store.handover import Handover
 
 
-class Sweeping(StoreBase):
-    async def sweep_orphans_all_tenants(self, workflow_id: str | None = None) -> list[str]:
-        """Fail every running run whose lease expired by the database's clock.
+@dataclass(frozen=True)
+class Swept:
+    failed: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)  # back to pending (on_orphan: resume)
 
-        A conditional UPDATE: two replicas sweeping at once sweep each orphan once.
+
+class Sweeping(Handover):
+    async def sweep_orphans_all_tenants(self, workflow_id: str | None = None) -> Swept:
+        """Every running run whose lease expired by the database's clock goes back to pending
+        if its workflow says `on_orphan: resume` (and it has not come back too often), else
+        fails.
+
+        Conditional UPDATEs: two replicas sweeping at once sweep each orphan once.
         """
-        conditions = [Run.status == ev.RUNNING, Run.lease_expires_at < db_now()]
+        expired = [Run.status == ev.RUNNING, Run.lease_expires_at < db_now()]
         if workflow_id is not None:
-            conditions.append(Run.workflow_id == workflow_id)
+            expired.append(Run.workflow_id == workflow_id)
+        resumable = and_(
+            Run.workflow_id.in_(
+                select(Workflow.id).where(Workflow.on_orphan == ev.ON_ORPHAN_RESUME)
+            ),
+            Run.requeues < ev.MAX_REQUEUES,
+        )
         published: list[tuple[str, list[pb.RunEvent]]] = []
         async with self._sessions.begin() as session:
+            requeued = await self._requeue(session, and_(*expired, resumable), ev.ORPHAN_ERROR)
+            published += requeued
             swept = (
                 await session.execute(
                     update(Run)
-                    .where(and_(*conditions))
+                    .where(and_(*expired))
                     .values(
                         status=ev.FAILED,
                         error=ev.ORPHAN_ERROR,
@@ -49,4 +68,4 @@ class Sweeping(StoreBase):
             )
         for run_id, written in published:
             await self._bus.publish(run_id, written)
-        return [run_id for run_id, _ in published]
+        return Swept([row.id for row in swept], [run_id for run_id, _ in requeued])

@@ -126,6 +126,7 @@ class Workflows(StoreBase):
         consistency_check: bool = False,
         default_providers: Sequence[str] = (),
         project_id: str | None = None,
+        on_orphan: str = ev.ON_ORPHAN_FAIL,
     ) -> pb.Workflow:
         async with self._scoped(tenant_id, write=True) as session:
             workflow = Workflow(
@@ -133,6 +134,7 @@ class Workflows(StoreBase):
                 project_id=project_id,
                 name=name,
                 consistency_check=consistency_check,
+                on_orphan=on_orphan,
                 default_providers=list(default_providers),
             )
             session.add(workflow)
@@ -198,6 +200,7 @@ class Workflows(StoreBase):
                 project_id=source.project_id,
                 name=name or f"{source.name} (copy)",
                 consistency_check=source.consistency_check,
+                on_orphan=source.on_orphan,
                 default_providers=list(source.default_providers or []),
             )
             session.add(copy)

@@ -1,0 +1,221 @@
+"""`on_orphan: resume`, through the real runs and engine services on both databases: an orphan
+goes back to pending instead of failing, a draining engine hands its run over, and a live
+engine adopts what is waiting; the old engine's token is fenced out all along."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nyxflow import events as ev
+from nyxflow.auth import engine_metadata
+from nyxflow.client import RunsClient
+from nyxflow.errors import InvalidArgument, StaleToken, Unauthenticated
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
+from tests.integration.test_runs_invariants import (
+    OWNER,
+    as_engine,
+    assert_stale,
+    draft,
+    seqs_and_types,
+    watch_all,
+)
+from tests.support.direct import Direct
+from tests.support.eventually import eventually
+from tests.support.inprocess import SECRET, Clients, engine_service
+from tests.support.workflows import chain
+
+
+def adopter(api: Clients) -> RunsClient:
+    """What an engine's adopter uses: the internal secret, for no tenant in particular."""
+    return RunsClient(api.runs_channel, engine_metadata(SECRET))
+
+
+async def resumable_run(api: Clients, steps: int = 2) -> pb.Run:
+    workflow = await api.runs.create_workflow("resumable", chain(steps), on_orphan="resume")
+    assert workflow.on_orphan == ev.ON_ORPHAN_RESUME
+    return await api.runs.create_run(workflow.id)
+
+
+async def claim(api: Clients, run: pb.Run, ttl_s: float) -> tuple[RunsClient, pb.Run, int]:
+    engine = as_engine(api, run.tenant_id)
+    won = await engine.claim_run(run.id, OWNER, ttl_s)
+    assert won.won
+    return engine, won.run, won.token
+
+
+async def start_first_step(engine: RunsClient, run: pb.Run, token: int) -> pb.Step:
+    step = run.steps[0]
+    await engine.update_step(
+        run.id,
+        token,
+        step.id,
+        runs_pb2.StepChange(status=ev.RUNNING),
+        [draft(ev.STEP_STARTED, step_id=step.id)],
+    )
+    return step
+
+
+async def test_an_orphan_of_a_resumable_workflow_goes_back_to_pending(
+    runs: Clients, db: Direct
+) -> None:
+    run = await resumable_run(runs)
+    engine, claimed, token = await claim(runs, run, ttl_s=0.6)
+    # The first step finished before the engine died; the second was running.
+    first, second = claimed.steps
+    done = runs_pb2.StepChange(status=ev.COMPLETED, output="kept")
+    await engine.update_step(run.id, token, first.id, done, [])
+    await engine.update_step(run.id, token, second.id, runs_pb2.StepChange(status=ev.RUNNING), [])
+
+    requeued = await eventually(
+        lambda: runs.runs.get_run(run.id),
+        lambda r: r.status != ev.RUNNING,
+        timeout_s=3.0,
+        what="the orphan swept",
+    )
+
+    assert (requeued.status, requeued.requeues, requeued.error) == (ev.PENDING, 1, "")
+    assert [(s.status, s.output) for s in requeued.steps] == [
+        (ev.COMPLETED, "kept"),
+        (ev.PENDING, ""),
+    ]
+    events = await db.events(run.tenant_id, run.id)
+    assert seqs_and_types(events) == [(1, ev.RUN_STARTED), (2, ev.RUN_REQUEUED)]
+    assert json.loads(events[-1].data_json) == {
+        "status": ev.PENDING,
+        "reason": ev.ORPHAN_ERROR,
+        "requeues": 1,
+    }
+    # The dead engine's token is fenced out; the run waits for an adopter.
+    await assert_stale(engine, claimed, token)
+    waiting = await adopter(runs).list_requeued_runs()
+    assert [(r.run_id, r.tenant_id) for r in waiting] == [(run.id, run.tenant_id)]
+
+    # The next claim wins with a new token, on the same run and the same stream.
+    _, again, new_token = await claim(runs, run, ttl_s=30)
+    assert new_token == token + 1
+    assert not await adopter(runs).list_requeued_runs()
+    assert [s.status for s in again.steps] == [ev.COMPLETED, ev.PENDING]
+    events = await db.events(run.tenant_id, run.id)
+    assert seqs_and_types(events)[-1] == (3, ev.RUN_STARTED)
+
+
+async def test_a_workflow_that_fails_its_orphans_is_not_requeued(runs: Clients, db: Direct) -> None:
+    workflow = await runs.runs.create_workflow("plain", chain(1))
+    assert workflow.on_orphan == ev.ON_ORPHAN_FAIL
+    run = await runs.runs.create_run(workflow.id)
+    await claim(runs, run, ttl_s=0.3)
+
+    swept = await eventually(
+        lambda: runs.runs.get_run(run.id),
+        lambda r: r.status != ev.RUNNING,
+        timeout_s=3.0,
+        what="the orphan swept",
+    )
+
+    assert (swept.status, swept.error, swept.requeues) == (ev.FAILED, ev.ORPHAN_ERROR, 0)
+    assert not await adopter(runs).list_requeued_runs()
+
+
+async def test_an_orphan_comes_back_at_most_max_requeues_times_then_fails(
+    runs: Clients, db: Direct
+) -> None:
+    run = await resumable_run(runs, steps=1)
+    for attempt in range(1, ev.MAX_REQUEUES + 2):
+        await claim(runs, run, ttl_s=0.2)
+        status = await eventually(
+            lambda: runs.runs.get_run(run.id),
+            lambda r: r.status != ev.RUNNING,
+            timeout_s=3.0,
+            what=f"sweep {attempt}",
+        )
+        if attempt <= ev.MAX_REQUEUES:
+            assert (status.status, status.requeues) == (ev.PENDING, attempt)
+    assert (status.status, status.error) == (ev.FAILED, ev.ORPHAN_ERROR)
+    assert status.requeues == ev.MAX_REQUEUES
+    types = [e.type for e in await db.events(run.tenant_id, run.id)]
+    assert types.count(ev.RUN_REQUEUED) == ev.MAX_REQUEUES
+    assert types.count(ev.RUN_STARTED) == ev.MAX_REQUEUES + 1
+    assert types[-1] == ev.RUN_FAILED
+
+
+async def test_release_hands_a_resumable_run_over_and_pauses_any_other(
+    runs: Clients, db: Direct
+) -> None:
+    run = await resumable_run(runs)
+    engine, claimed, token = await claim(runs, run, ttl_s=30)
+    step = await start_first_step(engine, claimed, token)
+
+    handed = await engine.release_run(run.id, token, "engine shut down")
+
+    assert handed.status == ev.PENDING
+    assert [e.type for e in handed.written.events] == [ev.RUN_REQUEUED]
+    stored = await runs.runs.get_run(run.id)
+    assert (stored.status, stored.requeues) == (ev.PENDING, 1)
+    assert {s.id: s.status for s in stored.steps}[step.id] == ev.PENDING
+    await assert_stale(engine, claimed, token)
+    with pytest.raises(StaleToken):
+        await engine.release_run(run.id, token, "again")
+    assert [r.run_id for r in await adopter(runs).list_requeued_runs()] == [run.id]
+
+    plain = await runs.runs.create_workflow("plain", chain(1))
+    other = await runs.runs.create_run(plain.id)
+    engine2, claimed2, token2 = await claim(runs, other, ttl_s=30)
+    await start_first_step(engine2, claimed2, token2)
+    paused = await engine2.release_run(other.id, token2, "engine shut down")
+    assert paused.status == ev.PAUSED
+    stored = await runs.runs.get_run(other.id)
+    assert (stored.status, stored.error) == (ev.PAUSED, "engine shut down")
+    assert [s.status for s in stored.steps] == [ev.PENDING]
+    assert [e.type for e in await watch_all(runs.runs, other.id)][-1] == ev.RUN_PAUSED
+
+
+async def test_requeue_calls_are_the_engines_alone(runs: Clients) -> None:
+    run = await resumable_run(runs)
+    with pytest.raises(Unauthenticated):
+        await runs.runs.list_requeued_runs()
+    with pytest.raises(Unauthenticated):
+        await runs.runs.release_run(run.id, 1, "")
+    with pytest.raises(InvalidArgument) as bad:
+        await adopter(runs).list_requeued_runs(limit=5_000)
+    assert bad.value.field == "limit"
+    with pytest.raises(InvalidArgument) as policy:
+        await runs.runs.create_workflow("odd", chain(1), on_orphan="sometimes")
+    assert policy.value.field == "on_orphan"
+
+
+async def test_a_live_engine_adopts_a_requeued_run_and_completes_it(
+    runs_addr: str, runs: Clients, db: Direct
+) -> None:
+    run = await resumable_run(runs, steps=3)
+    engine, claimed, token = await claim(runs, run, ttl_s=0.6)
+    first = claimed.steps[0]
+    await engine.update_step(
+        run.id, token, first.id, runs_pb2.StepChange(status=ev.COMPLETED, output="before"), []
+    )
+    await eventually(
+        lambda: runs.runs.get_run(run.id),
+        lambda r: r.status == ev.PENDING,
+        timeout_s=3.0,
+        what="the orphan requeued",
+    )
+
+    async with engine_service(runs_addr, adopt_interval_s=0.1):
+        done = await eventually(
+            lambda: runs.runs.get_run(run.id),
+            lambda r: r.status not in ev.ACTIVE_RUN_STATUSES,
+            timeout_s=10.0,
+            what="the adopted run finished",
+        )
+
+    assert done.status == ev.COMPLETED, done.error
+    # What was done before the death is kept; only the rest ran, once each.
+    assert done.steps[0].output == "before"
+    assert all(s.status == ev.COMPLETED and s.output for s in done.steps)
+    events = await db.events(run.tenant_id, run.id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    started = [json.loads(e.data_json)["step_id"] for e in events if e.type == ev.STEP_STARTED]
+    assert started == [s.id for s in done.steps[1:]]
+    assert [e.type for e in events].count(ev.RUN_STARTED) == 2
