@@ -14,11 +14,11 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, settings
 
-from nyxflow.auth import bearer_metadata
+from nyxflow.auth import bearer_metadata, engine_metadata, internal_metadata
 from nyxflow.errors import from_rpc_error
 from nyxflow.grpc_server import CHANNEL_OPTIONS
 from nyxflow.v1 import admin_pb2_grpc, runs_pb2_grpc
-from tests.support.inprocess import ADMIN_KEY, API_KEY
+from tests.support.inprocess import ADMIN_KEY, API_KEY, SECRET
 from tests.support.processes import ProcessStack, running_stack
 
 T = TypeVar("T")
@@ -65,6 +65,16 @@ def md() -> tuple[tuple[str, str], ...]:
 
 def admin_md() -> tuple[tuple[str, str], ...]:
     return bearer_metadata(ADMIN_KEY)
+
+
+def engine_md() -> tuple[tuple[str, str], ...]:
+    """The engine across tenants (adopting requeued runs)."""
+    return engine_metadata(SECRET)
+
+
+def internal_md() -> tuple[tuple[str, str], ...]:
+    """The engine writing for a tenant that holds no run."""
+    return internal_metadata(SECRET, "00000000-0000-0000-0000-000000000000")
 
 
 def kw(metadata: tuple[tuple[str, str], ...] | None = None) -> dict[str, Any]:

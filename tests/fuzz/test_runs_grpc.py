@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from nyxflow import constants as kinds
 from nyxflow.v1 import admin_pb2, admin_pb2_grpc, runs_pb2, runs_pb2_grpc
 from nyxflow.v1 import common_pb2 as pb
-from tests.fuzz.conftest import FUZZ, admin_md, answer, kw
+from tests.fuzz.conftest import FUZZ, REFUSALS, admin_md, answer, engine_md, internal_md, kw
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -136,6 +136,7 @@ async def a_workflow(runs: runs_pb2_grpc.RunsStub) -> pb.Workflow:
     default_providers=st.lists(PROVIDER, max_size=10),
     project_id=st.one_of(st.just(""), IDS),
     consistency_check=st.booleans(),
+    on_orphan=st.one_of(st.sampled_from(["", "fail", "resume", "RESUME", "retry"]), TEXT),
 )
 @example(
     name="ok",
@@ -143,6 +144,7 @@ async def a_workflow(runs: runs_pb2_grpc.RunsStub) -> pb.Workflow:
     default_providers=[],
     project_id="",
     consistency_check=False,
+    on_orphan="",
 )
 async def test_create_workflow_answers_cleanly(
     runs: runs_pb2_grpc.RunsStub,
@@ -151,6 +153,7 @@ async def test_create_workflow_answers_cleanly(
     default_providers: list[str],
     project_id: str,
     consistency_check: bool,
+    on_orphan: str,
 ) -> None:
     request = runs_pb2.CreateWorkflowRequest(
         name=name,
@@ -158,10 +161,12 @@ async def test_create_workflow_answers_cleanly(
         default_providers=default_providers,
         project_id=project_id,
         consistency_check=consistency_check,
+        on_orphan=on_orphan,
     )
     workflow = await answer(runs.CreateWorkflow(request, **kw()))
     if workflow is None:
         return
+    assert workflow.on_orphan == (on_orphan or "fail")
     # What was accepted reads back, and its params are a JSON object any client can render.
     again: pb.Workflow = await runs.GetWorkflow(
         runs_pb2.GetWorkflowRequest(workflow_id=workflow.id), **kw()
@@ -337,6 +342,27 @@ async def test_claim_run_lease(runs: runs_pb2_grpc.RunsStub, owner: str, ttl: fl
     claimed = await answer(runs.ClaimRun(request, **kw()))
     if not (math.isfinite(ttl) and ttl > 0):
         assert claimed is None
+
+
+@FUZZ
+@given(run_id=IDS, token=INT64, reason=TEXT, limit=INT32)
+async def test_handover_calls(
+    runs: runs_pb2_grpc.RunsStub, run_id: str, token: int, reason: str, limit: int
+) -> None:
+    """The engine's handover calls with random ids, tokens and limits: refused cleanly (a
+    tenant's key is not the engine), or answered within their bounds."""
+    release = runs_pb2.ReleaseRunRequest(run_id=run_id, token=token, reason=reason)
+    as_tenant = REFUSALS | {grpc.StatusCode.UNAUTHENTICATED}
+    assert await answer(runs.ReleaseRun(release, **kw()), as_tenant) is None  # not the engine
+    engine = kw(engine_md())
+    assert await answer(runs.ReleaseRun(release, **kw(internal_md()))) is None  # no such run
+    listed = await answer(
+        runs.ListRequeuedRuns(runs_pb2.ListRequeuedRunsRequest(limit=limit), **engine)
+    )
+    if not 0 <= limit <= 1_000:
+        assert listed is None
+    else:
+        assert listed is not None and len(listed.runs) <= (limit or 10)
 
 
 @FUZZ

@@ -11,10 +11,11 @@ import pytest
 from nyxflow import events as ev
 from nyxflow.auth import engine_metadata
 from nyxflow.client import RunsClient
-from nyxflow.errors import InvalidArgument, StaleToken, Unauthenticated
+from nyxflow.errors import InvalidArgument, NotFound, StaleToken, Unauthenticated
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from tests.integration.test_runs_invariants import (
+    MISSING,
     OWNER,
     as_engine,
     assert_stale,
@@ -178,6 +179,12 @@ async def test_requeue_calls_are_the_engines_alone(runs: Clients) -> None:
         await runs.runs.list_requeued_runs()
     with pytest.raises(Unauthenticated):
         await runs.runs.release_run(run.id, 1, "")
+    engine, _, token = await claim(runs, run, ttl_s=30)
+    with pytest.raises(NotFound):  # another tenant's engine credentials: as if it did not exist
+        await as_engine(runs, MISSING).release_run(run.id, token, "")
+    with pytest.raises(InvalidArgument) as big:
+        await engine.release_run(run.id, 2**40, "")
+    assert big.value.field == "token"
     with pytest.raises(InvalidArgument) as bad:
         await adopter(runs).list_requeued_runs(limit=5_000)
     assert bad.value.field == "limit"

@@ -108,7 +108,7 @@ async def test_expired_unknown_and_malformed_keys_are_refused(tenants: Tenants) 
 # Engine calls take internal credentials only (tested in test_runs_invariants).
 ENGINE_ONLY = {
     "ClaimRun", "Heartbeat", "AppendEvents", "UpdateStep", "FinishRun", "PutStepItem", "Record",
-    "RecordMany", "GenerateSteps", "SaveArtifacts",
+    "RecordMany", "GenerateSteps", "SaveArtifacts", "ReleaseRun", "ListRequeuedRuns",
 }  # fmt: skip
 LISTS = {"ListWorkflows", "ListRuns", "ListProjects", "ListPersonas"}
 CREATES = {"CreateWorkflow", "CreateProject", "PutPersona"}  # take no foreign id, or checked below

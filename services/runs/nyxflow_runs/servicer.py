@@ -30,6 +30,7 @@ def _response(written: Written) -> runs_pb2.WriteResponse:
 
 
 def _batch(request: runs_pb2.RecordRequest) -> Batch:
+    valid.token(request.token)
     batch_id = valid.text(request.batch_id, "batch_id", 64, required=False)
     return Batch.of(request.ops, request.finish_status, request.finish_error, batch_id)
 
@@ -50,6 +51,14 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def _tenant(self, request: Message, context: Ctx) -> str:
         """The caller's tenant, then the request's strings checked for NUL."""
         tenant = await self._tenancy.tenant_of(context)
+        valid.no_nul(request)
+        return tenant
+
+    def _engine(self, request: Message, context: Ctx) -> str:
+        """The engine's tenant (internal credentials only), then the request checked for NUL.
+        Record and RecordMany skip the check: the engine scrubs what it sends (writer.py),
+        and those carry every step."""
+        tenant = self._tenancy.engine_tenant_of(context)
         valid.no_nul(request)
         return tenant
 
@@ -234,28 +243,32 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def Heartbeat(
         self, request: runs_pb2.HeartbeatRequest, context: Ctx
     ) -> runs_pb2.HeartbeatResponse:
-        tenant = self._tenancy.engine_tenant_of(context)
+        tenant = self._engine(request, context)
         ttl = valid.positive(request.lease_ttl_s, "lease_ttl_s")
-        expires = await self._store.heartbeat(tenant, request.run_id, request.token, ttl)
+        expires = await self._store.heartbeat(
+            tenant, request.run_id, valid.token(request.token), ttl
+        )
         return runs_pb2.HeartbeatResponse(lease_expires_at=expires)
 
     async def AppendEvents(
         self, request: runs_pb2.AppendEventsRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
-        tenant = self._tenancy.engine_tenant_of(context)
+        tenant = self._engine(request, context)
         drafts = Draft.from_pb(request.events)
         return _response(
-            await self._store.append_events(tenant, request.run_id, request.token, drafts)
+            await self._store.append_events(
+                tenant, request.run_id, valid.token(request.token), drafts
+            )
         )
 
     async def UpdateStep(
         self, request: runs_pb2.UpdateStepRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
-        tenant = self._tenancy.engine_tenant_of(context)
+        tenant = self._engine(request, context)
         written = await self._store.update_step(
             tenant,
             request.run_id,
-            request.token,
+            valid.token(request.token),
             valid.require_id(request.step_id, "step_id"),
             request.change,
             Draft.from_pb(request.events),
@@ -265,13 +278,13 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def PutStepItem(
         self, request: runs_pb2.PutStepItemRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
-        tenant = self._tenancy.engine_tenant_of(context)
+        tenant = self._engine(request, context)
         if request.item.index < 0:
             raise InvalidArgument("must not be negative", field="item.index")
         written = await self._store.put_step_item(
             tenant,
             request.run_id,
-            request.token,
+            valid.token(request.token),
             valid.require_id(request.step_id, "step_id"),
             request.item,
             Draft.from_pb(request.events),
@@ -281,11 +294,11 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def GenerateSteps(
         self, request: runs_pb2.GenerateStepsRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
-        tenant = self._tenancy.engine_tenant_of(context)
+        tenant = self._engine(request, context)
         written = await self._store.generate_steps(
             tenant,
             request.run_id,
-            request.token,
+            valid.token(request.token),
             valid.require_id(request.after_step_id, "after_step_id"),
             request.steps,
             Draft.from_pb(request.events),
@@ -295,13 +308,13 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def SaveArtifacts(
         self, request: runs_pb2.SaveArtifactsRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
-        tenant = self._tenancy.engine_tenant_of(context)
+        tenant = self._engine(request, context)
         for i, artifact in enumerate(request.artifacts):
             valid.text(artifact.name, f"artifacts[{i}].name", 200)
         await self._store.save_artifacts(
             tenant,
             valid.require_id(request.run_id, "run_id"),
-            request.token,
+            valid.token(request.token),
             request.step_id,
             request.artifacts,
             request.findings,
@@ -311,10 +324,12 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def ReleaseRun(
         self, request: runs_pb2.ReleaseRunRequest, context: Ctx
     ) -> runs_pb2.ReleaseRunResponse:
-        tenant = self._tenancy.engine_tenant_of(context)
+        tenant = self._engine(request, context)
         run_id = valid.require_id(request.run_id, "run_id")
         reason = valid.text(request.reason, "reason", 1_000, required=False)
-        status, written = await self._store.release_run(tenant, run_id, request.token, reason)
+        status, written = await self._store.release_run(
+            tenant, run_id, valid.token(request.token), reason
+        )
         return runs_pb2.ReleaseRunResponse(written=_response(written), status=status)
 
     async def ListRequeuedRuns(
@@ -394,11 +409,11 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def FinishRun(
         self, request: runs_pb2.FinishRunRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
-        tenant = self._tenancy.engine_tenant_of(context)
+        tenant = self._engine(request, context)
         written = await self._store.finish_run(
             tenant,
             request.run_id,
-            request.token,
+            valid.token(request.token),
             request.status,
             request.error,
             Draft.from_pb(request.events),

@@ -244,6 +244,17 @@ def _references(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> None:
             )
 
 
+MAX_TOKEN = 2**31 - 1  # the column is int32: no claim ever handed out more
+
+
+def token(value: int, field: str = "token") -> int:
+    """A fencing token within the column's range; one no claim handed out (0, say) is then
+    refused as stale by the fence itself."""
+    if not 0 <= value <= MAX_TOKEN:
+        raise InvalidArgument(f"must be a claim's token (0 to {MAX_TOKEN})", field=field)
+    return value
+
+
 def bounded(value: int, low: int, high: int, field: str) -> int:
     if not low <= value <= high:
         raise InvalidArgument(f"must be between {low} and {high}", field=field)
