@@ -12,6 +12,7 @@ gRPC failures come back as the matching `nyxflow.errors` exception.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -37,6 +38,20 @@ def open_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
+# A stub builds a callable per RPC (about 40 for Runs): one per channel, not one per client,
+# since the engine makes clients per run (each run writes with its own tenant's credentials).
+_RUNS_STUBS: weakref.WeakKeyDictionary[grpc.aio.Channel, runs_pb2_grpc.RunsStub] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _runs_stub(channel: grpc.aio.Channel) -> runs_pb2_grpc.RunsStub:
+    stub = _RUNS_STUBS.get(channel)
+    if stub is None:
+        stub = _RUNS_STUBS[channel] = runs_pb2_grpc.RunsStub(channel)
+    return stub
+
+
 async def _unary(call: Awaitable[T]) -> T:
     try:
         return await call
@@ -56,7 +71,7 @@ async def _stream(call: Any) -> AsyncGenerator[pb.RunEvent, None]:
 
 class RunsClient:
     def __init__(self, channel: grpc.aio.Channel, metadata: Metadata, timeout_s: float = 10.0):
-        self._stub = runs_pb2_grpc.RunsStub(channel)
+        self._stub = _runs_stub(channel)
         self._md = metadata
         self._timeout = timeout_s
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis
 
+from nyxflow_runs.bus import IDLE_CHANNEL
 from tests.support.databases import unavailable
 from tests.support.ports import free_port
 from tests.support.processes import ProcessStack
@@ -106,9 +107,9 @@ class OwnRedis:
             self.proc.wait(10)
         self.proc = None
 
-    def pattern_subscribers(self) -> int:
-        """Connections holding a pattern subscription (NUMPAT counts distinct patterns)."""
-        return sum(1 for c in self.client().client_list() if int(c.get("psub", 0)) > 0)
+    def bus_readers(self) -> int:
+        """Runs replicas whose bus reader is connected (each holds the idle channel)."""
+        return int(dict(self.client().pubsub_numsub(IDLE_CHANNEL))[IDLE_CHANNEL.encode()])
 
 
 @contextlib.contextmanager

@@ -134,7 +134,7 @@ async def _redis_then_polling_then_live(
 ) -> None:
     dsn = stack.database_url
     await eventually(
-        lambda: asyncio.to_thread(redis_server.pattern_subscribers),
+        lambda: asyncio.to_thread(redis_server.bus_readers),
         lambda n: n >= 2,
         timeout_s=10,
         what="both runs replicas subscribed to Redis",
@@ -166,7 +166,7 @@ async def _redis_then_polling_then_live(
 
         await asyncio.to_thread(redis_server.start)
         await eventually(
-            lambda: asyncio.to_thread(redis_server.pattern_subscribers),
+            lambda: asyncio.to_thread(redis_server.bus_readers),
             lambda n: n >= 2,
             timeout_s=10,
             what="both runs replicas back on Redis",

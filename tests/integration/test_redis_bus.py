@@ -17,6 +17,7 @@ from nyxflow.auth import internal_metadata
 from nyxflow.client import RunsClient
 from nyxflow.errors import FailedPrecondition
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_runs.bus import CHANNEL_PREFIX, IDLE_CHANNEL
 from tests.support.databases import REDIS_URL, fresh_database, unavailable
 from tests.support.eventually import eventually
 from tests.support.inprocess import SECRET, Clients, clients, runs_service
@@ -53,9 +54,14 @@ def draft(type_: str, **data: Any) -> pb.EventDraft:
     return pb.EventDraft(type=type_, data_json=json.dumps(data))
 
 
-async def pattern_subscribers(client: aioredis.Redis) -> int:
-    """Redis connections with a pattern subscription (each replica's bus reader has one)."""
-    return sum(1 for c in await client.client_list() if int(c.get("psub", 0)) > 0)
+async def bus_readers(client: aioredis.Redis) -> int:
+    """Replicas' bus readers connected to Redis (each holds the idle channel)."""
+    return int(dict(await client.pubsub_numsub(IDLE_CHANNEL))[IDLE_CHANNEL.encode()])
+
+
+async def run_subscribers(client: aioredis.Redis, run_id: str) -> int:
+    channel = CHANNEL_PREFIX + run_id
+    return int(dict(await client.pubsub_numsub(channel))[channel.encode()])
 
 
 def as_engine(api: Clients, tenant_id: str) -> RunsClient:
@@ -70,7 +76,7 @@ async def next_event(stream: AsyncGenerator[pb.RunEvent, None], timeout_s: float
 async def test_a_watcher_on_one_replica_hears_writes_through_another_live(
     pg_url: str, redis_client: aioredis.Redis
 ) -> None:
-    subscribers_before = await pattern_subscribers(redis_client)
+    readers_before = await bus_readers(redis_client)
     async with (
         runs_service(pg_url, redis_url=REDIS_URL, watch_poll_s=SLOW_POLL_S) as a_settings,
         runs_service(pg_url, redis_url=REDIS_URL) as b_settings,
@@ -79,8 +85,8 @@ async def test_a_watcher_on_one_replica_hears_writes_through_another_live(
     ):
         # both replicas' bus readers are subscribed to Redis
         await eventually(
-            lambda: pattern_subscribers(redis_client),
-            lambda n: n >= subscribers_before + 2,
+            lambda: bus_readers(redis_client),
+            lambda n: n >= readers_before + 2,
             timeout_s=5.0,
             what="both replicas subscribed to Redis",
         )
@@ -90,10 +96,13 @@ async def test_a_watcher_on_one_replica_hears_writes_through_another_live(
         claim = await engine_b.claim_run(run.id, "engine-b", 30.0)
         assert claim.won
 
+        assert await run_subscribers(redis_client, run.id) == 0  # nobody watches it yet
         stream = a.runs.watch_run(run.id)
         try:
             first = await next_event(stream, LIVE_WITHIN_S)  # replayed from the database
             assert (first.seq, first.type) == (1, ev.RUN_STARTED)
+            # Only A, where the watcher is, listens to the run: B reads nothing back.
+            assert await run_subscribers(redis_client, run.id) == 1
 
             for n in range(5):
                 (written,) = (
@@ -122,6 +131,13 @@ async def test_a_watcher_on_one_replica_hears_writes_through_another_live(
             await stream.aclose()
 
         assert (await a.runs.get_run(run.id)).status == ev.COMPLETED
+        # The watcher has gone: so has A's subscription to the run.
+        await eventually(
+            lambda: run_subscribers(redis_client, run.id),
+            lambda n: n == 0,
+            timeout_s=2.0,
+            what="the run's channel unsubscribed",
+        )
 
 
 async def test_replicas_share_one_truth(pg_url: str) -> None:

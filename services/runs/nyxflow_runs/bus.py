@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 
 from nyxflow import metrics
 from nyxflow.v1 import common_pb2 as pb
@@ -22,6 +23,10 @@ from nyxflow.v1 import runs_pb2
 log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "nyxflow:run:"
+# The reader's connection holds this one channel while no run is watched: redis-py's listen()
+# ends on a connection without subscriptions.
+IDLE_CHANNEL = "nyxflow:bus:idle"
+SUBSCRIBE_WAIT_S = 1.0  # a watcher waits this long for Redis to confirm, then polls anyway
 QUEUE_BATCHES = 256
 OUTBOX_LIMIT = 10_000  # batches queued for Redis before they are delivered locally only
 
@@ -65,6 +70,10 @@ class LocalBus:
         self._subs[run_id].add(sub)
         return sub
 
+    async def listening(self, sub: Subscription) -> None:
+        """Returns once what is published for `sub`'s run reaches it (at once, here)."""
+        return None
+
     def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.run_id)
         if subs is not None:
@@ -89,7 +98,8 @@ class LocalBus:
 
 
 class RedisBus(LocalBus):
-    """Publishes to Redis; one pattern subscription per process feeds the local watchers."""
+    """Publishes to Redis; one reader per process subscribes to the channels of the runs
+    watched here, and only those: a replica nobody watches through reads nothing back."""
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -97,6 +107,47 @@ class RedisBus(LocalBus):
         self._reader: asyncio.Task[None] | None = None
         self._outbox: collections.deque[tuple[str, Sequence[pb.RunEvent]]] = collections.deque()
         self._sender: asyncio.Task[None] | None = None
+        self._pubsub: PubSub | None = None  # the reader's, while it is connected
+        self._confirmed: dict[str, asyncio.Event] = {}  # watched runs: Redis said subscribed
+        self._commands: set[asyncio.Task[None]] = set()  # (un)subscribes in flight, kept alive
+
+    def subscribe(self, run_id: str) -> Subscription:
+        first = run_id not in self._subs
+        sub = super().subscribe(run_id)
+        if first:
+            self._confirmed[run_id] = asyncio.Event()
+            self._command("subscribe", run_id)
+        return sub
+
+    async def listening(self, sub: Subscription) -> None:
+        confirmed = self._confirmed.get(sub.run_id)
+        if confirmed is not None:
+            with contextlib.suppress(TimeoutError):  # Redis slow or away: the watcher polls
+                await asyncio.wait_for(confirmed.wait(), SUBSCRIBE_WAIT_S)
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        super().unsubscribe(sub)
+        if sub.run_id not in self._subs and self._confirmed.pop(sub.run_id, None) is not None:
+            self._command("unsubscribe", sub.run_id)
+
+    def _command(self, name: str, run_id: str) -> None:
+        """(Un)subscribe on the reader's connection; if it is down, the reader subscribes to
+        every watched run when it is back."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        channel = CHANNEL_PREFIX + run_id
+
+        async def send() -> None:
+            if name == "subscribe":
+                await pubsub.subscribe(channel)
+            else:
+                await pubsub.unsubscribe(channel)
+
+        task = asyncio.create_task(send(), name=f"redis-{name}")
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+        task.add_done_callback(_quiet)
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_forever(), name="redis-bus-reader")
@@ -152,18 +203,34 @@ class RedisBus(LocalBus):
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                    channels = [CHANNEL_PREFIX + run_id for run_id in self._confirmed]
+                    await pubsub.subscribe(IDLE_CHANNEL, *channels)
+                    self._pubsub = pubsub
                     async for message in pubsub.listen():
-                        if message.get("type") != "pmessage":
-                            continue
-                        channel = message["channel"].decode()
-                        batch = runs_pb2.WriteResponse.FromString(message["data"])
-                        self.dispatch(channel.removeprefix(CHANNEL_PREFIX), batch.events)
+                        kind = message.get("type")
+                        run_id = message["channel"].decode().removeprefix(CHANNEL_PREFIX)
+                        if kind == "message":
+                            batch = runs_pb2.WriteResponse.FromString(message["data"])
+                            self.dispatch(run_id, batch.events)
+                        elif kind == "subscribe" and run_id in self._confirmed:
+                            self._confirmed[run_id].set()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # Redis down: retry; watchers poll meanwhile.
                 log.warning("redis bus reconnecting", extra={"action": "bus", "error": str(error)})
-                await asyncio.sleep(1.0)
+            finally:
+                self._pubsub = None
+                for confirmed in self._confirmed.values():
+                    confirmed.clear()
+            await asyncio.sleep(1.0)
+
+
+def _quiet(task: asyncio.Task[None]) -> None:
+    """A (un)subscribe that failed: the reader reconnects and subscribes afresh."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning(
+            "redis subscribe failed", extra={"action": "bus", "error": str(task.exception())}
+        )
 
 
 def create_bus(redis_url: str | None) -> LocalBus:

@@ -21,6 +21,7 @@ async def watch_run(
     # Subscribe before the first read so nothing published in between is missed.
     sub = bus.subscribe(run_id)
     try:
+        await bus.listening(sub)
         last = after_seq
         while True:
             page = await store.events_after(tenant_id, run_id, last, PAGE)
