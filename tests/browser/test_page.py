@@ -384,3 +384,29 @@ async def test_a_pipeline_shows_its_phase_and_its_patch(
     await expect(patch.locator(".diff-add")).to_contain_text(["+    return a + b"])
     await expect(patch.get_by_role("link", name="Download patch")).to_be_visible()
     await page.screenshot(path=str(ARTIFACTS / "pipeline-patch.png"), full_page=True)
+
+
+async def test_a_resumable_run_whose_engine_dies_goes_on_in_the_same_view(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    text = "on_orphan: resume\n" + template("Survivor", 5, "{tokens: 12, token_delay_ms: 80}")
+    await create_from_page(page, text)
+    await expect(page.locator(".settings-list")).to_contain_text("another engine resumes the run")
+    await page.get_by_role("button", name="Start", exact=True).click()
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-run-status", "running")
+    run_id = await shown_run_id(page)
+    await expect(page.locator('.pill[data-status="completed"]')).to_have_count(2, timeout=20_000)
+
+    stack.kill("engine")  # mid-run: the lease lapses, the sweeper requeues, a new engine adopts
+    stack.start("engine")
+
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=30_000)
+    assert await shown_run_id(page) == run_id  # the same run, followed on the same stream
+    await expect(page.locator("#run-line")).to_contain_text("handed to another engine once")
+    await expect(page.locator('.pill[data-status="completed"]')).to_have_count(5)
+    run = await get_run(http, stack, run_id)
+    assert (run["status"], run["requeues"]) == ("completed", 1)
+    events = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
+    assert [e.event for e in events].count(ev.RUN_REQUEUED) == 1
+    await page.screenshot(path=str(ARTIFACTS / "handed-over.png"), full_page=True)

@@ -434,6 +434,11 @@ function showDetail(workflowId) {
     }, delay);
   }
 
+  function handedOver(times) {
+    if (!times) return "";
+    return times === 1 ? " (handed to another engine once)" : ` (handed to another engine ${times} times)`;
+  }
+
   function applyEvent(type, data) {
     const step = data.step_id ? byId(data.step_id) : null;
     switch (type) {
@@ -554,7 +559,7 @@ function showDetail(workflowId) {
     const live = mode === "sse" ? " · live" : mode === "polling" ? " · refreshing every 3 s" : "";
     runLine.replaceChildren(
       state.run
-        ? h("span", {}, "Run ", h("code", { title: state.run.id }, shortId(state.run.id)), state.run.phase ? h("span", { class: "phase", id: "run-phase" }, ` phase ${state.run.phase} ·`) : "", ` ${state.run.status}${state.run.pause_requested && active() ? " (pause requested)" : ""}${state.run.requeues ? ` (handed over ${state.run.requeues}×)` : ""}${live}`, state.run.error ? ` · ${state.run.error}` : "")
+        ? h("span", {}, "Run ", h("code", { title: state.run.id }, shortId(state.run.id)), state.run.phase ? h("span", { class: "phase", id: "run-phase" }, ` phase ${state.run.phase} ·`) : "", ` ${state.run.status}${state.run.pause_requested && active() ? " (pause requested)" : ""}${handedOver(state.run.requeues)}${live}`, state.run.error ? ` · ${state.run.error}` : "")
         : "Never run",
     );
     settings.replaceChildren(
