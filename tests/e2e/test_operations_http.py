@@ -102,3 +102,21 @@ async def test_pause_cancel_resume_over_http(http: httpx.AsyncClient, stack: Pro
     assert again.status_code == 409 and "cancelled" in again.json()["error"]["message"]
     runs = await http.get(f"/v1/workflows/{workflow['id']}/runs", headers=stack.headers)
     assert [r["status"] for r in runs.json()["runs"]] == ["cancelled", "paused"]
+
+
+async def test_on_orphan_is_validated_kept_and_shown(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    body = {"name": "odd", "on_orphan": "sometimes", "steps": [{"name": "a"}]}
+    refused = await http.post("/v1/workflows", json=body, headers=stack.headers)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["field"] == "on_orphan"
+
+    plain = await create_workflow(http, stack, "plain", [{"name": "a"}])
+    assert plain["on_orphan"] == "fail"
+    kept = await create_workflow(http, stack, "kept", [{"name": "a"}], on_orphan="resume")
+    again = await http.get(f"/v1/workflows/{kept['id']}", headers=stack.headers)
+    assert again.json()["on_orphan"] == "resume"
+    run_id = await start_run(http, stack, kept["id"])
+    assert await finish(http, stack, run_id) == ev.RUN_COMPLETED
+    assert (await get_run(http, stack, run_id))["requeues"] == 0

@@ -108,7 +108,7 @@ async def test_resume_runs_pending_synthesis_before_completed_generated_steps(
 
 async def test_duplicate_drops_generated_steps_and_reindexes(api: Clients) -> None:
     name, steps, consistency = planning_workflow(consistency=True)
-    workflow = await api.runs.create_workflow(name, steps, consistency)
+    workflow = await api.runs.create_workflow(name, steps, consistency, on_orphan="resume")
     run, _ = await run_once(api, workflow.id)
     assert [s.kind for s in run.steps][-1] == "consistency_check"
 
@@ -120,6 +120,7 @@ async def test_duplicate_drops_generated_steps_and_reindexes(api: Clients) -> No
     assert not {s.id for s in copy.steps} & {s.id for s in run.steps}
     assert all(s.status == ev.PENDING and not s.output and not s.auto_generated for s in copy.steps)
     assert copy.steps[1].spec.generates == "implementation_prompt" and copy.consistency_check
+    assert copy.on_orphan == ev.ON_ORPHAN_RESUME  # the definition, policy included, is kept
 
 
 async def test_a_run_is_completed_only_with_every_step_completed(api: Clients) -> None:
