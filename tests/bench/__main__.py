@@ -15,6 +15,7 @@ from nyxflow import loop
 from nyxflow.auth import bearer_metadata
 from nyxflow.client import EngineClient, RunsClient, open_channel
 from nyxflow.v1 import common_pb2 as pb
+from tests.bench.cpu import CpuMeter
 from tests.bench.floor import floor_steps_per_s
 from tests.bench.sse_load import follow_in_workers, percentile, rss_kb
 from tests.support.databases import REDIS_URL, fresh_database
@@ -32,7 +33,11 @@ def step(name: str, **params: Any) -> pb.StepSpec:
 
 
 async def step_throughput(
-    runs: RunsClient, engine: EngineClient, workflows: int, steps: int
+    runs: RunsClient,
+    engine: EngineClient,
+    workflows: int,
+    steps: int,
+    meter: CpuMeter | None = None,
 ) -> float:
     ids = [
         (
@@ -51,6 +56,8 @@ async def step_throughput(
                 if event.type == "run_failed":
                     raise RuntimeError(event.data_json)
 
+    if meter is not None:
+        meter.start()
     started = time.perf_counter()
     await asyncio.gather(*(one(w) for w in ids))
     return workflows * steps / (time.perf_counter() - started)
@@ -146,14 +153,19 @@ async def main() -> None:
                 ):
                     md = bearer_metadata(API_KEY)
                     runs, engine = RunsClient(rc, md, 60), EngineClient(ec, md)
+                    meter = CpuMeter({n: p.pid for n, p in stack.procs.items() if n != "gateway"})
                     for workflows, steps in ((200, 5), (1000, 5), (20, 100)):
                         floor = await floor_steps_per_s(dsn, workflows * steps)
-                        ours = await step_throughput(runs, engine, workflows, steps)
+                        ours = await step_throughput(runs, engine, workflows, steps, meter)
+                        cpu = meter.stop()
                         results[f"steps_{workflows}x{steps}"] = {
                             "steps_per_s": ours,
                             "ms_per_step": 1000 / ours,
                             "floor_steps_per_s": floor,
                             "ratio_to_floor": floor / ours,
+                            "cpu_ms_per_step": {
+                                name: s * 1000 / (workflows * steps) for name, s in cpu.items()
+                            },
                         }
                     fan = {n: await fan_out_item_ms(runs, engine, n) for n in (10, 100, 1000)}
                     results["fan_out_ms_per_item"] = fan
@@ -175,6 +187,8 @@ def report(r: dict[str, Any]) -> None:
         print(f"{key + ' ms/step':<34}{row['ms_per_step']:>14.2f}")
         print(f"{key + ' floor steps/s':<34}{row['floor_steps_per_s']:>14.0f}")
         print(f"{key + ' ratio to floor':<34}{row['ratio_to_floor']:>14.2f}   <= 3")
+        cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in row["cpu_ms_per_step"].items())
+        print(f"  cpu_ms_per_step: {cpu} (sum {sum(row['cpu_ms_per_step'].values()):.2f})")
     for n, ms in r["fan_out_ms_per_item"].items():
         print(f"{f'fan-out ms/item @ {n}':<34}{ms:>14.2f}")
     print(f"{'fan-out 1000 vs 10':<34}{r['fan_out_ratio_1000_vs_10']:>14.2f}   <= 1.3")
