@@ -226,3 +226,27 @@ async def test_a_live_engine_adopts_a_requeued_run_and_completes_it(
     started = [json.loads(e.data_json)["step_id"] for e in events if e.type == ev.STEP_STARTED]
     assert started == [s.id for s in done.steps[1:]]
     assert [e.type for e in events].count(ev.RUN_STARTED) == 2
+
+
+async def test_a_run_asked_to_pause_is_never_handed_over(runs: Clients) -> None:
+    """The pause asked for outlives the engine: a drain pauses the run, a sweep fails it (not
+    requeued for another engine to go on with), resumable by hand either way."""
+    drained = await resumable_run(runs)
+    engine, claimed, token = await claim(runs, drained, ttl_s=30)
+    await start_first_step(engine, claimed, token)
+    await runs.runs.pause_run(drained.id)
+    released = await engine.release_run(drained.id, token, "engine shut down")
+    assert released.status == ev.PAUSED
+    assert (await runs.runs.get_run(drained.id)).status == ev.PAUSED
+
+    orphan = await resumable_run(runs)
+    await claim(runs, orphan, ttl_s=0.5)
+    await runs.runs.pause_run(orphan.id)
+    swept = await eventually(
+        lambda: runs.runs.get_run(orphan.id),
+        lambda r: r.status != ev.RUNNING,
+        timeout_s=3.0,
+        what="the orphan swept",
+    )
+    assert (swept.status, swept.error, swept.requeues) == (ev.FAILED, ev.ORPHAN_ERROR, 0)
+    assert not await adopter(runs).list_requeued_runs()

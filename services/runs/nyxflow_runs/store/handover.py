@@ -23,6 +23,17 @@ from nyxflow_runs.store.record import Batch, Recording, Written
 DEFAULT_ADOPT_LIMIT = 10
 
 
+def resumable() -> Any:
+    """Runs another engine may take over: their workflow says `on_orphan: resume`, they have
+    not gone round too often, and nobody asked them to pause (that wish is kept: a drain
+    pauses them, a sweep fails them, resumable by hand either way)."""
+    return and_(
+        Run.workflow_id.in_(select(Workflow.id).where(Workflow.on_orphan == ev.ON_ORPHAN_RESUME)),
+        Run.requeues < ev.MAX_REQUEUES,
+        Run.pause_requested.is_(False),
+    )
+
+
 class Handover(Recording):
     async def _requeue(
         self, session: AsyncSession, where: Any, reason: str
@@ -38,7 +49,6 @@ class Handover(Recording):
                     error=None,
                     lease_owner=None,
                     lease_expires_at=None,
-                    pause_requested=False,
                     requeues=Run.requeues + 1,
                     last_seq=Run.last_seq + 1,
                 )
@@ -59,22 +69,11 @@ class Handover(Recording):
     async def release_run(
         self, tenant_id: str, run_id: str, token: int, reason: str
     ) -> tuple[str, Written]:
-        """A draining engine lets go: back to pending for another replica if the workflow
-        says `on_orphan: resume` (and the run has not gone round too often), else paused, to
-        be resumed by hand. Fenced like every engine write."""
+        """A draining engine lets go: back to pending for another replica if the run is
+        `resumable`, else paused, to be resumed by hand. Fenced like every engine write."""
         fenced = self._fenced(tenant_id, run_id, token)
         async with self._sessions.begin() as session:
-            requeued = await self._requeue(
-                session,
-                and_(
-                    *fenced,
-                    Run.requeues < ev.MAX_REQUEUES,
-                    Run.workflow_id.in_(
-                        select(Workflow.id).where(Workflow.on_orphan == ev.ON_ORPHAN_RESUME)
-                    ),
-                ),
-                reason,
-            )
+            requeued = await self._requeue(session, and_(*fenced, resumable()), reason)
         if requeued:
             ((_, events),) = requeued
             await self._bus.publish(run_id, events)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, update
 
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs.clock import db_now
-from nyxflow_runs.models import Run, Workflow
+from nyxflow_runs.models import Run
 from nyxflow_runs.store.base import Draft
-from nyxflow_runs.store.handover import Handover
+from nyxflow_runs.store.handover import Handover, resumable
 
 
 @dataclass(frozen=True)
@@ -23,23 +23,16 @@ class Swept:
 class Sweeping(Handover):
     async def sweep_orphans_all_tenants(self, workflow_id: str | None = None) -> Swept:
         """Every running run whose lease expired by the database's clock goes back to pending
-        if its workflow says `on_orphan: resume` (and it has not come back too often), else
-        fails.
+        if it is `resumable` (handover.py), else fails.
 
         Conditional UPDATEs: two replicas sweeping at once sweep each orphan once.
         """
         expired = [Run.status == ev.RUNNING, Run.lease_expires_at < db_now()]
         if workflow_id is not None:
             expired.append(Run.workflow_id == workflow_id)
-        resumable = and_(
-            Run.workflow_id.in_(
-                select(Workflow.id).where(Workflow.on_orphan == ev.ON_ORPHAN_RESUME)
-            ),
-            Run.requeues < ev.MAX_REQUEUES,
-        )
         published: list[tuple[str, list[pb.RunEvent]]] = []
         async with self._sessions.begin() as session:
-            requeued = await self._requeue(session, and_(*expired, resumable), ev.ORPHAN_ERROR)
+            requeued = await self._requeue(session, and_(*expired, resumable()), ev.ORPHAN_ERROR)
             published += requeued
             swept = (
                 await session.execute(
