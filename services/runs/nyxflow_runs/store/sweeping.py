@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, update
+from sqlalchemy import and_, select, update
 
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
@@ -27,11 +27,14 @@ class Sweeping(Handover):
 
         Conditional UPDATEs: two replicas sweeping at once sweep each orphan once.
         """
-        expired = [Run.status == ev.RUNNING, Run.lease_expires_at < db_now()]
-        if workflow_id is not None:
-            expired.append(Run.workflow_id == workflow_id)
         published: list[tuple[str, list[pb.RunEvent]]] = []
         async with self._sessions.begin() as session:
+            # One reading of the clock for both statements: a lease that lapsed between them
+            # would otherwise be failed though its run could be requeued.
+            now = await session.scalar(select(db_now()))
+            expired = [Run.status == ev.RUNNING, Run.lease_expires_at < now]
+            if workflow_id is not None:
+                expired.append(Run.workflow_id == workflow_id)
             requeued = await self._requeue(session, and_(*expired, resumable()), ev.ORPHAN_ERROR)
             published += requeued
             swept = (
