@@ -10,7 +10,12 @@ RUNS_FINISHED = Counter(
     "nyxflow_runs_finished_total", "Runs that reached a final or paused status.", ["status"]
 )
 EVENTS_WRITTEN = Counter("nyxflow_events_written_total", "Run events persisted by runs.")
-SWEPT = Counter("nyxflow_sweeper_swept_total", "Orphaned runs failed by the sweeper.")
+SWEPT = Counter("nyxflow_sweeper_swept_total", "Orphaned runs failed or requeued by the sweeper.")
+RUNS_REQUEUED = Counter(
+    "nyxflow_runs_requeued_total",
+    "Runs handed to another engine (on_orphan: resume), by cause: orphaned | drained.",
+    ["cause"],
+)
 LEASE_RENEWALS = Counter("nyxflow_lease_renewals_total", "Heartbeats that extended a lease.")
 STEP_SECONDS = Histogram(
     "nyxflow_step_duration_seconds",

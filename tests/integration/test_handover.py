@@ -14,6 +14,7 @@ from nyxflow.client import RunsClient
 from nyxflow.errors import InvalidArgument, NotFound, StaleToken, Unauthenticated
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
+from tests.integration.test_metrics import value
 from tests.integration.test_runs_invariants import (
     MISSING,
     OWNER,
@@ -27,6 +28,10 @@ from tests.support.direct import Direct
 from tests.support.eventually import eventually
 from tests.support.inprocess import SECRET, Clients, engine_service
 from tests.support.workflows import chain
+
+
+async def _async(number: float) -> float:
+    return number
 
 
 def adopter(api: Clients) -> RunsClient:
@@ -63,6 +68,7 @@ async def test_an_orphan_of_a_resumable_workflow_goes_back_to_pending(
     runs: Clients, db: Direct
 ) -> None:
     run = await resumable_run(runs)
+    orphaned = value("nyxflow_runs_requeued_total", cause="orphaned")
     engine, claimed, token = await claim(runs, run, ttl_s=0.6)
     # The first step finished before the engine died; the second was running.
     first, second = claimed.steps
@@ -78,6 +84,12 @@ async def test_an_orphan_of_a_resumable_workflow_goes_back_to_pending(
     )
 
     assert (requeued.status, requeued.requeues, requeued.error) == (ev.PENDING, 1, "")
+    await eventually(  # counted by the sweeper once its transaction is in
+        lambda: _async(value("nyxflow_runs_requeued_total", cause="orphaned")),
+        lambda n: n == orphaned + 1,
+        timeout_s=2.0,
+        what="the requeue counted",
+    )
     assert [(s.status, s.output) for s in requeued.steps] == [
         (ev.COMPLETED, "kept"),
         (ev.PENDING, ""),
@@ -149,9 +161,11 @@ async def test_release_hands_a_resumable_run_over_and_pauses_any_other(
     engine, claimed, token = await claim(runs, run, ttl_s=30)
     step = await start_first_step(engine, claimed, token)
 
+    drained = value("nyxflow_runs_requeued_total", cause="drained")
     handed = await engine.release_run(run.id, token, "engine shut down")
 
     assert handed.status == ev.PENDING
+    assert value("nyxflow_runs_requeued_total", cause="drained") == drained + 1
     assert [e.type for e in handed.written.events] == [ev.RUN_REQUEUED]
     stored = await runs.runs.get_run(run.id)
     assert (stored.status, stored.requeues) == (ev.PENDING, 1)

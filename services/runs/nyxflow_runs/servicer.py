@@ -8,7 +8,8 @@ from typing import TypeAlias
 import grpc
 from google.protobuf.message import Message
 
-from nyxflow import pipelines
+from nyxflow import events as ev
+from nyxflow import metrics, pipelines
 from nyxflow.errors import InvalidArgument, NyxflowError
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2, runs_pb2_grpc
@@ -330,6 +331,8 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         status, written = await self._store.release_run(
             tenant, run_id, valid.token(request.token), reason
         )
+        if status == ev.PENDING:
+            metrics.RUNS_REQUEUED.labels(cause="drained").inc()
         return runs_pb2.ReleaseRunResponse(written=_response(written), status=status)
 
     async def ListRequeuedRuns(

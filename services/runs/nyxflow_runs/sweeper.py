@@ -18,6 +18,7 @@ async def sweep_forever(store: Store, interval_s: float) -> None:
             swept = await store.sweep_orphans_all_tenants()
             metrics.SWEPT.inc(len(swept.failed) + len(swept.requeued))
             metrics.RUNS_FINISHED.labels(status="failed").inc(len(swept.failed))
+            metrics.RUNS_REQUEUED.labels(cause="orphaned").inc(len(swept.requeued))
             for run_id in swept.failed:
                 log.warning("swept orphaned run", extra={"action": "sweep", "run_id": run_id})
             for run_id in swept.requeued:
