@@ -52,6 +52,16 @@ async def claim(api: Clients, run: pb.Run, ttl_s: float) -> tuple[RunsClient, pb
     return engine, won.run, won.token
 
 
+async def until_swept(api: Clients, run_id: str, what: str = "the orphan swept") -> pb.Run:
+    """The run once it is no longer running (the sweeper's doing, here)."""
+    return await eventually(
+        lambda: api.runs.get_run(run_id),
+        lambda r: r.status != ev.RUNNING,
+        timeout_s=3.0,
+        what=what,
+    )
+
+
 async def start_first_step(engine: RunsClient, run: pb.Run, token: int) -> pb.Step:
     step = run.steps[0]
     await engine.update_step(
@@ -76,12 +86,7 @@ async def test_an_orphan_of_a_resumable_workflow_goes_back_to_pending(
     await engine.update_step(run.id, token, first.id, done, [])
     await engine.update_step(run.id, token, second.id, runs_pb2.StepChange(status=ev.RUNNING), [])
 
-    requeued = await eventually(
-        lambda: runs.runs.get_run(run.id),
-        lambda r: r.status != ev.RUNNING,
-        timeout_s=3.0,
-        what="the orphan swept",
-    )
+    requeued = await until_swept(runs, run.id)
 
     assert (requeued.status, requeued.requeues, requeued.error) == (ev.PENDING, 1, "")
     await eventually(  # counted by the sweeper once its transaction is in
@@ -121,12 +126,7 @@ async def test_a_workflow_that_fails_its_orphans_is_not_requeued(runs: Clients, 
     run = await runs.runs.create_run(workflow.id)
     await claim(runs, run, ttl_s=0.3)
 
-    swept = await eventually(
-        lambda: runs.runs.get_run(run.id),
-        lambda r: r.status != ev.RUNNING,
-        timeout_s=3.0,
-        what="the orphan swept",
-    )
+    swept = await until_swept(runs, run.id)
 
     assert (swept.status, swept.error, swept.requeues) == (ev.FAILED, ev.ORPHAN_ERROR, 0)
     assert not await adopter(runs).list_requeued_runs()
@@ -138,12 +138,7 @@ async def test_an_orphan_comes_back_at_most_max_requeues_times_then_fails(
     run = await resumable_run(runs, steps=1)
     for attempt in range(1, ev.MAX_REQUEUES + 2):
         await claim(runs, run, ttl_s=0.2)
-        status = await eventually(
-            lambda: runs.runs.get_run(run.id),
-            lambda r: r.status != ev.RUNNING,
-            timeout_s=3.0,
-            what=f"sweep {attempt}",
-        )
+        status = await until_swept(runs, run.id, f"sweep {attempt}")
         if attempt <= ev.MAX_REQUEUES:
             assert (status.status, status.requeues) == (ev.PENDING, attempt)
     assert (status.status, status.error) == (ev.FAILED, ev.ORPHAN_ERROR)
@@ -256,11 +251,6 @@ async def test_a_run_asked_to_pause_is_never_handed_over(runs: Clients) -> None:
     orphan = await resumable_run(runs)
     await claim(runs, orphan, ttl_s=0.5)
     await runs.runs.pause_run(orphan.id)
-    swept = await eventually(
-        lambda: runs.runs.get_run(orphan.id),
-        lambda r: r.status != ev.RUNNING,
-        timeout_s=3.0,
-        what="the orphan swept",
-    )
+    swept = await until_swept(runs, orphan.id)
     assert (swept.status, swept.error, swept.requeues) == (ev.FAILED, ev.ORPHAN_ERROR, 0)
     assert not await adopter(runs).list_requeued_runs()
