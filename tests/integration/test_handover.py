@@ -20,8 +20,8 @@ from tests.integration.test_runs_invariants import (
     OWNER,
     as_engine,
     assert_stale,
-    draft,
     seqs_and_types,
+    start_first_step,
     watch_all,
 )
 from tests.support.direct import Direct
@@ -60,18 +60,6 @@ async def until_swept(api: Clients, run_id: str, what: str = "the orphan swept")
         timeout_s=3.0,
         what=what,
     )
-
-
-async def start_first_step(engine: RunsClient, run: pb.Run, token: int) -> pb.Step:
-    step = run.steps[0]
-    await engine.update_step(
-        run.id,
-        token,
-        step.id,
-        runs_pb2.StepChange(status=ev.RUNNING),
-        [draft(ev.STEP_STARTED, step_id=step.id)],
-    )
-    return step
 
 
 async def test_an_orphan_of_a_resumable_workflow_goes_back_to_pending(

@@ -143,6 +143,19 @@ async def outcomes(calls: dict[str, Callable[[], Awaitable[object]]]) -> dict[st
     return {name: await outcome(call) for name, call in calls.items()}
 
 
+async def start_first_step(engine: RunsClient, run: pb.Run, token: int) -> pb.Step:
+    """The engine marks the run's first step running, with its step_started event."""
+    step = run.steps[0]
+    await engine.update_step(
+        run.id,
+        token,
+        step.id,
+        runs_pb2.StepChange(status=ev.RUNNING),
+        [draft(ev.STEP_STARTED, step_id=step.id)],
+    )
+    return step
+
+
 async def assert_stale(engine: RunsClient, run: pb.Run, token: int) -> None:
     """Every write with `token` is refused as stale (FAILED_PRECONDITION)."""
     got = await outcomes(engine_writes(engine, run, token))
@@ -299,14 +312,7 @@ async def test_concurrent_appends_get_gap_free_seqs(runs: Clients) -> None:
 
 async def test_an_expired_lease_is_swept_with_its_running_step(runs: Clients, db: Direct) -> None:
     engine, run, token = await claimed(runs, ttl_s=0.5)
-    step = run.steps[0]
-    await engine.update_step(
-        run.id,
-        token,
-        step.id,
-        runs_pb2.StepChange(status=ev.RUNNING),
-        [draft(ev.STEP_STARTED, step_id=step.id)],
-    )
+    await start_first_step(engine, run, token)
 
     swept = await eventually(
         lambda: runs.runs.get_run(run.id),
