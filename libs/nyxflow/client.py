@@ -60,9 +60,11 @@ async def _unary(call: Awaitable[T]) -> T:
 
 
 async def _stream(call: Any) -> AsyncGenerator[pb.RunEvent, None]:
+    """The events of a stream of `RunEventBatch`, one by one."""
     try:
-        async for item in call:
-            yield item
+        async for batch in call:
+            for event in batch.events:
+                yield event
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error) from None
     finally:

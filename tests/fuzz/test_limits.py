@@ -168,7 +168,7 @@ async def test_watch_after_a_huge_seq_ends(runs: runs_pb2_grpc.RunsStub) -> None
     run: pb.Run = await runs.CreateRun(runs_pb2.CreateRunRequest(workflow_id=workflow.id), **kw())
     await runs.CancelRun(runs_pb2.CancelRunRequest(run_id=run.id), **kw())
     watch = runs.WatchRun(runs_pb2.WatchRunRequest(run_id=run.id, after_seq=2**63 - 1), **kw())
-    assert [event async for event in watch] == []
+    assert [batch async for batch in watch] == []
 
 
 # --- HTTP ---------------------------------------------------------------------------------------

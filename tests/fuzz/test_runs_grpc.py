@@ -308,7 +308,7 @@ async def test_watch_run_ends(runs: runs_pb2_grpc.RunsStub, after_seq: int) -> N
 
     async def drain() -> list[pb.RunEvent]:
         call = runs.WatchRun(runs_pb2.WatchRunRequest(run_id=run.id, after_seq=after_seq), **kw())
-        return [event async for event in call]
+        return [event async for batch in call for event in batch.events]
 
     events = await answer(drain())
     if after_seq < 0:
@@ -323,7 +323,7 @@ async def test_watch_run_ends(runs: runs_pb2_grpc.RunsStub, after_seq: int) -> N
 async def test_watch_random_run(runs: runs_pb2_grpc.RunsStub, run_id: str, after_seq: int) -> None:
     async def drain() -> list[pb.RunEvent]:
         call = runs.WatchRun(runs_pb2.WatchRunRequest(run_id=run_id, after_seq=after_seq), **kw())
-        return [event async for event in call]
+        return [event async for batch in call for event in batch.events]
 
     assert await answer(drain()) is None
 

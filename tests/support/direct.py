@@ -65,8 +65,10 @@ class Direct:
 async def direct(database_url: str) -> AsyncIterator[Direct]:
     """The database must already be migrated (start a runs service on it first)."""
     engine = create_engine(database_url)
+    sessions = session_factory(engine)
+    store = Store(sessions, LocalBus())
     try:
-        sessions = session_factory(engine)
-        yield Direct(Store(sessions, LocalBus()), sessions)
+        yield Direct(store, sessions)
     finally:
+        await store.close()
         await engine.dispose()

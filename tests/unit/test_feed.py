@@ -85,3 +85,24 @@ async def test_a_follower_that_stops_early_leaves_the_rest_going() -> None:
     await feed.close()
     async with asyncio.timeout(2):
         assert first_two == [1, 2] and await collect(feed) == [1, 2, 3, 4, 5]
+
+
+async def test_a_follower_gets_what_is_there_in_one_batch() -> None:
+    """What was ready together goes together (one stream message), and nothing twice."""
+    feed = RunFeed()
+    await feed.extend(events(1, 3))
+    await feed.extend(events(4, 2))
+    batches: list[list[int]] = []
+
+    async def follow() -> None:
+        async for batch in feed.follow_batches():
+            batches.append([e.seq for e in batch])
+
+    task = asyncio.create_task(follow())
+    await settle()
+    await feed.extend(events(6, 1))
+    await settle()
+    await feed.close()
+    async with asyncio.timeout(2):
+        await task
+    assert batches == [[1, 2, 3, 4, 5], [6]]

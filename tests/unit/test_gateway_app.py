@@ -82,10 +82,10 @@ class Stream:
     pace_s: float = 0.0  # a pause after each event, as a live run would have
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def play(self, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RunEvent]:
+    async def play(self, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RunEventBatch]:
         try:
             for item in self.events:
-                yield item
+                yield pb.RunEventBatch(events=[item])
                 if self.pace_s:
                     await asyncio.sleep(self.pace_s)
             if self.then == "hang":
@@ -198,7 +198,7 @@ class FakeRuns(runs_pb2_grpc.RunsServicer):
 
     async def WatchRun(
         self, request: runs_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncIterator[pb.RunEventBatch]:
         check_key(context)
         self.world.watch_calls.append((request.run_id, request.after_seq))
         if self.world.watches:
@@ -216,7 +216,7 @@ class FakeEngine(engine_pb2_grpc.EngineServicer):
 
     async def Execute(
         self, request: engine_pb2.ExecuteRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncIterator[pb.RunEventBatch]:
         check_key(context)
         self.world.execute_calls.append(request.run_id)
         planned = self.world.executes.pop(0) if self.world.executes else None

@@ -27,8 +27,14 @@ class RunFeed:
             self._changed.notify_all()
 
     async def follow(self) -> AsyncIterator[pb.RunEvent]:
-        """Every event from the first; ends when the feed closes. Cancelling only stops
-        this follower."""
+        """Every event from the first; ends when the feed closes."""
+        async for batch in self.follow_batches():
+            for event in batch:
+                yield event
+
+    async def follow_batches(self) -> AsyncIterator[list[pb.RunEvent]]:
+        """Every event from the first, in the batches that are there when the follower
+        looks; ends when the feed closes. Cancelling only stops this follower."""
         index = 0
         while True:
             async with self._changed:
@@ -36,8 +42,8 @@ class RunFeed:
                     await self._changed.wait()
                 batch = self._events[index:]
                 closed = self._closed
-            for event in batch:
-                yield event
+            if batch:
+                yield batch
             index += len(batch)
             if closed and index >= len(self._events):
                 return

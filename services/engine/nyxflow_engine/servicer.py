@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from nyxflow.auth import AUTHORIZATION, INTERNAL, TENANT
+from nyxflow.batches import batched
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import engine_pb2, engine_pb2_grpc
 from nyxflow_engine.executor import Executor
@@ -20,7 +21,7 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
 
     async def Execute(
         self, request: engine_pb2.ExecuteRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncIterator[pb.RunEventBatch]:
         # The caller's credentials go to runs as they are: runs decides who the tenant is.
         caller = tuple(
             (k, v)
@@ -29,5 +30,6 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
         )
         feed = await self._executor.start(request.run_id, caller)
         # A caller that cancels stops following here; the execution goes on.
-        async for event in feed.follow():
-            yield event
+        async for events in feed.follow_batches():
+            for batch in batched(events):
+                yield batch

@@ -70,4 +70,5 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await bus.close()
+        await store.close()
         await engine.dispose()

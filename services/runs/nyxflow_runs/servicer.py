@@ -10,6 +10,7 @@ from google.protobuf.message import Message
 
 from nyxflow import events as ev
 from nyxflow import metrics, pipelines
+from nyxflow.batches import batched
 from nyxflow.errors import InvalidArgument, NyxflowError
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2, runs_pb2_grpc
@@ -425,13 +426,14 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
 
     async def WatchRun(
         self, request: runs_pb2.WatchRunRequest, context: Ctx
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncIterator[pb.RunEventBatch]:
         tenant = await self._tenant(request, context)
         run_id = valid.require_id(request.run_id, "run_id")
         if request.after_seq < 0:
             raise InvalidArgument("must not be negative", field="after_seq")
         after_seq = min(request.after_seq, MAX_SEQ)  # no run has more events; the column is int32
-        async for event in watch_run(
+        async for events in watch_run(
             self._store, self._bus, tenant, run_id, after_seq, self._poll_s
         ):
-            yield event
+            for batch in batched(events):
+                yield batch

@@ -274,7 +274,8 @@ def json_object(raw: str, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidArgument("must be a JSON object", field=field)
     try:  # "\ud800" escapes decode to lone surrogates, which no UTF-8 reader can take back
-        json.dumps(value, ensure_ascii=False).encode()
+        if "\\u" in raw:  # only an escape makes one: protobuf strings are valid UTF-8
+            json.dumps(value, ensure_ascii=False).encode()
     except UnicodeEncodeError:
         raise InvalidArgument("holds a lone UTF-16 surrogate", field=field) from None
     return value

@@ -14,7 +14,9 @@ PAGE = 500
 
 async def watch_run(
     store: Store, bus: LocalBus, tenant_id: str, run_id: str, after_seq: int, poll_s: float
-) -> AsyncIterator[pb.RunEvent]:
+) -> AsyncIterator[list[pb.RunEvent]]:
+    """The events after `after_seq` in consecutive batches: a page of the replay, or what the
+    bus delivered together."""
     # NotFound before anything streams. Read before the first page: a run finished by then
     # has its terminal event (written in the same transaction) in the database too.
     status = await store.run_status(tenant_id, run_id)
@@ -25,11 +27,13 @@ async def watch_run(
         last = after_seq
         while True:
             page = await store.events_after(tenant_id, run_id, last, PAGE)
-            for event in page:
-                yield event
-                last = event.seq
-                if event.type in ev.TERMINAL_EVENTS:
-                    return
+            ended = next((i for i, e in enumerate(page) if e.type in ev.TERMINAL_EVENTS), None)
+            if ended is not None:
+                yield page[: ended + 1]
+                return
+            if page:
+                yield page
+                last = page[-1].seq
             if len(page) == PAGE:
                 continue
             if status in ev.FINISHED_RUN_STATUSES:
@@ -41,17 +45,24 @@ async def watch_run(
                 continue
             # Live tail until a gap, silence (poll the database) or the end.
             while (batch := await sub.next_batch(poll_s)) is not None:
+                fresh: list[pb.RunEvent] = []
+                gap = ended_here = False
                 for event in batch:
                     if event.seq <= last:
                         continue
                     if event.seq != last + 1:
-                        break  # a gap: fill it from the database
-                    yield event
+                        gap = True  # fill it from the database
+                        break
+                    fresh.append(event)
                     last = event.seq
                     if event.type in ev.TERMINAL_EVENTS:
-                        return
-                else:
-                    continue
-                break
+                        ended_here = True
+                        break
+                if fresh:
+                    yield fresh
+                if ended_here:
+                    return
+                if gap:
+                    break
     finally:
         bus.unsubscribe(sub)

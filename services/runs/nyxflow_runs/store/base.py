@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -49,6 +50,11 @@ class Draft:
 
     type: str
     data: dict[str, Any]
+    raw: str = ""  # `data` as the writer sent it, once validated: stored without a re-dump
+
+    @property
+    def text(self) -> str:
+        return self.raw or json.dumps(self.data)
 
     @classmethod
     def from_pb(cls, drafts: Sequence[pb.EventDraft], at: str = "") -> list[Draft]:
@@ -57,6 +63,7 @@ class Draft:
             cls(
                 event_type(d.type, f"{at or f'events[{i}]'}.type"),
                 event_data(d.data_json, f"{at or f'events[{i}]'}.data_json"),
+                d.data_json,
             )
             for i, d in enumerate(drafts)
         ]
@@ -81,6 +88,12 @@ class StoreBase:
         from nyxflow_runs.store.hot_path import HotPath  # it builds on this module
 
         return HotPath.of(self._sessions.kw.get("bind"))
+
+    async def close(self) -> None:
+        """Close the hot path's pool, if it was opened (the engine is the caller's to dispose)."""
+        hot = self.__dict__.get("_hot")
+        if hot is not None:
+            await hot.close()
 
     @contextlib.asynccontextmanager
     async def _scoped(self, tenant_id: str, *, write: bool = False) -> AsyncIterator[AsyncSession]:
