@@ -59,16 +59,27 @@ async def _unary(call: Awaitable[T]) -> T:
         raise from_rpc_error(error) from None
 
 
-async def _stream(call: Any) -> AsyncGenerator[pb.RunEvent, None]:
-    """The events of a stream of `RunEventBatch`, one by one."""
+async def _batches(call: Any) -> AsyncGenerator[Sequence[pb.RunEvent], None]:
+    """The events of a stream of `RunEventBatch`, a batch at a time (never an empty one)."""
     try:
         async for batch in call:
-            for event in batch.events:
-                yield event
+            if batch.events:
+                yield batch.events
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error) from None
     finally:
         call.cancel()  # a consumer that stops listening releases the upstream stream
+
+
+async def _stream(call: Any) -> AsyncGenerator[pb.RunEvent, None]:
+    """The events of a stream of `RunEventBatch`, one by one."""
+    batches = _batches(call)
+    try:
+        async for events in batches:
+            for event in events:
+                yield event
+    finally:
+        await batches.aclose()
 
 
 class RunsClient:
@@ -327,6 +338,13 @@ class RunsClient:
         request = runs_pb2.WatchRunRequest(run_id=run_id, after_seq=after_seq)
         return _stream(self._stub.WatchRun(request, metadata=self._md))
 
+    def watch_run_batches(
+        self, run_id: str, after_seq: int = 0
+    ) -> AsyncGenerator[Sequence[pb.RunEvent], None]:
+        """`watch_run` as the server sent it: what arrived together stays together."""
+        request = runs_pb2.WatchRunRequest(run_id=run_id, after_seq=after_seq)
+        return _batches(self._stub.WatchRun(request, metadata=self._md))
+
 
 class AdminClient:
     """Operator calls; `metadata` carries the admin key."""
@@ -386,3 +404,8 @@ class EngineClient:
     def execute(self, run_id: str) -> AsyncGenerator[pb.RunEvent, None]:
         request = engine_pb2.ExecuteRequest(run_id=run_id)
         return _stream(self._stub.Execute(request, metadata=self._md))
+
+    def execute_batches(self, run_id: str) -> AsyncGenerator[Sequence[pb.RunEvent], None]:
+        """`execute` as the engine sent it: what arrived together stays together."""
+        request = engine_pb2.ExecuteRequest(run_id=run_id)
+        return _batches(self._stub.Execute(request, metadata=self._md))

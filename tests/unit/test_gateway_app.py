@@ -79,13 +79,14 @@ class Stream:
 
     events: list[pb.RunEvent]
     then: str = "end"  # end | hang | unavailable
-    pace_s: float = 0.0  # a pause after each event, as a live run would have
+    pace_s: float = 0.0  # a pause after each message, as a live run would have
+    per_message: int = 1  # events per RunEventBatch
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def play(self, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RunEventBatch]:
         try:
-            for item in self.events:
-                yield pb.RunEventBatch(events=[item])
+            for start in range(0, len(self.events), self.per_message):
+                yield pb.RunEventBatch(events=self.events[start : start + self.per_message])
                 if self.pace_s:
                     await asyncio.sleep(self.pace_s)
             if self.then == "hang":
@@ -556,6 +557,25 @@ async def test_engine_lost_mid_run_resumes_from_watch_without_duplicates(
 
     assert_relayed(received, history)
     assert world.watch_calls == [(RUN, 3)]
+
+
+@BOTH_SERVERS
+async def test_batches_are_relayed_once_each_in_order_and_end_at_the_terminal_event(
+    gateway: Gateway,
+) -> None:
+    world = gateway.world
+    world.add_run(ev.PENDING)
+    history = world.history[RUN]
+    world.executes = [Stream(history[:5], then="unavailable", per_message=3)]
+    # A replay overlapping what was sent, in batches that straddle it, and an event after
+    # the terminal one in the same batch: it must not reach the browser.
+    stray = event(len(history) + 1, ev.STEP_STARTED, RUN, step_id="s9", name="s9")
+    world.watches = [Stream([*history[2:], stray], per_message=5)]
+
+    received = await read_events(gateway.http, events_url(), AUTH)
+
+    assert_relayed(received, history)
+    assert world.watch_calls == [(RUN, 5)]
 
 
 @pytest.mark.parametrize("status", [ev.RUNNING, ev.COMPLETED, ev.FAILED, ev.PAUSED])

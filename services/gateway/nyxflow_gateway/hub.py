@@ -21,8 +21,6 @@ from nyxflow_gateway.upstream import upstream
 
 log = logging.getLogger(__name__)
 
-END = None  # queued after the last event
-
 
 def chunk(data: bytes) -> bytes:
     """`data` as one HTTP/1.1 chunk of a chunked body."""
@@ -49,8 +47,9 @@ class Subscriber:
 
     With a thousand browsers every event is offered a thousand times, so an offer must cost
     little. Once the browser has its backlog, and when the server offers the connection's
-    transport, an offer writes the frame's chunk there and then: no task wakes per browser
-    per event. Otherwise the frame waits in `pending` for the browser's task (`take`).
+    transport, an offer writes the frames' chunks there and then, in one write for what
+    arrived together: no task wakes per browser per event. Otherwise the frames wait in
+    `pending` for the browser's task (`take`).
 
     A browser that does not read is dropped once `size` frames wait for it in this process
     (in `pending`, or in the transport's buffer beyond what the socket holds)."""
@@ -58,7 +57,7 @@ class Subscriber:
     def __init__(self, size: int, after_seq: int) -> None:
         self.size = size
         self.pending: list[Frame] = []
-        self.ended = False  # END offered: the run ended, the upstream broke, or we dropped it
+        self.ended = False  # the run ended, the upstream broke, the browser left or was dropped
         self.dropped = False
         self.idle = False  # a heartbeat is due
         self.quiet = True  # nothing offered since the hub's last heartbeat tick
@@ -72,40 +71,46 @@ class Subscriber:
         """From now on, offers go straight to `transport` (the backlog is written)."""
         self._transport = transport
 
-    def offer(self, item: Frame | None) -> None:
+    def offer(self, frames: list[Frame]) -> None:
+        """Frames that arrived together, in seq order: on the transport, one write for all."""
         if self.ended:
             return
-        if item is END:
-            self.ended = True
-        elif item.seq <= self.after_seq:
+        if frames[0].seq <= self.after_seq:
+            frames = [f for f in frames if f.seq > self.after_seq]
+            if not frames:
+                return
+        self.quiet = False
+        if self._transport is not None:
+            self.after_seq = frames[-1].seq
+            data = frames[0].chunk if len(frames) == 1 else b"".join(f.chunk for f in frames)
+            self._write(data, len(frames))
             return
-        elif self._transport is not None:
-            self.after_seq = item.seq
-            self.quiet = False
-            self._write(item.chunk)
-            return
-        elif len(self.pending) >= self.size:
+        room = self.size - len(self.pending)
+        if room < len(frames):
             # Too far behind: what is pending is still sent, then the stream ends. Nothing
             # pending is discarded, so the browser's Last-Event-ID leaves no hole.
+            frames = frames[: max(room, 0)]
             self.dropped = self.ended = True
-        else:
-            self.after_seq = item.seq
-            self.pending.append(item)
-            self.quiet = False
+        if frames:
+            self.after_seq = frames[-1].seq
+            self.pending.extend(frames)
         self._wake()
 
     def heartbeat(self) -> None:
         """Called by the hub's one ticker: a browser that heard nothing gets a comment."""
         if self.quiet and not self.ended:
             if self._transport is not None:
-                self._write(KEEPALIVE)
+                self._write(KEEPALIVE, 1)
             else:
                 self.idle = True
                 self._wake()
         self.quiet = True
 
     def end(self) -> None:
-        self.offer(END)
+        """Nothing more: what is pending is still sent, then the stream ends."""
+        if not self.ended:
+            self.ended = True
+            self._wake()
 
     async def take(self) -> tuple[list[Frame], bool]:
         """What is pending (possibly nothing, when only a heartbeat is due) and whether the
@@ -119,7 +124,7 @@ class Subscriber:
         frames, self.pending, self.idle = self.pending, [], False
         return frames, self.ended
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, frames: int) -> None:
         transport = self._transport
         assert transport is not None
         if transport.is_closing():  # gone: the browser's task hears of it from the server
@@ -128,7 +133,7 @@ class Subscriber:
         if not transport.get_write_buffer_size():
             self._unsent = 0
         else:
-            self._unsent += 1
+            self._unsent += frames
             if self._unsent > self.size:
                 # Too far behind: what was written is still sent, then the stream ends,
                 # never with a hole before the browser's Last-Event-ID.
@@ -183,7 +188,7 @@ class RunHub:
         if subscriber.backlog:
             subscriber.after_seq = subscriber.backlog[-1].seq
         if channel.done:
-            subscriber.offer(END)
+            subscriber.end()
         channel.subscribers.add(subscriber)
         metrics.SSE_CLIENTS.inc()
         return subscriber
@@ -212,12 +217,14 @@ class RunHub:
         metrics.UPSTREAM_STREAMS.inc()
         source = upstream(services, channel.run_id, status, 0)
         try:
-            async for event in source:
-                data = event_frame(event.seq, event.type, convert.event_data(event)).encode()
-                frame = Frame(event.seq, chunk(data))
-                channel.frames.append(frame)
+            async for events in source:
+                frames = [
+                    Frame(e.seq, chunk(event_frame(e.seq, e.type, convert.event_data(e)).encode()))
+                    for e in events
+                ]
+                channel.frames.extend(frames)
                 for subscriber in tuple(channel.subscribers):
-                    subscriber.offer(frame)
+                    subscriber.offer(frames)
         except Exception as error:  # browsers get what arrived; EventSource reconnects
             log.warning("upstream ended", extra={"run_id": channel.run_id, "error": str(error)})
         finally:
@@ -225,6 +232,6 @@ class RunHub:
             metrics.UPSTREAM_STREAMS.dec()
             channel.done = True
             for subscriber in tuple(channel.subscribers):
-                subscriber.offer(END)
+                subscriber.end()
             with contextlib.suppress(Exception):
                 await source.aclose()

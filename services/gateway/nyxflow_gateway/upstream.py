@@ -1,11 +1,12 @@
 """A run's events from the services, in order, once each, to the terminal one: started through
-engine Execute when pending, else (or when another start won) followed through runs WatchRun."""
+engine Execute when pending, else (or when another start won) followed through runs WatchRun.
+Events go on in the batches they arrived in, so that the hub writes each browser once per batch."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from nyxflow import events as ev
 from nyxflow.errors import FailedPrecondition, Unavailable
@@ -23,33 +24,42 @@ class _Cursor:
         self.last = after_seq
         self.ended = False
 
-    async def relay(self, source: AsyncIterator[pb.RunEvent]) -> AsyncGenerator[pb.RunEvent, None]:
-        async for event in source:
-            if event.seq <= self.last:
-                continue
-            self.last = event.seq
-            yield event
-            if event.type in ev.TERMINAL_EVENTS:
-                self.ended = True
+    async def relay(
+        self, source: AsyncIterator[Sequence[pb.RunEvent]]
+    ) -> AsyncGenerator[list[pb.RunEvent], None]:
+        async for events in source:
+            fresh: list[pb.RunEvent] = []
+            for event in events:
+                if event.seq <= self.last:
+                    continue
+                self.last = event.seq
+                fresh.append(event)
+                if event.type in ev.TERMINAL_EVENTS:
+                    self.ended = True
+                    break
+            if fresh:
+                yield fresh
+            if self.ended:
                 return
 
 
 async def upstream(
     services: Services, run_id: str, status: str, after_seq: int
-) -> AsyncGenerator[pb.RunEvent, None]:
+) -> AsyncGenerator[list[pb.RunEvent], None]:
     cursor = _Cursor(after_seq)
     if status == ev.PENDING:
         try:
-            async for event in cursor.relay(services.engine.execute(run_id)):
-                yield event
+            async for events in cursor.relay(services.engine.execute_batches(run_id)):
+                yield events
         except (FailedPrecondition, Unavailable) as error:
             # Another connection won the start, or the engine is away: follow instead.
             log.info("following instead of starting", extra={"run_id": run_id, "why": str(error)})
     backoff = 0.2
     while not cursor.ended:
         try:
-            async for event in cursor.relay(services.runs.watch_run(run_id, cursor.last)):
-                yield event
+            watch = services.runs.watch_run_batches(run_id, cursor.last)
+            async for events in cursor.relay(watch):
+                yield events
             return
         except Unavailable:
             await asyncio.sleep(backoff)

@@ -1,0 +1,83 @@
+"""Subscriber: events that arrive together reach a browser together, in order, once each; a
+browser too far behind is dropped with no hole before what it was sent."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nyxflow_gateway.hub import Frame, Subscriber, chunk
+
+
+def frames(first: int, count: int) -> list[Frame]:
+    return [Frame(s, chunk(f"id: {s}\n\n".encode())) for s in range(first, first + count)]
+
+
+class RecordingTransport(asyncio.WriteTransport):
+    """Keeps every write; `backed_up` bytes stay "unsent", as with a browser that does not read."""
+
+    def __init__(self, backed_up: bool = False) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.backed_up = backed_up
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self.writes)) if self.backed_up else 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def seqs(data: bytes) -> list[int]:
+    return [int(line[4:]) for line in data.split(b"\r\n") if line.startswith(b"id: ")]
+
+
+async def test_a_batch_goes_to_the_transport_in_one_write_without_what_was_sent() -> None:
+    subscriber = Subscriber(size=8, after_seq=2)
+    transport = RecordingTransport()
+    subscriber.write_directly(transport)
+
+    subscriber.offer(frames(1, 5))  # 1 and 2 came with the backlog
+    subscriber.offer(frames(4, 3))  # 4 and 5 again (a replay overlapping the live tail)
+    subscriber.offer(frames(1, 2))  # nothing new: no write at all
+
+    assert [seqs(w) for w in transport.writes] == [[3, 4, 5], [6]]
+    assert subscriber.after_seq == 6 and not subscriber.ended
+
+
+async def test_a_batch_waits_in_pending_for_the_browsers_task() -> None:
+    subscriber = Subscriber(size=8, after_seq=0)
+    taking = asyncio.create_task(subscriber.take())
+    await asyncio.sleep(0)
+    subscriber.offer(frames(1, 3))
+    subscriber.end()
+
+    taken, ended = await asyncio.wait_for(taking, 2)
+    assert [f.seq for f in taken] == [1, 2, 3] and ended
+    subscriber.offer(frames(4, 1))  # after the end: nothing
+    assert subscriber.pending == []
+
+
+async def test_a_batch_beyond_the_inbox_keeps_what_fits_then_ends_the_stream() -> None:
+    subscriber = Subscriber(size=4, after_seq=0)
+    subscriber.offer(frames(1, 3))
+    subscriber.offer(frames(4, 3))  # only 4 fits
+
+    assert [f.seq for f in subscriber.pending] == [1, 2, 3, 4]
+    assert subscriber.after_seq == 4  # a reconnect resumes after 4: no hole, nothing twice
+    assert subscriber.dropped and subscriber.ended
+
+
+async def test_a_browser_that_does_not_read_is_dropped_by_frames_not_by_writes() -> None:
+    subscriber = Subscriber(size=4, after_seq=0)
+    transport = RecordingTransport(backed_up=True)
+    subscriber.write_directly(transport)
+
+    subscriber.offer(frames(1, 3))
+    assert not subscriber.dropped  # 3 frames unsent: within the bound
+    subscriber.offer(frames(4, 2))  # 5 unsent, in only two writes
+    assert subscriber.dropped and subscriber.ended
+    subscriber.offer(frames(6, 1))
+    assert len(transport.writes) == 2  # nothing more once dropped
