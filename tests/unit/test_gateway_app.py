@@ -543,39 +543,25 @@ async def test_a_start_refused_falls_back_to_watch_from_the_beginning(
     assert world.execute_calls == [RUN] and world.watch_calls == [(RUN, 0)]
 
 
+@BOTH_SERVERS
+@pytest.mark.parametrize("per_message", [1, 3])
 async def test_engine_lost_mid_run_resumes_from_watch_without_duplicates(
-    gateway: Gateway,
+    gateway: Gateway, per_message: int
 ) -> None:
     world = gateway.world
     world.add_run(ev.PENDING)
     history = world.history[RUN]
-    world.executes = [Stream(history[:3], then="unavailable")]
-    # A replay that overlaps what was already sent: the gateway must skip seq <= last sent.
-    world.watches = [Stream(history[1:])]
+    world.executes = [Stream(history[:3], then="unavailable", per_message=per_message)]
+    # A replay that overlaps what was already sent (the gateway skips seq <= last sent), in
+    # batches that straddle it, with an event after the terminal one in the terminal's
+    # batch: it must not reach the browser.
+    stray = event(len(history) + 1, ev.STEP_STARTED, RUN, step_id="s9", name="s9")
+    world.watches = [Stream([*history[1:], stray], per_message=len(history))]
 
     received = await read_events(gateway.http, events_url(), AUTH)
 
     assert_relayed(received, history)
     assert world.watch_calls == [(RUN, 3)]
-
-
-@BOTH_SERVERS
-async def test_batches_are_relayed_once_each_in_order_and_end_at_the_terminal_event(
-    gateway: Gateway,
-) -> None:
-    world = gateway.world
-    world.add_run(ev.PENDING)
-    history = world.history[RUN]
-    world.executes = [Stream(history[:5], then="unavailable", per_message=3)]
-    # A replay overlapping what was sent, in batches that straddle it, and an event after
-    # the terminal one in the same batch: it must not reach the browser.
-    stray = event(len(history) + 1, ev.STEP_STARTED, RUN, step_id="s9", name="s9")
-    world.watches = [Stream([*history[2:], stray], per_message=5)]
-
-    received = await read_events(gateway.http, events_url(), AUTH)
-
-    assert_relayed(received, history)
-    assert world.watch_calls == [(RUN, 5)]
 
 
 @pytest.mark.parametrize("status", [ev.RUNNING, ev.COMPLETED, ev.FAILED, ev.PAUSED])
