@@ -42,6 +42,7 @@ async def test_a_batch_goes_to_the_transport_in_one_write_without_what_was_sent(
     subscriber.offer(frames(1, 5))  # 1 and 2 came with the backlog
     subscriber.offer(frames(4, 3))  # 4 and 5 again (a replay overlapping the live tail)
     subscriber.offer(frames(1, 2))  # nothing new: no write at all
+    subscriber.offer([])  # an empty batch: nothing either
 
     assert [seqs(w) for w in transport.writes] == [[3, 4, 5], [6]]
     assert subscriber.after_seq == 6 and not subscriber.ended

@@ -73,7 +73,7 @@ class Subscriber:
 
     def offer(self, frames: list[Frame]) -> None:
         """Frames that arrived together, in seq order: on the transport, one write for all."""
-        if self.ended:
+        if self.ended or not frames:
             return
         if frames[0].seq <= self.after_seq:
             frames = [f for f in frames if f.seq > self.after_seq]
@@ -82,8 +82,7 @@ class Subscriber:
         self.quiet = False
         if self._transport is not None:
             self.after_seq = frames[-1].seq
-            data = frames[0].chunk if len(frames) == 1 else b"".join(f.chunk for f in frames)
-            self._write(data, len(frames))
+            self._write(b"".join([f.chunk for f in frames]), len(frames))
             return
         room = self.size - len(self.pending)
         if room < len(frames):
@@ -124,7 +123,8 @@ class Subscriber:
         frames, self.pending, self.idle = self.pending, [], False
         return frames, self.ended
 
-    def _write(self, data: bytes, frames: int) -> None:
+    def _write(self, data: bytes, count: int) -> None:
+        """`data` (`count` frames) to the transport; too many frames unsent drops the browser."""
         transport = self._transport
         assert transport is not None
         if transport.is_closing():  # gone: the browser's task hears of it from the server
@@ -133,7 +133,7 @@ class Subscriber:
         if not transport.get_write_buffer_size():
             self._unsent = 0
         else:
-            self._unsent += frames
+            self._unsent += count
             if self._unsent > self.size:
                 # Too far behind: what was written is still sent, then the stream ends,
                 # never with a hole before the browser's Last-Event-ID.
