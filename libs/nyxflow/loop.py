@@ -4,6 +4,7 @@ loop. The gateway gets it through uvicorn; the engine stays on asyncio (see its 
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -22,6 +23,17 @@ GIL_SWITCH_S = 0.0005
 def hand_over_io_quickly() -> None:
     """Called first by every service's main."""
     sys.setswitchinterval(GIL_SWITCH_S)
+
+
+def settle_heap() -> None:
+    """Called by every service's main once its modules are loaded, before it serves.
+
+    A full collection walks every tracked object, and most of a service's are its imported
+    modules, which live as long as the process: measured in the bench, the engine's and the
+    gateway's full collections took 15-130 ms, a stall of every stream they carry. Frozen,
+    those objects are left out of every later collection."""
+    gc.collect()
+    gc.freeze()
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

@@ -48,6 +48,21 @@ async def test_a_batch_goes_to_the_transport_in_one_write_without_what_was_sent(
     assert subscriber.after_seq == 6 and not subscriber.ended
 
 
+async def test_the_batch_joined_once_is_written_as_is_unless_part_was_sent() -> None:
+    batch = frames(3, 3)
+    joined = b"".join(f.chunk for f in batch)
+    current, behind = Subscriber(size=8, after_seq=2), Subscriber(size=8, after_seq=4)
+    to_current, to_behind = RecordingTransport(), RecordingTransport()
+    current.write_directly(to_current)
+    behind.write_directly(to_behind)
+
+    current.offer(batch, joined)
+    behind.offer(batch, joined)  # 3 and 4 came with its backlog: the shared bytes would repeat them
+
+    assert to_current.writes == [joined]
+    assert [seqs(w) for w in to_behind.writes] == [[5]]
+
+
 async def test_a_batch_waits_in_pending_for_the_browsers_task() -> None:
     subscriber = Subscriber(size=8, after_seq=0)
     taking = asyncio.create_task(subscriber.take())

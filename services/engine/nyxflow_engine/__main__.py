@@ -18,6 +18,7 @@ def main() -> None:
         # asyncio's own loop, not uvloop (runs, gateway): the engine runs git and the
         # pipelines' test commands, and uvloop's child processes lose their exit status
         # now and then under concurrency.
+        loop.settle_heap()
         asyncio.run(serve(settings))
     finally:
         if traced:

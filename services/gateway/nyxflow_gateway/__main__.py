@@ -18,6 +18,7 @@ def main() -> None:
     app = create_app(settings)
     if traced:
         tracing.instrument_app(app)
+    loop.settle_heap()
     try:
         uvicorn.run(
             app,

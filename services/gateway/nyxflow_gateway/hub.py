@@ -71,18 +71,22 @@ class Subscriber:
         """From now on, offers go straight to `transport` (the backlog is written)."""
         self._transport = transport
 
-    def offer(self, frames: list[Frame]) -> None:
-        """Frames that arrived together, in seq order: on the transport, one write for all."""
+    def offer(self, frames: list[Frame], joined: bytes | None = None) -> None:
+        """Frames that arrived together, in seq order: on the transport, one write for all.
+        `joined` is their chunks already joined, once for every browser (see RunHub._pump)."""
         if self.ended or not frames:
             return
         if frames[0].seq <= self.after_seq:
             frames = [f for f in frames if f.seq > self.after_seq]
             if not frames:
                 return
+            joined = None  # some were sent already: the rest is joined for this one alone
         self.quiet = False
         if self._transport is not None:
             self.after_seq = frames[-1].seq
-            self._write(b"".join([f.chunk for f in frames]), len(frames))
+            if joined is None:
+                joined = b"".join([f.chunk for f in frames])
+            self._write(joined, len(frames))
             return
         room = self.size - len(self.pending)
         if room < len(frames):
@@ -223,8 +227,9 @@ class RunHub:
                     for e in events
                 ]
                 channel.frames.extend(frames)
+                joined = b"".join([f.chunk for f in frames])
                 for subscriber in tuple(channel.subscribers):
-                    subscriber.offer(frames)
+                    subscriber.offer(frames, joined)
         except Exception as error:  # browsers get what arrived; EventSource reconnects
             log.warning("upstream ended", extra={"run_id": channel.run_id, "error": str(error)})
         finally:

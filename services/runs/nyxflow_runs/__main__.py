@@ -32,6 +32,7 @@ def main() -> None:
         if command == "migrate":
             asyncio.run(_migrate(settings))
         elif command == "serve":
+            loop.settle_heap()
             loop.run(serve(settings))
         else:
             sys.exit(f"usage: python -m nyxflow_runs [serve|migrate], not {command!r}")
