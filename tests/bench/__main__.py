@@ -16,7 +16,7 @@ from nyxflow.auth import bearer_metadata
 from nyxflow.client import EngineClient, RunsClient, open_channel
 from nyxflow.v1 import common_pb2 as pb
 from tests.bench.cpu import CpuMeter
-from tests.bench.floor import floor_steps_per_s
+from tests.bench.floor import floor_steps_per_s, settle
 from tests.bench.sse_load import follow_in_workers, percentile, rss_kb
 from tests.support.databases import REDIS_URL, fresh_database
 from tests.support.inprocess import API_KEY
@@ -155,7 +155,9 @@ async def main() -> None:
                     runs, engine = RunsClient(rc, md, 60), EngineClient(ec, md)
                     meter = CpuMeter({n: p.pid for n, p in stack.procs.items() if n != "gateway"})
                     for workflows, steps in ((200, 5), (1000, 5), (20, 100)):
+                        await settle(dsn)
                         floor = await floor_steps_per_s(dsn, workflows * steps)
+                        await settle(dsn)
                         ours = await step_throughput(runs, engine, workflows, steps, meter)
                         cpu = meter.stop()
                         results[f"steps_{workflows}x{steps}"] = {
@@ -167,9 +169,11 @@ async def main() -> None:
                                 name: s * 1000 / (workflows * steps) for name, s in cpu.items()
                             },
                         }
+                    await settle(dsn)
                     fan = {n: await fan_out_item_ms(runs, engine, n) for n in (10, 100, 1000)}
                     results["fan_out_ms_per_item"] = fan
                     results["fan_out_ratio_1000_vs_10"] = fan[1000] / fan[10]
+                    await settle(dsn)
                     results["stream"] = await stream_latency(stack, runs, 1000, 10)
                     results["orphan_detection_s"] = await orphan_detection_s(stack, runs, engine)
                     results["lease_ttl_s"] = 2.0
