@@ -9,7 +9,7 @@ PROTOS := $(wildcard protos/nyxflow/v1/*.proto)
 GEN := libs/nyxflow/v1
 STAMP := $(GEN)/.stamp
 
-.PHONY: all install proto run test test-unit test-integration test-e2e faults lint typecheck fmt bench migrate clean
+.PHONY: all install proto browser run test test-unit test-integration test-e2e faults lint typecheck fmt bench migrate clean
 
 all: lint typecheck test
 
@@ -38,7 +38,12 @@ migrate: proto
 run: proto
 	$(BIN)/nyxflow up
 
-test: proto
+# The page tests drive Debian's Chromium (never a downloaded browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+		|| { echo "the page tests need Debian's chromium: apt-get install chromium"; exit 1; }
+
+test: proto browser
 	$(BIN)/pytest
 
 test-unit: proto
