@@ -16,7 +16,8 @@ from nyxflow.auth import bearer_metadata
 from nyxflow.client import EngineClient, RunsClient, open_channel
 from nyxflow.v1 import common_pb2 as pb
 from tests.bench.cpu import CpuMeter
-from tests.bench.floor import floor_steps_per_s, settle
+from tests.bench.floor import floor_steps_per_s
+from tests.bench.settle import settle
 from tests.bench.sse_load import follow_in_workers, percentile, rss_kb
 from tests.support.databases import REDIS_URL, fresh_database
 from tests.support.inprocess import API_KEY

@@ -10,18 +10,6 @@ import asyncpg
 WORKERS = 8
 
 
-async def settle(dsn: str) -> None:
-    """Each measure starts from a settled database, as pgbench's do: the last one's dead rows
-    vacuumed and its dirty pages written. Otherwise autovacuum and the checkpointer wake
-    during the next measure, on the same two cores, and their cost is counted as its own."""
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute("VACUUM (ANALYZE)")
-        await connection.execute("CHECKPOINT")
-    finally:
-        await connection.close()
-
-
 async def floor_steps_per_s(dsn: str, steps: int) -> float:
     setup = await asyncpg.connect(dsn)
     try:

@@ -14,11 +14,11 @@ def main() -> None:
     settings = EngineSettings()
     logs.configure("engine", settings.log_level)
     traced = tracing.configure("engine", settings.otlp_endpoint)
+    loop.settle_heap()
     try:
         # asyncio's own loop, not uvloop (runs, gateway): the engine runs git and the
         # pipelines' test commands, and uvloop's child processes lose their exit status
         # now and then under concurrency.
-        loop.settle_heap()
         asyncio.run(serve(settings))
     finally:
         if traced:
