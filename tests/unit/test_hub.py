@@ -4,8 +4,17 @@ browser too far behind is dropped with no hole before what it was sent."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
+from collections.abc import AsyncIterator
+from typing import cast
 
-from nyxflow_gateway.hub import Frame, Subscriber, chunk
+import pytest
+
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_gateway import hub as hub_module
+from nyxflow_gateway.deps import Services
+from nyxflow_gateway.hub import Frame, RunHub, Subscriber, chunk
 
 
 def frames(first: int, count: int) -> list[Frame]:
@@ -97,3 +106,29 @@ async def test_a_browser_that_does_not_read_is_dropped_by_frames_not_by_writes()
     assert subscriber.dropped and subscriber.ended
     subscriber.offer(frames(6, 1))
     assert len(transport.writes) == 2  # nothing more once dropped
+
+
+async def test_a_channel_the_last_browser_left_is_freed_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its frames (a whole run's events) go when the last browser does, by reference
+    counting alone, not at the cycle collector's rare full pass."""
+
+    async def quiet_upstream(*_: object) -> AsyncIterator[list[pb.RunEvent]]:
+        await asyncio.Event().wait()  # an upstream with nothing more to say
+        yield []
+
+    monkeypatch.setattr(hub_module, "upstream", quiet_upstream)
+    hub = RunHub(queue_size=8, heartbeat_s=60)
+    subscriber = hub.subscribe(cast(Services, None), "run", "running", 0)
+    await asyncio.sleep(0)  # the pump is waiting on its upstream
+    channel = weakref.ref(hub._channels["run"])
+    hub.unsubscribe("run", subscriber)
+    gc.disable()
+    try:
+        for _ in range(5):  # the cancelled pump finishes
+            await asyncio.sleep(0)
+        assert channel() is None, "the channel survives in a reference cycle"
+    finally:
+        gc.enable()
+        await hub.close()

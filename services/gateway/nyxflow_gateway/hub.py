@@ -205,8 +205,12 @@ class RunHub:
         metrics.SSE_CLIENTS.dec()
         if not channel.subscribers:
             del self._channels[run_id]
-            if channel.task is not None:
-                channel.task.cancel()  # the upstream gRPC stream goes; the run does not
+            # The upstream gRPC stream goes; the run does not. The channel lets go of its task
+            # as it cancels it: the CancelledError's traceback holds the channel, and the two
+            # in a cycle would keep the run's frames until the cycle collector's full pass.
+            task, channel.task = channel.task, None
+            if task is not None:
+                task.cancel()
 
     async def _tick(self) -> None:
         """One timer for every browser, instead of one per browser per wait."""
