@@ -13,7 +13,9 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nyxflow.client import open_channel
+from nyxflow.v1 import common_pb2 as pb
 from nyxflow_gateway import errors
+from nyxflow_gateway.coalesce import Coalescer
 from nyxflow_gateway.deps import Clients, ServicesByKey
 from nyxflow_gateway.hub import RunHub
 from nyxflow_gateway.routes import personas, pipelines, projects, runs, steps, workflows
@@ -30,6 +32,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.hub = RunHub(settings.sse_queue_events, settings.sse_heartbeat_s)
+        app.state.run_status = Coalescer[pb.Run]()
         app.state.runs_channel = open_channel(settings.runs_addr)
         app.state.engine_channel = open_channel(settings.engine_addr)
         app.state.services = ServicesByKey(

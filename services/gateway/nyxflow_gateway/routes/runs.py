@@ -67,7 +67,10 @@ async def run_events(
 ) -> EventStream:
     """Starts the run if it is pending, else follows it; replays after Last-Event-ID."""
     after = parse_last_event_id(last_event_id_header, last_event_id)
-    # 401 / 404 before any stream opens; the status decides start or follow.
-    run = await services.runs.get_run(run_id, brief=True)
+    # 401 / 404 before any stream opens; the status decides start or follow. Browsers that
+    # connect together with one key share the call (coalesce.py).
     state = request.app.state
+    run = await state.run_status.get(
+        (services, run_id), lambda: services.runs.get_run(run_id, brief=True)
+    )
     return EventStream(state.hub, services, run_id, run.status, after, state.settings)
