@@ -2,7 +2,7 @@
 
 A thousand browsers reconnecting to one run each need its status before their stream opens:
 one GetRun answers all that ask while it is in flight, instead of a thousand calls at once
-(each with its own gRPC call state, most of the gateway's memory at such a moment). Nothing
+(each with its own gRPC call state: much of the gateway's memory at such a moment). Nothing
 is kept once the call returns: the next ask makes a fresh call, so no answer is older than
 the ask that shares it.
 """
