@@ -212,9 +212,12 @@ class RunsClient:
         request = runs_pb2.ClaimRunRequest(run_id=run_id, owner=owner, lease_ttl_s=ttl_s)
         return await _unary(self._stub.ClaimRun(request, **self._kw()))
 
-    async def heartbeat(self, run_id: str, token: int, ttl_s: float) -> float:
+    async def heartbeat(
+        self, run_id: str, token: int, ttl_s: float, timeout_s: float | None = None
+    ) -> float:
         request = runs_pb2.HeartbeatRequest(run_id=run_id, token=token, lease_ttl_s=ttl_s)
-        response = await _unary(self._stub.Heartbeat(request, **self._kw()))
+        kw = self._kw() if timeout_s is None else {**self._kw(), "timeout": timeout_s}
+        response = await _unary(self._stub.Heartbeat(request, **kw))
         return float(response.lease_expires_at)
 
     async def release_run(

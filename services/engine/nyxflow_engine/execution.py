@@ -29,6 +29,15 @@ CANCELLED_ERROR = "execution cancelled"
 PAUSED_BY_USER = "paused by user"
 
 
+def heartbeat_bound_s(settings: EngineSettings) -> float:
+    """How long one heartbeat may take: half of what a lease renewed at the last beat has
+    left when the next is sent, so that a second attempt still lands in time; never under
+    the interval, never over the RPC timeout. TTL 30 s, beat 10 s: 10 s; TTL 2, beat 0.5:
+    0.75 s."""
+    left = settings.lease_ttl_s - settings.heartbeat_s
+    return min(settings.rpc_timeout_s, max(settings.heartbeat_s, left / 2))
+
+
 class StepFailed(Exception):
     """A step failed; it is already marked failed in the database."""
 
@@ -126,10 +135,19 @@ class Execution:
             log.exception("could not release the run", extra={"run_id": self.run_id})
 
     async def _heartbeat(self) -> None:
+        """A renewal every `heartbeat_s`, counted from one attempt's start to the next's.
+
+        Each attempt is given up after `heartbeat_bound_s`: one that never answers (a stalled
+        runs replica, a half-open connection) would otherwise hold the next until the RPC
+        timeout, which may be past the lease's end, and a live run would be swept."""
+        settings = self._settings
+        clock = asyncio.get_running_loop().time
+        due = clock() + settings.heartbeat_s
         while True:
-            await asyncio.sleep(self._settings.heartbeat_s)
+            await asyncio.sleep(max(0.0, due - clock()))
+            due = max(due + settings.heartbeat_s, clock())
             try:
-                await self.writer.heartbeat(self._settings.lease_ttl_s)
+                await self.writer.heartbeat(settings.lease_ttl_s, heartbeat_bound_s(settings))
                 metrics.LEASE_RENEWALS.inc()
             except LeaseLost as error:
                 # Swept, cancelled or reclaimed: a zombie must stop, writing nothing.

@@ -153,8 +153,13 @@ class RunWriter:
             await self._absorb(response.written)
         return response.status
 
-    async def heartbeat(self, ttl_s: float) -> None:
-        await self._retrying(lambda: self.runs.heartbeat(self.run_id, self.token, ttl_s))
+    async def heartbeat(self, ttl_s: float, timeout_s: float) -> None:
+        """One renewal, bounded by `timeout_s`. Not retried here: the caller's next beat is
+        the retry, on a schedule that a backoff would stretch past a short lease."""
+        try:
+            await self.runs.heartbeat(self.run_id, self.token, ttl_s, timeout_s)
+        except StaleToken as error:
+            raise LeaseLost(str(error)) from None
 
     async def current_steps(self) -> list[pb.Step]:
         run = await self._retrying(lambda: self.runs.get_run(self.run_id))

@@ -1,0 +1,60 @@
+"""The lease's renewal under a stalled runs service: one heartbeat that never answers must
+not cost a healthy run its lease."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from nyxflow import events as ev
+from nyxflow.v1 import runs_pb2
+from nyxflow_runs.servicer import RunsServicer
+from tests.support.inprocess import clients, engine_service, runs_service
+from tests.support.workflows import llm_step
+
+TTL_S = 1.5
+HEARTBEAT_S = 0.3
+
+
+async def test_a_heartbeat_that_never_answers_is_given_up_in_time_to_renew(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first Heartbeat hangs in runs (a stalled replica, a half-open connection). The
+    engine's RPC timeout (10 s) is far past the lease (1.5 s): waiting it out would let the
+    sweeper fail a run whose engine is alive. The engine gives the call up and renews."""
+    original = RunsServicer.Heartbeat
+    hung = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hangs_once(
+        self: RunsServicer, request: runs_pb2.HeartbeatRequest, context: Any
+    ) -> runs_pb2.HeartbeatResponse:
+        if not hung.is_set():
+            hung.set()
+            await release.wait()  # until the test ends, or the caller gives up
+        return await original(self, request, context)
+
+    # Before the service starts: its handlers are bound when it registers them.
+    monkeypatch.setattr(RunsServicer, "Heartbeat", hangs_once)
+    async with (
+        runs_service(database_url, sweep_interval_s=0.1) as runs_settings,
+        engine_service(
+            runs_settings.runs_listen, lease_ttl_s=TTL_S, heartbeat_s=HEARTBEAT_S
+        ) as engine_settings,
+        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
+    ):
+        assert api.engine is not None
+        try:
+            # One step of 2.5 s: more than the lease, so only renewals keep the run.
+            step = llm_step("long", "x", tokens=25, token_delay_ms=100)
+            workflow = await api.runs.create_workflow("stalled-heartbeat", [step])
+            run = await api.runs.create_run(workflow.id)
+            events = [e async for e in api.engine.execute(run.id)]
+        finally:
+            release.set()
+        assert hung.is_set(), "no heartbeat was sent"
+        stored = await api.runs.get_run(run.id)
+        assert (stored.status, stored.error) == (ev.COMPLETED, ""), stored
+        assert events[-1].type == ev.RUN_COMPLETED
