@@ -85,6 +85,8 @@ class Handover(Recording):
     async def list_requeued_all_tenants(self, limit: int = 0) -> list[tuple[str, str]]:
         """(run id, tenant id) of the runs waiting for an engine after a requeue, oldest
         first. Not scoped: only the engine's internal credentials reach it."""
+        if self._hot is not None:
+            return await self._hot.requeued(limit or DEFAULT_ADOPT_LIMIT)
         async with self._sessions() as session:
             rows = await session.execute(
                 select(Run.id, Run.tenant_id)

@@ -95,6 +95,16 @@ WHERE s.workflow_id = $1 ORDER BY s.position"""
 
 PERSONAS = "SELECT name, system_prompt FROM personas WHERE tenant_id = $1"
 
+# The sweeper's and the adopters' polls, several a second in all, nearly always empty: an
+# index lookup each, where SQLAlchemy's transaction and statements cost runs a millisecond.
+ANY_EXPIRED = f"""
+SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'running' AND lease_expires_at < {NOW}
+               AND ($1::varchar IS NULL OR workflow_id = $1))"""
+
+REQUEUED = """
+SELECT id, tenant_id FROM runs WHERE status = 'pending' AND requeues > 0
+ORDER BY created_at LIMIT $1"""
+
 # A group of runs' batches in one statement. Every data-modifying CTE runs to completion
 # whether or not the final SELECT reads it, and each joins `fenced`, so a batch the fence
 # refuses writes nothing. A batch naming a step outside its run's workflow is fenced off too
@@ -334,6 +344,18 @@ class HotPath:
             )
             for r in rows
         ]
+
+    # --- polls ------------------------------------------------------------------------
+
+    async def any_expired(self, workflow_id: str | None) -> bool:
+        """Whether any running run's lease has lapsed (of `workflow_id`, if given)."""
+        async with self._connection() as db:
+            return bool(await db.fetchval(ANY_EXPIRED, workflow_id))
+
+    async def requeued(self, limit: int) -> list[tuple[str, str]]:
+        async with self._connection() as db:
+            rows = await db.fetch(REQUEUED, limit)
+        return [(row["id"], row["tenant_id"]) for row in rows]
 
     # --- record -----------------------------------------------------------------------
 
