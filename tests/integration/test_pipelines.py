@@ -83,6 +83,29 @@ async def test_auto_fix_patch_applies_and_a_broken_diff_is_rejected(
     assert git(repo, "status", "--porcelain") == ""
 
 
+async def test_what_the_tests_leave_behind_is_not_in_the_patch(
+    api: Clients, tmp_path: Path
+) -> None:
+    """Test runs write caches, bytecode and build output, and may touch tracked files: the
+    patch is the accepted diffs and nothing else."""
+    repo = planted_repo(tmp_path)
+    litter = "echo junk > left-behind.txt && mkdir -p build && echo x > build/out && "
+    command = f"sh -c '{litter}echo more >> util.py && {TEST_COMMAND}'"
+    run = await start(api, repo, "auto-fix", test_command=command)
+    await execute(api, run.id)
+
+    patch = (await api.runs.get_artifact(run.id, "patch")).content
+    assert files_in(patch) == ["calc.py"], patch
+    review = json.loads((await api.runs.get_artifact(run.id, "review")).content)
+    assert [a["files"] for a in review["accepted"]] == [["calc.py"]]
+
+
+def files_in(patch: str) -> list[str]:
+    return sorted(
+        line.removeprefix("+++ b/") for line in patch.splitlines() if line.startswith("+++ ")
+    )
+
+
 async def test_a_patch_that_breaks_the_tests_is_rejected(api: Clients, tmp_path: Path) -> None:
     repo = planted_repo(tmp_path)
     (repo / "test_calc.py").write_text(

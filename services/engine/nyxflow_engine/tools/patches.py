@@ -14,41 +14,16 @@ import re
 import shlex
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.tools.commands import run
 from nyxflow_engine.tools.registry import ToolCall
 
 FENCED_DIFF = re.compile(r"```(?:diff|patch)[^\n]*\n(.*?)```", re.DOTALL)
 MAX_REASON = 2_000
-
-
-@dataclass(frozen=True)
-class Outcome:
-    code: int
-    output: str
-
-
-async def run(cwd: Path, *args: str, timeout_s: float = 120.0, stdin: bytes = b"") -> Outcome:
-    # A pipe only when there is input: writing even nothing to a command that has already
-    # exited fails on uvloop ("the handler is closed").
-    process = await asyncio.create_subprocess_exec(
-        *args,
-        cwd=cwd,
-        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(stdin or None), timeout_s)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        return Outcome(-1, f"timed out after {timeout_s:.0f} s")
-    return Outcome(process.returncode or 0, out.decode(errors="replace"))
 
 
 def diffs_in(text: str) -> list[str]:
@@ -115,16 +90,21 @@ async def _review(
         if checked.code != 0:
             rejected.append({**entry, "reason": f"does not apply: {_tail(checked.output)}"})
             continue
-        await run(clone, "git", "apply", "-", stdin=diff.encode())
+        # Into the index too: the index holds the accepted diffs and nothing else.
+        await run(clone, "git", "apply", "--index", "-", stdin=diff.encode())
         if command:
-            tested = await run(clone, *shlex.split(command), timeout_s=timeout_s)
+            home = clone.parent / "home"  # the command's own, inside the scratch folder
+            home.mkdir(exist_ok=True)
+            tested = await run(clone, *shlex.split(command), timeout_s=timeout_s, home=home)
+            # What the tests left (caches, bytecode, build output) is not part of any patch.
+            await run(clone, "git", "clean", "-fdxq")
+            await run(clone, "git", "checkout", "--", ".")
             if tested.code != 0:
-                await run(clone, "git", "apply", "-R", "-", stdin=diff.encode())
+                await run(clone, "git", "apply", "-R", "--index", "-", stdin=diff.encode())
                 reason = f"tests failed (exit {tested.code}): {_tail(tested.output)}"
                 rejected.append({**entry, "reason": reason})
                 continue
         accepted.append(entry)
-    await run(clone, "git", "add", "-A")
     combined = (await run(clone, "git", "diff", "--cached", "--no-color")).output
     report = {
         "proposed": len(diffs),

@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nyxflow.errors import InvalidArgument
+from nyxflow_engine.tools.commands import run
 from nyxflow_engine.tools.registry import ToolCall
 
 LANGUAGES = {
@@ -27,15 +28,11 @@ RECENT_COMMITS = 200  # how far back "recently changed" looks
 
 
 async def git(path: Path, *args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        "git", "-C", str(path), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await process.communicate()
-    if process.returncode != 0:
-        message = err.decode(errors="replace").strip()
+    done = await run(path, "git", "-C", str(path), *args, merge_stderr=False)
+    if done.code != 0:
+        message = done.errors.strip()
         raise InvalidArgument(f"{path} is not a git work tree: {message}", field="params.path")
-    return out.decode(errors="replace")
+    return done.output
 
 
 async def git_files(path: Path) -> list[str]:

@@ -1,0 +1,126 @@
+"""The engine's child processes: git, and a pipeline's test command, which is the tenant's
+own code.
+
+A child gets a clean environment, not the engine's: the engine's holds the internal secret
+(with it, any caller could act as the engine for any tenant) and the providers' API keys,
+and a test command's output goes back to the tenant in the review. Each child leads a
+process group of its own, and the whole group is killed once the command has ended, on a
+timeout, or when the run stops: killing only the direct child would leave what it started (a
+test server, a hung test process) running for ever.
+
+Output goes to a file, not a pipe: a background process that inherited a pipe would hold it
+open, and reading it to the end would wait for that process, not for the command. The exit
+is polled, not awaited through the event loop's child watcher, so the same code serves on
+asyncio's loop and on uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+# What a child keeps of the engine's environment; everything else is left out.
+KEPT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    output: str  # stdout, with stderr when merged
+    errors: str = ""  # stderr, when kept apart
+
+
+def clean_environment(home: Path | None = None) -> dict[str, str]:
+    """The engine's own tools (git) keep its HOME, for the operator's git settings
+    (`safe.directory`, say); a tenant's command is given a `home` of its own."""
+    env = {key: os.environ[key] for key in KEPT if key in os.environ}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env["HOME"] = str(home) if home else os.environ.get("HOME", tempfile.gettempdir())
+    env["GIT_TERMINAL_PROMPT"] = "0"  # a clone that wants a password fails, never waits
+    return env
+
+
+POLL_S = (0.001, 0.05)  # the exit is polled from 1 ms, doubling up to 50 ms
+
+
+async def run(
+    cwd: Path,
+    *args: str,
+    timeout_s: float = 120.0,
+    stdin: bytes = b"",
+    merge_stderr: bool = True,
+    home: Path | None = None,
+) -> Outcome:
+    """`args` in `cwd`; the exit code -1 and a message if it outlives `timeout_s`."""
+    with (
+        tempfile.TemporaryFile() as given,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
+        if stdin:
+            given.write(stdin)
+            given.seek(0)
+        # Started off the loop's thread: forking a large process takes a while.
+        starting = asyncio.ensure_future(
+            asyncio.to_thread(
+                subprocess.Popen,
+                args,
+                cwd=cwd,
+                stdin=given if stdin else subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if merge_stderr else err,
+                env=clean_environment(home),
+                start_new_session=True,  # its own process group, killed as one
+            )
+        )
+        try:
+            process = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):  # cancelled as it started: it must not live on
+                _kill_group(await starting)
+            raise
+        except OSError as error:  # no such program, or not executable
+            message = f"cannot run {args[0]}: {error.strerror or error}"
+            return Outcome(127, message, message)
+        try:
+            ended = await _exited(process, timeout_s)
+        finally:
+            # The command has ended, or must: whatever it left behind goes with it.
+            _kill_group(process)
+            if process.poll() is None:
+                await _exited(process, 5.0)  # killed: reaped at once, but not in this instant
+        if not ended:
+            return Outcome(-1, f"timed out after {timeout_s:.0f} s")
+        output, errors = await asyncio.to_thread(lambda: (_text(out), _text(err)))
+    return Outcome(process.returncode or 0, output, errors)
+
+
+async def _exited(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    delay, longest = POLL_S
+    while process.poll() is None:
+        left = deadline - loop.time()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, longest)
+    return True
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _text(file: IO[bytes]) -> str:
+    file.seek(0)
+    return file.read().decode(errors="replace")

@@ -1,0 +1,101 @@
+"""The engine's child processes (git, a pipeline's test command): a clean environment, and
+nothing they start outlives them, on a timeout, on cancellation, or after a normal exit."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nyxflow_engine.tools.commands import run
+from tests.support.eventually import eventually
+
+
+def _running(marker: str) -> list[int]:
+    """Pids of processes whose command line holds `marker`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker.encode() in cmdline and state != "Z":
+                pids.append(int(proc.name))
+    return pids
+
+
+def _sleeper(marker: str) -> str:
+    """A shell line that leaves a long sleeper in the background, holding the output open."""
+    return f'"{sys.executable}" -c "import time; time.sleep(60)" {marker} &'
+
+
+async def test_the_engine_s_secrets_stay_out_of_a_child_s_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NYXFLOW_INTERNAL_SECRET", "s3cret-internal")
+    monkeypatch.setenv("NYXFLOW_ANTHROPIC_API_KEY", "sk-ant-leak")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-leak")
+    home = tmp_path / "home"
+    home.mkdir()
+
+    done = await run(tmp_path, "env", home=home)
+
+    assert done.code == 0
+    assert "s3cret-internal" not in done.output and "leak" not in done.output
+    variables = dict(line.split("=", 1) for line in done.output.splitlines() if "=" in line)
+    assert variables["HOME"] == str(home)
+    assert variables["PATH"]  # commands are still found
+
+
+async def test_a_timeout_kills_what_the_command_started(tmp_path: Path) -> None:
+    marker = f"nyxflow-test-{uuid.uuid4().hex}"
+    done = await run(tmp_path, "sh", "-c", f"{_sleeper(marker)} sleep 60", timeout_s=0.5)
+
+    assert done.code == -1 and done.output.startswith("timed out")
+    await eventually(lambda: asyncio.to_thread(_running, marker), lambda pids: not pids)
+
+
+async def test_what_a_finished_command_left_running_is_killed(tmp_path: Path) -> None:
+    """The command exits at once, its background child holding the output pipe: the call
+    returns with the command's own exit code, not at the timeout, and the child is gone."""
+    marker = f"nyxflow-test-{uuid.uuid4().hex}"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    done = await run(tmp_path, "sh", "-c", f"{_sleeper(marker)} echo ok; exit 3", timeout_s=30)
+
+    assert (done.code, done.output.strip()) == (3, "ok")
+    assert loop.time() - started < 10, "waited on the background child's pipe"
+    await eventually(lambda: asyncio.to_thread(_running, marker), lambda pids: not pids)
+
+
+async def test_a_cancelled_run_kills_the_command(tmp_path: Path) -> None:
+    marker = f"nyxflow-test-{uuid.uuid4().hex}"
+    task = asyncio.create_task(
+        run(tmp_path, "sh", "-c", f"{_sleeper(marker)} sleep 60", timeout_s=60)
+    )
+    await eventually(lambda: asyncio.to_thread(_running, marker), lambda pids: bool(pids))
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    await eventually(lambda: asyncio.to_thread(_running, marker), lambda pids: not pids)
+
+
+async def test_a_program_that_does_not_exist_is_an_outcome_not_a_crash(tmp_path: Path) -> None:
+    done = await run(tmp_path, "no-such-program-anywhere", "--flag")
+    assert done.code == 127 and "cannot run no-such-program-anywhere" in done.output
+
+
+async def test_input_is_given_and_stderr_kept_apart_when_asked(tmp_path: Path) -> None:
+    script = (
+        "import sys; data = sys.stdin.read(); print(data.upper()); print('oops', file=sys.stderr)"
+    )
+    done = await run(tmp_path, sys.executable, "-c", script, stdin=b"diff", merge_stderr=False)
+    assert (done.code, done.output.strip(), done.errors.strip()) == (0, "DIFF", "oops")
