@@ -1,6 +1,6 @@
-"""The event loop of runs (and of the bench's load generator): uvloop (libuv). Every hop of a
-step is network I/O (gRPC, PostgreSQL, Redis), and uvloop's costs a fraction of asyncio's own
-loop. The gateway gets it through uvicorn; the engine stays on asyncio (see its __main__)."""
+"""The event loop of runs, the engine (and of the bench's load generator): uvloop (libuv).
+Every hop of a step is network I/O (gRPC, PostgreSQL, Redis), and uvloop's costs a fraction of
+asyncio's own loop. The gateway gets it through uvicorn."""
 
 from __future__ import annotations
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from nyxflow import logs, loop, tracing
 from nyxflow_engine.service import serve
 from nyxflow_engine.settings import EngineSettings
@@ -16,10 +14,9 @@ def main() -> None:
     traced = tracing.configure("engine", settings.otlp_endpoint)
     loop.settle_heap()
     try:
-        # asyncio's own loop, not uvloop (runs, gateway): the engine runs git and the
-        # pipelines' test commands, and uvloop's child processes lose their exit status
-        # now and then under concurrency.
-        asyncio.run(serve(settings))
+        # uvloop, as runs: its children (git, test commands) are polled, not watched by the
+        # loop (tools/commands.py), since uvloop's watcher lost an exit status now and then.
+        loop.run(serve(settings))
     finally:
         if traced:
             tracing.shutdown()
