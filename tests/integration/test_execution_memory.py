@@ -1,0 +1,51 @@
+"""An execution stopped from outside (cancelled, its lease lost, the engine draining) goes the
+moment it ends, by reference counting alone: its cancelled task's traceback holds it, and a
+task still held by the execution would keep both, and the run's steps, until the cycle
+collector's rare full pass."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+from nyxflow import events as ev
+from nyxflow_engine.execution import Execution
+from tests.support.eventually import eventually
+from tests.support.inprocess import Clients
+from tests.support.workflows import llm_step
+
+
+def _executions() -> list[Execution]:
+    return [o for o in gc.get_objects() if isinstance(o, Execution)]
+
+
+async def test_a_cancelled_execution_is_freed_without_the_collector(api: Clients) -> None:
+    assert api.engine is not None
+    step = llm_step("long", "x", tokens=200, token_delay_ms=20)
+    workflow = await api.runs.create_workflow("freed", [step])
+    run = await api.runs.create_run(workflow.id)
+    events = api.engine.execute(run.id)
+    async for event in events:
+        if event.type == ev.STEP_DELTA:
+            break
+    await events.aclose()
+    gc.collect()
+    (execution,) = [e for e in _executions() if e.run_id == run.id]
+    freed = weakref.ref(execution)
+    del execution
+    gc.disable()
+    try:
+        # Cancelled: its heartbeat's lease is refused and the engine cancels the task.
+        await api.runs.cancel_run(run.id)
+        await eventually(lambda: _ended(freed), bool, timeout_s=10, what="the execution ended")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert freed() is None, "the execution survives in a reference cycle"
+    finally:
+        gc.enable()
+
+
+async def _ended(freed: weakref.ref[Execution]) -> bool:
+    execution = freed()
+    return execution is None or (execution.task is None or execution.task.done())
