@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,14 +14,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from nyxflow import events as ev
-from nyxflow.auth import internal_metadata
-from nyxflow.client import RunsClient
-from nyxflow.errors import FailedPrecondition
+from nyxflow.auth import bearer_metadata, internal_metadata
+from nyxflow.client import AdminClient, RunsClient
+from nyxflow.errors import FailedPrecondition, Unauthenticated
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs.bus import CHANNEL_PREFIX, IDLE_CHANNEL
+from nyxflow_runs.tenancy import KEY_CACHE_S
 from tests.support.databases import REDIS_URL, fresh_database, unavailable
 from tests.support.eventually import eventually
-from tests.support.inprocess import SECRET, Clients, clients, runs_service
+from tests.support.inprocess import ADMIN_KEY, SECRET, Clients, clients, runs_service
 from tests.support.workflows import chain
 
 pytestmark = [pytest.mark.pg, pytest.mark.redis]
@@ -59,6 +61,16 @@ async def bus_readers(client: aioredis.Redis) -> int:
     return int(dict(await client.pubsub_numsub(IDLE_CHANNEL))[IDLE_CHANNEL.encode()])
 
 
+async def both_subscribed(client: aioredis.Redis, readers_before: int) -> None:
+    """Both replicas' bus readers are subscribed to Redis."""
+    await eventually(
+        lambda: bus_readers(client),
+        lambda n: n >= readers_before + 2,
+        timeout_s=5.0,
+        what="both replicas subscribed to Redis",
+    )
+
+
 async def run_subscribers(client: aioredis.Redis, run_id: str) -> int:
     channel = CHANNEL_PREFIX + run_id
     return int(dict(await client.pubsub_numsub(channel))[channel.encode()])
@@ -83,13 +95,7 @@ async def test_a_watcher_on_one_replica_hears_writes_through_another_live(
         clients(a_settings.runs_listen) as a,
         clients(b_settings.runs_listen) as b,
     ):
-        # both replicas' bus readers are subscribed to Redis
-        await eventually(
-            lambda: bus_readers(redis_client),
-            lambda n: n >= readers_before + 2,
-            timeout_s=5.0,
-            what="both replicas subscribed to Redis",
-        )
+        await both_subscribed(redis_client, readers_before)
         workflow = await b.runs.create_workflow("fan-out", chain(1))
         run = await b.runs.create_run(workflow.id)
         engine_b = as_engine(b, run.tenant_id)
@@ -167,3 +173,36 @@ async def test_replicas_share_one_truth(pg_url: str) -> None:
             await engine_a.append_events(run.id, token, [draft(ev.STEP_DELTA)])
         replay = [e async for e in a.runs.watch_run(run.id)]
         assert [(e.seq, e.type) for e in replay] == [(1, ev.RUN_STARTED), (2, ev.RUN_COMPLETED)]
+
+
+async def test_a_key_revoked_on_one_replica_is_refused_at_once_on_another(
+    pg_url: str, redis_client: aioredis.Redis
+) -> None:
+    """Replica B has the key cached (KEY_CACHE_S, 5 s); revoked through replica A, it is
+    refused on B well before that cache entry would have run out."""
+    readers_before = await bus_readers(redis_client)
+    async with (
+        runs_service(pg_url, redis_url=REDIS_URL) as a_settings,
+        runs_service(pg_url, redis_url=REDIS_URL) as b_settings,
+        clients(a_settings.runs_listen) as a,
+        clients(b_settings.runs_listen) as b,
+    ):
+        await both_subscribed(redis_client, readers_before)
+        admin = AdminClient(a.runs_channel, bearer_metadata(ADMIN_KEY))
+        created = await admin.create_api_key("default", "laptop")
+        on_b = b.as_key(created.secret)
+        assert await on_b.list_workflows() == []  # now cached on B
+        started = time.monotonic()
+
+        await admin.revoke_api_key(created.key.id)
+
+        async def refused() -> bool:
+            try:
+                await on_b.list_workflows()
+            except Unauthenticated:
+                return True
+            return False
+
+        await eventually(refused, bool, timeout_s=KEY_CACHE_S, interval_s=0.02)
+        assert time.monotonic() - started < LIVE_WITHIN_S, "refused only when the cache ran out"
+        assert await b.runs.list_workflows() == []  # the other keys still work on B

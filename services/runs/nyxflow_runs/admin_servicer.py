@@ -117,7 +117,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ApiKey:
         self._require_admin(request, context)
         key = await self._store.revoke_api_key(valid.require_id(request.key_id, "key_id"))
-        self._tenancy.forget_keys()  # this replica stops accepting it at once
+        await self._tenancy.key_revoked()  # refused at once, on every replica
         return _key(key)
 
     async def MoveProject(

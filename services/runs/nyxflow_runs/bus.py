@@ -11,7 +11,7 @@ import collections
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -26,6 +26,9 @@ CHANNEL_PREFIX = "nyxflow:run:"
 # The reader's connection holds this one channel while no run is watched: redis-py's listen()
 # ends on a connection without subscriptions.
 IDLE_CHANNEL = "nyxflow:bus:idle"
+# Every replica's reader listens here: a key revoked on one replica is dropped from every
+# replica's key cache at once, not when the cache entry runs out (tenancy.py).
+KEYS_CHANNEL = "nyxflow:keys:revoked"
 SUBSCRIBE_WAIT_S = 1.0  # a watcher waits this long for Redis to confirm, then polls anyway
 QUEUE_BATCHES = 256
 OUTBOX_LIMIT = 10_000  # batches queued for Redis before they are delivered locally only
@@ -58,9 +61,21 @@ class LocalBus:
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
+        self._on_keys_revoked: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         return None
+
+    def on_keys_revoked(self, callback: Callable[[], None]) -> None:
+        """`callback` runs whenever a key is revoked, on this replica or another."""
+        self._on_keys_revoked.append(callback)
+
+    async def announce_keys_revoked(self) -> None:
+        self._keys_revoked()
+
+    def _keys_revoked(self) -> None:
+        for callback in self._on_keys_revoked:
+            callback()
 
     async def close(self) -> None:
         return None
@@ -162,6 +177,15 @@ class RedisBus(LocalBus):
                 await self._reader
         await self._redis.aclose()
 
+    async def announce_keys_revoked(self) -> None:
+        """Here at once; elsewhere through Redis. If Redis is away, the other replicas' cache
+        entries still run out within tenancy.KEY_CACHE_S."""
+        self._keys_revoked()
+        try:
+            await self._redis.publish(KEYS_CHANNEL, b"")
+        except (aioredis.RedisError, OSError) as error:
+            log.warning("redis publish failed", extra={"action": "keys", "error": str(error)})
+
     async def publish(self, run_id: str, events: Sequence[pb.RunEvent]) -> None:
         await self.publish_many([(run_id, events)])
 
@@ -204,11 +228,17 @@ class RedisBus(LocalBus):
             try:
                 async with self._redis.pubsub() as pubsub:
                     channels = [CHANNEL_PREFIX + run_id for run_id in self._confirmed]
-                    await pubsub.subscribe(IDLE_CHANNEL, *channels)
+                    await pubsub.subscribe(IDLE_CHANNEL, KEYS_CHANNEL, *channels)
                     self._pubsub = pubsub
                     async for message in pubsub.listen():
                         kind = message.get("type")
-                        run_id = message["channel"].decode().removeprefix(CHANNEL_PREFIX)
+                        channel = message["channel"].decode()
+                        if channel == KEYS_CHANNEL:
+                            # Revoked, or subscribed anew after an outage that may have
+                            # hidden a revocation: every key is looked up again.
+                            self._keys_revoked()
+                            continue
+                        run_id = channel.removeprefix(CHANNEL_PREFIX)
                         if kind == "message":
                             batch = runs_pb2.WriteResponse.FromString(message["data"])
                             self.dispatch(run_id, batch.events)

@@ -38,7 +38,7 @@ async def serve(
     service = GrpcService(
         [SERVICE_NAME, ADMIN_SERVICE_NAME], settings.runs_listen, stop, db_errors.translate
     )
-    tenancy = Tenancy(store, settings.internal_secret)
+    tenancy = Tenancy(store, settings.internal_secret, bus)
     runs_pb2_grpc.add_RunsServicer_to_server(
         RunsServicer(store, bus, tenancy, settings.watch_poll_s), service.server
     )

@@ -9,16 +9,21 @@ import grpc
 from nyxflow import logs
 from nyxflow.auth import caller_from_metadata, require_internal
 from nyxflow.errors import Unauthenticated
+from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.store import Store
 
-KEY_CACHE_S = 5.0  # a revoked key stops working within this long
+# How long a key's tenant is trusted without a lookup. A revocation clears every replica's
+# cache at once through the bus (Redis); this bounds it when the bus cannot tell them.
+KEY_CACHE_S = 5.0
 
 
 class Tenancy:
-    def __init__(self, store: Store, internal_secret: str) -> None:
+    def __init__(self, store: Store, internal_secret: str, bus: LocalBus) -> None:
         self._store = store
         self._secret = internal_secret
+        self._bus = bus
         self._keys: dict[str, tuple[str, float]] = {}
+        bus.on_keys_revoked(self.forget_keys)
 
     async def tenant_of(self, context: grpc.aio.ServicerContext) -> str:
         caller = caller_from_metadata(context.invocation_metadata() or (), self._secret)
@@ -43,6 +48,10 @@ class Tenancy:
     def forget_keys(self) -> None:
         """After a revocation: every key is looked up again on its next use."""
         self._keys.clear()
+
+    async def key_revoked(self) -> None:
+        """Every replica forgets its cached keys: this one at once, the others via the bus."""
+        await self._bus.announce_keys_revoked()
 
     def engine_tenant_of(self, context: grpc.aio.ServicerContext) -> str:
         """The engine's calls (claim, heartbeat, writes) take internal credentials only: a
