@@ -29,13 +29,9 @@ CANCELLED_ERROR = "execution cancelled"
 PAUSED_BY_USER = "paused by user"
 
 
-def heartbeat_bound_s(settings: EngineSettings) -> float:
-    """How long one heartbeat may take: half of what a lease renewed at the last beat has
-    left when the next is sent, so that a second attempt still lands in time; never under
-    the interval, never over the RPC timeout. TTL 30 s, beat 10 s: 10 s; TTL 2, beat 0.5:
-    0.75 s."""
-    left = settings.lease_ttl_s - settings.heartbeat_s
-    return min(settings.rpc_timeout_s, max(settings.heartbeat_s, left / 2))
+# Renewals in flight at once: one that never answers does not stop the next, and a slow one
+# is not cancelled (it may yet land) while another is tried.
+HEARTBEATS_IN_FLIGHT = 3
 
 
 class StepFailed(Exception):
@@ -135,32 +131,42 @@ class Execution:
             log.exception("could not release the run", extra={"run_id": self.run_id})
 
     async def _heartbeat(self) -> None:
-        """A renewal every `heartbeat_s`, counted from one attempt's start to the next's.
-
-        Each attempt is given up after `heartbeat_bound_s`: one that never answers (a stalled
-        runs replica, a half-open connection) would otherwise hold the next until the RPC
-        timeout, which may be past the lease's end, and a live run would be swept."""
+        """A renewal every `heartbeat_s`, whether or not the last one has answered: one that
+        hangs (a stalled runs replica, a half-open connection) would otherwise hold the next
+        until the RPC timeout, past a short lease, and a live run would be swept. Each is
+        given up after the lease's TTL, when its answer could no longer help."""
         settings = self._settings
-        clock = asyncio.get_running_loop().time
-        due = clock() + settings.heartbeat_s
-        while True:
-            await asyncio.sleep(max(0.0, due - clock()))
-            due = max(due + settings.heartbeat_s, clock())
-            try:
-                await self.writer.heartbeat(settings.lease_ttl_s, heartbeat_bound_s(settings))
-                metrics.LEASE_RENEWALS.inc()
-            except LeaseLost as error:
-                # Swept, cancelled or reclaimed: a zombie must stop, writing nothing.
-                log.warning(
-                    "lease lost; stopping, writing nothing",
-                    extra={"run_id": self.run_id, "error": str(error)},
-                )
-                self._lease_lost = True
-                if self.task is not None:
-                    self.task.cancel()
+        beats: set[asyncio.Task[None]] = set()
+        try:
+            while not self._lease_lost:
+                await asyncio.sleep(settings.heartbeat_s)
+                if len(beats) < HEARTBEATS_IN_FLIGHT:
+                    beat = asyncio.create_task(self._beat(), name=f"beat-{self.run_id}")
+                    beats.add(beat)
+                    beat.add_done_callback(beats.discard)
+        finally:
+            for beat in beats:
+                beat.cancel()
+
+    async def _beat(self) -> None:
+        settings = self._settings
+        timeout_s = min(settings.rpc_timeout_s, settings.lease_ttl_s)
+        try:
+            await self.writer.heartbeat(settings.lease_ttl_s, timeout_s)
+            metrics.LEASE_RENEWALS.inc()
+        except LeaseLost as error:
+            if self._lease_lost:
                 return
-            except Exception as error:
-                log.warning("heartbeat failed", extra={"run_id": self.run_id, "error": str(error)})
+            # Swept, cancelled or reclaimed: a zombie must stop, writing nothing.
+            log.warning(
+                "lease lost; stopping, writing nothing",
+                extra={"run_id": self.run_id, "error": str(error)},
+            )
+            self._lease_lost = True
+            if self.task is not None:
+                self.task.cancel()
+        except Exception as error:
+            log.warning("heartbeat failed", extra={"run_id": self.run_id, "error": str(error)})
 
     async def _execute_steps(self) -> None:
         """Resume semantics: every step not completed runs, in order, whatever follows it.

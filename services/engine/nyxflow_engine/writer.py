@@ -154,8 +154,8 @@ class RunWriter:
         return response.status
 
     async def heartbeat(self, ttl_s: float, timeout_s: float) -> None:
-        """One renewal, bounded by `timeout_s`. Not retried here: the caller's next beat is
-        the retry, on a schedule that a backoff would stretch past a short lease."""
+        """One renewal, bounded by `timeout_s`. Not retried here: the next heartbeat is the
+        retry, on a schedule that a backoff would stretch past a short lease."""
         try:
             await self.runs.heartbeat(self.run_id, self.token, ttl_s, timeout_s)
         except StaleToken as error:
