@@ -123,7 +123,7 @@ async def test_a_channel_the_last_browser_left_is_freed_at_once(
     subscriber = hub.subscribe(cast(Services, None), "run", "running", 0)
     await asyncio.sleep(0)  # the pump is waiting on its upstream
     channel = weakref.ref(hub._channels["run"])
-    hub.unsubscribe("run", subscriber)
+    hub.unsubscribe(subscriber)
     gc.disable()
     try:
         for _ in range(5):  # the cancelled pump finishes
@@ -132,3 +132,66 @@ async def test_a_channel_the_last_browser_left_is_freed_at_once(
     finally:
         gc.enable()
         await hub.close()
+
+
+def events(first: int, count: int) -> list[pb.RunEvent]:
+    return [
+        pb.RunEvent(run_id="run", seq=s, type="step_delta", data_json='{"text": "x"}')
+        for s in range(first, first + count)
+    ]
+
+
+async def test_a_long_run_keeps_a_bounded_tail_and_a_late_browser_gets_its_own_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """40 events with 8 kept: the channel holds the last 8 to 10. A browser that joins from
+    the start needs what was let go, so it gets its own upstream from its Last-Event-ID; one
+    that joins within the tail is served from memory by the shared one."""
+    calls: list[tuple[str, int]] = []
+    more = asyncio.Event()
+
+    async def fake_upstream(
+        _: object, run_id: str, status: str, after_seq: int
+    ) -> AsyncIterator[list[pb.RunEvent]]:
+        calls.append((status, after_seq))
+        if after_seq == 0 and status == "pending":
+            for first in range(1, 41, 4):
+                yield events(first, 4)
+        else:
+            yield events(after_seq + 1, 40 - after_seq)
+        await more.wait()  # the run goes on: nothing more yet
+        yield []
+
+    monkeypatch.setattr(hub_module, "upstream", fake_upstream)
+    hub = RunHub(queue_size=100, heartbeat_s=60, keep_frames=8)
+    try:
+        first = hub.subscribe(cast(Services, None), "run", "pending", 0)
+        await eventually_seq(first, 40)
+        shared = hub._channels["run"]
+        assert 8 <= len(shared.frames) <= 10 and shared.frames[-1].seq == 40
+        assert shared.trimmed == shared.frames[0].seq - 1
+
+        late = hub.subscribe(cast(Services, None), "run", "running", 0)
+        assert late.channel is not shared and not late.backlog
+        await eventually_seq(late, 40)
+        assert calls == [("pending", 0), ("running", 0)]  # watched, never started again
+        assert late.channel is not None and late.channel.frames == []  # keeps nothing
+
+        recent = hub.subscribe(cast(Services, None), "run", "running", 36)
+        assert recent.channel is shared and [f.seq for f in recent.backlog] == [37, 38, 39, 40]
+        assert len(calls) == 2 and hub.upstream_streams == 2
+
+        hub.unsubscribe(late)
+        await asyncio.sleep(0)
+        assert hub.channels == 1 and late.channel is None
+    finally:
+        await hub.close()
+
+
+async def eventually_seq(subscriber: Subscriber, seq: int) -> None:
+    """Waits until `subscriber` has been offered everything up to `seq`."""
+    for _ in range(100):
+        if subscriber.after_seq >= seq:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"offered up to {subscriber.after_seq}, not {seq}")

@@ -31,7 +31,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.hub = RunHub(settings.sse_queue_events, settings.sse_heartbeat_s)
+        app.state.hub = RunHub(
+            settings.sse_queue_events, settings.sse_heartbeat_s, settings.sse_keep_events
+        )
         app.state.run_status = Coalescer[pb.Run]()
         app.state.runs_channel = open_channel(settings.runs_addr)
         app.state.engine_channel = open_channel(settings.engine_addr)

@@ -1,9 +1,12 @@
 """One upstream per run per gateway, shared by every browser following that run.
 
 The first browser to ask for a run opens its upstream (Execute if pending, else WatchRun from
-the start); its events are kept for the life of the channel, so a browser that arrives later,
-or reconnects with a Last-Event-ID, is served from memory and then live. When the last browser
-leaves, the upstream is cancelled: never the run.
+the start); its last `keep_frames` events are kept for the life of the channel, so a browser
+that arrives later, or reconnects with a Last-Event-ID, is served from memory and then live.
+A browser that needs older events than those (a long run, joined from its start) gets a
+private channel: its own WatchRun from its Last-Event-ID, keeping nothing. So a followed run
+costs the gateway a bounded amount of memory however long it runs. When the last browser of a
+channel leaves, its upstream is cancelled: never the run.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from nyxflow import events as ev
 from nyxflow import metrics
 from nyxflow.sse import comment_frame, event_frame
 from nyxflow_gateway import convert
@@ -63,6 +67,7 @@ class Subscriber:
         self.quiet = True  # nothing offered since the hub's last heartbeat tick
         self.after_seq = after_seq  # everything up to here was sent already: never twice
         self.backlog: list[Frame] = []  # frames the channel held when this browser joined
+        self.channel: RunChannel | None = None  # while subscribed
         self._waiter: asyncio.Future[None] | None = None
         self._transport: asyncio.WriteTransport | None = None
         self._unsent = 0  # frames written while the transport still held unsent bytes
@@ -149,25 +154,29 @@ class Subscriber:
             self._waiter.set_result(None)
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: channels live in sets
 class RunChannel:
     run_id: str
+    shared: bool = True  # False: one late browser's own upstream, keeping no frames
     frames: list[Frame] = field(default_factory=list)
+    trimmed: int = 0  # frames up to this seq were let go (beyond keep_frames)
     subscribers: set[Subscriber] = field(default_factory=set)
     done: bool = False
     task: asyncio.Task[None] | None = None
 
 
 class RunHub:
-    def __init__(self, queue_size: int, heartbeat_s: float) -> None:
+    def __init__(self, queue_size: int, heartbeat_s: float, keep_frames: int = 5000) -> None:
         self._queue_size = queue_size
         self._heartbeat_s = heartbeat_s
-        self._channels: dict[str, RunChannel] = {}
+        self._keep = keep_frames
+        self._channels: dict[str, RunChannel] = {}  # the shared ones, by run
+        self._private: set[RunChannel] = set()
         self._ticker: asyncio.Task[None] | None = None
         self.upstream_streams = 0
 
     async def close(self) -> None:
-        for task in [self._ticker, *(c.task for c in self._channels.values())]:
+        for task in [self._ticker, *(c.task for c in self._all())]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -175,14 +184,30 @@ class RunHub:
 
     @property
     def channels(self) -> int:
-        return len(self._channels)
+        return len(self._channels) + len(self._private)
+
+    def _all(self) -> list[RunChannel]:
+        return [*self._channels.values(), *self._private]
+
+    def _open(
+        self, services: Services, run_id: str, status: str, after_seq: int, shared: bool
+    ) -> RunChannel:
+        channel = RunChannel(run_id, shared)
+        if shared:
+            self._channels[run_id] = channel
+        else:
+            self._private.add(channel)
+        channel.task = asyncio.create_task(self._pump(channel, services, status, after_seq))
+        return channel
 
     def subscribe(self, services: Services, run_id: str, status: str, after_seq: int) -> Subscriber:
         channel = self._channels.get(run_id)
         if channel is None:
-            channel = RunChannel(run_id)
-            self._channels[run_id] = channel
-            channel.task = asyncio.create_task(self._pump(channel, services, status))
+            channel = self._open(services, run_id, status, 0, shared=True)
+        elif after_seq < channel.trimmed:
+            # It needs events the channel let go: its own WatchRun from its Last-Event-ID
+            # (the shared channel started the run already, if it was pending).
+            channel = self._open(services, run_id, ev.RUNNING, after_seq, shared=False)
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name="sse-heartbeat")
         subscriber = Subscriber(self._queue_size, after_seq)
@@ -194,17 +219,20 @@ class RunHub:
         if channel.done:
             subscriber.end()
         channel.subscribers.add(subscriber)
+        subscriber.channel = channel
         metrics.SSE_CLIENTS.inc()
         return subscriber
 
-    def unsubscribe(self, run_id: str, subscriber: Subscriber) -> None:
-        channel = self._channels.get(run_id)
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        channel, subscriber.channel = subscriber.channel, None
         if channel is None or subscriber not in channel.subscribers:
             return
         channel.subscribers.discard(subscriber)
         metrics.SSE_CLIENTS.dec()
         if not channel.subscribers:
-            del self._channels[run_id]
+            if self._channels.get(channel.run_id) is channel:
+                del self._channels[channel.run_id]
+            self._private.discard(channel)
             # The upstream gRPC stream goes; the run does not. The channel lets go of its task
             # as it cancels it: the CancelledError's traceback holds the channel, and the two
             # in a cycle would keep the run's frames until the cycle collector's full pass.
@@ -216,21 +244,24 @@ class RunHub:
         """One timer for every browser, instead of one per browser per wait."""
         while True:
             await asyncio.sleep(self._heartbeat_s)
-            for channel in tuple(self._channels.values()):
+            for channel in self._all():
                 for subscriber in tuple(channel.subscribers):
                     subscriber.heartbeat()
 
-    async def _pump(self, channel: RunChannel, services: Services, status: str) -> None:
+    async def _pump(
+        self, channel: RunChannel, services: Services, status: str, after_seq: int
+    ) -> None:
         self.upstream_streams += 1
         metrics.UPSTREAM_STREAMS.inc()
-        source = upstream(services, channel.run_id, status, 0)
+        source = upstream(services, channel.run_id, status, after_seq)
         try:
             async for events in source:
                 frames = [
                     Frame(e.seq, chunk(event_frame(e.seq, e.type, convert.event_data(e)).encode()))
                     for e in events
                 ]
-                channel.frames.extend(frames)
+                if channel.shared:
+                    self._keep_frames(channel, frames)
                 joined = b"".join([f.chunk for f in frames])
                 for subscriber in tuple(channel.subscribers):
                     subscriber.offer(frames, joined)
@@ -244,3 +275,12 @@ class RunHub:
                 subscriber.end()
             with contextlib.suppress(Exception):
                 await source.aclose()
+
+    def _keep_frames(self, channel: RunChannel, frames: list[Frame]) -> None:
+        """The last `keep_frames`, let go of a quarter at a time (not one by one: each cut
+        moves the whole list)."""
+        channel.frames.extend(frames)
+        if len(channel.frames) > self._keep + self._keep // 4:
+            cut = len(channel.frames) - self._keep
+            channel.trimmed = channel.frames[cut - 1].seq
+            del channel.frames[:cut]

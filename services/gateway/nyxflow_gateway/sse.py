@@ -74,7 +74,7 @@ class EventStream(Response):
                     await _write(send, b"".join(f.data for f in batch))
             await _follow(subscriber, send)
         finally:
-            self._hub.unsubscribe(self._run_id, subscriber)
+            self._hub.unsubscribe(subscriber)
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
