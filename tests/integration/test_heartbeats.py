@@ -58,3 +58,37 @@ async def test_a_heartbeat_that_never_answers_is_given_up_in_time_to_renew(
         stored = await api.runs.get_run(run.id)
         assert (stored.status, stored.error) == (ev.COMPLETED, ""), stored
         assert events[-1].type == ev.RUN_COMPLETED
+
+
+async def test_a_heartbeat_refused_after_the_run_ended_does_not_cut_its_end_short(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's end commits, and a heartbeat reaches runs before the engine has the end's
+    answer: that heartbeat is refused (the run is no longer running). Taking it for a lost
+    lease would cancel the execution as it awaits the answer, and the Execute stream would end
+    without its run_completed though the run completed."""
+    original = RunsServicer.RecordMany
+
+    async def answers_the_end_late(
+        self: RunsServicer, request: runs_pb2.RecordManyRequest, context: Any
+    ) -> runs_pb2.RecordManyResponse:
+        response = await original(self, request, context)
+        if any(b.finish_status for b in request.batches):
+            await asyncio.sleep(6 * HEARTBEAT_S)  # committed; the answer is on its way
+        return response
+
+    monkeypatch.setattr(RunsServicer, "RecordMany", answers_the_end_late)
+    async with (
+        runs_service(database_url) as runs_settings,
+        engine_service(
+            runs_settings.runs_listen, lease_ttl_s=TTL_S, heartbeat_s=HEARTBEAT_S
+        ) as engine_settings,
+        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
+    ):
+        assert api.engine is not None
+        workflow = await api.runs.create_workflow("late-end", [llm_step("one", "x", tokens=3)])
+        run = await api.runs.create_run(workflow.id)
+        events = [e async for e in api.engine.execute(run.id)]
+        stored = await api.runs.get_run(run.id)
+        assert stored.status == ev.COMPLETED
+        assert events[-1].type == ev.RUN_COMPLETED, [e.type for e in events]

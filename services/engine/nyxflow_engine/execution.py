@@ -155,8 +155,8 @@ class Execution:
             await self.writer.heartbeat(settings.lease_ttl_s, timeout_s)
             metrics.LEASE_RENEWALS.inc()
         except LeaseLost as error:
-            if self._lease_lost:
-                return
+            if self._lease_lost or self.writer.ending:
+                return  # known already, or the run's end landed first (writer.ending)
             # Swept, cancelled or reclaimed: a zombie must stop, writing nothing.
             log.warning(
                 "lease lost; stopping, writing nothing",

@@ -78,6 +78,10 @@ class RunWriter:
         self.token = token
         self.feed = feed
         self.pause_requested = False  # set by runs on any write's answer
+        # Set as the run's end (or release) is sent: from then on, a heartbeat refused because
+        # the run is no longer running says only that the end landed; the end's own answer
+        # tells whether it was ours.
+        self.ending = False
         self._retry_s = retry_s
         self._group_commit_s = group_commit_s
         self._pending: list[runs_pb2.WriteOp] = []
@@ -140,12 +144,14 @@ class RunWriter:
         )
 
     async def finish(self, status: str, error: str = "") -> None:
+        self.ending = True
         await self.flush(status, error)
 
     async def release(self, reason: str) -> str:
         """Let go of the run (the engine is draining): runs hands it to another replica or
         pauses it, by the workflow's policy; the status it chose is returned."""
         await self.flush()
+        self.ending = True
         async with self._lock:
             response = await self._retrying(
                 lambda: self.runs.release_run(self.run_id, self.token, reason)
