@@ -29,6 +29,7 @@ IDLE_CHANNEL = "nyxflow:bus:idle"
 # Every replica's reader listens here: a key revoked on one replica is dropped from every
 # replica's key cache at once, not when the cache entry runs out (tenancy.py).
 KEYS_CHANNEL = "nyxflow:keys:revoked"
+ANNOUNCE_WAIT_S = 2.0  # a revocation tells the other replicas for this long at most
 SUBSCRIBE_WAIT_S = 1.0  # a watcher waits this long for Redis to confirm, then polls anyway
 QUEUE_BATCHES = 256
 OUTBOX_LIMIT = 10_000  # batches queued for Redis before they are delivered locally only
@@ -181,9 +182,9 @@ class RedisBus(LocalBus):
         """Here at once; elsewhere through Redis. If Redis is away, the other replicas' cache
         entries still run out within tenancy.KEY_CACHE_S."""
         self._keys_revoked()
-        try:
-            await self._redis.publish(KEYS_CHANNEL, b"")
-        except (aioredis.RedisError, OSError) as error:
+        try:  # bounded: a Redis that does not answer must not hold the revocation's answer
+            await asyncio.wait_for(self._redis.publish(KEYS_CHANNEL, b""), ANNOUNCE_WAIT_S)
+        except (aioredis.RedisError, OSError, TimeoutError) as error:
             log.warning("redis publish failed", extra={"action": "keys", "error": str(error)})
 
     async def publish(self, run_id: str, events: Sequence[pb.RunEvent]) -> None:
