@@ -60,7 +60,10 @@ async def runs_service(database_url: str, **overrides: Any) -> AsyncIterator[Run
 
 
 @contextlib.asynccontextmanager
-async def engine_service(runs_addr: str, **overrides: Any) -> AsyncIterator[EngineSettings]:
+async def engine_service(
+    runs_addr: str, stop: asyncio.Event | None = None, **overrides: Any
+) -> AsyncIterator[EngineSettings]:
+    """An engine in this process; setting `stop` drains it as SIGTERM would."""
     values: dict[str, Any] = {
         "runs_addr": runs_addr,
         "engine_listen": f"127.0.0.1:{free_port()}",
@@ -71,7 +74,7 @@ async def engine_service(runs_addr: str, **overrides: Any) -> AsyncIterator[Engi
         "shutdown_grace_s": 3.0,
     }
     settings = EngineSettings(**{**values, **overrides})
-    ready, stop = asyncio.Event(), asyncio.Event()
+    ready, stop = asyncio.Event(), stop or asyncio.Event()
     async with embedded(serve_engine(settings, ready=ready, stop=stop), ready, stop):
         yield settings
 

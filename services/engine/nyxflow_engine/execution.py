@@ -67,9 +67,11 @@ class Execution:
 
     def pause(self) -> None:
         """Graceful shutdown: stop, and leave the run to another replica (on_orphan: resume)
-        or paused, to be resumed."""
+        or paused, to be resumed. A run whose end is already on its way is left to finish:
+        cancelled, it would stop awaiting the end's answer, and its callers' streams would
+        close without the terminal event though the run ended (the drain waits for it)."""
         self._pausing = True
-        if self.task is not None:
+        if self.task is not None and not self.writer.ending:
             self.task.cancel()
 
     async def _run(self) -> None:
