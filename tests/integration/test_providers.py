@@ -19,7 +19,7 @@ from nyxflow.v1 import common_pb2 as pb
 from tests.support.fake_providers import FakeProviders, Reply, fake_providers
 from tests.support.inprocess import ADMIN_KEY, Clients, clients, engine_service
 
-KEYS = {
+KEYS: dict[str, Any] = {  # engine settings
     "anthropic_api_key": "sk-ant-secret-4242",
     "openai_api_key": "sk-openai-secret-4242",
     "google_api_key": "AIza-secret-4242",

@@ -61,7 +61,7 @@ async def runs_service(database_url: str, **overrides: Any) -> AsyncIterator[Run
 
 @contextlib.asynccontextmanager
 async def engine_service(
-    runs_addr: str, stop: asyncio.Event | None = None, **overrides: Any
+    runs_addr: str, *, stop: asyncio.Event | None = None, **overrides: Any
 ) -> AsyncIterator[EngineSettings]:
     """An engine in this process; setting `stop` drains it as SIGTERM would."""
     values: dict[str, Any] = {
