@@ -99,3 +99,62 @@ async def test_input_is_given_and_stderr_kept_apart_when_asked(tmp_path: Path) -
     )
     done = await run(tmp_path, sys.executable, "-c", script, stdin=b"diff", merge_stderr=False)
     assert (done.code, done.output.strip(), done.errors.strip()) == (0, "DIFF", "oops")
+
+
+def _escaper(marker: str) -> str:
+    """A shell line that leaves a sleeper outside the command's process group and session:
+    a subshell starts it and exits at once (a daemon's double fork), and it calls setsid()."""
+    code = "import os, time; os.setsid(); time.sleep(60)"
+    return f'( "{sys.executable}" -c "{code}" {marker} & )'
+
+
+async def test_a_contained_command_s_escaped_children_are_killed_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    marker = f"nyxflow-test-{uuid.uuid4().hex}"
+    line = f"{_escaper(marker)}; sleep 0.3; echo ok; exit 4"
+
+    done = await run(tmp_path, "sh", "-c", line, timeout_s=30, contained=True)
+
+    assert (done.code, done.output.strip()) == (4, "ok")
+    await eventually(lambda: asyncio.to_thread(_running, marker), lambda pids: not pids)
+
+
+async def test_a_contained_command_s_escaped_children_are_killed_on_a_timeout(
+    tmp_path: Path,
+) -> None:
+    marker = f"nyxflow-test-{uuid.uuid4().hex}"
+    line = f"{_escaper(marker)}; sleep 60"
+
+    done = await run(tmp_path, "sh", "-c", line, timeout_s=1.0, contained=True)
+
+    assert done.code == -1 and done.output.startswith("timed out")
+    await eventually(lambda: asyncio.to_thread(_running, marker), lambda pids: not pids)
+
+
+async def test_a_contained_command_dies_with_the_engine(tmp_path: Path) -> None:
+    """The engine is SIGKILLed mid-command: nothing is left to kill the command's group, so
+    the keeper notices its parent is gone and kills the command and all it started."""
+    marker = f"nyxflow-test-{uuid.uuid4().hex}"
+    line = f"{_escaper(marker)}; sleep 60 # {marker}"
+    engine = (
+        "import asyncio, sys; from pathlib import Path; "
+        "from nyxflow_engine.tools.commands import run; "
+        "asyncio.run(run(Path(sys.argv[1]), 'sh', '-c', sys.argv[2], contained=True))"
+    )
+    stand_in = await asyncio.create_subprocess_exec(sys.executable, "-c", engine, tmp_path, line)
+    try:
+        # The escaped sleeper and the command's own shell.
+        await eventually(lambda: asyncio.to_thread(_running, marker), lambda p: len(p) >= 2)
+    finally:
+        stand_in.kill()
+        await stand_in.wait()
+    await eventually(lambda: asyncio.to_thread(_running, marker), lambda pids: not pids)
+
+
+async def test_a_contained_command_keeps_its_exit_status_and_reasons(tmp_path: Path) -> None:
+    killed = await run(tmp_path, "sh", "-c", "kill -9 $$", contained=True)
+    missing = await run(tmp_path, "no-such-program-anywhere", contained=True)
+
+    assert killed.code == 128 + 9  # as a shell reports a signal
+    assert missing.code == 127 and "cannot run no-such-program-anywhere" in missing.output

@@ -6,7 +6,9 @@ A child gets a clean environment, not the engine's: the engine's holds the inter
 and a test command's output goes back to the tenant in the review. Each child leads a
 process group of its own, and the whole group is killed once the command has ended, on a
 timeout, or when the run stops: killing only the direct child would leave what it started (a
-test server, a hung test process) running for ever.
+test server, a hung test process) running for ever. A tenant's command is also `contained`:
+it runs under a keeper (`reaper.py`) that catches what leaves the group (setsid, a daemon's
+double fork) and kills it too, and that kills everything if the engine itself dies.
 
 Output goes to a file, not a pipe: a background process that inherited a pipe would hold it
 open, and reading it to the end would wait for that process, not for the command. The exit
@@ -21,6 +23,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,8 @@ def clean_environment(home: Path | None = None) -> dict[str, str]:
 
 
 POLL_S = (0.001, 0.05)  # the exit is polled from 1 ms, doubling up to 50 ms
+REAPER = Path(__file__).with_name("reaper.py")
+KEEPER_STOP_S = 5.0  # for the keeper to kill what the command left, before the group is killed
 
 
 async def run(
@@ -58,8 +63,12 @@ async def run(
     stdin: bytes = b"",
     merge_stderr: bool = True,
     home: Path | None = None,
+    contained: bool = False,
 ) -> Outcome:
-    """`args` in `cwd`; the exit code -1 and a message if it outlives `timeout_s`."""
+    """`args` in `cwd`; the exit code -1 and a message if it outlives `timeout_s`.
+    `contained`: under the keeper (see the module's docstring), for code not the engine's."""
+    if contained:
+        args = (sys.executable, "-I", "-S", str(REAPER), *args)
     with (
         tempfile.TemporaryFile() as given,
         tempfile.TemporaryFile() as out,
@@ -94,6 +103,9 @@ async def run(
             ended = await _exited(process, timeout_s)
         finally:
             # The command has ended, or must: whatever it left behind goes with it.
+            if contained and process.poll() is None:
+                _signal(process.pid, signal.SIGTERM)  # the keeper kills all it holds, then exits
+                await _exited(process, KEEPER_STOP_S)
             _kill_group(process)
             if process.poll() is None:
                 await _exited(process, 5.0)  # killed: reaped at once, but not in this instant
@@ -119,6 +131,11 @@ async def _exited(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)
 
 
 def _text(file: IO[bytes]) -> str:

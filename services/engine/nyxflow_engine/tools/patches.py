@@ -95,7 +95,9 @@ async def _review(
         if command:
             home = clone.parent / "home"  # the command's own, inside the scratch folder
             home.mkdir(exist_ok=True)
-            tested = await run(clone, *shlex.split(command), timeout_s=timeout_s, home=home)
+            tested = await run(
+                clone, *shlex.split(command), timeout_s=timeout_s, home=home, contained=True
+            )
             # What the tests left (caches, bytecode, build output) is not part of any patch.
             await run(clone, "git", "clean", "-fdxq")
             await run(clone, "git", "checkout", "--", ".")
