@@ -108,27 +108,23 @@ def _escaper(marker: str) -> str:
     return f'( "{sys.executable}" -c "{code}" {marker} & )'
 
 
-async def test_a_contained_command_s_escaped_children_are_killed_when_it_ends(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("rest", "timeout_s", "code", "output"),
+    [
+        ("sleep 0.3; echo ok; exit 4", 30.0, 4, "ok"),  # it ends, its own exit code kept
+        ("sleep 60", 1.0, -1, "timed out after 1 s"),
+    ],
+    ids=["ends", "times-out"],
+)
+async def test_what_a_contained_command_lets_escape_its_group_is_killed_with_it(
+    tmp_path: Path, rest: str, timeout_s: float, code: int, output: str
 ) -> None:
     marker = f"nyxflow-test-{uuid.uuid4().hex}"
-    line = f"{_escaper(marker)}; sleep 0.3; echo ok; exit 4"
+    line = f"{_escaper(marker)}; {rest}"
 
-    done = await run(tmp_path, "sh", "-c", line, timeout_s=30, contained=True)
+    done = await run(tmp_path, "sh", "-c", line, timeout_s=timeout_s, contained=True)
 
-    assert (done.code, done.output.strip()) == (4, "ok")
-    await eventually(lambda: asyncio.to_thread(_running, marker), lambda pids: not pids)
-
-
-async def test_a_contained_command_s_escaped_children_are_killed_on_a_timeout(
-    tmp_path: Path,
-) -> None:
-    marker = f"nyxflow-test-{uuid.uuid4().hex}"
-    line = f"{_escaper(marker)}; sleep 60"
-
-    done = await run(tmp_path, "sh", "-c", line, timeout_s=1.0, contained=True)
-
-    assert done.code == -1 and done.output.startswith("timed out")
+    assert (done.code, done.output.strip()) == (code, output)
     await eventually(lambda: asyncio.to_thread(_running, marker), lambda pids: not pids)
 
 
