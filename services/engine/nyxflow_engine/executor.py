@@ -28,6 +28,7 @@ class Executor:
         self._settings = settings
         self._providers = providers
         self._executions: dict[str, Execution] = {}
+        self._starting: set[asyncio.Task[RunFeed]] = set()  # held: the loop keeps weak refs
         self._committer = Committer(channel, settings.internal_secret, settings.rpc_timeout_s)
 
     @property
@@ -37,6 +38,16 @@ class Executor:
     async def start(self, run_id: str, caller: Metadata) -> RunFeed:
         """Claim `run_id` with the caller's credentials and start it; FAILED_PRECONDITION if
         the run is not pending or another caller won the claim."""
+        # A caller that goes away (the last browser left) cancels its Execute call; were the
+        # claim cancelled with it, a claim already committed would leave the run `running`
+        # with no execution until it is swept as an orphan. The claim and the start finish
+        # whatever the caller does.
+        starting = asyncio.create_task(self._claim_and_start(run_id, caller))
+        self._starting.add(starting)
+        starting.add_done_callback(self._starting.discard)
+        return await asyncio.shield(starting)
+
+    async def _claim_and_start(self, run_id: str, caller: Metadata) -> RunFeed:
         settings = self._settings
         # The claim goes with the caller's credentials (NOT_FOUND for a run not theirs);
         # every write after it goes as the engine, for the run's tenant.
@@ -81,6 +92,8 @@ class Executor:
 
     async def drain(self, grace_s: float) -> None:
         """On shutdown: pause every run we hold and wait (bounded) for them to record it."""
+        if self._starting:  # a claim on its way becomes an execution, paused with the rest
+            await asyncio.wait(set(self._starting), timeout=grace_s)
         executions = list(self._executions.values())
         for execution in executions:
             execution.pause()
