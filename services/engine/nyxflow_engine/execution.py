@@ -253,7 +253,13 @@ class Execution:
         drafts = []
         if result.truncated:
             drafts.append(
-                draft(ev.STEP_TRUNCATED, **ids, used=result.output_tokens, limit=step.max_tokens)
+                draft(
+                    ev.STEP_TRUNCATED,
+                    **ids,
+                    used=result.output_tokens,
+                    limit=step.max_tokens,
+                    **({"items": cut} if (cut := result.extra.get("truncated_items")) else {}),
+                )
             )
         drafts.append(
             draft(

@@ -101,7 +101,12 @@ def step(
         system_prompt=system_prompt,
         selected_index=row.selected_index,
         alternatives=[alternative(i, a) for i, a in enumerate(row.alternatives_out or [])],
-        items=[pb.StepItem(index=i.item_index, heading=i.heading, output=i.output) for i in items],
+        items=[
+            pb.StepItem(
+                index=i.item_index, heading=i.heading, output=i.output, truncated=i.truncated
+            )
+            for i in items
+        ],
         providers=chain(row, default_chain),
     )
 

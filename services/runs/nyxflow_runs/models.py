@@ -169,6 +169,7 @@ class StepItem(TenantOwned, Base):
     item_index: Mapped[int] = mapped_column(Integer)
     heading: Mapped[str] = mapped_column(Text, default="")
     output: Mapped[str] = mapped_column(Text, default="")
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
 
 

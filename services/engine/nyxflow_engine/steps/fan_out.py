@@ -8,10 +8,11 @@ import asyncio
 
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.providers.base import FINISH_MAX_TOKENS, FINISH_STOP
 from nyxflow_engine.splitting import split_items
 from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult
 from nyxflow_engine.templating import render
-from nyxflow_engine.writer import draft
+from nyxflow_engine.writer import LeaseLost, draft
 
 
 async def run_fan_out(ctx: StepContext) -> StepResult:
@@ -19,6 +20,9 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
     items = split_items(ctx.outputs.get(spec.source, ""), spec.split or "headings")
     total = len(items)
     outputs = {i.index: i.output for i in step.items if i.index < total}
+    # Items that stopped at max_tokens, those of an earlier attempt included: the step is
+    # marked truncated if any is, so a cut-off item does not pass for a complete one.
+    cut = {i.index for i in step.items if i.index < total and i.truncated}
     gate = asyncio.Semaphore(max(1, spec.concurrency or 4))
     usage = {"input": 0, "output": 0}
     served_by = ""
@@ -36,9 +40,16 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
             usage["output"] += completion.output_tokens
             served_by = completion.served_by
             outputs[index] = completion.text
+            if completion.truncated:
+                cut.add(index)
             await ctx.writer.item(
                 step.id,
-                pb.StepItem(index=index, heading=item.heading, output=completion.text),
+                pb.StepItem(
+                    index=index,
+                    heading=item.heading,
+                    output=completion.text,
+                    truncated=completion.truncated,
+                ),
                 draft(
                     ev.FAN_OUT_PROGRESS,
                     step_id=step.id,
@@ -46,19 +57,40 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
                     done=len(outputs),
                     total=total,
                     heading=item.heading,
+                    **({"truncated": True} if completion.truncated else {}),
                 ),
             )
 
-    async with asyncio.TaskGroup() as group:  # one failure cancels the rest
-        for index in range(total):
-            if index not in outputs:
-                group.create_task(one(index))
+    try:
+        async with asyncio.TaskGroup() as group:  # one failure cancels the rest
+            for index in range(total):
+                if index not in outputs:
+                    group.create_task(one(index))
+    except BaseExceptionGroup as failures:
+        raise first_cause(failures) from None
     if len(outputs) < total:
         raise PauseRequested()
     return StepResult(
         output="\n\n".join(outputs[i] for i in range(total)),
+        finish_reason=FINISH_MAX_TOKENS if cut else FINISH_STOP,
+        truncated=bool(cut),
         input_tokens=usage["input"],
         output_tokens=usage["output"],
         served_by=served_by or (step.providers[0] if step.providers else ""),
-        extra={"items": total},
+        extra={"items": total, **({"truncated_items": sorted(cut)} if cut else {})},
     )
+
+
+def first_cause(group: BaseExceptionGroup) -> BaseException:
+    """The error a fan-out raises for its failed items: the step's error must read as the
+    provider's ("credit balance is too low"), not as "unhandled errors in a TaskGroup", and a
+    lost lease must still stop the run as one."""
+    causes: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending[:0] = error.exceptions
+        else:
+            causes.append(error)
+    return next((e for e in causes if isinstance(e, LeaseLost)), causes[0])

@@ -88,7 +88,8 @@ WHERE run_id = $1 AND seq < $2 ORDER BY seq"""
 STEPS = """
 SELECT s.*, w.default_providers AS workflow_chain, t.default_providers AS tenant_chain,
     (SELECT json_agg(json_build_object('item_index', i.item_index, 'heading', i.heading,
-                                       'output', i.output) ORDER BY i.item_index)
+                                       'output', i.output, 'truncated', i.truncated)
+                     ORDER BY i.item_index)
      FROM step_items i WHERE i.step_id = s.id) AS items
 FROM steps s JOIN workflows w ON w.id = s.workflow_id JOIN tenants t ON t.id = w.tenant_id
 WHERE s.workflow_id = $1 ORDER BY s.position"""
@@ -156,17 +157,19 @@ WITH refs AS (
     RETURNING s.id
 ), itemized AS (
     -- Idempotent per (step, index): a second write of the same item keeps the first.
-    INSERT INTO step_items (id, tenant_id, step_id, item_index, heading, output, created_at)
-    SELECT x.id, $1, x.step_id, x.item_index, x.heading, x.output, {NOW}
+    INSERT INTO step_items (id, tenant_id, step_id, item_index, heading, output, truncated,
+                            created_at)
+    SELECT x.id, $1, x.step_id, x.item_index, x.heading, x.output, x.truncated, {NOW}
     FROM unnest($21::varchar[], $22::varchar[], $23::varchar[], $24::int[], $25::text[],
-                $26::text[]) AS x(run_id, id, step_id, item_index, heading, output)
+                $26::text[], $27::bool[])
+        AS x(run_id, id, step_id, item_index, heading, output, truncated)
     JOIN fenced f ON f.id = x.run_id
     ON CONFLICT (step_id, item_index) DO NOTHING
     RETURNING id
 ), evented AS (
     INSERT INTO run_events (run_id, tenant_id, seq, type, data, created_at)
     SELECT x.run_id, $1, f.last_seq - f.n + 1 + x.position, x.type, x.data::json, {NOW}
-    FROM unnest($27::varchar[], $28::int[], $29::varchar[], $30::text[])
+    FROM unnest($28::varchar[], $29::int[], $30::varchar[], $31::text[])
         AS x(run_id, position, type, data)
     JOIN fenced f ON f.id = x.run_id
     RETURNING run_id, seq, type, data::text AS data, created_at
@@ -401,7 +404,7 @@ def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any
     """RECORD's parameters: one array per column of each unnest."""
     runs: list[list[Any]] = [[] for _ in range(6)]
     steps: list[list[Any]] = [[] for _ in range(13)]
-    items: list[list[Any]] = [[] for _ in range(6)]
+    items: list[list[Any]] = [[] for _ in range(7)]
     events: list[list[Any]] = [[] for _ in range(4)]
     for entry, plan in chosen:
         batch = entry.batch
@@ -424,7 +427,7 @@ def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any
                 _append(
                     items,
                     (entry.run_id, str(uuid.uuid4()), op.item.step_id, item.index, item.heading,
-                     item.output),
+                     item.output, item.truncated),
                 )  # fmt: skip
         for position, d in enumerate(batch.drafts):
             _append(events, (entry.run_id, position, d.type, d.text))

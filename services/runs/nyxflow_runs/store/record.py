@@ -301,6 +301,7 @@ class Recording(StoreBase):
                     "item_index": item.index,
                     "heading": item.heading,
                     "output": item.output,
+                    "truncated": item.truncated,
                 },
             )
 
