@@ -57,6 +57,15 @@ def planning_workflow(consistency: bool = False) -> tuple[str, list[pb.StepSpec]
     )
 
 
+def fan_out_workflow(items: int, source_tokens: int, **fan: Any) -> list[pb.StepSpec]:
+    """`Topics` (an outline of `items` headings) and a fan-out `Each` over it."""
+    prompt = fan.pop("prompt", "{{ item }}")
+    return [
+        spec("Topics", params={"items": items, "tokens": source_tokens}),
+        spec(fan.pop("name", "Each"), "fan_out", prompt, source="Topics", **fan),
+    ]
+
+
 # --- seed bugs ----------------------------------------------------------------------------
 
 
@@ -192,6 +201,32 @@ async def test_retry_from_here_resets_later_steps_and_deletes_generated(api: Cli
     assert started(events)[:2] == ["Outline", "Synthesis"]
 
 
+async def test_retry_from_a_generated_step_keeps_the_steps_generated_after_it(
+    api: Clients,
+) -> None:
+    """Its synthesis stays completed and will not generate again: dropping the later prompts
+    and the check would end the run `completed` without them."""
+    name, steps, consistency = planning_workflow(consistency=True)
+    workflow = await api.runs.create_workflow(name, steps, consistency)
+    run, _ = await run_once(api, workflow.id)
+    names = [s.name for s in run.steps]
+    second = next(
+        s for s in run.steps if s.auto_generated and s.name.startswith("Impl") and s.order == 3
+    )
+
+    retried = await api.runs.retry_step(second.id, cascade=True)
+
+    fresh = await api.runs.get_run(retried.id)
+    assert [s.name for s in fresh.steps] == names
+    assert [s.status for s in fresh.steps][:3] == [ev.COMPLETED] * 3
+    assert {s.status for s in fresh.steps[3:]} == {ev.PENDING}
+    events = await execute(api, retried.id)
+    assert started(events) == names[3:]
+    done = await api.runs.get_run(retried.id)
+    assert done.status == ev.COMPLETED and [s.name for s in done.steps] == names
+    assert all(s.status == ev.COMPLETED and s.output for s in done.steps)
+
+
 async def test_pause_between_steps_then_resume_completes(api: Clients) -> None:
     workflow = await api.runs.create_workflow(
         "pausable", [spec(f"s{i}", params={"tokens": 10, "token_delay_ms": 20}) for i in range(4)]
@@ -252,17 +287,14 @@ async def test_cancel_stops_at_once_and_fences_the_engine(api: Clients) -> None:
 async def test_fan_out_persists_each_item_and_reports_progress(api: Clients) -> None:
     workflow = await api.runs.create_workflow(
         "fan",
-        [
-            spec("Topics", params={"items": 13, "tokens": 60}),
-            spec(
-                "Per topic",
-                "fan_out",
-                "Detail this: {{ item }}",
-                source="Topics",
-                concurrency=4,
-                params={"tokens": 5},
-            ),
-        ],
+        fan_out_workflow(
+            13,
+            60,
+            name="Per topic",
+            prompt="Detail this: {{ item }}",
+            concurrency=4,
+            params={"tokens": 5},
+        ),
     )
     run, events = await run_once(api, workflow.id)
     fan = run.steps[1]
@@ -279,17 +311,7 @@ async def test_fan_out_persists_each_item_and_reports_progress(api: Clients) -> 
 async def test_fan_out_resume_runs_only_missing_items(api: Clients) -> None:
     workflow = await api.runs.create_workflow(
         "fan-pause",
-        [
-            spec("Topics", params={"items": 8, "tokens": 40}),
-            spec(
-                "Each",
-                "fan_out",
-                "{{ item }}",
-                source="Topics",
-                concurrency=1,
-                params={"tokens": 5, "token_delay_ms": 15},
-            ),
-        ],
+        fan_out_workflow(8, 40, concurrency=1, params={"tokens": 5, "token_delay_ms": 15}),
     )
     run = await api.runs.create_run(workflow.id)
     assert api.engine is not None
@@ -341,6 +363,35 @@ async def test_truncation_marks_and_auto_continue_joins(api: Clients) -> None:
     assert by_name["short"].truncated and len(by_name["short"].output.split()) == 40
     marks = [json.loads(e.data_json) for e in events if e.type == ev.STEP_TRUNCATED]
     assert [(m["name"], m["limit"]) for m in marks] == [("cut", 20), ("short", 20)]
+
+
+async def test_fan_out_items_cut_at_max_tokens_are_marked(api: Clients) -> None:
+    replies = {"Item 2:": "an answer far too long for the limit", "Item": "ok"}
+    workflow = await api.runs.create_workflow(
+        "fan-trunc",
+        fan_out_workflow(3, 30, max_tokens=3, params={"tokens": 5, "replies": replies}),
+    )
+    run, events = await run_once(api, workflow.id)
+    fan = run.steps[1]
+    assert fan.status == ev.COMPLETED
+    assert [i.truncated for i in fan.items] == [False, True, False]  # as stored
+    assert fan.truncated and fan.finish_reason == "max_tokens"
+    marks = [json.loads(e.data_json) for e in events if e.type == ev.STEP_TRUNCATED]
+    assert [(m["name"], m["items"]) for m in marks] == [("Each", [1])]
+    progress = [json.loads(e.data_json) for e in events if e.type == ev.FAN_OUT_PROGRESS]
+    assert [p["index"] for p in progress if p.get("truncated")] == [1]
+
+
+async def test_a_failed_fan_out_item_names_the_provider_error(api: Clients) -> None:
+    workflow = await api.runs.create_workflow(
+        "fan-fail",
+        fan_out_workflow(6, 30, concurrency=3, params={"fail": "credit balance is too low"}),
+    )
+    run, _ = await run_once(api, workflow.id)
+    fan = run.steps[1]
+    assert run.status == ev.FAILED and fan.status == ev.FAILED
+    assert "credit balance is too low" in fan.error, fan.error
+    assert "TaskGroup" not in fan.error and "credit balance is too low" in run.error
 
 
 async def test_tools_echo_and_scan_repository(api: Clients, tmp_path: Path) -> None:
