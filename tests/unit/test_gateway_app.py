@@ -525,19 +525,47 @@ async def test_stream_ends_after_the_terminal_event_whatever_follows(
     await asyncio.wait_for(stream.cancelled.wait(), 2)  # and the upstream is let go
 
 
-@pytest.mark.parametrize(
-    "refusal",
-    [FailedPrecondition("another connection won the claim"), Unavailable("engine away")],
-    ids=["lost-claim", "engine-unavailable"],
-)
-async def test_a_start_refused_falls_back_to_watch_from_the_beginning(
-    gateway: Gateway, refusal: Exception
+async def test_a_start_lost_to_another_falls_back_to_watch_from_the_beginning(
+    gateway: Gateway,
 ) -> None:
     world = gateway.world
     world.add_run(ev.PENDING)
-    world.executes = [refusal]
+    world.executes = [FailedPrecondition("another connection won the claim")]
 
     received = await read_events(gateway.http, events_url(), AUTH)
+
+    assert_relayed(received, world.history[RUN])
+    assert world.execute_calls == [RUN] and world.watch_calls == [(RUN, 0)]
+
+
+async def test_an_engine_away_before_the_start_is_tried_again_while_the_run_is_pending(
+    gateway: Gateway,
+) -> None:
+    world = gateway.world
+    world.add_run(ev.PENDING)
+    world.executes = [Unavailable("engine away"), Unavailable("engine away")]
+
+    received = await read_events(gateway.http, events_url(), AUTH)
+
+    assert_relayed(received, world.history[RUN])  # the third start ran it
+    assert world.execute_calls == [RUN] * 3 and world.watch_calls == []
+
+
+async def test_an_engine_away_then_a_run_started_elsewhere_is_followed(
+    gateway: Gateway,
+) -> None:
+    world = gateway.world
+    run = world.add_run(ev.PENDING)
+    world.executes = [Unavailable("engine away")]
+
+    reading = asyncio.create_task(read_events(gateway.http, events_url(), AUTH))
+
+    async def calls() -> list[str]:
+        return world.execute_calls
+
+    await eventually(calls, lambda c: c == [RUN], interval_s=0.01, what="the first start")
+    run.status = ev.RUNNING  # another gateway's start won meanwhile
+    received = await asyncio.wait_for(reading, 10)
 
     assert_relayed(received, world.history[RUN])
     assert world.execute_calls == [RUN] and world.watch_calls == [(RUN, 0)]

@@ -48,12 +48,8 @@ async def upstream(
 ) -> AsyncGenerator[list[pb.RunEvent], None]:
     cursor = _Cursor(after_seq)
     if status == ev.PENDING:
-        try:
-            async for events in cursor.relay(services.engine.execute_batches(run_id)):
-                yield events
-        except (FailedPrecondition, Unavailable) as error:
-            # Another connection won the start, or the engine is away: follow instead.
-            log.info("following instead of starting", extra={"run_id": run_id, "why": str(error)})
+        async for events in _start(services, run_id, cursor):
+            yield events
     backoff = 0.2
     while not cursor.ended:
         try:
@@ -64,3 +60,36 @@ async def upstream(
         except Unavailable:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+async def _start(
+    services: Services, run_id: str, cursor: _Cursor
+) -> AsyncGenerator[list[pb.RunEvent], None]:
+    """The run's events through engine Execute. An engine away before the run started is
+    tried again, with backoff, for as long as the run stays pending: a pending run that is
+    only followed would show its browsers nothing, for ever. Another start winning, or the
+    engine lost once the run is under way, leaves the rest to WatchRun."""
+    before = cursor.last
+    backoff = 0.2
+    while True:
+        try:
+            async for events in cursor.relay(services.engine.execute_batches(run_id)):
+                yield events
+            return
+        except FailedPrecondition as error:
+            log.info("following instead of starting", extra={"run_id": run_id, "why": str(error)})
+            return
+        except Unavailable as error:
+            if cursor.last > before:
+                return  # it started; the engine went away under it
+            log.info(
+                "engine away; the start is tried again", extra={"run_id": run_id, "why": str(error)}
+            )
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF_S)
+        try:
+            run = await services.runs.get_run(run_id, brief=True)
+        except Unavailable:
+            continue
+        if run.status != ev.PENDING:
+            return  # started elsewhere, paused or cancelled meanwhile: follow it
