@@ -184,8 +184,26 @@ class RunsClient:
         request = runs_pb2.ListRunsRequest(workflow_id=workflow_id, status=status, limit=limit)
         return list((await _unary(self._stub.ListRuns(request, **self._kw()))).runs)
 
-    async def retry_step(self, step_id: str, cascade: bool = False) -> pb.Run:
-        request = runs_pb2.RetryStepRequest(step_id=step_id, cascade=cascade)
+    async def retry_step(
+        self,
+        step_id: str,
+        cascade: bool = False,
+        *,
+        max_tokens: int | None = None,
+        auto_continue: int | None = None,
+        model: str | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> pb.Run:
+        """Reset the step (and with `cascade` every later one) and queue a run; the keyword
+        arguments change the step first, None leaving a field as it is."""
+        request = runs_pb2.RetryStepRequest(
+            step_id=step_id,
+            cascade=cascade,
+            max_tokens=max_tokens,
+            auto_continue=auto_continue,
+            model=model,
+            providers=runs_pb2.ProviderChain(names=providers) if providers is not None else None,
+        )
         return await _unary(self._stub.RetryStep(request, **self._kw()))
 
     async def resume_workflow(self, workflow_id: str) -> pb.Run:

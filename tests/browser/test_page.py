@@ -410,3 +410,30 @@ async def test_a_resumable_run_whose_engine_dies_goes_on_in_the_same_view(
     events = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
     assert [e.event for e in events].count(ev.RUN_REQUEUED) == 1
     await page.screenshot(path=str(ARTIFACTS / "handed-over.png"), full_page=True)
+
+
+async def test_a_truncated_step_is_retried_with_twice_its_limit(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    workflow_id = await create_from_page(
+        page,
+        "name: Cut short\nsteps:\n  - name: Long\n    max_tokens: 16\n    params: {tokens: 30}\n",
+    )
+    await page.get_by_role("button", name="Start", exact=True).click()
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=20_000)
+    (step,) = (await get_run(http, stack, await shown_run_id(page)))["steps"]
+    shown = page.locator(f"#step-{step['id']}")
+    await expect(shown.locator(".badge.truncated")).to_be_visible()
+
+    await page.locator(f".pill[data-step-id='{step['id']}']").click()
+    await shown.get_by_role("button", name="Retry with 32 tokens").click()
+    runs = await finished_run(http, stack, workflow_id, 2)
+    assert runs[0]["status"] == "completed"
+    await expect(detail).to_have_attribute("data-run-id", runs[0]["id"])
+    await expect(shown.locator(".badge.truncated")).to_be_hidden()
+    await expect(
+        shown.get_by_role("button", name=re.compile(r"Retry with \d+ tokens"))
+    ).to_have_count(0)
+    done = (await get_run(http, stack, runs[0]["id"]))["steps"][0]
+    assert (done["max_tokens"], done["truncated"], done["output_tokens"]) == (32, False, 30)

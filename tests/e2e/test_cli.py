@@ -58,6 +58,46 @@ def test_create_start_follow_and_exit_codes(stack: ProcessStack, tmp_path: Path)
     assert refused.returncode == 2 and "steps[0].kind" in refused.stderr
 
 
+def test_step_retry_with_a_raised_limit_and_another_chain(
+    stack: ProcessStack, tmp_path: Path
+) -> None:
+    template = tmp_path / "cut.yaml"
+    template.write_text(
+        "name: cut\nsteps:\n  - name: a\n    max_tokens: 4\n    params: {tokens: 9}\n"
+    )
+    workflow_id = json.loads(
+        cli(stack, "workflow", "create", "-f", str(template), "--json").stdout
+    )["id"]
+    assert cli(stack, "run", "start", workflow_id, "--follow").returncode == 0
+    (run,) = json.loads(cli(stack, "run", "list", "--workflow", workflow_id, "--json").stdout)
+    shown = json.loads(cli(stack, "run", "show", run["id"], "--json").stdout)
+    step = shown["steps"][0]
+    assert step["truncated"] is True
+
+    refused = cli(stack, "step", "retry", step["id"], "--provider", "nope")
+    assert refused.returncode == 2 and "providers.names[0]" in refused.stderr
+    retried = cli(
+        stack,
+        "step",
+        "retry",
+        step["id"],
+        "--max-tokens",
+        "9",
+        "--provider",
+        "local:m2",
+        "--follow",
+    )
+    assert retried.returncode == 0, retried.stderr
+    runs = json.loads(cli(stack, "run", "list", "--workflow", workflow_id, "--json").stdout)
+    done = json.loads(cli(stack, "run", "show", runs[0]["id"], "--json").stdout)["steps"][0]
+    # proto JSON leaves out false fields
+    assert (done.get("truncated", False), done["max_tokens"], done["served_by"]) == (
+        False,
+        9,
+        "local:m2",
+    )
+
+
 def test_db_upgrade_migrates_an_empty_database(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
     env = {**os.environ, "NYXFLOW_DATABASE_URL": url}

@@ -120,3 +120,33 @@ async def test_on_orphan_is_validated_kept_and_shown(
     run_id = await start_run(http, stack, kept["id"])
     assert await finish(http, stack, run_id) == ev.RUN_COMPLETED
     assert (await get_run(http, stack, run_id))["requeues"] == 0
+
+
+async def test_retry_with_a_raised_limit_over_http(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    headers = stack.headers
+    workflow = await create_workflow(
+        http, stack, "Raise", [{"name": "Long", "max_tokens": 10, "params": {"tokens": 30}}]
+    )
+    run_id = await start_run(http, stack, workflow["id"])
+    assert await finish(http, stack, run_id) == ev.RUN_COMPLETED
+    step = (await get_run(http, stack, run_id))["steps"][0]
+    assert step["truncated"] is True
+
+    for body, field in [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"providers": ["local", "nope"]}, "providers.names[1]"),
+    ]:
+        refused = await http.post(f"/v1/steps/{step['id']}/retry", json=body, headers=headers)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["field"] == field
+
+    retried = await http.post(
+        f"/v1/steps/{step['id']}/retry", json={"max_tokens": 30}, headers=headers
+    )
+    assert retried.status_code == 201, retried.text
+    assert await finish(http, stack, retried.json()["id"]) == ev.RUN_COMPLETED
+    done = (await get_run(http, stack, retried.json()["id"]))["steps"][0]
+    assert done["truncated"] is False and done["max_tokens"] == 30
+    assert len(done["output"].split()) == 30

@@ -394,6 +394,61 @@ async def test_a_failed_fan_out_item_names_the_provider_error(api: Clients) -> N
     assert "TaskGroup" not in fan.error and "credit balance is too low" in run.error
 
 
+async def test_retry_with_a_higher_limit_regenerates_the_truncated_step(api: Clients) -> None:
+    """The seeds' fix was an UPDATE in the database, then Retry: one call does both."""
+    workflow = await api.runs.create_workflow(
+        "raise-limit", [spec("long", params={"tokens": 50}, max_tokens=20)]
+    )
+    run, _ = await run_once(api, workflow.id)
+    step = run.steps[0]
+    assert step.truncated and step.output_tokens == 20
+
+    retried = await api.runs.retry_step(step.id, max_tokens=64, auto_continue=1)
+    events = await execute(api, retried.id)
+    done = (await api.runs.get_run(retried.id)).steps[0]
+    assert not done.truncated and len(done.output.split()) == 50
+    assert (done.max_tokens, done.spec.auto_continue) == (64, 1)
+    marks = [json.loads(e.data_json) for e in events if e.type == ev.STEP_RETRIED]
+    assert marks[0]["changed"] == {"max_tokens": 64, "auto_continue": 1}
+
+
+async def test_retry_with_another_provider_chain_runs_on_it(api: Clients) -> None:
+    workflow = await api.runs.create_workflow(
+        "switch-provider", [spec("one", params={"tokens": 4}, providers=["local:model-a"])]
+    )
+    run, _ = await run_once(api, workflow.id)
+    assert run.steps[0].served_by == "local:model-a"
+
+    retried = await api.runs.retry_step(run.steps[0].id, providers=["local:model-b", "local"])
+    await execute(api, retried.id)
+    done = (await api.runs.get_run(retried.id)).steps[0]
+    assert done.served_by == "local:model-b"
+    assert list(done.providers) == ["local:model-b", "local"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"auto_continue": 99}, "auto_continue"),
+        ({"providers": ["local", "nope"]}, "providers.names[1]"),
+        ({"model": "m" * 201}, "model"),
+    ],
+)
+async def test_a_retry_with_a_bad_change_changes_nothing(
+    api: Clients, change: dict[str, Any], field: str
+) -> None:
+    workflow = await api.runs.create_workflow("bad-change", [spec("one", params={"tokens": 4})])
+    run, _ = await run_once(api, workflow.id)
+    with pytest.raises(InvalidArgument) as refused:
+        await api.runs.retry_step(run.steps[0].id, **change)
+    assert refused.value.field == field
+    after = await api.runs.get_workflow(workflow.id)
+    assert after.last_run_id == run.id  # no run queued
+    assert after.steps[0].max_tokens == run.steps[0].max_tokens
+    assert after.steps[0].status == ev.COMPLETED
+
+
 async def test_tools_echo_and_scan_repository(api: Clients, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "pkg").mkdir(parents=True)

@@ -276,11 +276,25 @@ async def run_rerun(
 async def step_retry(
     step_id: str,
     cascade: bool = typer.Option(False, "--cascade", help="Retry every later step too."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Raise (or set) the limit."),
+    auto_continue: int | None = typer.Option(None, "--auto-continue"),
+    model: str | None = typer.Option(None, "--model"),
+    providers: list[str] | None = typer.Option(
+        None, "--provider", help="The step's chain, in order (repeat); e.g. google, local."
+    ),
     follow_it: bool = typer.Option(False, "--follow"),
 ) -> None:
-    """Reset the step (and with --cascade every later one) and start a new run."""
+    """Reset the step (and with --cascade every later one), changed as asked, and start a
+    new run."""
     async with connect() as c:
-        run = await c.runs.retry_step(step_id, cascade)
+        run = await c.runs.retry_step(
+            step_id,
+            cascade,
+            max_tokens=max_tokens,
+            auto_continue=auto_continue,
+            model=model,
+            providers=providers or None,
+        )
     await _start_and_follow(run.id, follow_it, False, False)
 
 

@@ -199,7 +199,9 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def RetryStep(self, request: runs_pb2.RetryStepRequest, context: Ctx) -> pb.Run:
         tenant = await self._tenant(request, context)
         step_id = valid.require_id(request.step_id, "step_id")
-        return await self._store.retry_step(tenant, step_id, request.cascade)
+        return await self._store.retry_step(
+            tenant, step_id, request.cascade, valid.step_edit(request)
+        )
 
     async def ResumeWorkflow(self, request: runs_pb2.ResumeWorkflowRequest, context: Ctx) -> pb.Run:
         tenant = await self._tenant(request, context)

@@ -15,11 +15,13 @@ from nyxflow import constants as kinds
 from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
 
 MAX_NAME = 200
 MAX_STEPS = 500
 MAX_ALTERNATIVES = 8
 MAX_CONTINUE = 8
+MAX_MAX_TOKENS = 2**31 - 1  # the column's and the proto's int32
 MAX_CONCURRENCY = 64
 SPLITS = ("headings", "lines", "json")
 GENERATES = ("implementation_prompt",)
@@ -303,3 +305,44 @@ def event_type(value: str, field: str) -> str:
 
 def event_data(raw: str, field: str) -> dict[str, Any]:
     return json_object(raw, field)
+
+
+@dataclass(frozen=True)
+class StepEdit:
+    """What a retry changes in its step first; None leaves a field as it is."""
+
+    max_tokens: int | None = None
+    auto_continue: int | None = None
+    model: str | None = None
+    providers: list[str] | None = None  # [] = the workflow's (or tenant's) chain
+
+
+def step_edit(request: runs_pb2.RetryStepRequest) -> StepEdit | None:
+    if not (
+        request.HasField("max_tokens")
+        or request.HasField("auto_continue")
+        or request.HasField("model")
+        or request.HasField("providers")
+    ):
+        return None
+    model = request.model if request.HasField("model") else None
+    if model is not None:
+        model = text(model, "model", MAX_NAME, required=False)
+    return StepEdit(
+        max_tokens=(
+            bounded(request.max_tokens, 1, MAX_MAX_TOKENS, "max_tokens")
+            if request.HasField("max_tokens")
+            else None
+        ),
+        auto_continue=(
+            bounded(request.auto_continue, 0, MAX_CONTINUE, "auto_continue")
+            if request.HasField("auto_continue")
+            else None
+        ),
+        model=model,
+        providers=(
+            provider_chain(request.providers.names, "providers.names")
+            if request.HasField("providers")
+            else None
+        ),
+    )

@@ -1,4 +1,5 @@
-"""/v1/steps: retry (and retry from here), choose an alternative."""
+"""/v1/steps: retry (and retry from here, with changed limits or providers), choose an
+alternative."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ router = APIRouter(prefix="/v1/steps", tags=["steps"])
 
 class RetryBody(BaseModel):
     cascade: bool = False  # "retry from here": every later step too
+    # Changes to the step before it runs again; left out = as it was. Runs checks them too
+    # (known providers, bounds), naming the field.
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    auto_continue: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    model: str | None = Field(default=None, max_length=200)
+    providers: list[str] | None = Field(
+        default=None, max_length=16, description="the step's chain; [] = the workflow's"
+    )
 
 
 class SelectBody(BaseModel):
@@ -26,8 +35,16 @@ class SelectBody(BaseModel):
 async def retry_step(
     step_id: str, services: Clients, body: RetryBody | None = None
 ) -> dict[str, Any]:
-    cascade = body.cascade if body is not None else False
-    return convert.run(await services.runs.retry_step(step_id, cascade))
+    body = body or RetryBody()
+    run = await services.runs.retry_step(
+        step_id,
+        body.cascade,
+        max_tokens=body.max_tokens,
+        auto_continue=body.auto_continue,
+        model=body.model,
+        providers=body.providers,
+    )
+    return convert.run(run)
 
 
 @router.post("/{step_id}/select")

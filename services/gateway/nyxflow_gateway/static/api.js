@@ -75,8 +75,9 @@ export const rerunWorkflow = (workflowId) =>
 export const getRun = (runId) => api(`/v1/runs/${id(runId)}`);
 export const pauseRun = (runId) => api(`/v1/runs/${id(runId)}/pause`, { method: "POST" });
 export const cancelRun = (runId) => api(`/v1/runs/${id(runId)}/cancel`, { method: "POST" });
-export const retryStep = (stepId, cascade) =>
-  api(`/v1/steps/${id(stepId)}/retry`, { method: "POST", body: { cascade } });
+// `changes`: what to change in the step first, e.g. { max_tokens: 16384 } or { providers: ["google"] }.
+export const retryStep = (stepId, cascade, changes = {}) =>
+  api(`/v1/steps/${id(stepId)}/retry`, { method: "POST", body: { cascade, ...changes } });
 export const selectAlternative = (stepId, index) =>
   api(`/v1/steps/${id(stepId)}/select`, { method: "POST", body: { index } });
 

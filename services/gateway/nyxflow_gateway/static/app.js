@@ -861,7 +861,8 @@ function showDetail(workflowId) {
 
   function renderStepActions(step, parts) {
     const allowed = !active() && !state.busy && step.status !== "pending";
-    const key = `${allowed}`;
+    const raised = step.truncated && step.max_tokens ? step.max_tokens * 2 : 0;
+    const key = `${allowed}/${raised}`;
     if (parts.rendered.actions === key) return;
     parts.rendered.actions = key;
     if (!allowed) {
@@ -877,7 +878,16 @@ function showDetail(workflowId) {
     const cascade = h("button", { type: "button", class: "danger" }, "Retry from here");
     cascade.addEventListener("click", () =>
       act(() => API.retryStep(step.id, true), `Retry “${step.name}” and every step after it? Their outputs are discarded.`));
-    parts.stepActions.replaceChildren(retry, cascade);
+    const buttons = [retry, cascade];
+    if (raised) {
+      // The output stopped at its limit: retrying at the same limit would stop there again.
+      const more = h("button", { type: "button" }, `Retry with ${raised.toLocaleString("en")} tokens`);
+      more.addEventListener("click", () =>
+        act(() => API.retryStep(step.id, false, { max_tokens: raised }),
+          `Retry “${step.name}” with max_tokens ${raised}? Its output is discarded.`));
+      buttons.splice(1, 0, more);
+    }
+    parts.stepActions.replaceChildren(...buttons);
   }
 
   reload().then(() => {
