@@ -226,8 +226,12 @@ class RunsClient:
         request = runs_pb2.SelectAlternativeRequest(step_id=step_id, index=index)
         return await _unary(self._stub.SelectAlternative(request, **self._kw()))
 
-    async def claim_run(self, run_id: str, owner: str, ttl_s: float) -> runs_pb2.ClaimRunResponse:
-        request = runs_pb2.ClaimRunRequest(run_id=run_id, owner=owner, lease_ttl_s=ttl_s)
+    async def claim_run(
+        self, run_id: str, owner: str, ttl_s: float, claim_id: str = ""
+    ) -> runs_pb2.ClaimRunResponse:
+        request = runs_pb2.ClaimRunRequest(
+            run_id=run_id, owner=owner, lease_ttl_s=ttl_s, claim_id=claim_id
+        )
         return await _unary(self._stub.ClaimRun(request, **self._kw()))
 
     async def heartbeat(

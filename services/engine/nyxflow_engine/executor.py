@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 import grpc
 
@@ -14,6 +15,7 @@ from nyxflow_engine.committer import Committer
 from nyxflow_engine.execution import Execution
 from nyxflow_engine.feed import RunFeed
 from nyxflow_engine.providers.registry import Providers
+from nyxflow_engine.retrying import while_unavailable
 from nyxflow_engine.settings import EngineSettings
 from nyxflow_engine.writer import RunWriter
 
@@ -52,7 +54,14 @@ class Executor:
         # The claim goes with the caller's credentials (NOT_FOUND for a run not theirs);
         # every write after it goes as the engine, for the run's tenant.
         claimant = RunsClient(self._channel, caller, settings.rpc_timeout_s)
-        claim = await claimant.claim_run(run_id, settings.engine_id, settings.lease_ttl_s)
+        # One id for this attempt: a claim that committed but whose answer was lost is won
+        # again by its retry instead of leaving the run `running` with no execution.
+        claim_id = uuid.uuid4().hex
+        claim = await while_unavailable(
+            lambda: claimant.claim_run(run_id, settings.engine_id, settings.lease_ttl_s, claim_id),
+            settings.write_retry_s,
+            run_id,
+        )
         if not claim.won:
             raise FailedPrecondition(f"run {run_id} is {claim.run.status}, not pending")
         runs = RunsClient(

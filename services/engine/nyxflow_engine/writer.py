@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -20,11 +18,12 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from nyxflow.client import RunsClient
-from nyxflow.errors import StaleToken, Unavailable
+from nyxflow.errors import StaleToken
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_engine.committer import Committer
 from nyxflow_engine.feed import RunFeed
+from nyxflow_engine.retrying import while_unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -247,16 +246,7 @@ class RunWriter:
         await self.feed.extend(response.events)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        deadline = time.monotonic() + self._retry_s
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except StaleToken as error:
-                raise LeaseLost(str(error)) from None
-            except Unavailable:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("runs unavailable, retrying", extra={"run_id": self.run_id})
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 2.0)
+        try:
+            return await while_unavailable(call, self._retry_s, self.run_id)
+        except StaleToken as error:
+            raise LeaseLost(str(error)) from None

@@ -239,7 +239,8 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         run_id = valid.require_id(request.run_id, "run_id")
         owner = valid.require_id(request.owner, "owner", 200)
         ttl = valid.positive(request.lease_ttl_s, "lease_ttl_s")
-        claim = await self._store.claim_run(tenant, run_id, owner, ttl)
+        claim_id = valid.text(request.claim_id, "claim_id", 64, required=False)
+        claim = await self._store.claim_run(tenant, run_id, owner, ttl, claim_id)
         return runs_pb2.ClaimRunResponse(
             won=claim.won, token=claim.token, run=claim.run, events=claim.events
         )

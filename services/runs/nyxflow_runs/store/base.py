@@ -77,6 +77,12 @@ class Claim:
     events: list[pb.RunEvent]
 
 
+def started_data(owner: str, claim_id: str) -> dict[str, Any]:
+    """run_started's data: who claimed the run, and in which attempt (a retried claim whose
+    first answer was lost finds its own attempt here)."""
+    return {"owner": owner, "claim": claim_id} if claim_id else {"owner": owner}
+
+
 class StoreBase:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], bus: LocalBus) -> None:
         self._sessions = sessions

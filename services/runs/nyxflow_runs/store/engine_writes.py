@@ -18,7 +18,7 @@ from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import Run, RunEvent
-from nyxflow_runs.store.base import Claim, Draft
+from nyxflow_runs.store.base import Claim, Draft, started_data
 from nyxflow_runs.store.record import Batch, Recording, Written
 from nyxflow_runs.store.workflows import step_row
 from nyxflow_runs.validation import step_drafts
@@ -30,10 +30,13 @@ def _batch(ops: Sequence[runs_pb2.WriteOp] = (), events: Sequence[Draft] = ()) -
 
 
 class EngineWrites(Recording):
-    async def claim_run(self, tenant_id: str, run_id: str, owner: str, ttl_s: float) -> Claim:
-        """The one pending → running transition: a compare-and-set, so only one caller wins."""
+    async def claim_run(
+        self, tenant_id: str, run_id: str, owner: str, ttl_s: float, claim_id: str = ""
+    ) -> Claim:
+        """The one pending → running transition: a compare-and-set, so only one caller wins
+        (and wins again, on a retry with the same `claim_id`, a claim whose answer was lost)."""
         if self._hot is not None:
-            claim = await self._hot.claim(tenant_id, run_id, owner, ttl_s)
+            claim = await self._hot.claim(tenant_id, run_id, owner, ttl_s, claim_id)
             if claim is not None:
                 await self._bus.publish(run_id, claim.events[-1:])
                 return claim
@@ -56,9 +59,17 @@ class EngineWrites(Recording):
             ).first()
             if won is None:
                 run = await self._run(session, tenant_id, run_id)  # NotFound if not ours
+                if claim_id and run.status == ev.RUNNING and run.lease_owner == owner:
+                    again = await self._claimed_before(session, run, claim_id)
+                    if again is not None:
+                        return again
                 return Claim(False, 0, convert.run(run), [])
             started = await self._insert_events(
-                session, tenant_id, run_id, won.last_seq, [Draft(ev.RUN_STARTED, {"owner": owner})]
+                session,
+                tenant_id,
+                run_id,
+                won.last_seq,
+                [Draft(ev.RUN_STARTED, started_data(owner, claim_id))],
             )
             # The claim hands back the run's whole stream so far (an operation such as a retry
             # recorded its event before the start), so Execute's followers miss nothing.
@@ -72,6 +83,24 @@ class EngineWrites(Recording):
             claim = Claim(True, won.token, await self._run_pb(session, run), events)
         await self._bus.publish(run_id, started)
         return claim
+
+    async def _claimed_before(self, session: AsyncSession, run: Run, claim_id: str) -> Claim | None:
+        """The claim again if this attempt made it and nothing was written since: its answer
+        was lost (a deadline, a dropped connection) and the engine, which never had the token,
+        could not have written. Otherwise None: someone else's run."""
+        events = list(
+            await session.scalars(
+                select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.seq)
+            )
+        )
+        last = events[-1] if events else None
+        if last is None or last.type != ev.RUN_STARTED or last.seq != run.last_seq:
+            return None
+        if (last.data or {}).get("claim") != claim_id:
+            return None
+        return Claim(
+            True, run.token, await self._run_pb(session, run), [convert.event(e) for e in events]
+        )
 
     async def heartbeat(self, tenant_id: str, run_id: str, token: int, ttl_s: float) -> float:
         async with self._scoped(tenant_id, write=True) as session:

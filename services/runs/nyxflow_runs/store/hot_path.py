@@ -33,7 +33,7 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import PG_NOW_SQL
-from nyxflow_runs.store.base import Claim
+from nyxflow_runs.store.base import Claim, started_data
 
 if TYPE_CHECKING:
     from nyxflow_runs.store.record import Batch
@@ -309,11 +309,19 @@ class HotPath:
             row = await db.fetchrow(CREATE_RUN, str(uuid.uuid4()), workflow_id, tenant_id)
         return None if row is None else convert.run(Row(row))  # type: ignore[arg-type]
 
-    async def claim(self, tenant_id: str, run_id: str, owner: str, ttl_s: float) -> Claim | None:
+    async def claim(
+        self, tenant_id: str, run_id: str, owner: str, ttl_s: float, claim_id: str = ""
+    ) -> Claim | None:
         """The pending -> running compare-and-set; None if it was not won."""
         async with self._connection() as db:
             won = await db.fetchrow(
-                CLAIM, run_id, tenant_id, owner, ttl_s, ev.RUN_STARTED, json.dumps({"owner": owner})
+                CLAIM,
+                run_id,
+                tenant_id,
+                owner,
+                ttl_s,
+                ev.RUN_STARTED,
+                json.dumps(started_data(owner, claim_id)),
             )
             if won is None:
                 return None
