@@ -5,6 +5,8 @@ meanwhile, or the answer never arriving. Either way the run must be executed, no
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,8 +16,21 @@ from nyxflow.errors import Unavailable
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs.servicer import RunsServicer
-from tests.support.inprocess import clients, engine_service, runs_service
+from tests.support.inprocess import Clients, clients, engine_service, runs_service
 from tests.support.workflows import llm_step
+
+
+@contextlib.asynccontextmanager
+async def two_step_run(database_url: str) -> AsyncIterator[tuple[Clients, pb.Run]]:
+    """runs and an engine in process, and a pending run of two steps."""
+    async with (
+        runs_service(database_url) as runs_settings,
+        engine_service(runs_settings.runs_listen) as engine_settings,
+        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
+    ):
+        steps = [llm_step("one", "x", tokens=3), llm_step("two", "y", tokens=3)]
+        workflow = await api.runs.create_workflow("claim-answer", steps)
+        yield api, await api.runs.create_run(workflow.id)
 
 
 async def test_a_caller_gone_during_the_claim_does_not_strand_the_run(
@@ -33,16 +48,9 @@ async def test_a_caller_gone_during_the_claim_does_not_strand_the_run(
         return response
 
     monkeypatch.setattr(RunsServicer, "ClaimRun", answers_the_claim_late)
-    async with (
-        runs_service(database_url) as runs_settings,
-        engine_service(runs_settings.runs_listen) as engine_settings,
-        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
-    ):
+    async with two_step_run(database_url) as (api, run):
         assert api.engine is not None
         engine = api.engine
-        steps = [llm_step("one", "x", tokens=3), llm_step("two", "y", tokens=3)]
-        workflow = await api.runs.create_workflow("cancel-during-claim", steps)
-        run = await api.runs.create_run(workflow.id)
 
         async def follow() -> None:
             async for _ in engine.execute(run.id):
@@ -85,15 +93,8 @@ async def test_a_claim_whose_answer_was_lost_is_won_again_by_its_retry(
         return response
 
     monkeypatch.setattr(RunsServicer, "ClaimRun", loses_the_first_answer)
-    async with (
-        runs_service(database_url) as runs_settings,
-        engine_service(runs_settings.runs_listen) as engine_settings,
-        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
-    ):
+    async with two_step_run(database_url) as (api, run):
         assert api.engine is not None
-        steps = [llm_step("one", "x", tokens=3), llm_step("two", "y", tokens=3)]
-        workflow = await api.runs.create_workflow("lost-claim-answer", steps)
-        run = await api.runs.create_run(workflow.id)
         events: list[pb.RunEvent] = [e async for e in api.engine.execute(run.id)]
         stored = await api.runs.get_run(run.id)
     assert len(calls) == 2 and calls[0].claim_id == calls[1].claim_id != ""
