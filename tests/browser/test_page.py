@@ -437,3 +437,35 @@ async def test_a_truncated_step_is_retried_with_twice_its_limit(
     ).to_have_count(0)
     done = (await get_run(http, stack, runs[0]["id"]))["steps"][0]
     assert (done["max_tokens"], done["truncated"], done["output_tokens"]) == (32, False, 30)
+
+
+FAN_OUT_CUT = """name: Items cut short
+steps:
+  - name: Topics
+    params: {items: 3, tokens: 30}
+  - name: Each
+    kind: fan_out
+    source: Topics
+    prompt: "{{ item }}"
+    max_tokens: 3
+    params: {tokens: 5, replies: {"Item 2:": "an answer far too long for the limit", "Item": "ok"}}
+"""
+
+
+async def test_a_fan_out_item_cut_at_its_limit_is_marked(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    await create_from_page(page, FAN_OUT_CUT)
+    await page.get_by_role("button", name="Start", exact=True).click()
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=20_000)
+    fan_out = (await get_run(http, stack, await shown_run_id(page)))["steps"][1]
+    assert [i["truncated"] for i in fan_out["items"]] == [False, True, False]
+    items = page.locator(f"#step-{fan_out['id']} .item")
+    await expect(items).to_have_count(3)
+    for index, cut in enumerate((False, True, False)):
+        badge = items.nth(index).locator(".item-heading .badge.truncated")
+        await expect(badge).to_have_count(1 if cut else 0)
+    await page.reload()  # from the stored items, not the live events
+    await expect(detail).to_have_attribute("data-run-status", "completed")
+    await expect(page.locator(f"#step-{fan_out['id']} .item .badge.truncated")).to_have_count(1)

@@ -63,7 +63,10 @@ def step(s: pb.Step) -> dict[str, Any]:
             }
             for a in s.alternatives
         ],
-        "items": [{"index": i.index, "heading": i.heading, "output": i.output} for i in s.items],
+        "items": [
+            {"index": i.index, "heading": i.heading, "output": i.output, "truncated": i.truncated}
+            for i in s.items
+        ],
         "started_at": when(s.started_at),
         "finished_at": when(s.finished_at),
     }

@@ -477,7 +477,7 @@ function showDetail(workflowId) {
         if (!step) break;
         step.progress = { done: data.done, total: data.total, heading: data.heading || "" };
         if (!(step.items || []).some((i) => i.index === data.index)) {
-          step.items = [...(step.items || []), { index: data.index, heading: data.heading || "", output: null }]
+          step.items = [...(step.items || []), { index: data.index, heading: data.heading || "", output: null, truncated: Boolean(data.truncated) }]
             .sort((a, b) => a.index - b.index);
         }
         refreshSoon();
@@ -788,7 +788,7 @@ function showDetail(workflowId) {
     const isFanout = step.kind === "fan_out";
     parts.fanout.hidden = !isFanout || (!progress && !items.length);
     if (parts.fanout.hidden) return;
-    const key = JSON.stringify([progress, items.map((i) => [i.index, i.output === null ? null : (i.output || "").length])]);
+    const key = JSON.stringify([progress, items.map((i) => [i.index, i.output === null ? null : (i.output || "").length, Boolean(i.truncated)])]);
     if (parts.rendered.fanout === key) return;
     parts.rendered.fanout = key;
     const done = progress?.done ?? items.length;
@@ -805,7 +805,9 @@ function showDetail(workflowId) {
           if (item.output === null || item.output === undefined) body.append(h("p", { class: "muted" }, "Done; loading…"));
           else body.innerHTML = renderMarkdown(item.output);
           return h("li", { class: "item", "data-index": String(item.index) },
-            h("div", { class: "item-heading" }, item.heading || `Item ${item.index + 1}`), body);
+            h("div", { class: "item-heading" }, item.heading || `Item ${item.index + 1}`,
+              item.truncated ? h("span", { class: "badge truncated", title: "stopped at the step's max_tokens" }, "truncated") : null),
+            body);
         })),
     );
   }
