@@ -4,18 +4,32 @@ Execute stream carries it before it closes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from nyxflow import events as ev
+from nyxflow.errors import Unavailable
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs.servicer import RunsServicer
-from tests.support.inprocess import clients, engine_service, runs_service
+from tests.support.inprocess import Clients, clients, engine_service, runs_service
 from tests.support.workflows import llm_step
 
 ANSWER_DELAY_S = 1.0  # well within the engine's grace (3 s)
+
+
+@contextlib.asynccontextmanager
+async def stack(database_url: str, stop: asyncio.Event) -> AsyncIterator[Clients]:
+    """runs and an engine in process; setting `stop` drains the engine."""
+    async with (
+        runs_service(database_url) as runs_settings,
+        engine_service(runs_settings.runs_listen, stop=stop) as engine_settings,
+        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
+    ):
+        yield api
 
 
 async def test_a_drain_while_the_end_is_answered_keeps_the_end_in_the_stream(
@@ -38,11 +52,7 @@ async def test_a_drain_while_the_end_is_answered_keeps_the_end_in_the_stream(
 
     monkeypatch.setattr(RunsServicer, "RecordMany", answers_the_end_late)
     stop = asyncio.Event()
-    async with (
-        runs_service(database_url) as runs_settings,
-        engine_service(runs_settings.runs_listen, stop=stop) as engine_settings,
-        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
-    ):
+    async with stack(database_url, stop) as api:
         assert api.engine is not None
         engine = api.engine
         steps = [
@@ -64,3 +74,41 @@ async def test_a_drain_while_the_end_is_answered_keeps_the_end_in_the_stream(
     types = [e.type for e in events]
     assert types[-1] == ev.RUN_COMPLETED, types
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_a_draining_engine_starts_nothing_new(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run claimed once the drain has taken its list would be neither paused nor handed
+    over; the start is refused as UNAVAILABLE and the run stays pending for another replica."""
+    original = RunsServicer.ReleaseRun
+    releasing = asyncio.Event()
+
+    async def releases_late(
+        self: RunsServicer, request: runs_pb2.ReleaseRunRequest, context: Any
+    ) -> runs_pb2.ReleaseRunResponse:
+        releasing.set()
+        await asyncio.sleep(ANSWER_DELAY_S)  # the drain is waiting on this
+        return await original(self, request, context)
+
+    monkeypatch.setattr(RunsServicer, "ReleaseRun", releases_late)
+    stop = asyncio.Event()
+    async with stack(database_url, stop) as api:
+        assert api.engine is not None
+        engine = api.engine
+        slow = await api.runs.create_workflow(
+            "slow", [llm_step("slow", "x", tokens=20, token_delay_ms=50)]
+        )
+        later = await api.runs.create_workflow("later", [llm_step("one", "x", tokens=3)])
+        busy = await api.runs.create_run(slow.id)
+        waiting = await api.runs.create_run(later.id)
+        events = engine.execute(busy.id)
+        assert (await anext(events)).type == ev.RUN_STARTED
+        stop.set()
+        await asyncio.wait_for(releasing.wait(), 10)  # the drain has begun
+        with pytest.raises(Unavailable):
+            async for _ in engine.execute(waiting.id):
+                pass
+        rest = [e.type async for e in events]
+        assert rest[-1] == ev.RUN_PAUSED, rest
+        assert (await api.runs.get_run(waiting.id)).status == ev.PENDING

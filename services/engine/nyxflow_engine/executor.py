@@ -10,7 +10,7 @@ import grpc
 
 from nyxflow.auth import Metadata, internal_metadata
 from nyxflow.client import RunsClient
-from nyxflow.errors import FailedPrecondition
+from nyxflow.errors import FailedPrecondition, Unavailable
 from nyxflow_engine.committer import Committer
 from nyxflow_engine.execution import Execution
 from nyxflow_engine.feed import RunFeed
@@ -31,6 +31,7 @@ class Executor:
         self._providers = providers
         self._executions: dict[str, Execution] = {}
         self._starting: set[asyncio.Task[RunFeed]] = set()  # held: the loop keeps weak refs
+        self._draining = False
         self._committer = Committer(channel, settings.internal_secret, settings.rpc_timeout_s)
 
     @property
@@ -44,6 +45,10 @@ class Executor:
         # claim cancelled with it, a claim already committed would leave the run `running`
         # with no execution until it is swept as an orphan. The claim and the start finish
         # whatever the caller does.
+        if self._draining:
+            # A run claimed now would be neither paused nor handed over: the drain's list of
+            # executions is taken. UNAVAILABLE: the caller starts it elsewhere, or later.
+            raise Unavailable("engine is shutting down; start the run on another replica")
         starting = asyncio.create_task(self._claim_and_start(run_id, caller))
         self._starting.add(starting)
         starting.add_done_callback(self._starting.discard)
@@ -101,6 +106,7 @@ class Executor:
 
     async def drain(self, grace_s: float) -> None:
         """On shutdown: pause every run we hold and wait (bounded) for them to record it."""
+        self._draining = True
         if self._starting:  # a claim on its way becomes an execution, paused with the rest
             await asyncio.wait(set(self._starting), timeout=grace_s)
         executions = list(self._executions.values())
