@@ -23,6 +23,7 @@ The same model is the body of `POST /v1/workflows`, so the API and files agree.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
 import yaml
@@ -97,16 +98,71 @@ def invalid(error: ValidationError) -> InvalidArgument:
     return InvalidArgument(first["msg"], field=field_path(tuple(first["loc"])) or "template")
 
 
+MAX_DEPTH = 32  # nesting of mappings and lists; a template needs a handful
+TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class TemplateLoader(yaml.SafeLoader):
+    """YAML that reads as JSON values. No aliases: a few lines of anchors expand to gigabytes
+    once written out. Bounded nesting: the composer recurses, and a 1 KB file of `[[[[` would
+    exhaust the stack. Dates stay text: a step's params are sent on as JSON."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+TemplateLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != TIMESTAMP]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _json_values(value: Any, path: str) -> None:
+    """What JSON can carry, or InvalidArgument naming where (an explicit `!!binary`, say)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidArgument("keys must be text", field=path or "template")
+            _json_values(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _json_values(item, f"{path}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument("must be a finite number", field=path or "template")
+    elif not isinstance(value, str | int | float | bool | None):
+        kind = type(value).__name__
+        raise InvalidArgument(f"must be a JSON value, not {kind}", field=path or "template")
+
+
 def parse_template(text: str) -> WorkflowTemplate:
     """YAML or JSON (JSON is YAML) text → a validated template, or InvalidArgument."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=TemplateLoader)  # a SafeLoader
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InvalidArgument(f"not valid YAML or JSON{where}", field="template") from None
+        problem = getattr(error, "problem", None)
+        detail = f": {problem}" if problem else ""
+        raise InvalidArgument(f"not valid YAML or JSON{where}{detail}", field="template") from None
     if not isinstance(data, dict):
         raise InvalidArgument("must be a mapping with name and steps", field="template")
+    _json_values(data, "")
     try:
         return WorkflowTemplate.model_validate(data)
     except ValidationError as error:

@@ -150,3 +150,26 @@ async def test_retry_with_a_raised_limit_over_http(
     done = (await get_run(http, stack, retried.json()["id"]))["steps"][0]
     assert done["truncated"] is False and done["max_tokens"] == 30
     assert len(done["output"].split()) == 30
+
+
+async def test_hostile_templates_get_a_400_naming_the_field(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    headers = stack.headers
+    laughs = "a: &a [x, x]\nb: [*a, *a]\nname: x\nsteps:\n  - name: a\n"
+    binary = "name: x\nsteps:\n  - name: a\n    params: {blob: !!binary aGk=}\n"
+    for text, field in ((laughs, "template"), (binary, "steps[0].params.blob")):
+        refused = await http.post(
+            "/v1/workflows/import",
+            content=text,
+            headers={**headers, "Content-Type": "application/yaml"},
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["field"] == field
+    deep = '{"name": "x", "steps": [{"name": "a", "params": {"d": ' + "[" * 5000 + "]" * 5000
+    deep += "}}]}"
+    response = await http.post(
+        "/v1/workflows", content=deep, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert (await http.get("/healthz")).status_code == 200

@@ -59,3 +59,33 @@ def test_errors_name_the_field(text: str, field: str) -> None:
     with pytest.raises(InvalidArgument) as raised:
         parse_template(text)
     assert raised.value.field == field
+
+
+STEP = "name: x\nsteps:\n  - name: a\n"
+LAUGHS = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    + STEP
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "says"),
+    [
+        (LAUGHS, "template", "aliases"),  # nine levels of nine: 387 million items written out
+        (STEP + "    params: {deep: " + "[" * 500 + "]" * 500 + "}\n", "template", "nested"),
+        (STEP + "    params: {blob: !!binary aGk=}\n", "steps[0].params.blob", "bytes"),
+        (STEP + "    params: {when: !!timestamp 2024-01-01}\n", "steps[0].params.when", "date"),
+        (STEP + "    params: {n: .nan}\n", "steps[0].params.n", "finite"),
+        (STEP + "    params: {1: one}\n", "steps[0].params", "keys"),
+    ],
+)
+def test_what_json_cannot_carry_is_refused_naming_where(text: str, field: str, says: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        parse_template(text)
+    assert raised.value.field == field and says in raised.value.message
+
+
+def test_a_date_stays_text() -> None:
+    (step,) = parse_template(STEP + "    params: {since: 2024-01-01}\n").steps
+    assert step.params == {"since": "2024-01-01"}
