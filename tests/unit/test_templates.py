@@ -64,7 +64,10 @@ def test_errors_name_the_field(text: str, field: str) -> None:
 STEP = "name: x\nsteps:\n  - name: a\n"
 LAUGHS = (
     "a: &a [x, x, x, x, x, x, x, x, x]\n"
-    + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
     + STEP
 )
 
