@@ -449,6 +449,18 @@ async def test_a_retry_with_a_bad_change_changes_nothing(
     assert after.steps[0].status == ev.COMPLETED
 
 
+async def test_the_longest_model_name_is_stored_in_served_by(api: Clients) -> None:
+    """provider:model can outgrow either's own limit; the result write must not fail on it
+    (on PostgreSQL it failed the whole group commit, other runs' writes with it)."""
+    model = "m" * 200
+    workflow = await api.runs.create_workflow(
+        "long-model", [spec("one", params={"tokens": 3}, provider="local", model=model)]
+    )
+    run, _ = await run_once(api, workflow.id)
+    assert run.status == ev.COMPLETED, run.error
+    assert run.steps[0].served_by == f"local:{model}"
+
+
 async def test_tools_echo_and_scan_repository(api: Clients, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     (repo / "pkg").mkdir(parents=True)

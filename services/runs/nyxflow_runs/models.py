@@ -151,7 +151,7 @@ class Step(TenantOwned, Base):
     finish_reason: Mapped[str | None] = mapped_column(String(40))
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    served_by: Mapped[str | None] = mapped_column(String(200))
+    served_by: Mapped[str | None] = mapped_column(String(400))  # provider:model, each ≤ 200
     selected_index: Mapped[int] = mapped_column(Integer, default=0)
     alternatives_out: Mapped[list[Any]] = mapped_column(JSON, default=list)
     started_at: Mapped[float | None] = mapped_column(Float)
