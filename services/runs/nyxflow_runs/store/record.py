@@ -123,9 +123,8 @@ class Batch:
         drafts: list[Draft] = []
         for i, op in enumerate(ops):
             kind = op.WhichOneof("op")
-            if kind == "step" and op.step.change.status not in ev.STEP_STATUSES:
-                field = f"ops[{i}].step.change.status"
-                raise InvalidArgument(f"unknown step status {op.step.change.status!r}", field=field)
+            if kind == "step":
+                _step_change(op.step.change, f"ops[{i}].step.change")
             if kind == "item" and op.item.item.index < 0:
                 raise InvalidArgument("must not be negative", field=f"ops[{i}].item.item.index")
             if kind == "event":
@@ -320,3 +319,17 @@ class Recording(StoreBase):
             ],
         )  # fmt: skip
         return [convert.event_row(r) for r in rows]
+
+
+# The widths of the columns the step's text goes to: a value too long would fail the whole
+# group commit on PostgreSQL (SQLite does not check), so it is refused here, alone.
+STEP_TEXT_LIMITS = {"finish_reason": 40, "served_by": 400}
+
+
+def _step_change(change: runs_pb2.StepChange, at: str) -> None:
+    if change.status not in ev.STEP_STATUSES:
+        raise InvalidArgument(f"unknown step status {change.status!r}", field=f"{at}.status")
+    for name, limit in STEP_TEXT_LIMITS.items():
+        values = [getattr(change, name), *(getattr(a, name) for a in change.alternatives)]
+        if any(len(v) > limit for v in values):
+            raise InvalidArgument(f"must be at most {limit} characters", field=f"{at}.{name}")

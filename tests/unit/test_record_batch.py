@@ -1,0 +1,43 @@
+"""A RecordRequest's ops validated before they reach SQL: a value a column cannot hold is
+refused for its own batch, naming the field, instead of failing a group commit."""
+
+from __future__ import annotations
+
+import pytest
+
+from nyxflow import events as ev
+from nyxflow.errors import InvalidArgument
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow.v1 import runs_pb2
+from nyxflow_runs.store.record import Batch
+
+
+def step_op(**change: object) -> runs_pb2.WriteOp:
+    return runs_pb2.WriteOp(
+        step=runs_pb2.StepWrite(step_id="s", change=runs_pb2.StepChange(**change))  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"status": "done"}, "ops[0].step.change.status"),
+        ({"status": ev.COMPLETED, "finish_reason": "x" * 41}, "ops[0].step.change.finish_reason"),
+        ({"status": ev.COMPLETED, "served_by": "x" * 401}, "ops[0].step.change.served_by"),
+        (
+            {"status": ev.COMPLETED, "alternatives": [pb.Alternative(served_by="x" * 401)]},
+            "ops[0].step.change.served_by",
+        ),
+    ],
+)
+def test_a_step_change_a_column_cannot_hold_is_refused(
+    change: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        Batch.of([step_op(**change)])
+    assert refused.value.field == field
+
+
+def test_the_widest_values_pass() -> None:
+    batch = Batch.of([step_op(status=ev.COMPLETED, finish_reason="x" * 40, served_by="y" * 400)])
+    assert batch.ops[0].step.change.served_by == "y" * 400
