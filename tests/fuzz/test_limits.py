@@ -111,6 +111,8 @@ async def test_a_few_mb_under_the_limit_is_taken(runs: runs_pb2_grpc.RunsStub) -
         (runs_pb2.ClaimRunRequest(run_id="r", owner="o" * 201, lease_ttl_s=1), "owner"),
         (runs_pb2.ClaimRunRequest(run_id="r", owner="o", lease_ttl_s=float("nan")), "lease_ttl_s"),
         (runs_pb2.ClaimRunRequest(run_id="r", owner="o", lease_ttl_s=float("inf")), "lease_ttl_s"),
+        (runs_pb2.ClaimRunRequest(run_id="r", owner="o", lease_ttl_s=3601), "lease_ttl_s"),
+        (runs_pb2.ClaimRunRequest(run_id="r", owner="o", lease_ttl_s=1e300), "lease_ttl_s"),
     ],
 )
 async def test_what_the_database_cannot_hold_is_refused_naming_the_field(

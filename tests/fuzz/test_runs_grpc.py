@@ -334,13 +334,13 @@ async def test_watch_random_run(runs: runs_pb2_grpc.RunsStub, run_id: str, after
     ttl=st.one_of(st.floats(), st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -1.0])),
 )
 async def test_claim_run_lease(runs: runs_pb2_grpc.RunsStub, owner: str, ttl: float) -> None:
-    """A tenant's key may claim its own run: a lease that never expires (inf, NaN) would keep
-    the run running forever after its engine died, so only a finite positive TTL is taken."""
+    """A tenant's key may claim its own run: a lease that never expires (inf, NaN, 1e300)
+    would keep the run running forever after its engine died, so only 0 < TTL ≤ 1 h is taken."""
     workflow = await a_workflow(runs)
     run: pb.Run = await runs.CreateRun(runs_pb2.CreateRunRequest(workflow_id=workflow.id), **kw())
     request = runs_pb2.ClaimRunRequest(run_id=run.id, owner=owner, lease_ttl_s=ttl)
     claimed = await answer(runs.ClaimRun(request, **kw()))
-    if not (math.isfinite(ttl) and ttl > 0):
+    if not (math.isfinite(ttl) and 0 < ttl <= 3600):
         assert claimed is None
 
 

@@ -17,7 +17,7 @@ def _default_engine_id() -> str:
 class EngineSettings(CommonSettings):
     engine_listen: str = "127.0.0.1:50052"
     engine_id: str = Field(default_factory=_default_engine_id)
-    lease_ttl_s: float = 30.0
+    lease_ttl_s: float = Field(default=30.0, gt=0, le=3600)  # runs refuses longer leases
     heartbeat_s: float = 10.0
     delta_flush_ms: float = 50.0  # at most one step_delta event per step per this long
     group_commit_ms: float = 50.0  # progress is committed at most this long after it happens

@@ -238,7 +238,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         tenant = await self._tenant(request, context)
         run_id = valid.require_id(request.run_id, "run_id")
         owner = valid.require_id(request.owner, "owner", 200)
-        ttl = valid.positive(request.lease_ttl_s, "lease_ttl_s")
+        ttl = valid.lease_ttl(request.lease_ttl_s)
         claim_id = valid.text(request.claim_id, "claim_id", 64, required=False)
         claim = await self._store.claim_run(tenant, run_id, owner, ttl, claim_id)
         return runs_pb2.ClaimRunResponse(
@@ -249,7 +249,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         self, request: runs_pb2.HeartbeatRequest, context: Ctx
     ) -> runs_pb2.HeartbeatResponse:
         tenant = self._engine(request, context)
-        ttl = valid.positive(request.lease_ttl_s, "lease_ttl_s")
+        ttl = valid.lease_ttl(request.lease_ttl_s)
         expires = await self._store.heartbeat(
             tenant, request.run_id, valid.token(request.token), ttl
         )

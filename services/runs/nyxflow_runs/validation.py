@@ -85,6 +85,18 @@ def slug(value: str, field: str) -> str:
     return value
 
 
+MAX_LEASE_TTL_S = 3600.0
+
+
+def lease_ttl(value: float, field: str = "lease_ttl_s") -> float:
+    """A lease is how long a dead engine holds its run; a caller's key may claim, so an hour
+    at most, or it could hold a workflow `running` with no engine for as long as it liked."""
+    positive(value, field)
+    if value > MAX_LEASE_TTL_S:
+        raise InvalidArgument(f"must be at most {MAX_LEASE_TTL_S:.0f} seconds", field=field)
+    return value
+
+
 def positive(value: float, field: str) -> float:
     if not (value > 0 and math.isfinite(value)):  # NaN and inf too: a lease must expire
         raise InvalidArgument("must be a positive number", field=field)
