@@ -885,3 +885,23 @@ async def test_a_brief_get_run_is_the_run_without_its_steps(api: Clients) -> Non
     assert brief.status == ev.RUNNING and brief.last_seq == 2
     with pytest.raises(NotFound):
         await api.runs.get_run(MISSING, brief=True)
+
+
+async def test_a_step_saving_its_findings_again_stores_them_once(api: Clients) -> None:
+    """A tool step run again in the same run (after a handover, a drain, or a save whose
+    answer was lost) reports the same findings: the run lists them once, new ones added."""
+    engine, run, token = await claimed(api)
+    step_id = run.steps[0].id
+    first = [
+        pb.Finding(file="a.py", line=1, severity="high", category="bug", message="off by one"),
+        pb.Finding(file="b.py", line=2, severity="low", category="style", message="long line"),
+    ]
+    again = [*first, pb.Finding(file="c.py", line=3, severity="low", message="new")]
+    await engine.save_artifacts(run.id, token, step_id, findings=first)
+    await engine.save_artifacts(run.id, token, step_id, findings=again)
+    stored = await api.runs.list_findings(run.id)
+    assert sorted((f.file, f.line, f.message) for f in stored) == [
+        ("a.py", 1, "off by one"),
+        ("b.py", 2, "long line"),
+        ("c.py", 3, "new"),
+    ]

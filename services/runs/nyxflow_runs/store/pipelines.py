@@ -93,18 +93,31 @@ class Pipelines(Workflows, EngineWrites):
                         content=a.content,
                     )
                 )
-            session.add_all(
-                Finding(
-                    run_id=run_id,
-                    step_id=step_id,
-                    file=f.file,
-                    line=f.line,
-                    severity=f.severity,
-                    category=f.category,
-                    message=f.message,
+            # The step run again in the same run (resumed after a handover or a drain, or a
+            # save whose answer was lost and retried) reports what it reported before: those
+            # are stored once.
+            stored = {
+                (r.file, r.line, r.severity, r.category, r.message)
+                for r in await session.scalars(
+                    select(Finding).where(Finding.run_id == run_id, Finding.step_id == step_id)
                 )
-                for f in findings
-            )
+            }
+            for f in findings:
+                key = (f.file, f.line, f.severity, f.category, f.message)
+                if key in stored:
+                    continue
+                stored.add(key)
+                session.add(
+                    Finding(
+                        run_id=run_id,
+                        step_id=step_id,
+                        file=f.file,
+                        line=f.line,
+                        severity=f.severity,
+                        category=f.category,
+                        message=f.message,
+                    )
+                )
 
     async def get_artifact(self, tenant_id: str, run_id: str, name: str) -> pb.Artifact:
         async with self._scoped(tenant_id) as session:
