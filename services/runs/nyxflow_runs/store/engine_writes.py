@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nyxflow import events as ev
@@ -17,7 +17,7 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import db_now
-from nyxflow_runs.models import Run, RunEvent
+from nyxflow_runs.models import Run, RunEvent, Step
 from nyxflow_runs.store.base import Claim, Draft, started_data
 from nyxflow_runs.store.record import Batch, Recording, Written
 from nyxflow_runs.store.workflows import step_row
@@ -163,6 +163,9 @@ class EngineWrites(Recording):
             anchor = next((s for s in steps if s.id == after_step_id), None)
             if anchor is None:
                 raise NotFound(f"step {after_step_id} not found in run {run_id}")
+            replayed = await self._generated_before(session, run_id, steps, anchor, specs)
+            if replayed is not None:
+                return replayed
             names = [s.name for s in steps]
             new = step_drafts(specs, await self._personas(session, tenant_id), earlier=names)
             for s in steps:
@@ -194,6 +197,37 @@ class EngineWrites(Recording):
         )
 
     # --- helpers ----------------------------------------------------------------------
+
+    async def _generated_before(
+        self,
+        session: AsyncSession,
+        run_id: str,
+        steps: Sequence[Step],
+        anchor: Step,
+        specs: Sequence[pb.StepSpec],
+    ) -> Written | None:
+        """A retry of a generation that committed (its answer was lost): the same steps sit
+        right after the anchor already. Answered with what that generation wrote, instead of
+        refusing the names as duplicates and failing the run."""
+        wanted = [s.name.strip() for s in specs]
+        following = [s for s in steps if s.position > anchor.position][: len(wanted)]
+        if not wanted or [s.name for s in following] != wanted:
+            return None
+        if not all(s.auto_generated for s in following):
+            return None
+        generated = await session.scalar(
+            select(func.max(RunEvent.seq)).where(
+                RunEvent.run_id == run_id, RunEvent.type == ev.STEPS_GENERATED
+            )
+        )
+        if generated is None:
+            return None
+        rows = await session.scalars(
+            select(RunEvent)
+            .where(RunEvent.run_id == run_id, RunEvent.seq >= generated)
+            .order_by(RunEvent.seq)
+        )
+        return Written([convert.event(r) for r in rows], False)
 
     async def _published(self, run_id: str, written: Written) -> Written:
         await self._bus.publish(run_id, written.events)

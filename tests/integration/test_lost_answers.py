@@ -1,6 +1,6 @@
-"""A claim that commits while its answer is late or lost: the caller cancelling its Execute
-meanwhile, or the answer never arriving. Either way the run must be executed, not left
-`running` for the sweeper."""
+"""Writes that commit while their answer is late or lost. A claim: the caller cancelling its
+Execute meanwhile, or the answer never arriving; either way the run must be executed, not
+left `running` for the sweeper. A generation: its retry must be answered, not refused."""
 
 from __future__ import annotations
 
@@ -102,4 +102,45 @@ async def test_a_claim_whose_answer_was_lost_is_won_again_by_its_retry(
     assert stored.status == ev.COMPLETED, (stored.status, stored.error)
     types = [e.type for e in events]
     assert types.count(ev.RUN_STARTED) == 1 and types[-1] == ev.RUN_COMPLETED
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_a_generation_whose_answer_was_lost_is_answered_again_by_its_retry(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry found its own steps in place and refused their names as duplicates: the run
+    failed, though the generation had committed."""
+    original = RunsServicer.GenerateSteps
+    calls = 0
+
+    async def loses_the_first_answer(
+        self: RunsServicer, request: runs_pb2.GenerateStepsRequest, context: Any
+    ) -> runs_pb2.WriteResponse:
+        nonlocal calls
+        calls += 1
+        response = await original(self, request, context)  # committed
+        if calls == 1:
+            raise Unavailable("the answer was lost")
+        return response
+
+    monkeypatch.setattr(RunsServicer, "GenerateSteps", loses_the_first_answer)
+    async with two_step_run(database_url) as (api, _):
+        assert api.engine is not None
+        outline = pb.StepSpec(name="Outline", kind="llm", prompt="p", params_json='{"items": 3}')
+        synthesis = pb.StepSpec(
+            name="Synthesis",
+            kind="synthesis",
+            prompt="{{ steps.Outline.output }}",
+            generates="implementation_prompt",
+            params_json='{"items": 3}',
+        )
+        workflow = await api.runs.create_workflow("plan", [outline, synthesis])
+        run = await api.runs.create_run(workflow.id)
+        events = [e async for e in api.engine.execute(run.id)]
+        stored = await api.runs.get_run(run.id)
+    assert calls == 2
+    assert stored.status == ev.COMPLETED, (stored.status, stored.error)
+    assert [s.kind for s in stored.steps].count("implementation_prompt") == 3
+    types = [e.type for e in events]
+    assert types.count(ev.STEPS_GENERATED) == 1 and types[-1] == ev.RUN_COMPLETED
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
