@@ -104,3 +104,39 @@ async def test_a_failed_batch_fails_every_write_it_carried(api: Clients) -> None
     assert all(isinstance(o, LeaseLost) for o in outcomes), outcomes
     assert committer.calls == [[2], [14]]
     assert (await api.runs.get_run(run.id)).steps[0].items == []
+
+
+class SlowCommitter(Committer):
+    """The real committer, each RecordMany sent a moment late."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel, SECRET, 10.0)
+        self.sent = asyncio.Event()
+
+    async def _send(self, runs: RunsClient, group: list[Waiting]) -> None:
+        self.sent.set()
+        await asyncio.sleep(0.2)
+        await super()._send(runs, group)
+
+
+async def test_a_write_cancelled_in_flight_still_reaches_the_feed_in_order(api: Clients) -> None:
+    """A fan-out item cancelled (a sibling failed) while its batch is on its way: the batch
+    commits all the same, so its events must reach the feed before the next batch's, or
+    every Execute follower skips their seqs for good."""
+    _, run, token = await claimed(api)
+    committer = SlowCommitter(api.runs_channel)
+    writer = writer_for(api, committer, run, token)
+    step_id = run.steps[0].id
+
+    first = asyncio.create_task(writer.item(*item(step_id, 0)))
+    await asyncio.wait_for(committer.sent.wait(), 5)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await writer.item(*item(step_id, 1))
+    await writer.feed.close()
+
+    seqs = [e.seq async for e in writer.feed.follow()]
+    assert seqs == [2, 3]
+    stored = await api.runs.get_run(run.id)
+    assert [i.index for i in stored.steps[0].items] == [0, 1]

@@ -200,18 +200,28 @@ class RunWriter:
                 finish_error=finish_error,
                 batch_id=uuid.uuid4().hex,  # the same across retries: applied once at most
             )
+            commit = asyncio.ensure_future(self._commit(request, taken))
             try:
-                response = await self._retrying(
-                    lambda: self._committer.record(self._tenant_id, request)
-                )
-            except Exception as error:
-                self._lost = (
-                    taken,
-                    error,
-                )  # its ops are lost: so is every flush that counted on them
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                # Cancelled (a fan-out sibling failed, say) while the batch is on its way: it
+                # commits all the same, so its answer reaches the feed before the next batch
+                # goes, still under the lock, or every follower would skip its seqs.
+                await asyncio.wait([commit])
+                if not commit.cancelled():
+                    commit.exception()  # seen: the caller is told of its cancellation
                 raise
-            self._committed = taken
-            await self._absorb(response)
+
+    async def _commit(self, request: runs_pb2.RecordRequest, taken: int) -> None:
+        try:
+            response = await self._retrying(
+                lambda: self._committer.record(self._tenant_id, request)
+            )
+        except Exception as error:
+            self._lost = (taken, error)  # its ops are lost: so is every flush that counted on them
+            raise
+        self._committed = taken
+        await self._absorb(response)
 
     # --- group commit -----------------------------------------------------------------
 
