@@ -13,6 +13,7 @@ import pytest
 from nyxflow import events as ev
 from nyxflow.auth import internal_metadata
 from nyxflow.client import RunsClient
+from nyxflow.errors import Unavailable
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_engine.committer import Committer, Waiting
@@ -140,3 +141,41 @@ async def test_a_write_cancelled_in_flight_still_reaches_the_feed_in_order(api: 
     assert seqs == [2, 3]
     stored = await api.runs.get_run(run.id)
     assert [i.index for i in stored.steps[0].items] == [0, 1]
+
+
+class FailingFirstCommitter(Committer):
+    """The real committer, but its first batch fails as if runs could not be reached."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel, SECRET, 10.0)
+        self.failed = False
+
+    async def record(
+        self, tenant_id: str, request: runs_pb2.RecordRequest
+    ) -> runs_pb2.WriteResponse:
+        if not self.failed:
+            self.failed = True
+            raise Unavailable("runs is away")
+        return await super().record(tenant_id, request)
+
+
+async def test_a_failed_background_commit_still_lets_the_run_end_be_recorded(
+    api: Clients,
+) -> None:
+    """The group commit's timer failed; every later write re-raises that, as it should, but
+    the run's end must still go, with the error, or the run is swept as an orphan."""
+    _, run, token = await claimed(api)
+    runs = RunsClient(api.runs_channel, internal_metadata(SECRET, run.tenant_id))
+    committer = FailingFirstCommitter(api.runs_channel)
+    writer = RunWriter(
+        runs, committer, run.tenant_id, run.id, token, RunFeed(), retry_s=0.01, group_commit_s=0
+    )
+    writer.events(draft(ev.STEP_DELTA, step_id=run.steps[0].id, text="x"))
+    await asyncio.sleep(0.1)  # the timer's flush fails
+    with pytest.raises(Unavailable):
+        writer.events(draft(ev.STEP_DELTA, step_id=run.steps[0].id, text="y"))
+
+    await writer.finish(ev.FAILED, "runs is away")
+
+    stored = await api.runs.get_run(run.id)
+    assert (stored.status, stored.error) == (ev.FAILED, "runs is away")

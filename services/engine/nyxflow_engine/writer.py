@@ -144,6 +144,9 @@ class RunWriter:
 
     async def finish(self, status: str, error: str = "") -> None:
         self.ending = True
+        # A background commit that failed fails every later write, but not the end: it is a
+        # batch of its own, and without it the run would be swept as an orphan, its error lost.
+        self._failure = None
         await self.flush(status, error)
 
     async def release(self, reason: str) -> str:
