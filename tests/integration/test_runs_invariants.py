@@ -905,3 +905,25 @@ async def test_a_step_saving_its_findings_again_stores_them_once(api: Clients) -
         ("b.py", 2, "long line"),
         ("c.py", 3, "new"),
     ]
+
+
+async def test_a_batch_replayed_after_its_run_was_swept_is_refused(
+    runs: Clients, db: Direct
+) -> None:
+    """The batch committed, its answer was lost, the lease expired and the sweeper failed the
+    run (appending run_failed with the same token). The retry must learn the run is gone; it
+    was answered with the batch's events shifted by one, run_failed among them."""
+    engine, run, token = await claimed(runs, ttl_s=0.3)
+    step = run.steps[0]
+    ops = [runs_pb2.WriteOp(event=draft(ev.STEP_DELTA, step_id=step.id, text="x"))]
+    await engine.record(run.id, token, ops, batch_id="lost-answer")
+    await eventually(
+        lambda: runs.runs.get_run(run.id),
+        lambda r: r.status == ev.FAILED,
+        timeout_s=3.0,
+        what="the run swept",
+    )
+    with pytest.raises(FailedPrecondition):
+        await engine.record(run.id, token, ops, batch_id="lost-answer")
+    events = await db.events(run.tenant_id, run.id)
+    assert seqs_and_types(events) == [(1, ev.RUN_STARTED), (2, ev.STEP_DELTA), (3, ev.RUN_FAILED)]

@@ -44,7 +44,11 @@ FENCE = (
     .returning(runs_t.c.workflow_id, runs_t.c.last_seq, runs_t.c.pause_requested)
 )
 LAST_BATCH = select(
-    runs_t.c.last_batch, runs_t.c.token, runs_t.c.last_seq, runs_t.c.pause_requested
+    runs_t.c.last_batch,
+    runs_t.c.token,
+    runs_t.c.last_seq,
+    runs_t.c.pause_requested,
+    runs_t.c.status,
 ).where(runs_t.c.id == bindparam("b_run_id"), runs_t.c.tenant_id == bindparam("b_tenant_id"))
 _STEP_WHERE = and_(
     steps_t.c.id == bindparam("b_step_id"),
@@ -237,6 +241,10 @@ class Recording(StoreBase):
             await session.execute(LAST_BATCH, {"b_run_id": run_id, "b_tenant_id": tenant_id})
         ).first()
         if row is None or row.last_batch != batch.batch_id or row.token != token:
+            return None
+        # Swept or requeued since (an event appended, the token kept): the run is no longer
+        # this lease's, and the batch's events are no longer the run's last ones.
+        if row.status != (batch.finish_status or ev.RUNNING):
             return None
         first = row.last_seq - len(batch.drafts) + 1
         rows = await session.scalars(
