@@ -538,6 +538,21 @@ async def test_a_start_lost_to_another_falls_back_to_watch_from_the_beginning(
     assert world.execute_calls == [RUN] and world.watch_calls == [(RUN, 0)]
 
 
+@pytest.mark.parametrize("per_message", [1, 3])
+async def test_a_gap_in_the_engine_stream_is_filled_from_the_stored_stream(
+    gateway: Gateway, per_message: int
+) -> None:
+    world = gateway.world
+    world.add_run(ev.PENDING)
+    history = world.history[RUN]
+    world.executes = [Stream([*history[:2], *history[4:]], per_message=per_message)]
+
+    received = await read_events(gateway.http, events_url(), AUTH)
+
+    assert_relayed(received, history)  # 3 and 4 in their place
+    assert world.watch_calls == [(RUN, 2)]
+
+
 async def test_an_engine_away_before_the_start_is_tried_again_while_the_run_is_pending(
     gateway: Gateway,
 ) -> None:

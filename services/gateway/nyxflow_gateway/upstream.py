@@ -5,8 +5,9 @@ Events go on in the batches they arrived in, so that the hub writes each browser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from nyxflow import events as ev
 from nyxflow.errors import FailedPrecondition, Unavailable
@@ -17,12 +18,18 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 5.0
 
 
-class _Cursor:
-    """The last seq passed on, so that no source repeats what another already gave."""
+Replay = Callable[[int], AsyncGenerator[Sequence[pb.RunEvent], None]]
+FILL_TIMEOUT_S = 5.0
 
-    def __init__(self, after_seq: int) -> None:
+
+class _Cursor:
+    """The last seq passed on, so that no source repeats what another already gave, and
+    none skips one: a gap is filled from the stored stream before what follows it."""
+
+    def __init__(self, after_seq: int, replay: Replay) -> None:
         self.last = after_seq
         self.ended = False
+        self._replay = replay
 
     async def relay(
         self, source: AsyncIterator[Sequence[pb.RunEvent]]
@@ -32,6 +39,8 @@ class _Cursor:
             for event in events:
                 if event.seq <= self.last:
                     continue
+                if event.seq > self.last + 1:
+                    fresh += await self._missing(event.seq)
                 self.last = event.seq
                 fresh.append(event)
                 if event.type in ev.TERMINAL_EVENTS:
@@ -42,11 +51,28 @@ class _Cursor:
             if self.ended:
                 return
 
+    async def _missing(self, before: int) -> list[pb.RunEvent]:
+        """The stored events after the last one passed on and before `before` (seqs are
+        gap-free in the database, so they are there)."""
+        found: list[pb.RunEvent] = []
+        try:
+            async with asyncio.timeout(FILL_TIMEOUT_S):
+                async with contextlib.aclosing(self._replay(self.last)) as stored:
+                    async for events in stored:
+                        for event in events:
+                            if event.seq >= before:
+                                return found
+                            if event.seq > self.last + len(found):
+                                found.append(event)
+        except (TimeoutError, Unavailable) as error:
+            log.warning("a gap in the stream left unfilled", extra={"why": str(error)})
+        return found
+
 
 async def upstream(
     services: Services, run_id: str, status: str, after_seq: int
 ) -> AsyncGenerator[list[pb.RunEvent], None]:
-    cursor = _Cursor(after_seq)
+    cursor = _Cursor(after_seq, lambda after: services.runs.watch_run_batches(run_id, after))
     if status == ev.PENDING:
         async for events in _start(services, run_id, cursor):
             yield events
