@@ -4,12 +4,15 @@ nothing they start outlives them, on a timeout, on cancellation, or after a norm
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from nyxflow_engine.tools import commands
 from nyxflow_engine.tools.commands import run
 from tests.support.eventually import eventually
 
@@ -140,8 +143,9 @@ async def test_a_contained_command_dies_with_the_engine(tmp_path: Path) -> None:
     )
     stand_in = await asyncio.create_subprocess_exec(sys.executable, "-c", engine, tmp_path, line)
     try:
-        # The escaped sleeper and the command's own shell.
-        await eventually(lambda: asyncio.to_thread(_running, marker), lambda p: len(p) >= 2)
+        # The stand-in, the keeper, the command's shell and the escaped sleeper (all four
+        # carry the marker): the command is under way when the engine dies.
+        await eventually(lambda: asyncio.to_thread(_running, marker), lambda p: len(p) >= 4)
     finally:
         stand_in.kill()
         await stand_in.wait()
@@ -154,3 +158,15 @@ async def test_a_contained_command_keeps_its_exit_status_and_reasons(tmp_path: P
 
     assert killed.code == 128 + 9  # as a shell reports a signal
     assert missing.code == 127 and "cannot run no-such-program-anywhere" in missing.output
+
+
+async def test_a_keeper_whose_engine_died_as_it_started_runs_nothing(tmp_path: Path) -> None:
+    """Its parent is not the engine it was started by: it exits, the command never run."""
+    marker = tmp_path / "ran"
+    reaper = Path(commands.__file__).with_name("reaper.py")
+    not_the_parent = str(os.getpid() + 1_000_000)
+    keeper = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", "-S", str(reaper), not_the_parent, "touch", str(marker)
+    )
+    assert await asyncio.wait_for(keeper.wait(), 10) == 128 + signal.SIGTERM
+    assert not marker.exists()

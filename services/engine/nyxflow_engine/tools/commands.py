@@ -68,7 +68,7 @@ async def run(
     """`args` in `cwd`; the exit code -1 and a message if it outlives `timeout_s`.
     `contained`: under the keeper (see the module's docstring), for code not the engine's."""
     if contained:
-        args = (sys.executable, "-I", "-S", str(REAPER), *args)
+        args = (sys.executable, "-I", "-S", str(REAPER), str(os.getpid()), *args)
     with (
         tempfile.TemporaryFile() as given,
         tempfile.TemporaryFile() as out,

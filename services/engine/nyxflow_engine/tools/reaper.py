@@ -1,4 +1,6 @@
-"""The keeper of a tenant's command: `python reaper.py PROGRAM ARGS...`, started by the engine.
+"""The keeper of a tenant's command: `python reaper.py ENGINE_PID PROGRAM ARGS...`, started by
+the engine (whose pid it is given: an engine that died while this process was starting must
+not be mistaken for its parent).
 
 A process group is not a cage: a test suite's server that calls setsid(), or daemonizes by
 double fork, leaves the group, and killing the group leaves it running for ever. This process
@@ -96,12 +98,14 @@ def exit_code(status: int) -> int:
 
 
 def main(args: list[str]) -> int:
-    if not args:
-        print("usage: reaper.py PROGRAM [ARGS...]", file=sys.stderr)
+    if len(args) < 2 or not args[0].isdigit():
+        print("usage: reaper.py ENGINE_PID PROGRAM [ARGS...]", file=sys.stderr)
         return 2
+    parent, args = int(args[0]), args[1:]
     become_subreaper()  # if refused, the engine's group kill is still there
-    parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+    if os.getppid() != parent:
+        return STOPPED  # the engine died as this process started: nothing is run
     command = start(args)
     try:
         while True:
