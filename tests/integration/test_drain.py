@@ -4,8 +4,6 @@ Execute stream carries it before it closes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,21 +13,10 @@ from nyxflow.errors import Unavailable
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs.servicer import RunsServicer
-from tests.support.inprocess import Clients, clients, engine_service, runs_service
+from tests.support.inprocess import runs_and_engine
 from tests.support.workflows import llm_step
 
 ANSWER_DELAY_S = 1.0  # well within the engine's grace (3 s)
-
-
-@contextlib.asynccontextmanager
-async def stack(database_url: str, stop: asyncio.Event) -> AsyncIterator[Clients]:
-    """runs and an engine in process; setting `stop` drains the engine."""
-    async with (
-        runs_service(database_url) as runs_settings,
-        engine_service(runs_settings.runs_listen, stop=stop) as engine_settings,
-        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
-    ):
-        yield api
 
 
 async def test_a_drain_while_the_end_is_answered_keeps_the_end_in_the_stream(
@@ -52,7 +39,7 @@ async def test_a_drain_while_the_end_is_answered_keeps_the_end_in_the_stream(
 
     monkeypatch.setattr(RunsServicer, "RecordMany", answers_the_end_late)
     stop = asyncio.Event()
-    async with stack(database_url, stop) as api:
+    async with runs_and_engine(database_url, stop=stop) as api:
         assert api.engine is not None
         engine = api.engine
         steps = [
@@ -93,7 +80,7 @@ async def test_a_draining_engine_starts_nothing_new(
 
     monkeypatch.setattr(RunsServicer, "ReleaseRun", releases_late)
     stop = asyncio.Event()
-    async with stack(database_url, stop) as api:
+    async with runs_and_engine(database_url, stop=stop) as api:
         assert api.engine is not None
         engine = api.engine
         slow = await api.runs.create_workflow(

@@ -16,18 +16,14 @@ from nyxflow.errors import Unavailable
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs.servicer import RunsServicer
-from tests.support.inprocess import Clients, clients, engine_service, runs_service
+from tests.support.inprocess import Clients, runs_and_engine
 from tests.support.workflows import llm_step
 
 
 @contextlib.asynccontextmanager
 async def two_step_run(database_url: str) -> AsyncIterator[tuple[Clients, pb.Run]]:
     """runs and an engine in process, and a pending run of two steps."""
-    async with (
-        runs_service(database_url) as runs_settings,
-        engine_service(runs_settings.runs_listen) as engine_settings,
-        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
-    ):
+    async with runs_and_engine(database_url) as api:
         steps = [llm_step("one", "x", tokens=3), llm_step("two", "y", tokens=3)]
         workflow = await api.runs.create_workflow("claim-answer", steps)
         yield api, await api.runs.create_run(workflow.id)

@@ -104,3 +104,17 @@ async def clients(runs_addr: str, engine_addr: str | None = None) -> AsyncIterat
         await runs_channel.close()
         if engine_channel is not None:
             await engine_channel.close()
+
+
+@contextlib.asynccontextmanager
+async def runs_and_engine(
+    database_url: str, *, stop: asyncio.Event | None = None
+) -> AsyncIterator[Clients]:
+    """runs and an engine in this process, and clients of both; setting `stop` drains the
+    engine as SIGTERM would."""
+    async with (
+        runs_service(database_url) as runs_settings,
+        engine_service(runs_settings.runs_listen, stop=stop) as engine_settings,
+        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
+    ):
+        yield api
