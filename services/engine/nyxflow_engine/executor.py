@@ -41,14 +41,14 @@ class Executor:
     async def start(self, run_id: str, caller: Metadata) -> RunFeed:
         """Claim `run_id` with the caller's credentials and start it; FAILED_PRECONDITION if
         the run is not pending or another caller won the claim."""
-        # A caller that goes away (the last browser left) cancels its Execute call; were the
-        # claim cancelled with it, a claim already committed would leave the run `running`
-        # with no execution until it is swept as an orphan. The claim and the start finish
-        # whatever the caller does.
         if self._draining:
             # A run claimed now would be neither paused nor handed over: the drain's list of
             # executions is taken. UNAVAILABLE: the caller starts it elsewhere, or later.
             raise Unavailable("engine is shutting down; start the run on another replica")
+        # A caller that goes away (the last browser left) cancels its Execute call; were the
+        # claim cancelled with it, a claim already committed would leave the run `running`
+        # with no execution until it is swept as an orphan. The claim and the start finish
+        # whatever the caller does.
         starting = asyncio.create_task(self._claim_and_start(run_id, caller))
         self._starting.add(starting)
         starting.add_done_callback(self._starting.discard)
