@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -97,6 +98,11 @@ async def test_a_few_mb_under_the_limit_is_taken(runs: runs_pb2_grpc.RunsStub) -
         (runs_pb2.GetWorkflowRequest(workflow_id="a\x00b"), "workflow_id"),
         (runs_pb2.ListRunsRequest(limit=-1), "limit"),
         (runs_pb2.ListRunsRequest(status="\x00"), "status"),
+        (runs_pb2.ListRunsRequest(status="done"), "status"),
+        (
+            runs_pb2.CreateWorkflowRequest(name="a", steps=[step(params_json='{"t": 1e400}')]),
+            "steps[0].params",
+        ),
         (runs_pb2.WatchRunRequest(run_id="r", after_seq=-1), "after_seq"),
         (
             runs_pb2.PutPersonaRequest(persona=pb.Persona(name="p" * 101, system_prompt="s")),
@@ -137,6 +143,37 @@ async def test_what_the_database_cannot_hold_is_refused_naming_the_field(
             await call
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
     assert from_rpc_error(raised.value).field == field
+
+
+async def test_names_made_from_names_fit_their_column(
+    runs: runs_pb2_grpc.RunsStub, tmp_path: Path
+) -> None:
+    """A copy's default name and a pipeline's workflow name are built from names that may
+    each be 200 long: PostgreSQL refused them (INTERNAL), SQLite kept them too long."""
+    source = await runs.CreateWorkflow(
+        runs_pb2.CreateWorkflowRequest(name="n" * 200, steps=[step()]), **kw()
+    )
+    copy = await runs.DuplicateWorkflow(
+        runs_pb2.DuplicateWorkflowRequest(workflow_id=source.id), **kw()
+    )
+    assert len(copy.name) == 200
+    assert copy.name.endswith("… (copy)")
+    assert copy.name.startswith("n" * 190)
+    project = await runs.CreateProject(runs_pb2.CreateProjectRequest(name="p"), **kw())
+    repo = await runs.AddRepository(
+        runs_pb2.AddRepositoryRequest(
+            project_id=project.id, owner="o" * 200, repo="r" * 200, path=str(tmp_path)
+        ),
+        **kw(),
+    )
+    run = await runs.StartPipeline(
+        runs_pb2.StartPipelineRequest(repository_id=repo.id, pipeline="code-analysis"), **kw()
+    )
+    workflow = await runs.GetWorkflow(
+        runs_pb2.GetWorkflowRequest(workflow_id=run.workflow_id), **kw()
+    )
+    assert len(workflow.name) == 200
+    assert workflow.name.startswith("code-analysis: ooo")
 
 
 async def test_admin_refuses_nul_and_endless_keys(admin: admin_pb2_grpc.AdminStub) -> None:

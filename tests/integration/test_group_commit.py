@@ -179,3 +179,30 @@ async def test_a_failed_background_commit_still_lets_the_run_end_be_recorded(
 
     stored = await api.runs.get_run(run.id)
     assert (stored.status, stored.error) == (ev.FAILED, "runs is away")
+
+
+def ended(step_id: str, input_tokens: int) -> runs_pb2.WriteOp:
+    change = runs_pb2.StepChange(status=ev.COMPLETED, output="x", input_tokens=input_tokens)
+    return runs_pb2.WriteOp(step=runs_pb2.StepWrite(step_id=step_id, change=change))
+
+
+async def test_a_count_beyond_its_column_costs_only_its_own_batch(api: Clients) -> None:
+    """Token counts are int64 in the message and int32 in the column: on PostgreSQL the one
+    batch's value failed the whole group's statement, every other run's batch with it."""
+    engine, good, good_token = await claimed(api, name="good")
+    _, bad, bad_token = await claimed(api, name="bad")
+    good_op, bad_op = ended(good.steps[0].id, 5), ended(bad.steps[0].id, 2**31)
+    response = await engine.record_many(
+        [
+            runs_pb2.RecordRequest(run_id=good.id, token=good_token, ops=[good_op]),
+            runs_pb2.RecordRequest(run_id=bad.id, token=bad_token, ops=[bad_op]),
+        ]
+    )
+    assert response.results[0].HasField("written")
+    refused = response.results[1]
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert refused.field == "batches[1].ops[0].step.change.input_tokens"
+    assert (await api.runs.get_run(good.id)).steps[0].status == ev.COMPLETED
+    untouched = await api.runs.get_run(bad.id)
+    assert untouched.steps[0].status == ev.PENDING
+    assert untouched.steps[0].input_tokens == 0

@@ -28,6 +28,12 @@ def step_op(**change: object) -> runs_pb2.WriteOp:
             {"status": ev.COMPLETED, "alternatives": [pb.Alternative(served_by="x" * 401)]},
             "ops[0].step.change.served_by",
         ),
+        ({"status": ev.COMPLETED, "input_tokens": 2**31}, "ops[0].step.change.input_tokens"),
+        ({"status": ev.COMPLETED, "output_tokens": -1}, "ops[0].step.change.output_tokens"),
+        (
+            {"status": ev.COMPLETED, "alternatives": [pb.Alternative(output_tokens=2**40)]},
+            "ops[0].step.change.output_tokens",
+        ),
     ],
 )
 def test_a_step_change_a_column_cannot_hold_is_refused(
@@ -39,5 +45,16 @@ def test_a_step_change_a_column_cannot_hold_is_refused(
 
 
 def test_the_widest_values_pass() -> None:
-    batch = Batch.of([step_op(status=ev.COMPLETED, finish_reason="x" * 40, served_by="y" * 400)])
+    batch = Batch.of(
+        [
+            step_op(
+                status=ev.COMPLETED,
+                finish_reason="x" * 40,
+                served_by="y" * 400,
+                input_tokens=2**31 - 1,
+                output_tokens=2**31 - 1,
+            )
+        ]
+    )
     assert batch.ops[0].step.change.served_by == "y" * 400
+    assert batch.ops[0].step.change.input_tokens == 2**31 - 1

@@ -191,6 +191,9 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         tenant = await self._tenant(request, context)
         if request.limit < 0:
             raise InvalidArgument("must not be negative", field="limit")
+        if request.status and request.status not in ev.RUN_STATUSES:
+            known = ", ".join(sorted(ev.RUN_STATUSES))
+            raise InvalidArgument(f"must be one of {known}", field="status")
         runs = await self._store.list_runs(
             tenant, request.workflow_id, request.status, request.limit or 50
         )

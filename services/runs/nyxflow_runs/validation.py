@@ -112,6 +112,15 @@ def workflow_name(name: str) -> str:
     return name
 
 
+def fitted_name(*parts: str, keep_end: str = "") -> str:
+    """A name made from other names (a copy's, a pipeline's), cut to the column: its parts
+    may each be as long as a name, and PostgreSQL would refuse the whole (SQLite keeps it)."""
+    name = "".join(parts)
+    if len(name) + len(keep_end) <= MAX_NAME:
+        return name + keep_end
+    return name[: MAX_NAME - len(keep_end) - 1] + "…" + keep_end
+
+
 def on_orphan(value: str) -> str:
     """Empty means the default, fail."""
     if not value:
@@ -279,7 +288,7 @@ def json_object(raw: str, field: str) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        value = json.loads(raw, parse_constant=_no_constant)
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as error:
         raise InvalidArgument(f"is not valid JSON: {error.msg}", field=field) from None
     except (ValueError, RecursionError) as error:  # NaN, 5000-digit numbers, deep nesting
@@ -297,6 +306,15 @@ def json_object(raw: str, field: str) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    """1e400 reads as infinity, which would be written back as `Infinity`: not JSON, refused
+    by PostgreSQL and by every browser's JSON.parse."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond a double's range")
+    return value
 
 
 MAX_EVENT_TYPE = 40  # the run_events.type column

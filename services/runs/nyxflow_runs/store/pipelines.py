@@ -13,6 +13,7 @@ from nyxflow.errors import FailedPrecondition, NotFound
 from nyxflow.pipelines import pipeline_steps
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
+from nyxflow_runs import validation as valid
 from nyxflow_runs.models import Finding, Repository, Run, RunArtifact, Workflow
 from nyxflow_runs.store.engine_writes import EngineWrites
 from nyxflow_runs.store.workflows import Workflows, step_row
@@ -52,7 +53,7 @@ class Pipelines(Workflows, EngineWrites):
             workflow = Workflow(
                 tenant_id=tenant_id,
                 project_id=repo.project_id,
-                name=f"{request.pipeline}: {repo.owner}/{repo.repo}",
+                name=valid.fitted_name(f"{request.pipeline}: {repo.owner}/{repo.repo}"),
             )
             session.add(workflow)
             await session.flush()

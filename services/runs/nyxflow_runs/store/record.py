@@ -332,6 +332,8 @@ class Recording(StoreBase):
 # The widths of the columns the step's text goes to: a value too long would fail the whole
 # group commit on PostgreSQL (SQLite does not check), so it is refused here, alone.
 STEP_TEXT_LIMITS = {"finish_reason": 40, "served_by": 400}
+STEP_COUNTS = ("input_tokens", "output_tokens")  # int64 in the message, int32 columns
+MAX_INT32 = 2**31 - 1
 
 
 def _step_change(change: runs_pb2.StepChange, at: str) -> None:
@@ -341,3 +343,7 @@ def _step_change(change: runs_pb2.StepChange, at: str) -> None:
         values = [getattr(change, name), *(getattr(a, name) for a in change.alternatives)]
         if any(len(v) > limit for v in values):
             raise InvalidArgument(f"must be at most {limit} characters", field=f"{at}.{name}")
+    for name in STEP_COUNTS:
+        values = [getattr(change, name), *(getattr(a, name) for a in change.alternatives)]
+        if any(not 0 <= v <= MAX_INT32 for v in values):
+            raise InvalidArgument(f"must be between 0 and {MAX_INT32}", field=f"{at}.{name}")

@@ -15,6 +15,7 @@ from nyxflow.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from nyxflow.personas import BUILTIN_PERSONAS
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import convert
+from nyxflow_runs import validation as valid
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import ApiKey, Persona, Run, RunEvent, Step, Tenant, Workflow
 from nyxflow_runs.store.base import StoreBase
@@ -198,7 +199,7 @@ class Workflows(StoreBase):
             copy = Workflow(
                 tenant_id=tenant_id,
                 project_id=source.project_id,
-                name=name or f"{source.name} (copy)",
+                name=name or valid.fitted_name(source.name, keep_end=" (copy)"),
                 consistency_check=source.consistency_check,
                 on_orphan=source.on_orphan,
                 default_providers=list(source.default_providers or []),
