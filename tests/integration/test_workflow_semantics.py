@@ -531,3 +531,17 @@ async def test_delete_refuses_while_active_then_removes_everything(api: Clients)
         api.runs.list_workflows, lambda ws: workflow.id not in {w.id for w in ws}
     )
     assert workflow.id not in {w.id for w in listed}
+
+
+async def test_a_consistency_check_reviews_the_steps_this_run_completed(api: Clients) -> None:
+    """With no `reviews`, every earlier step is reviewed: on a fresh run they completed in this
+    very execution, and the check reviewed nothing (the run as claimed had them pending)."""
+    workflow = await api.runs.create_workflow(
+        "check", [spec("a"), spec("b"), spec("check", "consistency_check", "")]
+    )
+    run, events = await run_once(api, workflow.id)
+    assert run.status == ev.COMPLETED
+    check = [json.loads(e.data_json) for e in events if e.type == ev.STEP_COMPLETED][-1]
+    assert check["name"] == "check"
+    assert check["reviewed"] == ["a", "b"]
+    assert check["verdict"] == "consistent"

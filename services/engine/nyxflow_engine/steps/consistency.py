@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-from nyxflow import events as ev
 from nyxflow_engine.steps.context import StepContext, StepResult
 from nyxflow_engine.templating import render
 
@@ -18,8 +17,10 @@ INSTRUCTION = (
 
 
 async def run_consistency_check(ctx: StepContext) -> StepResult:
+    # By default every earlier step with an output: this run's own, which `ctx.steps` (the
+    # run as claimed) still shows pending, come from `ctx.outputs`.
     names = list(ctx.spec.reviews) or [
-        s.name for s in ctx.steps if s.order < ctx.step.order and s.status == ev.COMPLETED
+        s.name for s in ctx.steps if s.order < ctx.step.order and s.name in ctx.outputs
     ]
     sections = "\n\n".join(f"### {name}\n{ctx.outputs.get(name, '')}" for name in names)
     guidance = render(ctx.step.prompt, ctx.outputs).strip()
