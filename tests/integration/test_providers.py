@@ -267,3 +267,38 @@ async def test_the_tenant_default_chain_applies_when_step_and_workflow_name_none
     # The workflow's own chain wins over the tenant's.
     own = await api.runs.create_workflow("own", [plain], default_providers=["openai:gpt-4.1"])
     assert list(own.steps[0].providers) == ["openai:gpt-4.1"]
+
+
+@pytest.mark.parametrize(("wire", "kind"), [("anthropic", "overloaded"), ("openai", "server")])
+async def test_an_error_inside_the_stream_is_retried_without_duplicated_text(
+    api: Clients, fake: FakeProviders, wire: str, kind: str
+) -> None:
+    """Anthropic's `event: error` (overloaded_error) and OpenAI's `data: {"error": …}` come
+    after a 200: the step failed at once as a bad request, never retried or passed on."""
+    answer = "one two three four five six seven eight nine ten"
+    fake.script(wire, Reply(text=answer, chunk=4, error=kind, error_after=3), Reply(text=answer))
+
+    run, events = await run_steps(api, step("Busy", [f"{wire}:m", "google:gemini"]))
+
+    assert run.status == ev.COMPLETED, run.error
+    assert run.steps[0].output == answer
+    assert run.steps[0].served_by == f"{wire}:m"
+    assert fake.count(wire) == 2 and fake.count("google") == 0
+    assert any(d.get("reset") for d in of_type(events, ev.STEP_DELTA))
+    assert streamed_text(events) == answer
+
+
+async def test_a_key_gemini_calls_not_valid_falls_back_at_once(
+    api: Clients, fake: FakeProviders
+) -> None:
+    """Gemini answers a bad key with 400 INVALID_ARGUMENT, not a 401: the next provider."""
+    fake.script("google", Reply(error="auth"))
+    fake.script("openai", Reply(text="served by openai"))
+
+    run, events = await run_steps(api, step("Plan", ["google:gemini-2.5-pro", "openai:gpt-4.1"]))
+
+    assert run.status == ev.COMPLETED, run.steps[0].error
+    assert run.steps[0].served_by == "openai:gpt-4.1"
+    (fallback,) = of_type(events, ev.PROVIDER_FALLBACK)
+    assert "API key not valid" in fallback["reason"]
+    assert fake.count("google") == 1

@@ -141,6 +141,9 @@ class Reply:
     error: str | None = None  # credit|quota|auth|not_found|rate_limit|overloaded|server|invalid
     message: str | None = None  # overrides the error message
     drop_after: int | None = None  # streaming: cut the connection after this many text chunks
+    # Streaming (anthropic, openai): `error` arrives inside the 200 stream after this many text
+    # chunks, as the APIs send an overload met mid-answer, instead of as the response.
+    error_after: int | None = None
     delay_s: float = 0.0  # sleep between text chunks
 
     def __post_init__(self) -> None:
@@ -151,6 +154,8 @@ class Reply:
             raise ValueError(f"unknown error kind {self.error!r}; expected {sorted(ERROR_KINDS)}")
         if self.chunk < 1:
             raise ValueError("chunk must be at least 1")
+        if self.error_after is not None and self.error is None:
+            raise ValueError("error_after needs the error kind that arrives mid-stream")
 
     def pieces(self) -> list[str]:
         return [self.text[i : i + self.chunk] for i in range(0, len(self.text), self.chunk)]
@@ -289,7 +294,7 @@ class FakeProviders:
             return error(401, "authentication_error", "x-api-key header is required")
         reply = self._next("anthropic")
         model = str(body.get("model", ""))
-        if reply.error is not None:
+        if reply.error is not None and reply.error_after is None:
             status, kind, text = _ANTHROPIC_ERRORS[reply.error]
             return error(status, kind, reply.message or text.format(model=model))
 
@@ -352,6 +357,10 @@ class FakeProviders:
             ),
             event("message_stop", {}),
         ]
+        if reply.error is not None and reply.error_after is not None:
+            _, kind, text = _ANTHROPIC_ERRORS[reply.error]
+            texts = texts[: reply.error_after]
+            tail = [event("error", {"error": {"type": kind, "message": reply.message or text}})]
         return _Frames(
             head,
             texts,
@@ -383,7 +392,7 @@ class FakeProviders:
             )
         reply = self._next("openai")
         model = str(body.get("model", ""))
-        if reply.error is not None:
+        if reply.error is not None and reply.error_after is None:
             status, kind, code, message = _OPENAI_ERRORS[reply.error]
             return error(status, kind, code, reply.message or message.format(model=model))
 
@@ -450,6 +459,16 @@ class FakeProviders:
             last = {**common, "object": "chat.completion.chunk", "choices": [], "usage": usage}
             tail.append(f"data: {_dumps(last)}\n\n".encode())
         tail.append(b"data: [DONE]\n\n")
+        if reply.error is not None and reply.error_after is not None:
+            _, kind, code, message = _OPENAI_ERRORS[reply.error]
+            texts = texts[: reply.error_after]
+            failed = {
+                "message": reply.message or message,
+                "type": kind,
+                "param": None,
+                "code": code,
+            }
+            tail = [f"data: {_dumps({'error': failed})}\n\n".encode()]
         return _Frames(
             head,
             texts,

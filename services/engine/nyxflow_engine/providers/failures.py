@@ -28,7 +28,12 @@ _OUT_OF_CREDIT = (
     "exceeded quota",
     "payment required",
 )
+# A bad key is not always a 401: Gemini answers it with a 400 INVALID_ARGUMENT.
+_BAD_KEY = ("api key not valid", "api_key_invalid", "invalid api key", "invalid x-api-key")
 _RATE_LIMITED = ("rate_limit", "rate limit", "too many requests", "resource_exhausted")
+# The providers' own words for "our side, try again" (as a code, or mid-stream).
+_TRANSIENT = ("overloaded", "api_error", "server_error")
+STREAM_OK = 200  # an error inside a stream that had started as a success
 
 
 class ProviderFailure(ProviderError):
@@ -44,14 +49,16 @@ class ProviderFailure(ProviderError):
 def classify(status: int | None, message: str, code: str = "") -> Action:
     """`status` None means no HTTP answer: a refused connection, a timeout, a dropped stream."""
     text = f"{code} {message}".lower()
-    if any(fragment in text for fragment in _OUT_OF_CREDIT):
+    if any(fragment in text for fragment in (*_OUT_OF_CREDIT, *_BAD_KEY)):
         return Action.NEXT
     if status is None or status in (408, 409, 425, 429) or status >= 500:
         return Action.RETRY
     if status in (401, 402, 403, 404):
         return Action.NEXT  # bad or missing key, no access, unknown model
-    if any(fragment in text for fragment in _RATE_LIMITED):
+    if any(fragment in text for fragment in (*_RATE_LIMITED, *_TRANSIENT)):
         return Action.RETRY
+    if status == STREAM_OK:
+        return Action.RETRY  # the request was taken; the stream broke off with an error
     return Action.FAIL
 
 

@@ -19,7 +19,7 @@ from nyxflow_engine.providers.base import (
     CompletionRequest,
     OnDelta,
 )
-from nyxflow_engine.providers.failures import failure
+from nyxflow_engine.providers.failures import STREAM_OK, failure
 from nyxflow_engine.providers.remote import (
     TRANSPORT_ERRORS,
     Endpoint,
@@ -91,6 +91,9 @@ class OpenAIProvider:
             ) from None
         except (openai.APIConnectionError, *TRANSPORT_ERRORS) as error:
             raise failure(self.name, None, f"connection failed: {type(error).__name__}") from None
+        except openai.APIError as error:  # an error event inside the stream, after a 200
+            message_text, code = error_detail(error.body)
+            raise failure(self.name, STREAM_OK, message_text or error.message, code) from None
         return Completion(
             text="".join(parts),
             finish_reason=finish,
