@@ -545,3 +545,12 @@ async def test_a_consistency_check_reviews_the_steps_this_run_completed(api: Cli
     assert check["name"] == "check"
     assert check["reviewed"] == ["a", "b"]
     assert check["verdict"] == "consistent"
+
+
+async def test_a_model_without_a_provider_runs_on_the_default_chain(api: Clients) -> None:
+    """The default chain's entry names no model: the step's own was dropped for the
+    provider's default (a step's `gpt-4.1` would have reached a local server as its own)."""
+    workflow = await api.runs.create_workflow("model", [spec("a", model="llama-x")])
+    run, _ = await run_once(api, workflow.id)
+    assert run.status == ev.COMPLETED
+    assert run.steps[0].served_by == "local:llama-x"

@@ -69,10 +69,13 @@ async def complete_with_chain(
     reasons: list[str] = []
     for i, entry in enumerate(chain):
         target = Target.parse(entry)
+        # The step's own model serves where the chain's first entry names none (a step with a
+        # model but no provider runs on a default chain); a fallback's model is its entry's.
+        model = target.model or (request.model if i == 0 else "")
         try:
             return await _with_retries(
                 lookup(target.provider),
-                replace(request, model=target.model),
+                replace(request, model=model),
                 on_delta,
                 policy=policy,
                 on_reset=on_reset,
