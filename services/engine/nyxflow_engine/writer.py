@@ -236,11 +236,17 @@ class RunWriter:
             self._timer = asyncio.create_task(self._flush_soon(), name=f"commit-{self.run_id}")
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(self._group_commit_s)
-        try:
-            await self.flush()
-        except Exception as error:  # the execution sees it at its next write
-            self._failure = error
+        # Ops deferred while this timer's own commit is in flight found it running and started
+        # none of their own: they go in the next round here, not whenever the next write comes.
+        while True:
+            await asyncio.sleep(self._group_commit_s)
+            try:
+                await self.flush()
+            except Exception as error:  # the execution sees it at its next write
+                self._failure = error
+                return
+            if not self._pending:
+                return
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
