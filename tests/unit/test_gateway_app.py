@@ -389,6 +389,27 @@ async def test_a_key_runs_refuses_is_401(gateway: Gateway) -> None:
     assert gateway.world.execute_calls == [] and gateway.world.watch_calls == []
 
 
+BAD_KEYS = ["%C3%A9", "%01", "a%0Ab", "%7F", "x" * 20000]
+
+
+@pytest.mark.parametrize("token", BAD_KEYS, ids=["non-ascii", "control", "newline", "del", "20kb"])
+async def test_a_key_grpc_cannot_carry_is_401_not_500(gateway: Gateway, token: str) -> None:
+    """gRPC refuses such metadata in the client, before any call: it was a 500."""
+    gateway.world.add_run(ev.PENDING)
+    response = await gateway.http.get(f"{events_url()}?access_token={token}")
+    assert_error(response, 401)
+    assert "malformed" in response.text and "metadata" not in response.text
+    assert gateway.world.execute_calls == [] and gateway.world.watch_calls == []
+
+
+@pytest.mark.parametrize("value", [b"Bearer \xe9", b"Bearer " + b"x" * 20000])
+async def test_a_bearer_header_grpc_cannot_carry_is_401_not_500(
+    gateway: Gateway, value: bytes
+) -> None:
+    for path in ("/v1/workflows", events_url()):
+        assert_error(await gateway.http.get(path, headers={"Authorization": value}), 401)
+
+
 async def test_create_workflow_builds_step_specs_and_returns_201(gateway: Gateway) -> None:
     body = {
         "name": "demo",

@@ -5,6 +5,7 @@ every request for what is a dictionary lookup."""
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated
@@ -22,12 +23,24 @@ def _bearer(request: Request) -> str | None:
     return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
 
+MAX_KEY = 512  # far beyond any key made here; gRPC refuses big metadata with its own words
+KEY_SHAPE = re.compile(r"[\x21-\x7e]+")  # what gRPC metadata can carry
+
+
+def _checked(key: str) -> str:
+    """Runs checks the key, not the gateway; but one gRPC cannot carry as metadata (non-ASCII,
+    a control character, 20 KB) failed in the client, before any call, as a 500."""
+    if len(key) > MAX_KEY or not KEY_SHAPE.fullmatch(key):
+        raise Unauthenticated("malformed API key")
+    return key
+
+
 async def api_key(request: Request) -> str:
-    """The key from `Authorization: Bearer`; runs checks it, not the gateway."""
+    """The key from `Authorization: Bearer`."""
     key = _bearer(request)
     if key is None:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    return key
+    return _checked(key)
 
 
 async def stream_api_key(
@@ -38,7 +51,7 @@ async def stream_api_key(
     key = _bearer(request) or access_token
     if not key:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    return key
+    return _checked(key)
 
 
 KEPT_KEYS = 1024
