@@ -407,7 +407,7 @@ async def test_a_bearer_header_grpc_cannot_carry_is_401_not_500(
     gateway: Gateway, value: bytes
 ) -> None:
     for path in ("/v1/workflows", events_url()):
-        assert_error(await gateway.http.get(path, headers={"Authorization": value}), 401)
+        assert_error(await gateway.http.get(path, headers={b"Authorization": value}), 401)
 
 
 async def test_create_workflow_builds_step_specs_and_returns_201(gateway: Gateway) -> None:
@@ -849,3 +849,19 @@ async def take_events(frames: AsyncIterator[Frame], count: int) -> AsyncIterator
         if frame.event is not None:
             count -= 1
             yield frame
+
+
+async def test_a_request_that_asks_to_close_gets_one_connection_header(gateway: Gateway) -> None:
+    """The stream said `keep-alive` itself, and the server added `close`: both at once."""
+    gateway.world.add_run(ev.COMPLETED)
+    host, port = gateway.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET {events_url()} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+        f"Authorization: Bearer {KEY}\r\n\r\n".encode()
+    )
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head = data.split(b"\r\n\r\n")[0].decode().lower().split("\r\n")
+    assert [line for line in head if line.startswith("connection:")] == ["connection: close"]
+    assert "event: run_completed" in data.decode()

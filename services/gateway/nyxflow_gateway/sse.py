@@ -29,7 +29,8 @@ from nyxflow_gateway.settings import GatewaySettings
 
 MAX_BATCH = 64  # backlog frames per write when a browser joins a long run late
 KEEPALIVE = comment_frame().encode()
-HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+# No `Connection` header: the server sets it, and a request that asked to close got both.
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MEDIA_TYPE = "text/event-stream; charset=utf-8"
 
 
@@ -64,6 +65,8 @@ class EventStream(Response):
         try:
             backlog, subscriber.backlog = subscriber.backlog, []
             if transport is not None:
+                if transport.is_closing():
+                    return  # gone before the stream began (its start went nowhere): quietly
                 # No await from subscribing to here, so no live frame can come in between.
                 transport.write(chunk(self._retry) + b"".join(f.chunk for f in backlog))
                 subscriber.write_directly(transport)
