@@ -554,3 +554,32 @@ async def test_a_model_without_a_provider_runs_on_the_default_chain(api: Clients
     run, _ = await run_once(api, workflow.id)
     assert run.status == ev.COMPLETED
     assert run.steps[0].served_by == "local:llama-x"
+
+
+async def test_a_synthesis_that_cannot_be_split_fails_itself_and_resume_runs_it_again(
+    api: Clients,
+) -> None:
+    """Its output has no headings to make implementation prompts from: it was stored completed
+    and the run failed after it, so every resume failed at once, executing nothing."""
+    workflow = await api.runs.create_workflow(
+        "plan",
+        [
+            spec("Outline", params={"tokens": 5}),
+            spec(
+                "Synthesis",
+                "synthesis",
+                "Combine: {{ steps.Outline.output }}",
+                generates="implementation_prompt",
+                params={"tokens": 5},  # plain words: no heading
+            ),
+        ],
+    )
+    run, _ = await run_once(api, workflow.id)
+    assert run.status == ev.FAILED
+    outline, synthesis = run.steps
+    assert outline.status == ev.COMPLETED
+    assert synthesis.status == ev.FAILED
+    assert "no markdown headings" in synthesis.error
+    resumed = await api.runs.resume_workflow(workflow.id)
+    again = await execute(api, resumed.id)
+    assert started(again) == ["Synthesis"]  # the failed step runs again, the outline does not

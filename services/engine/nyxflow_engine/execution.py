@@ -18,7 +18,11 @@ from nyxflow.v1 import runs_pb2
 from nyxflow_engine.providers.registry import Providers
 from nyxflow_engine.settings import EngineSettings
 from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult
-from nyxflow_engine.steps.generation import already_generated, generated_specs
+from nyxflow_engine.steps.generation import (
+    already_generated,
+    check_generatable,
+    generated_specs,
+)
 from nyxflow_engine.steps.registry import runner_for
 from nyxflow_engine.writer import LeaseLost, RunWriter, draft
 
@@ -230,6 +234,8 @@ class Execution:
         started = time.monotonic()
         try:
             result = await runner_for(step.kind)(context)
+            if step.spec.generates:
+                check_generatable(result.output)
         except (LeaseLost, PauseRequested, asyncio.CancelledError):
             raise
         except Exception as error:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from nyxflow import constants as kinds
+from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.splitting import split_items
 from nyxflow_engine.templating import literal
@@ -51,6 +52,18 @@ def generated_specs(
             )
         )
     return specs
+
+
+def check_generatable(output: str) -> None:
+    """A synthesis whose output cannot be split fails itself. Completed, it left a run that
+    failed after it, with every step completed, and each resume failed the same way at once."""
+    try:
+        split_items(output, "headings")
+    except InvalidArgument:
+        raise InvalidArgument(
+            "the output has no markdown headings to make implementation prompts from",
+            field="generates",
+        ) from None
 
 
 def already_generated(synthesis: pb.Step, steps: Sequence[pb.Step]) -> bool:
