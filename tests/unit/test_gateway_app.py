@@ -865,3 +865,52 @@ async def test_a_request_that_asks_to_close_gets_one_connection_header(gateway: 
     head = data.split(b"\r\n\r\n")[0].decode().lower().split("\r\n")
     assert [line for line in head if line.startswith("connection:")] == ["connection: close"]
     assert "event: run_completed" in data.decode()
+
+
+async def read_slowly(base_url: str, headers: dict[str, str]) -> list[int]:
+    """A browser on a slow link: it reads nothing for a second, then everything."""
+    seqs: list[int] = []
+    async with (
+        httpx.AsyncClient(base_url=base_url, timeout=20) as http,
+        http.stream("GET", events_url(), headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        await asyncio.sleep(1.0)
+        async for frame in frames(response):
+            if frame.event is not None:
+                seqs.append(frame.seq)
+    return seqs
+
+
+@BOTH_SERVERS
+@pytest.mark.parametrize("overrides", [{"sse_queue_events": 50}])
+async def test_the_first_browser_of_a_long_run_gets_its_history_whole(gateway: Gateway) -> None:
+    """No one follows the run: its history comes from the upstream's replay, in a burst, and
+    was counted against the inbox, so the browser was dropped part-way (and each reconnect
+    re-read the run from its start)."""
+    world = gateway.world
+    run = world.add_run(ev.COMPLETED)
+    history = [
+        # ~12 MB: more than loopback's socket buffers hold, so most waits in the process
+        *(event(i, ev.STEP_DELTA, text="x" * 8192) for i in range(1, 1500)),
+        event(1500, ev.RUN_COMPLETED),
+    ]
+    world.history[RUN] = history
+    run.last_seq = 1500
+
+    seqs = await asyncio.wait_for(read_slowly(gateway.base_url, AUTH), 30)
+
+    assert seqs == list(range(1, 1501))
+    assert world.watch_calls == [(RUN, 0)]
+
+
+async def test_a_reconnect_to_an_unfollowed_run_reads_on_from_its_last_event_id(
+    gateway: Gateway,
+) -> None:
+    world = gateway.world
+    world.add_run(ev.COMPLETED)
+
+    received = await read_events(gateway.http, events_url(), {**AUTH, "Last-Event-ID": "3"})
+
+    assert_relayed(received, world.history[RUN][3:])
+    assert world.watch_calls == [(RUN, 3)]  # not from the start again

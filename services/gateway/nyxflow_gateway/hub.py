@@ -55,12 +55,17 @@ class Subscriber:
     arrived together: no task wakes per browser per event. Otherwise the frames wait in
     `pending` for the browser's task (`take`).
 
-    A browser that does not read is dropped once `size` frames wait for it in this process
-    (in `pending`, or in the transport's buffer beyond what the socket holds)."""
+    A browser that does not read is dropped once `size` live frames wait for it in this
+    process (in `pending`, or in the transport's buffer beyond what the socket holds). What the
+    run had written when the browser came (up to `history_seq`) is its history, sent whole
+    like a backlog: the first browser of a long run gets it from the upstream's replay, in a
+    burst no browser reads at once, and was dropped part-way, reconnecting again and again."""
 
-    def __init__(self, size: int, after_seq: int) -> None:
+    def __init__(self, size: int, after_seq: int, history_seq: int = 0) -> None:
         self.size = size
+        self.history_seq = history_seq
         self.pending: list[Frame] = []
+        self._pending_live = 0  # frames in `pending` past `history_seq`
         self.ended = False  # the run ended, the upstream broke, the browser left or was dropped
         self.dropped = False
         self.idle = False  # a heartbeat is due
@@ -87,22 +92,30 @@ class Subscriber:
                 return
             joined = None  # some were sent already: the rest is joined for this one alone
         self.quiet = False
+        history = self._history(frames)
         if self._transport is not None:
             self.after_seq = frames[-1].seq
             if joined is None:
                 joined = b"".join([f.chunk for f in frames])
-            self._write(joined, len(frames))
+            self._write(joined, len(frames) - history)
             return
-        room = self.size - len(self.pending)
-        if room < len(frames):
+        room = self.size - self._pending_live
+        if room < len(frames) - history:
             # Too far behind: what is pending is still sent, then the stream ends. Nothing
             # pending is discarded, so the browser's Last-Event-ID leaves no hole.
-            frames = frames[: max(room, 0)]
+            frames = frames[: history + max(room, 0)]
             self.dropped = self.ended = True
         if frames:
             self.after_seq = frames[-1].seq
             self.pending.extend(frames)
+            self._pending_live += len(frames) - history
         self._wake()
+
+    def _history(self, frames: list[Frame]) -> int:
+        """How many of `frames` (in seq order) are the browser's history."""
+        if frames[-1].seq <= self.history_seq:
+            return len(frames)
+        return sum(1 for f in frames if f.seq <= self.history_seq)
 
     def heartbeat(self) -> None:
         """Called by the hub's one ticker: a browser that heard nothing gets a comment."""
@@ -130,6 +143,7 @@ class Subscriber:
             finally:
                 self._waiter = None
         frames, self.pending, self.idle = self.pending, [], False
+        self._pending_live = 0
         return frames, self.ended
 
     def _write(self, data: bytes, count: int) -> None:
@@ -141,7 +155,7 @@ class Subscriber:
         transport.write(data)
         if not transport.get_write_buffer_size():
             self._unsent = 0
-        else:
+        elif count:
             self._unsent += count
             if self._unsent > self.size:
                 # Too far behind: what was written is still sent, then the stream ends,
@@ -200,17 +214,28 @@ class RunHub:
         channel.task = asyncio.create_task(self._pump(channel, services, status, after_seq))
         return channel
 
-    def subscribe(self, services: Services, run_id: str, status: str, after_seq: int) -> Subscriber:
+    def subscribe(
+        self,
+        services: Services,
+        run_id: str,
+        status: str,
+        after_seq: int,
+        history_seq: int = 0,
+    ) -> Subscriber:
+        """`history_seq`: the run's last seq when the browser came (see Subscriber)."""
         channel = self._channels.get(run_id)
         if channel is None:
-            channel = self._open(services, run_id, status, 0, shared=True)
+            # From the browser's Last-Event-ID, not from the start: a reconnect re-read the
+            # whole run. Browsers that need older events get their own channel (`trimmed`).
+            channel = self._open(services, run_id, status, after_seq, shared=True)
+            channel.trimmed = after_seq
         elif after_seq < channel.trimmed:
             # It needs events the channel let go: its own WatchRun from its Last-Event-ID
             # (the shared channel started the run already, if it was pending).
             channel = self._open(services, run_id, ev.RUNNING, after_seq, shared=False)
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name="sse-heartbeat")
-        subscriber = Subscriber(self._queue_size, after_seq)
+        subscriber = Subscriber(self._queue_size, after_seq, history_seq)
         # What the channel already holds is replayed from memory, outside the bounded inbox:
         # joining a long run late is not falling behind. Only live frames go through the inbox.
         subscriber.backlog = [f for f in channel.frames if f.seq > after_seq]

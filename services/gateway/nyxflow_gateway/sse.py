@@ -45,11 +45,13 @@ class EventStream(Response):
         status: str,
         after_seq: int,
         settings: GatewaySettings,
+        history_seq: int = 0,
     ) -> None:
         super().__init__(headers=HEADERS, media_type=MEDIA_TYPE)
         del self.headers["content-length"]  # a stream: chunked
         self._hub, self._services = hub, services
         self._run_id, self._status, self._after_seq = run_id, status, after_seq
+        self._history_seq = history_seq  # the run's last seq as the browser came
         self._retry = retry_frame(settings.sse_retry_ms).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,7 +59,7 @@ class EventStream(Response):
         transport = _transport(scope)
         # Subscribed once the response has started, so a request that fails before holds nothing.
         subscriber = self._hub.subscribe(
-            self._services, self._run_id, self._status, self._after_seq
+            self._services, self._run_id, self._status, self._after_seq, self._history_seq
         )
         # The browser's disconnect only shows on `receive`: one idle waiter ends the stream.
         listener = asyncio.ensure_future(_until_disconnect(receive))

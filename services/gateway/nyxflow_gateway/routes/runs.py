@@ -73,4 +73,6 @@ async def run_events(
     run = await state.run_status.get(
         (services, run_id), lambda: services.runs.get_run(run_id, brief=True)
     )
-    return EventStream(state.hub, services, run_id, run.status, after, state.settings)
+    return EventStream(
+        state.hub, services, run_id, run.status, after, state.settings, history_seq=run.last_seq
+    )
