@@ -302,3 +302,26 @@ async def test_a_key_gemini_calls_not_valid_falls_back_at_once(
     (fallback,) = of_type(events, ev.PROVIDER_FALLBACK)
     assert "API key not valid" in fallback["reason"]
     assert fake.count("google") == 1
+
+
+async def test_an_anthropic_continuation_joins_without_doubling_the_whitespace_at_the_cut(
+    api: Clients, fake: FakeProviders
+) -> None:
+    """The prefill goes without its trailing whitespace (the API refuses it), so the model
+    answers the join's whitespace again: it appeared twice in the output."""
+    fake.script(
+        "anthropic",
+        Reply(text="## One\nfirst part\n\n", finish="max_tokens"),
+        Reply(text="\n\n## Two\nsecond part"),  # goes on right after "first part"
+    )
+
+    run, events = await run_steps(
+        api, step("Long", ["anthropic:claude"], max_tokens=8, auto_continue=1)
+    )
+
+    assert fake.requests[-1].body["messages"][-1] == {
+        "role": "assistant",
+        "content": "## One\nfirst part",
+    }
+    assert run.steps[0].output == "## One\nfirst part\n\n## Two\nsecond part"
+    assert streamed_text(events) == run.steps[0].output

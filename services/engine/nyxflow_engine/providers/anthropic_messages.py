@@ -45,11 +45,18 @@ class AnthropicProvider:
             messages.append({"role": "assistant", "content": request.prefix.rstrip()})
         extra: dict[str, Any] = {"system": request.system} if request.system else {}
         parts: list[str] = []
+        # The model goes on from the prefill without its trailing whitespace, and its own
+        # whitespace at the join would follow ours, which the text so far still ends with.
+        at_join = request.prefix != request.prefix.rstrip()
         try:
             async with client.messages.stream(
                 model=model, max_tokens=request.max_tokens, messages=messages, **extra
             ) as stream:
-                async for text in stream.text_stream:
+                async for piece in stream.text_stream:
+                    text = piece.lstrip() if at_join else piece
+                    if not text:
+                        continue
+                    at_join = False
                     parts.append(text)
                     await on_delta(text)
                 message = await stream.get_final_message()
