@@ -325,3 +325,25 @@ async def test_an_anthropic_continuation_joins_without_doubling_the_whitespace_a
     }
     assert run.steps[0].output == "## One\nfirst part\n\n## Two\nsecond part"
     assert streamed_text(events) == run.steps[0].output
+
+
+async def test_a_continuation_retried_mid_stream_keeps_the_first_part_on_screen(
+    api: Clients, fake: FakeProviders
+) -> None:
+    """The retry's reset voided everything the step had streamed, the valid first part too:
+    followers saw only the second part until the step completed."""
+    fake.script(
+        "openai",
+        Reply(text="first part, ", chunk=4, finish="max_tokens"),
+        Reply(text="second part", chunk=4, drop_after=1),
+        Reply(text="second part", chunk=4),
+    )
+
+    run, events = await run_steps(
+        api, step("Long", ["openai:gpt-4.1"], max_tokens=8, auto_continue=1)
+    )
+
+    assert run.status == ev.COMPLETED, run.error
+    assert run.steps[0].output == "first part, second part"
+    assert any(d.get("reset") for d in of_type(events, ev.STEP_DELTA))
+    assert streamed_text(events) == run.steps[0].output

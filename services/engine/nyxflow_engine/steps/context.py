@@ -34,21 +34,28 @@ class DeltaBuffer:
         self._parts: list[str] = []
         self._last = time.monotonic()
         self._shown = False  # whether this attempt's text has reached the event stream
+        self._kept = ""  # the step's earlier completions' text (a continuation's first part)
 
     async def add(self, text: str) -> None:
         self._parts.append(text)
         if time.monotonic() - self._last >= self._flush_s:
             await self.flush()
 
+    def keep(self, text: str) -> None:
+        """A continuation starts: `text`, the completions before it, survives its resets."""
+        self._kept = text
+
     async def reset(self) -> None:
-        """A provider attempt broke off mid-stream and is retried: what it showed is void."""
-        self._parts = []
+        """A provider attempt broke off mid-stream and is retried: what it showed is void. A
+        reset voids the whole stream for clients, so the kept text is sent again after it."""
+        self._parts = [self._kept] if self._kept else []
         if self._shown:
             data: dict[str, Any] = {"step_id": self._step_id, "text": "", "reset": True}
             if self._alternative:
                 data["alternative"] = self._alternative
             self._writer.events(draft(ev.STEP_DELTA, **data))
             self._shown = False
+            await self.flush()
 
     async def flush(self) -> None:
         if self._parts:
@@ -132,6 +139,8 @@ class StepContext:
         on_reset = deltas.reset if deltas is not None else _nothing
         text, input_tokens, output_tokens = "", 0, 0
         for _attempt in range(1 + max(0, self.spec.auto_continue)):
+            if deltas is not None:
+                deltas.keep(text)
             request = CompletionRequest(
                 prompt=prompt,
                 model=step.model,
