@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
+import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import cast
@@ -195,3 +197,42 @@ async def eventually_seq(subscriber: Subscriber, seq: int) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError(f"offered up to {subscriber.after_seq}, not {seq}")
+
+
+class TimedTransport(RecordingTransport):
+    """Notes when each write came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[tuple[float, bytes]] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.times.append((time.monotonic(), bytes(data)))
+
+
+async def test_a_browser_is_never_silent_for_longer_than_the_heartbeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An event just after a tick made the next tick pass the browser by: nearly two
+    intervals of silence, past the idle timeout of a proxy set to the interval."""
+    heartbeat_s = 0.4
+
+    async def upstream(*_: object) -> AsyncIterator[list[pb.RunEvent]]:
+        await asyncio.sleep(heartbeat_s * 1.1)  # just after the first tick of the old ticker
+        yield [pb.RunEvent(run_id="run", seq=1, type="step_delta", data_json="{}")]
+        await asyncio.Event().wait()  # then nothing, for ever
+        yield []
+
+    monkeypatch.setattr(hub_module, "upstream", upstream)
+    hub = RunHub(queue_size=8, heartbeat_s=heartbeat_s)
+    try:
+        subscriber = hub.subscribe(cast(Services, None), "run", "running", 0)
+        transport = TimedTransport()
+        subscriber.write_directly(transport)
+        await asyncio.sleep(4 * heartbeat_s)
+        times = [at for at, _ in transport.times]
+        assert any(b"id: 1" in data for _, data in transport.times)
+        assert len(times) >= 4
+        assert max(b - a for a, b in itertools.pairwise(times)) <= heartbeat_s * 1.1
+    finally:
+        await hub.close()

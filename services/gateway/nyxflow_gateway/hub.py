@@ -266,9 +266,11 @@ class RunHub:
                 task.cancel()
 
     async def _tick(self) -> None:
-        """One timer for every browser, instead of one per browser per wait."""
+        """One timer for every browser, instead of one per browser per wait. It ticks twice
+        per interval and a browser that heard nothing since the last tick gets a comment: at a
+        tick per interval, an event just after one left the browser silent for nearly two."""
         while True:
-            await asyncio.sleep(self._heartbeat_s)
+            await asyncio.sleep(self._heartbeat_s / 2)
             for channel in self._all():
                 for subscriber in tuple(channel.subscribers):
                     subscriber.heartbeat()
