@@ -574,6 +574,25 @@ async def test_a_gap_in_the_engine_stream_is_filled_from_the_stored_stream(
     assert world.watch_calls == [(RUN, 2)]
 
 
+async def test_a_gap_the_stored_stream_cannot_fill_yet_is_read_again_never_skipped(
+    gateway: Gateway,
+) -> None:
+    """runs away as the gap is filled: the cursor moved past it, and the gap's events were
+    lost for every browser of the run."""
+    world = gateway.world
+    world.add_run(ev.RUNNING)
+    history = world.history[RUN]
+    world.watches = [
+        Stream([*history[:2], *history[4:]], then="hang"),  # 3 and 4 never come live
+        Stream([], then="unavailable"),  # the fill
+    ]
+
+    received = await read_events(gateway.http, events_url(), AUTH)
+
+    assert_relayed(received, history)
+    assert world.watch_calls == [(RUN, 0), (RUN, 2), (RUN, 2)]
+
+
 async def test_an_engine_away_before_the_start_is_tried_again_while_the_run_is_pending(
     gateway: Gateway,
 ) -> None:

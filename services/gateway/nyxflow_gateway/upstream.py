@@ -40,7 +40,16 @@ class _Cursor:
                 if event.seq <= self.last:
                     continue
                 if event.seq > self.last + 1:
-                    fresh += await self._missing(event.seq)
+                    filled = await self._missing(event.seq)
+                    if filled:
+                        fresh += filled
+                        self.last = filled[-1].seq
+                    if event.seq > self.last + 1:
+                        # Not to be had now: what came before the gap goes on, and the run is
+                        # read again from there (WatchRun, with backoff), never past the gap.
+                        if fresh:
+                            yield fresh
+                        raise Unavailable("a gap in the run's stream could not be filled yet")
                 self.last = event.seq
                 fresh.append(event)
                 if event.type in ev.TERMINAL_EVENTS:
@@ -65,7 +74,7 @@ class _Cursor:
                             if event.seq > self.last + len(found):
                                 found.append(event)
         except (TimeoutError, Unavailable) as error:
-            log.warning("a gap in the stream left unfilled", extra={"why": str(error)})
+            log.warning("a gap in the stream not filled yet", extra={"why": str(error)})
         return found
 
 
