@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import json
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -234,5 +235,35 @@ async def test_a_browser_is_never_silent_for_longer_than_the_heartbeat(
         assert any(b"id: 1" in data for _, data in transport.times)
         assert len(times) >= 4
         assert max(b - a for a, b in itertools.pairwise(times)) <= heartbeat_s * 1.1
+    finally:
+        await hub.close()
+
+
+async def test_a_run_of_long_results_keeps_a_tail_bounded_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """40 events of 10 KB with 5,000 kept by count: a bound in events alone let a run of long
+    results hold hundreds of MB. 64 KB kept: the channel holds the last 4 to 6 of them."""
+    more = asyncio.Event()
+
+    async def fake_upstream(*_: object) -> AsyncIterator[list[pb.RunEvent]]:
+        for seq in range(1, 41):
+            text = json.dumps({"text": "x" * 10_000})
+            yield [pb.RunEvent(run_id="run", seq=seq, type="step_completed", data_json=text)]
+        await more.wait()
+        yield []
+
+    monkeypatch.setattr(hub_module, "upstream", fake_upstream)
+    hub = RunHub(queue_size=100, heartbeat_s=60, keep_frames=5000, keep_bytes=64 * 1024)
+    try:
+        first = hub.subscribe(cast(Services, None), "run", "pending", 0)
+        await eventually_seq(first, 40)
+        shared = hub._channels["run"]
+        assert shared.frames[-1].seq == 40
+        assert 4 <= len(shared.frames) <= 6
+        assert shared.kept_bytes == sum(len(f.chunk) for f in shared.frames) <= 64 * 1024
+        assert shared.trimmed == shared.frames[0].seq - 1
+        late = hub.subscribe(cast(Services, None), "run", "running", 0)
+        assert late.channel is not shared  # what was let go comes from its own stream
     finally:
         await hub.close()

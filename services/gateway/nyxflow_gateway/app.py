@@ -32,7 +32,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.hub = RunHub(
-            settings.sse_queue_events, settings.sse_heartbeat_s, settings.sse_keep_events
+            settings.sse_queue_events,
+            settings.sse_heartbeat_s,
+            settings.sse_keep_events,
+            settings.sse_keep_bytes,
         )
         app.state.run_status = Coalescer[pb.Run]()
         app.state.runs_channel = open_channel(settings.runs_addr)

@@ -173,17 +173,25 @@ class RunChannel:
     run_id: str
     shared: bool = True  # False: one late browser's own upstream, keeping no frames
     frames: list[Frame] = field(default_factory=list)
-    trimmed: int = 0  # frames up to this seq were let go (beyond keep_frames)
+    kept_bytes: int = 0  # the size of `frames`
+    trimmed: int = 0  # frames up to this seq were let go (beyond keep_frames or keep_bytes)
     subscribers: set[Subscriber] = field(default_factory=set)
     done: bool = False
     task: asyncio.Task[None] | None = None
 
 
 class RunHub:
-    def __init__(self, queue_size: int, heartbeat_s: float, keep_frames: int = 5000) -> None:
+    def __init__(
+        self,
+        queue_size: int,
+        heartbeat_s: float,
+        keep_frames: int = 5000,
+        keep_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         self._queue_size = queue_size
         self._heartbeat_s = heartbeat_s
         self._keep = keep_frames
+        self._keep_bytes = keep_bytes
         self._channels: dict[str, RunChannel] = {}  # the shared ones, by run
         self._private: set[RunChannel] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -304,10 +312,19 @@ class RunHub:
                 await source.aclose()
 
     def _keep_frames(self, channel: RunChannel, frames: list[Frame]) -> None:
-        """The last `keep_frames`, let go of a quarter at a time (not one by one: each cut
-        moves the whole list)."""
+        """The last `keep_frames`, and no more than `keep_bytes` of them, let go of a quarter
+        at a time (not one by one: each cut moves the whole list)."""
         channel.frames.extend(frames)
-        if len(channel.frames) > self._keep + self._keep // 4:
-            cut = len(channel.frames) - self._keep
-            channel.trimmed = channel.frames[cut - 1].seq
-            del channel.frames[:cut]
+        channel.kept_bytes += sum(len(f.chunk) for f in frames)
+        kept = channel.frames
+        if len(kept) <= self._keep + self._keep // 4 and channel.kept_bytes <= self._keep_bytes:
+            return
+        cut, size = max(0, len(kept) - self._keep), channel.kept_bytes
+        size -= sum(len(f.chunk) for f in kept[:cut])
+        while cut < len(kept) and size > self._keep_bytes * 3 // 4:
+            size -= len(kept[cut].chunk)
+            cut += 1
+        if cut:
+            channel.trimmed = kept[cut - 1].seq
+            del kept[:cut]
+            channel.kept_bytes = size

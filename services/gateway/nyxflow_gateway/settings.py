@@ -16,3 +16,5 @@ class GatewaySettings(CommonSettings):
     # per followed run: events kept for browsers that join late or reconnect; one that needs
     # older ones gets its own stream from runs
     sse_keep_events: int = Field(default=5000, ge=0)
+    # and at most this many bytes of them: 5,000 long results would be hundreds of MB a run
+    sse_keep_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
