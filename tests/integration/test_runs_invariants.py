@@ -927,3 +927,23 @@ async def test_a_batch_replayed_after_its_run_was_swept_is_refused(
         await engine.record(run.id, token, ops, batch_id="lost-answer")
     events = await db.events(run.tenant_id, run.id)
     assert seqs_and_types(events) == [(1, ev.RUN_STARTED), (2, ev.STEP_DELTA), (3, ev.RUN_FAILED)]
+
+
+@pytest.mark.parametrize(
+    ("artifacts", "findings", "field"),
+    [
+        ([pb.Artifact(name="p", media_type="m" * 101, content="x")], [], "artifacts[0].media_type"),
+        ([], [pb.Finding(file="a", severity="s" * 21, message="m")], "findings[0].severity"),
+        ([], [pb.Finding(file="a", severity="low", category="c" * 101, message="m")],
+         "findings[0].category"),
+    ],
+)  # fmt: skip
+async def test_artifacts_wider_than_their_columns_are_refused_by_name(
+    api: Clients, artifacts: list[pb.Artifact], findings: list[pb.Finding], field: str
+) -> None:
+    """SQLite kept them; PostgreSQL failed the write as INTERNAL."""
+    engine, run, token = await claimed(api)
+    with pytest.raises(InvalidArgument) as refused:
+        await engine.save_artifacts(run.id, token, run.steps[0].id, artifacts, findings)
+    assert refused.value.field == field
+    assert await api.runs.list_findings(run.id) == []

@@ -317,8 +317,13 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         self, request: runs_pb2.SaveArtifactsRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
         tenant = self._engine(request, context)
+        valid.fits(request.step_id, "step_id", 36)
         for i, artifact in enumerate(request.artifacts):
             valid.text(artifact.name, f"artifacts[{i}].name", 200)
+            valid.fits(artifact.media_type, f"artifacts[{i}].media_type", 100)
+        for i, finding in enumerate(request.findings):
+            valid.fits(finding.severity, f"findings[{i}].severity", 20)
+            valid.fits(finding.category, f"findings[{i}].category", 100)
         await self._store.save_artifacts(
             tenant,
             valid.require_id(request.run_id, "run_id"),

@@ -76,6 +76,13 @@ def text(value: str, field: str, limit: int, *, required: bool = True) -> str:
     return value
 
 
+def fits(value: str, field: str, limit: int) -> str:
+    """As given, no wider than its column (PostgreSQL refuses wider; SQLite keeps it)."""
+    if len(value) > limit:
+        raise InvalidArgument(f"must be at most {limit} characters", field=field)
+    return value
+
+
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")
 
 
