@@ -113,6 +113,8 @@ class Subscriber:
 
     def _history(self, frames: list[Frame]) -> int:
         """How many of `frames` (in seq order) are the browser's history."""
+        if frames[0].seq > self.history_seq:
+            return 0  # live, as nearly always: no count per browser per event
         if frames[-1].seq <= self.history_seq:
             return len(frames)
         return sum(1 for f in frames if f.seq <= self.history_seq)
