@@ -5,13 +5,13 @@ carried (none returns as if committed)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
 
 from nyxflow import events as ev
-from nyxflow.auth import internal_metadata
+from nyxflow.auth import Metadata, internal_metadata
 from nyxflow.client import RunsClient
 from nyxflow.errors import Unavailable
 from nyxflow.v1 import common_pb2 as pb
@@ -206,3 +206,51 @@ async def test_a_count_beyond_its_column_costs_only_its_own_batch(api: Clients) 
     untouched = await api.runs.get_run(bad.id)
     assert untouched.steps[0].status == ev.PENDING
     assert untouched.steps[0].input_tokens == 0
+
+
+class SlowGeneration(RunsClient):
+    """The real client, each GenerateSteps sent a moment late."""
+
+    def __init__(self, channel: grpc.aio.Channel, metadata: Metadata) -> None:
+        super().__init__(channel, metadata)
+        self.sent = asyncio.Event()
+
+    async def generate_steps(
+        self,
+        run_id: str,
+        token: int,
+        after_step_id: str,
+        steps: Sequence[pb.StepSpec],
+        events: Sequence[pb.EventDraft] = (),
+    ) -> runs_pb2.WriteResponse:
+        self.sent.set()
+        await asyncio.sleep(0.2)
+        return await super().generate_steps(run_id, token, after_step_id, steps, events)
+
+
+async def test_a_generation_cancelled_in_flight_still_reaches_the_feed_in_order(
+    api: Clients,
+) -> None:
+    """A drain cancels the run while its generated steps are on their way: they commit all
+    the same, and their event went missing from every Execute follower's stream."""
+    _, run, token = await claimed(api)
+    runs = SlowGeneration(api.runs_channel, internal_metadata(SECRET, run.tenant_id))
+    committer = Committer(api.runs_channel, SECRET, 10.0)
+    writer = RunWriter(runs, committer, run.tenant_id, run.id, token, RunFeed(), retry_s=5.0)
+    spec = pb.StepSpec(name="Generated", kind="implementation_prompt", prompt="p")
+
+    generating = asyncio.create_task(
+        writer.generate(run.steps[0].id, [spec], draft(ev.STEPS_GENERATED, count=1))
+    )
+    await asyncio.wait_for(runs.sent.wait(), 5)
+    generating.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await generating
+    writer.events(draft(ev.STEP_DELTA, text="next"))
+    await writer.flush()
+    await writer.feed.close()
+
+    events = [e async for e in writer.feed.follow()]
+    assert [(e.seq, e.type) for e in events] == [(2, ev.STEPS_GENERATED), (3, ev.STEP_DELTA)]
+    stored = await api.runs.get_run(run.id)
+    assert "Generated" in [s.name for s in stored.steps]

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -52,6 +52,20 @@ def scrub(message: Message) -> None:
                 continue  # no maps in what the engine writes; leave them be
             for item in value if field.is_repeated else [value]:
                 scrub(item)
+
+
+async def _to_the_end(write: Coroutine[Any, Any, T]) -> T:
+    """A write on its way when its caller is cancelled (a fan-out sibling failed, a drain) may
+    commit all the same: it is seen to its end, still under the writer's lock, so its events
+    reach the feed before the next write's, or every follower would skip their seqs."""
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # seen: the caller is told of its cancellation
+        raise
 
 
 def _event_ops(drafts: Sequence[pb.EventDraft]) -> list[runs_pb2.WriteOp]:
@@ -123,13 +137,17 @@ class RunWriter:
         await self.flush()
         for spec in specs:
             scrub(spec)
-        async with self._lock:
+
+        async def generate() -> None:
             response = await self._retrying(
                 lambda: self.runs.generate_steps(
                     self.run_id, self.token, after_step_id, specs, drafts
                 )
             )
             await self._absorb(response)
+
+        async with self._lock:
+            await _to_the_end(generate())
 
     async def save_artifacts(
         self, step_id: str, artifacts: Sequence[pb.Artifact], findings: Sequence[pb.Finding]
@@ -154,12 +172,16 @@ class RunWriter:
         pauses it, by the workflow's policy; the status it chose is returned."""
         await self.flush()
         self.ending = True
-        async with self._lock:
+
+        async def release() -> str:
             response = await self._retrying(
                 lambda: self.runs.release_run(self.run_id, self.token, reason)
             )
             await self._absorb(response.written)
-        return response.status
+            return response.status
+
+        async with self._lock:
+            return await _to_the_end(release())
 
     async def heartbeat(self, ttl_s: float, timeout_s: float) -> None:
         """One renewal, bounded by `timeout_s`. Not retried here: the next heartbeat is the
@@ -203,17 +225,7 @@ class RunWriter:
                 finish_error=finish_error,
                 batch_id=uuid.uuid4().hex,  # the same across retries: applied once at most
             )
-            commit = asyncio.ensure_future(self._commit(request, taken))
-            try:
-                await asyncio.shield(commit)
-            except asyncio.CancelledError:
-                # Cancelled (a fan-out sibling failed, say) while the batch is on its way: it
-                # commits all the same, so its answer reaches the feed before the next batch
-                # goes, still under the lock, or every follower would skip its seqs.
-                await asyncio.wait([commit])
-                if not commit.cancelled():
-                    commit.exception()  # seen: the caller is told of its cancellation
-                raise
+            await _to_the_end(self._commit(request, taken))
 
     async def _commit(self, request: runs_pb2.RecordRequest, taken: int) -> None:
         try:
