@@ -111,6 +111,44 @@ async def test_a_browser_that_does_not_read_is_dropped_by_frames_not_by_writes()
     assert len(transport.writes) == 2  # nothing more once dropped
 
 
+def big_frames(first: int, count: int, size: int) -> list[Frame]:
+    return [Frame(s, chunk(b"x" * size)) for s in range(first, first + count)]
+
+
+async def test_a_browser_that_does_not_read_is_dropped_by_unsent_bytes_too() -> None:
+    """Four long results are within 1,000 frames but not within 10 KB unsent."""
+    subscriber = Subscriber(size=1000, after_seq=0, max_bytes=10_000)
+    transport = RecordingTransport(backed_up=True)
+    subscriber.write_directly(transport)
+
+    subscriber.offer(big_frames(1, 2, 4_000))
+    assert not subscriber.dropped  # 8 KB unsent
+    subscriber.offer(big_frames(3, 1, 4_000))
+    assert subscriber.dropped and subscriber.ended
+    assert subscriber.after_seq == 3  # written before the drop: a reconnect resumes after it
+
+
+async def test_a_browsers_history_counts_against_neither_bound() -> None:
+    """What the run had written when the browser came goes whole, however it arrives."""
+    subscriber = Subscriber(size=4, after_seq=0, history_seq=10, max_bytes=10_000)
+    transport = RecordingTransport(backed_up=True)
+    subscriber.write_directly(transport)
+
+    subscriber.offer(big_frames(1, 10, 4_000))  # 10 frames, 40 KB: history
+    assert not subscriber.dropped
+    subscriber.offer(big_frames(11, 1, 100))  # live, and the transport still holds 40 KB
+    assert subscriber.dropped
+
+
+async def test_a_browsers_history_waits_in_pending_outside_the_inbox() -> None:
+    subscriber = Subscriber(size=2, after_seq=0, history_seq=5)
+    subscriber.offer(frames(1, 5))
+    assert not subscriber.dropped and len(subscriber.pending) == 5
+    subscriber.offer(frames(6, 3))  # live: only two fit
+    assert [f.seq for f in subscriber.pending] == [1, 2, 3, 4, 5, 6, 7]
+    assert subscriber.dropped and subscriber.after_seq == 7
+
+
 async def test_a_channel_the_last_browser_left_is_freed_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -36,6 +36,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             settings.sse_heartbeat_s,
             settings.sse_keep_events,
             settings.sse_keep_bytes,
+            settings.sse_queue_bytes,
         )
         app.state.run_status = Coalescer[pb.Run]()
         app.state.runs_channel = open_channel(settings.runs_addr)

@@ -56,14 +56,19 @@ class Subscriber:
     `pending` for the browser's task (`take`).
 
     A browser that does not read is dropped once `size` live frames wait for it in this
-    process (in `pending`, or in the transport's buffer beyond what the socket holds). What the
+    process (in `pending`, or in the transport's buffer beyond what the socket holds), or, on
+    the transport, once a live write leaves more than `max_bytes` unsent: a run of long
+    results would otherwise hold a thousand of them per browser. What the
     run had written when the browser came (up to `history_seq`) is its history, sent whole
     like a backlog: the first browser of a long run gets it from the upstream's replay, in a
     burst no browser reads at once, and was dropped part-way, reconnecting again and again."""
 
-    def __init__(self, size: int, after_seq: int, history_seq: int = 0) -> None:
+    def __init__(
+        self, size: int, after_seq: int, history_seq: int = 0, max_bytes: int = 8 * 1024 * 1024
+    ) -> None:
         self.size = size
         self.history_seq = history_seq
+        self.max_bytes = max_bytes  # on the transport: unsent bytes a live write may leave
         self.pending: list[Frame] = []
         self._pending_live = 0  # frames in `pending` past `history_seq`
         self.ended = False  # the run ended, the upstream broke, the browser left or was dropped
@@ -155,11 +160,12 @@ class Subscriber:
         if transport.is_closing():  # gone: the browser's task hears of it from the server
             return
         transport.write(data)
-        if not transport.get_write_buffer_size():
+        unsent = transport.get_write_buffer_size()
+        if not unsent:
             self._unsent = 0
         elif count:
             self._unsent += count
-            if self._unsent > self.size:
+            if self._unsent > self.size or unsent > self.max_bytes:
                 # Too far behind: what was written is still sent, then the stream ends,
                 # never with a hole before the browser's Last-Event-ID.
                 self.dropped = self.ended = True
@@ -189,8 +195,10 @@ class RunHub:
         heartbeat_s: float,
         keep_frames: int = 5000,
         keep_bytes: int = 16 * 1024 * 1024,
+        queue_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
         self._heartbeat_s = heartbeat_s
         self._keep = keep_frames
         self._keep_bytes = keep_bytes
@@ -245,7 +253,7 @@ class RunHub:
             channel = self._open(services, run_id, ev.RUNNING, after_seq, shared=False)
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name="sse-heartbeat")
-        subscriber = Subscriber(self._queue_size, after_seq, history_seq)
+        subscriber = Subscriber(self._queue_size, after_seq, history_seq, self._queue_bytes)
         # What the channel already holds is replayed from memory, outside the bounded inbox:
         # joining a long run late is not falling behind. Only live frames go through the inbox.
         subscriber.backlog = [f for f in channel.frames if f.seq > after_seq]

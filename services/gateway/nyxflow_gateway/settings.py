@@ -13,6 +13,7 @@ class GatewaySettings(CommonSettings):
     sse_heartbeat_s: float = 15.0
     sse_retry_ms: int = 3000
     sse_queue_events: int = 1000  # per client: a client this far behind is dropped, alone
+    sse_queue_bytes: int = Field(default=8 * 1024 * 1024, ge=0)  # the same, in unsent bytes
     # per followed run: events kept for browsers that join late or reconnect; one that needs
     # older ones gets its own stream from runs
     sse_keep_events: int = Field(default=5000, ge=0)
