@@ -218,10 +218,14 @@ async def test_one_active_run_per_workflow(runs: Clients) -> None:
     refused = [r for r in results if isinstance(r, FailedPrecondition)]
     assert len(created) == 1 and len(refused) == 49, [r for r in results if r not in refused]
     (run,) = created
+    # each refusal names the run that won, so the caller can follow it
+    assert {r.message for r in refused} == {
+        f"workflow {workflow.id} has an active run {run.id} (pending)"
+    }
     # still refused while it runs
     engine = as_engine(runs, run.tenant_id)
     claim = await engine.claim_run(run.id, OWNER, TTL)
-    with pytest.raises(FailedPrecondition):
+    with pytest.raises(FailedPrecondition, match=f"active run {run.id} \\(running\\)"):
         await runs.runs.create_run(workflow.id)
     await engine.finish_run(run.id, claim.token, ev.COMPLETED)
 

@@ -165,6 +165,17 @@ class StoreBase:
                 f"workflow {workflow_id} has an active run {active.id} ({active.status})"
             )
 
+    async def _lost_race(self, tenant_id: str, workflow_id: str) -> FailedPrecondition:
+        """Another request's run took the workflow's one active place first: name that run,
+        so the caller can follow it rather than guess."""
+        async with self._scoped(tenant_id) as session:
+            active = await self._active_run(session, workflow_id)
+        if active is None:  # it has ended already; trying again would succeed
+            return FailedPrecondition(f"workflow {workflow_id} had an active run; try again")
+        return FailedPrecondition(
+            f"workflow {workflow_id} has an active run {active.id} ({active.status})"
+        )
+
     @staticmethod
     async def _latest_run(session: AsyncSession, workflow_id: str) -> Run | None:
         return await session.scalar(

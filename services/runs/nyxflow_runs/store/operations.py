@@ -141,7 +141,7 @@ class Operations(StoreBase):
                 await self._append(session, run, [draft])
                 return convert.run(run)
         except IntegrityError:
-            raise FailedPrecondition(f"workflow {workflow_id} already has an active run") from None
+            raise await self._lost_race(tenant_id, workflow_id) from None
 
     async def _locked_run(self, session: AsyncSession, tenant_id: str, run_id: str) -> Run:
         run = await session.scalar(

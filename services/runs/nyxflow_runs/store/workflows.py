@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from nyxflow import events as ev
 from nyxflow import metrics
 from nyxflow.auth import hash_key
-from nyxflow.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from nyxflow.errors import InvalidArgument, Unauthenticated
 from nyxflow.personas import BUILTIN_PERSONAS
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import convert
@@ -257,7 +257,7 @@ class Workflows(StoreBase):
                 await session.flush()
                 return convert.run(run)
         except IntegrityError:
-            raise FailedPrecondition(f"workflow {workflow_id} already has an active run") from None
+            raise await self._lost_race(tenant_id, workflow_id) from None
 
     async def get_run(self, tenant_id: str, run_id: str, brief: bool = False) -> pb.Run:
         async with self._scoped(tenant_id) as session:
