@@ -24,6 +24,13 @@ LEASELESS_ACTIVE = """
 COMPLETED_WITHOUT_OUTPUT = (
     "SELECT id, name FROM steps WHERE status = 'completed' AND output IS NULL"
 )
+# A workflow's latest run, if completed, left no step to do: resume is not offered for it.
+COMPLETED_WITH_STEPS_TO_DO = """
+    SELECT r.id, s.name, s.status
+    FROM runs r JOIN steps s ON s.workflow_id = r.workflow_id
+    WHERE r.status = 'completed' AND s.status NOT IN ('completed', 'skipped')
+      AND r.created_at = (SELECT max(l.created_at) FROM runs l WHERE l.workflow_id = r.workflow_id)
+"""
 # Per run: seqs must be exactly 1..last_seq (count, min, max and distinct all agree).
 SEQ_GAPS = """
     SELECT r.id, r.last_seq, count(e.seq) AS n, count(DISTINCT e.seq) AS distinct_n,
@@ -48,6 +55,7 @@ async def violations(dsn: str) -> dict[str, list[dict[str, Any]]]:
         for name, sql in (
             ("active run without a live lease", LEASELESS_ACTIVE),
             ("completed step with NULL output", COMPLETED_WITHOUT_OUTPUT),
+            ("completed run with a step not completed", COMPLETED_WITH_STEPS_TO_DO),
             ("event seqs not 1..last_seq", SEQ_GAPS),
         ):
             rows = [dict(r) for r in await connection.fetch(sql)]

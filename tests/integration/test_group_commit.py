@@ -13,7 +13,7 @@ import pytest
 from nyxflow import events as ev
 from nyxflow.auth import Metadata, internal_metadata
 from nyxflow.client import RunsClient
-from nyxflow.errors import Unavailable
+from nyxflow.errors import InvalidArgument, Unavailable
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_engine.committer import Committer, Waiting
@@ -254,3 +254,19 @@ async def test_a_generation_cancelled_in_flight_still_reaches_the_feed_in_order(
     assert [(e.seq, e.type) for e in events] == [(2, ev.STEPS_GENERATED), (3, ev.STEP_DELTA)]
     stored = await api.runs.get_run(run.id)
     assert "Generated" in [s.name for s in stored.steps]
+
+
+async def test_single_writes_refuse_counts_beyond_their_column(api: Clients) -> None:
+    """UpdateStep and PutStepItem are batches of one: the same bounds, named by field."""
+    engine, run, token = await claimed(api, name="single")
+    step = run.steps[0]
+    too_many = runs_pb2.StepChange(status=ev.COMPLETED, output="x", output_tokens=2**31)
+    with pytest.raises(InvalidArgument) as refused:
+        await engine.update_step(run.id, token, step.id, too_many)
+    assert refused.value.field == "change.output_tokens"
+    with pytest.raises(InvalidArgument) as refused:
+        await engine.put_step_item(run.id, token, step.id, pb.StepItem(index=0, input_tokens=-1))
+    assert refused.value.field == "item.input_tokens"
+    stored = await api.runs.get_run(run.id)
+    assert stored.last_seq == 1 and stored.steps[0].status == ev.PENDING
+    assert list(stored.steps[0].items) == []

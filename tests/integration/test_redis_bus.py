@@ -23,7 +23,7 @@ from nyxflow_runs.tenancy import KEY_CACHE_S
 from tests.support.databases import REDIS_URL, fresh_database, unavailable
 from tests.support.eventually import eventually
 from tests.support.inprocess import ADMIN_KEY, SECRET, Clients, clients, runs_service
-from tests.support.workflows import chain
+from tests.support.workflows import chain, complete
 
 pytestmark = [pytest.mark.pg, pytest.mark.redis]
 
@@ -128,7 +128,7 @@ async def test_a_watcher_on_one_replica_hears_writes_through_another_live(
             received = [await next_event(stream, LIVE_WITHIN_S) for _ in batch]
             assert [e.seq for e in received] == [e.seq for e in batch] == [7, 8, 9, 10]
 
-            (terminal,) = (await engine_b.finish_run(run.id, claim.token, ev.COMPLETED)).events
+            (terminal,) = await complete(engine_b, claim.run, claim.token)
             last = await next_event(stream, LIVE_WITHIN_S)
             assert (last.seq, last.type) == (terminal.seq, ev.RUN_COMPLETED)
             with pytest.raises(StopAsyncIteration):
@@ -168,7 +168,7 @@ async def test_replicas_share_one_truth(pg_url: str) -> None:
         winners = [c for c in claims if c.won]
         assert len(winners) == 1
         token = winners[0].token
-        await engine_b.finish_run(run.id, token, ev.COMPLETED)
+        await complete(engine_b, winners[0].run, token)
         with pytest.raises(FailedPrecondition):
             await engine_a.append_events(run.id, token, [draft(ev.STEP_DELTA)])
         replay = [e async for e in a.runs.watch_run(run.id)]

@@ -30,7 +30,7 @@ from nyxflow.v1 import runs_pb2
 from tests.support.direct import Direct, direct
 from tests.support.eventually import eventually
 from tests.support.inprocess import SECRET, Clients, clients, runs_service
-from tests.support.workflows import chain, llm_step
+from tests.support.workflows import chain, complete, llm_step
 
 OWNER = "engine-under-test"
 TTL = 30.0
@@ -193,7 +193,7 @@ async def test_a_hundred_simultaneous_claims_start_the_run_once(runs: Clients, d
 
 async def test_a_finished_run_is_never_claimed_again(runs: Clients, db: Direct) -> None:
     engine, run, token = await claimed(runs)
-    await engine.finish_run(run.id, token, ev.COMPLETED)
+    await complete(engine, run, token)
 
     again = await engine.claim_run(run.id, "another-engine", TTL)
 
@@ -227,7 +227,7 @@ async def test_one_active_run_per_workflow(runs: Clients) -> None:
     claim = await engine.claim_run(run.id, OWNER, TTL)
     with pytest.raises(FailedPrecondition, match=f"active run {run.id} \\(running\\)"):
         await runs.runs.create_run(workflow.id)
-    await engine.finish_run(run.id, claim.token, ev.COMPLETED)
+    await complete(engine, claim.run, claim.token)
 
     again = await runs.runs.create_run(workflow.id)
 
@@ -257,7 +257,7 @@ async def test_a_wrong_token_is_refused_and_changes_nothing(
 
 
 async def test_after_finish_the_old_token_is_refused(runs: Clients, db: Direct) -> None:
-    engine, run, token = await claimed(runs)
+    engine, run, token = await claimed(runs, steps=1)
     step = run.steps[0]
     await engine.update_step(run.id, token, step.id, runs_pb2.StepChange(status=ev.RUNNING))
     await engine.update_step(
@@ -300,7 +300,7 @@ async def test_concurrent_appends_get_gap_free_seqs(runs: Clients) -> None:
             {"batch": b, "i": i} for i in range(5)
         ]
     assert sorted(e.seq for written in batches for e in written) == list(range(2, 102))
-    await engine.finish_run(run.id, token, ev.COMPLETED)
+    await complete(engine, run, token)
 
     replay = await watch_all(runs.runs, run.id)
 
@@ -457,7 +457,7 @@ async def test_watch_replays_after_after_seq_then_the_live_tail_then_ends(runs: 
             )
         ).events
         assert [(await next_event(stream)).seq for _ in batch] == [e.seq for e in batch]
-        (terminal,) = (await engine.finish_run(run.id, token, ev.COMPLETED)).events
+        (terminal,) = await complete(engine, run, token)
         last = await next_event(stream)
         assert (last.seq, last.type) == (terminal.seq, ev.RUN_COMPLETED) == (10, ev.RUN_COMPLETED)
         with pytest.raises(StopAsyncIteration):
@@ -478,7 +478,7 @@ async def test_watch_tails_live_through_the_bus_not_the_poll(database_url: str) 
                 ).events[0]
                 # the poll would take 30 s: only the bus delivers this fast
                 assert (await next_event(stream, timeout_s=1.0)).seq == written.seq
-            await engine.finish_run(run.id, token, ev.COMPLETED)
+            await complete(engine, run, token)
             assert (await next_event(stream, timeout_s=1.0)).type == ev.RUN_COMPLETED
 
 
@@ -500,7 +500,7 @@ async def test_watch_after_the_terminal_event_ends_at_once(runs: Clients) -> Non
     browser's EventSource does, when the stream closes): nothing more will ever come, so the
     stream must end instead of tailing a finished run forever."""
     engine, run, token = await claimed(runs)
-    (terminal,) = (await engine.finish_run(run.id, token, ev.COMPLETED)).events
+    (terminal,) = await complete(engine, run, token)
 
     assert await watch_all(runs.runs, run.id, after_seq=terminal.seq, timeout_s=2.0) == []
 
@@ -824,8 +824,9 @@ async def test_a_batch_naming_another_runs_step_is_refused_whole(api: Clients, o
 
 async def test_record_many_answers_each_batch_alone(api: Clients) -> None:
     """The engine's group commit: good batches land, each bad one is refused on its own with
-    its reason (stale token, foreign step, invalid op), and no run sees another's events."""
-    runs = [await claimed(api, name=f"group-{i}") for i in range(5)]
+    its reason (stale token, foreign step, invalid op, `completed` with a step not), and no
+    run sees another's events."""
+    runs = [await claimed(api, name=f"group-{i}") for i in range(6)]
     engine = runs[0][0]
 
     def start(run: pb.Run, step_id: str = "") -> list[runs_pb2.WriteOp]:
@@ -837,7 +838,15 @@ async def test_record_many_answers_each_batch_alone(api: Clients) -> None:
         ]
 
     (_, good, good_token), (_, stale, stale_token), (_, foreign, f_token) = runs[:3]
-    (_, bad, bad_token), (_, done, done_token) = runs[3:]
+    (_, bad, bad_token), (_, done, done_token), (_, early, early_token) = runs[3:]
+    results_of = [
+        runs_pb2.WriteOp(
+            step=runs_pb2.StepWrite(
+                step_id=s.id, change=runs_pb2.StepChange(status=ev.COMPLETED, output="ok")
+            )
+        )
+        for s in done.steps
+    ]
     batches = [
         runs_pb2.RecordRequest(run_id=good.id, token=good_token, ops=start(good)),
         runs_pb2.RecordRequest(run_id=stale.id, token=stale_token + 7, ops=start(stale)),
@@ -848,28 +857,33 @@ async def test_record_many_answers_each_batch_alone(api: Clients) -> None:
             run_id=bad.id, token=bad_token, ops=[runs_pb2.WriteOp(event=pb.EventDraft(type=""))]
         ),
         runs_pb2.RecordRequest(
-            run_id=done.id, token=done_token, ops=start(done), finish_status=ev.COMPLETED
+            run_id=done.id, token=done_token, ops=results_of, finish_status=ev.COMPLETED
+        ),
+        # its second step never ran: completed, the run could never be resumed to run it
+        runs_pb2.RecordRequest(
+            run_id=early.id, token=early_token, ops=start(early), finish_status=ev.COMPLETED
         ),
     ]
 
     results = (await engine.record_many(batches)).results
 
-    assert [r.code for r in results] == [0, 9, 5, 3, 0]  # OK, FAILED_PRECONDITION, NOT_FOUND, …
+    assert [r.code for r in results] == [0, 9, 5, 3, 0, 9]  # OK, FAILED_PRECONDITION, …
     assert results[1].message.startswith("stale fencing token")
     assert good.steps[1].id in results[2].message
     assert results[3].field == "batches[3].ops[0].event.type"
+    assert results[5].message.endswith("steps not completed: 's0' (running), 's1' (pending)")
     assert [e.seq for e in results[0].written.events] == [2]
-    assert [e.type for e in results[4].written.events] == [ev.STEP_STARTED, ev.RUN_COMPLETED]
+    assert [e.type for e in results[4].written.events] == [ev.RUN_COMPLETED]
     after = {r.id: await api.runs.get_run(r.id) for _, r, _ in runs}
     assert after[good.id].steps[0].status == ev.RUNNING and after[good.id].last_seq == 2
     assert after[good.id].steps[1].status == ev.PENDING  # the foreign batch's target
-    for untouched in (stale, foreign, bad):
+    for untouched in (stale, foreign, bad, early):
         assert (
             after[untouched.id].last_seq == 1 and after[untouched.id].steps[0].status == ev.PENDING
         )
+        assert after[untouched.id].status == ev.RUNNING
     assert after[done.id].status == ev.COMPLETED
-    # The paused-not-running step of a completed run is settled like FinishRun does.
-    assert after[done.id].steps[0].status == ev.PENDING
+    assert [(s.status, s.output) for s in after[done.id].steps] == [(ev.COMPLETED, "ok")] * 2
 
 
 async def test_a_brief_get_run_is_the_run_without_its_steps(api: Clients) -> None:

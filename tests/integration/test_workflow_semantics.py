@@ -330,6 +330,11 @@ async def test_fan_out_resume_runs_only_missing_items(api: Clients) -> None:
     final = (await api.runs.get_run(resumed.id)).steps[1]
     assert [i.index for i in final.items] == list(range(8))
     assert all(final.items[i].output == out for i, out in done_before.items())
+    # the step's usage counts the items of both executions, each item's kept with it
+    assert [i.output_tokens for i in final.items] == [5] * 8
+    assert all(i.input_tokens > 0 for i in final.items)
+    assert final.output_tokens == 40
+    assert final.input_tokens == sum(i.input_tokens for i in final.items)
 
 
 async def test_synthesis_generates_implementation_prompts_and_consistency_check(

@@ -58,3 +58,18 @@ def test_the_widest_values_pass() -> None:
     )
     assert batch.ops[0].step.change.served_by == "y" * 400
     assert batch.ops[0].step.change.input_tokens == 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        ({"index": -1}, "ops[0].item.item.index"),
+        ({"index": 0, "input_tokens": 2**31}, "ops[0].item.item.input_tokens"),
+        ({"index": 0, "output_tokens": -1}, "ops[0].item.item.output_tokens"),
+    ],
+)
+def test_an_item_a_column_cannot_hold_is_refused(item: dict[str, int], field: str) -> None:
+    op = runs_pb2.WriteOp(item=runs_pb2.ItemWrite(step_id="s", item=pb.StepItem(**item)))  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument) as refused:
+        Batch.of([op])
+    assert refused.value.field == field

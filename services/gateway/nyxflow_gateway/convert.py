@@ -64,7 +64,14 @@ def step(s: pb.Step) -> dict[str, Any]:
             for a in s.alternatives
         ],
         "items": [
-            {"index": i.index, "heading": i.heading, "output": i.output, "truncated": i.truncated}
+            {
+                "index": i.index,
+                "heading": i.heading,
+                "output": i.output,
+                "truncated": i.truncated,
+                "input_tokens": i.input_tokens,
+                "output_tokens": i.output_tokens,
+            }
             for i in s.items
         ],
         "started_at": when(s.started_at),

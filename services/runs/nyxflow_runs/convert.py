@@ -103,7 +103,12 @@ def step(
         alternatives=[alternative(i, a) for i, a in enumerate(row.alternatives_out or [])],
         items=[
             pb.StepItem(
-                index=i.item_index, heading=i.heading, output=i.output, truncated=i.truncated
+                index=i.item_index,
+                heading=i.heading,
+                output=i.output,
+                truncated=i.truncated,
+                input_tokens=i.input_tokens,
+                output_tokens=i.output_tokens,
             )
             for i in items
         ],

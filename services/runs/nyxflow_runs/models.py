@@ -170,6 +170,8 @@ class StepItem(TenantOwned, Base):
     heading: Mapped[str] = mapped_column(Text, default="")
     output: Mapped[str] = mapped_column(Text, default="")
     truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
 
 

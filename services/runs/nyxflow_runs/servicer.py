@@ -287,8 +287,6 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         self, request: runs_pb2.PutStepItemRequest, context: Ctx
     ) -> runs_pb2.WriteResponse:
         tenant = self._engine(request, context)
-        if request.item.index < 0:
-            raise InvalidArgument("must not be negative", field="item.index")
         written = await self._store.put_step_item(
             tenant,
             request.run_id,

@@ -19,12 +19,17 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
     step, spec = ctx.step, ctx.spec
     items = split_items(ctx.outputs.get(spec.source, ""), spec.split or "headings")
     total = len(items)
-    outputs = {i.index: i.output for i in step.items if i.index < total}
+    kept = [i for i in step.items if i.index < total]
+    outputs = {i.index: i.output for i in kept}
     # Items that stopped at max_tokens, those of an earlier attempt included: the step is
     # marked truncated if any is, so a cut-off item does not pass for a complete one.
-    cut = {i.index for i in step.items if i.index < total and i.truncated}
+    cut = {i.index for i in kept if i.truncated}
     gate = asyncio.Semaphore(max(1, spec.concurrency or 4))
-    usage = {"input": 0, "output": 0}
+    # The step's usage is every item's, those an earlier execution finished included.
+    usage = {
+        "input": sum(i.input_tokens for i in kept),
+        "output": sum(i.output_tokens for i in kept),
+    }
     served_by = ""
 
     async def one(index: int) -> None:
@@ -49,6 +54,8 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
                     heading=item.heading,
                     output=completion.text,
                     truncated=completion.truncated,
+                    input_tokens=completion.input_tokens,
+                    output_tokens=completion.output_tokens,
                 ),
                 draft(
                     ev.FAN_OUT_PROGRESS,

@@ -19,7 +19,7 @@ from nyxflow_runs import convert
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import Run, RunEvent, Step
 from nyxflow_runs.store.base import Claim, Draft, started_data
-from nyxflow_runs.store.record import Batch, Recording, Written
+from nyxflow_runs.store.record import Batch, Recording, Written, check_change, check_item
 from nyxflow_runs.store.workflows import step_row
 from nyxflow_runs.validation import step_drafts
 
@@ -129,8 +129,7 @@ class EngineWrites(Recording):
         change: runs_pb2.StepChange,
         drafts: Sequence[Draft],
     ) -> Written:
-        if change.status not in ev.STEP_STATUSES:
-            raise InvalidArgument(f"unknown step status {change.status!r}", field="change.status")
+        check_change(change, "change")
         op = runs_pb2.WriteOp(step=runs_pb2.StepWrite(step_id=step_id, change=change))
         return await self.record(tenant_id, run_id, token, _batch([op], drafts))
 
@@ -144,6 +143,7 @@ class EngineWrites(Recording):
         drafts: Sequence[Draft],
     ) -> Written:
         """One fan-out item's result, as its own row, the moment it is done."""
+        check_item(item, "item")
         op = runs_pb2.WriteOp(item=runs_pb2.ItemWrite(step_id=step_id, item=item))
         return await self.record(tenant_id, run_id, token, _batch([op], drafts))
 

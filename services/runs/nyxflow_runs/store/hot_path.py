@@ -7,7 +7,8 @@ many runs' batches costs one round trip and one commit whatever it holds.
 
 Only the well-formed, winning cases run here. Whatever needs explaining, or an order one
 statement cannot keep (a claim lost, a stale token, a replayed batch, a step outside the run's
-workflow, a run ending with a step still running), is left out and the general path
+workflow, a run ending with a step still running, or `completed` with a step that is not), is
+left out and the general path
 (SQLAlchemy, as on SQLite) applies or refuses it, so the rules and messages live in one place.
 """
 
@@ -88,7 +89,9 @@ WHERE run_id = $1 AND seq < $2 ORDER BY seq"""
 STEPS = """
 SELECT s.*, w.default_providers AS workflow_chain, t.default_providers AS tenant_chain,
     (SELECT json_agg(json_build_object('item_index', i.item_index, 'heading', i.heading,
-                                       'output', i.output, 'truncated', i.truncated)
+                                       'output', i.output, 'truncated', i.truncated,
+                                       'input_tokens', i.input_tokens,
+                                       'output_tokens', i.output_tokens)
                      ORDER BY i.item_index)
      FROM step_items i WHERE i.step_id = s.id) AS items
 FROM steps s JOIN workflows w ON w.id = s.workflow_id JOIN tenants t ON t.id = w.tenant_id
@@ -119,6 +122,19 @@ WITH refs AS (
     SELECT x.run_id FROM refs x JOIN runs r ON r.id = x.run_id
     WHERE NOT EXISTS (
         SELECT 1 FROM steps s WHERE s.id = x.step_id AND s.workflow_id = r.workflow_id)
+), unfinished AS (
+    -- A run ending `completed` with a step that is not, the batch's own ends aside: the
+    -- general path refuses it (resume would find nothing to run and skip that step).
+    SELECT v.id FROM unnest($2::varchar[], $6::varchar[]) AS v(id, finish)
+    JOIN runs r ON r.id = v.id
+    WHERE v.finish = 'completed' AND EXISTS (
+        SELECT 1 FROM steps s
+        WHERE s.workflow_id = r.workflow_id AND s.status NOT IN ('completed', 'skipped')
+            AND NOT EXISTS (
+                SELECT 1 FROM unnest($8::varchar[], $9::varchar[], $12::varchar[])
+                    AS x(run_id, step_id, status)
+                WHERE x.run_id = v.id AND x.step_id = s.id
+                    AND x.status IN ('completed', 'skipped')))
 ), fenced AS (
     UPDATE runs AS r SET last_seq = r.last_seq + v.n, last_batch = v.batch,
         status = COALESCE(v.finish, r.status),
@@ -132,6 +148,7 @@ WITH refs AS (
     WHERE r.id = v.id AND r.tenant_id = $1 AND r.token = v.token AND r.status = 'running'
         AND r.last_batch IS DISTINCT FROM v.batch
         AND r.id NOT IN (SELECT run_id FROM foreign_refs)
+        AND r.id NOT IN (SELECT id FROM unfinished)
     RETURNING r.id, r.workflow_id, r.last_seq, r.pause_requested, v.n, v.finish, v.error
 ), stepped AS (
     UPDATE steps AS s SET
@@ -158,18 +175,20 @@ WITH refs AS (
 ), itemized AS (
     -- Idempotent per (step, index): a second write of the same item keeps the first.
     INSERT INTO step_items (id, tenant_id, step_id, item_index, heading, output, truncated,
-                            created_at)
-    SELECT x.id, $1, x.step_id, x.item_index, x.heading, x.output, x.truncated, {NOW}
+                            input_tokens, output_tokens, created_at)
+    SELECT x.id, $1, x.step_id, x.item_index, x.heading, x.output, x.truncated,
+        x.input_tokens, x.output_tokens, {NOW}
     FROM unnest($21::varchar[], $22::varchar[], $23::varchar[], $24::int[], $25::text[],
-                $26::text[], $27::bool[])
-        AS x(run_id, id, step_id, item_index, heading, output, truncated)
+                $26::text[], $27::bool[], $28::int[], $29::int[])
+        AS x(run_id, id, step_id, item_index, heading, output, truncated, input_tokens,
+             output_tokens)
     JOIN fenced f ON f.id = x.run_id
     ON CONFLICT (step_id, item_index) DO NOTHING
     RETURNING id
 ), evented AS (
     INSERT INTO run_events (run_id, tenant_id, seq, type, data, created_at)
     SELECT x.run_id, $1, f.last_seq - f.n + 1 + x.position, x.type, x.data::json, {NOW}
-    FROM unnest($28::varchar[], $29::int[], $30::varchar[], $31::text[])
+    FROM unnest($30::varchar[], $31::int[], $32::varchar[], $33::text[])
         AS x(run_id, position, type, data)
     JOIN fenced f ON f.id = x.run_id
     RETURNING run_id, seq, type, data::text AS data, created_at
@@ -412,7 +431,7 @@ def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any
     """RECORD's parameters: one array per column of each unnest."""
     runs: list[list[Any]] = [[] for _ in range(6)]
     steps: list[list[Any]] = [[] for _ in range(13)]
-    items: list[list[Any]] = [[] for _ in range(7)]
+    items: list[list[Any]] = [[] for _ in range(9)]
     events: list[list[Any]] = [[] for _ in range(4)]
     for entry, plan in chosen:
         batch = entry.batch
@@ -435,7 +454,7 @@ def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any
                 _append(
                     items,
                     (entry.run_id, str(uuid.uuid4()), op.item.step_id, item.index, item.heading,
-                     item.output, item.truncated),
+                     item.output, item.truncated, item.input_tokens, item.output_tokens),
                 )  # fmt: skip
         for position, d in enumerate(batch.drafts):
             _append(events, (entry.run_id, position, d.type, d.text))

@@ -16,7 +16,7 @@ from sqlalchemy import Table, and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nyxflow import events as ev
-from nyxflow.errors import InvalidArgument, NotFound, NyxflowError
+from nyxflow.errors import FailedPrecondition, InvalidArgument, NotFound, NyxflowError
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
@@ -85,6 +85,14 @@ STEP_IN_WORKFLOW = select(steps_t.c.id).where(_STEP_WHERE)
 ITEM_EXISTS = select(items_t.c.id).where(
     items_t.c.step_id == bindparam("b_step_id"), items_t.c.item_index == bindparam("b_index")
 )
+UNFINISHED_STEPS = (
+    select(steps_t.c.name, steps_t.c.status)
+    .where(
+        steps_t.c.workflow_id == bindparam("b_workflow_id"),
+        steps_t.c.status.not_in([ev.COMPLETED, ev.SKIPPED]),
+    )
+    .order_by(steps_t.c.position)
+)
 INSERT_EVENTS = insert(events_t).returning(*events_t.c, sort_by_parameter_order=True)
 END_RUN = (
     update(runs_t)
@@ -128,9 +136,9 @@ class Batch:
         for i, op in enumerate(ops):
             kind = op.WhichOneof("op")
             if kind == "step":
-                _step_change(op.step.change, f"ops[{i}].step.change")
-            if kind == "item" and op.item.item.index < 0:
-                raise InvalidArgument("must not be negative", field=f"ops[{i}].item.item.index")
+                check_change(op.step.change, f"ops[{i}].step.change")
+            if kind == "item":
+                check_item(op.item.item, f"ops[{i}].item.item")
             if kind == "event":
                 drafts += Draft.from_pb([op.event], f"ops[{i}].event")
             if kind is None:
@@ -214,6 +222,8 @@ class Recording(StoreBase):
                     await self._apply_item(session, tenant_id, run_id, workflow_id, op.item)
             first = fenced.last_seq - len(batch.drafts) + 1
             events = await self._insert(session, tenant_id, run_id, first, batch.drafts)
+            if batch.finish_status == ev.COMPLETED:
+                await self._require_all_completed(session, run_id, workflow_id)
             if batch.finish_status:
                 await session.execute(
                     END_RUN,
@@ -228,6 +238,20 @@ class Recording(StoreBase):
                 )
         await self._bus.publish(run_id, events)
         return Written(events, bool(fenced.pause_requested))
+
+    @staticmethod
+    async def _require_all_completed(session: AsyncSession, run_id: str, workflow_id: str) -> None:
+        """A run is `completed` only when each of its steps is: one left pending would be
+        skipped for good, since resume is for paused and failed runs. The whole batch is
+        refused; the engine then fails the run, which resume can take up."""
+        rows = await session.execute(UNFINISHED_STEPS, {"b_workflow_id": workflow_id})
+        unfinished = [f"{row.name!r} ({row.status})" for row in rows]
+        if unfinished:
+            shown = ", ".join(unfinished[:5]) + (", …" if len(unfinished) > 5 else "")
+            raise FailedPrecondition(
+                f"run {run_id} cannot complete: steps not completed: {shown}",
+                field="finish_status",
+            )
 
     @staticmethod
     async def _replayed(
@@ -309,6 +333,8 @@ class Recording(StoreBase):
                     "heading": item.heading,
                     "output": item.output,
                     "truncated": item.truncated,
+                    "input_tokens": item.input_tokens,
+                    "output_tokens": item.output_tokens,
                 },
             )
 
@@ -336,7 +362,7 @@ STEP_COUNTS = ("input_tokens", "output_tokens")  # int64 in the message, int32 c
 MAX_INT32 = 2**31 - 1
 
 
-def _step_change(change: runs_pb2.StepChange, at: str) -> None:
+def check_change(change: runs_pb2.StepChange, at: str) -> None:
     if change.status not in ev.STEP_STATUSES:
         raise InvalidArgument(f"unknown step status {change.status!r}", field=f"{at}.status")
     for name, limit in STEP_TEXT_LIMITS.items():
@@ -346,4 +372,12 @@ def _step_change(change: runs_pb2.StepChange, at: str) -> None:
     for name in STEP_COUNTS:
         values = [getattr(change, name), *(getattr(a, name) for a in change.alternatives)]
         if any(not 0 <= v <= MAX_INT32 for v in values):
+            raise InvalidArgument(f"must be between 0 and {MAX_INT32}", field=f"{at}.{name}")
+
+
+def check_item(item: pb.StepItem, at: str) -> None:
+    if item.index < 0:
+        raise InvalidArgument("must not be negative", field=f"{at}.index")
+    for name in STEP_COUNTS:
+        if not 0 <= getattr(item, name) <= MAX_INT32:
             raise InvalidArgument(f"must be between 0 and {MAX_INT32}", field=f"{at}.{name}")
