@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from nyxflow.errors import InvalidArgument
 
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 MAX_HEADING = 120
+# Fences stand on lines of their own: inside JSON text a ``` is always within a string.
+FENCED_JSON = re.compile(r"^```(?:json)?[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -50,16 +53,7 @@ def _heading_items(text: str) -> list[Item]:
 
 
 def _json_items(text: str) -> list[Item]:
-    candidate = text.strip()
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", candidate, re.DOTALL)
-    if fenced:
-        candidate = fenced.group(1)
-    try:
-        value = json.loads(candidate)
-    except json.JSONDecodeError as error:
-        raise InvalidArgument(
-            f"the source output is not JSON: {error.msg}", field="split"
-        ) from None
+    value = _json_value(text.strip())
     if isinstance(value, dict) and isinstance(value.get("items"), list):
         value = value["items"]  # a report that carries its items, e.g. a repository scan
     if not isinstance(value, list):
@@ -70,6 +64,21 @@ def _json_items(text: str) -> list[Item]:
         heading = entry.get("title") or entry.get("name") if isinstance(entry, dict) else None
         items.append(Item(_short(str(heading or text_value)), text_value))
     return items
+
+
+def _json_value(text: str) -> Any:
+    """The whole text as JSON, else the first fenced block's body (a model's answer). The
+    whole comes first: a scan's JSON holds files, and a file's code block is content."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        failure, fenced = error, FENCED_JSON.search(text)
+    if fenced is not None:
+        try:
+            return json.loads(fenced.group(1))
+        except json.JSONDecodeError as error:
+            failure = error
+    raise InvalidArgument(f"the source output is not JSON: {failure.msg}", field="split")
 
 
 def _short(text: str) -> str:
