@@ -9,13 +9,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from nyxflow import events as ev
-from nyxflow.errors import FailedPrecondition, InvalidArgument
+from nyxflow.errors import FailedPrecondition, InvalidArgument, NotFound
 from nyxflow.v1 import common_pb2 as pb
+from tests.support.databases import fresh_database
 from tests.support.eventually import eventually
-from tests.support.inprocess import Clients
+from tests.support.inprocess import Clients, clients, runs_service
 
 
 def spec(name: str, kind: str = "llm", prompt: str = "p", **fields: Any) -> pb.StepSpec:
@@ -588,3 +590,52 @@ async def test_a_synthesis_that_cannot_be_split_fails_itself_and_resume_runs_it_
     resumed = await api.runs.resume_workflow(workflow.id)
     again = await execute(api, resumed.id)
     assert started(again) == ["Synthesis"]  # the failed step runs again, the outline does not
+
+
+async def test_two_operations_at_once_one_wins_the_other_is_refused(api: Clients) -> None:
+    """A double click: retry-from-here on a generated step and on the first, or an edit of a
+    generated step and a re-run, sent together. Both reset (or delete) the same steps: the
+    loser must be refused naming the winner's run, never fail inside (a deadlock, an edit of
+    a step the other deleted)."""
+    name, steps, _ = planning_workflow()
+    workflow = await api.runs.create_workflow(name, [*steps, spec("Final")])
+    run = await api.runs.create_run(workflow.id)
+    pairs = [
+        lambda s: (api.runs.retry_step(s[2].id, True), api.runs.retry_step(s[0].id, True)),
+        lambda s: (
+            api.runs.retry_step(s[2].id, max_tokens=77),
+            api.runs.rerun_workflow(workflow.id),
+        ),
+    ]
+    for round_ in range(12):
+        await execute(api, run.id)
+        current = (await api.runs.get_workflow(workflow.id)).steps
+        assert current[2].auto_generated
+        results = await asyncio.gather(*pairs[round_ % 2](current), return_exceptions=True)
+        won = [r for r in results if isinstance(r, pb.Run)]
+        refused = [r for r in results if isinstance(r, FailedPrecondition)]
+        assert len(won) == 1 and len(refused) == 1, results
+        (run,) = won
+        assert f"has an active run {run.id} (pending)" in refused[0].message
+
+
+async def test_a_run_started_as_its_workflow_is_deleted_is_not_found(tmp_path: Path) -> None:
+    """PostgreSQL: the run's insert found the workflow, then waited on its row for the delete
+    to commit, and failed its foreign key: an internal error. It is the workflow's NOT_FOUND."""
+    async with (
+        fresh_database("postgresql", tmp_path) as url,
+        runs_service(url) as settings,
+        clients(settings.runs_listen) as api,
+    ):
+        workflow = await api.runs.create_workflow("doomed", [spec("only")])
+        deleting = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            async with deleting.transaction():
+                await deleting.execute("DELETE FROM workflows WHERE id = $1", workflow.id)
+                starting = asyncio.ensure_future(api.runs.create_run(workflow.id))
+                await asyncio.sleep(0.5)  # the insert is waiting on the deleted row by now
+                assert not starting.done()
+            with pytest.raises(NotFound, match=f"workflow {workflow.id} not found"):
+                await starting
+        finally:
+            await deleting.close()

@@ -54,3 +54,15 @@ def test_the_hot_paths_bare_asyncpg_errors_are_translated_too() -> None:
         translate(InterfaceError("cannot perform operation: another operation is in progress"))
         is None
     )
+
+
+def test_a_transaction_rolled_back_for_another_is_unavailable() -> None:
+    """A deadlock or a serialization failure (class 40) would succeed alone: try again."""
+    from asyncpg.exceptions import DeadlockDetectedError, SerializationError
+
+    for error in (DeadlockDetectedError("deadlock detected"), SerializationError("could not")):
+        wrapped = Exception("adapted")
+        wrapped.__cause__ = error
+        for translated in (translate(error), translate(DBAPIError("UPDATE", {}, wrapped))):
+            assert isinstance(translated, Unavailable), error
+            assert translated.message == "a concurrent change conflicted with this one; try again"

@@ -9,9 +9,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from nyxflow.errors import NyxflowError, Unavailable
 
-# SQLSTATE classes that mean "the server is not there right now": connection exceptions (08),
-# operator intervention (57: shutting down, starting up, 57P03 "cannot connect now").
-TRANSIENT_SQLSTATE_CLASSES = ("08", "57")
+# SQLSTATE classes that mean "try again": connection exceptions (08), operator intervention
+# (57: shutting down, starting up, 57P03 "cannot connect now"), and a transaction rolled back
+# for another's sake (40: a deadlock, a serialization failure), which would succeed alone.
+TRANSIENT_SQLSTATE_CLASSES = ("08", "57", "40")
 
 
 def _sqlstate(error: DBAPIError) -> str:
@@ -23,6 +24,12 @@ def _sqlstate(error: DBAPIError) -> str:
     return str(code or "")
 
 
+def _transient_message(sqlstate: str) -> str:
+    if sqlstate.startswith("40"):
+        return "a concurrent change conflicted with this one; try again"
+    return "the database is restarting; try again"
+
+
 def translate(error: Exception) -> NyxflowError | None:
     if isinstance(error, PoolTimeout):
         return Unavailable("the database is busy; try again")
@@ -31,12 +38,12 @@ def translate(error: Exception) -> NyxflowError | None:
     ):
         return Unavailable("the database is unavailable; try again")
     if isinstance(error, DBAPIError) and _sqlstate(error).startswith(TRANSIENT_SQLSTATE_CLASSES):
-        return Unavailable("the database is restarting; try again")
+        return Unavailable(_transient_message(_sqlstate(error)))
     # The hot path (store/hot_path.py) talks to asyncpg directly: its errors arrive unwrapped.
     if isinstance(error, asyncpg.PostgresError) and str(error.sqlstate or "").startswith(
         TRANSIENT_SQLSTATE_CLASSES
     ):
-        return Unavailable("the database is restarting; try again")
+        return Unavailable(_transient_message(str(error.sqlstate)))
     if isinstance(error, asyncpg.InterfaceError) and "closed" in str(error):
         return Unavailable("the database connection was lost; try again")
     if isinstance(error, (ConnectionError, OSError)):

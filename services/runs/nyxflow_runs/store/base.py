@@ -119,10 +119,14 @@ class StoreBase:
     # --- lookups, always by tenant ---------------------------------------------------
 
     @staticmethod
-    async def _workflow(session: AsyncSession, tenant_id: str, workflow_id: str) -> Workflow:
-        workflow = await session.scalar(
-            select(Workflow).where(Workflow.id == workflow_id, Workflow.tenant_id == tenant_id)
-        )
+    async def _workflow(
+        session: AsyncSession, tenant_id: str, workflow_id: str, *, lock: bool = False
+    ) -> Workflow:
+        """`lock`: hold the workflow's row until the transaction ends, so that operations on
+        one workflow (retry, re-run, resume, delete) go one after another. Run at once, two
+        would reset the same steps: a deadlock, or one editing a step the other deleted."""
+        query = select(Workflow).where(Workflow.id == workflow_id, Workflow.tenant_id == tenant_id)
+        workflow = await session.scalar(query.with_for_update() if lock else query)
         if workflow is None:
             raise NotFound(f"workflow {workflow_id} not found")
         return workflow

@@ -325,7 +325,10 @@ class HotPath:
 
     async def create_run(self, tenant_id: str, workflow_id: str) -> pb.Run | None:
         async with self._connection() as db:
-            row = await db.fetchrow(CREATE_RUN, str(uuid.uuid4()), workflow_id, tenant_id)
+            try:
+                row = await db.fetchrow(CREATE_RUN, str(uuid.uuid4()), workflow_id, tenant_id)
+            except asyncpg.ForeignKeyViolationError:
+                return None  # the workflow was deleted meanwhile: the general path says so
         return None if row is None else convert.run(Row(row))  # type: ignore[arg-type]
 
     async def claim(

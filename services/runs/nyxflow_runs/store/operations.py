@@ -106,6 +106,7 @@ class Operations(StoreBase):
     async def select_alternative(self, tenant_id: str, step_id: str, index: int) -> pb.Step:
         async with self._scoped(tenant_id, write=True) as session:
             step = await self._step(session, tenant_id, step_id)
+            await self._workflow(session, tenant_id, step.workflow_id, lock=True)
             await self._require_idle(session, step.workflow_id)
             alternatives: list[dict[str, Any]] = list(step.alternatives_out or [])
             if step.status != ev.COMPLETED or not alternatives:
@@ -131,7 +132,7 @@ class Operations(StoreBase):
         await self.sweep_orphans_all_tenants(workflow_id=workflow_id)
         try:
             async with self._scoped(tenant_id, write=True) as session:
-                await self._workflow(session, tenant_id, workflow_id)
+                await self._workflow(session, tenant_id, workflow_id, lock=True)
                 await self._require_idle(session, workflow_id)
                 draft = await change(session, workflow_id)
                 run = Run(tenant_id=tenant_id, workflow_id=workflow_id, status=ev.PENDING)

@@ -231,7 +231,7 @@ class Workflows(StoreBase):
 
     async def delete_workflow(self, tenant_id: str, workflow_id: str) -> None:
         async with self._scoped(tenant_id, write=True) as session:
-            await self._workflow(session, tenant_id, workflow_id)
+            await self._workflow(session, tenant_id, workflow_id, lock=True)
             await self._require_idle(session, workflow_id)
             # Steps, items, runs and events go by ON DELETE CASCADE (SQLite: foreign_keys=ON).
             await session.execute(delete(Workflow).where(Workflow.id == workflow_id))
