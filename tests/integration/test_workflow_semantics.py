@@ -639,3 +639,18 @@ async def test_a_run_started_as_its_workflow_is_deleted_is_not_found(tmp_path: P
                 await starting
         finally:
             await deleting.close()
+
+
+async def test_a_new_persona_saved_twice_at_once_is_saved(api: Clients) -> None:
+    """Two tabs (or a client's retry) PUT the same new name: both are answered, one row stays."""
+    for round_ in range(4):
+        name = f"reviewer-{round_}"
+        saved = await asyncio.gather(
+            *(
+                api.runs.put_persona(pb.Persona(name=name, system_prompt=f"version {i}"))
+                for i in range(8)
+            )
+        )
+        assert {p.name for p in saved} == {name}
+        mine = [p for p in await api.runs.list_personas() if p.name == name]
+        assert len(mine) == 1 and mine[0].system_prompt in {f"version {i}" for i in range(8)}

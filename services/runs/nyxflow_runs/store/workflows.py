@@ -106,6 +106,15 @@ class Workflows(StoreBase):
             raise InvalidArgument("is required", field="persona.name")
         if not persona.system_prompt.strip():
             raise InvalidArgument("is required", field="persona.system_prompt")
+        try:
+            await self._save_persona(tenant_id, name, persona)
+        except IntegrityError:
+            # Another request created the name between our read and our insert: a PUT is
+            # idempotent, so this one updates the row it made, as it would have a moment later.
+            await self._save_persona(tenant_id, name, persona)
+        return pb.Persona(name=name, role=persona.role, system_prompt=persona.system_prompt)
+
+    async def _save_persona(self, tenant_id: str, name: str, persona: pb.Persona) -> None:
         async with self._scoped(tenant_id, write=True) as session:
             row = await session.scalar(
                 select(Persona).where(Persona.tenant_id == tenant_id, Persona.name == name)
@@ -115,7 +124,6 @@ class Workflows(StoreBase):
                 session.add(row)
             row.role = persona.role
             row.system_prompt = persona.system_prompt
-        return pb.Persona(name=name, role=persona.role, system_prompt=persona.system_prompt)
 
     # --- workflows --------------------------------------------------------------------
 
