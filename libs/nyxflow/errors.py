@@ -74,7 +74,14 @@ class Unavailable(NyxflowError):
 
 _BY_CODE: dict[grpc.StatusCode, type[NyxflowError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unauthenticated)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        Unauthenticated,
+        ResourceExhausted,
+    )
 }
 _BY_CODE[grpc.StatusCode.UNAVAILABLE] = Unavailable
 _BY_CODE[grpc.StatusCode.DEADLINE_EXCEEDED] = Unavailable

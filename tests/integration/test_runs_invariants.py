@@ -965,3 +965,32 @@ async def test_artifacts_wider_than_their_columns_are_refused_by_name(
         await engine.save_artifacts(run.id, token, run.steps[0].id, artifacts, findings)
     assert refused.value.field == field
     assert await api.runs.list_findings(run.id) == []
+
+
+async def test_the_workflow_list_stays_small_however_much_the_steps_produced(
+    runs: Clients,
+) -> None:
+    """The list carries each step's definition and state, not its output, alternatives or
+    items: 30 results of 1.2 MB made it outgrow a message (32 MB), and the page's sign-in and
+    list failed for that tenant for good."""
+    big = "x" * 1_200_000
+    ids = []
+    for i in range(30):
+        engine, run, token = await claimed(runs, steps=1, name=f"big-{i}")
+        step = run.steps[0]
+        await engine.put_step_item(run.id, token, step.id, pb.StepItem(index=0, output="item"))
+        change = runs_pb2.StepChange(status=ev.COMPLETED, output=big, output_tokens=9)
+        await engine.update_step(run.id, token, step.id, change)
+        await engine.finish_run(run.id, token, ev.COMPLETED)
+        ids.append(run.workflow_id)
+
+    listed = await runs.runs.list_workflows()
+
+    assert sorted(w.id for w in listed) == sorted(ids)
+    for workflow in listed:
+        assert workflow.status == ev.COMPLETED
+        (step,) = workflow.steps
+        assert (step.name, step.status, step.output_tokens) == ("s0", ev.COMPLETED, 9)
+        assert step.output == "" and list(step.items) == [] and step.prompt == "begin"
+    whole = await runs.runs.get_workflow(ids[0])
+    assert whole.steps[0].output == big and [i.output for i in whole.steps[0].items] == ["item"]

@@ -11,6 +11,7 @@ from nyxflow.errors import (
     InvalidArgument,
     NotFound,
     NyxflowError,
+    ResourceExhausted,
     StaleToken,
     Unauthenticated,
     Unavailable,
@@ -93,9 +94,17 @@ def test_deadline_exceeded_is_unavailable_and_empty_details_get_the_default() ->
 
 
 def test_unknown_codes_are_the_base_error() -> None:
-    received = from_rpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down"))
-    assert type(received) is NyxflowError and received.message == "slow down"
+    received = from_rpc_error(rpc_error(grpc.StatusCode.ABORTED, "aborted"))
+    assert type(received) is NyxflowError and received.message == "aborted"
     assert received.code == grpc.StatusCode.INTERNAL
+
+
+def test_a_message_too_large_is_resource_exhausted_not_internal() -> None:
+    """gRPC's own refusal of a message over its limit: 413 with its words, not a 500."""
+    said = "Sent message larger than max (39992090 vs. 33554432)"
+    received = from_rpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, said))
+    assert type(received) is ResourceExhausted and received.message == said
+    assert received.http_status == 413
 
 
 def test_a_status_carried_in_a_message_comes_back_as_its_exception() -> None:

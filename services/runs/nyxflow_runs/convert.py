@@ -75,7 +75,10 @@ def step(
     items: Sequence[models.StepItem] = (),
     system_prompt: str = "",
     default_chain: Sequence[str] = (),
+    brief: bool = False,
 ) -> pb.Step:
+    """`brief`: the step without what it produced (output, alternatives; its items are the
+    caller's to leave out), whose columns the caller did not load."""
     return pb.Step(
         id=row.id,
         order=row.position,
@@ -87,7 +90,7 @@ def step(
         params_json=json.dumps(row.params or {}),
         max_tokens=row.max_tokens,
         status=row.status,
-        output=row.output or "",
+        output="" if brief else row.output or "",
         error=row.error or "",
         auto_generated=row.auto_generated,
         truncated=row.truncated,
@@ -100,7 +103,9 @@ def step(
         spec=spec(row),
         system_prompt=system_prompt,
         selected_index=row.selected_index,
-        alternatives=[alternative(i, a) for i, a in enumerate(row.alternatives_out or [])],
+        alternatives=[]
+        if brief
+        else [alternative(i, a) for i, a in enumerate(row.alternatives_out or [])],
         items=[
             pb.StepItem(
                 index=i.item_index,

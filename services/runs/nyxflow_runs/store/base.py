@@ -202,10 +202,10 @@ class StoreBase:
     # --- reads that build protos -------------------------------------------------------
 
     async def _steps_pb(
-        self, session: AsyncSession, tenant_id: str, steps: Sequence[Step]
+        self, session: AsyncSession, tenant_id: str, steps: Sequence[Step], brief: bool = False
     ) -> list[pb.Step]:
         items: dict[str, list[StepItem]] = {}
-        if steps:
+        if steps and not brief:
             rows = await session.scalars(
                 select(StepItem)
                 .where(StepItem.step_id.in_([s.id for s in steps]))
@@ -217,7 +217,11 @@ class StoreBase:
         defaults = await self._default_chains(session, {s.workflow_id for s in steps})
         return [
             convert.step(
-                s, items.get(s.id, ()), personas.get(s.persona, ""), defaults.get(s.workflow_id, ())
+                s,
+                items.get(s.id, ()),
+                personas.get(s.persona, ""),
+                defaults.get(s.workflow_id, ()),
+                brief,
             )
             for s in steps
         ]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import defer
 
 from nyxflow import events as ev
 from nyxflow import metrics
@@ -168,9 +169,14 @@ class Workflows(StoreBase):
                 )
             ).all()
             ids = [w.id for w in workflows]
+            # Brief steps: what they produced (up to megabytes each) is GetWorkflow's, or a
+            # tenant's list would outgrow a message once enough results were stored.
             steps = (
                 await session.scalars(
-                    select(Step).where(Step.workflow_id.in_(ids)).order_by(Step.position)
+                    select(Step)
+                    .where(Step.workflow_id.in_(ids))
+                    .order_by(Step.position)
+                    .options(defer(Step.output), defer(Step.alternatives_out))
                 )
             ).all()
             ranked = (
@@ -188,7 +194,7 @@ class Workflows(StoreBase):
             )
             latest_rows = await session.execute(select(ranked).where(ranked.c.rank == 1))
             latest = {row.workflow_id: row for row in latest_rows}
-            steps_pb = await self._steps_pb(session, tenant_id, steps)
+            steps_pb = await self._steps_pb(session, tenant_id, steps, brief=True)
         by_workflow: dict[str, list[pb.Step]] = {}
         for step, step_pb in zip(steps, steps_pb, strict=True):
             by_workflow.setdefault(step.workflow_id, []).append(step_pb)
