@@ -1,41 +1,31 @@
 """`review_patches`: check every proposed diff in a scratch clone, keep the good ones.
 
-Each diff must pass `git apply --check` against HEAD plus the patches accepted before it; with
-a test command, the tests must pass with it applied (within a timeout). The user's work tree
-is never touched: the clone is a private copy of HEAD, removed afterwards. The accepted
-patches are combined into one that applies cleanly to HEAD: the run's `patch` artifact.
+Each diff must apply (`git apply`, all or nothing) to HEAD plus the patches accepted before
+it; with a test command, the tests must pass with it applied (within a timeout), else the
+clone goes back to the tree it had before the diff. A diff whose block was cut off is never
+applied. The user's work tree is never touched: the clone is a private copy of HEAD, removed
+afterwards. The accepted patches are combined into one that applies cleanly to HEAD: the
+run's `patch` artifact.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shlex
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from nyxflow.errors import InvalidArgument
+from nyxflow.errors import FailedPrecondition, InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.tools.commands import run
+from nyxflow_engine.tools.diffs import Proposed, diffs_in, files_of
 from nyxflow_engine.tools.registry import ToolCall
 
-FENCED_DIFF = re.compile(r"```(?:diff|patch)[^\n]*\n(.*?)```", re.DOTALL)
 MAX_REASON = 2_000
-
-
-def diffs_in(text: str) -> list[str]:
-    """The diffs proposed, one per fenced block; empty blocks mean "no change"."""
-    blocks = FENCED_DIFF.findall(text)
-    if not blocks and ("\n+++ " in text or text.startswith("--- ")):
-        blocks = [text]
-    return [b if b.endswith("\n") else b + "\n" for b in blocks if b.strip()]
-
-
-def files_of(diff: str) -> list[str]:
-    return sorted(set(re.findall(r"^\+\+\+ b/(\S+)", diff, re.MULTILINE)))
+CUT_OFF = "cut off: its ```diff block never closed (the answer stopped at its max_tokens?)"
 
 
 def _tail(text: str) -> str:
@@ -74,7 +64,7 @@ async def review_patches(call: ToolCall) -> str:
 
 
 async def _review(
-    source: Path, clone: Path, diffs: list[str], command: str, timeout_s: float
+    source: Path, clone: Path, diffs: list[Proposed], command: str, timeout_s: float
 ) -> tuple[dict[str, Any], str]:
     cloned = await run(
         source.parent, "git", "clone", "--quiet", "--shared", str(source), str(clone)
@@ -84,14 +74,20 @@ async def _review(
         raise InvalidArgument(message, field="params.path")
     accepted: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    for index, diff in enumerate(diffs):
+    for index, proposed in enumerate(diffs):
+        diff = proposed.diff
         entry: dict[str, Any] = {"index": index, "files": files_of(diff)}
-        checked = await run(clone, "git", "apply", "--check", "-", stdin=diff.encode())
-        if checked.code != 0:
-            rejected.append({**entry, "reason": f"does not apply: {_tail(checked.output)}"})
+        if proposed.cut:
+            rejected.append({**entry, "reason": CUT_OFF})
             continue
+        # What a rejected diff is undone to: undoing it by `apply -R` would search for the
+        # place again, and could find another one.
+        before = (await _git(clone, "write-tree")).strip() if command else ""
         # Into the index too: the index holds the accepted diffs and nothing else.
-        await run(clone, "git", "apply", "--index", "-", stdin=diff.encode())
+        applied = await run(clone, "git", "apply", "--index", "-", stdin=diff.encode())
+        if applied.code != 0:
+            rejected.append({**entry, "reason": f"does not apply: {_tail(applied.output)}"})
+            continue
         if command:
             home = clone.parent / "home"  # the command's own, inside the scratch folder
             home.mkdir(exist_ok=True)
@@ -99,15 +95,13 @@ async def _review(
                 clone, *shlex.split(command), timeout_s=timeout_s, home=home, contained=True
             )
             # What the tests left (caches, bytecode, build output) is not part of any patch.
-            await run(clone, "git", "clean", "-fdxq")
-            await run(clone, "git", "checkout", "--", ".")
+            await _restore(clone, before if tested.code != 0 else None)
             if tested.code != 0:
-                await run(clone, "git", "apply", "-R", "--index", "-", stdin=diff.encode())
                 reason = f"tests failed (exit {tested.code}): {_tail(tested.output)}"
                 rejected.append({**entry, "reason": reason})
                 continue
         accepted.append(entry)
-    combined = (await run(clone, "git", "diff", "--cached", "--no-color")).output
+    combined = await _git(clone, "diff", "--cached", "--no-color")
     report = {
         "proposed": len(diffs),
         "accepted": accepted,
@@ -116,3 +110,21 @@ async def _review(
         "patch_bytes": len(combined.encode()),
     }
     return report, combined
+
+
+async def _git(clone: Path, *args: str) -> str:
+    done = await run(clone, "git", *args, merge_stderr=False)
+    if done.code != 0:
+        why = _tail(done.errors or done.output)
+        raise FailedPrecondition(f"git {args[0]} failed in the scratch clone: {why}")
+    return done.output
+
+
+async def _restore(clone: Path, tree: str | None) -> None:
+    """The work tree back to the index, or (with `tree`) index and work tree to that tree;
+    nothing untracked is left."""
+    await _git(clone, "clean", "-fdxq")
+    if tree:
+        await _git(clone, "read-tree", "--reset", "-u", tree)
+    else:
+        await _git(clone, "checkout-index", "--all", "--force", "--index")

@@ -1,0 +1,111 @@
+"""`review_patches` on a real git repository: the diffs read from the models' answers joined
+(as the Review step's prompt has them), whole blocks only, and a rejected diff undone exactly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.tools.patches import review_patches
+from nyxflow_engine.tools.registry import ToolCall
+from tests.support.repos import GOOD_DIFF, git, planted_repo
+
+MANY = "".join(f"def f{i}():\n    return {i}\n\n\n" for i in range(12))
+# A two-hunk change to util.py, as an answer stopped at max_tokens leaves it: no closing fence.
+TWO_HUNKS_CUT = (
+    "```diff\n--- a/util.py\n+++ b/util.py\n"
+    "@@ -1,4 +1,4 @@\n def f0():\n-    return 0\n+    return 100\n \n \n"
+    "@@ -45,3 +45,3 @@\n def f11():\n-    return 11\n"
+)
+README = "# shop\n\nInstall:\n\n```sh\npip install shop\n```\n"
+README_DIFF = (
+    "```diff\n--- a/README.md\n+++ b/README.md\n@@ -1,7 +1,7 @@\n # shop\n \n"
+    "-Install:\n+Install it:\n \n ```sh\n pip install shop\n ```\n```\n"
+)
+# The same three lines twice, the flag differing; the diff's line numbers point at the first
+# block while its content fits only the second (models' line numbers are often off). A hunk
+# at line 1 must apply there, so the blocks start at line 2.
+TWICE = "# conf\nx = 1\nflag = True\ny = 2\n" + "".join(f"pad{i} = {i}\n" for i in range(6))
+TWICE += "x = 1\nflag = False\ny = 2\n"
+OFFSET_DIFF = (
+    "```diff\n--- a/conf.py\n+++ b/conf.py\n@@ -2,3 +2,3 @@\n"
+    " x = 1\n-flag = False\n+flag = True\n y = 2\n```"
+)
+
+
+def _commit(repo: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    git(repo, "add", *files)
+    git(repo, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "more")
+
+
+async def _review(repo: Path, prompt: str, **params: Any) -> tuple[dict[str, Any], str]:
+    saved: list[pb.Artifact] = []
+
+    async def save(artifacts: Sequence[pb.Artifact], _: Sequence[pb.Finding]) -> None:
+        saved.extend(artifacts)
+
+    report = json.loads(await review_patches(ToolCall({"path": str(repo), **params}, prompt, save)))
+    patch = next(a.content for a in saved if a.name == "patch")
+    return report, patch
+
+
+def _files(entries: list[dict[str, Any]]) -> list[list[str]]:
+    return [e["files"] for e in entries]
+
+
+async def test_an_answer_cut_off_is_reported_and_the_next_answer_s_diff_kept(
+    tmp_path: Path,
+) -> None:
+    repo = planted_repo(tmp_path)
+    _commit(repo, {"util.py": MANY})
+
+    report, patch = await _review(repo, "\n\n".join([TWO_HUNKS_CUT, GOOD_DIFF]))
+
+    assert report["proposed"] == 2
+    assert _files(report["accepted"]) == [["calc.py"]]
+    (cut,) = report["rejected"]
+    assert cut["files"] == ["util.py"] and cut["reason"].startswith("cut off")
+    assert "util.py" not in patch and "+    return a + b" in patch
+
+
+async def test_a_diff_cut_between_its_hunks_is_never_applied(tmp_path: Path) -> None:
+    """The first hunk alone would apply: only the missing closing fence tells."""
+    repo = planted_repo(tmp_path)
+    _commit(repo, {"util.py": MANY})
+    first_hunk = TWO_HUNKS_CUT.split("@@ -45")[0]
+
+    for prompt in (first_hunk, f"{GOOD_DIFF}\n\n{first_hunk}", f"{first_hunk}\n\n{GOOD_DIFF}"):
+        report, patch = await _review(repo, prompt)
+
+        assert ["util.py"] in _files(report["rejected"]), prompt
+        assert "util.py" not in patch, prompt
+
+
+async def test_a_diff_that_changes_a_markdown_file_s_fences_is_read_whole(
+    tmp_path: Path,
+) -> None:
+    repo = planted_repo(tmp_path)
+    _commit(repo, {"README.md": README})
+
+    report, patch = await _review(repo, README_DIFF)
+
+    assert _files(report["accepted"]) == [["README.md"]], report
+    assert "+Install it:" in patch and " ```sh" in patch
+
+
+async def test_a_diff_the_tests_reject_is_undone_where_it_applied(tmp_path: Path) -> None:
+    """Undoing by `git apply -R` searches again and finds the first block, which the diff
+    never touched: the rejected change then stays, and reaches the patch."""
+    repo = planted_repo(tmp_path)
+    _commit(repo, {"conf.py": TWICE})
+
+    report, patch = await _review(repo, OFFSET_DIFF, test_command="false")
+
+    assert report["accepted"] == [] and _files(report["rejected"]) == [["conf.py"]]
+    assert report["rejected"][0]["reason"].startswith("tests failed")
+    assert patch == "" and report["patch_bytes"] == 0
