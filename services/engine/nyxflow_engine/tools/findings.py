@@ -49,15 +49,21 @@ def finding(value: Any) -> pb.Finding | None:
 
 async def collect_findings(call: ToolCall) -> str:
     found: list[pb.Finding] = []
+    dropped = 0  # beyond MAX_FINDINGS: counted, so the report can say what it left out
     for value in json_values(call.prompt):
         for entry in value if isinstance(value, list) else [value]:
-            if (item := finding(entry)) is not None and len(found) < MAX_FINDINGS:
+            if (item := finding(entry)) is None:
+                continue
+            if len(found) < MAX_FINDINGS:
                 found.append(item)
+            else:
+                dropped += 1
     await call.save([], found)
     by_severity = Counter(f.severity for f in found)
     return json.dumps(
         {
             "count": len(found),
+            "dropped": dropped,
             "by_severity": {s: by_severity[s] for s in SEVERITIES if by_severity[s]},
             "findings": [
                 {"file": f.file, "line": f.line, "severity": f.severity,

@@ -1,0 +1,38 @@
+"""`collect_findings`: what it stores, and what it says it left out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.tools.findings import MAX_FINDINGS, collect_findings
+from nyxflow_engine.tools.registry import ToolCall
+
+
+async def test_findings_beyond_the_cap_are_counted_as_dropped() -> None:
+    stored: list[pb.Finding] = []
+
+    async def save(_: Sequence[pb.Artifact], findings: Sequence[pb.Finding]) -> None:
+        stored.extend(findings)
+
+    answers = [
+        json.dumps([{"file": f"f{i}.py", "line": 1, "message": "m"} for i in range(start, end)])
+        for start, end in ((0, MAX_FINDINGS - 2), (MAX_FINDINGS - 2, MAX_FINDINGS + 3))
+    ]
+    prompt = "\n\n".join([*answers, '[{"file": "no-message.py"}]'])
+
+    report = json.loads(await collect_findings(ToolCall({}, prompt, save)))
+
+    assert (report["count"], report["dropped"]) == (MAX_FINDINGS, 3)
+    assert len(stored) == MAX_FINDINGS and stored[-1].file == f"f{MAX_FINDINGS - 1}.py"
+
+
+async def test_nothing_is_dropped_under_the_cap() -> None:
+    async def save(_: Sequence[pb.Artifact], __: Sequence[pb.Finding]) -> None:
+        return None
+
+    prompt = '[{"file": "a.py", "line": 2, "severity": "HIGH", "message": "m"}]'
+    report = json.loads(await collect_findings(ToolCall({}, prompt, save)))
+
+    assert (report["count"], report["dropped"], report["by_severity"]) == (1, 0, {"high": 1})
