@@ -364,7 +364,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         valid.bounded(request.max_files, 0, 10_000, "max_files")
         valid.bounded(request.max_bytes, 0, 5_000_000, "max_bytes")
         valid.text(request.goal, "goal", 10_000, required=False)
-        valid.text(request.test_command, "test_command", 1_000, required=False)
+        request.test_command = valid.command(request.test_command, "test_command", 1_000)
         chain = valid.provider_chain(request.providers, "providers")
         params = valid.json_object(request.params_json, "params")
         return await self._store.start_pipeline(tenant, request, chain, params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,18 @@ def text(value: str, field: str, limit: int, *, required: bool = True) -> str:
         raise InvalidArgument("is required", field=field)
     if len(value) > limit:
         raise InvalidArgument(f"must be at most {limit} characters", field=field)
+    return value
+
+
+def command(value: str, field: str, limit: int) -> str:
+    """A command line run without a shell (split as a POSIX shell would): refused now if it
+    cannot be split, rather than when it is run, after every model call was paid for. Blank
+    is none."""
+    value = text(value, field, limit, required=False)
+    try:
+        shlex.split(value)
+    except ValueError as error:
+        raise InvalidArgument(f"cannot be split into arguments: {error}", field=field) from None
     return value
 
 
