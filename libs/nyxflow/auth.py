@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,8 +22,21 @@ def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
+MAX_KEY = 512  # far beyond any key made here; gRPC refuses big metadata with its own words
+KEY_SHAPE = re.compile(r"[\x21-\x7e]+")  # what gRPC metadata can carry
+
+
+def checked_key(api_key: str) -> str:
+    """The key, or Unauthenticated: one gRPC cannot carry as metadata (non-ASCII, a control
+    character such as a .env file's trailing newline, 20 KB) fails in the client, before any
+    call, with an error that names neither the key nor the cause."""
+    if len(api_key) > MAX_KEY or not KEY_SHAPE.fullmatch(api_key):
+        raise Unauthenticated("malformed API key")
+    return api_key
+
+
 def bearer_metadata(api_key: str) -> Metadata:
-    return ((AUTHORIZATION, f"Bearer {api_key}"),)
+    return ((AUTHORIZATION, f"Bearer {checked_key(api_key)}"),)
 
 
 def internal_metadata(secret: str, tenant_id: str) -> Metadata:

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
-from nyxflow.auth import bearer_metadata
+from nyxflow.auth import Metadata, bearer_metadata
 from nyxflow.client import AdminClient, EngineClient, RunsClient, open_channel
-from nyxflow.errors import InvalidArgument, NyxflowError
+from nyxflow.errors import InvalidArgument, NyxflowError, Unauthenticated
 from nyxflow.settings import CommonSettings
 
 P = ParamSpec("P")
 T = TypeVar("T")
+S = TypeVar("S", bound=CommonSettings)
 err = Console(stderr=True)
 USAGE_ERROR = 2
 
@@ -26,6 +29,25 @@ USAGE_ERROR = 2
 class CliSettings(CommonSettings):
     api_key: str = "dev-key"
     admin_key: str = ""
+
+
+def load_settings(cls: type[S]) -> S:
+    """The settings, or a usage error naming the variable: `NYXFLOW_RPC_TIMEOUT_S=ten`."""
+    try:
+        return cls()
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = "_".join(str(part) for part in first["loc"]).upper()
+        prefix = str(cls.model_config.get("env_prefix", "")).upper()
+        raise InvalidArgument(first["msg"], field=f"{prefix}{name}") from None
+
+
+def key_metadata(key: str, setting: str) -> Metadata:
+    """Refused here, naming the setting: gRPC's own refusal is a traceback naming neither."""
+    try:
+        return bearer_metadata(key)
+    except Unauthenticated as error:
+        raise InvalidArgument(error.message, field=setting) from None
 
 
 @dataclass
@@ -36,31 +58,58 @@ class Clients:
 
 @contextlib.asynccontextmanager
 async def connect() -> AsyncIterator[Clients]:
-    settings = CliSettings()
-    md = bearer_metadata(settings.api_key)
+    settings = load_settings(CliSettings)
+    md = key_metadata(settings.api_key, "NYXFLOW_API_KEY")
     async with open_channel(settings.runs_addr) as runs, open_channel(settings.engine_addr) as eng:
         yield Clients(RunsClient(runs, md, settings.rpc_timeout_s), EngineClient(eng, md))
 
 
 @contextlib.asynccontextmanager
 async def connect_admin() -> AsyncIterator[AdminClient]:
-    settings = CliSettings()
+    settings = load_settings(CliSettings)
     if not settings.admin_key:
         raise InvalidArgument("set NYXFLOW_ADMIN_KEY to the runs service's admin key", field="env")
+    md = key_metadata(settings.admin_key, "NYXFLOW_ADMIN_KEY")
     async with open_channel(settings.runs_addr) as runs:
-        yield AdminClient(runs, bearer_metadata(settings.admin_key))
+        yield AdminClient(runs, md)
+
+
+@contextlib.contextmanager
+def plain_errors() -> Iterator[None]:
+    """A service error, a bad setting or argument, or a failing file or socket is printed as
+    one line and an exit code, never as a traceback."""
+    try:
+        yield
+    except NyxflowError as error:
+        where = f"{error.field}: " if error.field else ""
+        # escaped: a path or a message may hold brackets rich would take for markup
+        err.print(f"[red]error:[/] {escape(where + error.message)}")
+        raise typer.Exit(USAGE_ERROR if isinstance(error, InvalidArgument) else 1) from None
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        reason = error.strerror or str(error) or type(error).__name__
+        err.print(f"[red]error:[/] {escape(where + reason)}")
+        raise typer.Exit(1) from None
 
 
 def run_async(func: Callable[P, Awaitable[T]]) -> Callable[P, T]:
-    """Run an async command; a service error is printed plainly, never as a traceback."""
+    """Run an async command with plain errors."""
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
+        with plain_errors():
+            for name, value in kwargs.items():
+                require_utf8(name, value)
             return asyncio.run(func(*args, **kwargs))  # type: ignore[arg-type]
-        except NyxflowError as error:
-            where = f"{error.field}: " if error.field else ""
-            err.print(f"[red]error:[/] {where}{error.message}")
-            raise typer.Exit(USAGE_ERROR if isinstance(error, InvalidArgument) else 1) from None
 
     return wrapper
+
+
+def require_utf8(name: str, value: object) -> None:
+    """Bytes not UTF-8 in argv arrive as lone surrogates, which no protobuf string can hold."""
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str) and not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise InvalidArgument("not valid UTF-8", field=name) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from nyxflow.auth import bearer_metadata
+from nyxflow.auth import Metadata
 from nyxflow.client import RunsClient, open_channel
 from nyxflow.v1 import common_pb2 as pb
 
@@ -15,9 +15,9 @@ STEPS = [
 ]
 
 
-async def create_demo(runs_addr: str, api_key: str) -> tuple[pb.Workflow, pb.Run]:
+async def create_demo(runs_addr: str, md: Metadata) -> tuple[pb.Workflow, pb.Run]:
     async with open_channel(runs_addr) as channel:
-        runs = RunsClient(channel, bearer_metadata(api_key))
+        runs = RunsClient(channel, md)
         specs = [
             pb.StepSpec(
                 name=name,

@@ -13,12 +13,19 @@ import typer
 from nyxflow import events as ev
 from nyxflow.cli import render
 from nyxflow.cli.admin import admin_app
-from nyxflow.cli.connection import connect, err, run_async
+from nyxflow.cli.connection import (
+    connect,
+    err,
+    key_metadata,
+    load_settings,
+    plain_errors,
+    run_async,
+)
 from nyxflow.cli.demo import create_demo
 from nyxflow.cli.follow import follow
 from nyxflow.cli.projects import pipeline_app, project_app
 from nyxflow.cli.supervisor import SERVICES, Supervisor, wait_grpc_serving, wait_http_ok
-from nyxflow.errors import FailedPrecondition
+from nyxflow.errors import FailedPrecondition, InvalidArgument
 from nyxflow.settings import CommonSettings
 from nyxflow.templates import parse_template
 
@@ -51,7 +58,14 @@ def up(
     start_timeout: float = typer.Option(90.0, help="Seconds to wait for the services."),
 ) -> None:
     """Start runs, engine and gateway; Ctrl-C stops all three."""
-    settings = UpSettings()
+    with plain_errors():
+        _up(demo, start_timeout)
+
+
+def _up(demo: bool, start_timeout: float) -> None:
+    settings = load_settings(UpSettings)
+    # checked before anything starts, not once all three are up and the demo is sent
+    md = key_metadata(settings.api_key, "NYXFLOW_API_KEY")
     supervisor = Supervisor.with_shared_secret()
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
     try:
@@ -66,7 +80,7 @@ def up(
         err.print(f"  API key   {settings.api_key}")
         err.print(f"  admin key {supervisor.env['NYXFLOW_ADMIN_KEY']}  (NYXFLOW_ADMIN_KEY)")
         if demo:
-            workflow, run = asyncio.run(create_demo(settings.runs_addr, settings.api_key))
+            workflow, run = asyncio.run(create_demo(settings.runs_addr, md))
             err.print(f"  demo      workflow {workflow.id}, run {run.id} (pending)")
             err.print(f"  SSE       {base}/v1/runs/{run.id}/events?access_token={settings.api_key}")
         err.print("Ctrl-C stops all three.")
@@ -93,10 +107,23 @@ async def workflow_create(
     as_json: bool = JSON,
 ) -> None:
     """Create a workflow from a template file."""
-    request = parse_template(await asyncio.to_thread(file.read_text)).to_request()
+    request = parse_template(await asyncio.to_thread(_read_template, file)).to_request()
     async with connect() as c:
         workflow = await c.runs.create_workflow_from(request)
     render.as_json(workflow) if as_json else render.out.print(f"created {workflow.id}")
+
+
+def _read_template(file: Path) -> str:
+    """The user's file, or a usage error naming it (missing, a directory, not UTF-8)."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(
+            f"not UTF-8 text (byte {error.start}): {file}", field="file"
+        ) from None
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        raise InvalidArgument(f"{reason}: {file}", field="file") from None
 
 
 @workflow_app.command("list")

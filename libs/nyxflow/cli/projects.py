@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from nyxflow.cli import render
-from nyxflow.cli.connection import connect, run_async
+from nyxflow.cli.connection import connect, require_utf8, run_async
 from nyxflow.pipelines import PIPELINES
 from nyxflow.v1 import runs_pb2
 
@@ -54,7 +54,9 @@ async def project_add_repo(
 
 def _absolute(path: Path) -> str:
     """The services may run elsewhere in the file system: send an absolute path."""
-    return str(path.expanduser().resolve())
+    resolved = str(path.expanduser().resolve())
+    require_utf8("path", resolved)
+    return resolved
 
 
 @pipeline_app.command("start")

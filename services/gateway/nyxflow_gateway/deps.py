@@ -5,7 +5,6 @@ every request for what is a dictionary lookup."""
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated
@@ -13,7 +12,7 @@ from typing import Annotated
 import grpc
 from fastapi import Depends, Query, Request
 
-from nyxflow.auth import bearer_metadata
+from nyxflow.auth import bearer_metadata, checked_key
 from nyxflow.client import EngineClient, RunsClient
 from nyxflow.errors import Unauthenticated
 
@@ -23,24 +22,13 @@ def _bearer(request: Request) -> str | None:
     return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
 
-MAX_KEY = 512  # far beyond any key made here; gRPC refuses big metadata with its own words
-KEY_SHAPE = re.compile(r"[\x21-\x7e]+")  # what gRPC metadata can carry
-
-
-def _checked(key: str) -> str:
-    """Runs checks the key, not the gateway; but one gRPC cannot carry as metadata (non-ASCII,
-    a control character, 20 KB) failed in the client, before any call, as a 500."""
-    if len(key) > MAX_KEY or not KEY_SHAPE.fullmatch(key):
-        raise Unauthenticated("malformed API key")
-    return key
-
-
 async def api_key(request: Request) -> str:
-    """The key from `Authorization: Bearer`."""
+    """The key from `Authorization: Bearer`. Runs checks the key, not the gateway; only its
+    shape is checked here, before any client is built: a malformed key was a 500."""
     key = _bearer(request)
     if key is None:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    return _checked(key)
+    return checked_key(key)
 
 
 async def stream_api_key(
@@ -51,7 +39,7 @@ async def stream_api_key(
     key = _bearer(request) or access_token
     if not key:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    return _checked(key)
+    return checked_key(key)
 
 
 KEPT_KEYS = 1024
