@@ -83,3 +83,20 @@ async def test_a_blank_test_command_is_no_test_command(api: Clients, tmp_path: P
     assert review["test_command"] is None
     assert [a["files"] for a in review["accepted"]] == [["calc.py"]]
     assert not any(r["reason"].startswith("tests failed") for r in review["rejected"])
+
+
+async def test_a_repository_path_is_stored_as_every_tool_reads_it(
+    api: Clients, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`~` expanded and `..` resolved when added: the scan expanded `~` but the review did
+    not, so a run scanned the repository and then failed at its review. A relative path is
+    refused: relative to the services' folder, it would name another repository."""
+    project = await api.runs.create_project("paths")
+    home = str(Path.home())
+    tilde = await api.runs.add_repository(project.id, "acme", "tilde", "~/src/../shop")
+    assert tilde.path == f"{home}/shop"
+    dotted = await api.runs.add_repository(project.id, "acme", "dots", f"{tmp_path}/a/./../shop/")
+    assert dotted.path == f"{tmp_path}/shop"
+    with pytest.raises(InvalidArgument, match="absolute") as refused:
+        await api.runs.add_repository(project.id, "acme", "relative", "shop")
+    assert refused.value.field == "path"

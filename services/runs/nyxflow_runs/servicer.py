@@ -142,7 +142,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         project_id = valid.require_id(request.project_id, "project_id")
         owner = valid.text(request.owner, "owner", 200)
         repo = valid.text(request.repo, "repo", 200)
-        path = valid.text(request.path, "path", 4096, required=False)
+        path = valid.local_path(request.path, "path", 4096)
         return await self._store.add_repository(tenant, project_id, owner, repo, path)
 
     async def AddProjectNote(

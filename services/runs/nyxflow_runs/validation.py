@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
 from collections.abc import Collection, Sequence
@@ -75,6 +76,18 @@ def text(value: str, field: str, limit: int, *, required: bool = True) -> str:
     if len(value) > limit:
         raise InvalidArgument(f"must be at most {limit} characters", field=field)
     return value
+
+
+def local_path(value: str, field: str, limit: int) -> str:
+    """A folder on the engine's machine, as every tool will read it: absolute (relative to
+    what? the services' own folders are not the user's), `~` expanded, `.`/`..` resolved."""
+    value = text(value, field, limit, required=False)
+    if not value:
+        return value
+    path = os.path.expanduser(value)
+    if not os.path.isabs(path):
+        raise InvalidArgument("must be an absolute path", field=field)
+    return fits(os.path.normpath(path), field, limit)
 
 
 def command(value: str, field: str, limit: int) -> str:
