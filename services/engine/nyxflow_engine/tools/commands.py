@@ -39,6 +39,7 @@ class Outcome:
     code: int
     output: str  # stdout, with stderr when merged
     errors: str = ""  # stderr, when kept apart
+    data: bytes = b""  # stdout undecoded, in place of `output`, when asked for (`binary`)
 
 
 def clean_environment(home: Path | None = None) -> dict[str, str]:
@@ -64,9 +65,11 @@ async def run(
     merge_stderr: bool = True,
     home: Path | None = None,
     contained: bool = False,
+    binary: bool = False,
 ) -> Outcome:
     """`args` in `cwd`; the exit code -1 and a message if it outlives `timeout_s`.
-    `contained`: under the keeper (see the module's docstring), for code not the engine's."""
+    `contained`: under the keeper (see the module's docstring), for code not the engine's.
+    `binary`: stdout as bytes (file contents: a length in bytes must stay one)."""
     if contained:
         args = (sys.executable, "-I", "-S", str(REAPER), str(os.getpid()), *args)
     with (
@@ -111,6 +114,9 @@ async def run(
                 await _exited(process, 5.0)  # killed: reaped at once, but not in this instant
         if not ended:
             return Outcome(-1, f"timed out after {timeout_s:.0f} s")
+        if binary:
+            data, errors = await asyncio.to_thread(lambda: (_bytes(out), _text(err)))
+            return Outcome(process.returncode or 0, "", errors, data)
         output, errors = await asyncio.to_thread(lambda: (_text(out), _text(err)))
     return Outcome(process.returncode or 0, output, errors)
 
@@ -138,6 +144,10 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _text(file: IO[bytes]) -> str:
+def _bytes(file: IO[bytes]) -> bytes:
     file.seek(0)
-    return file.read().decode(errors="replace")
+    return file.read()
+
+
+def _text(file: IO[bytes]) -> str:
+    return _bytes(file).decode(errors="replace")

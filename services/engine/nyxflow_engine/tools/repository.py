@@ -1,5 +1,6 @@
-"""`scan_repository`: the files, languages and sizes of a local git work tree, and, for the
-pipelines, a bounded sample of file contents as fan-out items.
+"""`scan_repository`: the files, languages and sizes of a local git repository as its HEAD
+has them (see `head.py`), and, for the pipelines, a bounded sample of file contents as fan-out
+items. Uncommitted changes are named, not shown: patches are checked against HEAD.
 
 The sample prefers recently changed files, then small ones, until `max_files` or `max_bytes`
 is reached; every file left out is counted, so the report can say what it did not see.
@@ -14,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nyxflow.errors import InvalidArgument
-from nyxflow_engine.tools.commands import run
+from nyxflow_engine.tools.head import Entry, Head, contents, git, head_of, uncommitted
 from nyxflow_engine.tools.registry import ToolCall
 
 LANGUAGES = {
@@ -25,18 +26,6 @@ LANGUAGES = {
     ".yml": "YAML", ".json": "JSON", ".toml": "TOML", ".html": "HTML", ".css": "CSS",
 }  # fmt: skip
 RECENT_COMMITS = 200  # how far back "recently changed" looks
-
-
-async def git(path: Path, *args: str) -> str:
-    done = await run(path, "git", "-C", str(path), *args, merge_stderr=False)
-    if done.code != 0:
-        message = done.errors.strip()
-        raise InvalidArgument(f"{path} is not a git work tree: {message}", field="params.path")
-    return done.output
-
-
-async def git_files(path: Path) -> list[str]:
-    return [name for name in (await git(path, "ls-files", "-z")).split("\0") if name]
 
 
 async def recency(path: Path) -> dict[str, int]:
@@ -60,13 +49,19 @@ async def scan_repository(call: ToolCall) -> str:
     if not isinstance(raw, str) or not raw:
         raise InvalidArgument("the repository's local path is required", field="params.path")
     root = await asyncio.to_thread(_directory, raw)
-    names = await git_files(root)
-    report = await asyncio.to_thread(_report, root, names)
+    head = await head_of(root)
+    changed = await uncommitted(root) if head.commit else []
+    report = await asyncio.to_thread(_report, root, head, changed)  # a large tree takes a while
     group = params.get("group")
     if group in ("file", "directory"):
-        limits = Limits.of(params)
-        report.update(await asyncio.to_thread(_sample, root, names, await recency(root), limits))
-        report["items"] = _items(report.pop("sample"), str(group))
+        chosen, left_out = _sample(head, await recency(root), Limits.of(params))
+        blobs = await contents(root, [entry for entry, _ in chosen])
+        sample = [
+            {"path": e.path, "content": blobs[e.path][:budget].decode("utf-8", errors="replace")}
+            for e, budget in chosen
+        ]
+        report["left_out"] = left_out
+        report["items"] = _items(sample, str(group))
     return json.dumps(report, indent=2)
 
 
@@ -95,58 +90,66 @@ def _directory(raw: str) -> Path:
     return root
 
 
-def _report(root: Path, names: list[str]) -> dict[str, Any]:
+def _report(root: Path, head: Head, changed: list[str]) -> dict[str, Any]:
     files = []
     languages: Counter[str] = Counter()
-    total = 0
-    for name in names:
-        file = root / name
-        size = file.stat().st_size if file.is_file() else 0
-        language = LANGUAGES.get(file.suffix.lower(), "other")
+    for entry in head.files:
+        language = _language(entry.path) or "other"
         languages[language] += 1
-        total += size
-        files.append({"path": name, "size": size, "language": language})
-    return {
+        files.append({"path": entry.path, "size": entry.size, "language": language})
+    report: dict[str, Any] = {
         "path": str(root),
+        "head": head.commit or None,  # what is shown, and what patches are checked against
         "files": len(files),
-        "bytes": total,
+        "bytes": sum(entry.size for entry in head.files),
         "languages": dict(languages.most_common()),
         "listing": files,
     }
+    if changed:
+        report["uncommitted"] = {
+            "files": len(changed),
+            "paths": changed[:50],
+            "note": "not committed: shown (and patched) as HEAD has them, without the changes",
+        }
+    if head.skipped:
+        report["skipped"] = {kind: names[:50] for kind, names in head.skipped.items()}
+    return report
+
+
+def _language(path: str) -> str | None:
+    return LANGUAGES.get(PurePosixPath(path).suffix.lower())
 
 
 def _sample(
-    root: Path, names: list[str], changed: dict[str, int], limits: Limits
-) -> dict[str, Any]:
-    candidates = []
-    for name in names:
-        file = root / name
-        if file.is_file() and LANGUAGES.get(file.suffix.lower()) not in (None, "JSON"):
-            candidates.append((-changed.get(name, 0), file.stat().st_size, name))
-    candidates.sort()  # most recently changed first, then the smallest
-    sample: list[dict[str, Any]] = []
+    head: Head, changed: dict[str, int], limits: Limits
+) -> tuple[list[tuple[Entry, int]], dict[str, Any]]:
+    """The files to show, each with its byte budget, and what is left out."""
+    candidates = [
+        (-changed.get(e.path, 0), e.size, e.path, e)
+        for e in head.files
+        if _language(e.path) not in (None, "JSON")
+    ]
+    candidates.sort(key=lambda c: c[:3])  # most recently changed first, then the smallest
+    chosen: list[tuple[Entry, int]] = []
     used = 0
     truncated: list[str] = []
-    for _, size, name in candidates:
-        if len(sample) >= limits.files or used >= limits.total:
+    for _, size, name, entry in candidates:
+        if len(chosen) >= limits.files or used >= limits.total:
             break
         budget = min(limits.per_file, limits.total - used)
-        content = (root / name).read_bytes()[:budget].decode("utf-8", errors="replace")
         if size > budget:
             truncated.append(name)
-        sample.append({"path": name, "content": content})
-        used += len(content.encode())
-    seen = {s["path"] for s in sample}
-    left = [name for _, _, name in candidates if name not in seen]
-    return {
-        "sample": sample,
-        "left_out": {
-            "files": len(left) + (len(names) - len(candidates)),
-            "not_source": len(names) - len(candidates),
-            "over_budget": left[:50],
-            "truncated": truncated,
-            "limits": {"files": limits.files, "bytes": limits.total},
-        },
+        chosen.append((entry, budget))
+        used += min(size, budget)
+    seen = {entry.path for entry, _ in chosen}
+    left = [name for _, _, name, _ in candidates if name not in seen]
+    not_source = len(head.files) - len(candidates)
+    return chosen, {
+        "files": len(left) + not_source,
+        "not_source": not_source,
+        "over_budget": left[:50],
+        "truncated": truncated,
+        "limits": {"files": limits.files, "bytes": limits.total},
     }
 
 

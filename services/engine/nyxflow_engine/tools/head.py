@@ -1,0 +1,94 @@
+"""A repository's files as its HEAD commit has them, read from git's objects.
+
+The review applies patches to a clone of HEAD, so the scan shows HEAD too: a model shown
+uncommitted edits writes diffs that HEAD rejects. And an object is never a path on disk: a
+tracked symlink (to /proc/self/environ, to a file outside the repository) is a blob holding
+its target's name, never followed. Symlinks and submodules are listed as skipped, not read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nyxflow.errors import InvalidArgument
+from nyxflow_engine.tools.commands import run
+
+FILE_MODES = ("100644", "100755")
+SKIPPED = {"120000": "symlinks", "160000": "submodules"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # relative to the scanned folder
+    size: int
+    oid: str
+
+
+@dataclass
+class Head:
+    commit: str  # "" in a repository without commits
+    files: list[Entry] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # kind -> paths
+
+
+async def git(path: Path, *args: str) -> str:
+    done = await run(path, "git", "-C", str(path), *args, merge_stderr=False)
+    if done.code != 0:
+        message = done.errors.strip()
+        raise InvalidArgument(f"{path} is not a git work tree: {message}", field="params.path")
+    return done.output
+
+
+async def head_of(path: Path) -> Head:
+    """HEAD's files below `path` (a work tree or a folder in one), as `ls-files` names them."""
+    if (await git(path, "rev-parse", "--is-inside-work-tree")).strip() != "true":
+        raise InvalidArgument(f"{path} is not a git work tree", field="params.path")
+    try:
+        commit = (await git(path, "rev-parse", "--verify", "HEAD^{commit}")).strip()
+    except InvalidArgument:
+        return Head("")  # no commits yet: nothing a patch could apply to
+    head = Head(commit)
+    for record in (await git(path, "ls-tree", "-r", "-l", "-z", "HEAD")).split("\0"):
+        if not record:
+            continue
+        meta, name = record.split("\t", 1)
+        mode, _, oid, size = meta.split()
+        if mode in FILE_MODES:
+            head.files.append(Entry(name, int(size), oid))
+        else:
+            head.skipped.setdefault(SKIPPED.get(mode, "other"), []).append(name)
+    return head
+
+
+async def contents(path: Path, entries: Sequence[Entry]) -> dict[str, bytes]:
+    """The blobs of `entries`, by path, in one `git cat-file --batch`."""
+    if not entries:
+        return {}
+    asked = "".join(f"{e.oid}\n" for e in entries).encode()
+    done = await run(path, "git", "-C", str(path), "cat-file", "--batch", stdin=asked, binary=True)
+    if done.code != 0:
+        raise InvalidArgument(
+            f"cannot read {path}'s objects: {done.errors.strip()}", field="params.path"
+        )
+    blobs: dict[str, bytes] = {}
+    data, position = done.data, 0
+    for entry in entries:  # "<oid> blob <size>\n<content>\n" each, in the order asked
+        end = data.index(b"\n", position)
+        header = data[position:end].split()
+        if len(header) != 3 or header[1] != b"blob":
+            raise InvalidArgument(f"cannot read {entry.path} in {path}", field="params.path")
+        size = int(header[2])
+        blobs[entry.path] = data[end + 1 : end + 1 + size]
+        position = end + 1 + size + 1
+    return blobs
+
+
+async def uncommitted(path: Path) -> list[str]:
+    """Tracked files below `path` whose work tree or index differs from HEAD."""
+    # No fsmonitor: a repository's config must not make the engine run its commands.
+    changed = await git(
+        path, "-c", "core.fsmonitor=false", "diff", "HEAD", "--name-only", "-z", "--relative"
+    )
+    return [name for name in changed.split("\0") if name]

@@ -1,0 +1,77 @@
+"""`scan_repository` on a real git repository: it shows HEAD, which the review patches, names
+what is not committed, and never follows a tracked symlink out of the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.tools.patches import review_patches
+from nyxflow_engine.tools.registry import ToolCall
+from nyxflow_engine.tools.repository import scan_repository
+from tests.support.repos import CALC, GOOD_DIFF, git, planted_repo
+
+
+async def _ignore(_: Sequence[pb.Artifact], __: Sequence[pb.Finding]) -> None:
+    return None
+
+
+async def _scan(repo: Path, group: str = "file") -> tuple[str, dict[str, Any]]:
+    text = await scan_repository(ToolCall({"path": str(repo), "group": group}, "", _ignore))
+    return text, json.loads(text)
+
+
+def _commit(repo: Path) -> None:
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "more")
+
+
+async def test_a_tracked_symlink_is_skipped_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NYXFLOW_SCAN_SECRET", "engine-only-value")
+    outside = tmp_path / "outside.md"
+    outside.write_text("far outside the repository\n")
+    repo = planted_repo(tmp_path)
+    os.symlink(outside, repo / "notes.md")
+    os.symlink("/proc/self/environ", repo / "env.sh")
+    os.symlink("calc.py", repo / "same.py")  # inside, yet a link all the same
+    _commit(repo)
+
+    for group in ("file", "directory"):
+        text, scan = await _scan(repo, group)
+
+        assert "engine-only-value" not in text and "far outside" not in text
+        assert scan["skipped"] == {"symlinks": ["env.sh", "notes.md", "same.py"]}
+        assert [f["path"] for f in scan["listing"]] == ["calc.py", "test_calc.py", "util.py"]
+
+
+async def test_the_scan_shows_head_and_names_the_uncommitted_changes(tmp_path: Path) -> None:
+    repo = planted_repo(tmp_path)
+    (repo / "calc.py").write_text(CALC.replace("def double(x):", "def twice(x):"))
+    (repo / "new.py").write_text("untracked = True\n")
+
+    _, scan = await _scan(repo)
+
+    assert scan["head"] == git(repo, "rev-parse", "HEAD").strip()
+    shown = {item["path"]: item["content"] for item in scan["items"]}
+    assert shown["calc.py"] == CALC and "new.py" not in shown
+    assert scan["uncommitted"]["files"] == 1 and scan["uncommitted"]["paths"] == ["calc.py"]
+    # A diff written against what was shown is what the review accepts.
+    report = json.loads(await review_patches(ToolCall({"path": str(repo)}, GOOD_DIFF, _ignore)))
+    assert [a["files"] for a in report["accepted"]] == [["calc.py"]], report
+
+
+async def test_a_committed_tree_has_nothing_uncommitted(tmp_path: Path) -> None:
+    repo = planted_repo(tmp_path)
+
+    _, scan = await _scan(repo)
+
+    assert "uncommitted" not in scan and "skipped" not in scan
+    assert scan["files"] == 3 and scan["left_out"]["files"] == 0
