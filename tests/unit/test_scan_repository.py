@@ -75,3 +75,21 @@ async def test_a_committed_tree_has_nothing_uncommitted(tmp_path: Path) -> None:
 
     assert "uncommitted" not in scan and "skipped" not in scan
     assert scan["files"] == 3 and scan["left_out"]["files"] == 0
+
+
+async def test_without_commits_the_staged_files_are_read_from_their_objects(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "fresh"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "app.py").write_text("print('hi')\n")
+    os.symlink("/proc/self/environ", repo / "env.sh")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    (repo / "pkg" / "app.py").write_text("print('not staged')\n")
+
+    text, scan = await _scan(repo)
+
+    assert scan["head"] is None and scan["skipped"] == {"symlinks": ["env.sh"]}
+    assert scan["listing"] == [{"path": "pkg/app.py", "size": 12, "language": "Python"}]
+    assert [i["content"] for i in scan["items"]] == ["print('hi')\n"] and "PATH=" not in text

@@ -4,6 +4,7 @@ The review applies patches to a clone of HEAD, so the scan shows HEAD too: a mod
 uncommitted edits writes diffs that HEAD rejects. And an object is never a path on disk: a
 tracked symlink (to /proc/self/environ, to a file outside the repository) is a blob holding
 its target's name, never followed. Symlinks and submodules are listed as skipped, not read.
+A repository without commits yet is read from its index's objects, just as safely.
 """
 
 from __future__ import annotations
@@ -42,31 +43,54 @@ async def git(path: Path, *args: str) -> str:
 
 
 async def head_of(path: Path) -> Head:
-    """HEAD's files below `path` (a work tree or a folder in one), as `ls-files` names them."""
+    """HEAD's files below `path` (a work tree or a folder in one), as `ls-files` names them;
+    in a repository without commits, what is staged for the first one."""
     if (await git(path, "rev-parse", "--is-inside-work-tree")).strip() != "true":
         raise InvalidArgument(f"{path} is not a git work tree", field="params.path")
     try:
         commit = (await git(path, "rev-parse", "--verify", "HEAD^{commit}")).strip()
     except InvalidArgument:
-        return Head("")  # no commits yet: nothing a patch could apply to
+        return await _staged(path)
     head = Head(commit)
     for record in (await git(path, "ls-tree", "-r", "-l", "-z", "HEAD")).split("\0"):
-        if not record:
-            continue
-        meta, name = record.split("\t", 1)
-        mode, _, oid, size = meta.split()
-        if mode in FILE_MODES:
-            head.files.append(Entry(name, int(size), oid))
-        else:
-            head.skipped.setdefault(SKIPPED.get(mode, "other"), []).append(name)
+        if record:
+            meta, name = record.split("\t", 1)
+            mode, _, oid, size = meta.split()
+            _add(head, mode, name, oid, size)
     return head
+
+
+async def _staged(path: Path) -> Head:
+    head = Head("")
+    records = [r.split("\t", 1) for r in (await git(path, "ls-files", "-s", "-z")).split("\0") if r]
+    staged = [(meta.split(), name) for meta, name in records]
+    files = [oid for (mode, oid, _), _ in staged if mode in FILE_MODES]
+    done = await run(path, "git", "-C", str(path), "cat-file", "--batch-check", stdin=_lines(files))
+    sizes: dict[str, str] = {}
+    for line in done.output.splitlines():  # "<oid> <type> <size>"
+        oid, _, size = line.partition(" blob ")
+        sizes[oid] = size.strip() or "0"
+    for (mode, oid, _), name in staged:
+        _add(head, mode, name, oid, sizes.get(oid, "0"))
+    return head
+
+
+def _add(head: Head, mode: str, name: str, oid: str, size: str) -> None:
+    if mode in FILE_MODES:
+        head.files.append(Entry(name, int(size), oid))
+    else:
+        head.skipped.setdefault(SKIPPED.get(mode, "other"), []).append(name)
+
+
+def _lines(oids: Sequence[str]) -> bytes:
+    return "".join(f"{oid}\n" for oid in oids).encode()
 
 
 async def contents(path: Path, entries: Sequence[Entry]) -> dict[str, bytes]:
     """The blobs of `entries`, by path, in one `git cat-file --batch`."""
     if not entries:
         return {}
-    asked = "".join(f"{e.oid}\n" for e in entries).encode()
+    asked = _lines([e.oid for e in entries])
     done = await run(path, "git", "-C", str(path), "cat-file", "--batch", stdin=asked, binary=True)
     if done.code != 0:
         raise InvalidArgument(
