@@ -16,6 +16,9 @@ class CommonSettings(BaseSettings):
     runs_addr: str = "127.0.0.1:50051"
     engine_addr: str = "127.0.0.1:50052"
     rpc_timeout_s: float = 10.0
+    # Runs and engine: each tenant's repositories only under <root>/<tenant id>/ (repos.py);
+    # unset, any absolute path (one team on its own machine).
+    repos_root: str | None = None
     metrics_port: int = 0  # runs and engine: Prometheus metrics on this port (0 = off)
     metrics_host: str = "127.0.0.1"
     # OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; unset = tracing off.

@@ -1,5 +1,6 @@
 """Operations on a code pipeline's workflow: a retried or resumed run shows what its carried
-steps saved; a test command is checked when the pipeline starts, not after the models ran."""
+steps saved; a test command is checked when the pipeline starts, not after the models ran;
+a repository is where its tenant may read it."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import pytest
 
 from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument
+from nyxflow.v1 import common_pb2 as pb
 from tests.integration.test_pipelines import execute, start
-from tests.support.inprocess import Clients
+from tests.support.databases import fresh_database
+from tests.support.inprocess import Clients, clients, engine_service, runs_service
 from tests.support.repos import planted_repo
+from tests.support.workflows import llm_step
 
 
 async def test_a_retried_report_keeps_the_findings_of_the_steps_it_did_not_run(
@@ -100,3 +104,48 @@ async def test_a_repository_path_is_stored_as_every_tool_reads_it(
     with pytest.raises(InvalidArgument, match="absolute") as refused:
         await api.runs.add_repository(project.id, "acme", "relative", "shop")
     assert refused.value.field == "path"
+
+
+async def test_with_a_repos_root_a_tenant_reads_only_its_own_folder(tmp_path: Path) -> None:
+    """NYXFLOW_REPOS_ROOT: each tenant's repositories under <root>/<tenant id>/ only; any
+    other path was taken, so one tenant could have another's source sent to its models."""
+    root = tmp_path / "repos"
+    async with (
+        fresh_database("sqlite", tmp_path) as url,
+        runs_service(url, repos_root=str(root)) as runs_settings,
+        engine_service(runs_settings.runs_listen, repos_root=str(root)) as engine_settings,
+        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
+    ):
+        probe = await api.runs.create_workflow("probe", [llm_step("s")])
+        tenant_id = (await api.runs.create_run(probe.id)).tenant_id
+        (root / tenant_id).mkdir(parents=True)
+        (root / "other").mkdir()
+        planted_repo(root / tenant_id)
+        theirs = planted_repo(root / "other")
+        project = await api.runs.create_project("walls")
+
+        own = await api.runs.add_repository(project.id, "mine", "shop", "shop")
+        assert own.path == str(root / tenant_id / "shop")
+        with pytest.raises(InvalidArgument, match="inside this tenant's folder") as refused:
+            await api.runs.add_repository(project.id, "other", "shop", str(theirs))
+        assert refused.value.field == "path"
+        run = await start(api, root / tenant_id / "shop", "code-analysis")
+        await execute(api, run.id)
+        assert (await api.runs.get_run(run.id)).status == ev.COMPLETED
+
+        # A workflow of its own naming the tool and the other tenant's folder: the engine checks
+        # again, on the folder it would read.
+        for path, said in ((str(theirs), "inside this tenant's folder"), ("shop/sub", "")):
+            (root / tenant_id / "shop" / "sub").mkdir(exist_ok=True)
+            scan = pb.StepSpec(
+                name="Scan",
+                kind="tool",
+                tool="scan_repository",
+                params_json=json.dumps({"path": path}),
+            )
+            workflow = await api.runs.create_workflow(f"scan {path}", [scan])
+            failed = await api.runs.create_run(workflow.id)
+            await execute(api, failed.id)
+            done = await api.runs.get_run(failed.id)
+            assert done.status == ev.FAILED
+            assert (said or "give its top folder") in done.steps[0].error, done.steps[0].error

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.tools.patches import review_patches
 from nyxflow_engine.tools.registry import ToolCall
@@ -109,3 +112,28 @@ async def test_a_diff_the_tests_reject_is_undone_where_it_applied(tmp_path: Path
     assert report["accepted"] == [] and _files(report["rejected"]) == [["conf.py"]]
     assert report["rejected"][0]["reason"].startswith("tests failed")
     assert patch == "" and report["patch_bytes"] == 0
+
+
+async def test_a_blank_test_command_is_none_and_one_that_cannot_be_split_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A workflow of one's own names the tool and its command: the same rules as a pipeline's
+    start. Blank, it was split into nothing and every diff "failed its tests"."""
+    repo = planted_repo(tmp_path)
+
+    report, _ = await _review(repo, GOOD_DIFF, test_command="  \t")
+
+    assert _files(report["accepted"]) == [["calc.py"]] and report["test_command"] is None
+    with pytest.raises(InvalidArgument, match="No closing quotation") as refused:
+        await _review(repo, GOOD_DIFF, test_command="pytest -k 'add")
+    assert refused.value.field == "params.test_command"
+
+
+async def test_a_folder_inside_the_repository_is_refused_naming_its_top(tmp_path: Path) -> None:
+    """The review clones the whole repository: given a folder inside one, the scan showed
+    paths the patches could not name. Both tools now ask for the top folder."""
+    repo = planted_repo(tmp_path)
+    (repo / "pkg").mkdir()
+    with pytest.raises(InvalidArgument, match=f"inside the repository {repo}") as refused:
+        await _review(repo / "pkg", GOOD_DIFF)
+    assert refused.value.field == "params.path"

@@ -229,7 +229,14 @@ class Execution:
             ),
         )
         context = StepContext(
-            step, steps, outputs, self.writer, self._providers, self._settings.delta_flush_ms / 1000
+            step,
+            steps,
+            outputs,
+            self.writer,
+            self._providers,
+            self._settings.delta_flush_ms / 1000,
+            self._run_pb.tenant_id,
+            self._settings.repos_root,
         )
         started = time.monotonic()
         try:

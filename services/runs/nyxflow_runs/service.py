@@ -39,9 +39,8 @@ async def serve(
         [SERVICE_NAME, ADMIN_SERVICE_NAME], settings.runs_listen, stop, db_errors.translate
     )
     tenancy = Tenancy(store, settings.internal_secret, bus)
-    runs_pb2_grpc.add_RunsServicer_to_server(
-        RunsServicer(store, bus, tenancy, settings.watch_poll_s), service.server
-    )
+    servicer = RunsServicer(store, bus, tenancy, settings.watch_poll_s, settings.repos_root)
+    runs_pb2_grpc.add_RunsServicer_to_server(servicer, service.server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(store, tenancy, settings.admin_key, settings.internal_secret),
         service.server,

@@ -44,11 +44,19 @@ def _refused(error: NyxflowError) -> runs_pb2.RecordResult:
 
 
 class RunsServicer(runs_pb2_grpc.RunsServicer):
-    def __init__(self, store: Store, bus: LocalBus, tenancy: Tenancy, poll_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: LocalBus,
+        tenancy: Tenancy,
+        poll_s: float,
+        repos_root: str | None = None,
+    ) -> None:
         self._store = store
         self._bus = bus
         self._tenancy = tenancy
         self._poll_s = poll_s
+        self._repos_root = repos_root
 
     async def _tenant(self, request: Message, context: Ctx) -> str:
         """The caller's tenant, then the request's strings checked for NUL."""
@@ -142,7 +150,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         project_id = valid.require_id(request.project_id, "project_id")
         owner = valid.text(request.owner, "owner", 200)
         repo = valid.text(request.repo, "repo", 200)
-        path = valid.local_path(request.path, "path", 4096)
+        path = valid.local_path(request.path, "path", 4096, self._repos_root, tenant)
         return await self._store.add_repository(tenant, project_id, owner, repo, path)
 
     async def AddProjectNote(

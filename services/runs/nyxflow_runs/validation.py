@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shlex
 from collections.abc import Collection, Sequence
@@ -16,6 +15,7 @@ from google.protobuf.message import Message
 from nyxflow import constants as kinds
 from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument
+from nyxflow.repos import written_path
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 
@@ -78,16 +78,13 @@ def text(value: str, field: str, limit: int, *, required: bool = True) -> str:
     return value
 
 
-def local_path(value: str, field: str, limit: int) -> str:
-    """A folder on the engine's machine, as every tool will read it: absolute (relative to
-    what? the services' own folders are not the user's), `~` expanded, `.`/`..` resolved."""
+def local_path(value: str, field: str, limit: int, root: str | None, tenant_id: str) -> str:
+    """A folder on the engine's machine, as every tool will read it (repos.py): absolute,
+    `~` expanded, `.`/`..` resolved, and inside the tenant's folder when there is a root."""
     value = text(value, field, limit, required=False)
     if not value:
         return value
-    path = os.path.expanduser(value)
-    if not os.path.isabs(path):
-        raise InvalidArgument("must be an absolute path", field=field)
-    return fits(os.path.normpath(path), field, limit)
+    return fits(written_path(value, root, tenant_id, field), field, limit)
 
 
 def command(value: str, field: str, limit: int) -> str:

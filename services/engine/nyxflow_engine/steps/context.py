@@ -108,6 +108,8 @@ class StepContext:
     writer: RunWriter
     providers: Providers
     flush_s: float
+    tenant_id: str = ""
+    repos_root: str | None = None  # where the tenant's repositories may be (nyxflow/repos.py)
 
     @property
     def spec(self) -> pb.StepSpec:

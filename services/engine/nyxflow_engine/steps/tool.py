@@ -17,6 +17,12 @@ async def run_tool(ctx: StepContext) -> StepResult:
     async def save(artifacts: Sequence[pb.Artifact], findings: Sequence[pb.Finding]) -> None:
         await ctx.writer.save_artifacts(step_id, artifacts, findings)
 
-    call = ToolCall(ctx.params, render(ctx.step.prompt, ctx.outputs), save)
+    call = ToolCall(
+        ctx.params,
+        render(ctx.step.prompt, ctx.outputs),
+        save,
+        ctx.tenant_id,
+        ctx.repos_root,
+    )
     output = await tool_for(name)(call)
     return StepResult(output=output, served_by=f"tool:{name}")

@@ -35,19 +35,23 @@ def _tail(text: str) -> str:
 
 async def review_patches(call: ToolCall) -> str:
     params = call.params
-    source = params.get("path")
-    if not isinstance(source, str) or not await asyncio.to_thread(Path(source).is_dir):
-        raise InvalidArgument("the repository's local path is required", field="params.path")
+    source = await call.repository()
     command = params.get("test_command", "")
     if not isinstance(command, str):
         raise InvalidArgument("must be a string", field="params.test_command")
+    command = command.strip()  # blank: no tests (split, it would run nothing and fail)
+    try:
+        shlex.split(command)
+    except ValueError as error:
+        message = f"cannot be split into arguments: {error}"
+        raise InvalidArgument(message, field="params.test_command") from None
     timeout = params.get("test_timeout_s", 300)
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise InvalidArgument("must be a positive number", field="params.test_timeout_s")
     scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="nyxflow-review-"))
     try:
         report, patch = await _review(
-            Path(source), scratch / "repo", diffs_in(call.prompt), command, float(timeout)
+            source, scratch / "repo", diffs_in(call.prompt), command, float(timeout)
         )
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, True)

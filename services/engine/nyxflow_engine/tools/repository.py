@@ -45,10 +45,7 @@ async def recency(path: Path) -> dict[str, int]:
 
 async def scan_repository(call: ToolCall) -> str:
     params = call.params
-    raw = params.get("path")
-    if not isinstance(raw, str) or not raw:
-        raise InvalidArgument("the repository's local path is required", field="params.path")
-    root = await asyncio.to_thread(_directory, raw)
+    root = await call.repository()
     head = await head_of(root)
     changed = await uncommitted(root) if head.commit else []
     report = await asyncio.to_thread(_report, root, head, changed)  # a large tree takes a while
@@ -81,13 +78,6 @@ class Limits:
             positive("max_files", 40), positive("max_bytes", 200_000),
             positive("max_file_bytes", 20_000),
         )  # fmt: skip
-
-
-def _directory(raw: str) -> Path:
-    root = Path(raw).expanduser()
-    if not root.is_dir():
-        raise InvalidArgument(f"{root} is not a directory", field="params.path")
-    return root
 
 
 def _report(root: Path, head: Head, changed: list[str]) -> dict[str, Any]:
