@@ -170,3 +170,17 @@ async def test_a_keeper_whose_engine_died_as_it_started_runs_nothing(tmp_path: P
     )
     assert await asyncio.wait_for(keeper.wait(), 10) == 128 + signal.SIGTERM
     assert not marker.exists()
+
+
+async def test_a_contained_command_s_endless_output_is_read_from_its_end(tmp_path: Path) -> None:
+    """A test suite printing without end: its last part is kept (it says why it failed), and
+    the engine never reads gigabytes into memory. The engine's own git output is read whole."""
+    script = "import sys; sys.stdout.write('x' * 3_000_000 + '\\nlast words\\n'); sys.exit(3)"
+    done = await run(tmp_path, sys.executable, "-c", script, contained=True)
+
+    assert done.code == 3
+    assert done.output.endswith("x\nlast words\n")
+    assert done.output.startswith(f"[{3_000_012 - commands.COMMAND_OUTPUT_BYTES} bytes before]\n")
+    assert len(done.output) < commands.COMMAND_OUTPUT_BYTES + 100
+    whole = await run(tmp_path, sys.executable, "-c", script)
+    assert len(whole.output) == 3_000_012

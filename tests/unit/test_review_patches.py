@@ -137,3 +137,21 @@ async def test_a_folder_inside_the_repository_is_refused_naming_its_top(tmp_path
     with pytest.raises(InvalidArgument, match=f"inside the repository {repo}") as refused:
         await _review(repo / "pkg", GOOD_DIFF)
     assert refused.value.field == "params.path"
+
+
+async def test_the_patch_applies_whatever_the_operator_s_git_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's git keeps its HOME (for safe.directory): a ~/.gitconfig with
+    diff.noprefix made the patch's paths 'calc.py', which `git apply` takes as 'alc.py'."""
+    home = tmp_path / "operator"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[diff]\n\tnoprefix = true\n\tmnemonicPrefix = true\n")
+    monkeypatch.setenv("HOME", str(home))
+    repo = planted_repo(tmp_path)
+
+    _, patch = await _review(repo, GOOD_DIFF)
+
+    assert "\n+++ b/calc.py\n" in patch
+    (tmp_path / "fix.patch").write_text(patch)
+    git(repo, "apply", "--check", str(tmp_path / "fix.patch"))

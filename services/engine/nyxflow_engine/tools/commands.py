@@ -54,6 +54,7 @@ def clean_environment(home: Path | None = None) -> dict[str, str]:
 
 POLL_S = (0.001, 0.05)  # the exit is polled from 1 ms, doubling up to 50 ms
 REAPER = Path(__file__).with_name("reaper.py")
+COMMAND_OUTPUT_BYTES = 1 << 20  # of a tenant's command's output, the last MiB is read
 KEEPER_STOP_S = 5.0  # for the keeper to kill what the command left, before the group is killed
 
 
@@ -117,7 +118,10 @@ async def run(
         if binary:
             data, errors = await asyncio.to_thread(lambda: (_bytes(out), _text(err)))
             return Outcome(process.returncode or 0, "", errors, data)
-        output, errors = await asyncio.to_thread(lambda: (_text(out), _text(err)))
+        # A tenant's command may print without end: its last part is what explains a failure,
+        # and all of it could exhaust the engine's memory (it is on disk until read).
+        keep = COMMAND_OUTPUT_BYTES if contained else None
+        output, errors = await asyncio.to_thread(lambda: (_text(out, keep), _text(err, keep)))
     return Outcome(process.returncode or 0, output, errors)
 
 
@@ -149,5 +153,10 @@ def _bytes(file: IO[bytes]) -> bytes:
     return file.read()
 
 
-def _text(file: IO[bytes]) -> str:
-    return _bytes(file).decode(errors="replace")
+def _text(file: IO[bytes], keep: int | None = None) -> str:
+    """The file's text, or with `keep` its last `keep` bytes after a mark of what was cut."""
+    size = file.seek(0, os.SEEK_END)
+    if keep is None or size <= keep:
+        return _bytes(file).decode(errors="replace")
+    file.seek(size - keep)
+    return f"[{size - keep} bytes before]\n" + file.read().decode(errors="replace")

@@ -105,7 +105,18 @@ async def _review(
                 rejected.append({**entry, "reason": reason})
                 continue
         accepted.append(entry)
-    combined = await _git(clone, "diff", "--cached", "--no-color")
+    # The patch as `git apply` and `patch -p1` take it, whatever the operator's git settings
+    # (diff.noprefix, diff.external, a diff driver) would make of it.
+    combined = await _git(
+        clone,
+        "diff",
+        "--cached",
+        "--no-color",
+        "--no-ext-diff",
+        "--no-textconv",
+        "--src-prefix=a/",
+        "--dst-prefix=b/",
+    )
     report = {
         "proposed": len(diffs),
         "accepted": accepted,
