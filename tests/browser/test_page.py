@@ -327,6 +327,28 @@ async def test_markdown_is_sanitised(page: Page) -> None:
     assert "<ul><li>" in html and "<ol><li>" in html
 
 
+RENDER = """async (source) => {
+  const box = document.createElement("div");
+  box.innerHTML = (await import("/static/markdown.js")).renderMarkdown(source);
+  return [box.innerHTML, [...box.querySelectorAll("ol")].map((o) => o.start), box.innerText];
+}"""
+
+
+async def test_markdown_keeps_the_numbers_hashes_and_asterisks_of_the_text(page: Page) -> None:
+    html, starts, _ = await page.evaluate(
+        RENDER, "1. Install\n\n   Run the installer.\n\n2. Configure\n3. Deploy\n"
+    )
+    assert starts == [1, 2], html
+    assert "<ol><li>Install</li></ol>" in html and '<ol start="2"><li>Configure' in html
+
+    html, _, _ = await page.evaluate(RENDER, "## Porting <b>it</b> to C#\n## Done ##\n")
+    assert "<h4>Porting &lt;b&gt;it&lt;/b&gt; to C#</h4>" in html and "<h4>Done</h4>" in html
+
+    html, _, text = await page.evaluate(RENDER, "The area is 2 * 3 * 4 = 24 m², *really*.\n")
+    assert "2 * 3 * 4 = 24" in text and html.count("<em>") == 1, html
+    assert "<em>really</em>" in html
+
+
 async def test_without_an_event_stream_the_page_polls_until_the_run_ends(
     page: Page, http: httpx.AsyncClient, stack: ProcessStack
 ) -> None:

@@ -26,18 +26,20 @@ function inline(text) {
   return out.replace(new RegExp(`${HOLE}(\\d+)${HOLE}`, "g"), (_, i) => held[Number(i)]);
 }
 
+// A marker opens only before a non-space and closes only after one: "2 * 3 * 4" is arithmetic.
 function emphasis(text) {
   return text
-    .replace(/\*\*([^*\n]+?)\*\*/g, "<strong>$1</strong>")
-    .replace(/(^|[^\w])__([^_\n]+?)__(?!\w)/g, "$1<strong>$2</strong>")
-    .replace(/\*([^*\n]+?)\*/g, "<em>$1</em>")
-    .replace(/(^|[^\w])_([^_\n]+?)_(?!\w)/g, "$1<em>$2</em>");
+    .replace(/\*\*([^\s*](?:[^*\n]*?[^\s*])?)\*\*/g, "<strong>$1</strong>")
+    .replace(/(^|[^\w])__([^\s_](?:[^_\n]*?[^\s_])?)__(?!\w)/g, "$1<strong>$2</strong>")
+    .replace(/\*([^\s*](?:[^*\n]*?[^\s*])?)\*/g, "<em>$1</em>")
+    .replace(/(^|[^\w])_([^\s_](?:[^_\n]*?[^\s_])?)_(?!\w)/g, "$1<em>$2</em>");
 }
 
 const FENCE = /^\s*```\s*([\w+-]*)\s*$/;
-const HEADING = /^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+// A closing run of # goes only after a space: "## Porting to C#" keeps its C#.
+const HEADING = /^\s{0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$/;
 const BULLET = /^\s*[-*+]\s+(.*)$/;
-const NUMBERED = /^\s*\d{1,9}[.)]\s+(.*)$/;
+const NUMBERED = /^\s*(\d{1,9})[.)]\s+(.*)$/;
 
 /** Markdown text → safe HTML. */
 export function renderMarkdown(source) {
@@ -70,13 +72,16 @@ export function renderMarkdown(source) {
     if (list) {
       flush();
       const tag = list === BULLET ? "ul" : "ol";
+      // A list the text broke off goes on at its own number ("2." after a paragraph).
+      const first = list === NUMBERED ? Number(NUMBERED.exec(line)[1]) : 1;
+      const open = first === 1 ? tag : `${tag} start="${first}"`;
       const items = [];
       while (i < lines.length && list.test(lines[i])) {
-        items.push(`<li>${inline(list.exec(lines[i])[1].trim())}</li>`);
+        items.push(`<li>${inline(list.exec(lines[i]).at(-1).trim())}</li>`);
         i += 1;
       }
       i -= 1;
-      html.push(`<${tag}>${items.join("")}</${tag}>`);
+      html.push(`<${open}>${items.join("")}</${tag}>`);
       continue;
     }
     if (line.trim() === "") flush();
