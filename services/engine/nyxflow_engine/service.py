@@ -15,6 +15,7 @@ from nyxflow_engine.executor import Executor
 from nyxflow_engine.providers.registry import Providers
 from nyxflow_engine.servicer import EngineServicer
 from nyxflow_engine.settings import EngineSettings
+from nyxflow_engine.tools import scratch
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ async def serve(
     async def prepare() -> None:
         # NOT_SERVING until runs answers: an engine that cannot write must not take work.
         await wait_serving(channel, settings.runs_wait_s)
+        await asyncio.to_thread(scratch.sweep_left_behind)
         adopting.append(
             asyncio.create_task(
                 adopt_forever(executor, runs, settings.adopt_interval_s), name="adopter"

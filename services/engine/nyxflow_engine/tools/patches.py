@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.tools.commands import run
 from nyxflow_engine.tools.diffs import Proposed, diffs_in, files_of
 from nyxflow_engine.tools.registry import ToolCall
+from nyxflow_engine.tools.scratch import make as make_scratch
+from nyxflow_engine.tools.scratch import remove as remove_scratch
 
 MAX_REASON = 2_000
 CUT_OFF = "cut off: its ```diff block never closed (the answer stopped at its max_tokens?)"
@@ -48,13 +48,13 @@ async def review_patches(call: ToolCall) -> str:
     timeout = params.get("test_timeout_s", 300)
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise InvalidArgument("must be a positive number", field="params.test_timeout_s")
-    scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="nyxflow-review-"))
+    scratch = await asyncio.to_thread(make_scratch)
     try:
         report, patch = await _review(
             source, scratch / "repo", diffs_in(call.prompt), command, float(timeout)
         )
     finally:
-        await asyncio.to_thread(shutil.rmtree, scratch, True)
+        await asyncio.to_thread(remove_scratch, scratch)
     await call.save(
         [
             pb.Artifact(name="patch", media_type="text/x-diff", content=patch),
