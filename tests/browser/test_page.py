@@ -308,6 +308,36 @@ async def test_fan_out_failure_retry_and_alternatives(
     assert [e.json["name"] for e in again if e.event == ev.STEP_STARTED] == ["Broken"]
 
 
+async def test_the_keyboard_keeps_its_place_through_workflow_actions(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    workflow = await create_workflow(http, stack, "Keys", steps(3, tokens=30, token_delay_ms=100))
+    await open_workflow(page, workflow["id"], "Keys")
+    detail = page.locator(".detail")
+    button = page.get_by_role("button")
+
+    await button.filter(has_text=re.compile("^Start$")).focus()
+    await page.keyboard.press("Enter")  # Start is gone once the run is on: the first action
+    await expect(page.get_by_role("button", name="Pause")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#run-line")).to_contain_text("pause requested")
+    await expect(page.get_by_role("button", name="Cancel")).to_be_focused()
+    await expect(detail).to_have_attribute("data-run-status", "paused", timeout=20_000)
+    await expect(page.get_by_role("button", name="Resume")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(detail).to_have_attribute("data-run-status", "running")
+    await expect(page.get_by_role("button", name="Pause")).to_be_focused()
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=20_000)
+    await expect(page.get_by_role("button", name="Re-run")).to_be_focused()
+
+    first = page.locator(f"#step-{workflow['steps'][0]['id']}")
+    await page.locator(f".pill[data-step-id='{workflow['steps'][0]['id']}']").click()
+    await first.get_by_role("button", name="Retry step").focus()
+    await page.keyboard.press("Enter")  # its run starts: no step can be retried meanwhile
+    await expect(page.get_by_role("button", name="Pause")).to_be_focused()
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=20_000)
+
+
 async def test_markdown_is_sanitised(page: Page) -> None:
     html = await page.evaluate(
         """async () => (await import("/static/markdown.js")).renderMarkdown(

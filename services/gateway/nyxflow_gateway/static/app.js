@@ -621,23 +621,40 @@ function showDetail(workflowId) {
       await API.deleteWorkflow(workflowId);
       go("#/");
     }, "Delete this workflow and all its runs?"]);
-    const key = `${wanted.map((w) => w[0]).join("|")}|${state.busy}`;
-    if (key === state.actionsKey) return;
-    state.actionsKey = key;
-    const focused = document.activeElement?.closest?.(".actions") ? document.activeElement.textContent : null;
-    actions.replaceChildren(
-      ...wanted.map(([label, cls, run, confirmText]) => {
-        const button = h("button", { type: "button", class: cls || null, disabled: state.busy }, label);
-        button.addEventListener("click", () => act(run, confirmText));
-        return button;
-      }),
-    );
-    if (focused) [...actions.children].find((b) => b.textContent === focused)?.focus();
+    // Busy only disables the buttons: rebuilding them would drop the keyboard's focus.
+    const key = wanted.map((w) => w[0]).join("|");
+    if (key !== state.actionsKey) {
+      state.actionsKey = key;
+      const focused = actions.contains(document.activeElement) ? document.activeElement.textContent : null;
+      actions.replaceChildren(
+        ...wanted.map(([label, cls, run, confirmText]) => {
+          const button = h("button", { type: "button", class: cls || null }, label);
+          button.addEventListener("click", () => act(run, confirmText));
+          return button;
+        }),
+      );
+      if (focused !== null) focusAction(focused);
+    }
+    for (const button of root.querySelectorAll(".actions button, .step-actions button")) button.disabled = state.busy;
+  }
+
+  /** Focus the action of that label, or the first one when it is gone (Start becomes Pause). */
+  function focusAction(label) {
+    const buttons = [...actions.children].filter((b) => !b.disabled);
+    const target = buttons.find((b) => b.textContent === label) || buttons[0];
+    if (target) target.focus();
+    else {
+      actions.setAttribute("tabindex", "-1");
+      actions.focus();
+    }
   }
 
   async function act(run, confirmText) {
     if (state.busy) return;
     if (confirmText && !window.confirm(confirmText)) return;
+    // The pressed button may be disabled or gone meanwhile: focus goes back to the actions.
+    const pressed = document.activeElement;
+    const label = actions.contains(pressed) || stepsBox.contains(pressed) ? pressed.textContent : null;
     state.busy = true;
     actionError.replaceChildren();
     renderHead();
@@ -651,6 +668,10 @@ function showDetail(workflowId) {
     }
     if (!state.gone) await reload(); // the API's answer wins
     renderHead();
+    if (label !== null && !state.gone && !root.contains(document.activeElement)) {
+      if (pressed.isConnected && !pressed.disabled) pressed.focus();
+      else focusAction(label);
+    }
   }
 
   function renderSteps() {
@@ -862,15 +883,17 @@ function showDetail(workflowId) {
   }
 
   function renderStepActions(step, parts) {
-    const allowed = !active() && !state.busy && step.status !== "pending";
+    const allowed = !active() && step.status !== "pending";
     const raised = step.truncated && step.max_tokens ? step.max_tokens * 2 : 0;
     const key = `${allowed}/${raised}`;
-    if (parts.rendered.actions === key) return;
-    parts.rendered.actions = key;
-    if (!allowed) {
-      parts.stepActions.replaceChildren();
-      return;
+    if (parts.rendered.actions !== key) {
+      parts.rendered.actions = key;
+      parts.stepActions.replaceChildren(...(allowed ? stepButtons(step, raised) : []));
     }
+    for (const button of parts.stepActions.children) button.disabled = state.busy;
+  }
+
+  function stepButtons(step, raised) {
     const retry = h("button", { type: "button" }, "Retry step");
     retry.addEventListener("click", () => {
       const now = byId(step.id) || step;
@@ -889,7 +912,7 @@ function showDetail(workflowId) {
           `Retry “${step.name}” with max_tokens ${raised}? Its output is discarded.`));
       buttons.splice(1, 0, more);
     }
-    parts.stepActions.replaceChildren(...buttons);
+    return buttons;
   }
 
   reload().then(() => {
