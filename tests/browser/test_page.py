@@ -51,6 +51,12 @@ async def create_from_page(page: Page, text: str) -> str:
     return page.url.rsplit("/", 1)[1]
 
 
+async def start_from_page(page: Page, text: str) -> str:
+    workflow_id = await create_from_page(page, text)
+    await page.get_by_role("button", name="Start", exact=True).click()
+    return workflow_id
+
+
 async def open_workflow(page: Page, workflow_id: str, name: str) -> None:
     await page.evaluate("hash => { location.hash = hash; }", f"#/workflows/{workflow_id}")
     await expect(page.locator("#wf-title")).to_have_text(name)
@@ -491,6 +497,51 @@ async def test_a_truncated_step_is_retried_with_twice_its_limit(
     assert (done["max_tokens"], done["truncated"], done["output_tokens"]) == (32, False, 30)
 
 
+SLOW_FAN_OUT = """name: Slow items
+steps:
+  - name: Topics
+    params: {items: 8, tokens: 4}
+  - name: Each
+    kind: fan_out
+    source: Topics
+    split: headings
+    concurrency: 1
+    prompt: "{{ item }}"
+    params: {tokens: 6, token_delay_ms: 100}
+"""
+
+
+async def test_a_resumed_fan_out_keeps_showing_the_items_it_had_finished(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    await start_from_page(page, SLOW_FAN_OUT)
+    detail = page.locator(".detail")
+    await expect(page.locator(".step .item").nth(2)).to_be_attached(timeout=20_000)
+    await page.get_by_role("button", name="Pause").click()
+    await expect(detail).to_have_attribute("data-run-status", "paused", timeout=20_000)
+    fan_out = (await get_run(http, stack, await shown_run_id(page)))["steps"][1]
+    finished = len(fan_out["items"])
+    assert fan_out["status"] != "completed" and 3 <= finished < 8, fan_out["status"]
+    fan = page.locator(f"#step-{fan_out['id']}")
+    await expect(fan.locator(".item")).to_have_count(finished)
+    await page.evaluate(
+        """(id) => {
+          const box = document.querySelector(`#step-${id} .fanout`);
+          const shown = () => (box.hidden ? 0 : box.querySelectorAll(".item").length);
+          window.fewestItems = shown();
+          const note = () => { window.fewestItems = Math.min(window.fewestItems, shown()); };
+          const what = { subtree: true, childList: true, attributes: true };
+          new MutationObserver(note).observe(box, what);
+        }""",
+        fan_out["id"],
+    )
+
+    await page.get_by_role("button", name="Resume").click()
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=20_000)
+    await expect(fan.locator(".fanout-count")).to_have_text("8/8")
+    assert await page.evaluate("() => window.fewestItems") == finished
+
+
 FAN_OUT_CUT = """name: Items cut short
 steps:
   - name: Topics
@@ -507,8 +558,7 @@ steps:
 async def test_a_fan_out_item_cut_at_its_limit_is_marked(
     page: Page, http: httpx.AsyncClient, stack: ProcessStack
 ) -> None:
-    await create_from_page(page, FAN_OUT_CUT)
-    await page.get_by_role("button", name="Start", exact=True).click()
+    await start_from_page(page, FAN_OUT_CUT)
     detail = page.locator(".detail")
     await expect(detail).to_have_attribute("data-run-status", "completed", timeout=20_000)
     fan_out = (await get_run(http, stack, await shown_run_id(page)))["steps"][1]

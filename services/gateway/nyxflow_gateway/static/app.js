@@ -448,9 +448,11 @@ function showDetail(workflowId) {
       case "step_started":
         if (data.phase && state.run) state.run.phase = data.phase;
         if (!step) { refreshSoon(0); break; }
+        // A resumed fan-out keeps the items it finished before (only the rest run again);
+        // a retry's new run brings its steps without any.
         Object.assign(step, {
           status: "running", output: "", error: null, truncated: false, finish_reason: null,
-          input_tokens: 0, output_tokens: 0, served_by: null, alternatives: [], items: [],
+          input_tokens: 0, output_tokens: 0, served_by: null, alternatives: [], items: step.items || [],
           selected_index: 0, started_at: epochIso(data.at), finished_at: null, progress: null, notes: [],
         });
         streamed[step.id] = "";
