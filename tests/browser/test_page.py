@@ -363,6 +363,52 @@ async def test_markdown_is_sanitised(page: Page) -> None:
     assert "<ul><li>" in html and "<ol><li>" in html
 
 
+PLAN = """name: Plan and prompts
+steps:
+  - name: Outline
+    params: {items: 2, tokens: 6}
+  - name: Synthesis
+    kind: synthesis
+    prompt: "Combine: {{ steps.Outline.output }}"
+    generates: implementation_prompt
+    params: {items: 2, tokens: 30, token_delay_ms: 20}
+"""
+RUN_URL = re.compile(r"/v1/runs/[^/?]+$")
+
+
+async def test_steps_generated_during_the_run_stream_their_whole_text(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    snapshots = 0
+
+    async def late(route: Route) -> None:
+        """Every snapshot after the first answers once the run is over: only events tell."""
+        nonlocal snapshots
+        snapshots += 1
+        if snapshots > 1:
+            run_id = route.request.url.rsplit("/", 1)[1]
+            await eventually(
+                lambda: get_run(http, stack, run_id),
+                lambda run: run["status"] not in ("pending", "running"),
+                timeout_s=20,
+                what="the run over",
+            )
+        await route.continue_()
+
+    await page.route(RUN_URL, late)
+    await start_from_page(page, PLAN)
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=30_000)
+    run = await get_run(http, stack, await shown_run_id(page))
+    assert [s["auto_generated"] for s in run["steps"]] == [False, False, True, True]
+    assert snapshots > 2, "no snapshot was asked for while the run went on"
+    streamed = await page.evaluate("() => window.nyxflow.detail.streamed")
+    for step in run["steps"]:
+        assert streamed.get(step["id"]) == step["output"], step["name"]
+        assert await text_of(page, f"#step-{step['id']} .output") == words(step["output"])
+    await expect(page.locator(".navigator .pill")).to_have_count(4)
+
+
 RENDER = """async (source) => {
   const box = document.createElement("div");
   box.innerHTML = (await import("/static/markdown.js")).renderMarkdown(source);

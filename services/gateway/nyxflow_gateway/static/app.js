@@ -392,14 +392,25 @@ function showDetail(workflowId) {
     const next = fresh.map((incoming) => {
       const local = byId(incoming.id);
       if (!local) return { ...incoming };
-      if (rank(incoming.status) > rank(local.status)) return { ...local, ...incoming };
+      if (rank(incoming.status) > rank(local.status)) return { ...local, ...incoming, guessed: false };
       if (rank(incoming.status) < rank(local.status) || local.status === "running") {
-        return { ...local, items: mergeItems(local.items, incoming.items) };
+        // What a guessed step lacks (its provider, persona…) comes from the snapshot.
+        return { ...incoming, ...local, items: mergeItems(local.items, incoming.items), guessed: false };
       }
-      return { ...local, ...incoming, progress: local.progress, notes: local.notes };
+      return { ...local, ...incoming, progress: local.progress, notes: local.notes, guessed: false };
     });
+    // A step generated after this snapshot was taken is kept until the next one has it.
+    for (const local of state.steps) {
+      if (local.guessed && !fresh.some((s) => s.id === local.id)) insertStep(next, local);
+    }
     state.steps = next;
     renderSteps();
+  }
+
+  /** Insert a step that has just started where it runs: before the first step still pending. */
+  function insertStep(steps, step) {
+    const at = steps.findIndex((s) => s.status === "pending");
+    steps.splice(at < 0 ? steps.length : at, 0, step);
   }
 
   function mergeItems(mine = [], theirs = []) {
@@ -440,13 +451,20 @@ function showDetail(workflowId) {
   }
 
   function applyEvent(type, data) {
-    const step = data.step_id ? byId(data.step_id) : null;
+    let step = data.step_id ? byId(data.step_id) : null;
     switch (type) {
       case "run_started":
         if (state.run) state.run.status = "running";
         break;
       case "step_started":
         if (data.phase && state.run) state.run.phase = data.phase;
+        if (!step && data.step_id) {
+          // A step generated during the run (an implementation prompt): shown at once, from
+          // what its event tells, so that none of its text is lost; the snapshot completes it.
+          step = { id: data.step_id, name: data.name || "", kind: data.kind || "llm", order: data.order ?? 0, guessed: true };
+          insertStep(state.steps, step);
+          refreshSoon(0);
+        }
         if (!step) { refreshSoon(0); break; }
         // A resumed fan-out keeps the items it finished before (only the rest run again);
         // a retry's new run brings its steps without any.
@@ -456,6 +474,7 @@ function showDetail(workflowId) {
           selected_index: 0, started_at: epochIso(data.at), finished_at: null, progress: null, notes: [],
         });
         streamed[step.id] = "";
+        if (!stepEls.has(step.id)) renderSteps();
         break;
       case "step_delta":
         if (step && step.status === "running" && !data.alternative) {
@@ -492,7 +511,7 @@ function showDetail(workflowId) {
           output_tokens: data.output_tokens || 0, served_by: data.served_by || null,
           finished_at: epochIso(data.at),
         });
-        if ((data.alternatives || 0) > 1 || data.items) refreshSoon(0);
+        if ((data.alternatives || 0) > 1 || data.items || step.guessed) refreshSoon(0);
         break;
       case "step_failed":
         if (!step) { refreshSoon(0); break; }
