@@ -124,6 +124,9 @@ class Admin(StoreBase):
             if project.tenant_id == target.id:
                 raise FailedPrecondition(f"project {project_id} already belongs to {target.slug}")
             workflows = select(Workflow.id).where(Workflow.project_id == project.id)
+            # Held until the move commits: a run started meanwhile waits for it and then finds
+            # its workflow another tenant's, rather than being made the old tenant's under it.
+            await session.execute(workflows.with_for_update())
             active = await session.scalar(
                 select(Run.id).where(
                     Run.workflow_id.in_(workflows), Run.status.in_(ev.ACTIVE_RUN_STATUSES)

@@ -57,12 +57,15 @@ async def _no_reset(db: asyncpg.Connection) -> None:
 
 
 # No row when the workflow is not the tenant's or already has an active run: the general
-# path then explains (or sweeps a stale run first and tries again).
+# path then explains (or sweeps a stale run first and tries again). FOR SHARE waits for a
+# project's move to another tenant, then sees the workflow is no longer this one's: read
+# before the move committed, the run stayed the old tenant's under the new tenant's workflow.
 CREATE_RUN = f"""
 INSERT INTO runs (id, tenant_id, workflow_id, status, last_seq, token, pause_requested,
                   created_at)
 SELECT $1, w.tenant_id, w.id, 'pending', 0, 0, false, {NOW}
 FROM workflows w WHERE w.id = $2 AND w.tenant_id = $3
+FOR SHARE OF w
 ON CONFLICT DO NOTHING
 RETURNING *"""
 
@@ -95,7 +98,7 @@ SELECT s.*, w.default_providers AS workflow_chain, t.default_providers AS tenant
                      ORDER BY i.item_index)
      FROM step_items i WHERE i.step_id = s.id) AS items
 FROM steps s JOIN workflows w ON w.id = s.workflow_id JOIN tenants t ON t.id = w.tenant_id
-WHERE s.workflow_id = $1 ORDER BY s.position"""
+WHERE s.workflow_id = $1 AND s.tenant_id = $2 ORDER BY s.position"""
 
 PERSONAS = "SELECT name, system_prompt FROM personas WHERE tenant_id = $1"
 
@@ -363,7 +366,7 @@ class HotPath:
 
     @staticmethod
     async def _steps(db: asyncpg.Connection, tenant_id: str, workflow_id: str) -> list[pb.Step]:
-        rows = await db.fetch(STEPS, workflow_id)
+        rows = await db.fetch(STEPS, workflow_id, tenant_id)
         prompts = {name: p.system_prompt for name, p in BUILTIN_PERSONAS.items()}
         if any(r["persona"] for r in rows):
             own = await db.fetch(PERSONAS, tenant_id)

@@ -264,7 +264,8 @@ class Workflows(StoreBase):
         await self.sweep_orphans_all_tenants(workflow_id=workflow_id)
         try:
             async with self._scoped(tenant_id, write=True) as session:
-                await self._workflow(session, tenant_id, workflow_id)
+                # Locked: a project's move to another tenant is waited for, then seen.
+                await self._workflow(session, tenant_id, workflow_id, lock=True)
                 run = Run(tenant_id=tenant_id, workflow_id=workflow_id, status=ev.PENDING)
                 metrics.RUNS_CREATED.inc()
                 session.add(run)
