@@ -23,6 +23,9 @@ class Tenancy:
         self._secret = internal_secret
         self._bus = bus
         self._keys: dict[str, tuple[str, float]] = {}
+        # Counts the revocations: a lookup that began before one may have read the key as
+        # valid, and must not put it back in the cache the revocation has just cleared.
+        self._revocations = 0
         bus.on_keys_revoked(self.forget_keys)
 
     async def tenant_of(self, context: grpc.aio.ServicerContext) -> str:
@@ -36,17 +39,20 @@ class Tenancy:
         if cached is not None and cached[1] > now:
             logs.bind(tenant=cached[0])
             return cached[0]
+        revocations = self._revocations
         tenant_id, expires_at = await self._store.tenant_for_key(caller.api_key)
         if len(self._keys) > 10_000:
             self._keys.clear()
-        # Never cached past the key's own expiry.
-        left = KEY_CACHE_S if expires_at is None else min(KEY_CACHE_S, expires_at - time.time())
-        self._keys[caller.api_key] = (tenant_id, now + left)
+        if revocations == self._revocations:
+            # Never cached past the key's own expiry.
+            left = KEY_CACHE_S if expires_at is None else min(KEY_CACHE_S, expires_at - time.time())
+            self._keys[caller.api_key] = (tenant_id, now + left)
         logs.bind(tenant=tenant_id)  # the rest of this call's lines say whose it was
         return tenant_id
 
     def forget_keys(self) -> None:
         """After a revocation: every key is looked up again on its next use."""
+        self._revocations += 1
         self._keys.clear()
 
     async def key_revoked(self) -> None:
