@@ -458,6 +458,41 @@ async def test_without_an_event_stream_the_page_polls_until_the_run_ends(
         assert await text_of(page, f"#step-{step['id']} .output") == words(step["output"])
 
 
+async def test_after_a_gateway_restart_the_page_streams_again_keeping_the_text_so_far(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    workflow = await create_workflow(http, stack, "Deploy", steps(1, tokens=500, token_delay_ms=60))
+    (step,) = workflow["steps"]
+    await open_workflow(page, workflow["id"], "Deploy")
+    await page.get_by_role("button", name="Start", exact=True).click()
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-live", "sse")
+    output = page.locator(".step .output")
+    await expect(output).to_have_text(re.compile(r"^(\S+\s+){30}"))
+    before = await page.evaluate(
+        """() => {
+          const output = document.querySelector(".step .output");
+          const count = () => output.textContent.split(/\\s+/).length;
+          window.fewestWords = count();
+          const note = () => { window.fewestWords = Math.min(window.fewestWords, count()); };
+          const what = { subtree: true, childList: true, characterData: true };
+          new MutationObserver(note).observe(output, what);
+          return window.fewestWords;
+        }"""
+    )
+
+    stack.kill("gateway")  # a deploy, mid-step: the page falls back to polling
+    await expect(detail).to_have_attribute("data-live", "polling", timeout=30_000)
+    stack.start("gateway")
+    await expect(detail).to_have_attribute("data-live", "sse", timeout=15_000)
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=40_000)
+    assert await page.evaluate("() => window.fewestWords") >= before, "the text was wiped"
+    run = await get_run(http, stack, await shown_run_id(page))
+    streamed = await page.evaluate("() => window.nyxflow.detail.streamed")
+    assert streamed[step["id"]] == run["steps"][0]["output"]
+    assert await text_of(page, f"#step-{step['id']} .output") == words(run["steps"][0]["output"])
+
+
 async def test_a_pipeline_shows_its_phase_and_its_patch(
     page: Page, http: httpx.AsyncClient, stack: ProcessStack, tmp_path: Path
 ) -> None:

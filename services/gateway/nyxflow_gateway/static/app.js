@@ -343,7 +343,7 @@ function showDetail(workflowId) {
       onEvent: (type, data) => applyEvent(type, data),
       onSnapshot: (run) => {
         state.run = run;
-        replaceSteps(run.steps);
+        mergeSteps(run.steps); // a running step keeps the text streamed before the polling
         renderHead();
       },
       onEnd: () => {

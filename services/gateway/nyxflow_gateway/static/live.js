@@ -1,5 +1,6 @@
 // Following one run: a single EventSource, events applied once each (by seq), and polling
-// GET /v1/runs/{id} every 3 s when EventSource is missing or keeps failing.
+// GET /v1/runs/{id} every 3 s when EventSource is missing or keeps failing, trying the stream
+// again once the server answers after failing (a restarted gateway) or every 30 s.
 
 import { eventsUrl, getRun } from "./api.js";
 
@@ -14,6 +15,7 @@ export const ACTIVE_STATUSES = new Set(["pending", "running"]);
 
 const POLL_MS = 3000;
 const MAX_ERRORS = 3; // in a row, without an open in between
+const STREAM_AGAIN_MS = 30000;
 
 export class RunFollower {
   /**
@@ -91,6 +93,8 @@ export class RunFollower {
   poll() {
     if (this.stopped) return;
     this.setMode("polling");
+    const since = Date.now();
+    let failed = false;
     const tick = async () => {
       this.timer = null;
       if (this.stopped) return;
@@ -102,8 +106,15 @@ export class RunFollower {
           this.end(run.status);
           return;
         }
+        if (typeof window.EventSource === "function" && (failed || Date.now() - since >= STREAM_AGAIN_MS)) {
+          // Live again, from the last event applied: the stream replays what polling missed.
+          this.errors = 0;
+          this.connect();
+          return;
+        }
         if (run.status === "pending") this.kick();
       } catch (error) {
+        failed = true;
         this.handlers.onError?.(error);
       }
       if (!this.stopped) this.timer = setTimeout(tick, POLL_MS);
