@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import typer
@@ -57,6 +58,9 @@ async def key_create(
     as_json: bool = JSON,
 ) -> None:
     """Create a key; its secret is printed once and never again."""
+    if not (math.isfinite(expires_in_days) and expires_in_days >= 0):
+        # -5 or nan made a key that never expires, without a word.
+        raise typer.BadParameter("a number of days, 0 or more", param_hint="--expires-in-days")
     expires_at = time.time() + expires_in_days * 86400 if expires_in_days > 0 else 0.0
     async with connect_admin() as admin:
         created = await admin.create_api_key(tenant, name, expires_at)
@@ -78,8 +82,7 @@ async def key_list(tenant: str, as_json: bool = JSON) -> None:
         return
     table = Table("id", "name", "state")
     for k in keys:
-        state = "revoked" if k.revoked_at else ("expires" if k.expires_at else "active")
-        table.add_row(k.id, k.name, state)
+        table.add_row(k.id, k.name, _state(k.revoked_at, k.expires_at, time.time()))
     render.out.print(table)
 
 
@@ -117,3 +120,12 @@ async def move_project(
         note = "empty, replaceable" if c.empty else "not empty"
         render.out.print(f"[yellow]conflict[/] {c.kind} {c.name} ({note})")
     render.out.print("moved" if report.moved else "dry run: nothing changed")
+
+
+def _state(revoked_at: float, expires_at: float, now: float) -> str:
+    if revoked_at:
+        return "revoked"
+    if not expires_at:
+        return "active"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires_at))
+    return f"expired {when}" if expires_at <= now else f"expires {when}"
