@@ -93,3 +93,17 @@ async def test_without_commits_the_staged_files_are_read_from_their_objects(
     assert scan["head"] is None and scan["skipped"] == {"symlinks": ["env.sh"]}
     assert scan["listing"] == [{"path": "pkg/app.py", "size": 12, "language": "Python"}]
     assert [i["content"] for i in scan["items"]] == ["print('hi')\n"] and "PATH=" not in text
+
+
+async def test_a_file_cut_to_its_budget_says_so(tmp_path: Path) -> None:
+    """The model took a cut file for a whole one: a hunk at its 'end' never applies."""
+    repo = planted_repo(tmp_path)
+    (repo / "big.py").write_text("x = 1\n" * 5_000)  # 30,000 bytes, over the 20,000 a file
+    _commit(repo)
+
+    _, report = await _scan(repo)
+
+    items = {item["path"]: item for item in report["items"]}
+    assert items["big.py"]["truncated"] == {"shown_bytes": 20_000, "file_bytes": 30_000}
+    assert len(items["big.py"]["content"]) == 20_000
+    assert "truncated" not in items["calc.py"]

@@ -53,10 +53,7 @@ async def scan_repository(call: ToolCall) -> str:
     if group in ("file", "directory"):
         chosen, left_out = _sample(head, await recency(root), Limits.of(params))
         blobs = await contents(root, [entry for entry, _ in chosen])
-        sample = [
-            {"path": e.path, "content": blobs[e.path][:budget].decode("utf-8", errors="replace")}
-            for e, budget in chosen
-        ]
+        sample = [_sampled(e.path, blobs[e.path], budget) for e, budget in chosen]
         report["left_out"] = left_out
         report["items"] = _items(sample, str(group))
     return json.dumps(report, indent=2)
@@ -141,6 +138,18 @@ def _sample(
         "truncated": truncated,
         "limits": {"files": limits.files, "bytes": limits.total},
     }
+
+
+def _sampled(path: str, blob: bytes, budget: int) -> dict[str, Any]:
+    """A file's content as the model sees it; cut to its budget, it says so and how much
+    is left out, or the model takes the cut for the file's end (and writes hunks there)."""
+    sample: dict[str, Any] = {
+        "path": path,
+        "content": blob[:budget].decode("utf-8", errors="replace"),
+    }
+    if len(blob) > budget:
+        sample["truncated"] = {"shown_bytes": budget, "file_bytes": len(blob)}
+    return sample
 
 
 def _items(sample: list[dict[str, Any]], group: str) -> list[dict[str, Any]]:
