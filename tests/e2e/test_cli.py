@@ -111,6 +111,15 @@ def test_db_upgrade_migrates_an_empty_database(tmp_path: Path) -> None:
     assert version == head_revision()
 
 
+def test_db_upgrade_refuses_a_database_url_it_cannot_use_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "NYXFLOW_DATABASE_URL": "mysql://app:secret@db.example/app"}
+    command = [sys.executable, "-m", "nyxflow.cli.main", "db", "upgrade"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "NYXFLOW_DATABASE_URL: no async driver for 'mysql'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "secret" not in done.stderr
+
+
 def test_admin_tenants_keys_and_move_project(stack: ProcessStack, tmp_path: Path) -> None:
     slug = f"cli-{uuid.uuid4().hex[:8]}"
     assert cli(stack, "admin", "tenant", "create", slug).returncode == 0

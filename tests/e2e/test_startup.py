@@ -1,5 +1,6 @@
 """Starting up: NOT_SERVING until the database answers, and no serving on a schema other
-than the code's; migrations and models agree."""
+than the code's; migrations and models agree; what a service cannot start with is refused in
+one line naming the setting."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -88,3 +90,51 @@ async def test_migrations_build_exactly_the_models(database_url: str) -> None:
         assert await migrate.current_revision(engine) == migrate.head_revision()
     finally:
         await engine.dispose()
+
+
+def refusal(tmp_path: Path, command: list[str], **env: str) -> str:
+    """The stderr of a service that refused to start: one line naming why, no traceback."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("NYXFLOW_")}
+    environment.update(
+        NYXFLOW_RUNS_LISTEN=f"127.0.0.1:{free_port()}",
+        NYXFLOW_ENGINE_LISTEN=f"127.0.0.1:{free_port()}",
+        NYXFLOW_GATEWAY_PORT=str(free_port()),
+    )
+    environment.update(env)
+    done = subprocess.run(
+        [sys.executable, "-m", *command],
+        env=environment,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    return done.stderr
+
+
+@pytest.mark.parametrize(
+    "command,setting,value",
+    [
+        (["nyxflow_runs"], "NYXFLOW_SWEEP_INTERVAL_S", "five"),
+        (["nyxflow_runs"], "NYXFLOW_DATABASE_URL", "mysql://app@db.example/app"),
+        (["nyxflow_runs", "migrate"], "NYXFLOW_DATABASE_URL", "not a url"),
+        (["nyxflow_engine"], "NYXFLOW_LEASE_TTL_S", "0"),
+        (["nyxflow_engine"], "NYXFLOW_DEFAULT_PROVIDERS", "local"),
+        (["nyxflow_gateway"], "NYXFLOW_GATEWAY_PORT", "http"),
+    ],
+)
+def test_a_bad_setting_is_refused_in_one_line_naming_it(
+    tmp_path: Path, command: list[str], setting: str, value: str
+) -> None:
+    stderr = refusal(tmp_path, command, **{setting: value})
+    assert f"nyxflow {command[0].removeprefix('nyxflow_')}: {setting}: " in stderr
+
+
+@pytest.mark.parametrize("command", [["nyxflow_runs"], ["nyxflow_runs", "migrate"]])
+def test_a_hosts_postgresql_url_is_used_not_refused(tmp_path: Path, command: list[str]) -> None:
+    """The driver psycopg is not installed: `postgresql://` is asyncpg's (nothing listens)."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    stderr = refusal(tmp_path, command, NYXFLOW_DATABASE_URL=url, NYXFLOW_DATABASE_WAIT_S="1")
+    assert "database unreachable" in stderr

@@ -1,9 +1,13 @@
-"""How the CLI reaches the services: settings, channels, and errors as exit codes."""
+"""How the CLI reaches the services: settings, channels, and errors as exit codes (the
+services' own refusals to start too)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import wraps
@@ -11,6 +15,7 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 
@@ -33,13 +38,36 @@ class CliSettings(CommonSettings):
 
 def load_settings(cls: type[S]) -> S:
     """The settings, or a usage error naming the variable: `NYXFLOW_RPC_TIMEOUT_S=ten`."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
     try:
         return cls()
     except ValidationError as error:
         first = error.errors()[0]
         name = "_".join(str(part) for part in first["loc"]).upper()
-        prefix = str(cls.model_config.get("env_prefix", "")).upper()
         raise InvalidArgument(first["msg"], field=f"{prefix}{name}") from None
+    except SettingsError as error:
+        # a list or map setting that is not JSON; only the message names the field
+        named = re.search(r'field "(\w+)"', str(error))
+        field = f"{prefix}{named[1].upper()}" if named else "env"
+        raise InvalidArgument('not JSON (a list is written ["a", "b"])', field=field) from None
+
+
+def one_line(error: NyxflowError) -> str:
+    return f"{error.field}: {error.message}" if error.field else error.message
+
+
+@contextlib.contextmanager
+def refusal_to_start(service: str) -> Iterator[None]:
+    """A service that cannot start (a bad setting, a port taken, no database) exits with one
+    line saying why, not a traceback."""
+    try:
+        yield
+    except NyxflowError as error:
+        if logging.getLogger().handlers:  # before logs.configure it would print the line twice
+            logging.getLogger(f"nyxflow_{service}").error(
+                one_line(error), extra={"action": "start"}
+            )
+        sys.exit(f"nyxflow {service}: {one_line(error)}")
 
 
 def key_metadata(key: str, setting: str) -> Metadata:
@@ -81,9 +109,8 @@ def plain_errors() -> Iterator[None]:
     try:
         yield
     except NyxflowError as error:
-        where = f"{error.field}: " if error.field else ""
         # escaped: a path or a message may hold brackets rich would take for markup
-        err.print(f"[red]error:[/] {escape(where + error.message)}")
+        err.print(f"[red]error:[/] {escape(one_line(error))}")
         raise typer.Exit(USAGE_ERROR if isinstance(error, InvalidArgument) else 1) from None
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""

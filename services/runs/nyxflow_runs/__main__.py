@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 from nyxflow import logs, loop, tracing
-from nyxflow.errors import NyxflowError
+from nyxflow.cli.connection import load_settings, refusal_to_start
 from nyxflow_runs import migrate
-from nyxflow_runs.db import create_engine
+from nyxflow_runs.db import create_engine, wait_for_database
 from nyxflow_runs.service import serve
 from nyxflow_runs.settings import RunsSettings
 
@@ -17,6 +16,9 @@ from nyxflow_runs.settings import RunsSettings
 async def _migrate(settings: RunsSettings) -> None:
     engine = create_engine(settings.database_url)
     try:
+        # as serving does: a database that is not up yet (or not there) is waited for, then
+        # refused in one line
+        await wait_for_database(engine, settings.database_wait_s)
         await migrate.upgrade(engine)
     finally:
         await engine.dispose()
@@ -24,24 +26,22 @@ async def _migrate(settings: RunsSettings) -> None:
 
 def main() -> None:
     loop.hand_over_io_quickly()
-    settings = RunsSettings()
-    logs.configure("runs", settings.log_level)
-    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
-    traced = command == "serve" and tracing.configure("runs", settings.otlp_endpoint)
-    try:
-        if command == "migrate":
-            asyncio.run(_migrate(settings))
-        elif command == "serve":
-            loop.settle_heap()
-            loop.run(serve(settings))
-        else:
-            sys.exit(f"usage: python -m nyxflow_runs [serve|migrate], not {command!r}")
-    except NyxflowError as error:  # a refusal to start says why, without a traceback
-        logging.getLogger("nyxflow_runs").error(error.message, extra={"action": "start"})
-        sys.exit(f"nyxflow runs: {error.message}")
-    finally:
-        if traced:
-            tracing.shutdown()
+    with refusal_to_start("runs"):  # a refusal to start says why, without a traceback
+        settings = load_settings(RunsSettings)
+        logs.configure("runs", settings.log_level)
+        command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+        traced = command == "serve" and tracing.configure("runs", settings.otlp_endpoint)
+        try:
+            if command == "migrate":
+                asyncio.run(_migrate(settings))
+            elif command == "serve":
+                loop.settle_heap()
+                loop.run(serve(settings))
+            else:
+                sys.exit(f"usage: python -m nyxflow_runs [serve|migrate], not {command!r}")
+        finally:
+            if traced:
+                tracing.shutdown()
 
 
 if __name__ == "__main__":

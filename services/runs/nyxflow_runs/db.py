@@ -9,29 +9,60 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession  # re-exported
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from nyxflow.errors import Unavailable
+from nyxflow.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
 
+SETTING = "NYXFLOW_DATABASE_URL"
+FORMS = "sqlite+aiosqlite:///path/to/file.db or postgresql://user:password@host/db"
+# The form hosts hand out names no driver, or one we do not ship (psycopg): asyncpg it is.
+POSTGRES_WITHOUT_ASYNC_DRIVER = ("postgres", "postgresql")
+
+
+def database_url(url: str) -> URL:
+    """The URL to connect to, or a refusal naming the setting (never quoting the URL: it may
+    hold a password)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise InvalidArgument(f"not a database URL; expected {FORMS}", field=SETTING) from None
+    if parsed.drivername not in POSTGRES_WITHOUT_ASYNC_DRIVER:
+        return parsed
+    parsed = parsed.set(drivername="postgresql+asyncpg")
+    if "sslmode" in parsed.query:  # libpq's name; asyncpg takes the same values as `ssl`
+        ssl = parsed.query["sslmode"]
+        parsed = parsed.difference_update_query(["sslmode"]).update_query_dict({"ssl": ssl})
+    return parsed
+
+
+def _async_engine(url: URL, **options: Any) -> AsyncEngine:
+    try:
+        return create_async_engine(url, **options)
+    except (ArgumentError, InvalidRequestError, ImportError):
+        # an unknown dialect, a driver not installed, or one that is not async (sqlite://)
+        raise InvalidArgument(
+            f"no async driver for {url.drivername!r}; expected {FORMS}", field=SETTING
+        ) from None
+
 
 def create_engine(url: str) -> AsyncEngine:
-    parsed = make_url(url)
+    parsed = database_url(url)
     if parsed.get_backend_name() != "sqlite":
         # No pre-ping: it costs a round trip per checkout; a dead connection fails the call and
         # is discarded, and the engine retries writes.
-        return create_async_engine(url, pool_size=10, max_overflow=10, pool_recycle=1800)
+        return _async_engine(parsed, pool_size=10, max_overflow=10, pool_recycle=1800)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # Only the runs service opens the file: one connection serialises its writes without
     # SQLITE_BUSY; WAL lets other readers (the CLI, tests) look in meanwhile.
-    engine = create_async_engine(
-        url, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0, pool_timeout=60
+    engine = _async_engine(
+        parsed, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0, pool_timeout=60
     )
 
     @event.listens_for(engine.sync_engine, "connect")

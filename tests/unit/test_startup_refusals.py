@@ -1,0 +1,63 @@
+"""What a service is given at start-up and cannot use is refused naming the setting: the
+database URL (the form hosts hand out is taken), a list not JSON."""
+
+from __future__ import annotations
+
+import pytest
+
+from nyxflow.cli.connection import load_settings
+from nyxflow.errors import InvalidArgument
+from nyxflow_engine.settings import EngineSettings
+from nyxflow_runs.db import create_engine
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://app:pw@db.example:5432/app", "postgres://app:pw@db.example:5432/app"],
+)
+async def test_a_hosts_postgres_url_is_taken_as_asyncpg(url: str) -> None:
+    engine = create_engine(url)  # connects to nothing until used
+    try:
+        assert engine.url.drivername == "postgresql+asyncpg"
+        assert (engine.url.host, engine.url.database, engine.url.password) == (
+            "db.example",
+            "app",
+            "pw",
+        )
+    finally:
+        await engine.dispose()
+
+
+async def test_libpqs_sslmode_becomes_asyncpgs_ssl() -> None:
+    engine = create_engine("postgres://app@db.example/app?sslmode=require")
+    try:
+        assert dict(engine.url.query) == {"ssl": "require"}
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url with a secret",
+        "postgresql+asyncpg://app:secret@db.example:port/app",
+        "mysql://app:secret@db.example/app",
+        "postgresql+psycopg2://app:secret@db.example/app",
+        "sqlite:///secret.db",
+    ],
+    ids=["unparsable", "port-not-a-number", "other-database", "sync-driver", "sqlite-sync"],
+)
+def test_a_database_url_that_cannot_be_used_names_the_setting(url: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        create_engine(url)
+    assert refused.value.field == "NYXFLOW_DATABASE_URL"
+    assert "secret" not in refused.value.message  # a URL may hold a password: never quoted
+
+
+def test_a_list_setting_that_is_not_json_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NYXFLOW_DEFAULT_PROVIDERS", "local")
+    with pytest.raises(InvalidArgument) as refused:
+        load_settings(EngineSettings)
+    assert refused.value.field == "NYXFLOW_DEFAULT_PROVIDERS"
