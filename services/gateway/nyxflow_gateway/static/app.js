@@ -551,16 +551,17 @@ function showDetail(workflowId) {
 
   function markDirty(id) {
     state.dirty.add(id);
-    if (!state.frame) {
-      state.frame = requestAnimationFrame(() => {
-        state.frame = 0;
-        const ids = [...state.dirty];
-        state.dirty.clear();
-        for (const stepId of ids) {
-          const step = byId(stepId);
-          if (step) updateStep(step);
-        }
-      });
+    if (!state.frame) state.frame = requestAnimationFrame(renderDirty);
+  }
+
+  function renderDirty() {
+    cancelAnimationFrame(state.frame);
+    state.frame = 0;
+    const ids = [...state.dirty];
+    state.dirty.clear();
+    for (const stepId of ids) {
+      const step = byId(stepId);
+      if (step) updateStep(step);
     }
   }
 
@@ -689,7 +690,10 @@ function showDetail(workflowId) {
     }
     if (!state.gone) await reload(); // the API's answer wins
     renderHead();
-    if (label !== null && !state.gone && !root.contains(document.activeElement)) {
+    if (label === null || state.gone) return;
+    renderDirty(); // now, not next frame: a step's buttons may go once its run is on
+    const here = document.activeElement;
+    if (!root.contains(here) || here.disabled) {
       if (pressed.isConnected && !pressed.disabled) pressed.focus();
       else focusAction(label);
     }
