@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import typer
 
 from nyxflow import events as ev
+from nyxflow.auth import Metadata
 from nyxflow.cli import render
 from nyxflow.cli.admin import admin_app
 from nyxflow.cli.connection import (
@@ -24,7 +26,15 @@ from nyxflow.cli.connection import (
 from nyxflow.cli.demo import create_demo
 from nyxflow.cli.follow import follow
 from nyxflow.cli.projects import pipeline_app, project_app
-from nyxflow.cli.supervisor import SERVICES, Supervisor, wait_grpc_serving, wait_http_ok
+from nyxflow.cli.supervisor import (
+    SERVICES,
+    StopSignal,
+    Supervisor,
+    raise_stop_signal,
+    stop_signals,
+    wait_grpc_serving,
+    wait_http_ok,
+)
 from nyxflow.errors import FailedPrecondition, InvalidArgument
 from nyxflow.settings import CommonSettings
 from nyxflow.templates import parse_template
@@ -57,7 +67,7 @@ def up(
     demo: bool = typer.Option(True, help="Create a demo workflow and a pending run."),
     start_timeout: float = typer.Option(90.0, help="Seconds to wait for the services."),
 ) -> None:
-    """Start runs, engine and gateway; Ctrl-C stops all three."""
+    """Start runs, engine and gateway; Ctrl-C (or SIGTERM, SIGHUP) stops all three."""
     with plain_errors():
         _up(demo, start_timeout)
 
@@ -68,33 +78,41 @@ def _up(demo: bool, start_timeout: float) -> None:
     md = key_metadata(settings.api_key, "NYXFLOW_API_KEY")
     supervisor = Supervisor.with_shared_secret()
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    try:
-        supervisor.start("runs")
-        wait_grpc_serving(settings.runs_addr, start_timeout)
-        supervisor.start("engine")
-        wait_grpc_serving(settings.engine_addr, start_timeout)
-        supervisor.start("gateway")
-        wait_http_ok(f"{base}/healthz", start_timeout)
-        err.print(f"[green]nyxflow is up[/]: {', '.join(SERVICES)}")
-        err.print(f"  page      {base}/")
-        err.print(f"  API key   {settings.api_key}")
-        err.print(f"  admin key {supervisor.env['NYXFLOW_ADMIN_KEY']}  (NYXFLOW_ADMIN_KEY)")
-        if demo:
-            workflow, run = asyncio.run(create_demo(settings.runs_addr, md))
-            err.print(f"  demo      workflow {workflow.id}, run {run.id} (pending)")
-            err.print(f"  SSE       {base}/v1/runs/{run.id}/events?access_token={settings.api_key}")
-        err.print("Ctrl-C stops all three.")
-        while not (dead := supervisor.dead()):
-            time.sleep(0.5)
-        err.print(f"[red]{', '.join(dead)} exited; stopping the others[/]")
-        raise typer.Exit(1)
-    except KeyboardInterrupt:
-        err.print("stopping…")
-    except TimeoutError as error:
-        err.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from None
-    finally:
-        supervisor.stop()
+    with stop_signals(raise_stop_signal):
+        try:
+            supervisor.start("runs")
+            wait_grpc_serving(settings.runs_addr, start_timeout)
+            supervisor.start("engine")
+            wait_grpc_serving(settings.engine_addr, start_timeout)
+            supervisor.start("gateway")
+            wait_http_ok(f"{base}/healthz", start_timeout)
+            _announce(settings, supervisor, base, md, demo)
+            while not (dead := supervisor.dead()):
+                time.sleep(0.5)
+            err.print(f"[red]{', '.join(dead)} exited; stopping the others[/]")
+            raise typer.Exit(1)
+        except (KeyboardInterrupt, StopSignal):
+            err.print("stopping…")
+        except TimeoutError as error:
+            err.print(f"[red]{error}[/]")
+            raise typer.Exit(1) from None
+        finally:
+            with stop_signals(signal.SIG_IGN):  # a second SIGTERM must not cut the stop short
+                supervisor.stop()
+
+
+def _announce(
+    settings: UpSettings, supervisor: Supervisor, base: str, md: Metadata, demo: bool
+) -> None:
+    err.print(f"[green]nyxflow is up[/]: {', '.join(SERVICES)}")
+    err.print(f"  page      {base}/")
+    err.print(f"  API key   {settings.api_key}")
+    err.print(f"  admin key {supervisor.env['NYXFLOW_ADMIN_KEY']}  (NYXFLOW_ADMIN_KEY)")
+    if demo:
+        workflow, run = asyncio.run(create_demo(settings.runs_addr, md))
+        err.print(f"  demo      workflow {workflow.id}, run {run.id} (pending)")
+        err.print(f"  SSE       {base}/v1/runs/{run.id}/events?access_token={settings.api_key}")
+    err.print("Ctrl-C stops all three.")
 
 
 # --- workflows --------------------------------------------------------------------------

@@ -9,14 +9,40 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 SERVICES = ("runs", "engine", "gateway")
 STOP_GRACE_S = 15.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # kill, systemd, docker stop; a closed terminal
+
+
+class StopSignal(Exception):
+    """SIGTERM or SIGHUP: stop the services as Ctrl-C does."""
+
+
+@contextmanager
+def stop_signals(
+    handler: Callable[[int, FrameType | None], None] | signal.Handlers,
+) -> Iterator[None]:
+    """SIGTERM and SIGHUP go to `handler` inside the block."""
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
+def raise_stop_signal(signum: int, _frame: FrameType | None) -> None:
+    """By default SIGTERM and SIGHUP end `up` at once, leaving its services running; raised
+    instead, they stop them as Ctrl-C does."""
+    raise StopSignal(signal.Signals(signum).name)
 
 
 @dataclass

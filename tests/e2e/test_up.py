@@ -1,0 +1,94 @@
+"""`nyxflow up` as a real process: whatever stops it stops its services."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.ports import free_port
+
+UP_LINE = "Ctrl-C stops all three."
+
+
+@contextlib.contextmanager
+def nyxflow_up(tmp_path: Path, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`nyxflow up --no-demo` on free ports, its stderr (the services' too) in up.log."""
+    runs, engine = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("NYXFLOW_")}
+    environment.update(
+        NYXFLOW_RUNS_LISTEN=runs,
+        NYXFLOW_RUNS_ADDR=runs,
+        NYXFLOW_ENGINE_LISTEN=engine,
+        NYXFLOW_ENGINE_ADDR=engine,
+        NYXFLOW_GATEWAY_PORT=str(free_port()),
+        **env,
+    )
+    command = [sys.executable, "-m", "nyxflow.cli.main", "up", "--no-demo", *args]
+    with (tmp_path / "up.log").open("wb") as log:
+        # a session of its own: the cleanup below reaches every process it started
+        up = subprocess.Popen(
+            command, cwd=tmp_path, env=environment, stdout=log, stderr=log, start_new_session=True
+        )
+    try:
+        yield up
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)  # Ctrl-C, which stopped them before any fix
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                up.wait(30)
+        # whatever `up` did or did not stop: nothing started here outlives the test
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.pid, signal.SIGKILL)
+        up.wait()
+
+
+def log_of(tmp_path: Path) -> str:
+    return (tmp_path / "up.log").read_text(errors="replace")
+
+
+def wait_until_up(tmp_path: Path, up: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while UP_LINE not in log_of(tmp_path):
+        assert up.poll() is None, f"`up` ended ({up.returncode}):\n{log_of(tmp_path)[-2000:]}"
+        assert time.monotonic() < deadline, f"not up in {timeout_s}s:\n{log_of(tmp_path)[-2000:]}"
+        time.sleep(0.2)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_stops_the_services_as_ctrl_c_does(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """What kill, systemd, docker stop and `timeout` send (SIGHUP: a closed terminal)."""
+    with nyxflow_up(tmp_path) as up:
+        wait_until_up(tmp_path, up)
+        services = children_of(up.pid)
+        assert len(services) == 3
+        up.send_signal(signum)
+        assert up.wait(30) == 0, log_of(tmp_path)[-2000:]
+        assert [pid for pid in services if running(pid)] == []
+        assert "stopping" in log_of(tmp_path)
