@@ -1,4 +1,5 @@
-"""`nyxflow up` as a real process: whatever stops it stops its services."""
+"""`nyxflow up` as a real process: whatever stops it stops its services, and a service that
+exits while starting is reported at once."""
 
 from __future__ import annotations
 
@@ -92,3 +93,11 @@ def test_sigterm_or_sighup_stops_the_services_as_ctrl_c_does(
         assert up.wait(30) == 0, log_of(tmp_path)[-2000:]
         assert [pid for pid in services if running(pid)] == []
         assert "stopping" in log_of(tmp_path)
+
+
+def test_a_service_that_exits_while_starting_is_reported_at_once(tmp_path: Path) -> None:
+    # the engine refuses a lease of 0 s and exits; `up` would wait its whole 60 s for it
+    with nyxflow_up(tmp_path, "--start-timeout", "60", NYXFLOW_LEASE_TTL_S="0") as up:
+        assert up.wait(30) == 1
+    log = log_of(tmp_path)
+    assert "engine exited (exit code 1) before it was ready" in log, log[-2000:]

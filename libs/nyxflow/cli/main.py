@@ -28,6 +28,7 @@ from nyxflow.cli.follow import follow
 from nyxflow.cli.projects import pipeline_app, project_app
 from nyxflow.cli.supervisor import (
     SERVICES,
+    ServiceExited,
     StopSignal,
     Supervisor,
     raise_stop_signal,
@@ -81,11 +82,13 @@ def _up(demo: bool, start_timeout: float) -> None:
     with stop_signals(raise_stop_signal):
         try:
             supervisor.start("runs")
-            wait_grpc_serving(settings.runs_addr, start_timeout)
+            wait_grpc_serving(settings.runs_addr, start_timeout, supervisor.running_check("runs"))
             supervisor.start("engine")
-            wait_grpc_serving(settings.engine_addr, start_timeout)
+            wait_grpc_serving(
+                settings.engine_addr, start_timeout, supervisor.running_check("engine")
+            )
             supervisor.start("gateway")
-            wait_http_ok(f"{base}/healthz", start_timeout)
+            wait_http_ok(f"{base}/healthz", start_timeout, supervisor.running_check("gateway"))
             _announce(settings, supervisor, base, md, demo)
             while not (dead := supervisor.dead()):
                 time.sleep(0.5)
@@ -93,7 +96,7 @@ def _up(demo: bool, start_timeout: float) -> None:
             raise typer.Exit(1)
         except (KeyboardInterrupt, StopSignal):
             err.print("stopping…")
-        except TimeoutError as error:
+        except (TimeoutError, ServiceExited) as error:
             err.print(f"[red]{error}[/]")
             raise typer.Exit(1) from None
         finally:

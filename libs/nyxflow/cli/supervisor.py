@@ -22,6 +22,10 @@ STOP_GRACE_S = 15.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # kill, systemd, docker stop; a closed terminal
 
 
+class ServiceExited(Exception):
+    """A service ended while `up` waited for it to be ready."""
+
+
 class StopSignal(Exception):
     """SIGTERM or SIGHUP: stop the services as Ctrl-C does."""
 
@@ -45,6 +49,16 @@ def raise_stop_signal(signum: int, _frame: FrameType | None) -> None:
     raise StopSignal(signal.Signals(signum).name)
 
 
+def exit_status(code: int) -> str:
+    """A Popen returncode in words: 1 → "exit code 1", -9 → "killed by SIGKILL"."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"killed by signal {-code}"
+
+
 @dataclass
 class Supervisor:
     env: Mapping[str, str]
@@ -65,6 +79,20 @@ class Supervisor:
             [sys.executable, "-m", f"nyxflow_{name}"], env=dict(self.env)
         )
 
+    def running_check(self, name: str) -> Callable[[], None]:
+        """For the waits at start-up: raises ServiceExited once `name` has exited, so that
+        `up` does not wait out its whole timeout for a service that is gone."""
+
+        def check() -> None:
+            code = self.children[name].poll()
+            if code is not None:
+                # its stderr is ours: the reason it gave is printed above
+                raise ServiceExited(
+                    f"{name} exited ({exit_status(code)}) before it was ready; its output is above"
+                )
+
+        return check
+
     def dead(self) -> list[str]:
         return [name for name, p in self.children.items() if p.poll() is not None]
 
@@ -83,7 +111,13 @@ class Supervisor:
                 child.wait()
 
 
-def wait_grpc_serving(address: str, timeout_s: float) -> None:
+def _no_check() -> None:
+    """Waiting for a service no one started (tests): nothing to watch."""
+
+
+def wait_grpc_serving(
+    address: str, timeout_s: float, check: Callable[[], None] = _no_check
+) -> None:
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -94,12 +128,13 @@ def wait_grpc_serving(address: str, timeout_s: float) -> None:
                     return
             except grpc.RpcError:
                 pass
+            check()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{address} did not become SERVING within {timeout_s}s")
             time.sleep(0.1)
 
 
-def wait_http_ok(url: str, timeout_s: float) -> None:
+def wait_http_ok(url: str, timeout_s: float, check: Callable[[], None] = _no_check) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -108,6 +143,7 @@ def wait_http_ok(url: str, timeout_s: float) -> None:
                     return
         except OSError:
             pass
+        check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not answer within {timeout_s}s")
         time.sleep(0.1)
