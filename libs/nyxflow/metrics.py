@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from nyxflow.errors import InvalidArgument
+
 RUNS_CREATED = Counter("nyxflow_runs_created_total", "Runs created (pending).")
 RUNS_FINISHED = Counter(
     "nyxflow_runs_finished_total", "Runs that reached a final or paused status.", ["status"]
@@ -36,9 +38,17 @@ UPSTREAM_STREAMS = Gauge("nyxflow_upstream_streams", "Run streams this gateway h
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """The metrics port of a gRPC service; port 0 leaves it off."""
-    if port:
+    """The metrics port of a gRPC service; port 0 leaves it off. A port taken (or out of
+    range) is refused naming the setting: the service cannot start as configured."""
+    if not port:
+        return
+    try:
         start_http_server(port, addr=host)
+    except (OSError, OverflowError) as error:  # OverflowError: a port above 65535
+        reason = getattr(error, "strerror", None) or str(error)
+        raise InvalidArgument(
+            f"cannot serve metrics on {host}:{port}: {reason}", field="NYXFLOW_METRICS_PORT"
+        ) from None
 
 
 def provider_of(entry: str) -> str:

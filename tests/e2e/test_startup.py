@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,12 @@ def test_a_hosts_postgresql_url_is_used_not_refused(tmp_path: Path, command: lis
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
     stderr = refusal(tmp_path, command, NYXFLOW_DATABASE_URL=url, NYXFLOW_DATABASE_WAIT_S="1")
     assert "database unreachable" in stderr
+
+
+def test_a_metrics_port_taken_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stderr = refusal(tmp_path, ["nyxflow_engine"], NYXFLOW_METRICS_PORT=str(port))
+    assert f"NYXFLOW_METRICS_PORT: cannot serve metrics on 127.0.0.1:{port}" in stderr

@@ -1,14 +1,16 @@
-"""`nyxflow up` as a real process: whatever stops it stops its services, and a service that
-exits while starting is reported at once."""
+"""`nyxflow up` as a real process: whatever stops it stops its services, a service that exits
+while starting is reported at once, and runs and the engine get a metrics port each."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +103,24 @@ def test_a_service_that_exits_while_starting_is_reported_at_once(tmp_path: Path)
         assert up.wait(30) == 1
     log = log_of(tmp_path)
     assert "engine exited (exit code 1) before it was ready" in log, log[-2000:]
+
+
+def _two_free_ports() -> int:
+    """A port whose next one is free too."""
+    while True:
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
+def test_runs_and_the_engine_serve_metrics_on_a_port_each(tmp_path: Path) -> None:
+    port = _two_free_ports()
+    with nyxflow_up(tmp_path, NYXFLOW_METRICS_PORT=str(port)) as up:
+        wait_until_up(tmp_path, up)
+        for each in (port, port + 1):  # runs, engine
+            with urllib.request.urlopen(f"http://127.0.0.1:{each}/metrics", timeout=5) as page:
+                assert b"nyxflow_runs_created_total" in page.read()

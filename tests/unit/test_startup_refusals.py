@@ -1,12 +1,15 @@
 """What a service is given at start-up and cannot use is refused naming the setting: the
-database URL (the form hosts hand out is taken), a list not JSON."""
+database URL (the form hosts hand out is taken), a metrics port taken, a list not JSON."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 
 from nyxflow.cli.connection import load_settings
 from nyxflow.errors import InvalidArgument
+from nyxflow.metrics import serve_metrics
 from nyxflow_engine.settings import EngineSettings
 from nyxflow_runs.db import create_engine
 
@@ -52,6 +55,17 @@ def test_a_database_url_that_cannot_be_used_names_the_setting(url: str) -> None:
         create_engine(url)
     assert refused.value.field == "NYXFLOW_DATABASE_URL"
     assert "secret" not in refused.value.message  # a URL may hold a password: never quoted
+
+
+def test_a_metrics_port_taken_names_the_setting() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(InvalidArgument) as refused:
+            serve_metrics(port)
+    assert refused.value.field == "NYXFLOW_METRICS_PORT"
+    assert f"127.0.0.1:{port}: Address already in use" in refused.value.message
 
 
 def test_a_list_setting_that_is_not_json_names_the_variable(

@@ -77,7 +77,7 @@ def _up(demo: bool, start_timeout: float) -> None:
     settings = load_settings(UpSettings)
     # checked before anything starts, not once all three are up and the demo is sent
     md = key_metadata(settings.api_key, "NYXFLOW_API_KEY")
-    supervisor = Supervisor.with_shared_secret()
+    supervisor = Supervisor.with_shared_secret(settings.metrics_port)
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
     with stop_signals(raise_stop_signal):
         try:

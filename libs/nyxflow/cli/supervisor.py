@@ -20,6 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 SERVICES = ("runs", "engine", "gateway")
 STOP_GRACE_S = 15.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # kill, systemd, docker stop; a closed terminal
+# One NYXFLOW_METRICS_PORT for the suite: each service that serves metrics on a port of its own
+# (the gateway's are on its HTTP port) takes the next one, or the two would fight for it.
+METRICS_PORT_OFFSET = {"runs": 0, "engine": 1}
 
 
 class ServiceExited(Exception):
@@ -62,21 +65,28 @@ def exit_status(code: int) -> str:
 @dataclass
 class Supervisor:
     env: Mapping[str, str]
+    metrics_port: int = 0
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @classmethod
-    def with_shared_secret(cls) -> Supervisor:
+    def with_shared_secret(cls, metrics_port: int = 0) -> Supervisor:
         env = dict(os.environ)
         # The services must agree on the internal secret; a fresh one per `up` unless set.
         env.setdefault("NYXFLOW_INTERNAL_SECRET", secrets.token_urlsafe(24))
         env.setdefault("NYXFLOW_ADMIN_KEY", "nyx_admin_" + secrets.token_urlsafe(24))
         # One command for a developer: `up` brings the schema up to date before serving.
         env.setdefault("NYXFLOW_MIGRATE_ON_START", "true")
-        return cls(env)
+        return cls(env, metrics_port)
+
+    def env_of(self, name: str) -> dict[str, str]:
+        env = dict(self.env)
+        if self.metrics_port and name in METRICS_PORT_OFFSET:
+            env["NYXFLOW_METRICS_PORT"] = str(self.metrics_port + METRICS_PORT_OFFSET[name])
+        return env
 
     def start(self, name: str) -> None:
         self.children[name] = subprocess.Popen(
-            [sys.executable, "-m", f"nyxflow_{name}"], env=dict(self.env)
+            [sys.executable, "-m", f"nyxflow_{name}"], env=self.env_of(name)
         )
 
     def running_check(self, name: str) -> Callable[[], None]:
