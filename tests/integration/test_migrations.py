@@ -53,3 +53,22 @@ async def test_an_upgrade_keeps_every_row(tmp_path: Path, backend: str, start: s
             assert await migrate.current_revision(engine) == migrate.head_revision()
         finally:
             await engine.dispose()
+
+
+async def test_a_workflow_s_runs_are_found_by_index(tmp_path: Path) -> None:
+    """A workflow's latest run (the list's status, resume, a retry's carry) and its runs'
+    list were found by reading every run of every workflow: slower with each run stored."""
+    async with fresh_database("postgresql", tmp_path) as url:
+        engine = create_engine(url)
+        try:
+            await migrate.upgrade(engine)
+            async with engine.connect() as connection:
+                await connection.exec_driver_sql("SET enable_seqscan = off")
+                plan = await connection.exec_driver_sql(
+                    "EXPLAIN SELECT id FROM runs WHERE workflow_id = 'w'"
+                    " ORDER BY created_at DESC LIMIT 1"
+                )
+                lines = "\n".join(row[0] for row in plan)
+            assert "ix_runs_workflow_created" in lines and "Seq Scan" not in lines, lines
+        finally:
+            await engine.dispose()

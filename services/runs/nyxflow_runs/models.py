@@ -187,6 +187,9 @@ class Run(TenantOwned, Base):
             sqlite_where=text(ACTIVE_RUN_SQL),
         ),
         Index("ix_runs_status_lease", "status", "lease_expires_at"),
+        # A workflow's runs, newest first: its latest run (the list's status, resume), its
+        # runs' list, and a workflow's delete (the cascade) read every run without it.
+        Index("ix_runs_workflow_created", "workflow_id", "created_at"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
