@@ -149,3 +149,20 @@ async def test_with_a_repos_root_a_tenant_reads_only_its_own_folder(tmp_path: Pa
             done = await api.runs.get_run(failed.id)
             assert done.status == ev.FAILED
             assert (said or "give its top folder") in done.steps[0].error, done.steps[0].error
+
+
+async def test_a_new_run_of_a_pipeline_carries_what_its_completed_steps_saved(
+    api: Clients, tmp_path: Path
+) -> None:
+    """A new run (not a retry) of a finished pipeline runs only what is not completed, as a
+    resume does: its findings were the first run's, and it listed none."""
+    repo = planted_repo(tmp_path)
+    first = await start(api, repo, "code-analysis")
+    await execute(api, first.id)
+    (finding,) = await api.runs.list_findings(first.id)
+
+    again = await api.runs.create_run(first.workflow_id)
+    await execute(api, again.id)
+
+    assert (await api.runs.get_run(again.id)).status == ev.COMPLETED
+    assert await api.runs.list_findings(again.id) == [finding]

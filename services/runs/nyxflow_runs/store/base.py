@@ -19,7 +19,18 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import convert
 from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.clock import db_now
-from nyxflow_runs.models import Persona, Run, RunEvent, Step, StepItem, Tenant, Workflow
+from nyxflow_runs.models import (
+    Base,
+    Finding,
+    Persona,
+    Run,
+    RunArtifact,
+    RunEvent,
+    Step,
+    StepItem,
+    Tenant,
+    Workflow,
+)
 from nyxflow_runs.scoping import TENANT
 from nyxflow_runs.validation import event_data, event_type
 
@@ -81,6 +92,16 @@ def started_data(owner: str, claim_id: str) -> dict[str, Any]:
     """run_started's data: who claimed the run, and in which attempt (a retried claim whose
     first answer was lost finds its own attempt here)."""
     return {"owner": owner, "claim": claim_id} if claim_id else {"owner": owner}
+
+
+def _copy(row: Base, run_id: str) -> Base:
+    """The row again, as `run_id`'s, with an id and a time of its own."""
+    values = {
+        c.key: getattr(row, c.key)
+        for c in row.__table__.columns
+        if c.key not in ("id", "created_at")
+    }
+    return type(row)(**{**values, "run_id": run_id})
 
 
 class StoreBase:
@@ -179,6 +200,28 @@ class StoreBase:
         return FailedPrecondition(
             f"workflow {workflow_id} has an active run {active.id} ({active.status})"
         )
+
+    @staticmethod
+    async def _carry_results(
+        session: AsyncSession, tenant_id: str, previous: Run | None, run: Run
+    ) -> None:
+        """The new run will not execute the steps still completed: what they saved (a
+        pipeline's findings, its artifacts) goes on as this run's too, or a retried report
+        would leave a run that lists no findings. Reset steps' results stay behind."""
+        if previous is None:
+            return
+        kept = select(Step.id).where(
+            Step.workflow_id == run.workflow_id, Step.status == ev.COMPLETED
+        )
+        artifacts = await session.scalars(
+            select(RunArtifact).where(
+                RunArtifact.run_id == previous.id, RunArtifact.step_id.in_(kept)
+            )
+        )
+        findings = await session.scalars(
+            select(Finding).where(Finding.run_id == previous.id, Finding.step_id.in_(kept))
+        )
+        session.add_all(_copy(row, run.id) for row in [*artifacts.all(), *findings.all()])
 
     @staticmethod
     async def _latest_run(session: AsyncSession, workflow_id: str) -> Run | None:

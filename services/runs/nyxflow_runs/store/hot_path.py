@@ -56,8 +56,9 @@ async def _no_reset(db: asyncpg.Connection) -> None:
     """No reset query on release (see HotPath)."""
 
 
-# No row when the workflow is not the tenant's or already has an active run: the general
-# path then explains (or sweeps a stale run first and tries again). FOR SHARE waits for a
+# No row when the workflow is not the tenant's, already has an active run, or has had a run
+# (whose steps' saved results the new run carries): the general path then explains, sweeps
+# a stale run first and tries again, or carries them. FOR SHARE waits for a
 # project's move to another tenant, then sees the workflow is no longer this one's: read
 # before the move committed, the run stayed the old tenant's under the new tenant's workflow.
 CREATE_RUN = f"""
@@ -65,6 +66,7 @@ INSERT INTO runs (id, tenant_id, workflow_id, status, last_seq, token, pause_req
                   created_at)
 SELECT $1, w.tenant_id, w.id, 'pending', 0, 0, false, {NOW}
 FROM workflows w WHERE w.id = $2 AND w.tenant_id = $3
+    AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.workflow_id = w.id)
 FOR SHARE OF w
 ON CONFLICT DO NOTHING
 RETURNING *"""

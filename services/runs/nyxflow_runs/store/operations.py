@@ -16,21 +16,11 @@ from nyxflow.errors import FailedPrecondition, InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import convert
 from nyxflow_runs.clock import db_now
-from nyxflow_runs.models import Base, Finding, Run, RunArtifact, Step
+from nyxflow_runs.models import Run, Step
 from nyxflow_runs.store.base import Draft, StoreBase
 from nyxflow_runs.validation import StepEdit
 
 RESUMABLE = frozenset({ev.PAUSED, ev.FAILED, ev.CANCELLED})
-
-
-def _copy(row: Base, run_id: str) -> Base:
-    """The row again, as `run_id`'s, with an id and a time of its own."""
-    values = {
-        c.key: getattr(row, c.key)
-        for c in row.__table__.columns
-        if c.key not in ("id", "created_at")
-    }
-    return type(row)(**{**values, "run_id": run_id})
 
 
 class Operations(StoreBase):
@@ -150,32 +140,11 @@ class Operations(StoreBase):
                 metrics.RUNS_CREATED.inc()
                 session.add(run)
                 await session.flush()
-                if previous is not None:
-                    await self._carry_results(session, tenant_id, previous.id, run)
+                await self._carry_results(session, tenant_id, previous, run)
                 await self._append(session, run, [draft])
                 return convert.run(run)
         except IntegrityError:
             raise await self._lost_race(tenant_id, workflow_id) from None
-
-    @staticmethod
-    async def _carry_results(
-        session: AsyncSession, tenant_id: str, previous_id: str, run: Run
-    ) -> None:
-        """The new run will not execute the steps still completed: what they saved (a
-        pipeline's findings, its artifacts) goes on as this run's too, or a retried report
-        would leave a run that lists no findings. Reset steps' results stay behind."""
-        kept = select(Step.id).where(
-            Step.workflow_id == run.workflow_id, Step.status == ev.COMPLETED
-        )
-        artifacts = await session.scalars(
-            select(RunArtifact).where(
-                RunArtifact.run_id == previous_id, RunArtifact.step_id.in_(kept)
-            )
-        )
-        findings = await session.scalars(
-            select(Finding).where(Finding.run_id == previous_id, Finding.step_id.in_(kept))
-        )
-        session.add_all(_copy(row, run.id) for row in [*artifacts.all(), *findings.all()])
 
     async def _locked_run(self, session: AsyncSession, tenant_id: str, run_id: str) -> Run:
         run = await session.scalar(

@@ -266,10 +266,13 @@ class Workflows(StoreBase):
             async with self._scoped(tenant_id, write=True) as session:
                 # Locked: a project's move to another tenant is waited for, then seen.
                 await self._workflow(session, tenant_id, workflow_id, lock=True)
+                previous = await self._latest_run(session, workflow_id)
                 run = Run(tenant_id=tenant_id, workflow_id=workflow_id, status=ev.PENDING)
                 metrics.RUNS_CREATED.inc()
                 session.add(run)
                 await session.flush()
+                # Like a resume, it runs only the steps not completed: what those saved goes on.
+                await self._carry_results(session, tenant_id, previous, run)
                 return convert.run(run)
         except IntegrityError:
             raise await self._lost_race(tenant_id, workflow_id) from None
