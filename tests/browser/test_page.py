@@ -652,3 +652,51 @@ async def test_a_fan_out_item_cut_at_its_limit_is_marked(
     await page.reload()  # from the stored items, not the live events
     await expect(detail).to_have_attribute("data-run-status", "completed")
     await expect(page.locator(f"#step-{fan_out['id']} .item .badge.truncated")).to_have_count(1)
+
+
+async def test_a_fan_out_item_being_read_stays_as_it_is_while_the_others_arrive(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    await start_from_page(page, SLOW_FAN_OUT)
+    first = page.locator(".step .item[data-index='0'] .item-output")
+    await expect(first).not_to_have_text("Done; loading…", timeout=20_000)
+    fan_out = (await get_run(http, stack, await shown_run_id(page)))["steps"][1]
+    fan = page.locator(f"#step-{fan_out['id']}")
+    count = fan.locator(".fanout-count")
+    assert int((await count.text_content() or "0/").split("/")[0]) < 4, "too fast to watch"
+    await page.locator(f".pill[data-step-id='{fan_out['id']}']").click()  # opens the step
+    await expect(fan).to_have_js_property("open", True)
+    read = await page.evaluate(
+        """(id) => {
+          const item = document.querySelector(`#step-${id} .item[data-index='0']`);
+          item.dataset.probe = "1";
+          window.readItem = item;
+          getSelection().selectAllChildren(item.querySelector(".item-output"));
+          return getSelection().toString();
+        }""",
+        fan_out["id"],
+    )
+    assert read.strip()
+
+    five_or_more = re.compile(r"^[5-8]/8$")  # a frame may show more than one more
+    await expect(count).to_have_text(five_or_more, timeout=20_000)
+    kept = await page.evaluate(
+        """() => [window.readItem.isConnected, window.readItem.dataset.probe,
+                  window.readItem.querySelector(".item-output").textContent,
+                  getSelection().toString()]"""
+    )
+    assert kept[:2] == [True, "1"], "the item being read was replaced"
+    assert kept[2:] == [read, read]
+
+    await expect(page.locator(".detail")).to_have_attribute(
+        "data-run-status", "completed", timeout=20_000
+    )
+    await expect(count).to_have_text("8/8")
+    items = (await get_run(http, stack, await shown_run_id(page)))["steps"][1]["items"]
+    shown = fan.locator(".item")
+    await expect(shown).to_have_count(8)
+    assert [await shown.nth(i).get_attribute("data-index") for i in range(8)] == [
+        str(i) for i in range(8)
+    ]
+    await expect(shown.locator(".item-output")).to_have_text([words(i["output"]) for i in items])
+    assert await page.evaluate("() => window.readItem === document.querySelector('.item')")

@@ -29,6 +29,15 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/** Text and attributes set only when they change: no needless mutations for readers. */
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+function setAttr(el, name, value) {
+  if (el.getAttribute(name) !== value) el.setAttribute(name, value);
+}
+
 const dot = () => h("span", { class: "dot", "aria-hidden": "true" });
 
 function statusBadge(status) {
@@ -827,6 +836,10 @@ function showDetail(workflowId) {
     }
   }
 
+  /** The items are kept by their index: an item is rendered again only when its own heading,
+   * output or mark changed and new ones are slotted in by index, so a fan-out of many items
+   * renders each item's markdown once or twice, and the item being read (its text selected,
+   * say) stays as it is while the others arrive. */
   function renderFanout(step, parts) {
     const items = step.items || [];
     const progress = step.progress
@@ -834,28 +847,67 @@ function showDetail(workflowId) {
     const isFanout = step.kind === "fan_out";
     parts.fanout.hidden = !isFanout || (!progress && !items.length);
     if (parts.fanout.hidden) return;
-    const key = JSON.stringify([progress, items.map((i) => [i.index, i.output === null ? null : (i.output || "").length, Boolean(i.truncated)])]);
-    if (parts.rendered.fanout === key) return;
-    parts.rendered.fanout = key;
+    const fan = parts.fan || (parts.fan = createFanout(parts.fanout));
+
     const done = progress?.done ?? items.length;
     const total = progress?.total ?? "?";
-    const bar = h("progress", { max: String(typeof total === "number" ? total : done || 1), value: String(done), "aria-label": `Items done of ${total}` });
-    parts.fanout.replaceChildren(
-      h("div", { class: "fanout-head" },
-        h("span", { class: "fanout-label" }, "Items"), bar,
-        h("span", { class: "fanout-count" }, `${done}/${total}`),
-        progress?.heading ? h("span", { class: "fanout-heading muted", title: progress.heading }, progress.heading) : null),
-      h("ol", { class: "items" },
-        items.map((item) => {
-          const body = h("div", { class: "markdown item-output" });
-          if (item.output === null || item.output === undefined) body.append(h("p", { class: "muted" }, "Done; loading…"));
-          else body.innerHTML = renderMarkdown(item.output);
-          return h("li", { class: "item", "data-index": String(item.index) },
-            h("div", { class: "item-heading" }, item.heading || `Item ${item.index + 1}`,
-              item.truncated ? h("span", { class: "badge truncated", title: "stopped at the step's max_tokens" }, "truncated") : null),
-            body);
-        })),
-    );
+    setAttr(fan.bar, "max", String(typeof total === "number" ? total : done || 1));
+    setAttr(fan.bar, "value", String(done));
+    setAttr(fan.bar, "aria-label", `Items done of ${total}`);
+    setText(fan.count, `${done}/${total}`);
+    const heading = progress?.heading || "";
+    fan.heading.hidden = !heading;
+    setText(fan.heading, heading);
+    setAttr(fan.heading, "title", heading);
+
+    const wanted = new Set(items.map((item) => item.index));
+    for (const [index, shown] of fan.shown) {
+      if (!wanted.has(index)) {
+        shown.li.remove();
+        fan.shown.delete(index);
+      }
+    }
+    let previous = null;
+    for (const item of items) {
+      let shown = fan.shown.get(item.index);
+      if (!shown) {
+        shown = { li: h("li", { class: "item", "data-index": String(item.index) }) };
+        fan.shown.set(item.index, shown);
+      }
+      const truncated = Boolean(item.truncated);
+      const output = item.output ?? null;
+      if (shown.heading !== item.heading || shown.output !== output || shown.truncated !== truncated) {
+        Object.assign(shown, { heading: item.heading, output, truncated });
+        renderItem(shown.li, item);
+      }
+      const next = previous ? previous.nextElementSibling : fan.list.firstElementChild;
+      if (next !== shown.li) fan.list.insertBefore(shown.li, next);
+      previous = shown.li;
+    }
+  }
+
+  function createFanout(box) {
+    const fan = {
+      bar: h("progress", {}),
+      count: h("span", { class: "fanout-count" }),
+      heading: h("span", { class: "fanout-heading muted", hidden: true }),
+      list: h("ol", { class: "items" }),
+      shown: new Map(), // item index → { li, and the heading, output and mark it shows }
+    };
+    box.replaceChildren(
+      h("div", { class: "fanout-head" }, h("span", { class: "fanout-label" }, "Items"), fan.bar, fan.count, fan.heading),
+      fan.list);
+    return fan;
+  }
+
+  function renderItem(li, item) {
+    const body = h("div", { class: "markdown item-output" });
+    if (item.output === null || item.output === undefined) body.append(h("p", { class: "muted" }, "Done; loading…"));
+    else body.innerHTML = renderMarkdown(item.output);
+    li.replaceChildren(
+      h("div", { class: "item-heading" }, item.heading || `Item ${item.index + 1}`,
+        item.truncated ? h("span", { class: "badge truncated", title: "stopped at the step's max_tokens" }, "truncated") : null),
+      body);
   }
 
   function renderAlternatives(step, parts) {
