@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.tools.patches import review_patches
 from nyxflow_engine.tools.registry import ToolCall
@@ -107,3 +108,10 @@ async def test_a_file_cut_to_its_budget_says_so(tmp_path: Path) -> None:
     assert items["big.py"]["truncated"] == {"shown_bytes": 20_000, "file_bytes": 30_000}
     assert len(items["big.py"]["content"]) == 20_000
     assert "truncated" not in items["calc.py"]
+
+
+async def test_a_folder_that_is_no_git_work_tree_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InvalidArgument, match="is not a git work tree") as refused:
+        await _scan(tmp_path / "plain")
+    assert refused.value.field == "params.path"

@@ -43,10 +43,8 @@ async def git(path: Path, *args: str) -> str:
 
 
 async def head_of(path: Path) -> Head:
-    """HEAD's files below `path` (a work tree or a folder in one), as `ls-files` names them;
-    in a repository without commits, what is staged for the first one."""
-    if (await git(path, "rev-parse", "--is-inside-work-tree")).strip() != "true":
-        raise InvalidArgument(f"{path} is not a git work tree", field="params.path")
+    """HEAD's files of the work tree at `path` (its top folder: `ToolCall.repository` made
+    sure), as `ls-files` names them; in a repository without commits, what is staged."""
     try:
         commit = (await git(path, "rev-parse", "--verify", "HEAD^{commit}")).strip()
     except InvalidArgument:
