@@ -19,12 +19,17 @@ from tests.support.repos import planted_repo
 from tests.support.workflows import llm_step
 
 
+async def finished(api: Clients, tmp_path: Path, pipeline: str) -> pb.Run:
+    """A pipeline run to its end over a planted repository."""
+    run = await start(api, planted_repo(tmp_path), pipeline)
+    await execute(api, run.id)
+    return run
+
+
 async def test_a_retried_report_keeps_the_findings_of_the_steps_it_did_not_run(
     api: Clients, tmp_path: Path
 ) -> None:
-    repo = planted_repo(tmp_path)
-    first = await start(api, repo, "code-analysis")
-    await execute(api, first.id)
+    first = await finished(api, tmp_path, "code-analysis")
     (finding,) = await api.runs.list_findings(first.id)
     report = (await api.runs.get_run(first.id)).steps[-1]
 
@@ -38,9 +43,7 @@ async def test_a_retried_report_keeps_the_findings_of_the_steps_it_did_not_run(
 
 async def test_a_rerun_carries_nothing(api: Clients, tmp_path: Path) -> None:
     """Every step runs again: nothing of the last run's is the new one's before it does."""
-    repo = planted_repo(tmp_path)
-    first = await start(api, repo, "code-analysis")
-    await execute(api, first.id)
+    first = await finished(api, tmp_path, "code-analysis")
 
     second = await api.runs.rerun_workflow(first.workflow_id)
 
@@ -51,9 +54,7 @@ async def test_a_rerun_carries_nothing(api: Clients, tmp_path: Path) -> None:
 async def test_a_retried_step_leaves_the_artifacts_of_the_others_with_the_new_run(
     api: Clients, tmp_path: Path
 ) -> None:
-    repo = planted_repo(tmp_path)
-    first = await start(api, repo, "auto-fix")
-    await execute(api, first.id)
+    first = await finished(api, tmp_path, "auto-fix")
     patch = await api.runs.get_artifact(first.id, "patch")
     scan = (await api.runs.get_run(first.id)).steps[0]
 
@@ -156,9 +157,7 @@ async def test_a_new_run_of_a_pipeline_carries_what_its_completed_steps_saved(
 ) -> None:
     """A new run (not a retry) of a finished pipeline runs only what is not completed, as a
     resume does: its findings were the first run's, and it listed none."""
-    repo = planted_repo(tmp_path)
-    first = await start(api, repo, "code-analysis")
-    await execute(api, first.id)
+    first = await finished(api, tmp_path, "code-analysis")
     (finding,) = await api.runs.list_findings(first.id)
 
     again = await api.runs.create_run(first.workflow_id)
