@@ -194,12 +194,12 @@ class StoreBase:
         """Another request's run took the workflow's one active place first: name that run,
         so the caller can follow it rather than guess."""
         async with self._scoped(tenant_id) as session:
-            active = await self._active_run(session, workflow_id)
-        if active is None:  # it has ended already; trying again would succeed
-            return FailedPrecondition(f"workflow {workflow_id} had an active run; try again")
-        return FailedPrecondition(
-            f"workflow {workflow_id} has an active run {active.id} ({active.status})"
-        )
+            try:
+                await self._require_idle(session, workflow_id)
+            except FailedPrecondition as refusal:
+                return refusal
+        # It has ended already: trying again would succeed.
+        return FailedPrecondition(f"workflow {workflow_id} had an active run; try again")
 
     @staticmethod
     async def _carry_results(
