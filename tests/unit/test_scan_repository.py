@@ -15,7 +15,7 @@ from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.tools.patches import review_patches
 from nyxflow_engine.tools.registry import ToolCall
-from nyxflow_engine.tools.repository import scan_repository
+from nyxflow_engine.tools.repository import recency, scan_repository
 from tests.support.repos import CALC, GOOD_DIFF, git, planted_repo
 
 
@@ -115,3 +115,19 @@ async def test_a_folder_that_is_no_git_work_tree_is_refused(tmp_path: Path) -> N
     with pytest.raises(InvalidArgument, match="is not a git work tree") as refused:
         await _scan(tmp_path / "plain")
     assert refused.value.field == "params.path"
+
+
+async def test_files_named_outside_ascii_count_as_recently_changed(tmp_path: Path) -> None:
+    repo = planted_repo(tmp_path)
+    names = ["é.py", 'quote"d.py', "tab\tname.py", "new\nline.py"]
+    for name in names:
+        (repo / name).write_text("x = 1\n")
+    _commit(repo)
+    git(repo, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q",
+        "--allow-empty", "-m", "nothing")  # fmt: skip
+
+    when = await recency(repo)
+
+    assert set(names) <= set(when), sorted(when)
+    assert set(when) == {"calc.py", "test_calc.py", "util.py", *names}
+    assert all(isinstance(t, int) and t > 0 for t in when.values())

@@ -31,15 +31,28 @@ RECENT_COMMITS = 200  # how far back "recently changed" looks
 async def recency(path: Path) -> dict[str, int]:
     """File → commit time of its last change among the recent commits (absent: older)."""
     try:
-        log = await git(path, "log", f"-n{RECENT_COMMITS}", "--format=%x00%ct", "--name-only")
+        # -z: names as they are. Without it git quotes any name outside ASCII ("\303\251.py"),
+        # which then matched no file, so such files never counted as recently changed.
+        log = await git(path, "log", "-z", f"-n{RECENT_COMMITS}", "--format=%x01%ct", "--name-only")
     except InvalidArgument:
         return {}  # a repository without commits yet
+    return _last_changes(log)
+
+
+def _last_changes(log: str) -> dict[str, int]:
+    r"""Parses `git log -z --format=%x01%ct --name-only`: each commit is "\x01<time>", then
+    its names, NUL-terminated, the first behind the newline that ends the header."""
     when: dict[str, int] = {}
-    for block in log.split("\0"):
-        lines = [line for line in block.splitlines() if line.strip()]
-        if lines and lines[0].isdigit():
-            for name in lines[1:]:
-                when.setdefault(name, int(lines[0]))
+    time, first = 0, False
+    for token in log.split("\0"):
+        if token.startswith("\x01"):
+            time, first = int(token[1:]), True
+            continue
+        if first and token.startswith("\n"):
+            token = token[1:]
+        first = False
+        if token:
+            when.setdefault(token, time)
     return when
 
 
