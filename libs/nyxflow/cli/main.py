@@ -16,6 +16,7 @@ from nyxflow.auth import Metadata
 from nyxflow.cli import render
 from nyxflow.cli.admin import admin_app
 from nyxflow.cli.connection import (
+    Clients,
     connect,
     err,
     key_metadata,
@@ -188,15 +189,32 @@ async def workflow_delete(workflow_id: str) -> None:
 
 async def _start_and_follow(run_id: str, follow_it: bool, tokens: bool, as_json: bool) -> None:
     async with connect() as c:
-        stream = c.engine.execute(run_id)
         if not follow_it:
-            async for _ in stream:  # the first event means the engine holds it; then detach
-                break
+            await _start(c, run_id)
             render.out.print(run_id)
             return
-        final = await _follow_until_ctrl_c(stream, run_id, tokens, as_json)
+        final = await _follow_from_the_start(c, run_id, tokens, as_json)
     if final != ev.COMPLETED:
         raise typer.Exit(1)
+
+
+async def _start(c: Clients, run_id: str) -> None:
+    """Until the engine holds the run (its first event); then detach. A run someone else
+    started first (a browser that opened it) is under way all the same."""
+    try:
+        async for _ in c.engine.execute(run_id):
+            break
+    except FailedPrecondition:
+        if (await c.runs.get_run(run_id)).status == ev.PENDING:
+            raise  # refused for a reason of its own, not because it has started
+
+
+async def _follow_from_the_start(c: Clients, run_id: str, tokens: bool, as_json: bool) -> str:
+    """Start the run and follow it; one someone else started first is watched instead."""
+    try:
+        return await _follow_until_ctrl_c(c.engine.execute(run_id), run_id, tokens, as_json)
+    except FailedPrecondition:
+        return await _follow_until_ctrl_c(c.runs.watch_run(run_id), run_id, tokens, as_json)
 
 
 async def _follow_until_ctrl_c(stream: object, run_id: str, tokens: bool, as_json: bool) -> str:
@@ -232,14 +250,7 @@ async def run_follow(
     async with connect() as c:
         run = await c.runs.get_run(run_id)
         if run.status == ev.PENDING:
-            try:
-                final = await _follow_until_ctrl_c(
-                    c.engine.execute(run_id), run_id, tokens, as_json
-                )
-            except FailedPrecondition:  # someone else started it first
-                final = await _follow_until_ctrl_c(
-                    c.runs.watch_run(run_id), run_id, tokens, as_json
-                )
+            final = await _follow_from_the_start(c, run_id, tokens, as_json)
         else:
             final = await _follow_until_ctrl_c(c.runs.watch_run(run_id), run_id, tokens, as_json)
     if final != ev.COMPLETED:
