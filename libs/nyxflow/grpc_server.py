@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nyxflow.errors import NyxflowError, Unavailable, status_details, to_details
+from nyxflow.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,7 @@ class GrpcService:
         finally:
             stopping.cancel()
         if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+            await cancel_and_wait(work)
             return False
         try:
             work.result()

@@ -5,7 +5,6 @@ written to the database before anything else."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from collections.abc import Sequence
 from nyxflow import events as ev
 from nyxflow import logs, metrics
 from nyxflow.errors import NyxflowError
+from nyxflow.tasks import cancel_and_wait
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_engine.providers.registry import Providers
@@ -108,9 +108,7 @@ class Execution:
             await self._finish_quietly(ev.FAILED, describe(error))
         finally:
             await self.writer.close()
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await cancel_and_wait(heartbeat)
             await self.writer.feed.close()
 
     async def _finish_quietly(self, status: str, error: str) -> None:

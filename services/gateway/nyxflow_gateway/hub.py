@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from nyxflow import events as ev
 from nyxflow import metrics
 from nyxflow.sse import comment_frame, event_frame
+from nyxflow.tasks import cancel_and_wait
 from nyxflow_gateway import convert
 from nyxflow_gateway.deps import Services
 from nyxflow_gateway.upstream import upstream
@@ -210,9 +211,7 @@ class RunHub:
     async def close(self) -> None:
         for task in [self._ticker, *(c.task for c in self._all())]:
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
 
     @property
     def channels(self) -> int:

@@ -15,13 +15,13 @@ straight to the connection's transport; elsewhere this task writes through ASGI 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any, cast
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from nyxflow.sse import comment_frame, retry_frame
+from nyxflow.tasks import cancel_and_wait
 from nyxflow_gateway.deps import Services
 from nyxflow_gateway.http_protocol import TRANSPORT
 from nyxflow_gateway.hub import RunHub, Subscriber, chunk
@@ -80,9 +80,7 @@ class EventStream(Response):
             await _follow(subscriber, send)
         finally:
             self._hub.unsubscribe(subscriber)
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await cancel_and_wait(listener)
         if not listener.cancelled() and listener.done():
             return  # the browser is gone: nothing more to send
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from nyxflow import metrics
+from nyxflow.tasks import cancel_and_wait
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 
@@ -173,9 +174,7 @@ class RedisBus(LocalBus):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._sender, 5.0)
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await cancel_and_wait(self._reader)
         await self._redis.aclose()
 
     async def announce_keys_revoked(self) -> None:

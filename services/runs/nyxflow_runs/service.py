@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from nyxflow import metrics
 from nyxflow.grpc_server import GrpcService
+from nyxflow.tasks import cancel_and_wait
 from nyxflow.v1 import admin_pb2, admin_pb2_grpc, runs_pb2, runs_pb2_grpc
 from nyxflow_runs import db_errors, migrate
 from nyxflow_runs.admin_servicer import AdminServicer
@@ -65,9 +65,7 @@ async def serve(
         await service.run(prepare=prepare, ready=ready)
     finally:
         for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await bus.close()
         await store.close()
         await engine.dispose()
