@@ -12,7 +12,7 @@ import weakref
 from nyxflow import events as ev
 from nyxflow_engine.execution import Execution
 from tests.support.eventually import eventually
-from tests.support.inprocess import Clients
+from tests.support.inprocess import Clients, clients, engine_service
 from tests.support.workflows import llm_step
 
 
@@ -20,7 +20,17 @@ def _executions() -> list[Execution]:
     return [o for o in gc.get_objects() if isinstance(o, Execution)]
 
 
-async def test_a_cancelled_execution_is_freed_without_the_collector(api: Clients) -> None:
+async def test_a_cancelled_execution_is_freed_without_the_collector(runs_addr: str) -> None:
+    # A lease far longer than a full collection of a long suite's heap takes: the collection
+    # blocks this loop, heartbeats included, and a short lease was swept before the cancel.
+    async with (
+        engine_service(runs_addr, lease_ttl_s=120.0) as engine,
+        clients(runs_addr, engine.engine_listen) as api,
+    ):
+        await _cancel_and_watch_it_go(api)
+
+
+async def _cancel_and_watch_it_go(api: Clients) -> None:
     assert api.engine is not None
     step = llm_step("long", "x", tokens=200, token_delay_ms=20)
     workflow = await api.runs.create_workflow("freed", [step])
