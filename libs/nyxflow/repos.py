@@ -23,6 +23,17 @@ def within(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
+def re_rooted(path: str, root: str, from_tenant: str, to_tenant: str) -> str | None:
+    """`path` moved from one tenant's folder to the same place in another's; None when it
+    is not inside the first (it was added before the root was set)."""
+    old = tenant_folder(root, from_tenant)
+    if not os.path.isabs(path) or not within(path, old):
+        return None
+    return os.path.normpath(
+        os.path.join(tenant_folder(root, to_tenant), os.path.relpath(path, old))
+    )
+
+
 def written_path(raw: str, root: str | None, tenant_id: str, field: str) -> str:
     """`raw` as it will be stored: absolute, `~` expanded, `.` and `..` resolved; with a
     root, relative paths are the tenant's folder's, and nothing may lie outside it."""

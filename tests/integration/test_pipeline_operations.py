@@ -5,16 +5,25 @@ a repository is where its tenant may read it."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from nyxflow import events as ev
+from nyxflow.auth import bearer_metadata
+from nyxflow.client import AdminClient, EngineClient, open_channel
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from tests.integration.test_pipelines import execute, start
 from tests.support.databases import fresh_database
-from tests.support.inprocess import Clients, clients, engine_service, runs_service
+from tests.support.inprocess import (
+    ADMIN_KEY,
+    Clients,
+    clients,
+    engine_service,
+    runs_service,
+)
 from tests.support.repos import planted_repo
 from tests.support.workflows import llm_step
 
@@ -165,3 +174,50 @@ async def test_a_new_run_of_a_pipeline_carries_what_its_completed_steps_saved(
 
     assert (await api.runs.get_run(again.id)).status == ev.COMPLETED
     assert await api.runs.list_findings(again.id) == [finding]
+
+
+async def test_a_moved_project_takes_its_paths_into_the_new_tenants_folder(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Under a repositories' root, a project moved to another tenant kept its paths in the old
+    tenant's folder, so every pipeline of it was refused after the move. Its repositories'
+    paths and its tool steps' are re-rooted, and the report says which folders to move."""
+    root = tmp_path / "repos"
+    async with (
+        runs_service(database_url, repos_root=str(root)) as runs_settings,
+        engine_service(runs_settings.runs_listen, repos_root=str(root)) as engine_settings,
+        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
+        open_channel(engine_settings.engine_listen) as engine_channel,
+    ):
+        admin = AdminClient(api.runs_channel, bearer_metadata(ADMIN_KEY))
+        b = await admin.create_tenant("team-b", "Team B")
+        b_key = (await admin.create_api_key("team-b", "ci")).secret
+        probe = await api.runs.create_workflow("probe", [llm_step("s")])
+        a_id = (await api.runs.create_run(probe.id)).tenant_id
+        old, new = root / a_id / "shop", root / b.id / "shop"
+        (root / a_id).mkdir(parents=True)
+        planted_repo(root / a_id)
+        first = await start(api, old, "code-analysis")
+        await execute(api, first.id)
+        workflow = await api.runs.get_workflow(first.workflow_id)
+
+        dry = await admin.move_project(workflow.project_id, "team-b", dry_run=True)
+        moved = await admin.move_project(workflow.project_id, "team-b")
+
+        said = [(p.kind, p.from_path, p.to_path) for p in moved.paths]
+        assert ("repository", str(old), str(new)) in said
+        assert ("step", str(old), str(new)) in said  # the scan's, and the review's if any
+        assert list(dry.paths) == list(moved.paths) and not dry.moved
+        b_runs = api.as_key(b_key)
+        (repository,) = (await b_runs.get_project(workflow.project_id)).repositories
+        assert repository.path == str(new)
+
+        new.parent.mkdir()
+        shutil.move(old, new)  # the operator moves the folder, as the report asks
+        again = await b_runs.rerun_workflow(workflow.id)
+        assert [
+            e async for e in EngineClient(engine_channel, bearer_metadata(b_key)).execute(again.id)
+        ]
+        done = await b_runs.get_run(again.id)
+        assert done.status == ev.COMPLETED, [s.error for s in done.steps]
+        assert json.loads(done.steps[0].output)["files"] == 3

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nyxflow.errors import InvalidArgument
-from nyxflow.repos import readable_folder, written_path
+from nyxflow.repos import re_rooted, readable_folder, written_path
 
 
 def test_without_a_root_any_absolute_path_is_taken_normalized() -> None:
@@ -40,3 +40,12 @@ def test_a_symlink_out_of_the_tenants_folder_is_refused_when_read(tmp_path: Path
         readable_folder("theirs", str(root), "t1", "params.path")
     with pytest.raises(InvalidArgument, match="not a directory"):
         readable_folder("missing", str(root), "t1", "params.path")
+
+
+def test_a_path_is_re_rooted_only_from_inside_the_old_tenants_folder() -> None:
+    assert re_rooted("/r/a/shop/sub", "/r", "a", "b") == "/r/b/shop/sub"
+    assert re_rooted("/r/a", "/r", "a", "b") == "/r/b"
+    assert re_rooted("/r/ab/shop", "/r", "a", "b") is None  # a sibling, not inside
+    assert re_rooted("/elsewhere/shop", "/r", "a", "b") is None  # added before the root
+    assert re_rooted("shop", "/r", "a", "b") is None  # relative: already the tenant's own
+    assert re_rooted("", "/r", "a", "b") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import time
 
 import typer
@@ -119,6 +120,14 @@ async def move_project(
     for c in report.conflicts:
         note = "empty, replaceable" if c.empty else "not empty"
         render.out.print(f"[yellow]conflict[/] {c.kind} {c.name} ({note})")
+    for p in report.paths:
+        render.out.print(f"path of {p.kind} {p.name}: {p.from_path} → {p.to_path}", markup=False)
+    folders = sorted({(p.from_path, p.to_path) for p in report.paths if p.kind == "repository"})
+    if folders:
+        # The paths are only the records': the folders are on the engines' machines.
+        render.out.print("[yellow]move these folders on the engines' machines:[/]")
+        for before, after in folders:
+            render.out.print(f"  mv {shlex.quote(before)} {shlex.quote(after)}", markup=False)
     render.out.print("moved" if report.moved else "dry run: nothing changed")
 
 

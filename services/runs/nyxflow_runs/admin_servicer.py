@@ -50,12 +50,24 @@ def _report(report: MoveReport) -> admin_pb2.MoveProjectResponse:
             for c in report.conflicts
         ],
         moved=report.moved,
+        paths=[
+            admin_pb2.MovedPath(kind=p.kind, name=p.name, from_path=p.before, to_path=p.after)
+            for p in report.paths
+        ],
     )
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, store: Store, tenancy: Tenancy, admin_key: str | None, secret: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tenancy: Tenancy,
+        admin_key: str | None,
+        secret: str,
+        repos_root: str | None = None,
+    ) -> None:
         self._store = store
+        self._repos_root = repos_root
         self._tenancy = tenancy
         self._admin_key = admin_key
         self._secret = secret
@@ -130,6 +142,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         if on_conflict not in (FAIL, REPLACE_EMPTY):
             raise InvalidArgument(f"one of {FAIL}, {REPLACE_EMPTY}", field="on_conflict")
         report = await self._store.move_project(
-            project_id, to_tenant, dry_run=request.dry_run, on_conflict=on_conflict
+            project_id,
+            to_tenant,
+            dry_run=request.dry_run,
+            on_conflict=on_conflict,
+            repos_root=self._repos_root,
         )
         return _report(report)

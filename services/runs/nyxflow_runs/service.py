@@ -42,7 +42,9 @@ async def serve(
     servicer = RunsServicer(store, bus, tenancy, settings.watch_poll_s, settings.repos_root)
     runs_pb2_grpc.add_RunsServicer_to_server(servicer, service.server)
     admin_pb2_grpc.add_AdminServicer_to_server(
-        AdminServicer(store, tenancy, settings.admin_key, settings.internal_secret),
+        AdminServicer(
+            store, tenancy, settings.admin_key, settings.internal_secret, settings.repos_root
+        ),
         service.server,
     )
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nyxflow import events as ev
 from nyxflow.auth import hash_key
 from nyxflow.errors import AlreadyExists, FailedPrecondition, NotFound
+from nyxflow.repos import re_rooted
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import (
     ApiKey,
@@ -48,11 +49,20 @@ class Conflict:
     empty: bool
 
 
+@dataclass(frozen=True)
+class MovedPath:
+    kind: str  # repository | step
+    name: str
+    before: str
+    after: str
+
+
 @dataclass
 class MoveReport:
     counts: dict[str, int] = field(default_factory=dict)
     conflicts: list[Conflict] = field(default_factory=list)
     moved: bool = False
+    paths: list[MovedPath] = field(default_factory=list)
 
 
 class Admin(StoreBase):
@@ -113,9 +123,16 @@ class Admin(StoreBase):
     # --- moving a project ---------------------------------------------------------------
 
     async def move_project(
-        self, project_id: str, to_tenant: str, *, dry_run: bool, on_conflict: str
+        self,
+        project_id: str,
+        to_tenant: str,
+        *,
+        dry_run: bool,
+        on_conflict: str,
+        repos_root: str | None = None,
     ) -> MoveReport:
-        """Everything under the project changes tenant in one transaction, or nothing does."""
+        """Everything under the project changes tenant in one transaction, or nothing does.
+        With a repositories' root, its paths follow it into the new tenant's folder."""
         async with self._sessions.begin() as session:
             project = await session.get(Project, project_id, with_for_update=True)
             if project is None:
@@ -138,12 +155,19 @@ class Admin(StoreBase):
                 counts=await self._move_counts(session, project.id),
                 conflicts=await self._conflicts(session, project, target.id),
             )
+            re_rooted = await _re_rooted(session, project, target.id, repos_root)
+            report.paths = [moved for _, moved in re_rooted]
             if dry_run:
                 return report
             if report.conflicts:
                 self._refuse_unresolvable(report.conflicts, on_conflict)
                 await self._replace(session, report.conflicts)
             report.counts = await self._move(session, project, target.id)
+            for row, moved in re_rooted:
+                if isinstance(row, Repository):
+                    row.path = moved.after
+                else:  # a new dict: an edit in place of a JSON column goes unseen
+                    row.params = {**row.params, "path": moved.after}
             report.moved = True
             return report
 
@@ -278,3 +302,39 @@ def _moved(project_id: str) -> list[tuple[str, type[Base], ColumnElement[bool]]]
         ("run_artifacts", RunArtifact, RunArtifact.run_id.in_(runs)),
         ("findings", Finding, Finding.run_id.in_(runs)),
     ]
+
+
+async def _re_rooted(
+    session: AsyncSession, project: Project, tenant_id: str, root: str | None
+) -> list[tuple[Repository | Step, MovedPath]]:
+    """The project's repository paths, and its tool steps' `params.path` (a pipeline's steps
+    carry the path they were made with), inside the old tenant's folder: without the move
+    they would stay there, and every pipeline of the project would be refused after it."""
+    if not root:
+        return []
+    found: list[tuple[Repository | Step, MovedPath]] = []
+    repos = await session.scalars(
+        select(Repository)
+        .where(Repository.project_id == project.id)
+        .order_by(Repository.owner, Repository.repo)
+    )
+    for repo in repos.all():
+        after = re_rooted(repo.path, root, project.tenant_id, tenant_id)
+        if after is not None:
+            found.append(
+                (repo, MovedPath("repository", f"{repo.owner}/{repo.repo}", repo.path, after))
+            )
+    steps = await session.execute(
+        select(Step, Workflow.name)
+        .join(Workflow, Workflow.id == Step.workflow_id)
+        .where(Workflow.project_id == project.id, Step.kind == "tool")
+        .order_by(Workflow.created_at, Step.position)
+    )
+    for step, workflow in steps.all():
+        path = step.params.get("path")
+        if not isinstance(path, str):
+            continue
+        after = re_rooted(path, root, project.tenant_id, tenant_id)
+        if after is not None:
+            found.append((step, MovedPath("step", f"{workflow} / {step.name}", path, after)))
+    return found
