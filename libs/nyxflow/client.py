@@ -178,6 +178,15 @@ class RunsClient:
         request = runs_pb2.GetRunRequest(run_id=run_id, brief=brief)
         return await _unary(self._stub.GetRun(request, **self._kw()))
 
+    async def list_step_items(
+        self, run_id: str, step_id: str, from_index: int = 0, limit: int = 0
+    ) -> runs_pb2.ListStepItemsResponse:
+        """One page of a step's items; its `next_index`, when set, is where the next begins."""
+        request = runs_pb2.ListStepItemsRequest(
+            run_id=run_id, step_id=step_id, from_index=from_index, limit=limit
+        )
+        return await _unary(self._stub.ListStepItems(request, **self._kw()))
+
     async def list_runs(
         self, workflow_id: str = "", status: str = "", limit: int = 50
     ) -> list[pb.Run]:

@@ -70,6 +70,17 @@ def chain(row: models.Step, default: Sequence[str] = ()) -> list[str]:
     return list(default)
 
 
+def item(row: models.StepItem) -> pb.StepItem:
+    return pb.StepItem(
+        index=row.item_index,
+        heading=row.heading,
+        output=row.output,
+        truncated=row.truncated,
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+    )
+
+
 def step(
     row: models.Step,
     items: Sequence[models.StepItem] = (),
@@ -106,17 +117,7 @@ def step(
         alternatives=[]
         if brief
         else [alternative(i, a) for i, a in enumerate(row.alternatives_out or [])],
-        items=[
-            pb.StepItem(
-                index=i.item_index,
-                heading=i.heading,
-                output=i.output,
-                truncated=i.truncated,
-                input_tokens=i.input_tokens,
-                output_tokens=i.output_tokens,
-            )
-            for i in items
-        ],
+        items=[item(i) for i in items],
         providers=chain(row, default_chain),
     )
 

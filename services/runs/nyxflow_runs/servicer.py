@@ -25,6 +25,10 @@ from nyxflow_runs.watch import watch_run
 Ctx: TypeAlias = grpc.aio.ServicerContext
 MAX_SEQ = 2**31 - 1
 MAX_GROUP = 1000  # batches per RecordMany: an engine sends what its runs wrote meanwhile
+# ListStepItems per call: a page's batch of newly finished items fits many times over, and a
+# call stays well under the gRPC message limit (one longer item goes alone).
+ITEMS_DEFAULT, ITEMS_MAX = 100, 500
+ITEMS_MAX_BYTES = 1_000_000
 
 
 def _response(written: Written) -> runs_pb2.WriteResponse:
@@ -206,6 +210,20 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
             tenant, request.workflow_id, request.status, request.limit or 50
         )
         return runs_pb2.ListRunsResponse(runs=runs)
+
+    async def ListStepItems(
+        self, request: runs_pb2.ListStepItemsRequest, context: Ctx
+    ) -> runs_pb2.ListStepItemsResponse:
+        tenant = await self._tenant(request, context)
+        run_id = valid.require_id(request.run_id, "run_id")
+        step_id = valid.require_id(request.step_id, "step_id")
+        if request.from_index < 0:
+            raise InvalidArgument("must not be negative", field="from_index")
+        limit = valid.bounded(request.limit, 0, ITEMS_MAX, "limit") or ITEMS_DEFAULT
+        items, next_index = await self._store.list_step_items(
+            tenant, run_id, step_id, request.from_index, limit, ITEMS_MAX_BYTES
+        )
+        return runs_pb2.ListStepItemsResponse(items=items, next_index=next_index)
 
     async def RetryStep(self, request: runs_pb2.RetryStepRequest, context: Ctx) -> pb.Run:
         tenant = await self._tenant(request, context)

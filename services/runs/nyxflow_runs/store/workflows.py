@@ -4,26 +4,57 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Integer, delete, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import defer
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from nyxflow import events as ev
 from nyxflow import metrics
 from nyxflow.auth import hash_key
-from nyxflow.errors import InvalidArgument, Unauthenticated
+from nyxflow.errors import InvalidArgument, NotFound, Unauthenticated
 from nyxflow.personas import BUILTIN_PERSONAS
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import convert
 from nyxflow_runs import validation as valid
 from nyxflow_runs.clock import db_now
-from nyxflow_runs.models import ApiKey, Persona, Run, RunEvent, Step, Tenant, Workflow
+from nyxflow_runs.models import (
+    ApiKey,
+    Persona,
+    Run,
+    RunEvent,
+    Step,
+    StepItem,
+    Tenant,
+    Workflow,
+)
 from nyxflow_runs.store.base import StoreBase
 from nyxflow_runs.validation import StepDraft
 
 DEFAULT_TENANT = "default"
 MAX_LIST = 500
+
+
+class OctetLength(FunctionElement[int]):
+    """A text's size in bytes. PostgreSQL's octet_length reads a stored value's size off its
+    header, without fetching or decompressing it; SQLite 3.40 has no octet_length."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(OctetLength)
+def _octets(element: OctetLength, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"octet_length({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(OctetLength, "sqlite")
+def _octets_sqlite(element: OctetLength, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"length(CAST({compiler.process(element.clauses, **kw)} AS BLOB))"
 
 
 def step_row(tenant_id: str, workflow_id: str, position: int, d: StepDraft) -> Step:
@@ -281,6 +312,46 @@ class Workflows(StoreBase):
         async with self._scoped(tenant_id) as session:
             run = await self._run(session, tenant_id, run_id)
             return convert.run(run) if brief else await self._run_pb(session, run)
+
+    async def list_step_items(
+        self, tenant_id: str, run_id: str, step_id: str, from_index: int, limit: int, max_bytes: int
+    ) -> tuple[list[pb.StepItem], int | None]:
+        """The step's items from `from_index` on, at most `limit` and `max_bytes` of output (the
+        first always), and the index to go on from when more are stored. The sizes are read
+        first, so that outputs past the bound are never loaded."""
+        async with self._scoped(tenant_id) as session:
+            run = await self._run(session, tenant_id, run_id)
+            step = await session.scalar(
+                select(Step.id).where(Step.id == step_id, Step.workflow_id == run.workflow_id)
+            )
+            if step is None:
+                raise NotFound(f"run {run_id} has no step {step_id}", field="step_id")
+            sizes = (
+                await session.execute(
+                    select(StepItem.item_index, OctetLength(StepItem.output))
+                    .where(StepItem.step_id == step_id, StepItem.item_index >= from_index)
+                    .order_by(StepItem.item_index)
+                    .limit(limit + 1)
+                )
+            ).all()
+            chosen: list[int] = []
+            total = 0
+            for index, size in sizes[:limit]:
+                if chosen and total + size > max_bytes:
+                    break
+                chosen.append(index)
+                total += size
+            items: list[pb.StepItem] = []
+            if chosen:
+                # By index, not range: an item stored meanwhile inside it stays out of bounds.
+                rows = await session.scalars(
+                    select(StepItem)
+                    .where(StepItem.step_id == step_id, StepItem.item_index.in_(chosen))
+                    .order_by(StepItem.item_index)
+                )
+                items = [convert.item(row) for row in rows.all()]
+        more = sizes[len(chosen)].item_index if len(sizes) > len(chosen) else None
+        return items, more
 
     async def list_runs(
         self, tenant_id: str, workflow_id: str = "", status: str = "", limit: int = 50
