@@ -19,6 +19,17 @@ def _object(raw: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def item(i: pb.StepItem) -> dict[str, Any]:
+    return {
+        "index": i.index,
+        "heading": i.heading,
+        "output": i.output,
+        "truncated": i.truncated,
+        "input_tokens": i.input_tokens,
+        "output_tokens": i.output_tokens,
+    }
+
+
 def step(s: pb.Step) -> dict[str, Any]:
     spec = s.spec
     return {
@@ -63,17 +74,7 @@ def step(s: pb.Step) -> dict[str, Any]:
             }
             for a in s.alternatives
         ],
-        "items": [
-            {
-                "index": i.index,
-                "heading": i.heading,
-                "output": i.output,
-                "truncated": i.truncated,
-                "input_tokens": i.input_tokens,
-                "output_tokens": i.output_tokens,
-            }
-            for i in s.items
-        ],
+        "items": [item(i) for i in s.items],
         "started_at": when(s.started_at),
         "finished_at": when(s.finished_at),
     }

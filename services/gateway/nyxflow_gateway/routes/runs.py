@@ -1,4 +1,5 @@
-"""/v1/runs: read, list, pause, cancel, and the SSE stream of events."""
+"""/v1/runs: read, list, pause, cancel, a step's items page by page, and the SSE stream of
+events."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from nyxflow.errors import InvalidArgument
+from nyxflow.templates import INT32_MAX
 from nyxflow_gateway import convert
 from nyxflow_gateway.deps import Clients, StreamClients
 from nyxflow_gateway.sse import MEDIA_TYPE, EventStream
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 SEQ = re.compile(r"[0-9]{1,18}")  # not \d: int() would take "٣" too
+MAX_ITEMS = 500  # per call, as runs allows
 
 
 def parse_last_event_id(header: str | None, query: str | None) -> int:
@@ -41,6 +44,25 @@ async def list_runs(
 @router.get("/{run_id}")
 async def get_run(run_id: str, services: Clients) -> dict[str, Any]:
     return convert.run(await services.runs.get_run(run_id))
+
+
+@router.get("/{run_id}/steps/{step_id}/items")
+async def list_step_items(
+    run_id: str,
+    step_id: str,
+    services: Clients,
+    from_index: Annotated[int, Query(ge=0, le=INT32_MAX)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_ITEMS)] = 100,
+) -> dict[str, Any]:
+    """A fan-out step's stored items from `from_index` on, in index order, with about 1 MB of
+    output at most; `next_index`, when not null, is where the next page begins. A page
+    following a run fetches the items its fan_out_progress events announced this way, not the
+    whole run again."""
+    page = await services.runs.list_step_items(run_id, step_id, from_index, limit)
+    return {
+        "items": [convert.item(i) for i in page.items],
+        "next_index": page.next_index if page.HasField("next_index") else None,
+    }
 
 
 @router.post("/{run_id}/pause")
