@@ -73,6 +73,9 @@ export const resumeWorkflow = (workflowId) =>
 export const rerunWorkflow = (workflowId) =>
   api(`/v1/workflows/${id(workflowId)}/rerun`, { method: "POST" });
 export const getRun = (runId) => api(`/v1/runs/${id(runId)}`);
+/** A step's items from `fromIndex` on, at most `limit`: { items, next_index (null: no more) }. */
+export const listStepItems = (runId, stepId, fromIndex, limit) =>
+  api(`/v1/runs/${id(runId)}/steps/${id(stepId)}/items?from_index=${fromIndex}&limit=${limit}`);
 export const pauseRun = (runId) => api(`/v1/runs/${id(runId)}/pause`, { method: "POST" });
 export const cancelRun = (runId) => api(`/v1/runs/${id(runId)}/cancel`, { method: "POST" });
 // `changes`: what to change in the step first, e.g. { max_tokens: 16384 } or { providers: ["google"] }.

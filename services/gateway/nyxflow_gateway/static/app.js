@@ -261,6 +261,7 @@ async function showList() {
 // --- one workflow ---------------------------------------------------------------------------
 
 const STEP_RANK = { pending: 0, running: 1 };
+const ITEMS_PER_CALL = 500; // the most the API gives at once
 const rank = (status) => STEP_RANK[status] ?? 2;
 
 function showDetail(workflowId) {
@@ -276,6 +277,9 @@ function showDetail(workflowId) {
     dirty: new Set(),
     frame: 0,
     refreshTimer: 0,
+    itemsTimer: 0,
+    itemsBusy: false, // a fetch of items is on: the next waits for it
+    itemsAgain: false, // items were announced meanwhile
   };
   const stepEls = new Map(); // step id → { details, pill, parts… }
 
@@ -316,6 +320,7 @@ function showDetail(workflowId) {
     state.gone = true;
     clearInterval(ticker);
     clearTimeout(state.refreshTimer);
+    clearTimeout(state.itemsTimer);
     cancelAnimationFrame(state.frame);
     stopFollowing();
     window.nyxflow.detail = null;
@@ -454,6 +459,76 @@ function showDetail(workflowId) {
     }, delay);
   }
 
+  /** The outputs of the items fan_out_progress announced (held meanwhile with output null),
+   * fetched by index, batched at most every 250 ms and one fetch at a time. The whole run, which
+   * carries every item of every step, is read again only where it must: a gap in the events,
+   * an unknown step, an announced item the API no longer has, the run's end. */
+  function fetchItemsSoon(delay = 250) {
+    if (state.itemsBusy) {
+      state.itemsAgain = true;
+      return;
+    }
+    if (state.itemsTimer) return;
+    state.itemsTimer = setTimeout(async () => {
+      state.itemsTimer = 0;
+      const follower = state.follower;
+      if (!follower || follower.stopped || state.gone) return;
+      state.itemsBusy = true;
+      try {
+        const wanted = state.steps.map((step) => [step.id, lackingRanges(step)]);
+        for (const [stepId, ranges] of wanted) {
+          for (const [from, to] of ranges) {
+            if (!(await fetchItems(follower, stepId, from, to))) return;
+          }
+        }
+        // Announced, yet not stored: the step was reset meanwhile, say. (Items announced
+        // during these fetches are the next fetch's.)
+        const lost = wanted.some(([stepId, ranges]) => {
+          const items = byId(stepId)?.items || [];
+          return ranges.some(([from, to]) => items.some((i) => i.index >= from && i.index <= to && i.output == null));
+        });
+        if (lost) refreshSoon();
+      } catch (e) {
+        if (!handleAuth(e)) refreshSoon();
+      } finally {
+        state.itemsBusy = false;
+        if (state.itemsAgain) {
+          state.itemsAgain = false;
+          fetchItemsSoon();
+        }
+      }
+    }, delay);
+  }
+
+  /** [from, to] ranges of a step's items that were announced but not loaded. An item loaded
+   * between two splits their ranges, so none is fetched twice; one not announced yet may be
+   * fetched with the others (the API has it, or answers without it). */
+  function lackingRanges(step) {
+    const ranges = [];
+    let range = null;
+    for (const item of step.items || []) {
+      if (item.output !== null && item.output !== undefined) range = null;
+      else if (range) range[1] = item.index;
+      else ranges.push((range = [item.index, item.index]));
+    }
+    return ranges;
+  }
+
+  /** Fetch and merge the items from..to, page by page; false once the run is no longer followed. */
+  async function fetchItems(follower, stepId, from, to) {
+    let next = from;
+    while (next !== null && next <= to) {
+      const page = await API.listStepItems(follower.runId, stepId, next, Math.min(ITEMS_PER_CALL, to - next + 1));
+      if (state.follower !== follower || follower.stopped || state.gone) return false;
+      const step = byId(stepId);
+      if (!step) return true;
+      step.items = mergeItems(step.items, page.items);
+      markDirty(step.id);
+      next = page.next_index;
+    }
+    return true;
+  }
+
   function handedOver(times) {
     if (!times) return "";
     return times === 1 ? " (handed to another engine once)" : ` (handed to another engine ${times} times)`;
@@ -504,13 +579,13 @@ function showDetail(workflowId) {
         if (step) step.notes = [...(step.notes || []), `Fell back from ${data.from} to ${data.to}: ${data.reason}`];
         break;
       case "fan_out_progress":
-        if (!step) break;
+        if (!step) { refreshSoon(0); break; }
         step.progress = { done: data.done, total: data.total, heading: data.heading || "" };
         if (!(step.items || []).some((i) => i.index === data.index)) {
           step.items = [...(step.items || []), { index: data.index, heading: data.heading || "", output: null, truncated: Boolean(data.truncated) }]
             .sort((a, b) => a.index - b.index);
         }
-        refreshSoon();
+        fetchItemsSoon();
         break;
       case "step_completed":
         if (!step) { refreshSoon(0); break; }
@@ -520,7 +595,8 @@ function showDetail(workflowId) {
           output_tokens: data.output_tokens || 0, served_by: data.served_by || null,
           finished_at: epochIso(data.at),
         });
-        if ((data.alternatives || 0) > 1 || data.items || step.guessed) refreshSoon(0);
+        if ((data.alternatives || 0) > 1 || step.guessed) refreshSoon(0);
+        else if (data.items) fetchItemsSoon(0); // the last items' outputs, not the whole run
         break;
       case "step_failed":
         if (!step) { refreshSoon(0); break; }
