@@ -3,18 +3,21 @@ navigator, a broken and resumed event stream, fan-out, failure and alternatives.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.async_api import Page, Route, expect
+from playwright.async_api import Page, Response, Route, expect
 
 from nyxflow import events as ev
 from tests.browser.conftest import ARTIFACTS
 from tests.support.eventually import eventually
 from tests.support.gateway_api import create_workflow, get_run, start_run, steps
+from tests.support.inprocess import API_KEY
 from tests.support.processes import ProcessStack
 from tests.support.repos import model_replies, planted_repo
 from tests.support.sse_client import read_events
@@ -700,3 +703,72 @@ async def test_a_fan_out_item_being_read_stays_as_it_is_while_the_others_arrive(
     ]
     await expect(shown.locator(".item-output")).to_have_text([words(i["output"]) for i in items])
     assert await page.evaluate("() => window.readItem === document.querySelector('.item')")
+
+
+MANY_ITEMS = 80
+MANY_ITEMS_FAN_OUT = f"""name: Many items
+steps:
+  - name: Topics
+    params: {{items: {MANY_ITEMS}, tokens: 4}}
+  - name: Each
+    kind: fan_out
+    source: Topics
+    split: headings
+    concurrency: 4
+    prompt: "{{{{ item }}}}"
+    params: {{tokens: 100, token_delay_ms: 4}}
+"""
+RUN_URL = re.compile(r"/v1/runs/[^/?]+$")
+ITEMS_URL = re.compile(r"/v1/runs/[^/]+/steps/[^/]+/items\?")
+
+
+async def test_a_fan_out_fetches_only_its_new_items_not_the_whole_run_per_item(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """Each finished item's event once made the page read the whole run again (every step,
+    every item's output) four times a second; now it reads only the items it lacks, each
+    once, batched, and the whole run at the run's start and end."""
+    await create_from_page(page, MANY_ITEMS_FAN_OUT)
+    whole: list[int] = []  # response bytes of each read of the whole run
+    fetched: list[int] = []  # the indexes the items' reads brought
+    item_bytes: list[int] = []
+    reads: list[asyncio.Future[None]] = []
+
+    async def note(response: Response) -> None:
+        path = response.url.removeprefix(stack.base_url)
+        if response.request.method != "GET" or not (RUN_URL.search(path) or ITEMS_URL.search(path)):
+            return
+        body = await response.body()
+        if ITEMS_URL.search(path):
+            item_bytes.append(len(body))
+            fetched.extend(i["index"] for i in json.loads(body)["items"])
+        else:
+            whole.append(len(body))
+
+    page.on("response", lambda response: reads.append(asyncio.ensure_future(note(response))))
+    await page.get_by_role("button", name="Start", exact=True).click()
+    workflow_id = page.url.rsplit("/", 1)[1]
+    # A second tab opened mid-fan-out: the items so far from the run, the rest as they finish.
+    await expect(page.locator(".fanout-count")).to_have_text(re.compile(r"^[1-9]\d*/"))
+    late = await page.context.new_page()
+    await late.goto(stack.base_url + "/")
+    await late.get_by_label("API key").fill(API_KEY)
+    await late.get_by_role("button", name="Sign in").click()
+    await open_workflow(late, workflow_id, "Many items")
+    started = int((await late.locator(".fanout-count").text_content() or "0/").split("/")[0])
+    assert started < MANY_ITEMS, "too fast to open mid-fan-out"
+
+    for tab in (page, late):
+        detail = tab.locator(".detail")
+        await expect(detail).to_have_attribute("data-run-status", "completed", timeout=30_000)
+        fan_out = (await get_run(http, stack, await shown_run_id(tab)))["steps"][1]
+        fan = tab.locator(f"#step-{fan_out['id']}")
+        await expect(fan.locator(".fanout-count")).to_have_text(f"{MANY_ITEMS}/{MANY_ITEMS}")
+        shown = fan.locator(".item-output")
+        await expect(shown).to_have_count(MANY_ITEMS)
+        await expect(shown).to_have_text([words(i["output"]) for i in fan_out["items"]])
+    await asyncio.gather(*reads)
+
+    assert len(whole) <= 3, f"the whole run was read {len(whole)} times"  # start, end
+    assert sorted(fetched) == sorted(set(fetched)), "an item was fetched twice"
+    assert 0 < len(item_bytes) < MANY_ITEMS / 2, "items were not fetched in batches"

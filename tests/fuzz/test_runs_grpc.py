@@ -257,6 +257,10 @@ async def test_random_ids(
         runs.ResumeWorkflow(runs_pb2.ResumeWorkflowRequest(workflow_id=some_id), **kw()),
         runs.DuplicateWorkflow(runs_pb2.DuplicateWorkflowRequest(workflow_id=some_id), **kw()),
         runs.GetProject(runs_pb2.GetProjectRequest(project_id=some_id), **kw()),
+        runs.ListStepItems(
+            runs_pb2.ListStepItemsRequest(run_id=some_id, step_id=some_id, from_index=index),
+            **kw(),
+        ),
     ]
     for call in calls:
         assert await answer(call) is None  # nothing has these ids
@@ -277,6 +281,32 @@ async def test_operations_on_a_real_step(
     await answer(
         runs.RetryStep(runs_pb2.RetryStepRequest(step_id=step_id, cascade=cascade), **kw())
     )
+
+
+@FUZZ
+@given(step_id=st.one_of(st.just("real"), IDS), from_index=INT32, limit=INT32)
+@example(step_id="real", from_index=-1, limit=0)
+@example(step_id="real", from_index=2**31 - 1, limit=500)
+@example(step_id="real", from_index=0, limit=501)
+async def test_list_step_items(
+    runs: runs_pb2_grpc.RunsStub, step_id: str, from_index: int, limit: int
+) -> None:
+    """A run's step items with random bounds: a page within them, or a refusal naming its
+    field; a random step id is NOT_FOUND."""
+    workflow = await a_workflow(runs)
+    run: pb.Run = await runs.CreateRun(runs_pb2.CreateRunRequest(workflow_id=workflow.id), **kw())
+    real = step_id == "real"
+    request = runs_pb2.ListStepItemsRequest(
+        run_id=run.id,
+        step_id=workflow.steps[0].id if real else step_id,
+        from_index=from_index,
+        limit=limit,
+    )
+    page = await answer(runs.ListStepItems(request, **kw()))
+    if real and from_index >= 0 and 0 <= limit <= 500:
+        assert page is not None and list(page.items) == []
+    else:
+        assert page is None
 
 
 @FUZZ

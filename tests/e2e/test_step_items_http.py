@@ -1,0 +1,105 @@
+"""GET /v1/runs/{run_id}/steps/{step_id}/items over the real process stack: a real fan-out's
+items page by page, as the page fetches those it lacks; bad input is a 400 naming its field,
+wrong ids 404 (another tenant's: test_tenant_walls_http, which walks every route)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from nyxflow import events as ev
+from tests.support.gateway_api import create_workflow, get_run, start_run
+from tests.support.processes import ProcessStack
+from tests.support.sse_client import read_events
+
+FAN_OUT = [
+    {"name": "Topics", "kind": "llm", "provider": "local", "params": {"items": 12, "tokens": 4}},
+    {
+        "name": "Each",
+        "kind": "fan_out",
+        "source": "Topics",
+        "split": "headings",
+        "prompt": "Detail: {{ item }}",
+        "provider": "local",
+        "params": {"tokens": 5},
+    },
+]
+
+
+async def fanned_out(http: httpx.AsyncClient, stack: ProcessStack) -> dict[str, Any]:
+    """A finished run of a fan-out of 12 items."""
+    workflow = await create_workflow(http, stack, "items", FAN_OUT)
+    run_id = await start_run(http, stack, workflow["id"])
+    events = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
+    assert events[-1].event == ev.RUN_COMPLETED
+    return await get_run(http, stack, run_id)
+
+
+async def items(
+    http: httpx.AsyncClient, stack: ProcessStack, run_id: str, step_id: str, **params: Any
+) -> httpx.Response:
+    url = f"/v1/runs/{run_id}/steps/{step_id}/items"
+    return await http.get(url, params=params, headers=stack.headers)
+
+
+async def test_a_fan_outs_items_page_by_page(http: httpx.AsyncClient, stack: ProcessStack) -> None:
+    run = await fanned_out(http, stack)
+    step = run["steps"][1]
+    assert len(step["items"]) == 12
+
+    whole = await items(http, stack, run["id"], step["id"])
+    assert whole.status_code == 200, whole.text
+    assert whole.json() == {"items": step["items"], "next_index": None}
+
+    seen: list[tuple[list[int], int | None]] = []
+    next_index: int | None = 0
+    while next_index is not None:
+        page = (
+            await items(http, stack, run["id"], step["id"], from_index=next_index, limit=5)
+        ).json()
+        next_index = page["next_index"]
+        seen.append(([i["index"] for i in page["items"]], next_index))
+    assert seen == [([0, 1, 2, 3, 4], 5), ([5, 6, 7, 8, 9], 10), ([10, 11], None)]
+
+    tail = (await items(http, stack, run["id"], step["id"], from_index=11)).json()
+    assert tail == {"items": step["items"][11:], "next_index": None}
+    none = (await items(http, stack, run["id"], run["steps"][0]["id"])).json()
+    assert none == {"items": [], "next_index": None}  # an llm step has no items
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"from_index": -1}, "from_index"),
+        ({"from_index": 2**31}, "from_index"),
+        ({"from_index": "x"}, "from_index"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 501}, "limit"),
+        ({"limit": "1.5"}, "limit"),
+    ],
+)
+async def test_bad_input_is_a_400_naming_its_field(
+    http: httpx.AsyncClient, stack: ProcessStack, params: dict[str, Any], field: str
+) -> None:
+    workflow = await create_workflow(http, stack, "bad", FAN_OUT)
+    run_id = await start_run(http, stack, workflow["id"])
+    response = await items(http, stack, run_id, workflow["steps"][1]["id"], **params)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["field"] == field
+
+
+async def test_wrong_ids_are_404(http: httpx.AsyncClient, stack: ProcessStack) -> None:
+    one = await create_workflow(http, stack, "one", FAN_OUT)
+    other = await create_workflow(http, stack, "other", FAN_OUT)
+    run_id = await start_run(http, stack, one["id"])
+    missing = "00000000-0000-0000-0000-000000000000"
+    for run, step in [
+        (missing, one["steps"][1]["id"]),
+        (run_id, missing),
+        (run_id, other["steps"][1]["id"]),  # a real step, of another workflow
+    ]:
+        response = await items(http, stack, run, step)
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == "not_found"
