@@ -93,8 +93,9 @@ async def test_migrations_build_exactly_the_models(database_url: str) -> None:
         await engine.dispose()
 
 
-def refusal(tmp_path: Path, command: list[str], **env: str) -> str:
-    """The stderr of a service that refused to start: one line naming why, no traceback."""
+def refusal(tmp_path: Path, command: list[str], wrapper: tuple[str, ...] = (), **env: str) -> str:
+    """The stderr of a service that refused to start: one line naming why, no traceback.
+    `wrapper`: a command line the service is started through."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("NYXFLOW_")}
     environment.update(
         NYXFLOW_RUNS_LISTEN=f"127.0.0.1:{free_port()}",
@@ -103,7 +104,7 @@ def refusal(tmp_path: Path, command: list[str], **env: str) -> str:
     )
     environment.update(env)
     done = subprocess.run(
-        [sys.executable, "-m", *command],
+        [*wrapper, sys.executable, "-m", *command],
         env=environment,
         capture_output=True,
         text=True,
@@ -123,6 +124,7 @@ def refusal(tmp_path: Path, command: list[str], **env: str) -> str:
         (["nyxflow_runs", "migrate"], "NYXFLOW_DATABASE_URL", "not a url"),
         (["nyxflow_engine"], "NYXFLOW_LEASE_TTL_S", "0"),
         (["nyxflow_engine"], "NYXFLOW_DEFAULT_PROVIDERS", "local"),
+        (["nyxflow_engine"], "NYXFLOW_COMMAND_SANDBOX", "chroot"),
         (["nyxflow_gateway"], "NYXFLOW_GATEWAY_PORT", "http"),
     ],
 )
@@ -148,3 +150,33 @@ def test_a_metrics_port_taken_is_refused_naming_the_setting(tmp_path: Path) -> N
         port = taken.getsockname()[1]
         stderr = refusal(tmp_path, ["nyxflow_engine"], NYXFLOW_METRICS_PORT=str(port))
     assert f"NYXFLOW_METRICS_PORT: cannot serve metrics on 127.0.0.1:{port}" in stderr
+
+
+# The engine in a user namespace that may create none: as where user namespaces are off.
+NO_USER_NAMESPACES = (
+    "unshare",
+    "--user",
+    "--map-current-user",
+    "sh",
+    "-c",
+    'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"',
+    "sh",
+)
+
+
+@pytest.mark.parametrize(
+    ("wrapper", "env", "why"),
+    [
+        ((), {"PATH": "/nonexistent"}, "cannot run unshare: No such file or directory"),
+        (NO_USER_NAMESPACES, {}, "unshare failed: No space left on device"),
+    ],
+    ids=["no-unshare", "no-user-namespaces"],
+)
+def test_an_engine_that_cannot_sandbox_commands_refuses_to_start(
+    tmp_path: Path, wrapper: tuple[str, ...], env: dict[str, str], why: str
+) -> None:
+    """Never a quiet start without the sandbox: the one line says why and what to do."""
+    stderr = refusal(tmp_path, ["nyxflow_engine"], wrapper, **env)
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("nyxflow engine: NYXFLOW_COMMAND_SANDBOX: "), stderr
+    assert why in line and "NYXFLOW_COMMAND_SANDBOX=none" in line

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nyxflow_engine.tools import commands
+from nyxflow_engine.tools import commands, sandbox
 from nyxflow_engine.tools.commands import run
+from nyxflow_engine.tools.sandbox import Sandbox
 from tests.support.eventually import eventually
 
 
@@ -111,6 +112,10 @@ def _escaper(marker: str) -> str:
     return f'( "{sys.executable}" -c "{code}" {marker} & )'
 
 
+SANDBOXES = pytest.mark.parametrize("namespaces", [True, False], ids=["sandboxed", "unsandboxed"])
+
+
+@SANDBOXES
 @pytest.mark.parametrize(
     ("rest", "timeout_s", "code", "output"),
     [
@@ -120,28 +125,42 @@ def _escaper(marker: str) -> str:
     ids=["ends", "times-out"],
 )
 async def test_what_a_contained_command_lets_escape_its_group_is_killed_with_it(
-    tmp_path: Path, rest: str, timeout_s: float, code: int, output: str
+    tmp_path: Path, rest: str, timeout_s: float, code: int, output: str, namespaces: bool
 ) -> None:
     marker = f"nyxflow-test-{uuid.uuid4().hex}"
     line = f"{_escaper(marker)}; {rest}"
 
-    done = await run(tmp_path, "sh", "-c", line, timeout_s=timeout_s, contained=True)
+    done = await run(
+        tmp_path,
+        "sh",
+        "-c",
+        line,
+        timeout_s=timeout_s,
+        contained=True,
+        sandbox=Sandbox(namespaces=namespaces),
+    )
 
     assert (done.code, done.output.strip()) == (code, output)
     await eventually(lambda: asyncio.to_thread(_running, marker), lambda pids: not pids)
 
 
-async def test_a_contained_command_dies_with_the_engine(tmp_path: Path) -> None:
+@SANDBOXES
+async def test_a_contained_command_dies_with_the_engine(tmp_path: Path, namespaces: bool) -> None:
     """The engine is SIGKILLed mid-command: nothing is left to kill the command's group, so
-    the keeper notices its parent is gone and kills the command and all it started."""
+    the keeper notices the engine is gone and kills the command and all it started."""
     marker = f"nyxflow-test-{uuid.uuid4().hex}"
     line = f"{_escaper(marker)}; sleep 60 # {marker}"
     engine = (
         "import asyncio, sys; from pathlib import Path; "
         "from nyxflow_engine.tools.commands import run; "
-        "asyncio.run(run(Path(sys.argv[1]), 'sh', '-c', sys.argv[2], contained=True))"
+        "from nyxflow_engine.tools.sandbox import Sandbox; "
+        "sandbox = Sandbox(namespaces=sys.argv[3] == 'True'); "
+        "asyncio.run(run(Path(sys.argv[1]), 'sh', '-c', sys.argv[2], contained=True, "
+        "sandbox=sandbox))"
     )
-    stand_in = await asyncio.create_subprocess_exec(sys.executable, "-c", engine, tmp_path, line)
+    stand_in = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", engine, tmp_path, line, str(namespaces)
+    )
     try:
         # The stand-in, the keeper, the command's shell and the escaped sleeper (all four
         # carry the marker): the command is under way when the engine dies.
@@ -160,15 +179,24 @@ async def test_a_contained_command_keeps_its_exit_status_and_reasons(tmp_path: P
     assert missing.code == 127 and "cannot run no-such-program-anywhere" in missing.output
 
 
-async def test_a_keeper_whose_engine_died_as_it_started_runs_nothing(tmp_path: Path) -> None:
-    """Its parent is not the engine it was started by: it exits, the command never run."""
+@pytest.mark.parametrize("handed", ["hung-up", "not-open"])
+async def test_a_keeper_whose_engine_died_as_it_started_runs_nothing(
+    tmp_path: Path, handed: str
+) -> None:
+    """The engine's line it is handed has hung up (or is no open descriptor): the engine is
+    gone, so it exits, the command never run."""
     marker = tmp_path / "ran"
-    reaper = Path(commands.__file__).with_name("reaper.py")
-    not_the_parent = str(os.getpid() + 1_000_000)
-    keeper = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-S", str(reaper), not_the_parent, "touch", str(marker)
-    )
-    assert await asyncio.wait_for(keeper.wait(), 10) == 128 + signal.SIGTERM
+    reaper = Path(sandbox.__file__).with_name("reaper.py")
+    line, engine_end = os.pipe()
+    os.close(engine_end)  # the engine died
+    try:
+        fd = line if handed == "hung-up" else line + 1000
+        keeper = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-S", str(reaper), str(fd), "touch", str(marker), pass_fds=[line]
+        )
+        assert await asyncio.wait_for(keeper.wait(), 10) == 128 + signal.SIGTERM
+    finally:
+        os.close(line)
     assert not marker.exists()
 
 

@@ -1,9 +1,11 @@
 """What a service is given at start-up and cannot use is refused naming the setting: the
-database URL (the form hosts hand out is taken), a metrics port taken, a list not JSON."""
+database URL (the form hosts hand out is taken), a metrics port taken, a list not JSON, a
+command sandbox that cannot be built."""
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,8 @@ from nyxflow.cli.connection import load_settings
 from nyxflow.errors import InvalidArgument
 from nyxflow.metrics import serve_metrics
 from nyxflow_engine.settings import EngineSettings
+from nyxflow_engine.tools.sandbox import Sandbox
+from nyxflow_engine.tools.sandbox_check import refuse_a_broken_sandbox
 from nyxflow_runs.db import create_engine
 
 
@@ -75,3 +79,17 @@ def test_a_list_setting_that_is_not_json_names_the_variable(
     with pytest.raises(InvalidArgument) as refused:
         load_settings(EngineSettings)
     assert refused.value.field == "NYXFLOW_DEFAULT_PROVIDERS"
+
+
+async def test_a_sandbox_that_cannot_be_built_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    await refuse_a_broken_sandbox(Sandbox())  # it works here
+    monkeypatch.setenv("PATH", str(tmp_path))  # no unshare to be found
+
+    with pytest.raises(InvalidArgument) as refused:
+        await refuse_a_broken_sandbox(Sandbox())
+
+    assert refused.value.field == "NYXFLOW_COMMAND_SANDBOX"
+    assert "cannot run unshare" in refused.value.message
+    await refuse_a_broken_sandbox(Sandbox(namespaces=False))  # none: nothing to build

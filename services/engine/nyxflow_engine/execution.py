@@ -24,6 +24,7 @@ from nyxflow_engine.steps.generation import (
     generated_specs,
 )
 from nyxflow_engine.steps.registry import runner_for
+from nyxflow_engine.tools.sandbox import Sandbox
 from nyxflow_engine.writer import LeaseLost, RunWriter, draft
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ class Execution:
             self._settings.delta_flush_ms / 1000,
             self._run_pb.tenant_id,
             self._settings.repos_root,
+            Sandbox.from_settings(self._settings),
         )
         started = time.monotonic()
         try:

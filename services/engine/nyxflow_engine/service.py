@@ -16,6 +16,8 @@ from nyxflow_engine.providers.registry import Providers
 from nyxflow_engine.servicer import EngineServicer
 from nyxflow_engine.settings import EngineSettings
 from nyxflow_engine.tools import scratch
+from nyxflow_engine.tools.sandbox import Sandbox
+from nyxflow_engine.tools.sandbox_check import refuse_a_broken_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, or until `stop` is set when embedded (tests)."""
+    await refuse_a_broken_sandbox(Sandbox.from_settings(settings))
     channel = open_channel(settings.runs_addr)
     executor = Executor(channel, settings, Providers.from_settings(settings))
     service = GrpcService([SERVICE_NAME], settings.engine_listen, stop)

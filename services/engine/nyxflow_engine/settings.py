@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -25,6 +26,10 @@ class EngineSettings(CommonSettings):
     shutdown_grace_s: float = 10.0
     adopt_interval_s: float = 1.0  # how often requeued runs (on_orphan: resume) are looked for
     runs_wait_s: float = 60.0  # start-up waits this long for the runs service
+    # A tenant's test command: in namespaces of its own (tools/sandbox.py), or "none": beside
+    # the engine, able to read the engine's /proc. Checked at start-up, never turned off quietly.
+    command_sandbox: Literal["namespaces", "none"] = "namespaces"
+    command_network: bool = False  # true: a sandboxed command shares the host's network
     # Providers: keys are secrets (never logged, never stored); base URLs point at proxies,
     # test servers or, for openai_compatible, a local model server.
     # The chain for steps whose step, workflow and tenant name none.

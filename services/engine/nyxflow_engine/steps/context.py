@@ -14,6 +14,7 @@ from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.providers.base import FINISH_STOP, Completion, CompletionRequest
 from nyxflow_engine.providers.registry import Providers
+from nyxflow_engine.tools.sandbox import SANDBOXED, Sandbox
 from nyxflow_engine.writer import RunWriter, draft
 
 
@@ -110,6 +111,7 @@ class StepContext:
     flush_s: float
     tenant_id: str = ""
     repos_root: str | None = None  # where the tenant's repositories may be (nyxflow/repos.py)
+    sandbox: Sandbox = SANDBOXED  # where the tenant's commands run (tools/sandbox.py)
 
     @property
     def spec(self) -> pb.StepSpec:

@@ -23,6 +23,7 @@ async def run_tool(ctx: StepContext) -> StepResult:
         save,
         ctx.tenant_id,
         ctx.repos_root,
+        ctx.sandbox,
     )
     output = await tool_for(name)(call)
     return StepResult(output=output, served_by=f"tool:{name}")

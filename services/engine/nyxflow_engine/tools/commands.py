@@ -8,7 +8,9 @@ process group of its own, and the whole group is killed once the command has end
 timeout, or when the run stops: killing only the direct child would leave what it started (a
 test server, a hung test process) running for ever. A tenant's command is also `contained`:
 it runs under a keeper (`reaper.py`) that catches what leaves the group (setsid, a daemon's
-double fork) and kills it too, and that kills everything if the engine itself dies.
+double fork) and kills it too, and that kills everything if the engine itself dies; and in a
+sandbox (`sandbox.py`), where it cannot see the engine's processes nor, by default, reach the
+network.
 
 Output goes to a file, not a pipe: a background process that inherited a pipe would hold it
 open, and reading it to the end would wait for that process, not for the command. The exit
@@ -23,11 +25,13 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from nyxflow_engine.tools.sandbox import SANDBOXED, Sandbox
 
 # What a child keeps of the engine's environment; everything else is left out.
 KEPT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
@@ -53,7 +57,6 @@ def clean_environment(home: Path | None = None) -> dict[str, str]:
 
 
 POLL_S = (0.001, 0.05)  # the exit is polled from 1 ms, doubling up to 50 ms
-REAPER = Path(__file__).with_name("reaper.py")
 COMMAND_OUTPUT_BYTES = 1 << 20  # of a tenant's command's output, the last MiB is read
 KEEPER_STOP_S = 5.0  # for the keeper to kill what the command left, before the group is killed
 
@@ -66,18 +69,20 @@ async def run(
     merge_stderr: bool = True,
     home: Path | None = None,
     contained: bool = False,
+    sandbox: Sandbox = SANDBOXED,
     binary: bool = False,
 ) -> Outcome:
     """`args` in `cwd`; the exit code -1 and a message if it outlives `timeout_s`.
-    `contained`: under the keeper (see the module's docstring), for code not the engine's.
-    `binary`: stdout as bytes (file contents: a length in bytes must stay one)."""
-    if contained:
-        args = (sys.executable, "-I", "-S", str(REAPER), str(os.getpid()), *args)
+    `contained`: under the keeper, in `sandbox` (see the module's docstring), for code not
+    the engine's. `binary`: stdout as bytes (file contents: a length in bytes must stay one)."""
     with (
+        _engine_line(contained) as engine,
         tempfile.TemporaryFile() as given,
         tempfile.TemporaryFile() as out,
         tempfile.TemporaryFile() as err,
     ):
+        if engine is not None:
+            args = sandbox.command(engine, args)
         if stdin:
             given.write(stdin)
             given.seek(0)
@@ -92,6 +97,7 @@ async def run(
                 stderr=subprocess.STDOUT if merge_stderr else err,
                 env=clean_environment(home),
                 start_new_session=True,  # its own process group, killed as one
+                pass_fds=() if engine is None else (engine,),
             )
         )
         try:
@@ -106,8 +112,10 @@ async def run(
         try:
             ended = await _exited(process, timeout_s)
         finally:
-            # The command has ended, or must: whatever it left behind goes with it.
-            if contained and process.poll() is None:
+            # The command has ended, or must: whatever it left behind goes with it. In a
+            # sandbox the group's SIGKILL reaches the keeper, its PID namespace's init, and the
+            # kernel then kills all the namespace holds (unshare ignores SIGTERM, so no asking).
+            if contained and not sandbox.namespaces and process.poll() is None:
                 _signal(process.pid, signal.SIGTERM)  # the keeper kills all it holds, then exits
                 await _exited(process, KEEPER_STOP_S)
             _kill_group(process)
@@ -123,6 +131,22 @@ async def run(
         keep = COMMAND_OUTPUT_BYTES if contained else None
         output, errors = await asyncio.to_thread(lambda: (_text(out, keep), _text(err, keep)))
     return Outcome(process.returncode or 0, output, errors)
+
+
+@contextlib.contextmanager
+def _engine_line(wanted: bool) -> Iterator[int | None]:
+    """The read end of a pipe only the engine holds the write end of, for a keeper: it
+    hangs up when the engine exits, whatever pid the keeper sees the engine under (none, in a
+    PID namespace). Not a pidfd: a command that got hold of one could signal the engine."""
+    if not wanted:
+        yield None
+        return
+    read, write = os.pipe()  # neither inherited but by the keeper (pass_fds)
+    try:
+        yield read
+    finally:
+        os.close(read)
+        os.close(write)
 
 
 async def _exited(process: subprocess.Popen[bytes], timeout_s: float) -> bool:

@@ -21,6 +21,7 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.tools.commands import run
 from nyxflow_engine.tools.diffs import Proposed, diffs_in, files_of
 from nyxflow_engine.tools.registry import ToolCall
+from nyxflow_engine.tools.sandbox import Sandbox
 from nyxflow_engine.tools.scratch import make as make_scratch
 from nyxflow_engine.tools.scratch import remove as remove_scratch
 
@@ -51,7 +52,7 @@ async def review_patches(call: ToolCall) -> str:
     scratch = await asyncio.to_thread(make_scratch)
     try:
         report, patch = await _review(
-            source, scratch / "repo", diffs_in(call.prompt), command, float(timeout)
+            source, scratch / "repo", diffs_in(call.prompt), command, float(timeout), call.sandbox
         )
     finally:
         await asyncio.to_thread(remove_scratch, scratch)
@@ -68,7 +69,12 @@ async def review_patches(call: ToolCall) -> str:
 
 
 async def _review(
-    source: Path, clone: Path, diffs: list[Proposed], command: str, timeout_s: float
+    source: Path,
+    clone: Path,
+    diffs: list[Proposed],
+    command: str,
+    timeout_s: float,
+    sandbox: Sandbox,
 ) -> tuple[dict[str, Any], str]:
     cloned = await run(
         source.parent, "git", "clone", "--quiet", "--shared", str(source), str(clone)
@@ -96,7 +102,12 @@ async def _review(
             home = clone.parent / "home"  # the command's own, inside the scratch folder
             home.mkdir(exist_ok=True)
             tested = await run(
-                clone, *shlex.split(command), timeout_s=timeout_s, home=home, contained=True
+                clone,
+                *shlex.split(command),
+                timeout_s=timeout_s,
+                home=home,
+                contained=True,
+                sandbox=sandbox,
             )
             # What the tests left (caches, bytecode, build output) is not part of any patch.
             await _restore(clone, before if tested.code != 0 else None)

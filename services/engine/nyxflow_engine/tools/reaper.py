@@ -1,13 +1,20 @@
-"""The keeper of a tenant's command: `python reaper.py ENGINE_PID PROGRAM ARGS...`, started by
-the engine (whose pid it is given: an engine that died while this process was starting must
-not be mistaken for its parent).
+"""The keeper of a tenant's command: `python reaper.py [--sandboxed] ENGINE_FD PROGRAM ARGS...`,
+started by the engine, which hands it ENGINE_FD, the read end of a pipe whose write end only
+the engine holds: it hangs up when the engine dies, whatever pid the keeper sees the engine
+under (none, in a PID namespace of its own), and an engine that died while this process was
+starting is never mistaken for a live one.
 
 A process group is not a cage: a test suite's server that calls setsid(), or daemonizes by
 double fork, leaves the group, and killing the group leaves it running for ever. This process
 is a child subreaper (Linux): whatever the command starts and orphans is reparented here,
 never beyond, so it can always be found (as a child of this process) and killed. Everything
 goes when the command exits, when the engine asks (SIGTERM: a timeout, a cancelled run), or
-when the engine itself is gone (this process then has another parent).
+when the engine itself is gone.
+
+`--sandboxed`: this process is the init of the command's namespaces (sandbox.py). It brings
+up the loopback of a network namespace of its own, and the command starts with no capability
+at all (none can be regained through a setuid program either), so it cannot undo its sandbox:
+unmount its /proc to find the host's below, take its loopback down.
 
 The exit status is the command's: its code, or 128 + the signal that killed it, as a shell
 reports it. A program that cannot be started exits 127 with the reason on stderr.
@@ -20,19 +27,75 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import sys
 from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
-PARENT_CHECK_S = 0.5  # how soon the engine's death is noticed
+PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 23, 24, 38
+CAPABILITY_VERSION_3 = 0x20080522
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+IFREQ = "16sH22x"  # struct ifreq: the interface's name, then its flags
+ENGINE_CHECK_S = 0.5  # how soon the engine's death is noticed
 WATCHED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 STOPPED = 128 + signal.SIGTERM
 
 
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint32) for name in ("effective", "permitted", "inheritable")]
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def become_subreaper() -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    return bool(LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def engine_gone(engine: int) -> bool:
+    """The engine's pipe hangs up once it has exited (nothing is ever written to it); a
+    descriptor not open counts as an engine gone (nothing says it is alive)."""
+    poller = select.poll()
+    poller.register(engine, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def loopback_up() -> None:
+    """A network namespace of its own starts with its loopback down: a test suite serving
+    on 127.0.0.1 needs it up. The host's, when shared, is up already and left alone."""
+    # Imported here: an unsandboxed keeper starts without them.
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        asked = struct.pack(IFREQ, b"lo", 0)
+        flags = struct.unpack(IFREQ, fcntl.ioctl(sock, SIOCGIFFLAGS, asked))[1]
+        if not flags & IFF_UP:
+            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
+
+
+def drop_capabilities() -> None:
+    """None left, none to gain on exec: the bounding set empties (a root user's program
+    would get it back), the sets are cleared (the ambient set with the inheritable), and no
+    setuid program or file capability raises them again."""
+    _check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+    cap = 0
+    while LIBC.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0:  # up to the kernel's last one
+        _check(LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
+        cap += 1
+    _check(LIBC.capset(ctypes.byref(CapHeader(CAPABILITY_VERSION_3, 0)), (CapData * 2)()))
+
+
+def _check(result: int) -> None:
+    if result < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
 
 
 def children(pid: int) -> list[int]:
@@ -80,10 +143,16 @@ def kill_all() -> None:
                 os.waitpid(pid, 0)
 
 
-def start(args: list[str]) -> int:
+def start(args: list[str], sandboxed: bool) -> int:
     pid = os.fork()
     if pid == 0:  # the command: the signals this process waits on are its own again
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        try:
+            if sandboxed:
+                drop_capabilities()
+        except OSError as error:
+            print(f"cannot drop capabilities: {error.strerror}", file=sys.stderr)
+            os._exit(127)
         try:
             os.execvp(args[0], args)
         except OSError as error:
@@ -98,21 +167,30 @@ def exit_code(status: int) -> int:
 
 
 def main(args: list[str]) -> int:
+    sandboxed = args[:1] == ["--sandboxed"]
+    args = args[1:] if sandboxed else args
     if len(args) < 2 or not args[0].isdigit():
-        print("usage: reaper.py ENGINE_PID PROGRAM [ARGS...]", file=sys.stderr)
+        print("usage: reaper.py [--sandboxed] ENGINE_FD PROGRAM [ARGS...]", file=sys.stderr)
         return 2
-    parent, args = int(args[0]), args[1:]
+    engine, args = int(args[0]), args[1:]
     become_subreaper()  # if refused, the engine's group kill is still there
     signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
-    if os.getppid() != parent:
+    if engine_gone(engine):
         return STOPPED  # the engine died as this process started: nothing is run
-    command = start(args)
+    os.set_inheritable(engine, False)  # the command's business is not the engine's life
+    if sandboxed:
+        try:
+            loopback_up()
+        except OSError as error:
+            print(f"cannot bring the loopback up: {error.strerror}", file=sys.stderr)
+            return 127
+    command = start(args, sandboxed)
     try:
         while True:
-            received = signal.sigtimedwait(WATCHED, PARENT_CHECK_S)
+            received = signal.sigtimedwait(WATCHED, ENGINE_CHECK_S)
             if received is not None and received.si_signo != signal.SIGCHLD:
                 return STOPPED
-            if os.getppid() != parent:
+            if engine_gone(engine):
                 return STOPPED  # the engine is gone: nobody will read the outcome
             status = reap().get(command)
             if status is not None:

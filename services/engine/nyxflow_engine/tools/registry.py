@@ -13,6 +13,7 @@ from nyxflow.errors import InvalidArgument
 from nyxflow.repos import readable_folder
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.tools.commands import run
+from nyxflow_engine.tools.sandbox import SANDBOXED, Sandbox
 
 SaveArtifacts = Callable[[Sequence[pb.Artifact], Sequence[pb.Finding]], Awaitable[None]]
 
@@ -24,6 +25,7 @@ class ToolCall:
     save: SaveArtifacts  # stores artifacts and findings with the run, before the step completes
     tenant_id: str = ""
     repos_root: str | None = None  # NYXFLOW_REPOS_ROOT: see nyxflow/repos.py
+    sandbox: Sandbox = SANDBOXED  # where the tenant's commands run (NYXFLOW_COMMAND_SANDBOX)
 
     async def repository(self) -> Path:
         """`params.path`: the top folder of a git work tree the run's tenant may read. A folder
