@@ -93,7 +93,9 @@ async def test_migrations_build_exactly_the_models(database_url: str) -> None:
         await engine.dispose()
 
 
-def refusal(tmp_path: Path, command: list[str], wrapper: tuple[str, ...] = (), **env: str) -> str:
+def refusal(
+    tmp_path: Path, command: list[str], wrapper: tuple[str, ...] = (), /, **env: str
+) -> str:
     """The stderr of a service that refused to start: one line naming why, no traceback.
     `wrapper`: a command line the service is started through."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("NYXFLOW_")}
