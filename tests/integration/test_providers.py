@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -16,65 +14,15 @@ from nyxflow import events as ev
 from nyxflow.auth import bearer_metadata
 from nyxflow.client import AdminClient
 from nyxflow.v1 import common_pb2 as pb
-from tests.support.fake_providers import FakeProviders, Reply, fake_providers
-from tests.support.inprocess import ADMIN_KEY, Clients, clients, engine_service
-
-KEYS: dict[str, Any] = {  # engine settings
-    "anthropic_api_key": "sk-ant-secret-4242",
-    "openai_api_key": "sk-openai-secret-4242",
-    "google_api_key": "AIza-secret-4242",
-    "openai_compatible_api_key": "local-secret-4242",
-}
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProviders]:
-    async with fake_providers() as server:
-        yield server
-
-
-@pytest.fixture
-async def api(runs_addr: str, fake: FakeProviders) -> AsyncIterator[Clients]:
-    """Runs plus an engine whose providers all point at the fake server."""
-    async with (
-        engine_service(
-            runs_addr,
-            **KEYS,
-            anthropic_base_url=fake.base_url,
-            openai_base_url=f"{fake.base_url}/v1",
-            openai_compatible_base_url=f"{fake.base_url}/v1",
-            google_base_url=fake.base_url,
-            provider_backoff_s=0.01,
-            provider_backoff_max_s=0.05,
-            delta_flush_ms=0,
-        ) as engine,
-        clients(runs_addr, engine.engine_listen) as c,
-    ):
-        yield c
-
-
-def step(name: str, providers: list[str], **fields: Any) -> pb.StepSpec:
-    return pb.StepSpec(name=name, kind="llm", prompt="Write it.", providers=providers, **fields)
-
-
-async def run_steps(api: Clients, *steps: pb.StepSpec) -> tuple[pb.Run, list[pb.RunEvent]]:
-    workflow = await api.runs.create_workflow("providers", list(steps))
-    run = await api.runs.create_run(workflow.id)
-    assert api.engine is not None
-    events = [e async for e in api.engine.execute(run.id)]
-    return await api.runs.get_run(run.id), events
-
-
-def of_type(events: list[pb.RunEvent], type_: str) -> list[dict[str, Any]]:
-    return [json.loads(e.data_json) for e in events if e.type == type_]
-
-
-def streamed_text(events: list[pb.RunEvent]) -> str:
-    """What a browser shows: deltas appended, a reset discarding what came before it."""
-    shown = ""
-    for delta in of_type(events, ev.STEP_DELTA):
-        shown = "" if delta.get("reset") else shown + delta["text"]
-    return shown
+from tests.support.fake_providers import FakeProviders, Reply
+from tests.support.inprocess import ADMIN_KEY, Clients
+from tests.support.provider_runs import (
+    KEYS,
+    of_type,
+    run_steps,
+    step,
+    streamed_text,
+)
 
 
 @pytest.mark.parametrize(
@@ -87,12 +35,12 @@ def streamed_text(events: list[pb.RunEvent]) -> str:
     ],
 )
 async def test_streamed_completion_per_provider(
-    api: Clients, fake: FakeProviders, entry: str, wire: str
+    fake_api: Clients, fake: FakeProviders, entry: str, wire: str
 ) -> None:
     answer = "Streaming answers arrive in many small chunks, joined in order."
     fake.script(wire, Reply(text=answer, chunk=5, input_tokens=21, output_tokens=13))
 
-    run, events = await run_steps(api, step("Draft", [entry], persona="Nemesis"))
+    run, events = await run_steps(fake_api, step("Draft", [entry], persona="Nemesis"))
 
     assert run.status == ev.COMPLETED, run.error
     done = run.steps[0]
@@ -107,10 +55,12 @@ async def test_streamed_completion_per_provider(
     assert "Nemesis" in json.dumps(request.body) or "adversar" in json.dumps(request.body).lower()
 
 
-async def test_truncation_at_the_ceiling_is_recorded(api: Clients, fake: FakeProviders) -> None:
+async def test_truncation_at_the_ceiling_is_recorded(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
     fake.script("anthropic", Reply(text="cut off mid", finish="max_tokens", output_tokens=64))
 
-    run, events = await run_steps(api, step("Long", ["anthropic:claude"], max_tokens=64))
+    run, events = await run_steps(fake_api, step("Long", ["anthropic:claude"], max_tokens=64))
 
     done = run.steps[0]
     assert (done.truncated, done.finish_reason) == (True, "max_tokens")
@@ -119,14 +69,15 @@ async def test_truncation_at_the_ceiling_is_recorded(api: Clients, fake: FakePro
 
 
 async def test_credit_exhausted_falls_back_to_the_next_provider(
-    api: Clients, fake: FakeProviders
+    fake_api: Clients, fake: FakeProviders
 ) -> None:
     """The seeds' case: Anthropic out of credit, Gemini serves the step, and both say so."""
     fake.script("anthropic", Reply(error="credit"))
     fake.script("google", Reply(text="Gemini served this."))
 
     run, events = await run_steps(
-        api, step("Plan", ["anthropic:claude-sonnet-4", "google:gemini-2.5-pro", "openai:gpt-4.1"])
+        fake_api,
+        step("Plan", ["anthropic:claude-sonnet-4", "google:gemini-2.5-pro", "openai:gpt-4.1"]),
     )
 
     assert run.status == ev.COMPLETED, run.error
@@ -141,13 +92,13 @@ async def test_credit_exhausted_falls_back_to_the_next_provider(
 
 
 async def test_rate_limited_twice_then_served_without_fallback(
-    api: Clients, fake: FakeProviders
+    fake_api: Clients, fake: FakeProviders
 ) -> None:
     fake.script(
         "openai", Reply(error="rate_limit"), Reply(error="rate_limit"), Reply(text="third time")
     )
 
-    run, events = await run_steps(api, step("Retry", ["openai:gpt-4.1", "google:gemini"]))
+    run, events = await run_steps(fake_api, step("Retry", ["openai:gpt-4.1", "google:gemini"]))
 
     assert run.steps[0].output == "third time"
     assert run.steps[0].served_by == "openai:gpt-4.1"
@@ -156,14 +107,14 @@ async def test_rate_limited_twice_then_served_without_fallback(
 
 
 async def test_every_provider_down_fails_the_step_with_each_reason(
-    api: Clients, fake: FakeProviders
+    fake_api: Clients, fake: FakeProviders
 ) -> None:
     fake.script("anthropic", Reply(error="auth"))
     fake.script("openai", Reply(error="quota"))
     fake.script("google", *(Reply(error="server") for _ in range(3)))
 
     run, events = await run_steps(
-        api, step("Doomed", ["anthropic:claude", "openai:gpt-4.1", "google:gemini"])
+        fake_api, step("Doomed", ["anthropic:claude", "openai:gpt-4.1", "google:gemini"])
     )
 
     assert run.status == ev.FAILED
@@ -177,11 +128,11 @@ async def test_every_provider_down_fails_the_step_with_each_reason(
 
 
 async def test_invalid_request_fails_at_once_with_the_providers_message(
-    api: Clients, fake: FakeProviders
+    fake_api: Clients, fake: FakeProviders
 ) -> None:
     fake.script("anthropic", Reply(error="invalid", message="prompt is too long: 250000 tokens"))
 
-    run, events = await run_steps(api, step("Bad", ["anthropic:claude", "google:gemini"]))
+    run, events = await run_steps(fake_api, step("Bad", ["anthropic:claude", "google:gemini"]))
 
     assert run.status == ev.FAILED
     assert "prompt is too long" in run.steps[0].error
@@ -190,12 +141,12 @@ async def test_invalid_request_fails_at_once_with_the_providers_message(
 
 @pytest.mark.parametrize("wire", ["anthropic", "openai", "google"])
 async def test_a_stream_dropped_half_way_is_retried_without_duplicated_text(
-    api: Clients, fake: FakeProviders, wire: str
+    fake_api: Clients, fake: FakeProviders, wire: str
 ) -> None:
     answer = "one two three four five six seven eight nine ten"
     fake.script(wire, Reply(text=answer, chunk=4, drop_after=3), Reply(text=answer, chunk=4))
 
-    run, events = await run_steps(api, step("Flaky", [f"{wire}:m"]))
+    run, events = await run_steps(fake_api, step("Flaky", [f"{wire}:m"]))
 
     assert run.status == ev.COMPLETED, run.error
     assert run.steps[0].output == answer
@@ -205,31 +156,31 @@ async def test_a_stream_dropped_half_way_is_retried_without_duplicated_text(
 
 
 async def test_workflow_default_chain_applies_to_steps_naming_none(
-    api: Clients, fake: FakeProviders
+    fake_api: Clients, fake: FakeProviders
 ) -> None:
     fake.script("openai", Reply(text="from the workflow's chain"))
-    workflow = await api.runs.create_workflow(
+    workflow = await fake_api.runs.create_workflow(
         "defaults",
         [pb.StepSpec(name="Plain", kind="llm", prompt="p")],
         default_providers=["openai:gpt-4.1-mini"],
     )
     assert list(workflow.steps[0].providers) == ["openai:gpt-4.1-mini"]
-    run = await api.runs.create_run(workflow.id)
-    assert api.engine is not None
-    _ = [e async for e in api.engine.execute(run.id)]
+    run = await fake_api.runs.create_run(workflow.id)
+    assert fake_api.engine is not None
+    _ = [e async for e in fake_api.engine.execute(run.id)]
 
-    done = (await api.runs.get_run(run.id)).steps[0]
+    done = (await fake_api.runs.get_run(run.id)).steps[0]
     assert done.served_by == "openai:gpt-4.1-mini" and done.output == "from the workflow's chain"
 
 
 async def test_keys_never_reach_logs_events_or_the_database(
-    api: Clients, fake: FakeProviders, database_url: str, caplog: pytest.LogCaptureFixture
+    fake_api: Clients, fake: FakeProviders, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     fake.script("anthropic", Reply(error="auth"))
     fake.script("openai", Reply(error="rate_limit"), Reply(text="ok"))
 
-    run, events = await run_steps(api, step("Keys", ["anthropic:claude", "openai:gpt-4.1"]))
+    run, events = await run_steps(fake_api, step("Keys", ["anthropic:claude", "openai:gpt-4.1"]))
 
     assert run.status == ev.COMPLETED
     sent = fake.requests[0].headers
@@ -250,35 +201,35 @@ async def test_keys_never_reach_logs_events_or_the_database(
 
 
 async def test_the_tenant_default_chain_applies_when_step_and_workflow_name_none(
-    api: Clients, fake: FakeProviders
+    fake_api: Clients, fake: FakeProviders
 ) -> None:
     fake.script("google", Reply(text="from the tenant's chain"))
-    admin = AdminClient(api.runs_channel, bearer_metadata(ADMIN_KEY))
+    admin = AdminClient(fake_api.runs_channel, bearer_metadata(ADMIN_KEY))
     await admin.set_tenant_providers("default", ["google:gemini-2.5-flash"])
     plain = pb.StepSpec(name="Plain", kind="llm", prompt="p")
 
-    workflow = await api.runs.create_workflow("tenant defaults", [plain])
+    workflow = await fake_api.runs.create_workflow("tenant defaults", [plain])
     assert list(workflow.steps[0].providers) == ["google:gemini-2.5-flash"]
-    run = await api.runs.create_run(workflow.id)
-    assert api.engine is not None
-    _ = [e async for e in api.engine.execute(run.id)]
-    assert (await api.runs.get_run(run.id)).steps[0].served_by == "google:gemini-2.5-flash"
+    run = await fake_api.runs.create_run(workflow.id)
+    assert fake_api.engine is not None
+    _ = [e async for e in fake_api.engine.execute(run.id)]
+    assert (await fake_api.runs.get_run(run.id)).steps[0].served_by == "google:gemini-2.5-flash"
 
     # The workflow's own chain wins over the tenant's.
-    own = await api.runs.create_workflow("own", [plain], default_providers=["openai:gpt-4.1"])
+    own = await fake_api.runs.create_workflow("own", [plain], default_providers=["openai:gpt-4.1"])
     assert list(own.steps[0].providers) == ["openai:gpt-4.1"]
 
 
 @pytest.mark.parametrize(("wire", "kind"), [("anthropic", "overloaded"), ("openai", "server")])
 async def test_an_error_inside_the_stream_is_retried_without_duplicated_text(
-    api: Clients, fake: FakeProviders, wire: str, kind: str
+    fake_api: Clients, fake: FakeProviders, wire: str, kind: str
 ) -> None:
     """Anthropic's `event: error` (overloaded_error) and OpenAI's `data: {"error": …}` come
     after a 200: the step failed at once as a bad request, never retried or passed on."""
     answer = "one two three four five six seven eight nine ten"
     fake.script(wire, Reply(text=answer, chunk=4, error=kind, error_after=3), Reply(text=answer))
 
-    run, events = await run_steps(api, step("Busy", [f"{wire}:m", "google:gemini"]))
+    run, events = await run_steps(fake_api, step("Busy", [f"{wire}:m", "google:gemini"]))
 
     assert run.status == ev.COMPLETED, run.error
     assert run.steps[0].output == answer
@@ -289,13 +240,15 @@ async def test_an_error_inside_the_stream_is_retried_without_duplicated_text(
 
 
 async def test_a_key_gemini_calls_not_valid_falls_back_at_once(
-    api: Clients, fake: FakeProviders
+    fake_api: Clients, fake: FakeProviders
 ) -> None:
     """Gemini answers a bad key with 400 INVALID_ARGUMENT, not a 401: the next provider."""
     fake.script("google", Reply(error="auth"))
     fake.script("openai", Reply(text="served by openai"))
 
-    run, events = await run_steps(api, step("Plan", ["google:gemini-2.5-pro", "openai:gpt-4.1"]))
+    run, events = await run_steps(
+        fake_api, step("Plan", ["google:gemini-2.5-pro", "openai:gpt-4.1"])
+    )
 
     assert run.status == ev.COMPLETED, run.steps[0].error
     assert run.steps[0].served_by == "openai:gpt-4.1"
@@ -305,7 +258,7 @@ async def test_a_key_gemini_calls_not_valid_falls_back_at_once(
 
 
 async def test_an_anthropic_continuation_joins_without_doubling_the_whitespace_at_the_cut(
-    api: Clients, fake: FakeProviders
+    fake_api: Clients, fake: FakeProviders
 ) -> None:
     """The prefill goes without its trailing whitespace (the API refuses it), so the model
     answers the join's whitespace again: it appeared twice in the output."""
@@ -316,7 +269,7 @@ async def test_an_anthropic_continuation_joins_without_doubling_the_whitespace_a
     )
 
     run, events = await run_steps(
-        api, step("Long", ["anthropic:claude"], max_tokens=8, auto_continue=1)
+        fake_api, step("Long", ["anthropic:claude"], max_tokens=8, auto_continue=1)
     )
 
     assert fake.requests[-1].body["messages"][-1] == {
@@ -328,7 +281,7 @@ async def test_an_anthropic_continuation_joins_without_doubling_the_whitespace_a
 
 
 async def test_a_continuation_retried_mid_stream_keeps_the_first_part_on_screen(
-    api: Clients, fake: FakeProviders
+    fake_api: Clients, fake: FakeProviders
 ) -> None:
     """The retry's reset voided everything the step had streamed, the valid first part too:
     followers saw only the second part until the step completed."""
@@ -340,7 +293,7 @@ async def test_a_continuation_retried_mid_stream_keeps_the_first_part_on_screen(
     )
 
     run, events = await run_steps(
-        api, step("Long", ["openai:gpt-4.1"], max_tokens=8, auto_continue=1)
+        fake_api, step("Long", ["openai:gpt-4.1"], max_tokens=8, auto_continue=1)
     )
 
     assert run.status == ev.COMPLETED, run.error

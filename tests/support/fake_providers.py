@@ -165,6 +165,28 @@ class Reply:
 
 
 @dataclass
+class Raw:
+    """A reply sent as these exact bytes (see provider_wire.py): what the scripted Reply
+    cannot say, such as a stream without its last event, a refusal, a proxy's page."""
+
+    frames: list[bytes]
+    status: int = 200
+    media_type: str = "text/event-stream"
+    drop: bool = False  # close the socket after the frames instead of ending the body
+
+    def response(self) -> _Frames:
+        return _Frames(
+            [],
+            self.frames,
+            [],
+            media_type=self.media_type,
+            headers={},
+            drop=self.drop,
+            status=self.status,
+        )
+
+
+@dataclass
 class Recorded:
     provider: str  # "anthropic" | "openai" | "google"
     path: str
@@ -189,13 +211,15 @@ class _Frames(StreamingResponse):
         headers: Mapping[str, str],
         delay_s: float = 0.0,
         drop: bool = False,
+        status: int = 200,
     ) -> None:
-        super().__init__((), media_type=media_type, headers=headers)
+        super().__init__((), media_type=media_type, headers=headers, status_code=status)
         self.head, self.texts, self.tail = head, texts, tail
         self.delay_s, self.drop = delay_s, drop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
         for frame in self.head:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         for i, frame in enumerate(self.texts):
@@ -228,7 +252,7 @@ class FakeProviders:
     def __init__(self) -> None:
         self.base_url = ""
         self.requests = []
-        self._queues: dict[str, deque[Reply]] = {p: deque() for p in PROVIDERS}
+        self._queues: dict[str, deque[Reply | Raw]] = {p: deque() for p in PROVIDERS}
         self.app = Starlette(
             routes=[
                 Route("/v1/messages", self._anthropic, methods=["POST"]),
@@ -239,7 +263,7 @@ class FakeProviders:
             ]
         )
 
-    def script(self, provider: str, *replies: Reply) -> None:
+    def script(self, provider: str, *replies: Reply | Raw) -> None:
         self._queue(provider).extend(replies)
 
     def count(self, provider: str) -> int:
@@ -252,12 +276,12 @@ class FakeProviders:
         for queue in self._queues.values():
             queue.clear()
 
-    def _queue(self, provider: str) -> deque[Reply]:
+    def _queue(self, provider: str) -> deque[Reply | Raw]:
         if provider not in self._queues:
             raise ValueError(f"unknown provider {provider!r}; expected one of {PROVIDERS}")
         return self._queues[provider]
 
-    def _next(self, provider: str) -> Reply:
+    def _next(self, provider: str) -> Reply | Raw:
         queue = self._queue(provider)
         return queue.popleft() if queue else Reply()
 
@@ -293,6 +317,8 @@ class FakeProviders:
         if not (request.headers.get("x-api-key") or bearer):
             return error(401, "authentication_error", "x-api-key header is required")
         reply = self._next("anthropic")
+        if isinstance(reply, Raw):
+            return reply.response()
         model = str(body.get("model", ""))
         if reply.error is not None and reply.error_after is None:
             status, kind, text = _ANTHROPIC_ERRORS[reply.error]
@@ -391,6 +417,8 @@ class FakeProviders:
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             )
         reply = self._next("openai")
+        if isinstance(reply, Raw):
+            return reply.response()
         model = str(body.get("model", ""))
         if reply.error is not None and reply.error_after is None:
             status, kind, code, message = _OPENAI_ERRORS[reply.error]
@@ -505,6 +533,8 @@ class FakeProviders:
                 "this API.",
             )
         reply = self._next("google")
+        if isinstance(reply, Raw):
+            return reply.response()
         if reply.error is not None:
             status, kind, message = _GOOGLE_ERRORS[reply.error]
             text = reply.message or message.format(model=model, version=version)
@@ -605,6 +635,7 @@ __all__ = [
     "FINISH",
     "PROVIDERS",
     "FakeProviders",
+    "Raw",
     "Recorded",
     "Reply",
     "fake_providers",
