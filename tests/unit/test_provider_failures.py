@@ -34,6 +34,13 @@ TOO_LONG = "prompt is too long: 250000 tokens > 200000 maximum"
         (200, CREDIT, "invalid_request_error", Action.NEXT),
         (400, TOO_LONG, "invalid_request_error", Action.FAIL),
         (422, "messages: field required", "", Action.FAIL),
+        # Cannot serve this caller now, from here: spend limit, expired key, region.
+        (400, "You have reached your specified API usage limits.", "invalid_request_error",
+         Action.NEXT),
+        (400, "API key expired. Please renew the API key.", "INVALID_ARGUMENT", Action.NEXT),
+        (400, "Please renew the API key.", "INVALID_ARGUMENT API_KEY_INVALID", Action.NEXT),
+        (400, "User location is not supported for the API use.", "FAILED_PRECONDITION",
+         Action.NEXT),
     ],
 )  # fmt: skip
 def test_classification(status: int | None, message: str, code: str, action: Action) -> None:
@@ -53,3 +60,16 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
         delays = {policy.delay(attempt) for _ in range(50)}
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(delays) > 1  # jittered, so replicas do not retry in lockstep
+
+
+def test_a_proxys_page_is_named_by_its_title_and_any_reason_is_kept_short() -> None:
+    page = "<!DOCTYPE html><html><head><title>502: Bad gateway</title><style>"
+    page += "a{b:c}" * 500 + "</style></head><body>billing</body></html>"
+    error = failure("anthropic", 502, page)
+    assert error.reason == "anthropic: non-API response: 502: Bad gateway (HTTP 502)"
+    assert error.action is Action.RETRY  # the page's own words ("billing") do not count
+    assert failure("google", 200, "<html><body>no title</body></html>").reason == (
+        "google: non-API response (HTTP 200)"
+    )
+    long = failure("openai", 400, "word " * 200)
+    assert len(long.reason) < 320 and long.reason.endswith("… (HTTP 400)")

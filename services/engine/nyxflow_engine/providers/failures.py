@@ -7,6 +7,7 @@ over the status and the provider's own message and this module decides.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from nyxflow_engine.providers.base import ProviderError
@@ -27,9 +28,23 @@ _OUT_OF_CREDIT = (
     "quota exceeded",
     "exceeded quota",
     "payment required",
+    "api usage limits",  # Anthropic's spend limit, a 400 invalid_request_error
 )
-# A bad key is not always a 401: Gemini answers it with a 400 INVALID_ARGUMENT.
-_BAD_KEY = ("api key not valid", "api_key_invalid", "invalid api key", "invalid x-api-key")
+# A bad key is not always a 401: Gemini answers it (and an expired one) with a 400
+# INVALID_ARGUMENT, whose ErrorInfo reason API_KEY_INVALID the adapter passes as the code.
+_BAD_KEY = (
+    "api key not valid",
+    "api key expired",
+    "api_key_invalid",
+    "invalid api key",
+    "invalid x-api-key",
+)
+# This provider will not serve this caller from here (Gemini's 400 FAILED_PRECONDITION).
+_CANNOT_SERVE_HERE = (
+    "location is not supported",
+    "not available in your country",
+    "failed_precondition",
+)
 _RATE_LIMITED = ("rate_limit", "rate limit", "too many requests", "resource_exhausted")
 # The providers' own words for "our side, try again" (as a code, or mid-stream).
 _TRANSIENT = ("overloaded", "api_error", "server_error")
@@ -49,7 +64,7 @@ class ProviderFailure(ProviderError):
 def classify(status: int | None, message: str, code: str = "") -> Action:
     """`status` None means no HTTP answer: a refused connection, a timeout, a dropped stream."""
     text = f"{code} {message}".lower()
-    if any(fragment in text for fragment in (*_OUT_OF_CREDIT, *_BAD_KEY)):
+    if any(fragment in text for fragment in (*_OUT_OF_CREDIT, *_BAD_KEY, *_CANNOT_SERVE_HERE)):
         return Action.NEXT
     if status is None or status in (408, 409, 425, 429) or status >= 500:
         return Action.RETRY
@@ -64,5 +79,21 @@ def classify(status: int | None, message: str, code: str = "") -> Action:
 
 def failure(provider: str, status: int | None, message: str, code: str = "") -> ProviderFailure:
     where = f"HTTP {status}" if status is not None else "no response"
-    reason = f"{provider}: {message.strip() or 'error'} ({where})"
-    return ProviderFailure(classify(status, message, code), reason, status=status)
+    text = plain(message)  # classified too: a page's own words are not the provider's
+    shown = text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"
+    reason = f"{provider}: {shown or 'error'} ({where})"
+    return ProviderFailure(classify(status, text, code), reason, status=status)
+
+
+REASON_LIMIT = 300  # a reason goes into events, the step's error and the run's error
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def plain(message: str) -> str:
+    """A provider's message on one line; a proxy's HTML page (a gateway's 502, a sign-in
+    page) named by its title instead of pasted whole."""
+    text = message.strip()
+    if text.lower().startswith(("<!doctype", "<html", "<head", "<body")):
+        title = _TITLE.search(text)
+        text = f"non-API response: {title.group(1)}" if title else "non-API response"
+    return " ".join(text.split())
