@@ -7,16 +7,31 @@ from typing import Any
 import anthropic
 
 from nyxflow_engine.providers.base import (
+    FINISH_CONTEXT_WINDOW,
     FINISH_MAX_TOKENS,
     FINISH_STOP,
     Completion,
     CompletionRequest,
     OnDelta,
 )
-from nyxflow_engine.providers.failures import failure
-from nyxflow_engine.providers.remote import TRANSPORT_ERRORS, Endpoint, error_detail, model_or
+from nyxflow_engine.providers.failures import STREAM_OK, failure
+from nyxflow_engine.providers.remote import (
+    TRANSPORT_ERRORS,
+    Endpoint,
+    error_detail,
+    finish_of,
+    model_or,
+)
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
+# stop_reason of a usable answer; any other (refusal, tool_use, pause_turn) is not one.
+ENDINGS = {
+    "end_turn": FINISH_STOP,
+    "stop_sequence": FINISH_STOP,
+    "max_tokens": FINISH_MAX_TOKENS,
+    "model_context_window_exceeded": FINISH_CONTEXT_WINDOW,
+}
+BLOCKED = ("refusal",)
 
 
 class AnthropicProvider:
@@ -48,12 +63,17 @@ class AnthropicProvider:
         # The model goes on from the prefill without its trailing whitespace, and its own
         # whitespace at the join would follow ours, which the text so far still ends with.
         at_join = request.prefix != request.prefix.rstrip()
+        stopped = False  # message_stop: without it the stream was cut, whatever came before
         try:
             async with client.messages.stream(
                 model=model, max_tokens=request.max_tokens, messages=messages, **extra
             ) as stream:
-                async for piece in stream.text_stream:
-                    text = piece.lstrip() if at_join else piece
+                async for event in stream:
+                    if event.type == "message_stop":
+                        stopped = True
+                    if event.type != "text":
+                        continue
+                    text = event.text.lstrip() if at_join else event.text
                     if not text:
                         continue
                     at_join = False
@@ -67,10 +87,13 @@ class AnthropicProvider:
             ) from None
         except (anthropic.APIConnectionError, *TRANSPORT_ERRORS) as error:
             raise failure(self.name, None, f"connection failed: {type(error).__name__}") from None
-        stop = FINISH_MAX_TOKENS if message.stop_reason == "max_tokens" else FINISH_STOP
+        except anthropic.APIError as error:  # a body the SDK could not read, after a 200
+            raise failure(self.name, STREAM_OK, f"unexpected response: {error.message}") from None
+        said = message.stop_reason if stopped else None
+        finish = finish_of(self.name, request, "".join(parts), said, ENDINGS, BLOCKED)
         return Completion(
             text="".join(parts),
-            finish_reason=stop,
+            finish_reason=finish,
             input_tokens=message.usage.input_tokens,
             output_tokens=message.usage.output_tokens,
             served_by=f"{self.name}:{model}",

@@ -12,6 +12,7 @@ OnDelta = Callable[[str], Awaitable[None]]
 
 FINISH_STOP = "stop"
 FINISH_MAX_TOKENS = "max_tokens"
+FINISH_CONTEXT_WINDOW = "context_window"  # cut like max_tokens, by the model's context window
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Completion:
 
     @property
     def truncated(self) -> bool:
-        return self.finish_reason == FINISH_MAX_TOKENS
+        return self.finish_reason in (FINISH_MAX_TOKENS, FINISH_CONTEXT_WINDOW)
 
 
 class ProviderError(NyxflowError):

@@ -2,18 +2,22 @@
 
 Retries back off exponentially with full jitter, bounded both in attempts and in time per
 provider. A retry after part of a stream was shown first tells the listener to reset, so the
-final output never holds the dropped attempt's text twice.
+final output never holds the dropped attempt's text twice. An SDK that chokes on what came
+back (a corrupt frame, a proxy's page) is a failure like any other, retried then passed on;
+what the listener itself raised (a lost lease, a failed write) goes up untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from nyxflow import metrics
+from nyxflow.errors import NyxflowError
 from nyxflow_engine.providers.base import (
     Completion,
     CompletionRequest,
@@ -22,6 +26,8 @@ from nyxflow_engine.providers.base import (
     ProviderError,
 )
 from nyxflow_engine.providers.failures import Action, ProviderFailure
+
+log = logging.getLogger(__name__)
 
 OnFallback = Callable[[str, str, str], None]  # from, to, reason
 OnReset = Callable[[], Awaitable[None]]
@@ -107,14 +113,30 @@ async def _with_retries(
     while True:
         attempt += 1
         streamed = False
+        listener_error: BaseException | None = None
 
         async def tracked(text: str) -> None:
-            nonlocal streamed
+            nonlocal streamed, listener_error
             streamed = True
-            await on_delta(text)
+            try:
+                await on_delta(text)
+            except BaseException as error:
+                listener_error = error
+                raise
 
         try:
-            return await provider.complete(request, tracked)
+            try:
+                return await provider.complete(request, tracked)
+            except NyxflowError:
+                raise  # a ProviderFailure classified already, or the project's own refusal
+            except Exception as error:
+                if error is listener_error:
+                    raise
+                # Logged whole: it may as well be a bug of the adapter as a bad body.
+                log.warning("%s: unexpected error from the provider", provider.name, exc_info=True)
+                raise ProviderFailure(
+                    Action.RETRY, f"{provider.name}: unexpected response ({type(error).__name__})"
+                ) from error
         except ProviderFailure as failure:
             metrics.PROVIDER_ERRORS.labels(provider=provider.name, action=failure.action).inc()
             if streamed:

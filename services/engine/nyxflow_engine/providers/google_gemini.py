@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import Any
+
 from google import genai
 from google.genai import errors, types
 
@@ -12,10 +15,31 @@ from nyxflow_engine.providers.base import (
     CompletionRequest,
     OnDelta,
 )
-from nyxflow_engine.providers.failures import failure
-from nyxflow_engine.providers.remote import CONTINUE, TRANSPORT_ERRORS, Endpoint, model_or
+from nyxflow_engine.providers.failures import STREAM_OK, Action, ProviderFailure, failure
+from nyxflow_engine.providers.remote import (
+    CONTINUE,
+    TRANSPORT_ERRORS,
+    Endpoint,
+    finish_of,
+    model_or,
+)
 
 DEFAULT_MODEL = "gemini-2.5-pro"
+# finishReason of a usable answer; any other (OTHER, MALFORMED_RESPONSE, …) is not one.
+ENDINGS = {"STOP": FINISH_STOP, "MAX_TOKENS": FINISH_MAX_TOKENS}
+BLOCKED = (
+    "SAFETY",
+    "RECITATION",
+    "LANGUAGE",
+    "BLOCKLIST",
+    "PROHIBITED_CONTENT",
+    "SPII",
+    "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT",
+    "IMAGE_RECITATION",
+    "IMAGE_OTHER",
+    "MODEL_ARMOR",
+)
 
 
 class GoogleProvider:
@@ -50,29 +74,40 @@ class GoogleProvider:
             system_instruction=request.system or None,
         )
         parts: list[str] = []
-        finish, input_tokens, output_tokens = FINISH_STOP, 0, 0
+        said: str | None = None  # the finishReason: without one the stream was cut
+        input_tokens, output_tokens = 0, 0
         try:
             stream = await client.aio.models.generate_content_stream(
                 model=model, contents=contents, config=config
             )
             async for chunk in stream:
+                feedback = chunk.prompt_feedback
+                if feedback is not None and feedback.block_reason is not None:
+                    # No candidates at all: the prompt itself was refused.
+                    refused = _word(feedback.block_reason)
+                    raise ProviderFailure(Action.NEXT, f"{self.name}: prompt blocked ({refused})")
                 for candidate in chunk.candidates or []:
                     for part in (candidate.content.parts or []) if candidate.content else []:
                         if part.text:
                             parts.append(part.text)
                             await on_delta(part.text)
-                    if candidate.finish_reason == types.FinishReason.MAX_TOKENS:
-                        finish = FINISH_MAX_TOKENS
-                if chunk.usage_metadata is not None:
-                    input_tokens = chunk.usage_metadata.prompt_token_count or input_tokens
-                    output_tokens = chunk.usage_metadata.candidates_token_count or output_tokens
+                    if candidate.finish_reason is not None:
+                        said = _word(candidate.finish_reason)
+                usage = chunk.usage_metadata
+                if usage is not None:
+                    input_tokens = usage.prompt_token_count or input_tokens
+                    # Thinking is billed as output and counts against max_output_tokens.
+                    spent = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+                    output_tokens = spent or output_tokens
         except errors.APIError as error:
             status = error.code if isinstance(error.code, int) else None
-            raise failure(
-                self.name, status, error.message or str(error), error.status or ""
-            ) from None
+            code = " ".join([error.status or "", *_reasons(error.details)])
+            raise failure(self.name, status, error.message or str(error), code) from None
+        except errors.UnknownApiResponseError:  # not JSON: a corrupt frame, a proxy's page
+            raise failure(self.name, STREAM_OK, "unexpected response (not JSON)") from None
         except TRANSPORT_ERRORS as error:
             raise failure(self.name, None, f"connection failed: {type(error).__name__}") from None
+        finish = finish_of(self.name, request, "".join(parts), said, ENDINGS, BLOCKED)
         return Completion(
             text="".join(parts),
             finish_reason=finish,
@@ -80,3 +115,22 @@ class GoogleProvider:
             output_tokens=output_tokens or len(parts),
             served_by=f"{self.name}:{model}",
         )
+
+
+def _word(value: Any) -> str:
+    """The API's own word for an enum the SDK may or may not know."""
+    return str(value.value if isinstance(value, Enum) else value)
+
+
+def _reasons(body: Any) -> list[str]:
+    """The ErrorInfo reasons of an error body: an expired key is a 400 INVALID_ARGUMENT
+    that only its reason, API_KEY_INVALID, tells apart from a bad request."""
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    details = inner.get("details") if isinstance(inner, dict) else None
+    return [
+        str(detail["reason"])
+        for detail in details or []
+        if isinstance(detail, dict)
+        and str(detail.get("@type", "")).endswith("google.rpc.ErrorInfo")
+        and detail.get("reason")
+    ]

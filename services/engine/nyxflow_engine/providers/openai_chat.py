@@ -25,10 +25,14 @@ from nyxflow_engine.providers.remote import (
     Endpoint,
     chat_messages,
     error_detail,
+    finish_of,
     model_or,
 )
 
 DEFAULT_MODEL = "gpt-4.1"
+# finish_reason of a usable answer; any other (content_filter, tool_calls) is not one.
+ENDINGS = {"stop": FINISH_STOP, "length": FINISH_MAX_TOKENS}
+BLOCKED = ("content_filter",)
 
 
 class OpenAIProvider:
@@ -62,7 +66,8 @@ class OpenAIProvider:
         # OpenAI's newer models take only max_completion_tokens; compatible servers max_tokens.
         modern = self.name == "openai"
         parts: list[str] = []
-        finish, input_tokens, output_tokens = FINISH_STOP, 0, 0
+        said: str | None = None  # the finish_reason: without one the stream was cut
+        input_tokens, output_tokens = 0, 0
         try:
             stream = await client.chat.completions.create(
                 model=model,
@@ -82,8 +87,8 @@ class OpenAIProvider:
                 if choice.delta.content:
                     parts.append(choice.delta.content)
                     await on_delta(choice.delta.content)
-                if choice.finish_reason == "length":
-                    finish = FINISH_MAX_TOKENS
+                if choice.finish_reason is not None:
+                    said = choice.finish_reason
         except openai.APIStatusError as error:
             message_text, code = error_detail(error.body)
             raise failure(
@@ -94,6 +99,7 @@ class OpenAIProvider:
         except openai.APIError as error:  # an error event inside the stream, after a 200
             message_text, code = error_detail(error.body)
             raise failure(self.name, STREAM_OK, message_text or error.message, code) from None
+        finish = finish_of(self.name, request, "".join(parts), said, ENDINGS, BLOCKED)
         return Completion(
             text="".join(parts),
             finish_reason=finish,

@@ -1,7 +1,14 @@
-"""What the SDK-backed providers share: keys, continuation messages, error bodies."""
+"""What the SDK-backed providers share: keys, continuation messages, error bodies, endings.
+
+An answer stands only when the provider said why it ended and the reason is one the step can
+use. A stream that stops before that word was cut on the way (retried). A refused, filtered or
+blocked answer moves on to the next provider, even with partial text: that text is not the
+answer asked for, and the chain's reset takes it off the screen. So does an empty answer.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +17,7 @@ import httpx2
 from pydantic import SecretStr
 
 from nyxflow_engine.providers.base import CompletionRequest
-from nyxflow_engine.providers.failures import Action, ProviderFailure
+from nyxflow_engine.providers.failures import Action, ProviderFailure, failure
 
 # A connection that broke, timed out or ended mid-stream: the SDKs let some of these through
 # unwrapped, from either HTTP stack they use.
@@ -62,3 +69,26 @@ def error_detail(body: Any) -> tuple[str, str]:
 
 def model_or(request: CompletionRequest, default: str) -> str:
     return request.model or default
+
+
+def finish_of(
+    provider: str,
+    request: CompletionRequest,
+    text: str,
+    said: str | None,
+    endings: Mapping[str, str],
+    blocked: Collection[str],
+) -> str:
+    """The finish reason to record for the provider's own word for the end of its answer
+    (`said`; None when the stream ended without one), or the failure of an answer that must
+    not stand. `endings` maps the words of a usable answer, `blocked` names its refusals."""
+    if said is None:
+        raise failure(provider, None, "stream ended before the provider finished")
+    if said in blocked:
+        raise ProviderFailure(Action.NEXT, f"{provider}: answer blocked ({said})")
+    finish = endings.get(said)
+    if finish is None:
+        raise ProviderFailure(Action.NEXT, f"{provider}: answer stopped early ({said})")
+    if not text and not request.prefix:  # a continuation may rightly add nothing
+        raise ProviderFailure(Action.NEXT, f"{provider}: empty answer ({said})")
+    return finish

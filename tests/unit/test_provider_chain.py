@@ -1,0 +1,92 @@
+"""The chain's retry loop against providers that fail in ways the SDKs do not classify."""
+
+from __future__ import annotations
+
+import pytest
+
+from nyxflow_engine.providers.base import Completion, CompletionRequest, OnDelta, Provider
+from nyxflow_engine.providers.chain import AllProvidersFailed, RetryPolicy, complete_with_chain
+
+REQUEST = CompletionRequest(prompt="p", model="", max_tokens=8)
+POLICY = RetryPolicy(attempts=3, backoff_s=0.0, backoff_max_s=0.0)
+
+
+class ChokingProvider:
+    """Streams a piece, then raises what an SDK raises on a body it cannot parse."""
+
+    name = "choking"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def complete(self, request: CompletionRequest, on_delta: OnDelta) -> Completion:
+        self.calls += 1
+        await on_delta("Par")
+        raise ValueError("Unterminated string starting at: line 1 column 22")
+
+
+class ServingProvider:
+    name = "serving"
+
+    async def complete(self, request: CompletionRequest, on_delta: OnDelta) -> Completion:
+        await on_delta("whole")
+        return Completion("whole", "stop", 1, 1, "serving:m")
+
+
+class ListenerGone(Exception):
+    """Raised by the listener, as a lost lease or a failed write is."""
+
+
+async def _complete(providers: list[Provider], on_delta: OnDelta) -> tuple[Completion, list[str]]:
+    by_name = {p.name: p for p in providers}
+    fallbacks: list[str] = []
+    resets: list[str] = []
+
+    async def reset() -> None:
+        resets.append("reset")
+
+    completion = await complete_with_chain(
+        by_name.__getitem__,
+        [p.name for p in providers],
+        REQUEST,
+        on_delta,
+        policy=POLICY,
+        on_fallback=lambda _from, _to, reason: fallbacks.append(reason),
+        on_reset=reset,
+        sleep=_no_wait,
+    )
+    return completion, fallbacks + resets
+
+
+async def _no_wait(_: float) -> None:
+    return None
+
+
+async def _shown(_: str) -> None:
+    return None
+
+
+async def test_an_sdk_error_is_retried_then_passed_on_with_a_readable_reason() -> None:
+    choking = ChokingProvider()
+
+    completion, seen = await _complete([choking, ServingProvider()], _shown)
+
+    assert completion.text == "whole"
+    assert choking.calls == POLICY.attempts
+    assert seen == ["choking: unexpected response (ValueError)"] + ["reset"] * POLICY.attempts
+
+
+async def test_an_sdk_error_from_the_only_provider_fails_the_chain_saying_so() -> None:
+    with pytest.raises(AllProvidersFailed, match=r"choking: unexpected response \(ValueError\)"):
+        await _complete([ChokingProvider()], _shown)
+
+
+async def test_what_the_listener_raises_goes_up_untouched_and_is_not_retried() -> None:
+    choking = ChokingProvider()
+
+    async def gone(_: str) -> None:
+        raise ListenerGone("lease lost")
+
+    with pytest.raises(ListenerGone):
+        await _complete([choking, ServingProvider()], gone)
+    assert choking.calls == 1
