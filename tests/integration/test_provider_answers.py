@@ -12,7 +12,7 @@ import pytest
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
 from tests.support import provider_wire as wire_of
-from tests.support.fake_providers import FakeProviders, Raw
+from tests.support.fake_providers import FakeProviders, Raw, Reply
 from tests.support.inprocess import Clients
 from tests.support.provider_runs import (
     of_type,
@@ -339,3 +339,50 @@ async def test_gemini_thinking_counts_as_output_usage(
     assert (done.input_tokens, done.output_tokens, done.truncated) == (11, 1000, True)
     (truncated,) = of_type(events, ev.STEP_TRUNCATED)
     assert (truncated["used"], truncated["limit"]) == (1000, 1000)
+
+
+async def test_a_truncation_reports_the_cut_requests_usage_against_its_limit(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """`used` summed every continuation against one request's `limit`: "used 128, limit 64"."""
+    fake.script(
+        "openai",
+        Reply(text="part one ", finish="max_tokens", output_tokens=64),
+        Reply(text="part two", finish="max_tokens", output_tokens=60),
+    )
+
+    run, events = await run_steps(
+        fake_api, step("S", ["openai:gpt-4.1"], max_tokens=64, auto_continue=1)
+    )
+
+    assert run.steps[0].output_tokens == 124  # usage is still every request's
+    (truncated,) = of_type(events, ev.STEP_TRUNCATED)
+    assert (truncated["used"], truncated["limit"]) == (60, 64)
+
+
+async def test_a_fan_outs_truncation_reports_one_items_usage_against_its_limit(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """`used` summed every item's tokens against one request's `limit`."""
+    fake.script(
+        "openai",
+        *(Reply(text=f"item {i}", finish="max_tokens", output_tokens=64) for i in range(3)),
+    )
+    plan = pb.StepSpec(
+        name="Plan", kind="llm", prompt="p", providers=["local"], params_json='{"items": 3}'
+    )
+    each = pb.StepSpec(
+        name="Each",
+        kind="fan_out",
+        prompt="Expand: {{ item }}",
+        source="Plan",
+        split="headings",
+        providers=["openai:gpt-4.1"],
+        max_tokens=64,
+    )
+
+    run, events = await run_steps(fake_api, plan, each)
+
+    assert run.steps[1].output_tokens == 192
+    (truncated,) = of_type(events, ev.STEP_TRUNCATED)
+    assert (truncated["used"], truncated["limit"], truncated["items"]) == (64, 64, [0, 1, 2])

@@ -269,7 +269,7 @@ class Execution:
                 draft(
                     ev.STEP_TRUNCATED,
                     **ids,
-                    used=result.output_tokens,
+                    used=result.cut_output_tokens,
                     limit=step.max_tokens,
                     **({"items": cut} if (cut := result.extra.get("truncated_items")) else {}),
                 )

@@ -34,6 +34,15 @@ class Completion:
     input_tokens: int
     output_tokens: int
     served_by: str
+    # The last request's alone where output_tokens sums a step's continuations: the cut one,
+    # measured against max_tokens. None: a single request, output_tokens is its own.
+    request_output_tokens: int | None = None
+
+    @property
+    def last_output_tokens(self) -> int:
+        return (
+            self.output_tokens if self.request_output_tokens is None else self.request_output_tokens
+        )
 
     @property
     def truncated(self) -> bool:

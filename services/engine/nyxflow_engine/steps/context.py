@@ -84,6 +84,9 @@ class StepResult:
     truncated: bool = False
     input_tokens: int = 0
     output_tokens: int = 0
+    # Output tokens of the request the answer was cut in (step_truncated's `used`, against
+    # the per-request max_tokens); output_tokens sums continuations and items.
+    cut_output_tokens: int = 0
     served_by: str = ""
     alternatives: list[Completion] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # kind-specific, for the event
@@ -96,6 +99,7 @@ class StepResult:
             truncated=completion.truncated,
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
+            cut_output_tokens=completion.last_output_tokens if completion.truncated else 0,
             served_by=completion.served_by,
             extra=extra,
         )
@@ -175,6 +179,7 @@ class StepContext:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             served_by=completion.served_by,
+            request_output_tokens=completion.output_tokens,
         )
 
     def _fallback(self, from_: str, to: str, reason: str) -> None:

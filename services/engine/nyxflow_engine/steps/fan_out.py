@@ -24,6 +24,8 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
     # Items that stopped at max_tokens, those of an earlier attempt included: the step is
     # marked truncated if any is, so a cut-off item does not pass for a complete one.
     cut = {i.index for i in kept if i.truncated}
+    # The most a cut item's last request used: an earlier attempt's items know only their sum.
+    cut_used = max((i.output_tokens for i in kept if i.truncated), default=0)
     gate = asyncio.Semaphore(max(1, spec.concurrency or 4))
     # The step's usage is every item's, those an earlier execution finished included.
     usage = {
@@ -33,7 +35,7 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
     served_by = ""
 
     async def one(index: int) -> None:
-        nonlocal served_by
+        nonlocal served_by, cut_used
         async with gate:
             if ctx.writer.pause_requested:
                 return  # pause between items: what is in flight finishes, nothing new starts
@@ -47,6 +49,7 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
             outputs[index] = completion.text
             if completion.truncated:
                 cut.add(index)
+                cut_used = max(cut_used, completion.last_output_tokens)
             await ctx.writer.item(
                 step.id,
                 pb.StepItem(
@@ -83,6 +86,7 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
         truncated=bool(cut),
         input_tokens=usage["input"],
         output_tokens=usage["output"],
+        cut_output_tokens=cut_used,
         served_by=served_by or (step.providers[0] if step.providers else ""),
         extra={"items": total, **({"truncated_items": sorted(cut)} if cut else {})},
     )
