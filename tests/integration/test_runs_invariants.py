@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from nyxflow import events as ev
 from nyxflow.auth import INTERNAL, internal_metadata
@@ -27,6 +28,7 @@ from nyxflow.errors import (
 )
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
+from nyxflow_runs.models import Step
 from tests.support.direct import Direct, direct
 from tests.support.eventually import eventually
 from tests.support.inprocess import SECRET, Clients, clients, runs_service
@@ -994,3 +996,28 @@ async def test_the_workflow_list_stays_small_however_much_the_steps_produced(
         assert step.output == "" and list(step.items) == [] and step.prompt == "begin"
     whole = await runs.runs.get_workflow(ids[0])
     assert whole.steps[0].output == big and [i.output for i in whole.steps[0].items] == ["item"]
+
+
+async def test_a_step_that_answered_nothing_is_completed_with_its_empty_output(
+    api: Clients, db: Direct
+) -> None:
+    """An empty answer is an output: stored as NULL, its completed step read as one that never
+    ran (invariant 5), on the hot path and the general one alike."""
+    assert api.engine is not None
+    workflow = await api.runs.create_workflow(
+        "quiet", [llm_step("empty", script=""), llm_step("next", "after {{ steps.empty.output }}")]
+    )
+    run = await api.runs.create_run(workflow.id)
+    [e async for e in api.engine.execute(run.id)]
+
+    assert (await api.runs.get_run(run.id)).status == ev.COMPLETED
+    async with db.sessions() as session:
+        rows = (
+            await session.execute(
+                select(Step.name, Step.status, Step.output)
+                .where(Step.workflow_id == workflow.id)
+                .order_by(Step.position)
+            )
+        ).all()
+    assert tuple(rows[0]) == ("empty", ev.COMPLETED, "")
+    assert rows[1].status == ev.COMPLETED and rows[1].output

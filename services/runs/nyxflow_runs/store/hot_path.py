@@ -490,7 +490,7 @@ def _step_values(run_id: str, row: StepRow) -> tuple[Any, ...]:
         row.started,
         True,
         end.status,
-        end.output or None,
+        end.output if end.status == ev.COMPLETED else end.output or None,  # as record.py
         end.error or None,
         end.truncated,
         end.finish_reason or None,

@@ -290,7 +290,11 @@ class Recording(StoreBase):
             values = {
                 **where,
                 "b_status": change.status,
-                "b_output": change.output or None,
+                # A completed step's output is what its execution produced, even "": NULL is
+                # kept for "none yet", which a completed step never has (DESIGN, invariant 5).
+                "b_output": change.output
+                if change.status == ev.COMPLETED
+                else change.output or None,
                 "b_error": change.error or None,
                 "b_truncated": change.truncated,
                 "b_finish_reason": change.finish_reason or None,
