@@ -507,6 +507,18 @@ async def test_watch_after_the_terminal_event_ends_at_once(runs: Clients) -> Non
     assert await watch_all(runs.runs, run.id, after_seq=terminal.seq, timeout_s=2.0) == []
 
 
+async def test_a_watch_from_past_the_last_event_ends_when_the_run_does(runs: Clients) -> None:
+    """Asked from beyond the run's last seq while it ran, the watch skipped every event, the
+    terminal one included, and then polled the finished run for ever."""
+    engine, run, token = await claimed(runs)
+    watch = asyncio.ensure_future(watch_all(runs.runs, run.id, after_seq=1000, timeout_s=10.0))
+    await asyncio.sleep(0.3)  # in its live tail
+
+    await complete(engine, run, token)
+
+    assert await watch == []
+
+
 async def test_watch_errors(runs: Clients) -> None:
     with pytest.raises(NotFound):
         await watch_all(runs.runs, MISSING)

@@ -64,5 +64,10 @@ async def watch_run(
                     return
                 if gap:
                     break
+            else:
+                # Silence: the status is read again before the next page, so that a run that
+                # ended with nothing after `after_seq` for this watcher (asked from past its
+                # last event) ends its watch instead of polling the database for ever.
+                status = await store.run_status(tenant_id, run_id)
     finally:
         bus.unsubscribe(sub)

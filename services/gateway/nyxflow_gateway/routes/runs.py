@@ -95,6 +95,9 @@ async def run_events(
     run = await state.run_status.get(
         (services, run_id), lambda: services.runs.get_run(run_id, brief=True)
     )
+    # A Last-Event-ID past the run's last event (made up, or kept across a database restored
+    # to an earlier point): the database is the truth, so the stream goes on from its end.
+    after = min(after, run.last_seq)
     return EventStream(
         state.hub, services, run_id, run.status, after, state.settings, history_seq=run.last_seq
     )
