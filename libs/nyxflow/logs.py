@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# A key in a URL's query (the page's EventSource carries it so, as it cannot set a header)
+# would be in every access line, and so in the hands of anyone who reads the logs.
+_TOKEN_IN_QUERY = re.compile(r"(\b(?:access_token|api_key)=)[^&\s\"']+", re.IGNORECASE)
 
 
 # Fields every line of the current task carries (run_id, step_id, tenant): asyncio copies the
@@ -46,7 +50,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _TOKEN_IN_QUERY.sub(r"\1***", record.getMessage()),
         }
         entry.update(_CONTEXT.get())
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})

@@ -75,6 +75,42 @@ async def test_query_last_event_id_is_honoured(
     assert tail[0].seq == 4 and tail[-1].event == ev.RUN_COMPLETED
 
 
+async def test_a_last_event_id_past_the_runs_end_goes_on_from_its_end_and_closes(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """The stream never ended: every event was at or below the id, the terminal one too, and
+    the page showed the run running for ever."""
+    workflow = await create_workflow(http, stack, "beyond", steps(2, tokens=20, token_delay_ms=50))
+    run_id = await start_run(http, stack, workflow["id"])
+    first = await read_events(http, events_url(run_id), stack.headers, limit=2)
+    headers = {**stack.headers, "Last-Event-ID": "1000"}
+
+    rest = await asyncio.wait_for(read_events(http, events_url(run_id), headers), 30)
+
+    assert rest[-1].event == ev.RUN_COMPLETED
+    seqs = [f.seq for f in rest]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and seqs[0] > first[-1].seq
+    done = await read_events(http, events_url(run_id), headers)  # finished: nothing, closed
+    assert done == []
+
+
+async def test_a_key_in_the_query_stays_out_of_the_gateways_log(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """The page's EventSource sends its key as ?access_token=, and the access log wrote every
+    such URL whole: anyone with the logs had the tenant's key."""
+    workflow = await create_workflow(http, stack, "query key", steps(1, tokens=3))
+    run_id = await start_run(http, stack, workflow["id"])
+    key = stack.headers["Authorization"].removeprefix("Bearer ")
+
+    events = await read_events(http, f"{events_url(run_id)}?access_token={key}", {})
+
+    assert events[-1].event == ev.RUN_COMPLETED
+    logged = stack.log_text("gateway")
+    assert f"/v1/runs/{run_id}/events?access_token=***" in logged
+    assert key not in logged
+
+
 async def test_fifty_concurrent_connects_start_the_run_once(
     http: httpx.AsyncClient, stack: ProcessStack
 ) -> None:

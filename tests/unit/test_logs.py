@@ -32,3 +32,9 @@ async def test_bound_fields_stay_with_their_task() -> None:
     assert seen["r2-step"]["step_id"] == "r2-s1" and seen["r2-step"]["tenant"] == "t2"
     assert "step_id" not in seen["r1"] and seen["r1"]["run_id"] == "r1"
     assert "run_id" not in line("outside any run")
+
+
+def test_a_key_in_a_logged_url_is_hidden() -> None:
+    said = line("GET /v1/runs/r1/events?last_event_id=3&access_token=s3cr3t HTTP/1.1")["msg"]
+    assert said == "GET /v1/runs/r1/events?last_event_id=3&access_token=*** HTTP/1.1"
+    assert line("monkey=business api_key=abc")["msg"] == "monkey=business api_key=***"
