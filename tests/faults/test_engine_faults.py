@@ -32,7 +32,7 @@ from tests.support.eventually import eventually
 from tests.support.gateway_api import create_workflow, start_run, steps
 from tests.support.ports import free_port
 from tests.support.processes import LEASE_TTL_S, ProcessStack
-from tests.support.sse_client import read_events
+from tests.support.sse_client import frames, read_events
 
 # Kill -> lease expiry (<= TTL after the last renewal) -> next sweep (0.5 s), with slack for
 # two busy cores: the README's promise is 2 x TTL.
@@ -395,3 +395,60 @@ async def test_frozen_engine_is_failed_once_by_two_sweeping_runs_replicas(
     # Both replicas were sweeping (each logs what it swept); either may have won.
     swept_logs = stack.log_text("runs") + stack.log_text("runs2")
     assert "swept orphaned run" in swept_logs
+
+
+async def test_a_browser_on_a_frozen_engines_stream_follows_the_run_to_another(
+    stack: ProcessStack,
+) -> None:
+    """The browser started the run, so its gateway followed it through the engine's Execute.
+    The engine froze; the run was swept, requeued and finished by the other replica, and the
+    browser sat on the silent stream until gRPC's keepalive gave up, about a minute later."""
+    gateway_port = free_port()
+    stack.add_replica(
+        "gateway2", "gateway", NYXFLOW_GATEWAY_PORT=str(gateway_port), NYXFLOW_EXECUTE_SILENCE_S="1"
+    )
+    stack.add_replica("engine2", "engine", NYXFLOW_ENGINE_LISTEN=f"127.0.0.1:{free_port()}")
+    stack.start("gateway2")
+    stack.start("engine2")
+    dsn = stack.database_url
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{gateway_port}", timeout=60
+        ) as http:
+            workflow = await create_workflow(
+                http, stack, "frozen-follow", steps(4, tokens=20, token_delay_ms=50),
+                on_orphan="resume",
+            )  # fmt: skip
+            run_id = await start_run(http, stack, workflow["id"])
+            url = f"/v1/runs/{run_id}/events"
+            seen: list[tuple[float, int, str]] = []
+
+            async def follow() -> None:
+                async with http.stream("GET", url, headers=stack.headers) as response:
+                    async for frame in frames(response):
+                        if frame.event is not None:
+                            seen.append((time.monotonic(), frame.seq, frame.event))
+
+            following = asyncio.ensure_future(follow())
+            await eventually(lambda: _count(seen), (5).__le__, what="the first events")
+            stack.signal("engine", signal.SIGSTOP)
+            try:
+                done = await wait_status(dsn, run_id, FINISHED, 30)
+                finished_at = time.monotonic()
+                assert done["status"] == ev.COMPLETED, done
+                await asyncio.wait_for(following, 10)
+            finally:
+                stack.signal("engine", signal.SIGCONT)
+                following.cancel()
+        seqs = [seq for _, seq, _ in seen]
+        assert seqs == list(range(1, len(seqs) + 1)) and seen[-1][2] == ev.RUN_COMPLETED
+        assert seen[-1][0] - finished_at < 5, "the browser heard of the end late"
+    finally:
+        stack.restart("engine")
+        stack.kill("engine2")
+        stack.kill("gateway2")
+    await assert_invariants(dsn)
+
+
+async def _count(seen: list[tuple[float, int, str]]) -> int:
+    return len(seen)

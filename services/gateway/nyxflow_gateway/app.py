@@ -37,6 +37,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             settings.sse_keep_events,
             settings.sse_keep_bytes,
             settings.sse_queue_bytes,
+            settings.execute_silence_s,
         )
         app.state.run_status = Coalescer[pb.Run]()
         app.state.runs_channel = open_channel(settings.runs_addr)

@@ -197,8 +197,10 @@ class RunHub:
         keep_frames: int = 5000,
         keep_bytes: int = 16 * 1024 * 1024,
         queue_bytes: int = 8 * 1024 * 1024,
+        execute_silence_s: float = 15.0,
     ) -> None:
         self._queue_size = queue_size
+        self._execute_silence_s = execute_silence_s
         self._queue_bytes = queue_bytes
         self._heartbeat_s = heartbeat_s
         self._keep = keep_frames
@@ -297,7 +299,7 @@ class RunHub:
     ) -> None:
         self.upstream_streams += 1
         metrics.UPSTREAM_STREAMS.inc()
-        source = upstream(services, channel.run_id, status, after_seq)
+        source = upstream(services, channel.run_id, status, after_seq, self._execute_silence_s)
         try:
             async for events in source:
                 frames = [

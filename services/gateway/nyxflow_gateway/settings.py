@@ -19,3 +19,6 @@ class GatewaySettings(CommonSettings):
     sse_keep_events: int = Field(default=5000, ge=0)
     # and at most this many bytes of them: 5,000 long results would be hundreds of MB a run
     sse_keep_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    # An engine's Execute stream silent this long is left for runs' WatchRun: an engine frozen
+    # (or cut off) holds it open without a word while the run is swept and finished elsewhere.
+    execute_silence_s: float = Field(default=15.0, gt=0)

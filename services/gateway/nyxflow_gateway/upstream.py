@@ -79,11 +79,11 @@ class _Cursor:
 
 
 async def upstream(
-    services: Services, run_id: str, status: str, after_seq: int
+    services: Services, run_id: str, status: str, after_seq: int, execute_silence_s: float = 15.0
 ) -> AsyncGenerator[list[pb.RunEvent], None]:
     cursor = _Cursor(after_seq, lambda after: services.runs.watch_run_batches(run_id, after))
     if status == ev.PENDING:
-        async for events in _start(services, run_id, cursor):
+        async for events in _start(services, run_id, cursor, execute_silence_s):
             yield events
     backoff = 0.2
     while not cursor.ended:
@@ -98,17 +98,19 @@ async def upstream(
 
 
 async def _start(
-    services: Services, run_id: str, cursor: _Cursor
+    services: Services, run_id: str, cursor: _Cursor, silence_s: float
 ) -> AsyncGenerator[list[pb.RunEvent], None]:
     """The run's events through engine Execute. An engine away before the run started is
     tried again, with backoff, for as long as the run stays pending: a pending run that is
     only followed would show its browsers nothing, for ever. Another start winning, or the
-    engine lost once the run is under way, leaves the rest to WatchRun."""
+    engine lost once the run is under way (gone, or silent for `silence_s`), leaves the rest
+    to WatchRun."""
     before = cursor.last
     backoff = 0.2
     while True:
         try:
-            async for events in cursor.relay(services.engine.execute_batches(run_id)):
+            execute = _until_silent(services.engine.execute_batches(run_id), silence_s)
+            async for events in cursor.relay(execute):
                 yield events
             return
         except FailedPrecondition as error:
@@ -128,3 +130,24 @@ async def _start(
             continue
         if run.status != ev.PENDING:
             return  # started elsewhere, paused or cancelled meanwhile: follow it
+
+
+async def _until_silent(
+    source: AsyncGenerator[Sequence[pb.RunEvent], None], silence_s: float
+) -> AsyncGenerator[Sequence[pb.RunEvent], None]:
+    """`source`, given up as UNAVAILABLE once it says nothing for `silence_s`. A frozen engine
+    keeps its stream open without a word (until gRPC's keepalive gives up, about a minute)
+    while its run is swept and finished on another replica; WatchRun has it all. A step
+    silent for long (a test command) costs only the switch: the run goes on either way."""
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(silence_s):
+                    events = await anext(source)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise Unavailable(f"the engine said nothing for {silence_s:g} s") from None
+            yield events
+    finally:
+        await source.aclose()
