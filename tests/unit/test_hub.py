@@ -192,7 +192,7 @@ async def test_a_long_run_keeps_a_bounded_tail_and_a_late_browser_gets_its_own_s
     more = asyncio.Event()
 
     async def fake_upstream(
-        _: object, run_id: str, status: str, after_seq: int
+        _: object, run_id: str, status: str, after_seq: int, __: float
     ) -> AsyncIterator[list[pb.RunEvent]]:
         calls.append((status, after_seq))
         if after_seq == 0 and status == "pending":
