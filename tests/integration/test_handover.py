@@ -4,7 +4,9 @@ engine adopts what is waiting; the old engine's token is fenced out all along.""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -14,6 +16,7 @@ from nyxflow.client import RunsClient
 from nyxflow.errors import InvalidArgument, NotFound, StaleToken, Unauthenticated
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
+from nyxflow_runs.servicer import RunsServicer
 from tests.integration.test_metrics import value
 from tests.integration.test_runs_invariants import (
     MISSING,
@@ -24,9 +27,9 @@ from tests.integration.test_runs_invariants import (
     start_first_step,
     watch_all,
 )
-from tests.support.direct import Direct
+from tests.support.direct import Direct, direct
 from tests.support.eventually import eventually
-from tests.support.inprocess import SECRET, Clients, engine_service
+from tests.support.inprocess import SECRET, Clients, clients, engine_service, runs_service
 from tests.support.workflows import chain
 
 
@@ -242,3 +245,60 @@ async def test_a_run_asked_to_pause_is_never_handed_over(runs: Clients) -> None:
     swept = await until_swept(runs, orphan.id)
     assert (swept.status, swept.error, swept.requeues) == (ev.FAILED, ev.ORPHAN_ERROR, 0)
     assert not await adopter(runs).list_requeued_runs()
+
+
+async def test_a_run_adopted_again_by_the_same_engine_is_handed_over_by_its_drain(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its first execution stalled (heartbeats unanswered), the run was requeued and this same
+    engine adopted it. When the stale execution ended it took the new one off the engine's
+    list, so a drain neither handed the run over nor paused it: it stayed `running` until its
+    lease ran out again."""
+    original = RunsServicer.Heartbeat
+
+    async def the_first_lease_is_never_renewed(
+        self: RunsServicer, request: runs_pb2.HeartbeatRequest, context: Any
+    ) -> runs_pb2.HeartbeatResponse:
+        if request.token == 1:
+            await asyncio.sleep(30)
+        return await original(self, request, context)
+
+    monkeypatch.setattr(RunsServicer, "Heartbeat", the_first_lease_is_never_renewed)
+    stop = asyncio.Event()
+    async with (
+        runs_service(database_url) as runs_settings,
+        engine_service(
+            runs_settings.runs_listen,
+            stop=stop,
+            lease_ttl_s=1.0,
+            heartbeat_s=0.2,
+            adopt_interval_s=0.1,
+            delta_flush_ms=100_000,  # the stale execution writes again only at its step's end
+        ) as engine_settings,
+        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
+        direct(database_url) as db,
+    ):
+        assert api.engine is not None
+        workflow = await api.runs.create_workflow(
+            "readopt", chain(3, tokens=40, token_delay_ms=100), on_orphan="resume"
+        )
+        run = await api.runs.create_run(workflow.id)
+        first = api.engine.execute(run.id)
+        assert (await anext(first)).type == ev.RUN_STARTED
+        await eventually(
+            lambda: db.events(run.tenant_id, run.id),
+            lambda events: [e.type for e in events].count(ev.RUN_STARTED) == 2,
+            what="adopted again by the same engine",
+        )
+        await asyncio.sleep(4.5)  # the stale execution's step (4 s) ends, is refused: it stops
+        assert (await api.runs.get_run(run.id)).status == ev.RUNNING
+        stop.set()  # SIGTERM
+        await first.aclose()
+        requeued = await eventually(
+            lambda: db.events(run.tenant_id, run.id),
+            lambda events: [e.type for e in events].count(ev.RUN_REQUEUED) == 2,
+            timeout_s=5,
+            what="handed over by the drain",
+        )
+    reasons = [json.loads(e.data_json)["reason"] for e in requeued if e.type == ev.RUN_REQUEUED]
+    assert reasons[-1] == "engine shut down", reasons

@@ -88,16 +88,18 @@ class Executor:
         )
         execution = Execution(writer, claim.run, settings, self._providers)
         self._executions[run_id] = execution
-        execution.start().add_done_callback(lambda _: self._finished(run_id))
+        execution.start().add_done_callback(lambda _: self._finished(run_id, execution))
         log.info("run claimed", extra={"run_id": run_id, "token": claim.token})
         return feed
 
-    def _finished(self, run_id: str) -> None:
-        execution = self._executions.pop(run_id, None)
-        if execution is not None:
-            # A cancelled task's CancelledError holds the execution through its traceback:
-            # no reference back, so that both go by reference counting, not at a full pass.
-            execution.task = None
+    def _finished(self, run_id: str, execution: Execution) -> None:
+        # Only if it is still this run's: a run swept from a stalled execution and adopted
+        # again by this engine has a new one under the same id, which the drain must see.
+        if self._executions.get(run_id) is execution:
+            del self._executions[run_id]
+        # A cancelled task's CancelledError holds the execution through its traceback:
+        # no reference back, so that both go by reference counting, not at a full pass.
+        execution.task = None
 
     async def adopt(self, run_id: str, tenant_id: str) -> RunFeed:
         """Claim a requeued run as the engine itself (no caller is waiting on it)."""
