@@ -1,4 +1,4 @@
-"""Step kinds and their defaults, in one place."""
+"""Step kinds and their defaults, and limits both ends of a call keep, in one place."""
 
 from __future__ import annotations
 
@@ -38,3 +38,6 @@ def default_max_tokens(kind: str, name: str = "") -> int:
     if any(word in name.lower() for word in LONG_OUTPUT_WORDS):
         return LONG_OUTPUT_MAX_TOKENS
     return MAX_TOKENS_BY_KIND.get(kind, DEFAULT_MAX_TOKENS)
+
+# Batches per RecordMany call: runs refuses more, and the engine's committer sends no more.
+MAX_RECORD_GROUP: Final = 1000

@@ -54,6 +54,12 @@ def item(step_id: str, index: int) -> tuple[str, pb.StepItem, pb.EventDraft]:
     )
 
 
+async def complete_first_step(writer: RunWriter, run: pb.Run) -> None:
+    step = run.steps[0]
+    change = runs_pb2.StepChange(status=ev.COMPLETED, output=f"done {run.id}")
+    await writer.step(step.id, change, draft(ev.STEP_COMPLETED, step_id=step.id), durable=True)
+
+
 async def test_concurrent_items_of_a_run_share_calls(api: Clients) -> None:
     _, run, token = await claimed(api)
     committer = CountingCommitter(api.runs_channel)
@@ -75,11 +81,6 @@ async def test_writes_of_many_runs_share_one_call(api: Clients) -> None:
     claims = [await claimed(api, name=f"many-{i}") for i in range(6)]
     writers = [writer_for(api, committer, run, token) for _, run, token in claims]
 
-    async def complete_first_step(writer: RunWriter, run: pb.Run) -> None:
-        step = run.steps[0]
-        change = runs_pb2.StepChange(status=ev.COMPLETED, output=f"done {run.id}")
-        await writer.step(step.id, change, draft(ev.STEP_COMPLETED, step_id=step.id), durable=True)
-
     await asyncio.gather(
         *(complete_first_step(w, run) for w, (_, run, _) in zip(writers, claims, strict=True))
     )
@@ -89,6 +90,27 @@ async def test_writes_of_many_runs_share_one_call(api: Clients) -> None:
         stored = await api.runs.get_run(run.id)
         assert stored.steps[0].status == ev.COMPLETED
         assert stored.steps[0].output == f"done {run.id}"
+
+
+async def test_more_writes_waiting_than_runs_takes_in_a_call_go_in_several(
+    api: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs refuses a call of more batches than it takes, whole: every run waiting in such a
+    group failed. (The limit is lowered on both ends, as 1,000 runs would be.)"""
+    monkeypatch.setattr("nyxflow_engine.committer.MAX_RECORD_GROUP", 5)
+    monkeypatch.setattr("nyxflow_runs.servicer.MAX_GROUP", 5)
+    committer = CountingCommitter(api.runs_channel)
+    claims = [await claimed(api, name=f"crowd-{i}") for i in range(12)]
+    writers = [writer_for(api, committer, run, token) for _, run, token in claims]
+
+    await asyncio.gather(
+        *(complete_first_step(w, run) for w, (_, run, _) in zip(writers, claims, strict=True))
+    )
+
+    sizes = [len(call) for call in committer.calls]
+    assert max(sizes) == 5 and sum(sizes) == 12, sizes
+    for _, run, _ in claims:
+        assert (await api.runs.get_run(run.id)).steps[0].status == ev.COMPLETED
 
 
 async def test_a_failed_batch_fails_every_write_it_carried(api: Clients) -> None:

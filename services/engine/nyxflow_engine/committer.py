@@ -15,6 +15,7 @@ import grpc
 
 from nyxflow.auth import internal_metadata
 from nyxflow.client import RunsClient
+from nyxflow.constants import MAX_RECORD_GROUP
 from nyxflow.errors import error_from_status
 from nyxflow.v1 import runs_pb2
 
@@ -46,8 +47,13 @@ class Committer:
             self._channel, internal_metadata(self._secret, tenant_id), self._timeout_s
         )
         try:
-            while self._waiting.get(tenant_id):
-                group = self._waiting.pop(tenant_id)
+            while waiting := self._waiting.get(tenant_id):
+                # At most what runs takes in one call: a larger group was refused whole, and
+                # every run waiting in it failed. The rest goes in the next call.
+                group = waiting[:MAX_RECORD_GROUP]
+                del waiting[:MAX_RECORD_GROUP]
+                if not waiting:
+                    del self._waiting[tenant_id]
                 await self._send(runs, group)
         finally:
             del self._senders[tenant_id]
