@@ -165,3 +165,35 @@ async def test_bad_pipeline_requests_name_the_field(api: Clients, tmp_path: Path
         )
     assert no_tree.value.field == "path"
     assert await api.runs.list_runs() == []  # nothing half-made
+
+
+def phased(name: str, phase: str, **params: object) -> pb.StepSpec:
+    return pb.StepSpec(
+        name=name, kind="llm", prompt="go", phase=phase, params_json=json.dumps(params)
+    )
+
+
+async def test_a_run_cancelled_in_a_phase_stays_in_it(api: Clients) -> None:
+    """Its step is `cancelled`, which the phase did not look at: a pipeline cancelled while
+    scanning said it was improving, a phase it never reached."""
+    steps = [
+        phased("scan", "scanning", tokens=50, token_delay_ms=100),
+        phased("improve", "improving", tokens=3),
+    ]
+    workflow = await api.runs.create_workflow("pipeline", steps)
+    run = await api.runs.create_run(workflow.id)
+    assert api.engine is not None
+    events = api.engine.execute(run.id)
+    async for event in events:
+        if event.type == ev.STEP_DELTA:
+            break
+
+    await api.runs.cancel_run(run.id)
+    await events.aclose()
+
+    stored = await api.runs.get_run(run.id)
+    assert (stored.status, [s.status for s in stored.steps]) == (
+        ev.CANCELLED,
+        [ev.CANCELLED, ev.PENDING],
+    )
+    assert stored.phase == "scanning"

@@ -141,10 +141,10 @@ def workflow(
 
 
 def phase(steps: Sequence[pb.Step]) -> str:
-    """A pipeline run's phase: its running step's, else where it failed or will go on, else
-    the last one's."""
+    """A pipeline run's phase: its running step's, else where it failed, was cancelled or will
+    go on, else the last one's."""
     phased = [s for s in steps if s.spec.phase]
-    for status in ("running", "failed", "pending"):
+    for status in ("running", "failed", "cancelled", "pending"):
         for s in phased:
             if s.status == status:
                 return s.spec.phase
