@@ -94,6 +94,18 @@ def started_data(owner: str, claim_id: str) -> dict[str, Any]:
     return {"owner": owner, "claim": claim_id} if claim_id else {"owner": owner}
 
 
+def generated_block(steps: Sequence[Step], step: Step) -> list[Step]:
+    """The steps `step` generated (`steps` in order): the auto-generated ones right after it."""
+    block: list[Step] = []
+    for later in steps:
+        if later.position <= step.position:
+            continue
+        if not later.auto_generated:
+            break
+        block.append(later)
+    return block
+
+
 def _copy(row: Base, run_id: str) -> Base:
     """The row again, as `run_id`'s, with an id and a time of its own."""
     values = {
@@ -381,14 +393,16 @@ class StoreBase:
                 setattr(step, key, value)
 
     async def _delete_generated_after(
-        self, session: AsyncSession, workflow_id: str, position: int
+        self, session: AsyncSession, workflow_id: str, position: int, last: int | None = None
     ) -> None:
-        """Drop auto-generated steps after `position` and close the gaps in `order`."""
+        """Drop auto-generated steps after `position` (up to `last`, if given) and close the
+        gaps in `order`."""
+        bounds = [Step.position > position]
+        if last is not None:
+            bounds.append(Step.position <= last)
         await session.execute(
             delete(Step).where(
-                Step.workflow_id == workflow_id,
-                Step.auto_generated.is_(True),
-                Step.position > position,
+                Step.workflow_id == workflow_id, Step.auto_generated.is_(True), *bounds
             )
         )
         for index, step in enumerate(await self._steps(session, workflow_id)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nyxflow import events as ev
@@ -18,7 +18,7 @@ from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import Run, RunEvent, Step
-from nyxflow_runs.store.base import Claim, Draft, started_data
+from nyxflow_runs.store.base import Claim, Draft, generated_block, started_data
 from nyxflow_runs.store.record import Batch, Recording, Written, check_change, check_item
 from nyxflow_runs.store.workflows import step_row
 from nyxflow_runs.validation import step_drafts
@@ -156,7 +156,9 @@ class EngineWrites(Recording):
         specs: Sequence[pb.StepSpec],
         drafts: Sequence[Draft],
     ) -> Written:
-        """Insert auto-generated steps right after `after_step_id`; later steps move down."""
+        """Insert auto-generated steps right after `after_step_id`, in place of those it
+        generated before (the engine generates again only from a new output, which makes them
+        stale); later steps move."""
         async with self._scoped(tenant_id, write=True) as session:
             workflow_id = await self._fenced_workflow(session, tenant_id, run_id, token)
             steps = await self._steps(session, workflow_id)
@@ -166,11 +168,15 @@ class EngineWrites(Recording):
             replayed = await self._generated_before(session, run_id, steps, anchor, specs)
             if replayed is not None:
                 return replayed
+            old = generated_block(steps, anchor)
+            if old:
+                await session.execute(delete(Step).where(Step.id.in_([s.id for s in old])))
+                steps = [s for s in steps if s not in old]
             names = [s.name for s in steps]
             new = step_drafts(specs, await self._personas(session, tenant_id), earlier=names)
             for s in steps:
                 if s.position > anchor.position:
-                    s.position += len(new)
+                    s.position += len(new) - len(old)
             for offset, d in enumerate(new, start=1):
                 row = step_row(tenant_id, workflow_id, anchor.position + offset, d)
                 row.auto_generated = True
@@ -206,19 +212,24 @@ class EngineWrites(Recording):
         anchor: Step,
         specs: Sequence[pb.StepSpec],
     ) -> Written | None:
-        """A retry of a generation that committed (its answer was lost): the same steps sit
-        right after the anchor already. Answered with what that generation wrote, instead of
-        refusing the names as duplicates and failing the run."""
+        """A retry of a generation that committed (its answer was lost): this run generated
+        after the anchor already, and the same steps sit right after it. Answered with what
+        that generation wrote, instead of generating them twice. (The same names from an
+        earlier run are a block to replace: this run's event for the anchor tells them apart.)"""
         wanted = [s.name.strip() for s in specs]
         following = [s for s in steps if s.position > anchor.position][: len(wanted)]
         if not wanted or [s.name for s in following] != wanted:
             return None
         if not all(s.auto_generated for s in following):
             return None
-        generated = await session.scalar(
-            select(func.max(RunEvent.seq)).where(
+        marks = await session.execute(
+            select(RunEvent.seq, RunEvent.data).where(
                 RunEvent.run_id == run_id, RunEvent.type == ev.STEPS_GENERATED
             )
+        )
+        generated = max(
+            (m.seq for m in marks if (m.data or {}).get("after_step_id") == anchor.id),
+            default=None,
         )
         if generated is None:
             return None
