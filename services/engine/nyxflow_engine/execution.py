@@ -182,7 +182,8 @@ class Execution:
         position = 0
         while position < len(steps):
             step = steps[position]
-            if step.status != ev.COMPLETED:
+            executed = step.status != ev.COMPLETED
+            if executed:
                 if self.writer.pause_requested:
                     raise PauseRequested()
                 # The last step's result travels with the run's end: one write, not two.
@@ -193,7 +194,9 @@ class Execution:
                 done.CopyFrom(step)
                 done.status, done.output = ev.COMPLETED, outputs[step.name]
                 step = done
-            if step.spec.generates and not already_generated(step, steps):
+            # Executed again, its output is new: whatever it generated before is stale, and
+            # runs replaces that block with what this output generates.
+            if step.spec.generates and (executed or not already_generated(step, steps)):
                 await self._generate(step, steps)
                 steps = await self.writer.current_steps()
             position += 1

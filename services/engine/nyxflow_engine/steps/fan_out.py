@@ -19,7 +19,10 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
     step, spec = ctx.step, ctx.spec
     items = split_items(ctx.outputs.get(spec.source, ""), spec.split or "headings")
     total = len(items)
-    kept = [i for i in step.items if i.index < total]
+    # An earlier attempt's items count only if made from the same items: runs drops them when
+    # their source's output changes (retry, another alternative); a heading that no longer
+    # matches is a cheap second check.
+    kept = [i for i in step.items if i.index < total and i.heading == items[i.index].heading]
     outputs = {i.index: i.output for i in kept}
     # Items that stopped at max_tokens, those of an earlier attempt included: the step is
     # marked truncated if any is, so a cut-off item does not pass for a complete one.

@@ -26,7 +26,9 @@ def unique_name(wanted: str, taken: set[str]) -> str:
 def generated_specs(
     synthesis: pb.Step, steps: Sequence[pb.Step], consistency_check: bool
 ) -> list[pb.StepSpec]:
-    taken = {s.name for s in steps}
+    # The block these replace frees its names.
+    replaced = {s.id for s in generated_block(synthesis, steps)}
+    taken = {s.name for s in steps if s.id not in replaced}
     specs = [
         pb.StepSpec(
             name=unique_name(f"Implementation prompt {i + 1}: {item.heading}", taken),
@@ -68,5 +70,16 @@ def check_generatable(output: str) -> None:
 
 def already_generated(synthesis: pb.Step, steps: Sequence[pb.Step]) -> bool:
     """Generated steps sit right after their synthesis; resume keeps them, never doubles them."""
-    following = [s for s in steps if s.order == synthesis.order + 1]
-    return bool(following) and following[0].auto_generated
+    return bool(generated_block(synthesis, steps))
+
+
+def generated_block(synthesis: pb.Step, steps: Sequence[pb.Step]) -> list[pb.Step]:
+    """The steps `synthesis` generated: the auto-generated ones right after it."""
+    block: list[pb.Step] = []
+    for step in sorted(steps, key=lambda s: s.order):
+        if step.order <= synthesis.order:
+            continue
+        if not step.auto_generated:
+            break
+        block.append(step)
+    return block
