@@ -11,11 +11,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy import update
 
 from nyxflow import events as ev
 from nyxflow.errors import FailedPrecondition, InvalidArgument, NotFound
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_runs.models import Run, Step
 from tests.support.databases import fresh_database
+from tests.support.direct import direct
 from tests.support.eventually import eventually
 from tests.support.inprocess import Clients, clients, runs_service
 
@@ -96,25 +99,73 @@ async def test_retry_clears_stale_alternatives_and_really_executes(api: Clients)
 
 
 async def test_resume_runs_pending_synthesis_before_completed_generated_steps(
-    api: Clients,
+    api: Clients, database_url: str
 ) -> None:
+    """The seeds' state, as their workaround left it: the synthesis set back to pending by hand,
+    the steps generated from it completed, the run paused. Resume really runs the synthesis
+    (it was marked completed with no output), and what the new output generates replaces the
+    old block: those steps were made from an output that is no more."""
     name, steps, consistency = planning_workflow()
     workflow = await api.runs.create_workflow(name, steps, consistency)
     run, _ = await run_once(api, workflow.id)
     generated = [s for s in run.steps if s.auto_generated]
     assert len(generated) == 3 and all(s.status == ev.COMPLETED for s in generated)
     synthesis = run.steps[1]
+    async with direct(database_url) as db, db.sessions.begin() as session:
+        await session.execute(
+            update(Step).where(Step.id == synthesis.id).values(status=ev.PENDING, output=None)
+        )
+        await session.execute(update(Run).where(Run.id == run.id).values(status=ev.PAUSED))
 
-    # The seeds' state: synthesis pending, the steps generated from it completed.
-    retried = await api.runs.retry_step(synthesis.id)
-    events = await execute(api, retried.id)
+    resumed = await api.runs.resume_workflow(workflow.id)
+    events = await execute(api, resumed.id)
 
-    assert started(events) == ["Synthesis"]
-    after = await api.runs.get_run(retried.id)
+    names = [s.name for s in generated]
+    assert started(events) == ["Synthesis", *names]  # the new block's names, freed by the old
+    after = await api.runs.get_run(resumed.id)
     assert after.steps[1].status == ev.COMPLETED and after.steps[1].output != ""
     assert after.steps[1].output_tokens > 0
-    assert [s.id for s in after.steps if s.auto_generated] == [s.id for s in generated]
+    again = [s for s in after.steps if s.auto_generated]
+    assert [s.name for s in again] == names and [s.order for s in again] == [2, 3, 4]
+    assert not {s.id for s in again} & {s.id for s in generated}
     assert all(s.status == ev.COMPLETED and s.output for s in after.steps)
+
+
+async def test_a_retried_synthesis_drops_and_generates_again_its_steps(api: Clients) -> None:
+    """A plain retry of a synthesis used to keep the steps it generated, completed: they were
+    made from the output the retry replaces, and the new output generated nothing. They go with
+    the retry, the synthesis's new output generates them again, and they run; a later
+    synthesis's block stays, as every completed step after a plain retry does."""
+    name, steps, consistency = planning_workflow(consistency=True)
+    steps.append(
+        spec(
+            "Second synthesis",
+            "synthesis",
+            "Again: {{ steps.Outline.output }}",
+            generates="implementation_prompt",
+            params={"items": 2, "tokens": 20},
+        )
+    )
+    workflow = await api.runs.create_workflow(name, steps, consistency)
+    run, _ = await run_once(api, workflow.id)
+    second = [s.name for s in run.steps].index("Second synthesis")
+    first_block, later_block = run.steps[2:second], run.steps[second + 1 :]
+    assert [s.kind for s in first_block][-1] == "consistency_check" and len(later_block) == 3
+
+    retried = await api.runs.retry_step(run.steps[1].id)
+
+    fresh = await api.runs.get_run(retried.id)
+    kept = ["Outline", "Synthesis", "Second synthesis", *(s.name for s in later_block)]
+    assert [s.name for s in fresh.steps] == kept
+    assert [s.order for s in fresh.steps] == list(range(len(kept)))
+    events = await execute(api, retried.id)
+    assert started(events) == ["Synthesis", *(s.name for s in first_block)]
+    done = await api.runs.get_run(retried.id)
+    assert [s.name for s in done.steps] == [s.name for s in run.steps]
+    assert not {s.id for s in done.steps[2:second]} & {s.id for s in first_block}
+    assert [s.id for s in done.steps[second + 1 :]] == [s.id for s in later_block]
+    assert done.status == ev.COMPLETED
+    assert all(s.status == ev.COMPLETED and s.output for s in done.steps)
 
 
 async def test_duplicate_drops_generated_steps_and_reindexes(api: Clients) -> None:

@@ -1,0 +1,180 @@
+"""A step executed again leaves nothing made from its old output behind: the steps a synthesis
+generated from its old plan, the items a half-done fan-out made from its old source."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from nyxflow import events as ev
+from nyxflow.v1 import common_pb2 as pb
+from tests.support.direct import direct
+from tests.support.eventually import eventually
+from tests.support.fake_providers import Reply, fake_providers
+from tests.support.inprocess import Clients, runs_service
+from tests.support.provider_runs import engine_on_fake
+
+CUT_PLAN = "## Auth\nlogin flow\n\n## Billing\ninvoices\n"
+FULL_PLAN = CUT_PLAN + "\n## Search\nfull-text index\n"
+
+OLD_TOPICS = "## Alpha\nalpha body\n\n## Beta\nbeta body\n\n## Gamma\ngamma body\n"
+NEW_TOPICS = "## Xray\nxray body\n\n## Yankee\nyankee body\n\n## Zulu\nzulu body\n"
+
+
+async def execute(api: Clients, run_id: str) -> list[pb.RunEvent]:
+    assert api.engine is not None
+    return [e async for e in api.engine.execute(run_id)]
+
+
+async def pause_at_first_item(api: Clients, database_url: str, run: pb.Run) -> pb.Run:
+    """Execute `run` and pause it once its fan-out has finished an item (not all of them)."""
+    execution = asyncio.create_task(execute(api, run.id))
+    async with direct(database_url) as db:
+        await eventually(
+            lambda: db.events(run.tenant_id, run.id),
+            lambda es: any(e.type == ev.FAN_OUT_PROGRESS for e in es),
+            what="a first item done",
+        )
+    await api.runs.pause_run(run.id)
+    await asyncio.wait_for(execution, 10)
+    paused = await api.runs.get_run(run.id)
+    assert paused.status == ev.PAUSED, (paused.status, paused.error)
+    return paused
+
+
+def headings(output: str) -> list[str]:
+    return [line[3:].strip() for line in output.splitlines() if line.startswith("## ")]
+
+
+async def test_a_retried_synthesis_generates_prompts_from_its_new_plan(database_url: str) -> None:
+    """The seeds' users retry a plan cut at max_tokens with a bigger one. The prompts made from
+    the cut plan stayed completed and the new plan made none: its third item had no prompt."""
+    async with (
+        fake_providers() as fake,
+        runs_service(database_url) as rs,
+        engine_on_fake(rs.runs_listen, fake.base_url) as api,
+    ):
+        fake.script(
+            "anthropic",
+            Reply(text=CUT_PLAN, finish="max_tokens"),
+            Reply(text="prompt for auth, cut plan"),
+            Reply(text="prompt for billing, cut plan"),
+            Reply(text=FULL_PLAN),
+            Reply(text="prompt for auth"),
+            Reply(text="prompt for billing"),
+            Reply(text="prompt for search"),
+        )
+        plan = pb.StepSpec(
+            name="Plan",
+            kind="synthesis",
+            prompt="Plan the work.",
+            providers=["anthropic:claude-x"],
+            generates="implementation_prompt",
+            max_tokens=100,
+        )
+        workflow = await api.runs.create_workflow("plan", [plan])
+        run = await api.runs.create_run(workflow.id)
+        await execute(api, run.id)
+        first = await api.runs.get_run(run.id)
+        assert first.status == ev.COMPLETED and first.steps[0].truncated
+        assert [s.auto_generated for s in first.steps] == [False, True, True]
+
+        retried = await api.runs.retry_step(first.steps[0].id, max_tokens=16384)
+
+        # What the cut plan generated goes with it at once, not only once the plan is redone.
+        assert [s.name for s in (await api.runs.get_run(retried.id)).steps] == ["Plan"]
+        await execute(api, retried.id)
+        done = await api.runs.get_run(retried.id)
+        assert done.status == ev.COMPLETED, done.error
+        assert done.steps[0].output == FULL_PLAN and not done.steps[0].truncated
+        prompts = done.steps[1:]
+        assert [s.name.split(": ")[-1] for s in prompts] == ["Auth", "Billing", "Search"]
+        assert not {s.id for s in prompts} & {s.id for s in first.steps}
+        assert [s.output for s in prompts] == [
+            "prompt for auth",
+            "prompt for billing",
+            "prompt for search",
+        ]
+        assert [s.order for s in done.steps] == [0, 1, 2, 3]
+
+
+async def test_a_half_done_fan_out_takes_its_items_from_the_retried_source(
+    database_url: str,
+) -> None:
+    """A fan-out paused after some items, then its source retried: the finished items were made
+    from the old source, and were kept by index beside the new ones (Alpha, Beta, Zulu)."""
+    async with (
+        fake_providers() as fake,
+        runs_service(database_url) as rs,
+        engine_on_fake(rs.runs_listen, fake.base_url) as api,
+    ):
+        fake.script("anthropic", Reply(text=OLD_TOPICS), Reply(text=NEW_TOPICS))
+        topics = pb.StepSpec(
+            name="Topics", kind="llm", prompt="List them.", providers=["anthropic:claude-x"]
+        )
+        each = pb.StepSpec(
+            name="Each",
+            kind="fan_out",
+            prompt="Expand {{ item }}",
+            providers=["local"],
+            params_json=json.dumps({"tokens": 5, "token_delay_ms": 150}),
+            source="Topics",
+            split="headings",
+            concurrency=1,
+        )
+        workflow = await api.runs.create_workflow("fan", [topics, each])
+        paused = await pause_at_first_item(
+            api, database_url, await api.runs.create_run(workflow.id)
+        )
+        assert 0 < len(paused.steps[1].items) < 3
+
+        retried = await api.runs.retry_step(paused.steps[0].id, max_tokens=8192)
+
+        assert list((await api.runs.get_run(retried.id)).steps[1].items) == []
+        events = await execute(api, retried.id)
+        done = await api.runs.get_run(retried.id)
+        assert done.status == ev.COMPLETED, done.error
+        assert done.steps[0].output == NEW_TOPICS
+        fan = done.steps[1]
+        assert [i.heading for i in fan.items] == ["Xray", "Yankee", "Zulu"]
+        assert all("alpha" not in i.output.lower() for i in fan.items)
+        progress = [json.loads(e.data_json) for e in events if e.type == ev.FAN_OUT_PROGRESS]
+        assert sorted(p["index"] for p in progress) == [0, 1, 2]
+        assert fan.output_tokens == sum(i.output_tokens for i in fan.items)
+
+
+async def test_a_half_done_fan_out_takes_its_items_from_the_chosen_alternative(
+    api: Clients, database_url: str
+) -> None:
+    """Choosing another alternative of the source changes the items a paused fan-out is made
+    from: the ones it finished from the first are dropped, and resume makes every item anew."""
+    topics = pb.StepSpec(
+        name="Topics",
+        kind="llm",
+        prompt="List them.",
+        alternatives=2,
+        params_json=json.dumps({"items": 3, "tokens": 30}),
+    )
+    each = pb.StepSpec(
+        name="Each",
+        kind="fan_out",
+        prompt="Expand {{ item }}",
+        params_json=json.dumps({"tokens": 5, "token_delay_ms": 150}),
+        source="Topics",
+        concurrency=1,
+    )
+    workflow = await api.runs.create_workflow("fan-alt", [topics, each])
+    paused = await pause_at_first_item(api, database_url, await api.runs.create_run(workflow.id))
+    assert 0 < len(paused.steps[1].items) < 3
+    source = paused.steps[0]
+    assert source.alternatives[0].output != source.alternatives[1].output
+
+    await api.runs.select_alternative(source.id, 1)
+
+    resumed = await api.runs.resume_workflow(workflow.id)
+    events = await execute(api, resumed.id)
+    done = await api.runs.get_run(resumed.id)
+    assert done.status == ev.COMPLETED, done.error
+    assert [i.heading for i in done.steps[1].items] == headings(source.alternatives[1].output)
+    progress = [json.loads(e.data_json) for e in events if e.type == ev.FAN_OUT_PROGRESS]
+    assert sorted(p["index"] for p in progress) == [0, 1, 2]
