@@ -328,6 +328,9 @@ async def test_the_keyboard_keeps_its_place_through_workflow_actions(
     await button.filter(has_text=re.compile("^Start$")).focus()
     await page.keyboard.press("Enter")  # Start is gone once the run is on: the first action
     await expect(page.get_by_role("button", name="Pause")).to_be_focused()
+    # Running, not still pending (under load the claim can lag): a pending run pauses at once,
+    # never "requested".
+    await expect(detail).to_have_attribute("data-run-status", "running")
     await page.keyboard.press("Enter")
     await expect(page.locator("#run-line")).to_contain_text("pause requested")
     await expect(page.get_by_role("button", name="Cancel")).to_be_focused()
