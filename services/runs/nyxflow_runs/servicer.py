@@ -462,13 +462,20 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def WatchRun(
         self, request: runs_pb2.WatchRunRequest, context: Ctx
     ) -> AsyncIterator[pb.RunEventBatch]:
-        tenant = await self._tenant(request, context)
-        run_id = valid.require_id(request.run_id, "run_id")
-        if request.after_seq < 0:
-            raise InvalidArgument("must not be negative", field="after_seq")
-        after_seq = min(request.after_seq, MAX_SEQ)  # no run has more events; the column is int32
-        async for events in watch_run(
-            self._store, self._bus, tenant, run_id, after_seq, self._poll_s
-        ):
-            for batch in batched(events):
-                yield batch
+        # The key is held, not only checked at the start: a watch lasts as long as its run
+        # (hours), and a key revoked or expired meanwhile must stop receiving its events.
+        tenant, key = await self._tenancy.hold_key(context)
+        try:
+            valid.no_nul(request)
+            run_id = valid.require_id(request.run_id, "run_id")
+            if request.after_seq < 0:
+                raise InvalidArgument("must not be negative", field="after_seq")
+            after_seq = min(request.after_seq, MAX_SEQ)  # no run has more; the column is int32
+            async for events in watch_run(
+                self._store, self._bus, tenant, run_id, after_seq, self._poll_s
+            ):
+                key.check()
+                for batch in batched(events):
+                    yield batch
+        finally:
+            self._tenancy.release(key)
