@@ -7,6 +7,11 @@ A browser that needs older events than those (a long run, joined from its start)
 private channel: its own WatchRun from its Last-Event-ID, keeping nothing. So a followed run
 costs the gateway a bounded amount of memory however long it runs. When the last browser of a
 channel leaves, its upstream is cancelled: never the run.
+
+A browser's key is checked when its stream opens and then again every few seconds, once per
+key however many browsers use it: a key revoked or expired ends its browsers' streams (their
+EventSource reconnects and gets the 401), and only theirs. Checked only at the open, a stream
+carried the run's outputs to a revoked key until the run ended, hours later.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 
 from nyxflow import events as ev
 from nyxflow import metrics
+from nyxflow.errors import NotFound, Unauthenticated
 from nyxflow.sse import comment_frame, event_frame
 from nyxflow.tasks import cancel_and_wait
 from nyxflow_gateway import convert
@@ -25,6 +31,12 @@ from nyxflow_gateway.deps import Services
 from nyxflow_gateway.upstream import upstream
 
 log = logging.getLogger(__name__)
+
+# How often the keys of the browsers followed are checked again: the longest a revoked or
+# expired key's stream goes on. One GetRun (brief) per distinct key per check, whatever the
+# number of its browsers; at most KEY_CHECKS_AT_ONCE of them in flight.
+KEY_CHECK_S = 2.0
+KEY_CHECKS_AT_ONCE = 16
 
 
 def chunk(data: bytes) -> bytes:
@@ -65,9 +77,16 @@ class Subscriber:
     burst no browser reads at once, and was dropped part-way, reconnecting again and again."""
 
     def __init__(
-        self, size: int, after_seq: int, history_seq: int = 0, max_bytes: int = 8 * 1024 * 1024
+        self,
+        size: int,
+        after_seq: int,
+        history_seq: int = 0,
+        max_bytes: int = 8 * 1024 * 1024,
+        services: Services | None = None,
     ) -> None:
         self.size = size
+        self.services = services  # the browser's key: checked again while it follows
+        self.refused = False  # its key was revoked or expired
         self.history_seq = history_seq
         self.max_bytes = max_bytes  # on the transport: unsent bytes a live write may leave
         self.pending: list[Frame] = []
@@ -141,6 +160,14 @@ class Subscriber:
             self.ended = True
             self._wake()
 
+    def refuse(self) -> None:
+        """Its key is no longer valid: the stream ends without what is pending, which the
+        key may no longer read."""
+        self.refused = True
+        self.pending, self._pending_live = [], 0
+        self.ended = True
+        self._wake()
+
     async def take(self) -> tuple[list[Frame], bool]:
         """What is pending (possibly nothing, when only a heartbeat is due) and whether the
         stream ends after it."""
@@ -198,8 +225,10 @@ class RunHub:
         keep_bytes: int = 16 * 1024 * 1024,
         queue_bytes: int = 8 * 1024 * 1024,
         execute_silence_s: float = 15.0,
+        key_check_s: float = KEY_CHECK_S,
     ) -> None:
         self._queue_size = queue_size
+        self._key_check_s = key_check_s
         self._execute_silence_s = execute_silence_s
         self._queue_bytes = queue_bytes
         self._heartbeat_s = heartbeat_s
@@ -208,10 +237,12 @@ class RunHub:
         self._channels: dict[str, RunChannel] = {}  # the shared ones, by run
         self._private: set[RunChannel] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._key_checker: asyncio.Task[None] | None = None
         self.upstream_streams = 0
+        self.key_checks = 0  # calls made to check keys again
 
     async def close(self) -> None:
-        for task in [self._ticker, *(c.task for c in self._all())]:
+        for task in [self._ticker, self._key_checker, *(c.task for c in self._all())]:
             if task is not None:
                 await cancel_and_wait(task)
 
@@ -254,7 +285,11 @@ class RunHub:
             channel = self._open(services, run_id, ev.RUNNING, after_seq, shared=False)
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._tick(), name="sse-heartbeat")
-        subscriber = Subscriber(self._queue_size, after_seq, history_seq, self._queue_bytes)
+        if self._key_checker is None:
+            self._key_checker = asyncio.create_task(self._check_keys(), name="sse-key-check")
+        subscriber = Subscriber(
+            self._queue_size, after_seq, history_seq, self._queue_bytes, services
+        )
         # What the channel already holds is replayed from memory, outside the bounded inbox:
         # joining a long run late is not falling behind. Only live frames go through the inbox.
         subscriber.backlog = [f for f in channel.frames if f.seq > after_seq]
@@ -294,23 +329,88 @@ class RunHub:
                 for subscriber in tuple(channel.subscribers):
                     subscriber.heartbeat()
 
+    async def _check_keys(self) -> None:
+        """Every `key_check_s`, each distinct key with browsers is asked once whether it may
+        still read a run it follows: a thousand browsers of one key cost one call."""
+        limit = asyncio.Semaphore(KEY_CHECKS_AT_ONCE)
+        while True:
+            await asyncio.sleep(self._key_check_s)
+            followed: dict[Services, str] = {}
+            for channel in self._all():
+                for subscriber in channel.subscribers:
+                    if subscriber.services is not None and not subscriber.ended:
+                        followed.setdefault(subscriber.services, channel.run_id)
+            # Awaited before the next sleep: checks never pile up behind a slow runs.
+            await asyncio.gather(*(self._check(s, r, limit) for s, r in followed.items()))
+
+    async def _check(self, services: Services, run_id: str, limit: asyncio.Semaphore) -> None:
+        async with limit:
+            self.key_checks += 1
+            try:
+                await services.runs.get_run(run_id, brief=True)
+            except (Unauthenticated, NotFound) as error:
+                self._refuse(services, run_id, error)
+            except Exception as error:  # runs away: the streams go on, checked next time
+                log.info("a key could not be checked", extra={"error": str(error)})
+
+    def _refuse(self, services: Services, run_id: str, error: Exception) -> None:
+        """Ends the streams of a key runs refused: all of them for a key revoked or expired,
+        those of `run_id` for a run the key may no longer see."""
+        log.info("streams of a refused key ended", extra={"run_id": run_id, "why": str(error)})
+        whole_key = isinstance(error, Unauthenticated)
+        for channel in self._all():
+            if whole_key or channel.run_id == run_id:
+                for subscriber in tuple(channel.subscribers):
+                    if subscriber.services is services:
+                        subscriber.refuse()
+
     async def _pump(
         self, channel: RunChannel, services: Services, status: str, after_seq: int
     ) -> None:
         self.upstream_streams += 1
         metrics.UPSTREAM_STREAMS.inc()
-        source = upstream(services, channel.run_id, status, after_seq, self._execute_silence_s)
+        last = after_seq
         try:
-            async for events in source:
-                frames = [
-                    Frame(e.seq, chunk(event_frame(e.seq, e.type, convert.event_data(e)).encode()))
-                    for e in events
-                ]
-                if channel.shared:
-                    self._keep_frames(channel, frames)
-                joined = b"".join([f.chunk for f in frames])
-                for subscriber in tuple(channel.subscribers):
-                    subscriber.offer(frames, joined)
+            while True:
+                source = upstream(services, channel.run_id, status, last, self._execute_silence_s)
+                try:
+                    async for events in source:
+                        if not events:
+                            continue
+                        frames = [
+                            Frame(
+                                e.seq,
+                                chunk(event_frame(e.seq, e.type, convert.event_data(e)).encode()),
+                            )
+                            for e in events
+                        ]
+                        last = frames[-1].seq
+                        if channel.shared:
+                            self._keep_frames(channel, frames)
+                        joined = b"".join([f.chunk for f in frames])
+                        for subscriber in tuple(channel.subscribers):
+                            subscriber.offer(frames, joined)
+                    return
+                except (Unauthenticated, NotFound) as error:
+                    # The key the upstream was opened with (its first browser's) was refused:
+                    # its browsers go, and the others' streams go on through one of their
+                    # keys from where it stopped, with no gap and nothing twice.
+                    self._refuse(services, channel.run_id, error)
+                    successor = next(
+                        (
+                            s.services
+                            for s in channel.subscribers
+                            if not s.ended and s.services is not None
+                        ),
+                        None,
+                    )
+                    if successor is None:
+                        raise
+                    services = successor
+                    status = ev.RUNNING if last > after_seq else status
+                finally:
+                    with contextlib.suppress(Exception):
+                        await source.aclose()
         except Exception as error:  # browsers get what arrived; EventSource reconnects
             log.warning("upstream ended", extra={"run_id": channel.run_id, "error": str(error)})
         finally:
@@ -319,8 +419,6 @@ class RunHub:
             channel.done = True
             for subscriber in tuple(channel.subscribers):
                 subscriber.end()
-            with contextlib.suppress(Exception):
-                await source.aclose()
 
     def _keep_frames(self, channel: RunChannel, frames: list[Frame]) -> None:
         """The last `keep_frames`, and no more than `keep_bytes` of them, let go of a quarter
