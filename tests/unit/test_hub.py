@@ -14,6 +14,8 @@ from typing import cast
 
 import pytest
 
+from nyxflow.client import EngineClient, RunsClient
+from nyxflow.errors import Unauthenticated
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_gateway import hub as hub_module
 from nyxflow_gateway.deps import Services
@@ -303,5 +305,90 @@ async def test_a_run_of_long_results_keeps_a_tail_bounded_in_bytes(
         assert shared.trimmed == shared.frames[0].seq - 1
         late = hub.subscribe(cast(Services, None), "run", "running", 0)
         assert late.channel is not shared  # what was let go comes from its own stream
+    finally:
+        await hub.close()
+
+
+class KeyRuns:
+    """A key's stand-in for runs: GetRun answers until the key is revoked."""
+
+    def __init__(self) -> None:
+        self.revoked = False
+        self.calls = 0
+
+    async def get_run(self, run_id: str, *, brief: bool = False) -> pb.Run:
+        self.calls += 1
+        if self.revoked:
+            raise Unauthenticated("invalid API key")
+        return pb.Run(id=run_id)
+
+
+def key() -> tuple[Services, KeyRuns]:
+    runs = KeyRuns()
+    return Services(cast(RunsClient, runs), cast(EngineClient, None)), runs
+
+
+async def test_a_revoked_keys_browsers_end_with_one_check_per_key_and_no_other_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five browsers of one key over two runs cost one check per interval; once it is revoked
+    they end, without what was pending for them, and the other key's browsers go on."""
+
+    async def quiet_upstream(*_: object) -> AsyncIterator[list[pb.RunEvent]]:
+        await asyncio.Event().wait()
+        yield []
+
+    monkeypatch.setattr(hub_module, "upstream", quiet_upstream)
+    leaked, leaked_runs = key()
+    kept, kept_runs = key()
+    hub = RunHub(queue_size=8, heartbeat_s=60, key_check_s=0.05)
+    try:
+        revoked = [hub.subscribe(leaked, f"run-{i % 2}", "running", 0) for i in range(5)]
+        others = [hub.subscribe(kept, f"run-{i % 2}", "running", 0) for i in range(2)]
+        revoked[0].offer(frames(1, 2))  # waiting for its task: never sent once revoked
+        await asyncio.sleep(0.3)
+        assert 3 <= leaked_runs.calls <= 6 and kept_runs.calls == leaked_runs.calls
+        assert not any(s.ended for s in revoked + others)
+
+        leaked_runs.revoked = True
+        await asyncio.sleep(0.2)
+        assert all(s.refused and s.ended for s in revoked)
+        assert await revoked[0].take() == ([], True)
+        assert not any(s.ended for s in others)
+    finally:
+        await hub.close()
+
+
+async def test_an_upstream_whose_key_is_revoked_goes_on_with_another_browsers_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first browser's key opened the upstream; refused, the channel opens it again with
+    another browser's key, from the last event: no gap, nothing twice, no second start."""
+    leaked, _ = key()
+    kept, _ = key()
+    calls: list[tuple[Services, str, int]] = []
+
+    async def fake_upstream(
+        services: Services, _: str, status: str, after_seq: int, __: float
+    ) -> AsyncIterator[list[pb.RunEvent]]:
+        calls.append((services, status, after_seq))
+        if services is leaked:
+            yield events(1, 3)
+            raise Unauthenticated("the API key was revoked or has expired")
+        yield events(after_seq + 1, 6 - after_seq)
+        await asyncio.Event().wait()
+        yield []
+
+    monkeypatch.setattr(hub_module, "upstream", fake_upstream)
+    hub = RunHub(queue_size=100, heartbeat_s=60, key_check_s=60)
+    try:
+        first = hub.subscribe(leaked, "run", "pending", 0)
+        other = hub.subscribe(kept, "run", "pending", 0)
+        await eventually_seq(other, 6)
+        taken, _ = await other.take()
+        assert [f.seq for f in taken] == [1, 2, 3, 4, 5, 6]
+        assert first.refused and first.ended and not other.ended
+        assert calls == [(leaked, "pending", 0), (kept, "running", 3)]
+        assert hub.upstream_streams == 1
     finally:
         await hub.close()
