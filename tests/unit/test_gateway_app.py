@@ -120,6 +120,8 @@ class World:
         )
         self.runs[run_id] = run
         self.history[run_id] = script(run_id)
+        if status != ev.PENDING:  # as runs answers: what it has stored so far
+            run.last_seq = len(self.history[run_id])
         return run
 
 
