@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 from nyxflow import events as ev
 from nyxflow import metrics, pipelines
 from nyxflow.batches import batched
+from nyxflow.constants import MAX_RECORD_GROUP
 from nyxflow.errors import InvalidArgument, NyxflowError
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2, runs_pb2_grpc
@@ -24,7 +25,9 @@ from nyxflow_runs.watch import watch_run
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
 MAX_SEQ = 2**31 - 1
-MAX_GROUP = 1000  # batches per RecordMany: an engine sends what its runs wrote meanwhile
+MAX_GROUP = (
+    MAX_RECORD_GROUP  # batches per RecordMany: an engine sends what its runs wrote meanwhile
+)
 # ListStepItems per call: a page's batch of newly finished items fits many times over, and a
 # call stays well under the gRPC message limit (one longer item goes alone).
 ITEMS_DEFAULT, ITEMS_MAX = 100, 500
