@@ -39,5 +39,6 @@ def default_max_tokens(kind: str, name: str = "") -> int:
         return LONG_OUTPUT_MAX_TOKENS
     return MAX_TOKENS_BY_KIND.get(kind, DEFAULT_MAX_TOKENS)
 
+
 # Batches per RecordMany call: runs refuses more, and the engine's committer sends no more.
 MAX_RECORD_GROUP: Final = 1000
