@@ -214,15 +214,8 @@ def _generated_block_end(steps: Sequence[Step], step: Step) -> int:
     """The last position whose generated steps a cascade from `step` keeps. A generated step's
     synthesis sits before it and stays completed, so it will not generate again: the rest of
     its block is reset, not dropped. Blocks of later syntheses go; those runs make them anew."""
-    end = step.position
-    if step.auto_generated:
-        for later in steps:
-            if later.position <= step.position:
-                continue
-            if not later.auto_generated:
-                break
-            end = later.position
-    return end
+    rest = generated_block(steps, step) if step.auto_generated else []
+    return rest[-1].position if rest else step.position
 
 
 def _reads(step: Step) -> set[str]:
