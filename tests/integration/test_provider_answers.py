@@ -290,20 +290,96 @@ async def test_a_provider_that_cannot_serve_from_here_falls_back_at_once(
     assert fake.count(wire) == 1
 
 
-async def test_an_answer_cut_by_the_context_window_is_truncated_and_continued(
+async def test_an_answer_cut_by_the_context_window_is_kept_and_not_continued(
     fake_api: Clients, fake: FakeProviders
 ) -> None:
-    """Anthropic's `model_context_window_exceeded` passed for a whole answer."""
+    """Anthropic's `model_context_window_exceeded`: the window is full, so a continuation (the
+    prompt plus the text so far) cannot fit. It was sent anyway, and its 400 failed the step."""
     first = wire_of.anthropic(["cut off "], "model_context_window_exceeded", output_tokens=64)
-    fake.script("anthropic", Raw(first), wire_of.answer("anthropic", ["and finished"]))
+    fake.script("anthropic", Raw(first), wire_of.error_body(400, ANTHROPIC_TOO_LONG))
 
-    run, _ = await run_steps(
+    run, events = await run_steps(
         fake_api, step("S", ["anthropic:claude-sonnet-4-5"], max_tokens=64, auto_continue=1)
     )
 
     assert run.status == ev.COMPLETED, run.error
-    assert run.steps[0].output == "cut off and finished"
-    assert fake.count("anthropic") == 2
+    done = run.steps[0]
+    assert (done.output, done.truncated, done.finish_reason) == ("cut off ", True, "context_window")
+    assert fake.count("anthropic") == 1
+    (truncated,) = of_type(events, ev.STEP_TRUNCATED)
+    assert truncated["reason"] == "context_window"
+
+
+ANTHROPIC_TOO_LONG = {
+    "type": "error",
+    "error": {
+        "type": "invalid_request_error",
+        "message": "prompt is too long: 200410 tokens > 200000 maximum",
+    },
+}
+OPENAI_TOO_LONG = {
+    "error": {
+        "message": "This model's maximum context length is 128000 tokens. However, your "
+        "messages resulted in 128410 tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+}
+GEMINI_TOO_LONG = {
+    "error": {
+        "code": 400,
+        "message": "The input token count (1048990) exceeds the maximum number of tokens "
+        "allowed (1048576).",
+        "status": "INVALID_ARGUMENT",
+    }
+}
+TOO_LONG: dict[str, dict[str, Any]] = {
+    "anthropic": ANTHROPIC_TOO_LONG,
+    "openai": OPENAI_TOO_LONG,
+    "google": GEMINI_TOO_LONG,
+}
+MODEL = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-4.1", "google": "gemini-2.5-pro"}
+
+
+@pytest.mark.parametrize("wire", WIRES)
+async def test_a_continuation_that_no_longer_fits_keeps_the_answer_so_far(
+    fake_api: Clients, fake: FakeProviders, wire: str
+) -> None:
+    """A long answer continued until prompt plus text filled the window: the provider's
+    "too long" 400 failed the step and threw away every part already written."""
+    fake.script(
+        wire,
+        Reply(text="part one ", finish="max_tokens", output_tokens=64),
+        wire_of.error_body(400, TOO_LONG[wire]),
+    )
+
+    run, events = await run_steps(
+        fake_api, step("S", [f"{wire}:{MODEL[wire]}"], max_tokens=64, auto_continue=3)
+    )
+
+    assert run.status == ev.COMPLETED, run.error
+    done = run.steps[0]
+    assert (done.output, done.truncated, done.finish_reason) == (
+        "part one ",
+        True,
+        "context_window",
+    )
+    assert fake.count(wire) == 2  # no retry of a request that cannot fit
+    (truncated,) = of_type(events, ev.STEP_TRUNCATED)
+    assert (truncated["used"], truncated["reason"]) == (64, "context_window")
+
+
+async def test_a_prompt_that_does_not_fit_fails_the_step_with_the_providers_words(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    fake.script("openai", wire_of.error_body(400, OPENAI_TOO_LONG))
+
+    run, _ = await run_steps(fake_api, step("S", ["openai:gpt-4.1"], auto_continue=3))
+
+    assert run.status == ev.FAILED
+    assert "maximum context length is 128000 tokens" in run.steps[0].error
+    assert fake.count("openai") == 1  # not retried: it cannot fit the next time either
 
 
 async def test_an_answer_cut_by_the_context_window_is_marked_truncated(

@@ -274,6 +274,7 @@ class Execution:
                     **ids,
                     used=result.cut_output_tokens,
                     limit=step.max_tokens,
+                    reason=result.finish_reason,  # context_window: more tokens will not help
                     **({"items": cut} if (cut := result.extra.get("truncated_items")) else {}),
                 )
             )

@@ -25,7 +25,7 @@ from nyxflow_engine.providers.base import (
     Provider,
     ProviderError,
 )
-from nyxflow_engine.providers.failures import Action, ProviderFailure
+from nyxflow_engine.providers.failures import Action, ContextWindowFull, ProviderFailure
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ async def complete_with_chain(
             )
         except ProviderFailure as failure:
             if failure.action is Action.FAIL:
-                raise ProviderError(failure.reason) from None
+                refusal = ContextWindowFull if failure.context_full else ProviderError
+                raise refusal(failure.reason) from None
             reasons.append(failure.reason)
             if i + 1 < len(chain):
                 metrics.PROVIDER_FALLBACKS.labels(

@@ -45,6 +45,15 @@ _CANNOT_SERVE_HERE = (
     "not available in your country",
     "failed_precondition",
 )
+# The prompt (a continuation's included) leaves no room in the model's context window: a 400
+# that no retry fixes, and that ends a continuation rather than the step (steps/context.py).
+_CONTEXT_FULL = (
+    "prompt is too long",  # Anthropic
+    "exceed context limit",  # Anthropic: input length and `max_tokens` exceed context limit
+    "context_length_exceeded",  # OpenAI's code
+    "maximum context length",  # OpenAI-compatible servers (vLLM, llama.cpp) say it so
+    "exceeds the maximum number of tokens allowed",  # Gemini
+)
 _RATE_LIMITED = ("rate_limit", "rate limit", "too many requests", "resource_exhausted")
 # The providers' own words for "our side, try again" (as a code, or mid-stream).
 _TRANSIENT = ("overloaded", "api_error", "server_error")
@@ -54,11 +63,19 @@ STREAM_OK = 200  # an error inside a stream that had started as a success
 class ProviderFailure(ProviderError):
     """A classified failure of one provider; `reason` is safe to show (no keys, no prompt)."""
 
-    def __init__(self, action: Action, reason: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, action: Action, reason: str, *, status: int | None = None, context_full: bool = False
+    ) -> None:
         super().__init__(reason)
         self.action = action
         self.reason = reason
         self.status = status
+        self.context_full = context_full
+
+
+class ContextWindowFull(ProviderError):
+    """The request does not fit the model's context window: no provider of the chain is tried,
+    and a continuation refused so ends with the text before it."""
 
 
 def classify(status: int | None, message: str, code: str = "") -> Action:
@@ -82,7 +99,9 @@ def failure(provider: str, status: int | None, message: str, code: str = "") -> 
     text = plain(message)  # classified too: a page's own words are not the provider's
     shown = text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"
     reason = f"{provider}: {shown or 'error'} ({where})"
-    return ProviderFailure(classify(status, text, code), reason, status=status)
+    action = classify(status, text, code)
+    full = action is Action.FAIL and any(f in f"{code} {text}".lower() for f in _CONTEXT_FULL)
+    return ProviderFailure(action, reason, status=status, context_full=full)
 
 
 REASON_LIMIT = 300  # a reason goes into events, the step's error and the run's error

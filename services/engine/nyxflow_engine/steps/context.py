@@ -6,13 +6,19 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
-from nyxflow_engine.providers.base import FINISH_STOP, Completion, CompletionRequest
+from nyxflow_engine.providers.base import (
+    FINISH_CONTEXT_WINDOW,
+    FINISH_STOP,
+    Completion,
+    CompletionRequest,
+)
+from nyxflow_engine.providers.failures import ContextWindowFull
 from nyxflow_engine.providers.registry import Providers
 from nyxflow_engine.tools.sandbox import SANDBOXED, Sandbox
 from nyxflow_engine.writer import RunWriter, draft
@@ -140,13 +146,15 @@ class StepContext:
         response_format: str = "",
     ) -> Completion:
         """One completion of `prompt` with this step's provider, persona and limits; a
-        max_tokens stop is continued up to `auto_continue` times and the text joined."""
+        max_tokens stop is continued up to `auto_continue` times and the text joined. A full
+        context window is not: the continuation would not fit either (a "prompt is too long"
+        400), so the answer so far is kept, truncated, rather than failed."""
         step = self.step
         deltas = DeltaBuffer(self.writer, step.id, self.flush_s, variant) if stream else None
         on_delta = deltas.add if deltas is not None else _discard
         on_reset = deltas.reset if deltas is not None else _nothing
         text, input_tokens, output_tokens = "", 0, 0
-        for _attempt in range(1 + max(0, self.spec.auto_continue)):
+        for attempt in range(1 + max(0, self.spec.auto_continue)):
             if deltas is not None:
                 deltas.keep(text)
             request = CompletionRequest(
@@ -159,17 +167,24 @@ class StepContext:
                 prefix=text,
                 response_format=response_format,
             )
-            completion = await self.providers.complete(
-                step.providers,
-                request,
-                on_delta,
-                on_fallback=self._fallback,
-                on_reset=on_reset,
-            )
+            try:
+                completion = await self.providers.complete(
+                    step.providers,
+                    request,
+                    on_delta,
+                    on_fallback=self._fallback,
+                    on_reset=on_reset,
+                )
+            except ContextWindowFull:
+                if attempt == 0:
+                    raise  # the prompt alone does not fit: there is nothing to keep
+                # The text so far filled the window: it stands, cut by the window.
+                completion = replace(completion, text="", finish_reason=FINISH_CONTEXT_WINDOW)
+                break
             text += completion.text
             input_tokens += completion.input_tokens
             output_tokens += completion.output_tokens
-            if not completion.truncated:
+            if not completion.truncated or completion.finish_reason == FINISH_CONTEXT_WINDOW:
                 break
         if deltas is not None:
             await deltas.flush()
