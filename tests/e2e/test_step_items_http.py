@@ -1,6 +1,7 @@
 """GET /v1/runs/{run_id}/steps/{step_id}/items over the real process stack: a real fan-out's
 items page by page, as the page fetches those it lacks; bad input is a 400 naming its field,
-wrong ids 404 (another tenant's: test_tenant_walls_http, which walks every route)."""
+wrong ids 404 (another tenant's: test_tenant_walls_http, which walks every route), an older
+run's 409 once a newer run holds the step."""
 
 from __future__ import annotations
 
@@ -103,3 +104,23 @@ async def test_wrong_ids_are_404(http: httpx.AsyncClient, stack: ProcessStack) -
         response = await items(http, stack, run, step)
         assert response.status_code == 404, response.text
         assert response.json()["error"]["code"] == "not_found"
+
+
+async def test_an_older_runs_items_are_a_409_naming_the_newer_run(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """A re-run resets the steps: the first run's items are no longer stored, and a client
+    still paging them is told which run has the step now, not given that run's items."""
+    run = await fanned_out(http, stack)
+    step_id = run["steps"][1]["id"]
+    rerun = await http.post(f"/v1/workflows/{run['workflow_id']}/rerun", headers=stack.headers)
+    assert rerun.status_code == 201, rerun.text
+    newer = rerun.json()["id"]
+
+    response = await items(http, stack, run["id"], step_id, from_index=5)
+    assert response.status_code == 409, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("failed_precondition", "run_id")
+    assert newer in error["message"]
+    ok = await items(http, stack, newer, step_id)
+    assert ok.status_code == 200 and ok.json() == {"items": [], "next_index": None}

@@ -1,6 +1,6 @@
 """ListStepItems: a step's fan-out items page by page, bounded in count and in bytes of output,
 through the real gRPC API on both databases; bad input named by field, wrong and foreign ids
-NOT_FOUND."""
+NOT_FOUND, an older run's FAILED_PRECONDITION."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from nyxflow.auth import bearer_metadata
 from nyxflow.client import AdminClient, RunsClient
-from nyxflow.errors import InvalidArgument, NotFound
+from nyxflow.errors import FailedPrecondition, InvalidArgument, NotFound
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from tests.integration.test_runs_invariants import MISSING, claimed
@@ -153,3 +153,23 @@ async def test_unknown_foreign_and_other_tenants_ids_are_not_found(runs: Clients
     with pytest.raises(NotFound) as hidden:
         await other_tenant.list_step_items(run.id, step.id)
     assert "secret" not in str(hidden.value)
+
+
+async def test_an_older_runs_items_are_refused_once_a_newer_run_holds_the_step(
+    runs: Clients,
+) -> None:
+    """Steps hold the latest run's state: a re-run resets the items, and a client paging the
+    older run's must be told so, not given the newer run's items as if they were its own."""
+    _, old, step = await with_items(runs, {0: "old 0", 1: "old 1"})
+    before = await runs.runs.list_step_items(old.id, step.id)
+    assert [i.output for i in before.items] == ["old 0", "old 1"]
+    await runs.runs.cancel_run(old.id)
+
+    new = await runs.runs.rerun_workflow(old.workflow_id)
+    with pytest.raises(FailedPrecondition) as refused:
+        await runs.runs.list_step_items(old.id, step.id, from_index=1)
+    assert refused.value.field == "run_id" and new.id in refused.value.message
+    assert list((await runs.runs.list_step_items(new.id, step.id)).items) == []
+    # A step not in the older run's workflow is still NOT_FOUND, whatever run is newer.
+    with pytest.raises(NotFound):
+        await runs.runs.list_step_items(old.id, MISSING)

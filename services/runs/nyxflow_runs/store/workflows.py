@@ -16,7 +16,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from nyxflow import events as ev
 from nyxflow import metrics
 from nyxflow.auth import hash_key
-from nyxflow.errors import InvalidArgument, NotFound, Unauthenticated
+from nyxflow.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from nyxflow.personas import BUILTIN_PERSONAS
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import convert
@@ -318,7 +318,8 @@ class Workflows(StoreBase):
     ) -> tuple[list[pb.StepItem], int | None]:
         """The step's items from `from_index` on, at most `limit` and `max_bytes` of output (the
         first always), and the index to go on from when more are stored. The sizes are read
-        first, so that outputs past the bound are never loaded."""
+        first, so that outputs past the bound are never loaded. FAILED_PRECONDITION for a run
+        that is not its workflow's latest: the items are the latest run's."""
         async with self._scoped(tenant_id) as session:
             run = await self._run(session, tenant_id, run_id)
             step = await session.scalar(
@@ -350,6 +351,16 @@ class Workflows(StoreBase):
                     .order_by(StepItem.item_index)
                 )
                 items = [convert.item(row) for row in rows.all()]
+            # Steps and their items hold one state, the latest run's: a newer run resets or
+            # replaces them. Read after the items: a run that reset them was created in the
+            # same transaction, so it is seen here if its reset was seen above.
+            latest = await self._latest_run(session, run.workflow_id)
+            if latest is not None and latest.id != run.id:
+                raise FailedPrecondition(
+                    f"step {step_id}'s items belong to run {latest.id}, a newer run of "
+                    f"workflow {run.workflow_id} than run {run_id}",
+                    field="run_id",
+                )
         more = sizes[len(chosen)].item_index if len(sizes) > len(chosen) else None
         return items, more
 
