@@ -132,3 +132,44 @@ async def test_a_sandboxed_command_holds_no_capability(tmp_path: Path) -> None:
         assert int(status[held], 16) == 0, (held, status[held])
     assert status["NoNewPrivs"].strip() == "1"
     assert status["Uid"].split()[0] == str(os.getuid())  # still the engine's user
+
+
+ALLOCATE = "bytearray(512 << 20); print('allocated')"  # 512 MiB, written (zeroed) at once
+WRITE = "head -c 2097152 /dev/zero > big && echo wrote"  # 2 MiB
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["sandboxed", "unsandboxed"])
+async def test_a_command_that_takes_too_much_memory_fails_alone(
+    tmp_path: Path, namespaces: bool
+) -> None:
+    """A leaking suite ran until the host's OOM killer chose a victim: the engine, maybe."""
+    limited = Sandbox(namespaces=namespaces, memory_mb=256)
+    unlimited = Sandbox(namespaces=namespaces, memory_mb=0)
+    python = (sys.executable, "-c", ALLOCATE)
+
+    refused = await run(tmp_path, *python, contained=True, sandbox=limited)
+    allowed = await run(tmp_path, *python, contained=True, sandbox=unlimited)
+
+    assert refused.code != 0 and "MemoryError" in refused.output, refused.output
+    assert (allowed.code, allowed.output.strip()) == (0, "allocated")
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["sandboxed", "unsandboxed"])
+async def test_a_command_cannot_write_a_file_past_its_limit(
+    tmp_path: Path, namespaces: bool
+) -> None:
+    """Disk filled by one suite's runaway log fails every run on the host."""
+    sandbox = Sandbox(namespaces=namespaces, file_mb=1)
+
+    done = await run(tmp_path, "sh", "-c", WRITE, contained=True, sandbox=sandbox)
+
+    assert done.code != 0 and "File too large" in done.output, done.output
+    assert (tmp_path / "big").stat().st_size == 1 << 20
+
+
+async def test_a_command_writes_no_core_dump_and_cannot_raise_its_limits(tmp_path: Path) -> None:
+    script = "ulimit -c; ulimit -d; ulimit -S -d unlimited 2>/dev/null || echo refused"
+
+    done = await run(tmp_path, "sh", "-c", script, contained=True, sandbox=Sandbox(memory_mb=64))
+
+    assert done.output.split() == ["0", str(64 * 1024), "refused"], done.output

@@ -30,6 +30,9 @@ class EngineSettings(CommonSettings):
     # the engine, able to read the engine's /proc. Checked at start-up, never turned off quietly.
     command_sandbox: Literal["namespaces", "none"] = "namespaces"
     command_network: bool = False  # true: a sandboxed command shares the host's network
+    # Per process of a tenant's command (tools/sandbox.py); 0: no limit.
+    command_memory_mb: int = Field(default=4096, ge=0)  # writable memory (RLIMIT_DATA)
+    command_file_mb: int = Field(default=1024, ge=0)  # the largest file written (RLIMIT_FSIZE)
     # Providers: keys are secrets (never logged, never stored); base URLs point at proxies,
     # test servers or, for openai_compatible, a local model server.
     # The chain for steps whose step, workflow and tenant name none.

@@ -1,4 +1,5 @@
-"""The keeper of a tenant's command: `python reaper.py [--sandboxed] ENGINE_FD PROGRAM ARGS...`,
+"""The keeper of a tenant's command:
+`python reaper.py [--limit=NAME:BYTES]... [--sandboxed] ENGINE_FD PROGRAM ARGS...`,
 started by the engine, which hands it ENGINE_FD, the read end of a pipe whose write end only
 the engine holds: it hangs up when the engine dies, whatever pid the keeper sees the engine
 under (none, in a PID namespace of its own), and an engine that died while this process was
@@ -16,6 +17,9 @@ up the loopback of a network namespace of its own, and the command starts with n
 at all (none can be regained through a setuid program either), so it cannot undo its sandbox:
 unmount its /proc to find the host's below, take its loopback down.
 
+`--limit=data:BYTES`, `--limit=fsize:BYTES`: resource limits the command (and all it starts)
+runs under; a core dump is never written (a crashing suite would fill the disk with them).
+
 The exit status is the command's: its code, or 128 + the signal that killed it, as a shell
 reports it. A program that cannot be started exits 127 with the reason on stderr.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import select
 import signal
 import sys
@@ -143,15 +148,36 @@ def kill_all() -> None:
                 os.waitpid(pid, 0)
 
 
-def start(args: list[str], sandboxed: bool) -> int:
+LIMITS = {"data": resource.RLIMIT_DATA, "fsize": resource.RLIMIT_FSIZE}
+
+
+def parse_limits(options: list[str]) -> dict[int, int]:
+    """`--limit=NAME:BYTES` options -> resource -> bytes."""
+    limits = {resource.RLIMIT_CORE: 0}
+    for option in options:
+        name, _, size = option.removeprefix("--limit=").partition(":")
+        limits[LIMITS[name]] = int(size)
+    return limits
+
+
+def set_limits(limits: dict[int, int]) -> None:
+    """Soft and hard alike: the command cannot raise them again."""
+    for which, size in limits.items():
+        hard = resource.getrlimit(which)[1]
+        size = size if hard == resource.RLIM_INFINITY else min(size, hard)
+        resource.setrlimit(which, (size, size))
+
+
+def start(args: list[str], sandboxed: bool, limits: dict[int, int]) -> int:
     pid = os.fork()
     if pid == 0:  # the command: the signals this process waits on are its own again
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         try:
+            set_limits(limits)
             if sandboxed:
                 drop_capabilities()
         except OSError as error:
-            print(f"cannot drop capabilities: {error.strerror}", file=sys.stderr)
+            print(f"cannot sandbox the command: {error.strerror}", file=sys.stderr)
             os._exit(127)
         try:
             os.execvp(args[0], args)
@@ -167,10 +193,20 @@ def exit_code(status: int) -> int:
 
 
 def main(args: list[str]) -> int:
+    options = [a for a in args[:2] if a.startswith("--limit=")]  # data and fsize, at most
+    args = args[len(options) :]
     sandboxed = args[:1] == ["--sandboxed"]
     args = args[1:] if sandboxed else args
-    if len(args) < 2 or not args[0].isdigit():
-        print("usage: reaper.py [--sandboxed] ENGINE_FD PROGRAM [ARGS...]", file=sys.stderr)
+    try:
+        limits = parse_limits(options)
+    except (KeyError, ValueError):
+        limits = {}
+    if not limits or len(args) < 2 or not args[0].isdigit():
+        print(
+            "usage: reaper.py [--limit=data|fsize:BYTES]... [--sandboxed] ENGINE_FD PROGRAM"
+            " [ARGS...]",
+            file=sys.stderr,
+        )
         return 2
     engine, args = int(args[0]), args[1:]
     become_subreaper()  # if refused, the engine's group kill is still there
@@ -184,7 +220,7 @@ def main(args: list[str]) -> int:
         except OSError as error:
             print(f"cannot bring the loopback up: {error.strerror}", file=sys.stderr)
             return 127
-    command = start(args, sandboxed)
+    command = start(args, sandboxed, limits)
     try:
         while True:
             received = signal.sigtimedwait(WATCHED, ENGINE_CHECK_S)

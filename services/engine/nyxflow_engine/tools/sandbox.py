@@ -15,6 +15,13 @@ the runs service, the database or the internet from the engine's host. In the sa
 The keeper drops every capability before the command starts, so the command cannot undo any
 of it. The file system is not hidden: the command reads and writes what the engine's user
 can, as a CI job does.
+
+Limits hold with or without namespaces (`NYXFLOW_COMMAND_MEMORY_MB`, `..._FILE_MB`): a
+tenant's suite that leaks memory, or writes without end, fails on its own instead of taking
+the engine's host (and every other run on it) down with it. Memory is RLIMIT_DATA, not
+RLIMIT_AS: a JVM or a Go test binary reserves gigabytes of address space it never touches,
+and only what is writable counts in RLIMIT_DATA. RLIMIT_NPROC is not one of them: an engine
+that runs as root is exempt from it; the PID namespace and the keeper end a fork bomb.
 """
 
 from __future__ import annotations
@@ -42,23 +49,38 @@ UNSHARE = (
 )
 
 
+MIB = 1 << 20
+
+
 @dataclass(frozen=True)
 class Sandbox:
     namespaces: bool = True  # false: beside the engine (NYXFLOW_COMMAND_SANDBOX=none)
     network: bool = False  # with namespaces: the host's network, not a loopback of its own
+    memory_mb: int = 4096  # writable memory per process of the command; 0: no limit
+    file_mb: int = 1024  # the largest file it may write (its output included); 0: no limit
 
     @classmethod
     def from_settings(cls, settings: EngineSettings) -> Sandbox:
-        return cls(settings.command_sandbox == "namespaces", settings.command_network)
+        return cls(
+            settings.command_sandbox == "namespaces",
+            settings.command_network,
+            settings.command_memory_mb,
+            settings.command_file_mb,
+        )
 
     def command(self, engine: int, args: Sequence[str]) -> tuple[str, ...]:
         """The command line that runs `args` under the keeper, in this sandbox; `engine` is
         the descriptor the keeper watches the engine by (commands.py)."""
-        keeper = (sys.executable, "-I", "-S", str(REAPER))
+        keeper = (sys.executable, "-I", "-S", str(REAPER), *self._limits())
         if not self.namespaces:
             return (*keeper, str(engine), *args)
         network = () if self.network else ("--net",)
         return (*UNSHARE, *network, "--", *keeper, "--sandboxed", str(engine), *args)
+
+    def _limits(self) -> tuple[str, ...]:
+        """The keeper's `--limit=NAME:BYTES` options (reaper.py sets them on the command)."""
+        limits = {"data": self.memory_mb, "fsize": self.file_mb}
+        return tuple(f"--limit={name}:{mb * MIB}" for name, mb in limits.items() if mb > 0)
 
 
 SANDBOXED = Sandbox()  # namespaces, no network: as the engine's settings have it by default
