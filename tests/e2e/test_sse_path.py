@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
 
 import httpx
+import pytest
 
 from nyxflow import events as ev
 from tests.support.eventually import eventually
@@ -90,8 +92,49 @@ async def test_a_last_event_id_past_the_runs_end_goes_on_from_its_end_and_closes
     assert rest[-1].event == ev.RUN_COMPLETED
     seqs = [f.seq for f in rest]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and seqs[0] > first[-1].seq
-    done = await read_events(http, events_url(run_id), headers)  # finished: nothing, closed
-    assert done == []
+    done = await http.get(events_url(run_id), headers=headers)  # finished: nothing more
+    assert done.status_code == 204 and done.content == b""
+
+
+async def finish(http: httpx.AsyncClient, stack: ProcessStack, how: str) -> dict[str, Any]:
+    """A run ended one way: run to its end (completed or failed), or stopped while pending."""
+    spec = steps(2, tokens=4)
+    if how == ev.FAILED:
+        spec[1]["params"] = {"fail": "provider said no"}
+    workflow = await create_workflow(http, stack, f"ended {how}", spec)
+    run_id = await start_run(http, stack, workflow["id"])
+    if how in (ev.PAUSED, ev.CANCELLED):
+        action = "pause" if how == ev.PAUSED else "cancel"
+        response = await http.post(f"/v1/runs/{run_id}/{action}", headers=stack.headers)
+        assert response.status_code == 200, response.text
+    else:
+        await read_events(http, events_url(run_id), stack.headers)
+    run = await get_run(http, stack, run_id)
+    assert run["status"] == how and run["last_seq"] > 0
+    return run
+
+
+@pytest.mark.parametrize("how", [ev.COMPLETED, ev.FAILED, ev.CANCELLED, ev.PAUSED])
+async def test_a_finished_run_followed_from_its_last_event_answers_204(
+    http: httpx.AsyncClient, stack: ProcessStack, how: str
+) -> None:
+    """An empty 200 that closed at once: EventSource reconnected every 3 s, for ever. A 204
+    is what makes it stop; a stream with events to replay is still a 200 that ends."""
+    run = await finish(http, stack, how)
+    url, last = events_url(run["id"]), run["last_seq"]
+
+    for after in (str(last), str(last + 1), "999999999999999999"):
+        header = await http.get(url, headers={**stack.headers, "Last-Event-ID": after})
+        query = await http.get(url, params={"last_event_id": after}, headers=stack.headers)
+        for response in (header, query):
+            assert response.status_code == 204, (after, response.text)
+            assert response.content == b""
+
+    tail = await read_events(http, url, {**stack.headers, "Last-Event-ID": str(last - 1)})
+    assert [f.seq for f in tail] == [last]
+    assert tail[0].event == ev.TERMINAL_EVENT_FOR_STATUS[how]
+    assert [f.seq for f in await read_events(http, url, stack.headers)] == list(range(1, last + 1))
+    assert await get_run(http, stack, run["id"]) == run, "following it changed the run"
 
 
 async def test_a_key_in_the_query_stays_out_of_the_gateways_log(

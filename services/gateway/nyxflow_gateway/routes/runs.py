@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument
 from nyxflow.templates import INT32_MAX
 from nyxflow_gateway import convert
@@ -78,7 +79,10 @@ async def cancel_run(run_id: str, services: Clients) -> dict[str, Any]:
 @router.get(
     "/{run_id}/events",
     response_class=StreamingResponse,  # for the OpenAPI document; EventStream is returned
-    responses={200: {"content": {MEDIA_TYPE.split(";")[0]: {}}}},
+    responses={
+        200: {"content": {MEDIA_TYPE.split(";")[0]: {}}},
+        204: {"description": "the run has finished and has no event after Last-Event-ID"},
+    },
 )
 async def run_events(
     run_id: str,
@@ -86,8 +90,9 @@ async def run_events(
     services: StreamClients,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: str | None = None,
-) -> EventStream:
-    """Starts the run if it is pending, else follows it; replays after Last-Event-ID."""
+) -> Response:
+    """Starts the run if it is pending, else follows it; replays after Last-Event-ID. A
+    finished run with nothing after it answers 204, which tells EventSource to stop."""
     after = parse_last_event_id(last_event_id_header, last_event_id)
     # 401 / 404 before any stream opens; the status decides start or follow. Browsers that
     # connect together with one key share the call (coalesce.py).
@@ -98,6 +103,9 @@ async def run_events(
     # A Last-Event-ID past the run's last event (made up, or kept across a database restored
     # to an earlier point): the database is the truth, so the stream goes on from its end.
     after = min(after, run.last_seq)
+    if run.status in ev.FINISHED_RUN_STATUSES and after == run.last_seq:
+        # An empty 200 that closed made EventSource reconnect every few seconds, for ever.
+        return Response(status_code=204, headers={"Cache-Control": "no-cache"})
     return EventStream(
         state.hub, services, run_id, run.status, after, state.settings, history_seq=run.last_seq
     )
