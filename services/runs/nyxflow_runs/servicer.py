@@ -475,7 +475,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
                 raise InvalidArgument("must not be negative", field="after_seq")
             after_seq = min(request.after_seq, MAX_SEQ)  # no run has more; the column is int32
             async for events in watch_run(
-                self._store, self._bus, tenant, run_id, after_seq, self._poll_s
+                self._store, self._bus, tenant, run_id, after_seq, self._poll_s, key.check
             ):
                 key.check()
                 for batch in batched(events):

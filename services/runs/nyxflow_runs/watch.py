@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
@@ -13,10 +13,17 @@ PAGE = 500
 
 
 async def watch_run(
-    store: Store, bus: LocalBus, tenant_id: str, run_id: str, after_seq: int, poll_s: float
+    store: Store,
+    bus: LocalBus,
+    tenant_id: str,
+    run_id: str,
+    after_seq: int,
+    poll_s: float,
+    on_silence: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[list[pb.RunEvent]]:
     """The events after `after_seq` in consecutive batches: a page of the replay, or what the
-    bus delivered together."""
+    bus delivered together. `on_silence` is called after each `poll_s` of silence, and may end
+    the watch by raising (a batch is the caller's to check: it sees each one)."""
     # NotFound before anything streams. Read before the first page: a run finished by then
     # has its terminal event (written in the same transaction) in the database too.
     status = await store.run_status(tenant_id, run_id)
@@ -65,6 +72,9 @@ async def watch_run(
                 if gap:
                     break
             else:
+                # An idle run (paused, waiting) sends no batch for the caller to check at:
+                # its caller's checks are made here too, before the database is read.
+                on_silence()
                 # Silence: the status is read again before the next page, so that a run that
                 # ended with nothing after `after_seq` for this watcher (asked from past its
                 # last event) ends its watch instead of polling the database for ever.
