@@ -39,6 +39,9 @@ RUN_REQUEUED: Final = "run_requeued"
 STEP_RETRIED: Final = "step_retried"
 WORKFLOW_RESUMED: Final = "workflow_resumed"
 WORKFLOW_RERUN: Final = "workflow_rerun"
+# Choosing another output of a step dropped what its old one generated: a paused run records
+# it, so that the workflow reads as unfinished and resume generates from the chosen output.
+ALTERNATIVE_SELECTED: Final = "alternative_selected"
 
 TERMINAL_EVENT_FOR_STATUS: Final = {
     COMPLETED: RUN_COMPLETED,

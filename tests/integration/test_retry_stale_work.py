@@ -178,3 +178,58 @@ async def test_a_half_done_fan_out_takes_its_items_from_the_chosen_alternative(
     assert [i.heading for i in done.steps[1].items] == headings(source.alternatives[1].output)
     progress = [json.loads(e.data_json) for e in events if e.type == ev.FAN_OUT_PROGRESS]
     assert sorted(p["index"] for p in progress) == [0, 1, 2]
+
+
+async def test_a_chosen_plan_replaces_the_prompts_generated_from_the_old_one(
+    api: Clients,
+) -> None:
+    """A finished plan's other alternative chosen: its prompts (and the check over them) were
+    those of the first plan, completed, and stayed so; the workflow read completed with a plan
+    that made no prompts. They go at once, a paused run tells what went, and resume generates
+    and runs the chosen plan's prompts."""
+    plan = pb.StepSpec(
+        name="Plan",
+        kind="synthesis",
+        prompt="Plan the work.",
+        alternatives=2,
+        generates="implementation_prompt",
+        params_json=json.dumps({"items": 3, "tokens": 30}),
+    )
+    workflow = await api.runs.create_workflow("plan-alt", [plan], consistency_check=True)
+    first = await api.runs.create_run(workflow.id)
+    await execute(api, first.id)
+    ran = await api.runs.get_run(first.id)
+    assert ran.status == ev.COMPLETED, ran.error
+    old_block = ran.steps[1:]
+    assert len(old_block) == 4 and all(s.status == ev.COMPLETED for s in old_block)
+    chosen = ran.steps[0].alternatives[1].output
+    assert chosen != ran.steps[0].output
+
+    selected = await api.runs.select_alternative(ran.steps[0].id, 1)
+
+    assert selected.selected_index == 1 and selected.output == chosen
+    after = await api.runs.get_workflow(workflow.id)
+    assert [s.name for s in after.steps] == ["Plan"]
+    assert after.status == ev.PAUSED and after.last_run_id != first.id
+    marked = [e async for e in api.runs.watch_run(after.last_run_id)]
+    assert [e.type for e in marked] == [ev.ALTERNATIVE_SELECTED, ev.RUN_PAUSED]
+    note = json.loads(marked[0].data_json)
+    assert (note["index"], note["previous_index"]) == (1, 0)
+    assert [(d["name"], d["status"]) for d in note["dropped"]] == [
+        (s.name, ev.COMPLETED) for s in old_block
+    ]
+    # Choosing the alternative in use again changes nothing and records nothing.
+    await api.runs.select_alternative(ran.steps[0].id, 1)
+    assert (await api.runs.get_workflow(workflow.id)).last_run_id == after.last_run_id
+
+    resumed = await api.runs.resume_workflow(workflow.id)
+    events = await execute(api, resumed.id)
+    done = await api.runs.get_run(resumed.id)
+    assert done.status == ev.COMPLETED, done.error
+    assert any(e.type == ev.STEPS_GENERATED for e in events)
+    prompts = [s for s in done.steps if s.kind == "implementation_prompt"]
+    assert [s.name.split(": ", 1)[-1] for s in prompts] == headings(chosen)
+    assert all(s.status == ev.COMPLETED and s.output for s in done.steps)
+    assert [s.kind for s in done.steps][-1] == "consistency_check"
+    assert not {s.id for s in done.steps} & {s.id for s in old_block}
+    assert done.steps[0].output == chosen and done.steps[0].selected_index == 1

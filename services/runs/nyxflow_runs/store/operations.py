@@ -118,17 +118,24 @@ class Operations(StoreBase):
                     f"must be between 0 and {len(alternatives) - 1}", field="index"
                 )
             chosen = alternatives[index]
+            previous, dropped = step.selected_index, []
             if chosen.get("output", "") != step.output:
-                await self._drop_stale_items(
-                    session, await self._steps(session, step.workflow_id), step
-                )
+                dropped = await self._drop_made_from(session, step.workflow_id, step)
             step.selected_index = index
             step.output = chosen.get("output", "")
             step.truncated = bool(chosen.get("truncated", False))
             step.finish_reason = chosen.get("finish_reason")
             step.served_by = chosen.get("served_by")
             await session.flush()
-            return (await self._steps_pb(session, tenant_id, [step]))[0]
+            written: list[pb.RunEvent] = []
+            if dropped:
+                written = await self._paused_for_selection(
+                    session, tenant_id, step, previous, dropped
+                )
+            result = (await self._steps_pb(session, tenant_id, [step]))[0]
+        if written:
+            await self._bus.publish(written[0].run_id, written)
+        return result
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -152,20 +159,64 @@ class Operations(StoreBase):
         except IntegrityError:
             raise await self._lost_race(tenant_id, workflow_id) from None
 
-    async def _drop_made_from(self, session: AsyncSession, workflow_id: str, step: Step) -> None:
-        """`step` will execute again, alone. The steps it generated were made from its old
-        output (a plan cut at max_tokens, say): they go, and its new output generates them
-        anew. Kept, they stood completed with the old text, the new plan never turned into
-        prompts, and resume could not tell them from a fresh block."""
+    async def _drop_made_from(
+        self, session: AsyncSession, workflow_id: str, step: Step
+    ) -> list[dict[str, str]]:
+        """`step`'s output changes (it executes again, alone, or another alternative is
+        chosen). The steps it generated were made from its old output (a plan cut at
+        max_tokens, say): they go, and its new output generates them anew; they are returned
+        (id, name, status). Kept, they stood completed with the old text, the new plan never
+        turned into prompts, and resume could not tell them from a fresh block."""
         steps = await self._steps(session, workflow_id)
-        if (step.config or {}).get("generates"):
-            block = generated_block(steps, step)
-            if block:
-                await self._delete_generated_after(
-                    session, workflow_id, step.position, block[-1].position
-                )
-                steps = await self._steps(session, workflow_id)
+        block = generated_block(steps, step) if (step.config or {}).get("generates") else []
+        dropped = [{"step_id": s.id, "name": s.name, "status": s.status} for s in block]
+        if block:
+            await self._delete_generated_after(
+                session, workflow_id, step.position, block[-1].position
+            )
+            steps = await self._steps(session, workflow_id)
         await self._drop_stale_items(session, steps, step)
+        return dropped
+
+    async def _paused_for_selection(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        step: Step,
+        previous: int,
+        dropped: list[dict[str, str]],
+    ) -> list[pb.RunEvent]:
+        """A chosen alternative dropped the steps generated from the old one, completed ones
+        too. A paused run says so: the workflow no longer reads as completed (its latest run's
+        status) with a plan that made no prompts, and resume generates them from the chosen
+        output. Inserted paused, never active: flipping between alternatives stays possible."""
+        latest = await self._latest_run(session, step.workflow_id)
+        error = (
+            f"alternative {step.selected_index} of {step.name!r} chosen: the {len(dropped)} "
+            "steps generated from the previous one were dropped; resume generates them anew"
+        )
+        run = Run(
+            tenant_id=tenant_id,
+            workflow_id=step.workflow_id,
+            status=ev.PAUSED,
+            error=error,
+            finished_at=await session.scalar(select(db_now())),
+        )
+        session.add(run)
+        await session.flush()
+        await self._carry_results(session, tenant_id, latest, run)
+        selected = {
+            "step_id": step.id,
+            "name": step.name,
+            "index": step.selected_index,
+            "previous_index": previous,
+            "dropped": dropped,
+        }
+        drafts = [
+            Draft(ev.ALTERNATIVE_SELECTED, selected),
+            Draft(ev.RUN_PAUSED, {"status": ev.PAUSED, "error": error}),
+        ]
+        return await self._append(session, run, drafts)
 
     @staticmethod
     async def _drop_stale_items(session: AsyncSession, steps: Sequence[Step], step: Step) -> None:
