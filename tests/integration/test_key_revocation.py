@@ -1,6 +1,7 @@
 """A key revoked while a call's lookup of it is under way is refused from then on: the
 lookup read it valid, and put it back in the cache the revocation had just cleared. A stream
-held with a key revoked or expired ends within a bound even when its run sends nothing."""
+held with a key revoked or expired ends within a bound even when its run sends nothing: runs'
+WatchRun, and the engine's Execute called directly (whose run goes on to its end)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from nyxflow.auth import bearer_metadata
-from nyxflow.client import AdminClient
+from nyxflow import events as ev
+from nyxflow.auth import bearer_metadata, internal_metadata
+from nyxflow.client import AdminClient, EngineClient, RunsClient, open_channel
 from nyxflow.errors import Unauthenticated
 from nyxflow.v1 import admin_pb2
+from nyxflow_engine.key_check import KEY_CHECK_S
 from nyxflow_runs import migrate
 from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.db import create_engine, session_factory
 from nyxflow_runs.store import Store
 from nyxflow_runs.tenancy import Tenancy
-from tests.support.inprocess import ADMIN_KEY, Clients
+from tests.support.inprocess import ADMIN_KEY, SECRET, Clients
 from tests.support.workflows import chain
 
 # The longest an idle stream of a refused key may go on: runs' silent interval in the tests
@@ -118,3 +121,41 @@ async def test_an_idle_watch_of_an_expired_key_ends(runs: Clients) -> None:
     expires = time.monotonic() + 1.5
     watch = await idle_watch(runs, key.secret)
     assert await ended_within(watch, expires) < IDLE_BOUND_S
+
+
+@pytest.mark.parametrize("refusal", ["revoked", "expired"])
+async def test_a_direct_execute_of_a_refused_key_ends_and_its_run_goes_on(
+    api: Clients, engine_addr: str, refusal: str
+) -> None:
+    """A gRPC client streaming Execute itself (no gateway to check its key): the engine ends
+    its stream UNAUTHENTICATED within a key check, and the run executes to its end."""
+    key = await tenant_key(api, expires_at=time.time() + 1.5 if refusal == "expired" else 0.0)
+    client = api.as_key(key.secret)
+    # 5 steps of 20 tokens 50 ms apart: about 5 s, past every bound here.
+    workflow = await client.create_workflow("long", chain(5, tokens=20, token_delay_ms=50))
+    run = await client.create_run(workflow.id)
+    seen: list[str] = []
+    async with open_channel(engine_addr) as channel:
+        stream = EngineClient(channel, bearer_metadata(key.secret)).execute_batches(run.id)
+
+        async def read() -> None:
+            async for events in stream:
+                seen.extend(e.type for e in events)
+
+        reading = asyncio.ensure_future(read())
+        async with asyncio.timeout(10):
+            while len(seen) < 3:
+                await asyncio.sleep(0.02)
+        if refusal == "revoked":
+            admin = AdminClient(api.runs_channel, bearer_metadata(ADMIN_KEY))
+            await admin.revoke_api_key(key.key.id)
+            since = time.monotonic()
+        else:
+            since = time.monotonic() + max(0.0, key.key.expires_at - time.time())
+        assert await ended_within(reading, since) < KEY_CHECK_S + 1.0
+    assert ev.RUN_COMPLETED not in seen
+
+    engine = RunsClient(api.runs_channel, internal_metadata(SECRET, run.tenant_id))
+    async with asyncio.timeout(20):
+        rest = [e.type async for e in engine.watch_run(run.id, 0)]
+    assert rest[-1] == ev.RUN_COMPLETED

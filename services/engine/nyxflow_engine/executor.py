@@ -54,11 +54,15 @@ class Executor:
         starting.add_done_callback(self._starting.discard)
         return await asyncio.shield(starting)
 
+    def runs_as(self, caller: Metadata) -> RunsClient:
+        """runs, called with `caller`'s credentials (runs decides who the tenant is)."""
+        return RunsClient(self._channel, caller, self._settings.rpc_timeout_s)
+
     async def _claim_and_start(self, run_id: str, caller: Metadata) -> RunFeed:
         settings = self._settings
         # The claim goes with the caller's credentials (NOT_FOUND for a run not theirs);
         # every write after it goes as the engine, for the run's tenant.
-        claimant = RunsClient(self._channel, caller, settings.rpc_timeout_s)
+        claimant = self.runs_as(caller)
         # One id for this attempt: a claim that committed but whose answer was lost is won
         # again by its retry instead of leaving the run `running` with no execution.
         claim_id = uuid.uuid4().hex

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from nyxflow.v1 import common_pb2 as pb
 
@@ -32,7 +32,7 @@ class RunFeed:
             for event in batch:
                 yield event
 
-    async def follow_batches(self) -> AsyncIterator[list[pb.RunEvent]]:
+    async def follow_batches(self) -> AsyncGenerator[list[pb.RunEvent], None]:
         """Every event from the first, in the batches that are there when the follower
         looks; ends when the feed closes. Cancelling only stops this follower."""
         index = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,6 +12,7 @@ from nyxflow.batches import batched
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import engine_pb2, engine_pb2_grpc
 from nyxflow_engine.executor import Executor
+from nyxflow_engine.key_check import while_allowed
 
 FORWARDED = frozenset({AUTHORIZATION, INTERNAL, TENANT})
 
@@ -30,6 +32,13 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
         )
         feed = await self._executor.start(request.run_id, caller)
         # A caller that cancels stops following here; the execution goes on.
-        async for events in feed.follow_batches():
-            for batch in batched(events):
-                yield batch
+        source = feed.follow_batches()
+        if not any(k == INTERNAL for k, _ in caller):  # the internal secret is not revoked
+            # A key's stream ends once runs refuses the key (revoked, expired), as its WatchRun
+            # would: the run goes on.
+            runs = self._executor.runs_as(caller)
+            source = while_allowed(source, lambda: runs.get_run(request.run_id, brief=True))
+        async with contextlib.aclosing(source):
+            async for events in source:
+                for batch in batched(events):
+                    yield batch
