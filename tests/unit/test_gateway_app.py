@@ -935,3 +935,33 @@ async def test_a_reconnect_to_an_unfollowed_run_reads_on_from_its_last_event_id(
 
     assert_relayed(received, world.history[RUN][3:])
     assert world.watch_calls == [(RUN, 3)]  # not from the start again
+
+
+async def test_stored_events_come_about_a_megabyte_at_a_time_and_none_read_for_nothing(
+    gateway: Gateway,
+) -> None:
+    """A page without an event stream polls these; a step's output can be large, so one
+    answer holds about 1 MB of events at most (one at least), and a poll with nothing new
+    opens no watch at all."""
+    world = gateway.world
+    run = world.add_run(ev.COMPLETED)
+    big = "x" * 300_000
+    world.history[RUN] = [
+        event(1, ev.RUN_STARTED),
+        *(event(seq, ev.STEP_COMPLETED, step_id="s0", output=big) for seq in range(2, 8)),
+        event(8, ev.RUN_COMPLETED),
+    ]
+    run.last_seq = 8
+    url = f"/v1/runs/{RUN}/events/stored"
+
+    pages: list[list[int]] = []
+    while not pages or pages[-1][-1] < run.last_seq:
+        after = pages[-1][-1] if pages else 0
+        response = await gateway.http.get(url, params={"after_seq": after}, headers=AUTH)
+        assert response.status_code == 200, response.text
+        pages.append([e["seq"] for e in response.json()["events"]])
+
+    assert pages == [[1, 2, 3, 4, 5], [6, 7, 8]]
+    assert world.watch_calls == [(RUN, 0), (RUN, 5)]
+    nothing = await gateway.http.get(url, params={"after_seq": 8}, headers=AUTH)
+    assert nothing.json()["events"] == [] and len(world.watch_calls) == 2

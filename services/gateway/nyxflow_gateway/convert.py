@@ -117,18 +117,21 @@ def persona(p: pb.Persona) -> dict[str, Any]:
     return {"name": p.name, "role": p.role, "system_prompt": p.system_prompt, "builtin": p.builtin}
 
 
+def event(e: pb.RunEvent) -> dict[str, Any]:
+    """An event as the page applies it: its own data plus seq, type, run id and the time it
+    was persisted (epoch seconds, the database's clock)."""
+    return {
+        **_object(e.data_json),
+        "seq": e.seq,
+        "type": e.type,
+        "run_id": e.run_id,
+        "at": round(e.created_at, 6),
+    }
+
+
 def event_data(e: pb.RunEvent) -> str:
-    """An event's SSE data: its own data plus seq, type, run id and the time it was persisted
-    (epoch seconds, the database's clock), as one JSON object."""
-    return json.dumps(
-        {
-            **_object(e.data_json),
-            "seq": e.seq,
-            "type": e.type,
-            "run_id": e.run_id,
-            "at": round(e.created_at, 6),
-        }
-    )
+    """An event's SSE data: `event`, as one JSON object."""
+    return json.dumps(event(e))
 
 
 def repository(r: runs_pb2.Repository) -> dict[str, Any]:

@@ -12,13 +12,16 @@ from fastapi.responses import StreamingResponse
 from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument
 from nyxflow.templates import INT32_MAX
+from nyxflow.v1 import common_pb2 as pb
 from nyxflow_gateway import convert
-from nyxflow_gateway.deps import Clients, StreamClients
+from nyxflow_gateway.deps import Clients, Services, StreamClients
 from nyxflow_gateway.sse import MEDIA_TYPE, EventStream
+from nyxflow_gateway.stored import MAX_EVENTS, stored_events
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 SEQ = re.compile(r"[0-9]{1,18}")  # not \d: int() would take "٣" too
 MAX_ITEMS = 500  # per call, as runs allows
+MAX_SEQ = 10**18 - 1  # what SEQ lets through
 
 
 def parse_last_event_id(header: str | None, query: str | None) -> int:
@@ -76,6 +79,42 @@ async def cancel_run(run_id: str, services: Clients) -> dict[str, Any]:
     return convert.run(await services.runs.cancel_run(run_id))
 
 
+async def brief_run(request: Request, services: Services, run_id: str) -> pb.Run:
+    """The run without its steps. Browsers that ask together with one key share the call
+    (coalesce.py): a thousand reconnecting, or polling, at once."""
+    return await request.app.state.run_status.get(  # type: ignore[no-any-return]
+        (services, run_id), lambda: services.runs.get_run(run_id, brief=True)
+    )
+
+
+@router.get("/{run_id}/events/stored")
+async def list_run_events(
+    run_id: str,
+    request: Request,
+    services: Clients,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = MAX_EVENTS,
+) -> dict[str, Any]:
+    """The run's stored events after `after_seq`, in seq order, each as the SSE stream's
+    `data` (with its `seq` and `type`), with about 1 MB of data at most, and the run's
+    `status`, `error` and `last_seq` as they were just before: more is to be had while
+    `last_seq` is beyond the last event given. What a page polls when it has no event
+    stream: only what changed, never the whole run again."""
+    run = await brief_run(request, services, run_id)
+    through = min(run.last_seq, after_seq + limit)
+    events = (
+        await stored_events(services, run_id, after_seq, through, limit)
+        if after_seq < through
+        else []
+    )
+    return {
+        "status": run.status,
+        "error": run.error or None,
+        "last_seq": run.last_seq,
+        "events": [convert.event(e) for e in events],
+    }
+
+
 @router.get(
     "/{run_id}/events",
     response_class=StreamingResponse,  # for the OpenAPI document; EventStream is returned
@@ -94,12 +133,9 @@ async def run_events(
     """Starts the run if it is pending, else follows it; replays after Last-Event-ID. A
     finished run with nothing after it answers 204, which tells EventSource to stop."""
     after = parse_last_event_id(last_event_id_header, last_event_id)
-    # 401 / 404 before any stream opens; the status decides start or follow. Browsers that
-    # connect together with one key share the call (coalesce.py).
+    # 401 / 404 before any stream opens; the status decides start or follow.
     state = request.app.state
-    run = await state.run_status.get(
-        (services, run_id), lambda: services.runs.get_run(run_id, brief=True)
-    )
+    run = await brief_run(request, services, run_id)
     # A Last-Event-ID past the run's last event (made up, or kept across a database restored
     # to an earlier point): the database is the truth, so the stream goes on from its end.
     after = min(after, run.last_seq)
