@@ -22,7 +22,10 @@ from tests.support.processes import ProcessStack
 from tests.support.repos import model_replies, planted_repo
 from tests.support.sse_client import read_events
 
-EVENTS_URL = re.compile(r"/v1/runs/[^/]+/events")
+EVENTS_URL = re.compile(r"/v1/runs/[^/]+/events(\?|$)")
+STORED_URL = re.compile(r"/v1/runs/[^/]+/events/stored\?")
+RUN_URL = re.compile(r"/v1/runs/[^/?]+$")
+ITEMS_URL = re.compile(r"/v1/runs/[^/]+/steps/[^/]+/items\?")
 BLUE, GREEN = "rgb(91, 155, 255)", "rgb(63, 185, 80)"
 
 
@@ -79,6 +82,26 @@ async def finished_run(
         timeout_s=20,
         what=f"run {count} finished",
     )
+
+
+WATCH_MODES = """() => {
+  const detail = document.querySelector(".detail");
+  window.liveModes = [detail.dataset.live];
+  new MutationObserver(() => window.liveModes.push(detail.dataset.live))
+    .observe(detail, { attributes: true, attributeFilter: ["data-live"] });
+}"""
+
+
+async def shows_the_whole_run(page: Page, http: httpx.AsyncClient, stack: ProcessStack) -> None:
+    """Each event applied once, in order, and every step's text as the database has it."""
+    run = await get_run(http, stack, await shown_run_id(page))
+    applied = await page.evaluate("() => window.nyxflow.detail.appliedSeqs")
+    assert applied == list(range(1, run["last_seq"] + 1)), "an event lost or applied twice"
+    streamed = await page.evaluate("() => window.nyxflow.detail.streamed")
+    for step in run["steps"]:
+        assert step["status"] == "completed"
+        assert streamed[step["id"]] == step["output"], step["name"]
+        assert await text_of(page, f"#step-{step['id']} .output") == words(step["output"])
 
 
 async def test_start_from_the_page_pills_go_grey_blue_green(
@@ -231,16 +254,9 @@ async def test_a_broken_stream_resumes_without_losing_or_repeating_events(
         "data-run-status", "completed", timeout=20_000
     )
     assert seen == [0, cut_after], "one cut, one reconnect, after the first dozen events"
+    await shows_the_whole_run(page, http, stack)
     run_id = await shown_run_id(page)
-    run = await get_run(http, stack, run_id)
     applied = await page.evaluate("() => window.nyxflow.detail.appliedSeqs")
-    assert applied == list(range(1, run["last_seq"] + 1)), "an event lost or applied twice"
-
-    streamed = await page.evaluate("() => window.nyxflow.detail.streamed")
-    for step in run["steps"]:
-        assert step["status"] == "completed"
-        assert streamed[step["id"]] == step["output"], step["name"]
-        assert await text_of(page, f"#step-{step['id']} .output") == words(step["output"])
     replay = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
     assert Counter(f.event for f in replay)[ev.RUN_STARTED] == 1
     assert [f.seq for f in replay] == applied
@@ -379,7 +395,6 @@ steps:
     generates: implementation_prompt
     params: {items: 2, tokens: 30, token_delay_ms: 20}
 """
-RUN_URL = re.compile(r"/v1/runs/[^/?]+$")
 
 
 async def test_steps_generated_during_the_run_stream_their_whole_text(
@@ -462,6 +477,84 @@ async def test_without_an_event_stream_the_page_polls_until_the_run_ends(
     run = await get_run(http, stack, await shown_run_id(page))
     for step in run["steps"]:
         assert await text_of(page, f"#step-{step['id']} .output") == words(step["output"])
+
+
+async def test_a_run_that_ended_while_the_page_was_away_shows_ended_without_reconnects(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """The stream came back empty once the run had ended (its last event already seen): the
+    browser reconnected every 3 s, and the page counted each as a failure. Now it is a 204,
+    which ends EventSource for good, and the page reads what it lacks and shows the end."""
+    workflow = await create_workflow(http, stack, "Ended", steps(2, tokens=8, token_delay_ms=5))
+    await open_workflow(page, workflow["id"], "Ended")
+    await page.evaluate(WATCH_MODES)
+    sources: list[str] = []
+
+    async def handle(route: Route) -> None:
+        if route.request.resource_type != "eventsource":
+            await route.continue_()
+            return
+        sources.append(route.request.url)
+        if len(sources) == 1:
+            # The run goes to its end meanwhile (this starts it), and the browser comes back
+            # with its last event's id, as a reconnect does after a connection that dropped.
+            events = await read_events(http, route.request.url, stack.headers)
+            last = str(events[-1].seq)
+            await route.continue_(headers={**route.request.headers, "last-event-id": last})
+        else:
+            await route.continue_()
+
+    await page.route(EVENTS_URL, handle)
+    await page.get_by_role("button", name="Start", exact=True).click()
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=20_000)
+    await expect(detail).to_have_attribute("data-live", "off")
+    await shows_the_whole_run(page, http, stack)
+    await asyncio.sleep(4)  # past the stream's retry: a reconnect would have come by now
+    assert len(sources) == 1, f"the page or the browser connected again: {sources}"
+    assert "polling" not in await page.evaluate("() => window.liveModes"), "taken for a failure"
+    await expect(page.locator("#action-error")).to_be_empty()
+    await expect(page.locator("#run-line")).to_contain_text("completed")
+
+
+async def test_polling_reads_only_the_events_after_the_last_applied_never_the_whole_run(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """Without EventSource the page read the whole run (every step's output and items) every
+    3 s; now each poll asks for the events after the last one it applied, and applies them
+    as the stream's, the streamed text included."""
+    workflow = await create_workflow(http, stack, "Polled", steps(3, tokens=24, token_delay_ms=100))
+    await open_workflow(page, workflow["id"], "Polled")
+    await page.evaluate("() => { delete window.EventSource; }")
+    whole: list[str] = []
+    asked: list[tuple[int, list[int]]] = []  # (after_seq, the seqs answered)
+    reads: list[asyncio.Future[None]] = []
+
+    async def note(response: Response) -> None:
+        path = response.url.removeprefix(stack.base_url)
+        if response.request.method != "GET":
+            return
+        if RUN_URL.search(path):
+            whole.append(path)
+        elif STORED_URL.search(path):
+            after = int(re.search(r"after_seq=(\d+)", path).group(1))  # type: ignore[union-attr]
+            asked.append((after, [e["seq"] for e in (await response.json())["events"]]))
+
+    page.on("response", lambda response: reads.append(asyncio.ensure_future(note(response))))
+    await page.get_by_role("button", name="Start", exact=True).click()
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-live", "polling")
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=30_000)
+    await expect(detail).to_have_attribute("data-live", "off")
+    await asyncio.gather(*reads)
+
+    await shows_the_whole_run(page, http, stack)
+    assert len(whole) <= 2, f"the whole run was read {len(whole)} times"  # start, end
+    assert len([seqs for _, seqs in asked if seqs]) >= 2, "the run ended before it was polled"
+    answered = [seq for _, seqs in asked for seq in seqs]
+    assert answered == sorted(set(answered)), "an event was read twice"
+    for after, seqs in asked:
+        assert not seqs or seqs[0] == after + 1
 
 
 async def test_after_a_gateway_restart_the_page_streams_again_keeping_the_text_so_far(
@@ -721,8 +814,6 @@ steps:
     prompt: "{{{{ item }}}}"
     params: {{tokens: 100, token_delay_ms: 4}}
 """
-RUN_URL = re.compile(r"/v1/runs/[^/?]+$")
-ITEMS_URL = re.compile(r"/v1/runs/[^/]+/steps/[^/]+/items\?")
 
 
 async def test_a_fan_out_fetches_only_its_new_items_not_the_whole_run_per_item(

@@ -76,6 +76,10 @@ export const getRun = (runId) => api(`/v1/runs/${id(runId)}`);
 /** A step's items from `fromIndex` on, at most `limit`: { items, next_index (null: no more) }. */
 export const listStepItems = (runId, stepId, fromIndex, limit) =>
   api(`/v1/runs/${id(runId)}/steps/${id(stepId)}/items?from_index=${fromIndex}&limit=${limit}`);
+/** The run's stored events after `afterSeq`: { status, error, last_seq, events } (each event
+ * as the stream's data, with its seq and type; more to be had while last_seq is beyond them). */
+export const listRunEvents = (runId, afterSeq) =>
+  api(`/v1/runs/${id(runId)}/events/stored?after_seq=${afterSeq}`);
 export const pauseRun = (runId) => api(`/v1/runs/${id(runId)}/pause`, { method: "POST" });
 export const cancelRun = (runId) => api(`/v1/runs/${id(runId)}/cancel`, { method: "POST" });
 // `changes`: what to change in the step first, e.g. { max_tokens: 16384 } or { providers: ["google"] }.

@@ -355,11 +355,6 @@ function showDetail(workflowId) {
     stopFollowing();
     const follower = new RunFollower(runId, {
       onEvent: (type, data) => applyEvent(type, data),
-      onSnapshot: (run) => {
-        state.run = run;
-        mergeSteps(run.steps); // a running step keeps the text streamed before the polling
-        renderHead();
-      },
       onEnd: () => {
         if (state.follower === follower) stopFollowing();
         reload();

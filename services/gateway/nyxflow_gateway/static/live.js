@@ -1,8 +1,9 @@
 // Following one run: a single EventSource, events applied once each (by seq), and polling
-// GET /v1/runs/{id} every 3 s when EventSource is missing or keeps failing, trying the stream
-// again once the server answers after failing (a restarted gateway) or every 30 s.
+// the stored events after the last one applied every 3 s when EventSource is missing or keeps
+// failing (only what changed: never the whole run, which carries every step's output), trying
+// the stream again once the server answers after failing (a restarted gateway) or every 30 s.
 
-import { eventsUrl, getRun } from "./api.js";
+import { eventsUrl, listRunEvents } from "./api.js";
 
 export const EVENT_TYPES = [
   "run_started", "step_started", "step_delta", "step_completed", "step_failed",
@@ -19,14 +20,15 @@ const STREAM_AGAIN_MS = 30000;
 
 export class RunFollower {
   /**
-   * handlers: onEvent(type, data) for each new event, in seq order; onSnapshot(run) while
-   * polling; onEnd(status) once the run has finished; onMode(mode) "sse" | "polling" | "off";
-   * onGap() when a seq was skipped (the caller re-reads the run).
+   * handlers: onEvent(type, data) for each new event, in seq order; onEnd(status) once the
+   * run has finished; onMode(mode) "sse" | "polling" | "off"; onGap() when a seq was skipped
+   * (the caller re-reads the run); onError(error) when a read failed.
    */
   constructor(runId, handlers) {
     this.runId = runId;
     this.handlers = handlers;
     this.lastSeq = 0;
+    this.status = "";
     this.applied = [];
     this.errors = 0;
     this.source = null;
@@ -58,18 +60,31 @@ export class RunFollower {
     source.addEventListener("error", () => {
       if (this.source !== source || this.stopped) return;
       this.errors += 1;
-      if (this.errors >= MAX_ERRORS) {
+      if (source.readyState === EventSource.CLOSED) {
+        this.closeSource();
+        this.refused();
+      } else if (this.errors >= MAX_ERRORS) {
         this.closeSource();
         this.poll();
-      } else if (source.readyState === EventSource.CLOSED) {
-        // The browser gave up on this one (an HTTP error): try again ourselves, a bit later.
-        this.closeSource();
-        this.timer = setTimeout(() => this.connect(), 1000);
       }
     });
     for (const type of EVENT_TYPES) {
       source.addEventListener(type, (message) => this.receive(type, message));
     }
+  }
+
+  /** The browser gave up on the stream: an HTTP error, or a 204 (the run has ended with
+   * nothing after our last event). Not a failure in itself: the stored events say which, and
+   * bring what the stream did not; only a run still active is streamed again, a bit later. */
+  async refused() {
+    try {
+      if (await this.catchUp()) return;
+    } catch (error) {
+      this.handlers.onError?.(error);
+    }
+    if (this.stopped) return;
+    if (this.errors >= MAX_ERRORS) this.poll();
+    else this.timer = setTimeout(() => this.connect(), 1000);
   }
 
   receive(type, message) {
@@ -80,7 +95,11 @@ export class RunFollower {
     } catch {
       return;
     }
-    const seq = Number(data.seq ?? message.lastEventId);
+    this.apply(type, data, message.lastEventId);
+  }
+
+  apply(type, data, id) {
+    const seq = Number(data.seq ?? id);
     if (!Number.isFinite(seq) || seq <= this.lastSeq) return; // a replayed event: applied already
     const gap = seq > this.lastSeq + 1;
     this.lastSeq = seq;
@@ -99,20 +118,14 @@ export class RunFollower {
       this.timer = null;
       if (this.stopped) return;
       try {
-        const run = await getRun(this.runId);
-        if (this.stopped) return;
-        this.handlers.onSnapshot?.(run);
-        if (!ACTIVE_STATUSES.has(run.status)) {
-          this.end(run.status);
-          return;
-        }
+        if ((await this.catchUp()) || this.stopped) return;
         if (typeof window.EventSource === "function" && (failed || Date.now() - since >= STREAM_AGAIN_MS)) {
           // Live again, from the last event applied: the stream replays what polling missed.
           this.errors = 0;
           this.connect();
           return;
         }
-        if (run.status === "pending") this.kick();
+        if (this.status === "pending") this.kick();
       } catch (error) {
         failed = true;
         this.handlers.onError?.(error);
@@ -120,6 +133,22 @@ export class RunFollower {
       if (!this.stopped) this.timer = setTimeout(tick, POLL_MS);
     };
     tick();
+  }
+
+  /** Apply the stored events after the last one applied, as many reads as they take; the run's
+   * status comes with them. True once the run has ended (and the follower with it). */
+  async catchUp() {
+    for (;;) {
+      const page = await listRunEvents(this.runId, this.lastSeq);
+      if (this.stopped) return true;
+      this.status = page.status;
+      for (const data of page.events) if (!this.stopped) this.apply(data.type, data);
+      if (this.stopped) return true; // its terminal event was among them
+      if (this.lastSeq >= page.last_seq || page.events.length === 0) break;
+    }
+    if (ACTIVE_STATUSES.has(this.status)) return false;
+    this.end(this.status);
+    return true;
   }
 
   /** A pending run starts when its events are first asked for: ask once and hang up when
