@@ -31,6 +31,12 @@ README_DIFF = (
 # The same three lines twice, the flag differing; the diff's line numbers point at the first
 # block while its content fits only the second (models' line numbers are often off). A hunk
 # at line 1 must apply there, so the blocks start at line 2.
+# Names without a/ b/: a new file and a change, both in a folder (-p1 would strip it).
+UNPREFIXED = (
+    "```diff\n--- /dev/null\n+++ tests/test_util.py\n@@ -0,0 +1,2 @@\n"
+    "+def test_x():\n+    assert True\n```\n\n"
+    "```diff\n--- pkg/mod.py\n+++ pkg/mod.py\n@@ -1 +1 @@\n-X = 1\n+X = 2\n```"
+)
 TWICE = "# conf\nx = 1\nflag = True\ny = 2\n" + "".join(f"pad{i} = {i}\n" for i in range(6))
 TWICE += "x = 1\nflag = False\ny = 2\n"
 OFFSET_DIFF = (
@@ -41,6 +47,7 @@ OFFSET_DIFF = (
 
 def _commit(repo: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text(text)
     git(repo, "add", *files)
     git(repo, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "more")
@@ -155,3 +162,19 @@ async def test_the_patch_applies_whatever_the_operator_s_git_settings(
     assert "\n+++ b/calc.py\n" in patch
     (tmp_path / "fix.patch").write_text(patch)
     git(repo, "apply", "--check", str(tmp_path / "fix.patch"))
+
+
+async def test_a_diff_without_a_b_prefixes_lands_where_it_names(tmp_path: Path) -> None:
+    """`git apply` strips a folder from each name: `+++ tests/test_util.py` made a
+    test_util.py at the top, accepted with no files, and `pkg/mod.py` was "mod.py"."""
+    repo = planted_repo(tmp_path)
+    _commit(repo, {"tests/__init__.py": "", "pkg/mod.py": "X = 1\n"})
+
+    report, patch = await _review(repo, UNPREFIXED)
+
+    assert _files(report["accepted"]) == [["tests/test_util.py"], ["pkg/mod.py"]], report
+    assert "\n+++ b/tests/test_util.py\n" in patch and "\n+++ b/pkg/mod.py\n" in patch
+    (tmp_path / "fix.patch").write_text(patch)
+    git(repo, "apply", str(tmp_path / "fix.patch"))
+    assert (repo / "tests/test_util.py").exists() and not (repo / "test_util.py").exists()
+    assert (repo / "pkg/mod.py").read_text() == "X = 2\n"
