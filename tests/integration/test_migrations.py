@@ -31,7 +31,7 @@ ROWS = [
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-@pytest.mark.parametrize("start", ["0001", "0004", "0007"])
+@pytest.mark.parametrize("start", ["0001", "0004", "0007", "0010"])
 async def test_an_upgrade_keeps_every_row(tmp_path: Path, backend: str, start: str) -> None:
     async with fresh_database(backend, tmp_path) as url:  # empty: no schema yet
         engine = create_engine(url)
@@ -47,6 +47,9 @@ async def test_an_upgrade_keeps_every_row(tmp_path: Path, backend: str, start: s
                 for table in ("steps", "step_items", "runs", "run_events"):
                     count = await connection.execute(text(f"SELECT count(*) FROM {table}"))
                     assert count.scalar() == 1, f"the upgrade from {start} lost {table}"
+                # An item stored before hashes were kept has none: its input is unknown.
+                unknown = await connection.execute(text("SELECT input_hash FROM step_items"))
+                assert unknown.scalar() is None
                 if backend == "sqlite":  # on again for the connection's next user
                     on = await connection.exec_driver_sql("PRAGMA foreign_keys")
                     assert on.scalar() == 1

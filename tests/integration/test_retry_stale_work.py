@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
@@ -40,6 +41,18 @@ async def pause_at_first_item(api: Clients, database_url: str, run: pb.Run) -> p
     paused = await api.runs.get_run(run.id)
     assert paused.status == ev.PAUSED, (paused.status, paused.error)
     return paused
+
+
+def expand_each(**fields: Any) -> pb.StepSpec:
+    """The fan-out `Each` over `Topics`'s headings, an item at a time."""
+    return pb.StepSpec(
+        name="Each",
+        kind="fan_out",
+        prompt="Expand {{ item }}",
+        source="Topics",
+        concurrency=1,
+        **fields,
+    )
 
 
 def headings(output: str) -> list[str]:
@@ -112,15 +125,8 @@ async def test_a_half_done_fan_out_takes_its_items_from_the_retried_source(
         topics = pb.StepSpec(
             name="Topics", kind="llm", prompt="List them.", providers=["anthropic:claude-x"]
         )
-        each = pb.StepSpec(
-            name="Each",
-            kind="fan_out",
-            prompt="Expand {{ item }}",
-            providers=["local"],
-            params_json=json.dumps({"tokens": 5, "token_delay_ms": 150}),
-            source="Topics",
-            split="headings",
-            concurrency=1,
+        each = expand_each(
+            providers=["local"], params_json=json.dumps({"tokens": 5, "token_delay_ms": 150})
         )
         workflow = await api.runs.create_workflow("fan", [topics, each])
         paused = await pause_at_first_item(
@@ -130,7 +136,7 @@ async def test_a_half_done_fan_out_takes_its_items_from_the_retried_source(
 
         retried = await api.runs.retry_step(paused.steps[0].id, max_tokens=8192)
 
-        assert list((await api.runs.get_run(retried.id)).steps[1].items) == []
+        # The finished items stay until the fan-out checks their input against the new source.
         events = await execute(api, retried.id)
         done = await api.runs.get_run(retried.id)
         assert done.status == ev.COMPLETED, done.error
@@ -155,14 +161,7 @@ async def test_a_half_done_fan_out_takes_its_items_from_the_chosen_alternative(
         alternatives=2,
         params_json=json.dumps({"items": 3, "tokens": 30}),
     )
-    each = pb.StepSpec(
-        name="Each",
-        kind="fan_out",
-        prompt="Expand {{ item }}",
-        params_json=json.dumps({"tokens": 5, "token_delay_ms": 150}),
-        source="Topics",
-        concurrency=1,
-    )
+    each = expand_each(params_json=json.dumps({"tokens": 5, "token_delay_ms": 150}))
     workflow = await api.runs.create_workflow("fan-alt", [topics, each])
     paused = await pause_at_first_item(api, database_url, await api.runs.create_run(workflow.id))
     assert 0 < len(paused.steps[1].items) < 3
@@ -233,3 +232,112 @@ async def test_a_chosen_plan_replaces_the_prompts_generated_from_the_old_one(
     assert [s.kind for s in done.steps][-1] == "consistency_check"
     assert not {s.id for s in done.steps} & {s.id for s in old_block}
     assert done.steps[0].output == chosen and done.steps[0].selected_index == 1
+
+
+TOPICS = "## Alpha\nalpha body\n\n## Beta\nbeta body\n\n## Gamma\ngamma body\n"
+LONGER = TOPICS + "\n## Delta\ndelta body\n"
+
+
+async def test_a_source_run_again_keeps_the_fan_out_items_whose_input_is_unchanged(
+    api: Clients, database_url: str
+) -> None:
+    """The seeds' cut plan, fanned out: paused after its first items, the source retried with
+    a bigger max_tokens. The items done whose text is the same in the whole plan (Alpha,
+    maybe Beta) are not done again; Gamma (cut before) and Delta (new) are. Every item was
+    redone: they carried no record of what they were made from."""
+    cut_at = LONGER.index("gamma body") + len("gamma")
+    topics = pb.StepSpec(
+        name="Topics",
+        kind="llm",
+        prompt="List them.",
+        max_tokens=cut_at,
+        params_json=json.dumps({"script": LONGER, "tokens": len(LONGER)}),
+    )
+    each = expand_each(params_json=json.dumps({"tokens": 5, "token_delay_ms": 150}))
+    workflow = await api.runs.create_workflow("fan-cut", [topics, each])
+    paused = await pause_at_first_item(api, database_url, await api.runs.create_run(workflow.id))
+    cut = ["Alpha", "Beta", "Gamma"]
+    assert paused.steps[0].truncated and headings(paused.steps[0].output) == cut
+    before = {i.heading: i for i in paused.steps[1].items}
+    assert "Alpha" in before and "Gamma" not in before
+    assert all(len(i.input_hash) == 64 for i in before.values())
+
+    retried = await api.runs.retry_step(paused.steps[0].id, max_tokens=len(LONGER))
+    events = await execute(api, retried.id)
+
+    done = await api.runs.get_run(retried.id)
+    assert done.status == ev.COMPLETED, done.error
+    assert done.steps[0].output == LONGER
+    fan = done.steps[1]
+    assert [i.heading for i in fan.items] == [*cut, "Delta"]
+    progress = [json.loads(e.data_json) for e in events if e.type == ev.FAN_OUT_PROGRESS]
+    redone = [i.index for i in fan.items if i.heading not in before]
+    assert sorted(p["index"] for p in progress) == redone  # Alpha is not asked again
+    for item in fan.items:
+        if item.heading in before:
+            kept = before[item.heading]
+            assert (item.output, item.input_hash) == (kept.output, kept.input_hash)
+    assert fan.output_tokens == sum(i.output_tokens for i in fan.items)
+
+
+async def test_a_source_run_again_replaces_changed_items_and_drops_those_past_it(
+    database_url: str,
+) -> None:
+    """A fan-out failed at its fourth item; its source, run again, keeps Alpha as it was,
+    rewrites Beta and ends there. Alpha is kept, not asked again; Beta is redone and its row
+    replaced; Gamma, past the new source, goes when the fan-out ends. Retrying the fan-out
+    itself still redoes every item: a retried step really executes."""
+    async with (
+        fake_providers() as fake,
+        runs_service(database_url) as rs,
+        engine_on_fake(rs.runs_listen, fake.base_url) as api,
+    ):
+        shorter = "## Alpha\nalpha body\n\n## Beta\nbeta rewritten\n"
+        fake.script("openai", Reply(text=LONGER), Reply(text=shorter))
+        fake.script(
+            "anthropic",
+            Reply(text="alpha done"),
+            Reply(text="beta done"),
+            Reply(text="gamma done"),
+            Reply(error="invalid"),
+            Reply(text="beta again"),
+            Reply(text="alpha third"),
+            Reply(text="beta third"),
+        )
+        topics = pb.StepSpec(
+            name="Topics", kind="llm", prompt="List them.", providers=["openai:gpt-x"]
+        )
+        each = expand_each(providers=["anthropic:claude-x"])
+        workflow = await api.runs.create_workflow("fan-shrink", [topics, each])
+        failed = await api.runs.create_run(workflow.id)
+        await execute(api, failed.id)
+        first = await api.runs.get_run(failed.id)
+        assert first.status == ev.FAILED
+        outputs = [i.output for i in first.steps[1].items]
+        assert outputs == ["alpha done", "beta done", "gamma done"]
+
+        retried = await api.runs.retry_step(first.steps[0].id)
+        events = await execute(api, retried.id)
+
+        done = await api.runs.get_run(retried.id)
+        assert done.status == ev.COMPLETED, done.error
+        fan = done.steps[1]
+        assert [(i.heading, i.output) for i in fan.items] == [
+            ("Alpha", "alpha done"),
+            ("Beta", "beta again"),
+        ]
+        assert fan.items[0].input_hash == first.steps[1].items[0].input_hash
+        assert fan.items[1].input_hash != first.steps[1].items[1].input_hash
+        assert fan.output == "alpha done\n\nbeta again"
+        progress = [json.loads(e.data_json) for e in events if e.type == ev.FAN_OUT_PROGRESS]
+        assert [p["index"] for p in progress] == [1]
+        assert fake.count("anthropic") == 5
+
+        again = await api.runs.retry_step(fan.id)
+        events = await execute(api, again.id)
+
+        redone = await api.runs.get_run(again.id)
+        assert redone.status == ev.COMPLETED, redone.error
+        assert [i.output for i in redone.steps[1].items] == ["alpha third", "beta third"]
+        assert [e.type for e in events].count(ev.FAN_OUT_PROGRESS) == 2
+        assert fake.count("anthropic") == 7

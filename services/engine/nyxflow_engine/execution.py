@@ -312,6 +312,7 @@ class Execution:
                 )
                 for i, c in enumerate(result.alternatives)
             ],
+            item_count=result.item_count,
         )
         # A result costs a model call to redo: it is committed before the next step starts
         # (the last one's, with the run's end).

@@ -78,6 +78,7 @@ def item(row: models.StepItem) -> pb.StepItem:
         truncated=row.truncated,
         input_tokens=row.input_tokens,
         output_tokens=row.output_tokens,
+        input_hash=row.input_hash or "",
     )
 
 

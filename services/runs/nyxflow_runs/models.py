@@ -172,6 +172,8 @@ class StepItem(TenantOwned, Base):
     truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     input_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # sha256 of the item's input (pb.StepItem.input_hash); NULL: stored before it was kept.
+    input_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
 
 

@@ -96,6 +96,8 @@ class StepResult:
     served_by: str = ""
     alternatives: list[Completion] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # kind-specific, for the event
+    # A fan-out's items: runs drops stored ones past it (made from a longer, earlier source).
+    item_count: int | None = None
 
     @classmethod
     def of(cls, completion: Completion, **extra: Any) -> StepResult:

@@ -5,6 +5,7 @@ loses nothing and resume runs only the items that are missing."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
@@ -19,10 +20,19 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
     step, spec = ctx.step, ctx.spec
     items = split_items(ctx.outputs.get(spec.source, ""), spec.split or "headings")
     total = len(items)
-    # An earlier attempt's items count only if made from the same items: runs drops them when
-    # their source's output changes (retry, another alternative); a heading that no longer
-    # matches is a cheap second check.
-    kept = [i for i in step.items if i.index < total and i.heading == items[i.index].heading]
+    # Rendered again for the items that run: held for all, they could weigh items times sources.
+    hashes = [input_hash(render(step.prompt, ctx.outputs, item=item.text)) for item in items]
+    # An earlier attempt's item counts only if made from the same input: a source that ran
+    # again (retry, another alternative) keeps its unchanged items, and the changed ones are
+    # redone, their rows replaced. An item stored before hashes were kept has none: runs
+    # dropped it if its source changed, so one still here was made from this source.
+    kept = [
+        i
+        for i in step.items
+        if i.index < total
+        and i.heading == items[i.index].heading
+        and i.input_hash in ("", hashes[i.index])
+    ]
     outputs = {i.index: i.output for i in kept}
     # Items that stopped at max_tokens, those of an earlier attempt included: the step is
     # marked truncated if any is, so a cut-off item does not pass for a complete one.
@@ -62,6 +72,7 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
                     truncated=completion.truncated,
                     input_tokens=completion.input_tokens,
                     output_tokens=completion.output_tokens,
+                    input_hash=hashes[index],
                 ),
                 draft(
                     ev.FAN_OUT_PROGRESS,
@@ -92,7 +103,14 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
         cut_output_tokens=cut_used,
         served_by=served_by or (step.providers[0] if step.providers else ""),
         extra={"items": total, **({"truncated_items": sorted(cut)} if cut else {})},
+        item_count=total,
     )
+
+
+def input_hash(prompt: str) -> str:
+    """What an item is made from, as StepItem.input_hash: its rendered prompt holds its
+    source item's text and any earlier output the fan-out reads."""
+    return hashlib.sha256(prompt.encode()).hexdigest()
 
 
 def first_cause(group: BaseExceptionGroup) -> BaseException:

@@ -96,7 +96,8 @@ SELECT s.*, w.default_providers AS workflow_chain, t.default_providers AS tenant
     (SELECT json_agg(json_build_object('item_index', i.item_index, 'heading', i.heading,
                                        'output', i.output, 'truncated', i.truncated,
                                        'input_tokens', i.input_tokens,
-                                       'output_tokens', i.output_tokens)
+                                       'output_tokens', i.output_tokens,
+                                       'input_hash', i.input_hash)
                      ORDER BY i.item_index)
      FROM step_items i WHERE i.step_id = s.id) AS items
 FROM steps s JOIN workflows w ON w.id = s.workflow_id JOIN tenants t ON t.id = w.tenant_id
@@ -178,18 +179,31 @@ WITH refs AS (
     WHERE s.id = x.id AND s.workflow_id = f.workflow_id
     RETURNING s.id
 ), itemized AS (
-    -- Idempotent per (step, index): a second write of the same item keeps the first.
-    INSERT INTO step_items (id, tenant_id, step_id, item_index, heading, output, truncated,
-                            input_tokens, output_tokens, created_at)
+    -- Idempotent per (step, index): a second write of the same item keeps the first. One
+    -- made from another input replaces it (a fan-out redoing an item whose source changed).
+    INSERT INTO step_items AS i (id, tenant_id, step_id, item_index, heading, output,
+                                 truncated, input_tokens, output_tokens, input_hash,
+                                 created_at)
     SELECT x.id, $1, x.step_id, x.item_index, x.heading, x.output, x.truncated,
-        x.input_tokens, x.output_tokens, {NOW}
+        x.input_tokens, x.output_tokens, x.input_hash, {NOW}
     FROM unnest($21::varchar[], $22::varchar[], $23::varchar[], $24::int[], $25::text[],
-                $26::text[], $27::bool[], $28::int[], $29::int[])
+                $26::text[], $27::bool[], $28::int[], $29::int[], $34::varchar[])
         AS x(run_id, id, step_id, item_index, heading, output, truncated, input_tokens,
-             output_tokens)
+             output_tokens, input_hash)
     JOIN fenced f ON f.id = x.run_id
-    ON CONFLICT (step_id, item_index) DO NOTHING
+    ON CONFLICT (step_id, item_index) DO UPDATE SET heading = excluded.heading,
+        output = excluded.output, truncated = excluded.truncated,
+        input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
+        input_hash = excluded.input_hash
+    WHERE i.input_hash IS DISTINCT FROM excluded.input_hash
     RETURNING id
+), pruned AS (
+    -- A fan-out ending drops its items past its count, made from a longer, earlier source.
+    DELETE FROM step_items AS i
+    USING unnest($8::varchar[], $9::varchar[], $35::int[]) AS x(run_id, id, item_count)
+    JOIN fenced f ON f.id = x.run_id
+    WHERE x.item_count IS NOT NULL AND i.step_id = x.id AND i.item_index >= x.item_count
+    RETURNING i.id
 ), evented AS (
     INSERT INTO run_events (run_id, tenant_id, seq, type, data, created_at)
     SELECT x.run_id, $1, f.last_seq - f.n + 1 + x.position, x.type, x.data::json, {NOW}
@@ -439,8 +453,9 @@ def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any
     """RECORD's parameters: one array per column of each unnest."""
     runs: list[list[Any]] = [[] for _ in range(6)]
     steps: list[list[Any]] = [[] for _ in range(13)]
-    items: list[list[Any]] = [[] for _ in range(9)]
+    items: list[list[Any]] = [[] for _ in range(10)]
     events: list[list[Any]] = [[] for _ in range(4)]
+    counts: list[int | None] = []  # per step row: a fan-out's item count as it ends
     for entry, plan in chosen:
         batch = entry.batch
         _append(
@@ -456,17 +471,27 @@ def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any
         )
         for row in plan.steps:
             _append(steps, _step_values(entry.run_id, row))
+            counts.append(
+                row.end.item_count if row.end is not None and row.end.HasField("item_count")
+                else None
+            )  # fmt: skip
+        written: set[tuple[str, int]] = set()
         for op in batch.ops:
             if op.WhichOneof("op") == "item":
                 item = op.item.item
+                if (op.item.step_id, item.index) in written:
+                    continue  # the first write of an item is kept (an upsert takes one each)
+                written.add((op.item.step_id, item.index))
                 _append(
                     items,
                     (entry.run_id, str(uuid.uuid4()), op.item.step_id, item.index, item.heading,
-                     item.output, item.truncated, item.input_tokens, item.output_tokens),
+                     item.output, item.truncated, item.input_tokens, item.output_tokens,
+                     item.input_hash or None),
                 )  # fmt: skip
         for position, d in enumerate(batch.drafts):
             _append(events, (entry.run_id, position, d.type, d.text))
-    return [tenant_id, *runs, *steps, *items, *events]
+    # $34 (items' input hashes) and $35 (steps' item counts) come last: the rest keep their $n.
+    return [tenant_id, *runs, *steps, *items[:9], *events, items[9], counts]
 
 
 def _append(columns: list[list[Any]], values: Sequence[Any]) -> None:

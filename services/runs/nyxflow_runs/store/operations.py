@@ -220,16 +220,20 @@ class Operations(StoreBase):
 
     @staticmethod
     async def _drop_stale_items(session: AsyncSession, steps: Sequence[Step], step: Step) -> None:
-        """`step`'s output changes: the items that later, unfinished fan-outs made from it are
-        stale. Resume keeps a fan-out's finished items by index, so kept they would complete
-        it with old and new items mixed. A completed fan-out stays, as any completed step."""
+        """`step`'s output changes: the items that later, unfinished fan-outs made from it may
+        be stale. An item that knows its input's hash stays: the fan-out keeps it if its
+        input comes out unchanged, and redoes (replaces) it otherwise. One stored before the
+        hash cannot be checked: it goes, or the fan-out would complete with old and new items
+        mixed. A completed fan-out stays, as any completed step."""
         stale = [
             s.id
             for s in steps
             if s.position > step.position and s.status != ev.COMPLETED and step.name in _reads(s)
         ]
         if stale:
-            await session.execute(delete(StepItem).where(StepItem.step_id.in_(stale)))
+            await session.execute(
+                delete(StepItem).where(StepItem.step_id.in_(stale), StepItem.input_hash.is_(None))
+            )
 
     async def _locked_run(self, session: AsyncSession, tenant_id: str, run_id: str) -> Run:
         run = await session.scalar(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nyxflow import events as ev
@@ -82,8 +82,18 @@ SET_ALTERNATIVES = (
     .values(alternatives_out=bindparam("b_alternatives"), selected_index=0)
 )
 STEP_IN_WORKFLOW = select(steps_t.c.id).where(_STEP_WHERE)
-ITEM_EXISTS = select(items_t.c.id).where(
+_ITEM_WHERE = and_(
     items_t.c.step_id == bindparam("b_step_id"), items_t.c.item_index == bindparam("b_index")
+)
+ITEM_EXISTS = select(items_t.c.id, items_t.c.input_hash).where(_ITEM_WHERE)
+ITEM_VALUES = ("heading", "output", "truncated", "input_tokens", "output_tokens", "input_hash")
+REPLACE_ITEM = (
+    update(items_t)
+    .where(_ITEM_WHERE)
+    .values(**{name: bindparam(f"b_{name}") for name in ITEM_VALUES})
+)
+ITEMS_PAST = delete(items_t).where(
+    items_t.c.step_id == bindparam("b_step_id"), items_t.c.item_index >= bindparam("b_count")
 )
 UNFINISHED_STEPS = (
     select(steps_t.c.name, steps_t.c.status)
@@ -303,6 +313,11 @@ class Recording(StoreBase):
                 "b_served_by": change.served_by or None,
             }
             updated = (await session.execute(END_STEP, values)).first()
+            if updated is not None and change.HasField("item_count"):
+                # A fan-out's items past its count were made from a longer, earlier source.
+                await session.execute(
+                    ITEMS_PAST, {"b_step_id": write.step_id, "b_count": change.item_count}
+                )
             if updated is not None and change.alternatives:
                 alternatives = [convert.alternative_dict(a) for a in change.alternatives]
                 await session.execute(
@@ -319,27 +334,24 @@ class Recording(StoreBase):
         workflow_id: str,
         write: runs_pb2.ItemWrite,
     ) -> None:
-        """Idempotent per (step, index): a second write of the same item keeps the first."""
+        """Idempotent per (step, index): a second write of the same item keeps the first.
+        One made from another input replaces it (a fan-out redoing an item whose source
+        changed), as the hot path's upsert does."""
         where = {"b_step_id": write.step_id, "b_workflow_id": workflow_id}
         if (await session.execute(STEP_IN_WORKFLOW, where)).first() is None:
             raise NotFound(f"step {write.step_id} not found in run {run_id}")
-        item = write.item
-        exists = await session.execute(
-            ITEM_EXISTS, {"b_step_id": write.step_id, "b_index": item.index}
-        )
-        if exists.first() is None:
+        values = item_values(write.item)
+        key = {"b_step_id": write.step_id, "b_index": write.item.index}
+        stored = (await session.execute(ITEM_EXISTS, key)).first()
+        if stored is None:
             await session.execute(
                 insert(items_t),
-                {
-                    "tenant_id": tenant_id,
-                    "step_id": write.step_id,
-                    "item_index": item.index,
-                    "heading": item.heading,
-                    "output": item.output,
-                    "truncated": item.truncated,
-                    "input_tokens": item.input_tokens,
-                    "output_tokens": item.output_tokens,
-                },
+                {"tenant_id": tenant_id, "step_id": write.step_id, "item_index": write.item.index}
+                | values,
+            )
+        elif stored.input_hash != values["input_hash"]:
+            await session.execute(
+                REPLACE_ITEM, key | {f"b_{name}": value for name, value in values.items()}
             )
 
     @staticmethod
@@ -364,11 +376,14 @@ class Recording(StoreBase):
 STEP_TEXT_LIMITS = {"finish_reason": 40, "served_by": 400}
 STEP_COUNTS = ("input_tokens", "output_tokens")  # int64 in the message, int32 columns
 MAX_INT32 = 2**31 - 1
+MAX_INPUT_HASH = 64  # step_items.input_hash's width
 
 
 def check_change(change: runs_pb2.StepChange, at: str) -> None:
     if change.status not in ev.STEP_STATUSES:
         raise InvalidArgument(f"unknown step status {change.status!r}", field=f"{at}.status")
+    if change.HasField("item_count") and change.item_count < 0:
+        raise InvalidArgument("must not be negative", field=f"{at}.item_count")
     for name, limit in STEP_TEXT_LIMITS.items():
         values = [getattr(change, name), *(getattr(a, name) for a in change.alternatives)]
         if any(len(v) > limit for v in values):
@@ -379,9 +394,20 @@ def check_change(change: runs_pb2.StepChange, at: str) -> None:
             raise InvalidArgument(f"must be between 0 and {MAX_INT32}", field=f"{at}.{name}")
 
 
+def item_values(item: pb.StepItem) -> dict[str, Any]:
+    """The stored columns of an item write (ITEM_VALUES); no hash is NULL, as rows before it."""
+    values = {name: getattr(item, name) for name in ITEM_VALUES}
+    values["input_hash"] = item.input_hash or None
+    return values
+
+
 def check_item(item: pb.StepItem, at: str) -> None:
     if item.index < 0:
         raise InvalidArgument("must not be negative", field=f"{at}.index")
+    if len(item.input_hash) > MAX_INPUT_HASH:
+        raise InvalidArgument(
+            f"must be at most {MAX_INPUT_HASH} characters", field=f"{at}.input_hash"
+        )
     for name in STEP_COUNTS:
         if not 0 <= getattr(item, name) <= MAX_INT32:
             raise InvalidArgument(f"must be between 0 and {MAX_INT32}", field=f"{at}.{name}")
