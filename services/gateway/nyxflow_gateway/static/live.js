@@ -139,12 +139,14 @@ export class RunFollower {
    * status comes with them. True once the run has ended (and the follower with it). */
   async catchUp() {
     for (;;) {
-      const page = await listRunEvents(this.runId, this.lastSeq);
+      const before = this.lastSeq;
+      const page = await listRunEvents(this.runId, before);
       if (this.stopped) return true;
       this.status = page.status;
       for (const data of page.events) if (!this.stopped) this.apply(data.type, data);
       if (this.stopped) return true; // its terminal event was among them
-      if (this.lastSeq >= page.last_seq || page.events.length === 0) break;
+      // Caught up, or nothing more to be had now (read again on the next poll).
+      if (this.lastSeq >= page.last_seq || this.lastSeq === before) break;
     }
     if (ACTIVE_STATUSES.has(this.status)) return false;
     this.end(this.status);
