@@ -37,6 +37,13 @@ UNPREFIXED = (
     "+def test_x():\n+    assert True\n```\n\n"
     "```diff\n--- pkg/mod.py\n+++ pkg/mod.py\n@@ -1 +1 @@\n-X = 1\n+X = 2\n```"
 )
+# Answers the fan-out joins: a bare diff after prose, and one in a block with no language
+# (a wrong one, to be rejected with its reason).
+BARE_ANSWER = (
+    "Here is the change:\n--- a/util.py\n+++ b/util.py\n@@ -1,2 +1,2 @@\n"
+    " def shout(text):\n-    return text.upper()\n+    return text.upper() + '!'\n\nThat is all."
+)
+UNLABELLED = "```\n--- a/calc.py\n+++ b/calc.py\n@@ -5 +5 @@\n-def triple(x):\n+def t(x):\n```"
 TWICE = "# conf\nx = 1\nflag = True\ny = 2\n" + "".join(f"pad{i} = {i}\n" for i in range(6))
 TWICE += "x = 1\nflag = False\ny = 2\n"
 OFFSET_DIFF = (
@@ -178,3 +185,17 @@ async def test_a_diff_without_a_b_prefixes_lands_where_it_names(tmp_path: Path) 
     git(repo, "apply", str(tmp_path / "fix.patch"))
     assert (repo / "tests/test_util.py").exists() and not (repo / "test_util.py").exists()
     assert (repo / "pkg/mod.py").read_text() == "X = 2\n"
+
+
+async def test_a_bare_diff_beside_a_fenced_one_is_reviewed_too(tmp_path: Path) -> None:
+    """Bare diffs were read only when no answer of the whole fan-out had a fence: one
+    answer's fenced block silently dropped every other answer's bare diff."""
+    repo = planted_repo(tmp_path)
+
+    report, patch = await _review(repo, "\n\n".join([GOOD_DIFF, BARE_ANSWER, UNLABELLED]))
+
+    assert report["proposed"] == 3
+    assert _files(report["accepted"]) == [["calc.py"], ["util.py"]], report
+    (wrong,) = report["rejected"]
+    assert wrong["files"] == ["calc.py"] and wrong["reason"].startswith("does not apply")
+    assert "+    return a + b" in patch and "+    return text.upper() + '!'" in patch

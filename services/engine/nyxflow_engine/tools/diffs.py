@@ -8,6 +8,9 @@ means that block was cut off (an answer stopped at max_tokens, with the next ans
 it), as does the text's end: a cut block is reported, never applied. Half a diff that happens
 to apply would otherwise be accepted as the whole change.
 
+A diff written outside any block (or in a block without a language) is read too, each one
+on its own, wherever it stands among the answers: every diff proposed is reviewed.
+
 Paths: `git apply` strips one folder from each name (-p1), right for `--- a/x` / `+++ b/x`
 but not for `+++ tests/x.py`, which would create `x.py` at the top. A file's names without
 the a/ b/ prefixes get them, so every diff is applied where it names, and its files are
@@ -41,17 +44,20 @@ class Proposed:
 
 
 def diffs_in(text: str) -> list[Proposed]:
-    """The diffs proposed, one per fenced block; empty blocks mean "no change". Text
-    without any fence is taken as one bare diff when it looks like one."""
+    """The diffs proposed, in order: one per fenced diff block (empty blocks mean "no
+    change"), and the bare ones written outside any block or in a block without a language.
+    The text is the fan-out's answers joined: one answer's bare diff beside another's block
+    is read too, never dropped."""
     found: list[Proposed] = []
     opened: tuple[int, str] | None = None  # the open fence's length and language
     body: list[str] = []
 
     def close(cut: bool) -> None:
-        if opened is not None and opened[1] in DIFF_LANGUAGES and "".join(body).strip():
+        if opened is None or not opened[1]:
+            found.extend(_proposed(diff) for diff in _bare(body))
+        elif opened[1] in DIFF_LANGUAGES and "".join(body).strip():
             found.append(_proposed("".join(body), cut))
 
-    fenced = False
     for line in text.splitlines(keepends=True):
         bare = line.rstrip("\r\n")
         ticks = len(bare) - len(bare.lstrip("`"))
@@ -59,14 +65,32 @@ def diffs_in(text: str) -> list[Proposed]:
         if ticks < 3 or "`" in info or (opened is not None and ticks < opened[0]):
             body.append(line)  # not a fence (inline code, or a shorter run inside a block)
             continue
-        fenced = True
         close(cut=bool(info))  # an opening fence while a block is open: that one was cut off
         opened = None if opened is not None and not info else (ticks, _language(info))
         body = []
     close(cut=True)
-    if not fenced and ("\n+++ " in text or text.startswith("--- ")):
-        found = [_proposed(text)]
     return found
+
+
+def _bare(lines: Sequence[str]) -> list[str]:
+    """The diffs among lines of prose: each from a file header (or a hunk) to the first line
+    that is no part of a diff. A hunk is read as far as its counts say, so its empty context
+    lines stay in it; blank lines before a further hunk are dropped, so that hunk stays with
+    its file (taken alone, the first hunks would be accepted as the whole change)."""
+    diffs: list[list[str]] = []
+    within = gap = False  # inside a diff; after blank lines that may end it
+    for line, kind in zip(lines, _kinds(lines), strict=True):
+        if within and kind == TEXT and not line.strip():
+            gap = True
+        elif within and kind != TEXT and (not gap or kind == HUNK_HEADER):
+            diffs[-1].append(line)
+            gap = False
+        elif kind in (GIT, OLD, HUNK_HEADER):
+            diffs.append([line])  # a file header after blank lines: another answer's, maybe
+            within, gap = True, False
+        else:
+            within = False
+    return ["".join(diff) for diff in diffs]
 
 
 def _language(info: str) -> str:
