@@ -359,6 +359,14 @@ async def test_fan_out_persists_each_item_and_reports_progress(api: Clients) -> 
     assert sorted(p["index"] for p in progress) == list(range(13))
     assert [p["done"] for p in progress] == list(range(1, 14))
     assert {p["total"] for p in progress} == {13}
+    # The joined items are not sent again to every follower and stored in the event table.
+    done = {d["name"]: d for d in map(json.loads, of(events, ev.STEP_COMPLETED))}
+    assert done["Per topic"]["items"] == 13 and "output" not in done["Per topic"]
+    assert done["Topics"]["output"] == run.steps[0].output
+
+
+def of(events: list[pb.RunEvent], kind: str) -> list[str]:
+    return [e.data_json for e in events if e.type == kind]
 
 
 async def test_fan_out_resume_runs_only_missing_items(api: Clients) -> None:

@@ -278,11 +278,15 @@ class Execution:
                     **({"items": cut} if (cut := result.extra.get("truncated_items")) else {}),
                 )
             )
+        # A fan-out's output is its items joined, each sent already (fan_out_progress, and
+        # the items route): sent again it would go to every follower and into the event
+        # table whole (megabytes for hundreds of items), in the same message as the step's.
+        fanned = "items" in result.extra
         drafts.append(
             draft(
                 ev.STEP_COMPLETED,
                 **ids,
-                output=result.output,
+                **({} if fanned else {"output": result.output}),
                 truncated=result.truncated,
                 finish_reason=result.finish_reason,
                 input_tokens=result.input_tokens,
