@@ -96,6 +96,16 @@ def pipeline_steps(
                 tool="collect_findings",
                 prompt="{{ steps.Analyze.output }}",
             ),
+            # The scan in brief: the whole of it lists every file and repeats the contents
+            # the analysis had, which for a large repository no model could take.
+            step(
+                "Overview",
+                "tool",
+                "reporting",
+                tool="scan_repository",
+                params={"summary": True},
+                prompt="{{ steps.Scan.output }}",
+            ),
             step(
                 "Report",
                 "synthesis",
@@ -104,7 +114,8 @@ def pipeline_steps(
                 prompt=(
                     "Write the code-analysis report as markdown: a summary, the findings "
                     "grouped by severity with file:line, and what the scan left out.\n\n"
-                    "Scan:\n{{ steps.Scan.output }}\n\nFindings:\n{{ steps.Findings.output }}"
+                    "Scan:\n{{ steps.Overview.output }}\n\n"
+                    "Findings:\n{{ steps.Findings.output }}"
                 ),
             ),
         ]

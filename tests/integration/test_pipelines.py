@@ -16,6 +16,8 @@ from nyxflow.v1 import runs_pb2
 from tests.support.inprocess import Clients
 from tests.support.repos import CALC, TEST_COMMAND, git, model_replies, planted_repo
 
+MANY_FILES = 3_000
+
 
 async def start(api: Clients, repo: Path, pipeline: str, **fields: object) -> pb.Run:
     project = await api.runs.create_project(f"p-{pipeline}")
@@ -49,13 +51,39 @@ async def test_code_analysis_stores_findings_and_reports(api: Clients, tmp_path:
 
     done = await api.runs.get_run(run.id)
     assert done.status == ev.COMPLETED, done.error
-    assert phases(events) == ["scanning", "analyzing", "reporting", "reporting"]
+    assert phases(events) == ["scanning", "analyzing", "reporting", "reporting", "reporting"]
     assert done.phase == "reporting"
     scan = json.loads(done.steps[0].output)
     assert scan["files"] == 3 and scan["left_out"]["files"] == 0
     (finding,) = await api.runs.list_findings(run.id)
     assert (finding.file, finding.line, finding.severity) == ("calc.py", 2, "high")
     assert "subtracts" in finding.message
+
+
+async def test_the_report_is_given_the_scan_in_brief_whatever_the_repository_s_size(
+    api: Clients, tmp_path: Path
+) -> None:
+    """The report's prompt held the whole scan: every file listed and the sampled contents
+    again. 12,000 files made it about 300,000 tokens, more than a model takes."""
+    repo = planted_repo(tmp_path)
+    for i in range(MANY_FILES):
+        folder = repo / f"pkg{i // 50:02d}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"m{i:04d}.py").write_text(f"VALUE = {i}  # sampled content\n")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "many")
+    run = await start(api, repo, "code-analysis")
+
+    await execute(api, run.id)
+
+    done = await api.runs.get_run(run.id)
+    assert done.status == ev.COMPLETED, done.error
+    steps = {step.name: step for step in done.steps}
+    assert steps["Report"].input_tokens < 2_000  # words: whatever the repository's size
+    overview = json.loads(steps["Overview"].output)
+    assert overview["files"] == MANY_FILES + 3 and overview["folders"]["count"] == 61
+    assert overview["sampled"]["files"] == 40 and overview["left_out"]["files"] == MANY_FILES - 37
+    assert "sampled content" not in steps["Overview"].output
 
 
 async def test_auto_fix_patch_applies_and_a_broken_diff_is_rejected(

@@ -36,3 +36,21 @@ async def test_nothing_is_dropped_under_the_cap() -> None:
     report = json.loads(await collect_findings(ToolCall({}, prompt, save)))
 
     assert (report["count"], report["dropped"], report["by_severity"]) == (1, 0, {"high": 1})
+
+
+async def test_the_output_lists_the_most_severe_findings_in_brief() -> None:
+    """The output is the report's prompt: it listed the first 200 findings whole, messages of
+    up to 10,000 characters each, and a critical one after 200 infos not at all."""
+
+    async def save(_: Sequence[pb.Artifact], __: Sequence[pb.Finding]) -> None:
+        return None
+
+    infos = [{"file": "a.py", "severity": "info", "message": "m" * 10_000}] * 200
+    critical = {"file": "b.py", "severity": "critical", "message": "drops the table"}
+    prompt = json.dumps([*infos, critical])
+
+    report = json.loads(await collect_findings(ToolCall({}, prompt, save)))
+
+    assert report["findings"][0]["message"] == "drops the table"
+    assert report["count"] == 201 and report["listed"] == len(report["findings"]) == 200
+    assert max(len(f["message"]) for f in report["findings"]) == 501  # 500 and "…"

@@ -11,6 +11,9 @@ from nyxflow_engine.tools.registry import ToolCall
 
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 MAX_FINDINGS = 5_000
+# What the output (a report's prompt) lists: the most severe first, each message cut short.
+LISTED = 200
+LISTED_MESSAGE = 500
 
 
 def json_values(text: str) -> list[Any]:
@@ -60,16 +63,22 @@ async def collect_findings(call: ToolCall) -> str:
                 dropped += 1
     await call.save([], found)
     by_severity = Counter(f.severity for f in found)
+    listed = sorted(found, key=lambda f: SEVERITIES.index(f.severity))[:LISTED]
     return json.dumps(
         {
             "count": len(found),
             "dropped": dropped,
             "by_severity": {s: by_severity[s] for s in SEVERITIES if by_severity[s]},
+            "listed": len(listed),
             "findings": [
                 {"file": f.file, "line": f.line, "severity": f.severity,
-                 "category": f.category, "message": f.message}
-                for f in found[:200]
+                 "category": f.category, "message": _short(f.message)}
+                for f in listed
             ],
         },
         indent=2,
     )  # fmt: skip
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= LISTED_MESSAGE else message[:LISTED_MESSAGE] + "…"

@@ -4,6 +4,11 @@ items. Uncommitted changes are named, not shown: patches are checked against HEA
 
 The sample prefers recently changed files, then small ones, until `max_files` or `max_bytes`
 is reached; every file left out is counted, so the report can say what it did not see.
+
+With `params.summary`, the tool scans nothing: it answers a compact summary of the scan given
+as its prompt (counts, languages, the largest folders, what was sampled and left out, each list
+capped), the same size for ten files or a million, and without the sampled contents the
+analysis already had. That is what a report's prompt embeds, never the whole scan.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ LANGUAGES = {
     ".yml": "YAML", ".json": "JSON", ".toml": "TOML", ".html": "HTML", ".css": "CSS",
 }  # fmt: skip
 RECENT_COMMITS = 200  # how far back "recently changed" looks
+LISTED = 50  # names a summary lists at the most in each of its lists
 
 
 async def recency(path: Path) -> dict[str, int]:
@@ -58,6 +64,8 @@ def _last_changes(log: str) -> dict[str, int]:
 
 async def scan_repository(call: ToolCall) -> str:
     params = call.params
+    if params.get("summary") is True:
+        return json.dumps(summary(call.prompt), indent=2)
     root = await call.repository()
     head = await head_of(root)
     changed = await uncommitted(root) if head.commit else []
@@ -173,3 +181,31 @@ def _items(sample: list[dict[str, Any]], group: str) -> list[dict[str, Any]]:
     for s in sample:
         modules.setdefault(str(PurePosixPath(s["path"]).parent), []).append(s)
     return [{"title": name, "files": files} for name, files in sorted(modules.items())]
+
+
+def summary(scan_output: str) -> dict[str, Any]:
+    """A scan's facts in a size that does not grow with the repository (see the module)."""
+    try:
+        scan = json.loads(scan_output)
+    except json.JSONDecodeError:
+        scan = None
+    if not isinstance(scan, dict):
+        raise InvalidArgument("the prompt must be a repository scan's output", field="prompt")
+    folders = Counter(str(PurePosixPath(f["path"]).parent) for f in scan.get("listing", []))
+    shown = [file for item in scan.get("items", []) for file in item.get("files", [item])]
+    brief = {key: scan[key] for key in ("path", "head", "files", "bytes", "languages")}
+    brief["folders"] = {"count": len(folders), "largest": dict(folders.most_common(LISTED))}
+    brief["sampled"] = {"files": len(shown), "paths": _capped([file["path"] for file in shown])}
+    for key in ("left_out", "uncommitted", "skipped"):
+        if key in scan:
+            brief[key] = _capped(scan[key])
+    return brief
+
+
+def _capped(value: Any) -> Any:
+    """Every list in `value` cut to LISTED entries, with how many there were."""
+    if isinstance(value, dict):
+        return {key: _capped(entry) for key, entry in value.items()}
+    if isinstance(value, list) and len(value) > LISTED:
+        return [*value[:LISTED], f"… and {len(value) - LISTED} more"]
+    return value
