@@ -31,8 +31,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from nyxflow_engine.tools.sandbox import SANDBOXED, Sandbox
+from nyxflow_engine.tools.sandbox import SANDBOXED, Sandbox, Walls
 
+# git as the engine runs it on a tenant's repository or scratch clone: whatever their config
+# says, it runs no program of theirs. No fsmonitor (run on any read of the index), no hook, no
+# git in a nested repository of theirs (submodule.recurse), no transport (a partial clone's
+# lazy fetch would run their ssh command or upload-pack), no gpg (log.showSignature). Filters
+# and diff drivers are kept out by where the engine reads and writes contents: head.py,
+# patches.py.
+GIT = (
+    "git",
+    *("-c", "core.fsmonitor=false"),
+    *("-c", "core.hooksPath=/dev/null"),
+    *("-c", "submodule.recurse=false"),
+    *("-c", "protocol.allow=never"),
+    *("-c", "log.showSignature=false"),
+)
 # What a child keeps of the engine's environment; everything else is left out.
 KEPT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -71,10 +85,12 @@ async def run(
     contained: bool = False,
     sandbox: Sandbox = SANDBOXED,
     binary: bool = False,
+    walls: Walls | None = None,
 ) -> Outcome:
     """`args` in `cwd`; the exit code -1 and a message if it outlives `timeout_s`.
     `contained`: under the keeper, in `sandbox` (see the module's docstring), for code not
-    the engine's. `binary`: stdout as bytes (file contents: a length in bytes must stay one)."""
+    the engine's, within `walls` if given. `binary`: stdout as bytes (file contents: a length
+    in bytes must stay one)."""
     with (
         _engine_line(contained) as engine,
         tempfile.TemporaryFile() as given,
@@ -82,7 +98,7 @@ async def run(
         tempfile.TemporaryFile() as err,
     ):
         if engine is not None:
-            args = sandbox.command(engine, args)
+            args = sandbox.command(engine, args, walls)
         if stdin:
             given.write(stdin)
             given.seek(0)

@@ -5,16 +5,23 @@ uncommitted edits writes diffs that HEAD rejects. And an object is never a path 
 tracked symlink (to /proc/self/environ, to a file outside the repository) is a blob holding
 its target's name, never followed. Symlinks and submodules are listed as skipped, not read.
 A repository without commits yet is read from its index's objects, just as safely.
+
+The repository is the tenant's, and so is its config: git here only reads objects, the index
+and refs (`GIT` turns off what could run a program even then), and never the work tree's
+contents, which would run the filters its config names (see `uncommitted`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nyxflow.errors import InvalidArgument
-from nyxflow_engine.tools.commands import run
+from nyxflow_engine.tools.commands import GIT, run
 
 FILE_MODES = ("100644", "100755")
 SKIPPED = {"120000": "symlinks", "160000": "submodules"}
@@ -34,8 +41,8 @@ class Head:
     skipped: dict[str, list[str]] = field(default_factory=dict)  # kind -> paths
 
 
-async def git(path: Path, *args: str) -> str:
-    done = await run(path, "git", "-C", str(path), *args, merge_stderr=False)
+async def git(path: Path, *args: str, stdin: bytes = b"") -> str:
+    done = await run(path, *GIT, "-C", str(path), *args, stdin=stdin, merge_stderr=False)
     if done.code != 0:
         message = done.errors.strip()
         raise InvalidArgument(f"{path} is not a git work tree: {message}", field="params.path")
@@ -45,9 +52,8 @@ async def git(path: Path, *args: str) -> str:
 async def head_of(path: Path) -> Head:
     """HEAD's files of the work tree at `path` (its top folder: `ToolCall.repository` made
     sure), as `ls-files` names them; in a repository without commits, what is staged."""
-    try:
-        commit = (await git(path, "rev-parse", "--verify", "HEAD^{commit}")).strip()
-    except InvalidArgument:
+    commit = await commit_of(path)
+    if not commit:
         return await _staged(path)
     head = Head(commit)
     for record in (await git(path, "ls-tree", "-r", "-l", "-z", "HEAD")).split("\0"):
@@ -58,12 +64,20 @@ async def head_of(path: Path) -> Head:
     return head
 
 
+async def commit_of(path: Path) -> str:
+    """HEAD's commit; "" in a repository without commits."""
+    try:
+        return (await git(path, "rev-parse", "--verify", "HEAD^{commit}")).strip()
+    except InvalidArgument:
+        return ""
+
+
 async def _staged(path: Path) -> Head:
     head = Head("")
     records = [r.split("\t", 1) for r in (await git(path, "ls-files", "-s", "-z")).split("\0") if r]
     staged = [(meta.split(), name) for meta, name in records]
     files = [oid for (mode, oid, _), _ in staged if mode in FILE_MODES]
-    done = await run(path, "git", "-C", str(path), "cat-file", "--batch-check", stdin=_lines(files))
+    done = await run(path, *GIT, "-C", str(path), "cat-file", "--batch-check", stdin=_lines(files))
     sizes: dict[str, str] = {}
     for line in done.output.splitlines():  # "<oid> <type> <size>"
         oid, _, size = line.partition(" blob ")
@@ -89,7 +103,7 @@ async def contents(path: Path, entries: Sequence[Entry]) -> dict[str, bytes]:
     if not entries:
         return {}
     asked = _lines([e.oid for e in entries])
-    done = await run(path, "git", "-C", str(path), "cat-file", "--batch", stdin=asked, binary=True)
+    done = await run(path, *GIT, "-C", str(path), "cat-file", "--batch", stdin=asked, binary=True)
     if done.code != 0:
         raise InvalidArgument(
             f"cannot read {path}'s objects: {done.errors.strip()}", field="params.path"
@@ -108,9 +122,38 @@ async def contents(path: Path, entries: Sequence[Entry]) -> dict[str, bytes]:
 
 
 async def uncommitted(path: Path) -> list[str]:
-    """Tracked files below `path` whose work tree or index differs from HEAD."""
-    # No fsmonitor: a repository's config must not make the engine run its commands.
-    changed = await git(
-        path, "-c", "core.fsmonitor=false", "diff", "HEAD", "--name-only", "-z", "--relative"
-    )
-    return [name for name in changed.split("\0") if name]
+    """Tracked files whose index or work tree differs from HEAD (`path` is the top folder)."""
+    # The index against HEAD: objects only. Not `git diff HEAD`: to compare a file whose stat
+    # changed, git reads it through the clean filter the repository's config names.
+    staged = await git(path, "diff-index", "--cached", "--name-only", "-z", "--no-renames", "HEAD")
+    changed = {name for name in staged.split("\0") if name}
+    head = await head_of(path)
+    unsure = await asyncio.to_thread(_differing_in_size, path, head.files, changed)
+    # The rest hashed as they are on disk: no filter, no attribute read.
+    names = "".join(f"{_quoted(entry.path)}\n" for entry in unsure).encode()
+    hashed = (await git(path, "hash-object", "--no-filters", "--stdin-paths", stdin=names)).split()
+    changed.update(e.path for e, oid in zip(unsure, hashed, strict=True) if oid != e.oid)
+    return sorted(changed)
+
+
+def _differing_in_size(path: Path, files: Sequence[Entry], changed: set[str]) -> list[Entry]:
+    """Adds to `changed` the files gone, no longer regular files, or of another size; returns
+    the others, whose contents must be compared."""
+    same: list[Entry] = []
+    for entry in files:
+        try:
+            found = os.lstat(path / entry.path)
+        except OSError:
+            changed.add(entry.path)
+            continue
+        if stat.S_ISREG(found.st_mode) and found.st_size == entry.size:
+            same.append(entry)
+        else:
+            changed.add(entry.path)
+    return same
+
+
+def _quoted(name: str) -> str:
+    """A name as `--stdin-paths` reads it whatever it holds (a newline, a leading quote)."""
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'

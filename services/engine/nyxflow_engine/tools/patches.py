@@ -6,6 +6,12 @@ clone goes back to the tree it had before the diff. A diff whose block was cut o
 applied. The user's work tree is never touched: the clone is a private copy of HEAD, removed
 afterwards. The accepted patches are combined into one that applies cleanly to HEAD: the
 run's `patch` artifact.
+
+The engine's git reads and writes the clone's files, so it would run any filter, hook or
+fsmonitor the clone's `.git` names: the test command (the tenant's code) must not write it.
+In the sandbox it cannot (`Walls`: read-only there, and no other run's clone is in sight);
+with `NYXFLOW_COMMAND_SANDBOX=none` it can, as it can read the engine's secrets outright:
+that mode is for tenants the operator trusts.
 """
 
 from __future__ import annotations
@@ -13,15 +19,17 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nyxflow.errors import FailedPrecondition, InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
-from nyxflow_engine.tools.commands import run
+from nyxflow_engine.tools.commands import GIT, run
 from nyxflow_engine.tools.diffs import Proposed, diffs_in, files_of
+from nyxflow_engine.tools.head import commit_of, git
 from nyxflow_engine.tools.registry import ToolCall
-from nyxflow_engine.tools.sandbox import Sandbox
+from nyxflow_engine.tools.sandbox import Sandbox, Walls
 from nyxflow_engine.tools.scratch import make as make_scratch
 from nyxflow_engine.tools.scratch import remove as remove_scratch
 
@@ -51,9 +59,13 @@ async def review_patches(call: ToolCall) -> str:
         raise InvalidArgument("must be a positive number", field="params.test_timeout_s")
     scratch = await asyncio.to_thread(make_scratch)
     try:
-        report, patch = await _review(
-            source, scratch / "repo", diffs_in(call.prompt), command, float(timeout), call.sandbox
-        )
+        clone = scratch / "repo"
+        objects = await _clone(source, clone)
+        # The repositories are shown read-only: the source's objects are the clone's too.
+        shown = (source, objects, *([Path(call.repos_root)] if call.repos_root else []))
+        walls = Walls(scratch.parent, (clone, scratch / "home"), (clone / ".git", *shown))
+        tests = Tests(command, float(timeout), call.sandbox, walls)
+        report, patch = await _review(clone, diffs_in(call.prompt), tests)
     finally:
         await asyncio.to_thread(remove_scratch, scratch)
     await call.save(
@@ -68,20 +80,33 @@ async def review_patches(call: ToolCall) -> str:
     return json.dumps(report, indent=2)
 
 
-async def _review(
-    source: Path,
-    clone: Path,
-    diffs: list[Proposed],
-    command: str,
-    timeout_s: float,
-    sandbox: Sandbox,
-) -> tuple[dict[str, Any], str]:
-    cloned = await run(
-        source.parent, "git", "clone", "--quiet", "--shared", str(source), str(clone)
-    )
-    if cloned.code != 0:
-        message = f"cannot read the repository: {_tail(cloned.output)}"
-        raise InvalidArgument(message, field="params.path")
+@dataclass(frozen=True)
+class Tests:
+    command: str  # "": none
+    timeout_s: float
+    sandbox: Sandbox
+    walls: Walls
+
+
+async def _clone(source: Path, clone: Path) -> Path:
+    """A private copy of the source's HEAD: a git dir of the engine's, and the source's objects
+    (alternates). Not `git clone`, which runs upload-pack in the source under its config (the
+    tenant's): git here only reads the source's refs and objects. Its objects folder."""
+    commit = await commit_of(source)
+    objects = await git(source, "rev-parse", "--path-format=absolute", "--git-path", "objects")
+    form = (await git(source, "rev-parse", "--show-object-format")).strip()
+    await _git(clone.parent, "init", "--quiet", f"--object-format={form}", str(clone))
+    alternates = clone / ".git" / "objects" / "info" / "alternates"
+    alternates.parent.mkdir(parents=True, exist_ok=True)
+    alternates.write_text(objects)
+    if commit:
+        await _git(clone, "update-ref", "--no-deref", "HEAD", commit)
+        await _git(clone, "read-tree", "--reset", "-u", "HEAD")
+    return Path(objects.strip())
+
+
+async def _review(clone: Path, diffs: list[Proposed], tests: Tests) -> tuple[dict[str, Any], str]:
+    command = tests.command
     accepted: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     for index, proposed in enumerate(diffs):
@@ -94,7 +119,7 @@ async def _review(
         # place again, and could find another one.
         before = (await _git(clone, "write-tree")).strip() if command else ""
         # Into the index too: the index holds the accepted diffs and nothing else.
-        applied = await run(clone, "git", "apply", "--index", "-", stdin=diff.encode())
+        applied = await run(clone, *GIT, "apply", "--index", "-", stdin=diff.encode())
         if applied.code != 0:
             rejected.append({**entry, "reason": f"does not apply: {_tail(applied.output)}"})
             continue
@@ -104,10 +129,11 @@ async def _review(
             tested = await run(
                 clone,
                 *shlex.split(command),
-                timeout_s=timeout_s,
+                timeout_s=tests.timeout_s,
                 home=home,
                 contained=True,
-                sandbox=sandbox,
+                sandbox=tests.sandbox,
+                walls=tests.walls,
             )
             # What the tests left (caches, bytecode, build output) is not part of any patch.
             await _restore(clone, before if tested.code != 0 else None)
@@ -139,7 +165,7 @@ async def _review(
 
 
 async def _git(clone: Path, *args: str) -> str:
-    done = await run(clone, "git", *args, merge_stderr=False)
+    done = await run(clone, *GIT, *args, merge_stderr=False)
     if done.code != 0:
         why = _tail(done.errors or done.output)
         raise FailedPrecondition(f"git {args[0]} failed in the scratch clone: {why}")

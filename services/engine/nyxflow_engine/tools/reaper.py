@@ -20,6 +20,11 @@ unmount its /proc to find the host's below, take its loopback down.
 `--limit=data:BYTES`, `--limit=fsize:BYTES`: resource limits the command (and all it starts)
 runs under; a core dump is never written (a crashing suite would fill the disk with them).
 
+`--tmpfs=BYTES:PATH`, `--bind=rw|ro:PATH` (sandboxed only): the command's walls (sandbox.py's
+`Walls`), built in its mount namespace before the capabilities go: an empty tmpfs over PATH,
+then each PATH shown again as it is outside, writable or read-only. A wall that cannot be
+built is an error: the command is not run.
+
 The exit status is the command's: its code, or 128 + the signal that killed it, as a shell
 reports it. A program that cannot be started exits 127 with the reason on stderr.
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import resource
 import select
@@ -38,6 +44,17 @@ import sys
 from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
+# What a read-only remount in a user namespace must repeat of the mount's flags: the kernel
+# locks them (statvfs's flag -> mount's).
+LOCKED = (
+    (os.ST_NOSUID, MS_NOSUID),
+    (os.ST_NODEV, MS_NODEV),
+    (os.ST_NOEXEC, 8),
+    (os.ST_NOATIME, 1024),
+    (os.ST_NODIRATIME, 2048),
+    (os.ST_RELATIME, 1 << 21),
+)
 PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 23, 24, 38
 CAPABILITY_VERSION_3 = 0x20080522
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
@@ -45,6 +62,7 @@ IFREQ = "16sH22x"  # struct ifreq: the interface's name, then its flags
 ENGINE_CHECK_S = 0.5  # how soon the engine's death is noticed
 WATCHED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 STOPPED = 128 + signal.SIGTERM
+OPTIONS = ("--limit=", "--tmpfs=", "--bind=")
 
 
 class CapHeader(ctypes.Structure):
@@ -148,6 +166,56 @@ def kill_all() -> None:
                 os.waitpid(pid, 0)
 
 
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        LIBC.mount(
+            os.fsencode(source),
+            os.fsencode(target),
+            os.fsencode(fstype) if fstype else None,
+            ctypes.c_ulong(flags),
+            os.fsencode(data) if data else None,
+        )
+    )
+
+
+def parse_walls(options: list[str]) -> tuple[tuple[int, str] | None, list[tuple[bool, str]]]:
+    """`--tmpfs=BYTES:PATH` and `--bind=rw|ro:PATH` options -> the cover, the binds."""
+    cover, binds = None, []
+    for option in options:
+        name, _, value = option.partition("=")
+        first, _, path = value.partition(":")
+        if name == "--tmpfs":
+            cover = (int(first), path)
+        elif first in ("rw", "ro") and path:
+            binds.append((first == "rw", path))
+        else:
+            raise ValueError(option)
+    return cover, binds
+
+
+def build_walls(cover: tuple[int, str] | None, binds: list[tuple[bool, str]]) -> None:
+    """In this mount namespace (unshare made it private): an empty tmpfs over the cover, then
+    each bind, shallowest first, so that a deeper one lands in what a shallower one shows. Each
+    is opened before the tmpfs can hide it."""
+    held = [(len(Path(path).parts), writable, path) for writable, path in binds]
+    opened = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for _, path in binds}
+    here = os.getcwd()
+    try:
+        if cover:
+            size, path = cover
+            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={size}")
+        for _, writable, path in sorted(held):
+            os.makedirs(path, exist_ok=True)  # below the cover: made in the tmpfs
+            mount(f"/proc/self/fd/{opened[path]}", path, None, MS_BIND | MS_REC)
+            if not writable:
+                kept = sum(flag for locked, flag in LOCKED if os.statvfs(path).f_flag & locked)
+                mount("none", path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+    finally:
+        for fd in opened.values():
+            os.close(fd)
+    os.chdir(here)  # the same folder, as the new mounts show it
+
+
 LIMITS = {"data": resource.RLIMIT_DATA, "fsize": resource.RLIMIT_FSIZE}
 
 
@@ -193,18 +261,19 @@ def exit_code(status: int) -> int:
 
 
 def main(args: list[str]) -> int:
-    options = [a for a in args[:2] if a.startswith("--limit=")]  # data and fsize, at most
+    options = list(itertools.takewhile(lambda a: a.startswith(OPTIONS), args))
     args = args[len(options) :]
     sandboxed = args[:1] == ["--sandboxed"]
     args = args[1:] if sandboxed else args
     try:
-        limits = parse_limits(options)
+        limits = parse_limits([o for o in options if o.startswith("--limit=")])
+        cover, binds = parse_walls([o for o in options if not o.startswith("--limit=")])
     except (KeyError, ValueError):
-        limits = {}
+        limits, cover, binds = {}, None, []
     if not limits or len(args) < 2 or not args[0].isdigit():
         print(
-            "usage: reaper.py [--limit=data|fsize:BYTES]... [--sandboxed] ENGINE_FD PROGRAM"
-            " [ARGS...]",
+            "usage: reaper.py [--limit=data|fsize:BYTES]... [--tmpfs=BYTES:PATH]"
+            " [--bind=rw|ro:PATH]... [--sandboxed] ENGINE_FD PROGRAM [ARGS...]",
             file=sys.stderr,
         )
         return 2
@@ -219,6 +288,12 @@ def main(args: list[str]) -> int:
             loopback_up()
         except OSError as error:
             print(f"cannot bring the loopback up: {error.strerror}", file=sys.stderr)
+            return 127
+    if cover or binds:
+        try:
+            build_walls(cover, binds)
+        except OSError as error:
+            print(f"cannot build the command's walls: {error}", file=sys.stderr)
             return 127
     command = start(args, sandboxed, limits)
     try:

@@ -12,7 +12,7 @@ from typing import Any
 from nyxflow.errors import InvalidArgument
 from nyxflow.repos import readable_folder
 from nyxflow.v1 import common_pb2 as pb
-from nyxflow_engine.tools.commands import run
+from nyxflow_engine.tools.commands import GIT, run
 from nyxflow_engine.tools.sandbox import SANDBOXED, Sandbox
 
 SaveArtifacts = Callable[[Sequence[pb.Artifact], Sequence[pb.Finding]], Awaitable[None]]
@@ -37,7 +37,7 @@ class ToolCall:
         folder = await asyncio.to_thread(
             readable_folder, raw, self.repos_root, self.tenant_id, "params.path"
         )
-        found = await run(folder, "git", "rev-parse", "--show-toplevel", merge_stderr=False)
+        found = await run(folder, *GIT, "rev-parse", "--show-toplevel", merge_stderr=False)
         top = found.output.strip()
         if found.code != 0 or not top:
             raise InvalidArgument(f"{folder} is not a git work tree", field="params.path")

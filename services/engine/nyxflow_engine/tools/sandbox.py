@@ -13,8 +13,12 @@ the runs service, the database or the internet from the engine's host. In the sa
 - network, unless `network`: nothing but a loopback of its own (the keeper brings it up).
 
 The keeper drops every capability before the command starts, so the command cannot undo any
-of it. The file system is not hidden: the command reads and writes what the engine's user
-can, as a CI job does.
+of it. The file system is the engine's, within `Walls` when given (the review's): a fresh,
+empty temp folder of its own in place of the engine's (other runs' scratch clones are not
+there), its clone's work tree and HOME writable, and read-only its clone's `.git` and the
+repositories. The engine runs git in that `.git` afterwards: config, attributes or hooks
+planted there would run in the engine, unsandboxed. Elsewhere it reads and writes what the
+engine's user can, as a CI job does.
 
 Limits hold with or without namespaces (`NYXFLOW_COMMAND_MEMORY_MB`, `..._FILE_MB`): a
 tenant's suite that leaks memory, or writes without end, fails on its own instead of taking
@@ -53,6 +57,23 @@ MIB = 1 << 20
 
 
 @dataclass(frozen=True)
+class Walls:
+    """What a sandboxed command may write (with `NYXFLOW_COMMAND_SANDBOX=none`: everything)."""
+
+    cover: Path  # hidden under an empty tmpfs of the command's own (the engine's temp folder)
+    writable: tuple[Path, ...] = ()  # shown again below `cover`, writable
+    read_only: tuple[Path, ...] = ()  # shown read-only, below `cover` or not
+
+    def options(self, size_mb: int) -> tuple[str, ...]:
+        """The keeper's `--tmpfs=BYTES:PATH` and `--bind=rw|ro:PATH` options (reaper.py)."""
+        binds = [("rw", p) for p in self.writable] + [("ro", p) for p in self.read_only]
+        return (
+            f"--tmpfs={size_mb * MIB}:{self.cover}",
+            *(f"--bind={mode}:{path}" for mode, path in binds),
+        )
+
+
+@dataclass(frozen=True)
 class Sandbox:
     namespaces: bool = True  # false: beside the engine (NYXFLOW_COMMAND_SANDBOX=none)
     network: bool = False  # with namespaces: the host's network, not a loopback of its own
@@ -68,14 +89,18 @@ class Sandbox:
             settings.command_file_mb,
         )
 
-    def command(self, engine: int, args: Sequence[str]) -> tuple[str, ...]:
+    def command(
+        self, engine: int, args: Sequence[str], walls: Walls | None = None
+    ) -> tuple[str, ...]:
         """The command line that runs `args` under the keeper, in this sandbox; `engine` is
         the descriptor the keeper watches the engine by (commands.py)."""
         keeper = (sys.executable, "-I", "-S", str(REAPER), *self._limits())
         if not self.namespaces:
             return (*keeper, str(engine), *args)
         network = () if self.network else ("--net",)
-        return (*UNSHARE, *network, "--", *keeper, "--sandboxed", str(engine), *args)
+        # The temp folder's tmpfs is memory: it holds no more than one file may (0: half the RAM).
+        mounts = walls.options(self.file_mb) if walls else ()
+        return (*UNSHARE, *network, "--", *keeper, *mounts, "--sandboxed", str(engine), *args)
 
     def _limits(self) -> tuple[str, ...]:
         """The keeper's `--limit=NAME:BYTES` options (reaper.py sets them on the command)."""
