@@ -16,6 +16,7 @@ from sqlalchemy import update
 from nyxflow import events as ev
 from nyxflow.errors import FailedPrecondition, InvalidArgument, NotFound
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.cut_off import CUT_OFF, marked
 from nyxflow_runs.models import Run, Step
 from tests.support.databases import fresh_database
 from tests.support.direct import direct
@@ -442,6 +443,10 @@ async def test_fan_out_items_cut_at_max_tokens_are_marked(api: Clients) -> None:
     assert fan.status == ev.COMPLETED
     assert [i.truncated for i in fan.items] == [False, True, False]  # as stored
     assert fan.truncated and fan.finish_reason == "max_tokens"
+    # Joined, the cut item says so (a diff cut between hunks would read whole otherwise).
+    first, cut, last = (i.output for i in fan.items)
+    assert fan.output == "\n\n".join([first, marked(cut), last])
+    assert CUT_OFF in fan.output and CUT_OFF not in cut
     marks = [json.loads(e.data_json) for e in events if e.type == ev.STEP_TRUNCATED]
     assert [(m["name"], m["items"]) for m in marks] == [("Each", [1])]
     progress = [json.loads(e.data_json) for e in events if e.type == ev.FAN_OUT_PROGRESS]

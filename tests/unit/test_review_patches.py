@@ -12,6 +12,7 @@ import pytest
 
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.cut_off import marked
 from nyxflow_engine.tools.patches import review_patches
 from nyxflow_engine.tools.registry import ToolCall
 from tests.support.repos import GOOD_DIFF, git, planted_repo
@@ -199,3 +200,28 @@ async def test_a_bare_diff_beside_a_fenced_one_is_reviewed_too(tmp_path: Path) -
     (wrong,) = report["rejected"]
     assert wrong["files"] == ["calc.py"] and wrong["reason"].startswith("does not apply")
     assert "+    return a + b" in patch and "+    return text.upper() + '!'" in patch
+
+
+async def test_a_bare_diff_of_an_answer_cut_off_is_never_applied(tmp_path: Path) -> None:
+    """Without a fence nothing showed the cut: its first hunk applied and was accepted as the
+    whole change. The fan-out marks the answer it joins cut (cut_off.py)."""
+    repo = planted_repo(tmp_path)
+    _commit(repo, {"util.py": MANY})
+    first_hunk = TWO_HUNKS_CUT.split("@@ -45")[0].removeprefix("```diff\n")
+    bare_good = GOOD_DIFF.removeprefix("```diff\n").removesuffix("```")
+
+    for cut in (
+        marked(first_hunk),
+        marked(first_hunk.rstrip("\n")),
+        marked("```diff\n" + first_hunk),
+    ):
+        report, patch = await _review(repo, f"{cut}\n\n{bare_good}\n\n```\nnot a diff\n```")
+
+        assert report["proposed"] == 2, cut
+        (rejected,) = report["rejected"]
+        assert rejected["files"] == ["util.py"] and rejected["reason"].startswith("cut off"), cut
+        assert _files(report["accepted"]) == [["calc.py"]], cut
+        assert "util.py" not in patch, cut
+
+    report, _ = await _review(repo, first_hunk)  # no mark: an answer that ended there
+    assert _files(report["accepted"]) == [["util.py"]]

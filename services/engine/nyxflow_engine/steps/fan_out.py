@@ -9,6 +9,7 @@ import hashlib
 
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.cut_off import marked
 from nyxflow_engine.providers.base import FINISH_MAX_TOKENS, FINISH_STOP
 from nyxflow_engine.splitting import split_items
 from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult
@@ -95,7 +96,7 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
     if len(outputs) < total:
         raise PauseRequested()
     return StepResult(
-        output="\n\n".join(outputs[i] for i in range(total)),
+        output="\n\n".join(marked(outputs[i]) if i in cut else outputs[i] for i in range(total)),
         finish_reason=FINISH_MAX_TOKENS if cut else FINISH_STOP,
         truncated=bool(cut),
         input_tokens=usage["input"],

@@ -9,7 +9,9 @@ it), as does the text's end: a cut block is reported, never applied. Half a diff
 to apply would otherwise be accepted as the whole change.
 
 A diff written outside any block (or in a block without a language) is read too, each one
-on its own, wherever it stands among the answers: every diff proposed is reviewed.
+on its own, wherever it stands among the answers: every diff proposed is reviewed. A fan-out
+marks where an answer stopped at its token limit (cut_off.py): a bare diff just before that
+line, or a block open at it, is cut too, even one that would apply.
 
 Paths: `git apply` strips one folder from each name (-p1), right for `--- a/x` / `+++ b/x`
 but not for `+++ tests/x.py`, which would create `x.py` at the top. A file's names without
@@ -23,6 +25,8 @@ import codecs
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from nyxflow_engine.cut_off import is_cut_off
 
 DIFF_LANGUAGES = ("diff", "patch")
 DEV_NULL = "/dev/null"
@@ -54,11 +58,15 @@ def diffs_in(text: str) -> list[Proposed]:
 
     def close(cut: bool) -> None:
         if opened is None or not opened[1]:
-            found.extend(_proposed(diff) for diff in _bare(body))
+            found.extend(_proposed(diff, cut_there) for diff, cut_there in _bare(body))
         elif opened[1] in DIFF_LANGUAGES and "".join(body).strip():
             found.append(_proposed("".join(body), cut))
 
     for line in text.splitlines(keepends=True):
+        if opened is not None and is_cut_off(line):
+            close(cut=True)  # its answer ends here, cut: what follows is the next answer's
+            opened, body = None, []
+            continue
         bare = line.rstrip("\r\n")
         ticks = len(bare) - len(bare.lstrip("`"))
         info = bare[ticks:].strip()
@@ -72,12 +80,14 @@ def diffs_in(text: str) -> list[Proposed]:
     return found
 
 
-def _bare(lines: Sequence[str]) -> list[str]:
-    """The diffs among lines of prose: each from a file header (or a hunk) to the first line
-    that is no part of a diff. A hunk is read as far as its counts say, so its empty context
-    lines stay in it; blank lines before a further hunk are dropped, so that hunk stays with
-    its file (taken alone, the first hunks would be accepted as the whole change)."""
+def _bare(lines: Sequence[str]) -> list[tuple[str, bool]]:
+    """The diffs among lines of prose, each with whether its answer was cut right after it:
+    each from a file header (or a hunk) to the first line that is no part of a diff. A hunk
+    is read as far as its counts say, so its empty context lines stay in it; blank lines
+    before a further hunk are dropped, so that hunk stays with its file (taken alone, the
+    first hunks would be accepted as the whole change)."""
     diffs: list[list[str]] = []
+    cut: set[int] = set()
     within = gap = False  # inside a diff; after blank lines that may end it
     for line, kind in zip(lines, _kinds(lines), strict=True):
         if within and kind == TEXT and not line.strip():
@@ -89,8 +99,10 @@ def _bare(lines: Sequence[str]) -> list[str]:
             diffs.append([line])  # a file header after blank lines: another answer's, maybe
             within, gap = True, False
         else:
+            if within and is_cut_off(line):
+                cut.add(len(diffs) - 1)
             within = False
-    return ["".join(diff) for diff in diffs]
+    return [("".join(diff), i in cut) for i, diff in enumerate(diffs)]
 
 
 def _language(info: str) -> str:
