@@ -31,6 +31,7 @@ from nyxflow_engine.tools.head import commit_of, git
 from nyxflow_engine.tools.registry import ToolCall
 from nyxflow_engine.tools.sandbox import Sandbox, Walls
 from nyxflow_engine.tools.scratch import make as make_scratch
+from nyxflow_engine.tools.scratch import make_writable
 from nyxflow_engine.tools.scratch import remove as remove_scratch
 
 MAX_REASON = 2_000
@@ -175,6 +176,14 @@ async def _git(clone: Path, *args: str) -> str:
 async def _restore(clone: Path, tree: str | None) -> None:
     """The work tree back to the index, or (with `tree`) index and work tree to that tree;
     nothing untracked is left."""
+    try:
+        await _put_back(clone, tree)
+    except FailedPrecondition:  # a read-only folder the tests left (a Go module cache, say)
+        await asyncio.to_thread(make_writable, clone)
+        await _put_back(clone, tree)
+
+
+async def _put_back(clone: Path, tree: str | None) -> None:
     await _git(clone, "clean", "-fdxq")
     if tree:
         await _git(clone, "read-tree", "--reset", "-u", tree)

@@ -4,9 +4,11 @@ before it could, and leaves a live engine's alone."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -19,8 +21,32 @@ def make() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
 
 
-def remove(folder: Path) -> None:
+def remove(folder: Path) -> bool:
+    """Whether `folder` is gone. A test run leaves read-only folders (Go's module cache in its
+    HOME, Bazel's output): they are made writable and the removal tried again."""
     shutil.rmtree(folder, ignore_errors=True)
+    if os.path.lexists(folder):
+        make_writable(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    gone = not os.path.lexists(folder)
+    if not gone:
+        log.warning("cannot remove a scratch folder", extra={"folder": str(folder)})
+    return gone
+
+
+def make_writable(folder: Path) -> None:
+    """Every folder below `folder` (and it) writable and readable by its owner; symlinks are
+    never followed. Top down: a folder is opened only once it may be."""
+    _owner_may_change(folder)
+    for top, folders, _ in os.walk(folder):
+        for name in folders:
+            _owner_may_change(Path(top, name))
+
+
+def _owner_may_change(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        if not folder.is_symlink():
+            folder.chmod(folder.stat().st_mode | stat.S_IRWXU)
 
 
 def sweep_left_behind() -> int:
@@ -28,8 +54,7 @@ def sweep_left_behind() -> int:
     removed = 0
     for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
         pid = folder.name.removeprefix(PREFIX).split("-", 1)[0]
-        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
-            remove(folder)
+        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)) and remove(folder):
             removed += 1
     if removed:
         log.info("removed scratch folders of engines gone", extra={"count": removed})
