@@ -144,11 +144,15 @@ async def _review(clone: Path, diffs: list[Proposed], tests: Tests) -> tuple[dic
                 continue
         accepted.append(entry)
     # The patch as `git apply` and `patch -p1` take it, whatever the operator's git settings
-    # (diff.noprefix, diff.external, a diff driver) would make of it.
+    # (diff.noprefix, diff.external, a diff driver) would make of it. --binary --full-index:
+    # a file the repository marks `-diff` or `binary` (*.min.js) is otherwise "Binary files
+    # differ", which nothing can apply.
     combined = await _git(
         clone,
         "diff",
         "--cached",
+        "--binary",
+        "--full-index",
         "--no-color",
         "--no-ext-diff",
         "--no-textconv",
