@@ -677,6 +677,38 @@ async def test_a_truncated_step_is_retried_with_twice_its_limit(
     assert (done["max_tokens"], done["truncated"], done["output_tokens"]) == (32, False, 30)
 
 
+async def test_a_step_cut_by_a_full_context_window_offers_no_larger_limit(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """Twice the tokens meets the same full window: the page offered it, the retry was cut
+    again, and the step said "max_tokens" where the model's window was the limit."""
+    await create_from_page(
+        page,
+        "name: Window\nsteps:\n  - name: Long\n    max_tokens: 16\n"
+        "    params: {tokens: 30, context_tokens: 10}\n",
+    )
+    await page.get_by_role("button", name="Start", exact=True).click()
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=20_000)
+    (step,) = (await get_run(http, stack, await shown_run_id(page)))["steps"]
+    assert (step["finish_reason"], step["truncated"], step["output_tokens"]) == (
+        "context_window",
+        True,
+        10,
+    )
+    shown = page.locator(f"#step-{step['id']}")
+    badge = shown.locator(".badge.truncated").first
+    await expect(badge).to_be_visible()
+    await expect(badge).to_have_attribute("title", re.compile("context window is full"))
+
+    await page.locator(f".pill[data-step-id='{step['id']}']").click()
+    await expect(shown.get_by_role("button", name="Retry step")).to_be_visible()
+    await expect(shown.locator("dd", has_text="context window full (truncated)")).to_be_visible()
+    await expect(
+        shown.get_by_role("button", name=re.compile(r"Retry with \d+ tokens"))
+    ).to_have_count(0)
+
+
 SLOW_FAN_OUT = """name: Slow items
 steps:
   - name: Topics

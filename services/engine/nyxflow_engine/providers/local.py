@@ -3,7 +3,9 @@
 params: `tokens` (default 64) pieces streamed `token_delay_ms` apart; `items: K` makes the
 output K markdown `## ` headings with a line under each; `script: "text"` answers exactly that
 text (split into `tokens` pieces); `replies: {"needle": "text"}` answers the text of the first
-needle found in the prompt (scripted pipelines: a reply per file); `fail: "message"` raises.
+needle found in the prompt (scripted pipelines: a reply per file); `fail: "message"` raises;
+`context_tokens: N` is the model's context window, in pieces: an answer stops there, cut by
+it (`context_window`), the pieces a continuation's prefix holds counting against it.
 The same request always gives the same output; each alternative (`variant`) a different one.
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 
 from nyxflow.errors import InvalidArgument
 from nyxflow_engine.providers.base import (
+    FINISH_CONTEXT_WINDOW,
     FINISH_MAX_TOKENS,
     FINISH_STOP,
     Completion,
@@ -44,6 +47,9 @@ class LocalProvider:
         finish = FINISH_STOP
         if len(pieces) > request.max_tokens:
             pieces, finish = pieces[: request.max_tokens], FINISH_MAX_TOKENS
+        window = _int(params, "context_tokens", 0, minimum=0) - skipped
+        if "context_tokens" in params and len(pieces) > window:
+            pieces, finish = pieces[: max(0, window)], FINISH_CONTEXT_WINDOW
         for piece in pieces:
             await on_delta(piece)
             if delay_s:

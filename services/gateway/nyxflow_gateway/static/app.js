@@ -568,7 +568,7 @@ function showDetail(workflowId) {
         }
         break;
       case "step_truncated":
-        if (step) step.truncated = true;
+        if (step) Object.assign(step, { truncated: true, finish_reason: data.reason || step.finish_reason });
         break;
       case "provider_fallback":
         if (step) step.notes = [...(step.notes || []), `Fell back from ${data.from} to ${data.to}: ${data.reason}`];
@@ -852,7 +852,11 @@ function showDetail(workflowId) {
     parts.summary.querySelector(".step-status").textContent = status;
     parts.summary.querySelector(".step-status").className = `step-status badge status-${status}`;
     parts.summary.querySelector(".step-kind").textContent = step.kind;
-    parts.summary.querySelector(".truncated").hidden = !step.truncated;
+    const badge = parts.summary.querySelector(".truncated");
+    badge.hidden = !step.truncated;
+    badge.title = windowFull(step)
+      ? "the model's context window is full: a larger limit will not help; shorten the prompt or use a model with a larger window"
+      : "stopped at the step's max_tokens";
 
     const provider = [step.provider, step.model].filter(Boolean).join(":");
     const served = step.served_by || (provider ? `${provider} (configured)` : "—");
@@ -863,7 +867,8 @@ function showDetail(workflowId) {
       ["Tokens in / out", `${step.input_tokens || 0} / ${step.output_tokens || 0}`],
       ["Duration", duration(step)],
     ];
-    if (step.finish_reason) rows.push(["Finish", step.finish_reason + (step.truncated ? " (truncated)" : "")]);
+    const finish = windowFull(step) ? "context window full" : step.finish_reason;
+    if (step.finish_reason) rows.push(["Finish", finish + (step.truncated ? " (truncated)" : "")]);
     const metaKey = JSON.stringify(rows);
     if (r.meta !== metaKey) {
       r.meta = metaKey;
@@ -1030,9 +1035,14 @@ function showDetail(workflowId) {
     if (hadFocus) parts.alternatives.querySelector(`[data-focus-key="${hadFocus}"]`)?.focus();
   }
 
+  function windowFull(step) {
+    return step.finish_reason === "context_window";
+  }
+
   function renderStepActions(step, parts) {
     const allowed = !active() && step.status !== "pending";
-    const raised = step.truncated && step.max_tokens ? step.max_tokens * 2 : 0;
+    // Twice the tokens would meet the same full context window again.
+    const raised = step.truncated && step.max_tokens && !windowFull(step) ? step.max_tokens * 2 : 0;
     const key = `${allowed}/${raised}`;
     if (parts.rendered.actions !== key) {
       parts.rendered.actions = key;
