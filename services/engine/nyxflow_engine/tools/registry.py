@@ -40,7 +40,10 @@ class ToolCall:
         found = await run(folder, *GIT, "rev-parse", "--show-toplevel", merge_stderr=False)
         top = found.output.strip()
         if found.code != 0 or not top:
-            raise InvalidArgument(f"{folder} is not a git work tree", field="params.path")
+            # git's reason: "dubious ownership … safe.directory" asks the operator for a setting.
+            why = found.errors.strip()
+            message = f"{folder} is not a git work tree" + (f": {why}" if why else "")
+            raise InvalidArgument(message, field="params.path")
         if not await asyncio.to_thread(os.path.samefile, top, folder):
             raise InvalidArgument(
                 f"{folder} is inside the repository {top}: give its top folder",
