@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from nyxflow.errors import InvalidArgument
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.tools.patches import review_patches
 from nyxflow_engine.tools.registry import ToolCall
-from tests.support.repos import planted_repo
+from tests.support.repos import CALC, GOOD_DIFF, git, planted_repo
+
+
+async def _ignore(_: Sequence[pb.Artifact], __: Sequence[pb.Finding]) -> None:
+    return None
 
 
 async def _refusal(folder: Path) -> str:
@@ -39,3 +46,17 @@ async def test_a_repository_of_another_user_names_safe_directory(tmp_path: Path)
     message = await _refusal(repo)
 
     assert "dubious ownership" in message and "safe.directory" in message, message
+
+
+async def test_a_repository_without_commits_is_refused_a_review(tmp_path: Path) -> None:
+    """Its scan shows the staged files, but there is no HEAD to patch: every diff was
+    rejected with "does not exist in index", as if the model had been wrong."""
+    repo = tmp_path / "fresh"
+    repo.mkdir()
+    (repo / "calc.py").write_text(CALC)
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+
+    with pytest.raises(InvalidArgument, match="has no commits yet") as refused:
+        await review_patches(ToolCall({"path": str(repo)}, GOOD_DIFF, _ignore))
+    assert refused.value.field == "params.path"

@@ -94,15 +94,17 @@ async def _clone(source: Path, clone: Path) -> Path:
     (alternates). Not `git clone`, which runs upload-pack in the source under its config (the
     tenant's): git here only reads the source's refs and objects. Its objects folder."""
     commit = await commit_of(source)
+    if not commit:  # the scan showed its index: no patch could name the HEAD it applies to
+        message = f"{source} has no commits yet: the review patches HEAD; commit the files first"
+        raise InvalidArgument(message, field="params.path")
     objects = await git(source, "rev-parse", "--path-format=absolute", "--git-path", "objects")
     form = (await git(source, "rev-parse", "--show-object-format")).strip()
     await _git(clone.parent, "init", "--quiet", f"--object-format={form}", str(clone))
     alternates = clone / ".git" / "objects" / "info" / "alternates"
     alternates.parent.mkdir(parents=True, exist_ok=True)
     alternates.write_text(objects)
-    if commit:
-        await _git(clone, "update-ref", "--no-deref", "HEAD", commit)
-        await _git(clone, "read-tree", "--reset", "-u", "HEAD")
+    await _git(clone, "update-ref", "--no-deref", "HEAD", commit)
+    await _git(clone, "read-tree", "--reset", "-u", "HEAD")
     return Path(objects.strip())
 
 
