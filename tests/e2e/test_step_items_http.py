@@ -124,3 +124,8 @@ async def test_an_older_runs_items_are_a_409_naming_the_newer_run(
     assert newer in error["message"]
     ok = await items(http, stack, newer, step_id)
     assert ok.status_code == 200 and ok.json() == {"items": [], "next_index": None}
+    # The older run read whole holds the same steps: it says whose state they are.
+    older = (await http.get(f"/v1/runs/{run['id']}", headers=stack.headers)).json()
+    assert older["superseded_by"] == newer
+    latest = (await http.get(f"/v1/runs/{newer}", headers=stack.headers)).json()
+    assert latest["superseded_by"] is None

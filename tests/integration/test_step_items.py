@@ -170,6 +170,9 @@ async def test_an_older_runs_items_are_refused_once_a_newer_run_holds_the_step(
         await runs.runs.list_step_items(old.id, step.id, from_index=1)
     assert refused.value.field == "run_id" and new.id in refused.value.message
     assert list((await runs.runs.list_step_items(new.id, step.id)).items) == []
+    # GetRun of the older run shows the steps as they are now: it names whose state that is.
+    assert (await runs.runs.get_run(old.id)).superseded_by == new.id
+    assert (await runs.runs.get_run(new.id)).superseded_by == ""
     # A step not in the older run's workflow is still NOT_FOUND, whatever run is newer.
     with pytest.raises(NotFound):
         await runs.runs.list_step_items(old.id, MISSING)

@@ -279,6 +279,10 @@ async def run_show(run_id: str, as_json: bool = JSON) -> None:
         return
     phase = f" · phase {run.phase}" if run.phase else ""
     render.out.print(f"run {run.id} {render.status(run.status)}{phase} {run.error}")
+    if run.superseded_by:
+        render.out.print(
+            f"[yellow]superseded by run {run.superseded_by}: the steps below are its state[/]"
+        )
     render.steps_table(list(run.steps))
 
 

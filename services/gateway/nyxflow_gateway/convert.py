@@ -105,6 +105,7 @@ def run(r: pb.Run) -> dict[str, Any]:
         "last_seq": r.last_seq,
         "pause_requested": r.pause_requested,
         "requeues": r.requeues,
+        "superseded_by": r.superseded_by or None,
         "phase": r.phase or None,
         "created_at": when(r.created_at),
         "started_at": when(r.started_at),

@@ -311,7 +311,13 @@ class Workflows(StoreBase):
     async def get_run(self, tenant_id: str, run_id: str, brief: bool = False) -> pb.Run:
         async with self._scoped(tenant_id) as session:
             run = await self._run(session, tenant_id, run_id)
-            return convert.run(run) if brief else await self._run_pb(session, run)
+            if brief:
+                return convert.run(run)
+            found = await self._run_pb(session, run)
+            latest = await self._latest_run(session, run.workflow_id)
+            if latest is not None and latest.id != run.id:
+                found.superseded_by = latest.id  # its steps are the newer run's: say so
+            return found
 
     async def list_step_items(
         self, tenant_id: str, run_id: str, step_id: str, from_index: int, limit: int, max_bytes: int
