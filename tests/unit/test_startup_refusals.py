@@ -13,7 +13,7 @@ from nyxflow.cli.connection import load_settings
 from nyxflow.errors import InvalidArgument
 from nyxflow.metrics import serve_metrics
 from nyxflow_engine.settings import EngineSettings
-from nyxflow_engine.tools.sandbox import Sandbox
+from nyxflow_engine.tools.sandbox import Sandbox, Walls
 from nyxflow_engine.tools.sandbox_check import refuse_a_broken_sandbox
 from nyxflow_runs.db import create_engine
 
@@ -93,3 +93,22 @@ async def test_a_sandbox_that_cannot_be_built_names_the_setting(
     assert refused.value.field == "NYXFLOW_COMMAND_SANDBOX"
     assert "cannot run unshare" in refused.value.message
     await refuse_a_broken_sandbox(Sandbox(namespaces=False))  # none: nothing to build
+
+
+async def test_a_sandbox_whose_walls_cannot_be_built_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Namespaces alone passed the check; then every review's test command, which runs
+    within walls, failed and every diff was rejected."""
+    gone = tmp_path / "gone"  # a bind of a path that is not there cannot be made
+
+    def unbuildable(walls: Walls, size_mb: int) -> tuple[str, ...]:
+        return (f"--tmpfs={size_mb << 20}:{walls.cover}", f"--bind=ro:{gone}")
+
+    monkeypatch.setattr(Walls, "options", unbuildable)
+
+    with pytest.raises(InvalidArgument) as refused:
+        await refuse_a_broken_sandbox(Sandbox())
+
+    assert refused.value.field == "NYXFLOW_COMMAND_SANDBOX"
+    assert "walls" in refused.value.message
