@@ -17,6 +17,11 @@ _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _TOKEN_IN_QUERY = re.compile(r"(\b(?:access_token|api_key)=)[^&\s\"']+", re.IGNORECASE)
 
 
+def redact(text: str) -> str:
+    """`text` with any key in a URL's query written as ***."""
+    return _TOKEN_IN_QUERY.sub(r"\1***", text)
+
+
 # Fields every line of the current task carries (run_id, step_id, tenant): asyncio copies the
 # context into each task, so one run's fields never reach another's lines.
 _CONTEXT: ContextVar[dict[str, str]] = ContextVar("nyxflow_log_context", default={})  # noqa: B039
@@ -50,7 +55,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
-            "msg": _TOKEN_IN_QUERY.sub(r"\1***", record.getMessage()),
+            "msg": redact(record.getMessage()),
         }
         entry.update(_CONTEXT.get())
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})

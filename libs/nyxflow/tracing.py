@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nyxflow.logs import redact
+
 
 def configure(service: str, endpoint: str | None) -> bool:
     """Call first thing at start-up, before any gRPC server or channel is made."""
@@ -35,7 +37,17 @@ def configure(service: str, endpoint: str | None) -> bool:
 def instrument_app(app: Any) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app)
+    FastAPIInstrumentor.instrument_app(app, server_request_hook=_redact_request)
+
+
+def _redact_request(span: Any, _scope: dict[str, Any]) -> None:
+    """The request's URL attributes (http.url, http.target, url.query …) without the key the
+    page's EventSource puts in the query: spans go to a collector that more people read than
+    the gateway's own logs, which are scrubbed alike."""
+    attributes = getattr(span, "attributes", None) or {}
+    for key, value in list(attributes.items()):
+        if isinstance(value, str) and (kept := redact(value)) != value:
+            span.set_attribute(key, kept)
 
 
 def shutdown() -> None:

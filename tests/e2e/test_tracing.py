@@ -15,6 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tests.support.databases import REDIS_URL
 from tests.support.eventually import eventually
 from tests.support.gateway_api import create_workflow, start_run, steps
+from tests.support.inprocess import API_KEY
 from tests.support.processes import ProcessStack, running_stack
 from tests.support.sse_client import read_events
 
@@ -25,6 +26,7 @@ class Collector(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.spans: list[tuple[str, str, str]] = []
+        self.values: list[str] = []  # every string attribute of every span
 
     @property
     def endpoint(self) -> str:
@@ -45,6 +47,7 @@ class _Handler(BaseHTTPRequestHandler):
             for scope in resource_spans.scope_spans:
                 for span in scope.spans:
                     self.server.spans.append((service, span.trace_id.hex(), span.name))
+                    self.server.values += [a.value.string_value for a in span.attributes]
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.end_headers()
@@ -77,13 +80,17 @@ def test_one_request_is_one_trace_across_the_services(collector: Collector, tmp_
         assert together
     names = {name for _, _, name in collector.spans}
     assert "/nyxflow.v1.Engine/Execute" in names and "/nyxflow.v1.Runs/ClaimRun" in names
+    # The stream was followed as the page does, the key in the query: it is not exported.
+    assert not [v for v in collector.values if API_KEY in v]
+    assert any("access_token=***" in v for v in collector.values)
 
 
 async def _one_run(stack: ProcessStack) -> None:
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
         workflow = await create_workflow(http, stack, "traced", steps(2, tokens=3))
         run_id = await start_run(http, stack, workflow["id"])
-        events = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
+        url = f"/v1/runs/{run_id}/events?access_token={API_KEY}"
+        events = await read_events(http, url, {})
         assert events[-1].event == "run_completed"
 
 
