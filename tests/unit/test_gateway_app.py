@@ -168,6 +168,12 @@ class FakeRuns(runs_pb2_grpc.RunsServicer):
         check_key(context)
         return runs_pb2.ListWorkflowsResponse(workflows=[workflow_pb()])
 
+    async def ListPersonas(
+        self, request: runs_pb2.ListPersonasRequest, context: grpc.aio.ServicerContext
+    ) -> runs_pb2.ListPersonasResponse:
+        check_key(context)
+        return runs_pb2.ListPersonasResponse()
+
     async def GetWorkflow(
         self, request: runs_pb2.GetWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.Workflow:
@@ -386,6 +392,7 @@ async def test_v1_needs_a_bearer_key(gateway: Gateway, headers: dict[str, str]) 
 async def test_a_key_runs_refuses_is_401(gateway: Gateway) -> None:
     bad = {"Authorization": "Bearer wrong"}
     assert_error(await gateway.http.get("/v1/workflows", headers=bad), 401)
+    assert_error(await gateway.http.get("/v1/debug/streams", headers=bad), 401)
     gateway.world.add_run(ev.PENDING)
     assert_error(await gateway.http.get(events_url(), headers=bad), 401)
     assert gateway.world.execute_calls == [] and gateway.world.watch_calls == []

@@ -79,7 +79,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/debug/streams", tags=["health"])
-    async def streams(_: Clients) -> dict[str, Any]:
+    async def streams(clients: Clients) -> dict[str, Any]:
+        """Counts across every tenant's runs: only for a key runs takes (one cheap call)."""
+        await clients.runs.list_personas()
         hub: RunHub = app.state.hub
         return {"upstream_streams": hub.upstream_streams, "channels": hub.channels}
 
