@@ -55,7 +55,13 @@ async def serve(
             await migrate.upgrade(engine)
         await migrate.require_current(engine)
         await bus.start()
-        await store.ensure_default_tenant(settings.api_key)
+        _, revoked = await store.ensure_default_tenant(settings.api_key)
+        if revoked:
+            log.warning(
+                "revoked the keys of an earlier NYXFLOW_API_KEY",
+                extra={"action": "rotate_api_key", "revoked": revoked},
+            )
+            await tenancy.key_revoked()  # refused at once, on every replica
         background.append(
             asyncio.create_task(sweep_forever(store, settings.sweep_interval_s), name="sweeper")
         )

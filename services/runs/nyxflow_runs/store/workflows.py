@@ -6,7 +6,7 @@ import hmac
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Integer, delete, func, select
+from sqlalchemy import Integer, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import defer
@@ -76,11 +76,19 @@ def step_row(tenant_id: str, workflow_id: str, position: int, d: StepDraft) -> S
     )
 
 
+ENV_KEY = "NYXFLOW_API_KEY"  # the name of the key registered from runs' settings
+LEGACY_ENV_KEY = "default"  # its name before
+
+
 class Workflows(StoreBase):
     # --- tenants and keys -------------------------------------------------------------
 
-    async def ensure_default_tenant(self, api_key: str) -> str:
-        """Create the `default` tenant and register `api_key` for it (idempotent)."""
+    async def ensure_default_tenant(self, api_key: str) -> tuple[str, int]:
+        """Create the `default` tenant and register `api_key` for it (idempotent), and revoke
+        the keys registered so before it: changing NYXFLOW_API_KEY is how a leaked key is
+        rotated, and a first start with the defaults left the well-known `dev-key`, both valid
+        for ever. Only earlier ones: a replica restarted with a stale setting revokes nothing
+        newer (its own key stays refused). The tenant, and how many keys were revoked."""
         async with self._sessions.begin() as session:
             tenant_id = await session.scalar(select(Tenant.id).where(Tenant.slug == DEFAULT_TENANT))
             if tenant_id is None:
@@ -89,10 +97,27 @@ class Workflows(StoreBase):
                 await session.flush()
                 tenant_id = tenant.id
             digest = hash_key(api_key)
-            exists = await session.scalar(select(ApiKey.id).where(ApiKey.key_hash == digest))
-            if exists is None:
-                session.add(ApiKey(tenant_id=tenant_id, name="default", key_hash=digest))
-        return tenant_id
+            current = await session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+            if current is None:
+                current = ApiKey(tenant_id=tenant_id, name=ENV_KEY, key_hash=digest)
+                session.add(current)
+                await session.flush()
+            elif current.tenant_id != tenant_id:
+                return tenant_id, 0  # a key an admin made for another tenant: not ours to rule
+            current.name = ENV_KEY  # registered as `default` before this name was kept for it
+            since = select(ApiKey.created_at).where(ApiKey.id == current.id).scalar_subquery()
+            revoked = await session.execute(
+                update(ApiKey)
+                .where(
+                    ApiKey.tenant_id == tenant_id,
+                    ApiKey.name.in_((ENV_KEY, LEGACY_ENV_KEY)),
+                    ApiKey.revoked_at.is_(None),
+                    ApiKey.id != current.id,
+                    ApiKey.created_at <= since,
+                )
+                .values(revoked_at=db_now())
+            )
+        return tenant_id, int(revoked.rowcount or 0)  # type: ignore[attr-defined]
 
     async def tenant_for_key(self, api_key: str) -> tuple[str, float | None]:
         """The key's tenant, and when the key expires (epoch seconds; None: never)."""
