@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEV_INTERNAL_SECRET = "nyxflow-dev-internal-secret"  # loopback only (runs refuses it beyond)
+
 
 class CommonSettings(BaseSettings):
     """Environment variables all start with NYXFLOW_."""
@@ -11,7 +13,7 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NYXFLOW_", extra="ignore")
 
     # Shared by the services so that the engine may write on behalf of a run's tenant.
-    internal_secret: str = "nyxflow-dev-internal-secret"
+    internal_secret: str = DEV_INTERNAL_SECRET
     log_level: str = "INFO"
     runs_addr: str = "127.0.0.1:50051"
     engine_addr: str = "127.0.0.1:50052"

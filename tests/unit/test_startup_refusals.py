@@ -16,6 +16,7 @@ from nyxflow_engine.settings import EngineSettings
 from nyxflow_engine.tools.sandbox import Sandbox, Walls
 from nyxflow_engine.tools.sandbox_check import refuse_a_broken_sandbox
 from nyxflow_runs.db import create_engine
+from nyxflow_runs.settings import RunsSettings
 
 
 @pytest.mark.parametrize(
@@ -112,3 +113,28 @@ async def test_a_sandbox_whose_walls_cannot_be_built_names_the_setting(
 
     assert refused.value.field == "NYXFLOW_COMMAND_SANDBOX"
     assert "walls" in refused.value.message
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:50051", "[::]:50051", ":50051", "10.0.0.5:50051"])
+def test_runs_beyond_loopback_refuses_the_development_secret(
+    monkeypatch: pytest.MonkeyPatch, listen: str
+) -> None:
+    """Anyone reaching the port could act as any tenant with the secret every copy knows."""
+    monkeypatch.delenv("NYXFLOW_INTERNAL_SECRET", raising=False)
+    monkeypatch.setenv("NYXFLOW_RUNS_LISTEN", listen)
+    with pytest.raises(InvalidArgument) as refused:
+        load_settings(RunsSettings)
+    assert refused.value.field == "NYXFLOW_RUNS_LISTEN"
+    assert "NYXFLOW_INTERNAL_SECRET" in refused.value.message
+
+    monkeypatch.setenv("NYXFLOW_INTERNAL_SECRET", "a-secret-of-our-own")
+    assert load_settings(RunsSettings).runs_listen == listen
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:50051", "localhost:50051", "[::1]:50051"])
+def test_runs_on_loopback_keeps_the_development_secret(
+    monkeypatch: pytest.MonkeyPatch, listen: str
+) -> None:
+    monkeypatch.delenv("NYXFLOW_INTERNAL_SECRET", raising=False)
+    monkeypatch.setenv("NYXFLOW_RUNS_LISTEN", listen)
+    assert load_settings(RunsSettings).runs_listen == listen

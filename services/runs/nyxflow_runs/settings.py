@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from nyxflow.settings import CommonSettings
+import ipaddress
+
+from pydantic import ValidationInfo, field_validator
+
+from nyxflow.settings import DEV_INTERNAL_SECRET, CommonSettings
 
 
 class RunsSettings(CommonSettings):
@@ -17,3 +21,24 @@ class RunsSettings(CommonSettings):
     # unmigrated database is refused at start. `nyxflow up` and the tests turn it on.
     migrate_on_start: bool = False
     database_wait_s: float = 60.0  # start-up waits this long for the database to answer
+
+    @field_validator("runs_listen")
+    @classmethod
+    def _no_dev_secret_beyond_loopback(cls, listen: str, info: ValidationInfo) -> str:
+        """With the well-known secret, anyone who reaches the port acts as any tenant."""
+        if info.data.get("internal_secret") == DEV_INTERNAL_SECRET and not _loopback(listen):
+            raise ValueError(
+                "listens beyond loopback with the development NYXFLOW_INTERNAL_SECRET, which "
+                "lets anyone who reaches it act as any tenant: set a secret of your own"
+            )
+        return listen
+
+
+def _loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]") or "0.0.0.0"  # ":50051" is every address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
