@@ -16,18 +16,23 @@ from tests.support.processes import ProcessStack
 from tests.support.repos import model_replies, planted_repo
 
 
-def cli(
-    stack: ProcessStack, *args: str, api_key: str = API_KEY
-) -> subprocess.CompletedProcess[str]:
-    env = {
+def cli_env(stack: ProcessStack, api_key: str = API_KEY) -> dict[str, str]:
+    return {
         **os.environ,
         "NYXFLOW_API_KEY": api_key,
         "NYXFLOW_ADMIN_KEY": ADMIN_KEY,
         "NYXFLOW_RUNS_ADDR": stack.runs_addr,
         "NYXFLOW_ENGINE_ADDR": stack.engine_addr,
     }
+
+
+def cli(
+    stack: ProcessStack, *args: str, api_key: str = API_KEY
+) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "nyxflow.cli.main", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        command, env=cli_env(stack, api_key), capture_output=True, text=True, timeout=60
+    )
 
 
 def test_create_start_follow_and_exit_codes(stack: ProcessStack, tmp_path: Path) -> None:
@@ -163,3 +168,31 @@ def test_project_repository_pipeline_follow_and_patch(stack: ProcessStack, tmp_p
     patch = cli(stack, "pipeline", "patch", run["id"]).stdout
     assert "+    return a + b" in patch
     assert cli(stack, "pipeline", "start", repository, "lint").returncode == 2
+
+
+def test_brackets_in_names_and_errors_are_printed_as_they_are(
+    stack: ProcessStack, tmp_path: Path
+) -> None:
+    """Rich would read "[/etc/nginx]" as a closing tag (a traceback mid-run) and print
+    "[red]x[/red]" as a red x."""
+    odd = "[/etc/nginx] is [red]gone[/red]"
+    template = tmp_path / "odd.yaml"
+    template.write_text(
+        json.dumps({"name": f"Deploy {odd}", "steps": [{"name": "a", "params": {"fail": odd}}]})
+    )
+    created = cli(stack, "workflow", "create", "-f", str(template), "--json")
+    workflow_id = json.loads(created.stdout)["id"]
+    followed = cli(stack, "run", "start", workflow_id, "--follow")
+    assert followed.returncode not in (0, 2) and "Traceback" not in followed.stderr
+    assert odd in followed.stdout and "run failed" in followed.stdout, followed.stdout
+    (run,) = json.loads(cli(stack, "run", "list", "--workflow", workflow_id, "--json").stdout)
+    for command in (["run", "show", run["id"]], ["workflow", "show", workflow_id]):
+        shown = subprocess.run(
+            [sys.executable, "-m", "nyxflow.cli.main", *command],
+            env={**cli_env(stack), "COLUMNS": "300"},  # a table cell on one line
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0 and odd in shown.stdout, (shown.stdout, shown.stderr)
+    assert f"Deploy {odd}" in shown.stdout

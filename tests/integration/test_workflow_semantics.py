@@ -418,6 +418,33 @@ async def test_synthesis_generates_implementation_prompts_and_consistency_check(
     assert completed[-1]["reviewed"] == ["Synthesis", *(s.name for s in generated[:3])]
 
 
+async def test_a_generated_prompt_quotes_the_plan_s_template_syntax_as_it_is(
+    api: Clients,
+) -> None:
+    """A plan for a Vue/Jinja/Helm change quotes `{{ … }}`: the generated prompt keeps it and
+    the model receives it so (it was rewritten to `{ { … } }`, asking for broken code)."""
+    plan = "## Header component\nRender `{{ $t('save') }}` and `{{ user.name }}` in the bar.\n"
+    params = {"script": plan, "replies": {"`{{ user.name }}`": "received intact"}}
+    workflow = await api.runs.create_workflow(
+        "vue",
+        [
+            spec(
+                "Synthesis",
+                "synthesis",
+                "Plan it.",
+                generates="implementation_prompt",
+                params=params,
+            )
+        ],
+    )
+    run, _ = await run_once(api, workflow.id)
+    assert run.status == ev.COMPLETED, run.error
+    _, generated = run.steps
+    assert generated.auto_generated and generated.kind == "implementation_prompt"
+    assert "`{{ $t('save') }}` and `{{ user.name }}`" in generated.prompt
+    assert generated.output == "received intact"
+
+
 async def test_truncation_marks_and_auto_continue_joins(api: Clients) -> None:
     cut = spec("cut", params={"tokens": 50}, max_tokens=20)
     joined = spec("joined", params={"tokens": 50}, max_tokens=20, auto_continue=2)

@@ -1,11 +1,12 @@
 """Prompt templates: `{{ steps.<name>.output }}` becomes that step's output and `{{ item }}`
-the fan-out item, once; `literal` makes text safe to embed."""
+the fan-out item, once; an auto-generated step's prompt is sent as it is."""
 
 from __future__ import annotations
 
 import pytest
 
-from nyxflow_engine.templating import literal, render
+from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.templating import prompt_of, render
 
 
 def test_references_are_replaced_by_outputs() -> None:
@@ -56,8 +57,10 @@ def test_an_item_that_looks_like_a_reference_stays_data() -> None:
     assert render("{{ item }}", {"a": "secret"}, "{{ steps.a.output }}") == "{{ steps.a.output }}"
 
 
-def test_literal_text_no_longer_reads_as_a_reference() -> None:
-    text = "see {{ steps.a.output }} and {{ item }}"
-    embedded = literal(text)
-    assert render(embedded, {"a": "secret"}, "item!") == embedded
-    assert "secret" not in render(f"quoted: {embedded}", {"a": "secret"}, "item!")
+def test_a_generated_prompt_is_sent_as_it_is() -> None:
+    # It quotes a plan: `{{ … }}` there is the plan's (Vue, Jinja), not a reference.
+    text = "Render {{ user.name }} and {{ steps.a.output }} and {{ item }}"
+    assert prompt_of(pb.Step(prompt=text, auto_generated=True), {"a": "secret"}) == text
+    assert prompt_of(pb.Step(prompt=text), {"a": "secret"}) == (
+        "Render {{ user.name }} and secret and "
+    )

@@ -46,7 +46,7 @@ async def tenant_list(as_json: bool = JSON) -> None:
         return
     table = Table("id", "slug", "name", "default providers")
     for t in tenants:
-        table.add_row(t.id, t.slug, t.name, ", ".join(t.default_providers))
+        render.add_row(table, t.id, t.slug, t.name, ", ".join(t.default_providers))
     render.out.print(table)
 
 
@@ -83,7 +83,7 @@ async def key_list(tenant: str, as_json: bool = JSON) -> None:
         return
     table = Table("id", "name", "state")
     for k in keys:
-        table.add_row(k.id, k.name, _state(k.revoked_at, k.expires_at, time.time()))
+        render.add_row(table, k.id, k.name, _state(k.revoked_at, k.expires_at, time.time()))
     render.out.print(table)
 
 
@@ -115,19 +115,19 @@ async def move_project(
         return
     table = Table("table", "rows")
     for name, count in report.counts.items():
-        table.add_row(name, str(count))
+        render.add_row(table, name, str(count))
     render.out.print(table)
     for c in report.conflicts:
         note = "empty, replaceable" if c.empty else "not empty"
-        render.out.print(f"[yellow]conflict[/] {c.kind} {c.name} ({note})")
+        render.out.print(render.line(("conflict", "yellow"), f" {c.kind} {c.name} ({note})"))
     for p in report.paths:
-        render.out.print(f"path of {p.kind} {p.name}: {p.from_path} → {p.to_path}", markup=False)
+        render.out.print(f"path of {p.kind} {p.name}: {p.from_path} → {p.to_path}")
     folders = sorted({(p.from_path, p.to_path) for p in report.paths if p.kind == "repository"})
     if folders:
         # The paths are only the records': the folders are on the engines' machines.
-        render.out.print("[yellow]move these folders on the engines' machines:[/]")
+        render.out.print(render.line(("move these folders on the engines' machines:", "yellow")))
         for before, after in folders:
-            render.out.print(f"  mv {shlex.quote(before)} {shlex.quote(after)}", markup=False)
+            render.out.print(f"  mv {shlex.quote(before)} {shlex.quote(after)}")
     render.out.print("moved" if report.moved else "dry run: nothing changed")
 
 

@@ -16,10 +16,10 @@ from typing import ParamSpec, TypeVar
 import typer
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
-from rich.console import Console
-from rich.markup import escape
+from rich.errors import ConsoleError
 
 from nyxflow.auth import Metadata, bearer_metadata
+from nyxflow.cli.render import console, line
 from nyxflow.client import AdminClient, EngineClient, RunsClient, open_channel
 from nyxflow.errors import InvalidArgument, NyxflowError, Unauthenticated
 from nyxflow.settings import CommonSettings
@@ -27,7 +27,7 @@ from nyxflow.settings import CommonSettings
 P = ParamSpec("P")
 T = TypeVar("T")
 S = TypeVar("S", bound=CommonSettings)
-err = Console(stderr=True)
+err = console(stderr=True)
 USAGE_ERROR = 2
 
 
@@ -109,13 +109,16 @@ def plain_errors() -> Iterator[None]:
     try:
         yield
     except NyxflowError as error:
-        # escaped: a path or a message may hold brackets rich would take for markup
-        err.print(f"[red]error:[/] {escape(one_line(error))}")
+        err.print(line(("error:", "red"), " ", one_line(error)))
         raise typer.Exit(USAGE_ERROR if isinstance(error, InvalidArgument) else 1) from None
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         reason = error.strerror or str(error) or type(error).__name__
-        err.print(f"[red]error:[/] {escape(where + reason)}")
+        err.print(line(("error:", "red"), " ", where + reason))
+        raise typer.Exit(1) from None
+    except ConsoleError as error:
+        # rich refused to print something: one line, not a traceback in the middle of a run
+        err.print(line(("error:", "red"), f" the output could not be printed: {error}"))
         raise typer.Exit(1) from None
 
 

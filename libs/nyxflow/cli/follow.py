@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from rich.console import Console
-
 from nyxflow import events as ev
-from nyxflow.cli.render import status
+from nyxflow.cli.render import console as make_console
+from nyxflow.cli.render import line, status
 from nyxflow.v1 import common_pb2 as pb
 
-console = Console()
+console = make_console()
 
 
 async def follow(stream: AsyncIterator[pb.RunEvent], *, tokens: bool, as_json: bool) -> str:
@@ -29,33 +28,36 @@ async def follow(stream: AsyncIterator[pb.RunEvent], *, tokens: bool, as_json: b
 
 
 def _show(kind: str, data: dict[str, object], tokens: bool) -> None:
-    name = data.get("name", "")
+    # Every value from an event is a plain part of a `line`: model text is never markup.
+    name = str(data.get("name", ""))
     if kind == ev.RUN_STARTED:
-        console.print("[blue]run started[/]")
+        console.print(line(("run started", "blue")))
     elif kind == ev.STEP_STARTED:
         phase = f" · {data['phase']}" if data.get("phase") else ""
-        console.print(f"▶ {name} [grey50]({data.get('kind')}{phase})[/]")
+        console.print(line(f"▶ {name} ", (f"({data.get('kind')}{phase})", "grey50")))
     elif kind == ev.STEP_DELTA and tokens and data.get("reset"):
-        console.print("\n[yellow]… stream broke off; retrying[/]")
+        console.print(line("\n", ("… stream broke off; retrying", "yellow")))
     elif kind == ev.STEP_DELTA and tokens:
-        console.print(str(data.get("text", "")), end="", markup=False, highlight=False)
+        console.print(line(str(data.get("text", ""))), end="")
     elif kind == ev.PROVIDER_FALLBACK:
-        console.print(f"[yellow]↪ {data.get('from')} → {data.get('to')}: {data.get('reason')}[/]")
+        fell = f"↪ {data.get('from')} → {data.get('to')}: {data.get('reason')}"
+        console.print(line((fell, "yellow")))
     elif kind == ev.STEP_COMPLETED:
-        note = " [yellow]truncated[/]" if data.get("truncated") else ""
+        note = ("truncated", "yellow") if data.get("truncated") else ""
         served = data.get("served_by", "")
-        console.print(f"\n✓ {name} · {data.get('output_tokens', 0)} tokens · {served}{note}")
+        text = f"\n✓ {name} · {data.get('output_tokens', 0)} tokens · {served}"
+        console.print(line(text, " " if note else "", note))
     elif kind == ev.STEP_FAILED:
-        console.print(f"✗ {name}: [red]{data.get('error')}[/]")
+        console.print(line(f"✗ {name}: ", (str(data.get("error")), "red")))
     elif kind == ev.FAN_OUT_PROGRESS:
         done, total = int(str(data.get("done", 0))), int(str(data.get("total", 0)))
         filled = int(20 * done / total) if total else 20
         bar = "█" * filled + "░" * (20 - filled)
-        console.print(f"  {bar} {done}/{total} · {data.get('heading', '')}")
+        console.print(line(f"  {bar} {done}/{total} · {data.get('heading', '')}"))
     elif kind == ev.RUN_REQUEUED:
-        console.print(f"[yellow]⇄ handed to another engine ({data.get('reason')})[/]")
+        console.print(line((f"⇄ handed to another engine ({data.get('reason')})", "yellow")))
     elif kind == ev.STEPS_GENERATED:
-        console.print(f"+ {data.get('count')} steps generated")
+        console.print(line(f"+ {data.get('count')} steps generated"))
     elif kind in ev.TERMINAL_EVENTS:
         error = f": {data['error']}" if data.get("error") else ""
-        console.print(f"run {status(str(data.get('status', '')))}{error}")
+        console.print(line("run ", status(str(data.get("status", ""))), error))

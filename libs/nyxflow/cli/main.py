@@ -93,12 +93,12 @@ def _up(demo: bool, start_timeout: float) -> None:
             _announce(settings, supervisor, base, md, demo)
             while not (dead := supervisor.dead()):
                 time.sleep(0.5)
-            err.print(f"[red]{', '.join(dead)} exited; stopping the others[/]")
+            err.print(render.line((f"{', '.join(dead)} exited; stopping the others", "red")))
             raise typer.Exit(1)
         except (KeyboardInterrupt, StopSignal):
             err.print("stopping…")
         except (TimeoutError, ServiceExited) as error:
-            err.print(f"[red]{error}[/]")
+            err.print(render.line((str(error), "red")))
             raise typer.Exit(1) from None
         finally:
             with stop_signals(signal.SIG_IGN):  # a second SIGTERM must not cut the stop short
@@ -108,7 +108,7 @@ def _up(demo: bool, start_timeout: float) -> None:
 def _announce(
     settings: UpSettings, supervisor: Supervisor, base: str, md: Metadata, demo: bool
 ) -> None:
-    err.print(f"[green]nyxflow is up[/]: {', '.join(SERVICES)}")
+    err.print(render.line(("nyxflow is up", "green"), f": {', '.join(SERVICES)}"))
     err.print(f"  page      {base}/")
     err.print(f"  API key   {settings.api_key}")
     err.print(f"  admin key {supervisor.env['NYXFLOW_ADMIN_KEY']}  (NYXFLOW_ADMIN_KEY)")
@@ -164,7 +164,7 @@ async def workflow_show(workflow_id: str, as_json: bool = JSON) -> None:
     if as_json:
         render.as_json(workflow)
         return
-    render.out.print(f"[bold]{workflow.name}[/] {render.status(workflow.status)}")
+    render.out.print(render.line((workflow.name, "bold"), " ", render.status(workflow.status)))
     render.steps_table(list(workflow.steps))
 
 
@@ -278,11 +278,12 @@ async def run_show(run_id: str, as_json: bool = JSON) -> None:
         render.as_json(run)
         return
     phase = f" · phase {run.phase}" if run.phase else ""
-    render.out.print(f"run {run.id} {render.status(run.status)}{phase} {run.error}")
+    render.out.print(
+        render.line(f"run {run.id} ", render.status(run.status), f"{phase} {run.error}")
+    )
     if run.superseded_by:
-        render.out.print(
-            f"[yellow]superseded by run {run.superseded_by}: the steps below are its state[/]"
-        )
+        superseded = f"superseded by run {run.superseded_by}: the steps below are its state"
+        render.out.print(render.line((superseded, "yellow")))
     render.steps_table(list(run.steps))
 
 
@@ -293,7 +294,7 @@ async def run_pause(run_id: str) -> None:
     async with connect() as c:
         run = await c.runs.pause_run(run_id)
     note = " (at the next step boundary)" if run.pause_requested else ""
-    render.out.print(f"{run.id} {render.status(run.status)}{note}")
+    render.out.print(render.line(f"{run.id} ", render.status(run.status), note))
 
 
 @run_app.command("cancel")
@@ -301,7 +302,7 @@ async def run_pause(run_id: str) -> None:
 async def run_cancel(run_id: str) -> None:
     async with connect() as c:
         run = await c.runs.cancel_run(run_id)
-    render.out.print(f"{run.id} {render.status(run.status)}")
+    render.out.print(render.line(f"{run.id} ", render.status(run.status)))
 
 
 @run_app.command("resume")
@@ -377,7 +378,7 @@ def db_upgrade() -> None:
     done = subprocess.run([sys.executable, "-m", "nyxflow_runs", "migrate"], check=False)
     if done.returncode != 0:
         raise typer.Exit(1)
-    err.print("[green]database is at the latest schema[/]")
+    err.print(render.line(("database is at the latest schema", "green")))
 
 
 @app.command()

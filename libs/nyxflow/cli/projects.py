@@ -36,7 +36,7 @@ async def project_list(as_json: bool = JSON) -> None:
     table = Table("id", "name", "repositories", "workflows")
     for p in projects:
         repos = ", ".join(f"{r.owner}/{r.repo} ({r.id})" for r in p.repositories)
-        table.add_row(p.id, p.name, repos, str(len(p.workflow_ids)))
+        render.add_row(table, p.id, p.name, repos, str(len(p.workflow_ids)))
     render.out.print(table)
 
 
@@ -84,7 +84,9 @@ async def pipeline_start(
     if as_json:
         render.as_json(run)
         return
-    render.out.print(f"run {run.id} {render.status(run.status)} · phase {run.phase}")
+    render.out.print(
+        render.line(f"run {run.id} ", render.status(run.status), f" · phase {run.phase}")
+    )
 
 
 @pipeline_app.command("patch")

@@ -1,4 +1,10 @@
-"""Printing workflows and runs for people (rich) or scripts (--json)."""
+"""Printing workflows and runs for people (rich) or scripts (--json).
+
+What the CLI prints holds data it does not control: step names, headings and errors written
+by models and users ("Configure [/etc/nginx]", "[red]x[/red]", ":x:"). Rich would take them
+for markup (a MarkupError mid-run, or text that vanishes) or emoji codes, so no console of the
+CLI reads markup or emoji at all: a str is printed as it is, and the CLI's own styles are
+given as `line(...)` parts."""
 
 from __future__ import annotations
 
@@ -9,8 +15,17 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-out = Console()
+# A part of a line: text printed as it is, or (text, style).
+Part = str | Text | tuple[str, str]
+
+
+def console(*, stderr: bool = False) -> Console:
+    return Console(stderr=stderr, markup=False, emoji=False)
+
+
+out = console()
 
 STATUS_STYLE = {
     "pending": "grey50",
@@ -24,8 +39,13 @@ STATUS_STYLE = {
 }
 
 
-def status(text: str) -> str:
-    return f"[{STATUS_STYLE.get(text, 'white')}]{text}[/]"
+def line(*parts: Part) -> Text:
+    """One line from plain text and (text, style) parts; nothing in it is read as markup."""
+    return Text.assemble(*parts)
+
+
+def status(text: str) -> Text:
+    return Text(text, style=STATUS_STYLE.get(text, "white"))
 
 
 def as_json(message: Message | list[Message]) -> None:
@@ -36,33 +56,39 @@ def as_json(message: Message | list[Message]) -> None:
     print(json.dumps(value, indent=2))
 
 
+def add_row(table: Table, *cells: Part) -> None:
+    """A row of plain text (a str cell is not read as markup, whatever the console)."""
+    table.add_row(*(line(cell) for cell in cells))
+
+
 def workflows_table(workflows: list[Any]) -> None:
     table = Table("id", "name", "steps", "status", "last run")
     for w in workflows:
-        table.add_row(w.id, w.name, str(len(w.steps)), status(w.status), w.last_run_id or "-")
+        add_row(table, w.id, w.name, str(len(w.steps)), status(w.status), w.last_run_id or "-")
     out.print(table)
 
 
 def steps_table(steps: list[Any]) -> None:
     table = Table("#", "name", "kind", "status", "served by", "tokens", "notes")
     for s in steps:
-        notes = []
+        notes: list[Part] = []
         if s.truncated:
-            notes.append("[yellow]truncated[/]")
+            notes.append(("truncated", "yellow"))
         if s.auto_generated:
             notes.append("generated")
         if s.items:
             notes.append(f"{len(s.items)} items")
         if s.error:
-            notes.append(f"[red]{s.error}[/]")
-        table.add_row(
+            notes.append((s.error, "red"))
+        add_row(
+            table,
             str(s.order),
             s.name,
             s.kind,
             status(s.status),
             s.served_by or "-",
             str(s.output_tokens or "-"),
-            " ".join(notes),
+            Text(" ").join(line(note) for note in notes),
         )
     out.print(table)
 
@@ -70,5 +96,5 @@ def steps_table(steps: list[Any]) -> None:
 def runs_table(runs: list[Any]) -> None:
     table = Table("id", "workflow", "status", "events", "error")
     for r in runs:
-        table.add_row(r.id, r.workflow_id, status(r.status), str(r.last_seq), r.error or "")
+        add_row(table, r.id, r.workflow_id, status(r.status), str(r.last_seq), r.error or "")
     out.print(table)

@@ -164,9 +164,14 @@ def on_orphan(value: str) -> str:
 
 
 def step_drafts(
-    specs: Sequence[pb.StepSpec], personas: Collection[str], *, earlier: Collection[str] = ()
+    specs: Sequence[pb.StepSpec],
+    personas: Collection[str],
+    *,
+    earlier: Collection[str] = (),
+    generated: bool = False,
 ) -> list[StepDraft]:
-    """Validate a workflow's steps in order; `earlier` names steps that precede them all."""
+    """Validate a workflow's steps in order; `earlier` names steps that precede them all.
+    `generated`: the engine's, whose prompts quote a plan and are never rendered."""
     if not specs:
         raise InvalidArgument("a workflow needs at least one step", field="steps")
     if len(specs) > MAX_STEPS:
@@ -174,14 +179,19 @@ def step_drafts(
     drafts: list[StepDraft] = []
     seen: list[str] = list(earlier)
     for i, spec in enumerate(specs):
-        draft = step_draft(spec, f"steps[{i}]", seen, personas)
+        draft = step_draft(spec, f"steps[{i}]", seen, personas, generated=generated)
         seen.append(draft.name)
         drafts.append(draft)
     return drafts
 
 
 def step_draft(
-    spec: pb.StepSpec, at: str, earlier: Sequence[str], personas: Collection[str]
+    spec: pb.StepSpec,
+    at: str,
+    earlier: Sequence[str],
+    personas: Collection[str],
+    *,
+    generated: bool = False,
 ) -> StepDraft:
     name = spec.name.strip()
     if not name:
@@ -199,7 +209,8 @@ def step_draft(
         raise InvalidArgument("must not be negative", field=f"{at}.max_tokens")
     if spec.persona and spec.persona not in personas:
         raise InvalidArgument(f"unknown persona {spec.persona!r}", field=f"{at}.persona")
-    _references(spec, at, earlier)
+    if not generated:  # the engine sends a generated prompt as it is: `{{` in it is text
+        _references(spec, at, earlier)
     return StepDraft(
         name=name,
         kind=spec.kind,

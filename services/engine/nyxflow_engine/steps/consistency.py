@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from nyxflow_engine.steps.context import StepContext, StepResult
-from nyxflow_engine.templating import render
+from nyxflow_engine.templating import prompt_of
 
 VERDICT = re.compile(r"^\s*VERDICT:\s*(consistent|inconsistent)\b", re.IGNORECASE | re.MULTILINE)
 INSTRUCTION = (
@@ -23,7 +23,7 @@ async def run_consistency_check(ctx: StepContext) -> StepResult:
         s.name for s in ctx.steps if s.order < ctx.step.order and s.name in ctx.outputs
     ]
     sections = "\n\n".join(f"### {name}\n{ctx.outputs.get(name, '')}" for name in names)
-    guidance = render(ctx.step.prompt, ctx.outputs).strip()
+    guidance = prompt_of(ctx.step, ctx.outputs).strip()
     prompt = f"{guidance}\n\n{INSTRUCTION}" if guidance else INSTRUCTION
     completion = await ctx.complete(f"{prompt}\n\n{sections}", response_format="verdict")
     match = VERDICT.search(completion.text)

@@ -9,7 +9,6 @@ from nyxflow import constants as kinds
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.splitting import split_items
-from nyxflow_engine.templating import literal
 
 MAX_NAME = 200
 
@@ -33,9 +32,11 @@ def generated_specs(
         pb.StepSpec(
             name=unique_name(f"Implementation prompt {i + 1}: {item.heading}", taken),
             kind=kinds.IMPLEMENTATION_PROMPT,
+            # The plan's text as it is: runs stores a generated step's prompt unchecked and
+            # the engine sends it unrendered, so `{{ … }}` it quotes reaches the model intact.
             prompt=(
                 "Write a precise, self-contained implementation prompt for this part of the "
-                f"plan:\n\n{literal(item.text)}"
+                f"plan:\n\n{item.text}"
             ),
             providers=list(synthesis.providers),
             params_json=synthesis.params_json,

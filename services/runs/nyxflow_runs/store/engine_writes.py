@@ -173,7 +173,8 @@ class EngineWrites(Recording):
                 await session.execute(delete(Step).where(Step.id.in_([s.id for s in old])))
                 steps = [s for s in steps if s not in old]
             names = [s.name for s in steps]
-            new = step_drafts(specs, await self._personas(session, tenant_id), earlier=names)
+            personas = await self._personas(session, tenant_id)
+            new = step_drafts(specs, personas, earlier=names, generated=True)
             for s in steps:
                 if s.position > anchor.position:
                     s.position += len(new) - len(old)

@@ -1,0 +1,79 @@
+"""What the CLI prints holds model and user text: brackets and colons in it are printed as they
+are, never read as rich markup (a MarkupError mid-run, or text that vanishes) or emoji codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+import typer
+from rich.console import Console
+
+from nyxflow import events as ev
+from nyxflow.cli import follow, render
+from nyxflow.cli.connection import run_async
+from nyxflow.v1 import common_pb2 as pb
+
+ODD = ["Configure [/etc/nginx] for TLS", "[red]secret[/red] part", "[bold]", "fix :x: now", "a\\"]
+
+
+@pytest.fixture(autouse=True)
+def wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the CLI's own consoles, only wide enough that a table keeps each cell on one line
+    monkeypatch.setenv("COLUMNS", "300")
+
+
+def _event(seq: int, etype: str, **data: object) -> pb.RunEvent:
+    return pb.RunEvent(seq=seq, type=etype, data_json=json.dumps(data))
+
+
+async def _stream(events: list[pb.RunEvent]) -> AsyncIterator[pb.RunEvent]:
+    for event in events:
+        yield event
+
+
+@pytest.mark.parametrize("text", ODD)
+async def test_follow_prints_model_text_as_it_is(
+    capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    events = [
+        _event(1, ev.RUN_STARTED),
+        _event(2, ev.STEP_STARTED, step_id="s", name=f"Implementation prompt 1: {text}", kind="x"),
+        _event(3, ev.PROVIDER_FALLBACK, **{"from": "anthropic", "to": "google", "reason": text}),
+        _event(4, ev.FAN_OUT_PROGRESS, step_id="f", index=0, done=1, total=2, heading=text),
+        _event(5, ev.STEP_COMPLETED, step_id="s", name=text, output_tokens=3, served_by="local"),
+        _event(6, ev.STEP_FAILED, step_id="s", name=text, error=text),
+        _event(7, ev.RUN_REQUEUED, reason=text),
+        _event(8, ev.RUN_FAILED, status=ev.FAILED, error=text),
+    ]
+    final = await follow.follow(_stream(events), tokens=False, as_json=False)
+    out = capsys.readouterr().out
+    assert final == ev.FAILED
+    assert out.count(text) == 8, out
+
+
+@pytest.mark.parametrize("text", ODD)
+def test_tables_print_names_and_errors_as_they_are(
+    capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    step = pb.Step(name=text, kind="tool", status="failed", error=text, truncated=True)
+    render.steps_table([step])
+    render.runs_table([pb.Run(id="r", workflow_id="w", status="failed", error=text)])
+    render.workflows_table([pb.Workflow(id="w", name=text, status="failed")])
+    out = capsys.readouterr().out
+    assert out.count(text) == 4, out
+    assert "truncated" in out
+
+
+def test_a_rendering_error_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    @run_async
+    async def command() -> None:
+        Console().print("[/oops]")  # a console that still reads markup
+
+    with pytest.raises(typer.Exit) as exited:
+        command()
+    assert exited.value.exit_code == 1
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
+    assert "[/oops]" in stderr
