@@ -13,6 +13,7 @@ import pytest
 
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.tools.head import contents, head_of
 from nyxflow_engine.tools.patches import review_patches
 from nyxflow_engine.tools.registry import ToolCall
 from nyxflow_engine.tools.repository import recency, scan_repository
@@ -131,3 +132,26 @@ async def test_files_named_outside_ascii_count_as_recently_changed(tmp_path: Pat
     assert set(names) <= set(when), sorted(when)
     assert set(when) == {"calc.py", "test_calc.py", "util.py", *names}
     assert all(isinstance(t, int) and t > 0 for t in when.values())
+
+
+async def test_only_the_head_of_each_sampled_blob_is_read(tmp_path: Path) -> None:
+    """A tracked dump was read whole (into the engine's memory) to show 20 KB of it; the
+    blobs after it must still be read from where they start."""
+    repo = planted_repo(tmp_path)
+    big = "".join(f"row {i:07d} " + "x" * 50 + "\n" for i in range(60_000))  # about 3.7 MB
+    (repo / "dump.sql").write_text(big)
+    (repo / "z.txt").write_text("after the dump\n")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "dump")
+    head = await head_of(repo)
+    entries = sorted(head.files, key=lambda e: e.path)
+
+    heads = await contents(repo, entries, 100)
+
+    assert heads["dump.sql"] == big.encode()[:100]
+    assert heads["z.txt"] == b"after the dump\n"
+    assert all(len(h) <= 100 for h in heads.values())
+    _, report = await _scan(repo)
+    (dump,) = [i for i in report["items"] if i["path"] == "dump.sql"]
+    assert dump["truncated"] == {"shown_bytes": 20_000, "file_bytes": len(big)}
+    assert dump["content"] == big[:20_000]

@@ -26,7 +26,7 @@ import os
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -86,11 +86,13 @@ async def run(
     sandbox: Sandbox = SANDBOXED,
     binary: bool = False,
     walls: Walls | None = None,
+    read: Callable[[IO[bytes]], bytes] | None = None,
 ) -> Outcome:
     """`args` in `cwd`; the exit code -1 and a message if it outlives `timeout_s`.
     `contained`: under the keeper, in `sandbox` (see the module's docstring), for code not
     the engine's, within `walls` if given. `binary`: stdout as bytes (file contents: a length
-    in bytes must stay one)."""
+    in bytes must stay one); `read`: what of it to keep, read from its file (off the loop),
+    so that a large output is never held whole."""
     with (
         _engine_line(contained) as engine,
         tempfile.TemporaryFile() as given,
@@ -139,8 +141,9 @@ async def run(
                 await _exited(process, 5.0)  # killed: reaped at once, but not in this instant
         if not ended:
             return Outcome(-1, f"timed out after {timeout_s:.0f} s")
-        if binary:
-            data, errors = await asyncio.to_thread(lambda: (_bytes(out), _text(err)))
+        if binary or read is not None:
+            keep = read or _bytes
+            data, errors = await asyncio.to_thread(lambda: (keep(_rewound(out)), _text(err)))
             return Outcome(process.returncode or 0, "", errors, data)
         # A tenant's command may print without end: its last part is what explains a failure,
         # and all of it could exhaust the engine's memory (it is on disk until read).
@@ -188,8 +191,12 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _bytes(file: IO[bytes]) -> bytes:
+def _rewound(file: IO[bytes]) -> IO[bytes]:
     file.seek(0)
+    return file
+
+
+def _bytes(file: IO[bytes]) -> bytes:
     return file.read()
 
 
@@ -197,6 +204,6 @@ def _text(file: IO[bytes], keep: int | None = None) -> str:
     """The file's text, or with `keep` its last `keep` bytes after a mark of what was cut."""
     size = file.seek(0, os.SEEK_END)
     if keep is None or size <= keep:
-        return _bytes(file).decode(errors="replace")
+        return _bytes(_rewound(file)).decode(errors="replace")
     file.seek(size - keep)
     return f"[{size - keep} bytes before]\n" + file.read().decode(errors="replace")

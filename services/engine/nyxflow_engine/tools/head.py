@@ -19,6 +19,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from nyxflow.errors import InvalidArgument
 from nyxflow_engine.tools.commands import GIT, run
@@ -98,27 +99,34 @@ def _lines(oids: Sequence[str]) -> bytes:
     return "".join(f"{oid}\n" for oid in oids).encode()
 
 
-async def contents(path: Path, entries: Sequence[Entry]) -> dict[str, bytes]:
-    """The blobs of `entries`, by path, in one `git cat-file --batch`."""
+async def contents(path: Path, entries: Sequence[Entry], limit: int) -> dict[str, bytes]:
+    """The first `limit` bytes of each blob of `entries`, by path, in one `git cat-file
+    --batch`. The rest is skipped where git wrote it: a tracked dump of gigabytes, read whole
+    to show 20 KB of it, could take the engine's memory (and every run on it) down."""
     if not entries:
         return {}
     asked = _lines([e.oid for e in entries])
-    done = await run(path, *GIT, "-C", str(path), "cat-file", "--batch", stdin=asked, binary=True)
+    heads: list[bytes] = []
+
+    def read(out: IO[bytes]) -> bytes:
+        for _ in entries:  # "<oid> blob <size>\n<content>\n" each, in the order asked
+            header = out.readline().split()
+            if len(header) != 3 or header[1] != b"blob":
+                break  # "<oid> missing", or git stopped: named below
+            size = int(header[2])
+            heads.append(out.read(min(size, limit)))
+            out.seek(size - len(heads[-1]) + 1, os.SEEK_CUR)  # the rest, and its newline
+        return b""
+
+    done = await run(path, *GIT, "-C", str(path), "cat-file", "--batch", stdin=asked, read=read)
     if done.code != 0:
         raise InvalidArgument(
             f"cannot read {path}'s objects: {done.errors.strip()}", field="params.path"
         )
-    blobs: dict[str, bytes] = {}
-    data, position = done.data, 0
-    for entry in entries:  # "<oid> blob <size>\n<content>\n" each, in the order asked
-        end = data.index(b"\n", position)
-        header = data[position:end].split()
-        if len(header) != 3 or header[1] != b"blob":
-            raise InvalidArgument(f"cannot read {entry.path} in {path}", field="params.path")
-        size = int(header[2])
-        blobs[entry.path] = data[end + 1 : end + 1 + size]
-        position = end + 1 + size + 1
-    return blobs
+    if len(heads) < len(entries):
+        missing = entries[len(heads)].path
+        raise InvalidArgument(f"cannot read {missing} in {path}", field="params.path")
+    return {entry.path: head for entry, head in zip(entries, heads, strict=True)}
 
 
 async def uncommitted(path: Path) -> list[str]:

@@ -73,8 +73,9 @@ async def scan_repository(call: ToolCall) -> str:
     group = params.get("group")
     if group in ("file", "directory"):
         chosen, left_out = _sample(head, await recency(root), Limits.of(params))
-        blobs = await contents(root, [entry for entry, _ in chosen])
-        sample = [_sampled(e.path, blobs[e.path], budget) for e, budget in chosen]
+        most = max((budget for _, budget in chosen), default=0)
+        blobs = await contents(root, [entry for entry, _ in chosen], most)
+        sample = [_sampled(e.path, blobs[e.path], budget, e.size) for e, budget in chosen]
         report["left_out"] = left_out
         report["items"] = _items(sample, str(group))
     return json.dumps(report, indent=2)
@@ -161,15 +162,16 @@ def _sample(
     }
 
 
-def _sampled(path: str, blob: bytes, budget: int) -> dict[str, Any]:
-    """A file's content as the model sees it; cut to its budget, it says so and how much
-    is left out, or the model takes the cut for the file's end (and writes hunks there)."""
+def _sampled(path: str, head: bytes, budget: int, size: int) -> dict[str, Any]:
+    """A file's content as the model sees it (`head`: at least its first `budget` bytes, of
+    `size`); cut to its budget, it says so and how much is left out, or the model takes the
+    cut for the file's end (and writes hunks there)."""
     sample: dict[str, Any] = {
         "path": path,
-        "content": blob[:budget].decode("utf-8", errors="replace"),
+        "content": head[:budget].decode("utf-8", errors="replace"),
     }
-    if len(blob) > budget:
-        sample["truncated"] = {"shown_bytes": budget, "file_bytes": len(blob)}
+    if size > budget:
+        sample["truncated"] = {"shown_bytes": budget, "file_bytes": size}
     return sample
 
 
