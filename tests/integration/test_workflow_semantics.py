@@ -366,6 +366,23 @@ async def test_fan_out_persists_each_item_and_reports_progress(api: Clients) -> 
     assert done["Topics"]["output"] == run.steps[0].output
 
 
+async def test_a_fan_out_by_headings_skips_hash_lines_in_code_blocks(api: Clients) -> None:
+    """A `# comment` in a code block of the source was an item of its own, the top-most
+    "heading", and the parts before it were dropped."""
+    source = "## Install\n```sh\n# the dependencies\npip install .\n```\n## Test\nRun it.\n"
+    workflow = await api.runs.create_workflow(
+        "fan",
+        [
+            spec("Parts", params={"script": source}),
+            spec("Each", "fan_out", "{{ item }}", source="Parts", params={"tokens": 3}),
+        ],
+    )
+    run, _ = await run_once(api, workflow.id)
+
+    assert run.status == ev.COMPLETED, run.error
+    assert [i.heading for i in run.steps[1].items] == ["Install", "Test"]
+
+
 def of(events: list[pb.RunEvent], kind: str) -> list[str]:
     return [e.data_json for e in events if e.type == kind]
 

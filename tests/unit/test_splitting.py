@@ -1,5 +1,6 @@
-"""Splitting a JSON output into fan-out items: a repository scan whose files hold markdown code
-fences, and a model's answer in a fenced block."""
+"""Splitting an output into fan-out items (and a plan into implementation prompts): a repository
+scan whose files hold markdown code fences, a model's answer in a fenced block, and headings
+that are not headings because they sit in a code block."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.splitting import split_items
+from nyxflow_engine.steps.generation import generated_specs
 from nyxflow_engine.tools.registry import ToolCall
 from nyxflow_engine.tools.repository import scan_repository
 from tests.support.repos import git, planted_repo
@@ -47,3 +49,73 @@ def test_text_that_is_not_json_is_refused() -> None:
     with pytest.raises(InvalidArgument) as refused:
         split_items("```json\n[1, 2\n```", "json")
     assert refused.value.field == "split" and "not JSON" in str(refused.value)
+
+
+PLAN = """Intro the split drops.
+## Step 1: install
+Run this first:
+```bash
+# install the dependencies
+pip install -r requirements.txt
+```
+## Step 2: test
+~~~~python
+# a comment
+~~~
+## not a heading: a ~~~ shorter than the opening does not close it
+~~~~
+Run the tests.
+"""
+
+
+def test_a_hash_line_in_a_code_block_is_no_heading() -> None:
+    """A shell or Python comment in a plan's code block was an item of its own (the top-most
+    "heading" level present), and everything before it was dropped."""
+    items = split_items(PLAN, "headings")
+
+    assert [i.heading for i in items] == ["Step 1: install", "Step 2: test"]
+    assert items[0].text.endswith("pip install -r requirements.txt\n```")
+    assert items[1].text.endswith("Run the tests.")
+
+
+@pytest.mark.parametrize(
+    "fence",
+    [
+        "   ```sh\n   # in a list item\n   ```",  # indented under a list item
+        "````md\n# a heading quoted in markdown\n```\n# still quoted\n````",
+    ],
+)
+def test_fences_in_list_items_and_longer_fences_hide_their_hash_lines(fence: str) -> None:
+    text = f"## One\n1. Do this:\n{fence}\n## Two\nend"
+
+    assert [i.heading for i in split_items(text, "headings")] == ["One", "Two"]
+
+
+def test_backticks_within_a_line_open_no_fence() -> None:
+    # An info string with a backtick makes no fence (CommonMark): the split goes on.
+    text = "## One\n```inline``` code\n## Two\n"
+
+    assert [i.heading for i in split_items(text, "headings")] == ["One", "Two"]
+
+
+def test_a_fence_never_closed_runs_to_the_end() -> None:
+    text = "## One\n```\n# a comment\n## also quoted\n"
+
+    assert [i.heading for i in split_items(text, "headings")] == ["One"]
+
+
+def test_headings_only_in_code_blocks_are_no_headings() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        split_items("```\n# comment\n```\n", "headings")
+    assert refused.value.field == "split"
+
+
+def test_a_plan_with_a_shell_comment_generates_a_prompt_per_step() -> None:
+    synthesis = pb.Step(id="s", name="Synthesis", order=0, output=PLAN, kind="synthesis")
+
+    specs = generated_specs(synthesis, [synthesis], False)
+
+    assert [s.name for s in specs] == [
+        "Implementation prompt 1: Step 1: install",
+        "Implementation prompt 2: Step 2: test",
+    ]

@@ -10,6 +10,8 @@ from typing import Any
 from nyxflow.errors import InvalidArgument
 
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+# Any indentation: a plan's code blocks often sit in list items.
+FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})(.*)$")
 MAX_HEADING = 120
 # Fences stand on lines of their own: inside JSON text a ``` is always within a string.
 FENCED_JSON = re.compile(r"^```(?:json)?[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
@@ -33,14 +35,15 @@ def split_items(text: str, mode: str) -> list[Item]:
 
 def _heading_items(text: str) -> list[Item]:
     lines = text.splitlines()
-    levels = [len(m.group(1)) for line in lines if (m := HEADING.match(line))]
-    if not levels:
+    # A "# install deps" in a shell block is a comment, not a part of the plan.
+    headings = {i: match for i, line in _outside_fences(lines) if (match := HEADING.match(line))}
+    if not headings:
         raise InvalidArgument("the source output has no markdown headings to split", field="split")
-    level = min(levels)  # split on the top-most heading level present
+    level = min(len(m.group(1)) for m in headings.values())  # the top-most level present
     items: list[Item] = []
     heading, body = None, list[str]()
-    for line in lines:
-        match = HEADING.match(line)
+    for i, line in enumerate(lines):
+        match = headings.get(i)
         if match and len(match.group(1)) == level:
             if heading is not None:
                 items.append(Item(_short(heading), "\n".join(body).strip()))
@@ -50,6 +53,23 @@ def _heading_items(text: str) -> list[Item]:
     if heading is not None:
         items.append(Item(_short(heading), "\n".join(body).strip()))
     return items
+
+
+def _outside_fences(lines: list[str]) -> list[tuple[int, str]]:
+    """The lines not in a fenced code block, with their index. A fence closes with a line of
+    the same character at least as long as its opening; one never closed runs to the end."""
+    outside: list[tuple[int, str]] = []
+    fence = ""
+    for i, line in enumerate(lines):
+        match = FENCE.match(line)
+        if fence:
+            if match and match.group(1).startswith(fence) and not match.group(2).strip():
+                fence = ""
+        elif match and not (match.group(1)[0] == "`" and "`" in match.group(2)):
+            fence = match.group(1)  # a backtick fence's info string holds no backtick
+        else:
+            outside.append((i, line))
+    return outside
 
 
 def _json_items(text: str) -> list[Item]:
