@@ -110,6 +110,13 @@ def test_headings_only_in_code_blocks_are_no_headings() -> None:
     assert refused.value.field == "split"
 
 
+def test_a_heading_ending_in_hash_keeps_it() -> None:
+    """CommonMark: a closing sequence of #s follows a space; "C#" is the heading's text."""
+    text = "## C#\n## F# ##\n## Closing ###\n"
+
+    assert [i.heading for i in split_items(text, "headings")] == ["C#", "F#", "Closing"]
+
+
 def test_a_plan_with_a_shell_comment_generates_a_prompt_per_step() -> None:
     synthesis = pb.Step(id="s", name="Synthesis", order=0, output=PLAN, kind="synthesis")
 
@@ -119,3 +126,19 @@ def test_a_plan_with_a_shell_comment_generates_a_prompt_per_step() -> None:
         "Implementation prompt 1: Step 1: install",
         "Implementation prompt 2: Step 2: test",
     ]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        'Here you go:\r\n```json\r\n["a", "b"]\r\n```\r\n',
+        'Here you go:\n```JSON\n["a", "b"]\n```\n',
+    ],
+)
+def test_a_fenced_answer_with_crlf_or_an_upper_case_language_is_read(answer: str) -> None:
+    assert [i.text for i in split_items(answer, "json")] == ["a", "b"]
+
+
+def test_blank_json_items_are_not_items() -> None:
+    # As blank lines in lines mode: nothing to send to the model.
+    assert [i.text for i in split_items('["a", "", "   ", "b"]', "json")] == ["a", "b"]

@@ -9,12 +9,15 @@ from typing import Any
 
 from nyxflow.errors import InvalidArgument
 
-HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+# A closing run of #s counts only after a space (CommonMark): "## C#" is about C#.
+HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
 # Any indentation: a plan's code blocks often sit in list items.
 FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})(.*)$")
 MAX_HEADING = 120
 # Fences stand on lines of their own: inside JSON text a ``` is always within a string.
-FENCED_JSON = re.compile(r"^```(?:json)?[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+FENCED_JSON = re.compile(
+    r"^```(?:json)?[ \t]*\r?\n(.*?)^```[ \t]*\r?$", re.DOTALL | re.MULTILINE | re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ def _json_items(text: str) -> list[Item]:
         raise InvalidArgument("the source output is not a JSON array", field="split")
     items = []
     for entry in value:
+        if isinstance(entry, str) and not entry.strip():
+            continue  # nothing to run, as a blank line in lines mode
         text_value = entry if isinstance(entry, str) else json.dumps(entry, ensure_ascii=False)
         heading = entry.get("title") or entry.get("name") if isinstance(entry, dict) else None
         items.append(Item(_short(str(heading or text_value)), text_value))
