@@ -173,3 +173,38 @@ async def test_hostile_templates_get_a_400_naming_the_field(
     )
     assert response.status_code == 400, response.text
     assert (await http.get("/healthz")).status_code == 200
+
+
+async def _import(
+    http: httpx.AsyncClient, stack: ProcessStack, text: str | bytes
+) -> httpx.Response:
+    headers = {**stack.headers, "Content-Type": "application/yaml"}
+    return await http.post("/v1/workflows/import", content=text, headers=headers)
+
+
+SEED_NAMES = """
+name: Seed names
+steps:
+  - name: Extend & Improve
+    params: {tokens: 4}
+  - name: Überblick
+    prompt: "Sum up: {{ steps.Extend & Improve.output }}"
+    params: {tokens: 4}
+  - name: Plan (v2)
+    prompt: 'Plan from {{ steps.Überblick.output }}; keep {{ "{{" }} user.name }} as it is'
+    params: {tokens: 4}
+"""
+
+
+async def test_any_name_but_braces_is_referenced_over_http(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    imported = await _import(http, stack, SEED_NAMES)
+    assert imported.status_code == 201, imported.text
+    run_id = await start_run(http, stack, imported.json()["id"])
+    assert await finish(http, stack, run_id) == ev.RUN_COMPLETED
+    braces = SEED_NAMES.replace("Plan (v2)", "Plan {v2}")
+    refused = await _import(http, stack, braces)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["field"] == "steps[2].name"
+    assert 'any character but "{" and "}"' in refused.json()["error"]["message"]

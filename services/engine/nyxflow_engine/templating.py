@@ -1,4 +1,5 @@
-"""Prompt templates: `{{ steps.<name>.output }}` and, inside a fan-out, `{{ item }}`.
+"""Prompt templates: `{{ steps.<name>.output }}`, inside a fan-out `{{ item }}`, and `{{ "{{" }}`
+for a literal `{{` (nyxflow/references.py).
 
 Runs validates every reference when the workflow is created, so rendering never meets an
 unknown one. An auto-generated step's prompt is not a template: it is sent as it is.
@@ -9,16 +10,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from nyxflow.references import OPEN, REFERENCE
 from nyxflow.v1 import common_pb2 as pb
-
-REFERENCE = re.compile(r"\{\{\s*(?:steps\.([A-Za-z0-9_\- ]+?)\.output|(item))\s*\}\}")
 
 
 def render(template: str, outputs: Mapping[str, str], item: str | None = None) -> str:
     def substitute(match: re.Match[str]) -> str:
-        if match.group(2):
+        if match["item"]:
             return item or ""
-        return outputs.get(match.group(1).strip(), "")
+        if match["open"]:
+            return OPEN
+        return outputs.get(match["step"].strip(), "")
 
     return REFERENCE.sub(substitute, template)
 

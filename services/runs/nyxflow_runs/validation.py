@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from nyxflow import constants as kinds
 from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument
+from nyxflow.references import EXPRESSION, REFERENCE, name_problem
 from nyxflow.repos import written_path
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
@@ -27,8 +28,6 @@ MAX_MAX_TOKENS = 2**31 - 1  # the column's and the proto's int32
 MAX_CONCURRENCY = 64
 SPLITS = ("headings", "lines", "json")
 GENERATES = ("implementation_prompt",)
-REFERENCE = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
-STEP_REFERENCE = re.compile(r"steps\.([A-Za-z0-9_\- ]+?)\.output")
 
 
 @dataclass(frozen=True)
@@ -200,6 +199,9 @@ def step_draft(
         raise InvalidArgument(f"must be at most {MAX_NAME} characters", field=f"{at}.name")
     if name in earlier:
         raise InvalidArgument(f"duplicate step name {name!r}", field=f"{at}.name")
+    # A generated step's name quotes a heading; no prompt reads it (steps[i].reviews does).
+    if not generated and (problem := name_problem(name)):
+        raise InvalidArgument(problem, field=f"{at}.name")
     if spec.kind not in kinds.STEP_KINDS:
         allowed = ", ".join(sorted(kinds.STEP_KINDS))
         raise InvalidArgument(f"unknown kind {spec.kind!r} (one of {allowed})", field=f"{at}.kind")
@@ -288,21 +290,20 @@ def provider_chain(entries: Sequence[str], field: str) -> list[str]:
 
 def _references(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> None:
     """Every `{{ … }}` in a prompt must resolve: an unknown one is an error now, not at run time."""
-    for match in REFERENCE.finditer(spec.prompt):
+    for match in EXPRESSION.finditer(spec.prompt):
         expression = match.group(1)
-        if expression == "item":
-            if spec.kind != kinds.FAN_OUT:
-                raise InvalidArgument(
-                    "{{ item }} is only defined inside a fan_out", field=f"{at}.prompt"
-                )
-            continue
-        step = STEP_REFERENCE.fullmatch(expression)
-        if step is None:
+        reference = REFERENCE.fullmatch(match.group(0))
+        if reference is None:
             raise InvalidArgument(
-                f"unknown reference {{{{ {expression} }}}}: use {{{{ steps.<name>.output }}}}",
+                f"unknown reference {{{{ {expression} }}}}: use {{{{ steps.<name>.output }}}}, "
+                '{{ item }} in a fan_out, or {{ "{{" }} for a literal {{',
                 field=f"{at}.prompt",
             )
-        if step.group(1).strip() not in earlier:
+        if reference["item"] and spec.kind != kinds.FAN_OUT:
+            raise InvalidArgument(
+                "{{ item }} is only defined inside a fan_out", field=f"{at}.prompt"
+            )
+        if reference["step"] is not None and reference["step"].strip() not in earlier:
             raise InvalidArgument(
                 f"{{{{ {expression} }}}} names no earlier step", field=f"{at}.prompt"
             )

@@ -13,12 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nyxflow import events as ev
 from nyxflow import metrics
 from nyxflow.errors import FailedPrecondition, InvalidArgument
+from nyxflow.references import step_names
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import convert
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import Run, Step, StepItem
 from nyxflow_runs.store.base import Draft, StoreBase, generated_block
-from nyxflow_runs.validation import STEP_REFERENCE, StepEdit
+from nyxflow_runs.validation import StepEdit
 
 RESUMABLE = frozenset({ev.PAUSED, ev.FAILED, ev.CANCELLED})
 
@@ -275,7 +276,8 @@ def _generated_block_end(steps: Sequence[Step], step: Step) -> int:
 
 def _reads(step: Step) -> set[str]:
     """The names of the steps whose output `step`'s prompt is made from."""
-    names = {m.group(1).strip() for m in STEP_REFERENCE.finditer(step.prompt or "")}
+    # A generated step's prompt quotes a plan: it is sent as it is, and reads no step.
+    names: set[str] = set() if step.auto_generated else step_names(step.prompt or "")
     source = (step.config or {}).get("source")
     return names | {source} if source else names
 

@@ -1,0 +1,39 @@
+"""What a prompt may reference, one definition for runs (which refuses any other `{{ … }}` when a
+workflow is created) and the engine (which renders them, once):
+
+- `{{ steps.<name>.output }}`: an earlier step's output;
+- `{{ item }}`: inside a fan-out, its item;
+- `{{ "{{" }}`: a literal `{{`, for a prompt that quotes Vue, Jinja or Helm.
+
+A step's name may hold any character but `{` and `}` ("Extend & Improve", "Überblick",
+"Plan (v2)", "Step 1.5"), and is written in a reference as it is. The name is what lies between
+`steps.` and the `.output` that closes the reference, so one ending in ".output" reads right too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+# Every `{{ … }}` of a prompt; each must be one of REFERENCE's forms.
+EXPRESSION: Final = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
+REFERENCE: Final = re.compile(
+    r"\{\{\s*(?:steps\.(?P<step>[^{}]+?)\.output|(?P<item>item)|(?P<open>\"\{\{\"))\s*\}\}"
+)
+OPEN: Final = "{{"  # what `{{ "{{" }}` renders as
+NOT_IN_NAMES: Final = "{}"
+
+
+def name_problem(name: str) -> str | None:
+    """Why a step's name could not be referenced, or None."""
+    if any(c in name for c in NOT_IN_NAMES):
+        return (
+            'may hold any character but "{" and "}": a later prompt reads it as '
+            "{{ steps.<name>.output }}"
+        )
+    return None
+
+
+def step_names(prompt: str) -> set[str]:
+    """The names of the steps whose output `prompt` reads."""
+    return {m["step"].strip() for m in REFERENCE.finditer(prompt) if m["step"] is not None}
