@@ -90,8 +90,6 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         drafts = valid.step_drafts(request.steps, personas)
         chain = valid.provider_chain(request.default_providers, "default_providers")
         policy = valid.on_orphan(request.on_orphan)
-        if request.project_id:
-            await self._store.require_project(tenant, request.project_id)
         return await self._store.create_workflow(
             tenant,
             name,

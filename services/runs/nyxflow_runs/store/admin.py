@@ -221,8 +221,12 @@ class Admin(StoreBase):
     @staticmethod
     async def _conflicts(session: AsyncSession, project: Project, tenant_id: str) -> list[Conflict]:
         conflicts: list[Conflict] = []
+        # Held to the commit: replace_empty deletes it if it is empty, and a write under it
+        # (which holds it FOR SHARE) counted after it was found empty would go with it.
         same_name = await session.scalar(
-            select(Project).where(Project.tenant_id == tenant_id, Project.name == project.name)
+            select(Project)
+            .where(Project.tenant_id == tenant_id, Project.name == project.name)
+            .with_for_update()
         )
         if same_name is not None:
             children = 0

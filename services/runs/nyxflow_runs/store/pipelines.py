@@ -16,6 +16,7 @@ from nyxflow.v1 import runs_pb2
 from nyxflow_runs import validation as valid
 from nyxflow_runs.models import Finding, Repository, Run, RunArtifact, Workflow
 from nyxflow_runs.store.engine_writes import EngineWrites
+from nyxflow_runs.store.projects import held_under_project
 from nyxflow_runs.store.workflows import Workflows, step_row
 from nyxflow_runs.validation import step_drafts
 
@@ -30,9 +31,9 @@ class Pipelines(Workflows, EngineWrites):
     ) -> pb.Run:
         """A fresh workflow from the built-in template, and its pending run, in one commit."""
         async with self._scoped(tenant_id, write=True) as session:
-            repo = await session.scalar(
-                select(Repository).where(Repository.id == request.repository_id)
-            )
+            # Held with its project (the pipeline's workflow goes under it) until the commit: a
+            # move of the project to another tenant is waited for, then seen.
+            repo = await held_under_project(session, Repository, tenant_id, request.repository_id)
             if repo is None:
                 raise NotFound(
                     f"repository {request.repository_id} not found", field="repository_id"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +15,34 @@ from nyxflow_runs.models import Project, ProjectNote, Repository, Workflow, Work
 from nyxflow_runs.store.base import StoreBase
 
 MAX_PROJECTS = 500
+
+UnderProject = TypeVar("UnderProject", Workflow, Repository)
+
+
+async def held_project(session: AsyncSession, tenant_id: str, project_id: str) -> Project | None:
+    """The tenant's project, held FOR SHARE until the transaction ends (PostgreSQL; SQLite
+    runs one transaction at a time). A write under the project takes it first: a move of the
+    project to another tenant holds it FOR UPDATE, so the write waits for the move, then reads
+    the project again and finds it another tenant's. Read unlocked, the project still looked
+    the writer's, and the row it added stayed the old tenant's under the moved project."""
+    return await session.scalar(
+        select(Project)
+        .where(Project.id == project_id, Project.tenant_id == tenant_id)
+        .with_for_update(read=True)
+    )
+
+
+async def held_under_project(
+    session: AsyncSession, model: type[UnderProject], tenant_id: str, row_id: str
+) -> UnderProject | None:
+    """The tenant's workflow or repository, held FOR SHARE with its project: the project
+    first, in the order a move takes them (project, then its workflows), or the two would
+    deadlock."""
+    mine = (model.id == row_id, model.tenant_id == tenant_id)
+    project_id = await session.scalar(select(model.project_id).where(*mine))
+    if project_id is not None and await held_project(session, tenant_id, project_id) is None:
+        return None
+    return await session.scalar(select(model).where(*mine).with_for_update(read=True))
 
 
 class Projects(StoreBase):
@@ -41,7 +71,7 @@ class Projects(StoreBase):
     ) -> runs_pb2.Repository:
         try:
             async with self._scoped(tenant_id, write=True) as session:
-                await self._project(session, project_id)
+                await self._held_project(session, tenant_id, project_id)
                 row = Repository(project_id=project_id, owner=owner, repo=repo, path=path)
                 session.add(row)
                 await session.flush()
@@ -53,7 +83,7 @@ class Projects(StoreBase):
         self, tenant_id: str, project_id: str, text: str
     ) -> runs_pb2.ProjectNote:
         async with self._scoped(tenant_id, write=True) as session:
-            await self._project(session, project_id)
+            await self._held_project(session, tenant_id, project_id)
             note = ProjectNote(project_id=project_id, text=text)
             session.add(note)
             await session.flush()
@@ -63,15 +93,19 @@ class Projects(StoreBase):
         self, tenant_id: str, workflow_id: str, text: str
     ) -> runs_pb2.WorkflowInsight:
         async with self._scoped(tenant_id, write=True) as session:
-            await self._workflow(session, tenant_id, workflow_id)
+            if await held_under_project(session, Workflow, tenant_id, workflow_id) is None:
+                raise NotFound(f"workflow {workflow_id} not found")
             insight = WorkflowInsight(workflow_id=workflow_id, text=text)
             session.add(insight)
             await session.flush()
             return convert.insight(insight)
 
-    async def require_project(self, tenant_id: str, project_id: str) -> None:
-        async with self._scoped(tenant_id) as session:
-            await self._project(session, project_id)
+    @staticmethod
+    async def _held_project(session: AsyncSession, tenant_id: str, project_id: str) -> Project:
+        project = await held_project(session, tenant_id, project_id)
+        if project is None:
+            raise NotFound(f"project {project_id} not found")
+        return project
 
     @staticmethod
     async def _project(session: AsyncSession, project_id: str) -> Project:

@@ -33,6 +33,7 @@ from nyxflow_runs.models import (
     Workflow,
 )
 from nyxflow_runs.store.base import StoreBase
+from nyxflow_runs.store.projects import held_project, held_under_project
 from nyxflow_runs.validation import StepDraft
 
 DEFAULT_TENANT = "default"
@@ -195,6 +196,13 @@ class Workflows(StoreBase):
         on_orphan: str = ev.ON_ORPHAN_FAIL,
     ) -> pb.Workflow:
         async with self._scoped(tenant_id, write=True) as session:
+            # Held to the commit: a move of the project to another tenant is waited for, then
+            # seen (projects.py, held_project).
+            if (
+                project_id is not None
+                and await held_project(session, tenant_id, project_id) is None
+            ):
+                raise NotFound(f"project {project_id} not found", field="project_id")
             workflow = Workflow(
                 tenant_id=tenant_id,
                 project_id=project_id,
@@ -265,7 +273,11 @@ class Workflows(StoreBase):
     async def duplicate_workflow(self, tenant_id: str, workflow_id: str, name: str) -> pb.Workflow:
         """Same definition minus auto-generated steps; order 0..n-1, new ids, nothing executed."""
         async with self._scoped(tenant_id, write=True) as session:
-            source = await self._workflow(session, tenant_id, workflow_id)
+            # Held with its project (the copy goes under it) until the commit: a move of the
+            # project to another tenant is waited for, then seen.
+            source = await held_under_project(session, Workflow, tenant_id, workflow_id)
+            if source is None:
+                raise NotFound(f"workflow {workflow_id} not found")
             copy = Workflow(
                 tenant_id=tenant_id,
                 project_id=source.project_id,
