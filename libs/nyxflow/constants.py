@@ -27,6 +27,9 @@ DEFAULT_PROVIDER: Final = "local"
 # Providers the engine knows; a chain entry is "name" or "name:model".
 PROVIDERS: Final = ("local", "anthropic", "openai", "google", "openai_compatible")
 MAX_CHAIN: Final = 8
+# Tools a `tool` step may name: runs refuses others at creation; the engine's registry holds
+# exactly these (tests/unit/test_tools_registry.py).
+TOOLS: Final = ("echo", "scan_repository", "collect_findings", "review_patches")
 
 
 # Steps that rewrite a whole earlier output ("Extend & Improve", "Improve", "Refactor") need

@@ -208,3 +208,13 @@ async def test_any_name_but_braces_is_referenced_over_http(
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["field"] == "steps[2].name"
     assert 'any character but "{" and "}"' in refused.json()["error"]["message"]
+
+
+async def test_an_unknown_tool_is_refused_at_creation_over_http(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    text = "name: Tools\nsteps:\n  - name: a\n  - name: Scan\n    kind: tool\n    tool: scan_repo\n"
+    refused = await _import(http, stack, text)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["field"] == "steps[1].tool"
+    assert "scan_repository" in refused.json()["error"]["message"]

@@ -262,6 +262,11 @@ def _config(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> dict[str, Any
     if spec.kind == kinds.TOOL:
         if not spec.tool:
             raise InvalidArgument("a tool step names its tool", field=f"{at}.tool")
+        if spec.tool not in kinds.TOOLS:  # now, not after every earlier step was paid for
+            raise InvalidArgument(
+                f"unknown tool {spec.tool[:40]!r} (one of {', '.join(kinds.TOOLS)})",
+                field=f"{at}.tool",
+            )
         config["tool"] = spec.tool
     return config
 
