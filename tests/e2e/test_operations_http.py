@@ -218,3 +218,16 @@ async def test_an_unknown_tool_is_refused_at_creation_over_http(
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["field"] == "steps[1].tool"
     assert "scan_repository" in refused.json()["error"]["message"]
+
+
+async def test_an_import_that_is_not_utf8_is_refused_naming_the_byte(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    # Latin-1 "é" at byte 9: it was stored as U+FFFD in the workflow's name and prompt.
+    raw = "name: Caf\u00e9 plan\nsteps:\n  - name: a\n    prompt: r\u00e9sum\u00e9\n".encode(
+        "latin-1"
+    )
+    refused = await _import(http, stack, raw)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["field"] == "template"
+    assert "not UTF-8 text (byte 9)" in refused.json()["error"]["message"]

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from nyxflow.errors import ResourceExhausted
+from nyxflow.errors import InvalidArgument, ResourceExhausted
 from nyxflow.grpc_server import CHANNEL_OPTIONS
 from nyxflow.templates import WorkflowTemplate, parse_template
 from nyxflow_gateway import convert
@@ -53,7 +53,10 @@ async def import_workflow(request: Request, services: Clients) -> dict[str, Any]
         raw += chunk
         if len(raw) > MAX_TEMPLATE_BYTES:
             raise ResourceExhausted(f"at most {MAX_TEMPLATE_BYTES} bytes", field="template")
-    text = raw.decode("utf-8", errors="replace")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:  # refused, as the CLI does: U+FFFD would be stored
+        raise InvalidArgument(f"not UTF-8 text (byte {error.start})", field="template") from None
     return await _create(services, parse_template(text))
 
 
