@@ -30,6 +30,9 @@ MAX_CHAIN: Final = 8
 # Tools a `tool` step may name: runs refuses others at creation; the engine's registry holds
 # exactly these (tests/unit/test_tools_registry.py).
 TOOLS: Final = ("echo", "scan_repository", "collect_findings", "review_patches")
+# Steps a workflow holds, those a synthesis generates included: runs refuses more, and the
+# engine fails a synthesis whose output would generate more before it is stored completed.
+MAX_STEPS: Final = 500
 
 
 # Steps that rewrite a whole earlier output ("Extend & Improve", "Improve", "Refactor") need

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from nyxflow import events as ev
 from nyxflow.auth import INTERNAL, internal_metadata
 from nyxflow.client import RunsClient
+from nyxflow.constants import MAX_STEPS
 from nyxflow.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -668,6 +669,28 @@ async def test_engine_calls_name_the_invalid_field(runs: Clients) -> None:
     stored = await runs.runs.get_run(run.id)
     assert stored.status == ev.RUNNING and stored.last_seq == 1
     assert [s.status for s in stored.steps] == [ev.PENDING, ev.PENDING]
+
+
+async def test_generated_steps_never_take_a_workflow_past_its_step_limit(runs: Clients) -> None:
+    """Generation counted only the steps it added: 400 written and 400 generated made a
+    workflow of 800 steps, which no edit could have made."""
+    before = MAX_STEPS - 100
+    engine, run, token = await claimed(runs, steps=before)
+    after = run.steps[0].id
+
+    def made(count: int) -> list[pb.StepSpec]:
+        return [
+            pb.StepSpec(name=f"gen {i}", kind="implementation_prompt", prompt="p")
+            for i in range(count)
+        ]
+
+    with pytest.raises(InvalidArgument) as refused:
+        await engine.generate_steps(run.id, token, after, made(101))
+    assert refused.value.field == "steps" and f"at most {MAX_STEPS} steps" in refused.value.message
+    assert len((await runs.runs.get_run(run.id)).steps) == before
+
+    await engine.generate_steps(run.id, token, after, made(100))
+    assert len((await runs.runs.get_run(run.id)).steps) == MAX_STEPS
 
 
 BAD_DRAFTS = {

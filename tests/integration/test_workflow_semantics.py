@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import update
 
 from nyxflow import events as ev
+from nyxflow.constants import MAX_STEPS
 from nyxflow.errors import FailedPrecondition, InvalidArgument, NotFound
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.cut_off import CUT_OFF, marked
@@ -698,6 +699,54 @@ async def test_a_synthesis_that_cannot_be_split_fails_itself_and_resume_runs_it_
     resumed = await api.runs.resume_workflow(workflow.id)
     again = await execute(api, resumed.id)
     assert started(again) == ["Synthesis"]  # the failed step runs again, the outline does not
+
+
+@pytest.mark.parametrize(
+    ("outline", "parts", "generates", "room"),
+    [
+        # more parts than a workflow may hold steps: runs refused the generation
+        (False, MAX_STEPS + 1, MAX_STEPS + 1, MAX_STEPS - 1),
+        # with the outline, the plan and the check, one step too many: the workflow held 501
+        (True, MAX_STEPS - 2, MAX_STEPS - 1, MAX_STEPS - 2),
+    ],
+)
+async def test_a_plan_too_big_to_generate_fails_itself_and_a_retry_with_a_lower_limit_runs(
+    api: Clients, outline: bool, parts: int, generates: int, room: int
+) -> None:
+    """A plan with more parts than its workflow has room for was stored completed, then runs
+    refused its generation: the run failed with every step completed, and every resume failed
+    the same way at once, executing nothing."""
+    plan_spec = spec(
+        "Plan",
+        "synthesis",
+        "Combine: {{ steps.Outline.output }}" if outline else "Plan it",
+        generates="implementation_prompt",
+        params={"items": parts, "tokens": parts},  # one piece per part
+    )
+    steps = [spec("Outline", params={"tokens": 5}), plan_spec] if outline else [plan_spec]
+    workflow = await api.runs.create_workflow("big plan", steps, consistency_check=outline)
+    run, events = await run_once(api, workflow.id)
+
+    assert run.status == ev.FAILED
+    *before, plan = run.steps
+    assert [s.status for s in before] == [ev.COMPLETED] * len(before)
+    assert plan.status == ev.FAILED
+    assert plan.error.startswith(f"generates: the output splits into {parts} parts")
+    assert f"would generate {generates} steps" in plan.error
+    assert f"at most {MAX_STEPS} steps" in plan.error and f"room for {room};" in plan.error
+    assert plan.error in run.error
+    assert ev.STEPS_GENERATED not in [e.type for e in events]
+
+    # A lower limit cuts the plan to a few parts: they are generated and run.
+    retried = await api.runs.retry_step(plan.id, max_tokens=3)
+    again = await execute(api, retried.id)
+    done = await api.runs.get_run(retried.id)
+    assert done.status == ev.COMPLETED, done.error
+    assert started(again)[0] == "Plan"
+    plan, generated = done.steps[len(before)], done.steps[len(before) + 1 :]
+    assert 1 + plan.output.count("\n## ") == len(generated) - outline > 1
+    assert all(s.auto_generated and s.status == ev.COMPLETED for s in generated)
+    assert (generated[-1].kind == "consistency_check") == outline
 
 
 async def test_two_operations_at_once_one_wins_the_other_is_refused(api: Clients) -> None:

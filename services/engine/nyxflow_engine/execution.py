@@ -64,6 +64,7 @@ class Execution:
         self._providers = providers
         self._pausing = False
         self._lease_lost = False
+        self._with_check: bool | None = None
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Task[None]:
@@ -201,9 +202,15 @@ class Execution:
                 steps = await self.writer.current_steps()
             position += 1
 
+    async def _consistency_check(self) -> bool:
+        """The workflow's setting, read once: a synthesis is checked and generates with it."""
+        if self._with_check is None:
+            workflow = await self.writer.workflow(self._run_pb.workflow_id)
+            self._with_check = workflow.consistency_check
+        return self._with_check
+
     async def _generate(self, synthesis: pb.Step, steps: Sequence[pb.Step]) -> None:
-        workflow = await self.writer.workflow(self._run_pb.workflow_id)
-        specs = generated_specs(synthesis, steps, workflow.consistency_check)
+        specs = generated_specs(synthesis, steps, await self._consistency_check())
         await self.writer.generate(
             synthesis.id,
             specs,
@@ -245,7 +252,7 @@ class Execution:
         try:
             result = await runner_for(step.kind)(context)
             if step.spec.generates:
-                check_generatable(result.output)
+                check_generatable(step, result.output, steps, await self._consistency_check())
         except (LeaseLost, PauseRequested, asyncio.CancelledError):
             raise
         except Exception as error:

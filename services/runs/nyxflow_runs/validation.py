@@ -21,7 +21,6 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 
 MAX_NAME = 200
-MAX_STEPS = 500
 MAX_ALTERNATIVES = 8
 MAX_CONTINUE = 8
 MAX_MAX_TOKENS = 2**31 - 1  # the column's and the proto's int32
@@ -173,8 +172,8 @@ def step_drafts(
     `generated`: the engine's, whose prompts quote a plan and are never rendered."""
     if not specs:
         raise InvalidArgument("a workflow needs at least one step", field="steps")
-    if len(specs) > MAX_STEPS:
-        raise InvalidArgument(f"at most {MAX_STEPS} steps", field="steps")
+    if len(specs) > kinds.MAX_STEPS:
+        raise InvalidArgument(f"at most {kinds.MAX_STEPS} steps", field="steps")
     drafts: list[StepDraft] = []
     seen: list[str] = list(earlier)
     for i, spec in enumerate(specs):

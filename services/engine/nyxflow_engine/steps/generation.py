@@ -57,16 +57,32 @@ def generated_specs(
     return specs
 
 
-def check_generatable(output: str) -> None:
-    """A synthesis whose output cannot be split fails itself. Completed, it left a run that
-    failed after it, with every step completed, and each resume failed the same way at once."""
+def check_generatable(
+    synthesis: pb.Step, output: str, steps: Sequence[pb.Step], consistency_check: bool
+) -> None:
+    """A synthesis whose output cannot be generated from fails itself: no headings, or more
+    steps than the workflow may hold. Completed, it left a run that failed after it, with every
+    step completed, and each resume failed the same way at once."""
     try:
-        split_items(output, "headings")
+        items = len(split_items(output, "headings"))
     except InvalidArgument:
         raise InvalidArgument(
             "the output has no markdown headings to make implementation prompts from",
             field="generates",
         ) from None
+    count = items + (1 if consistency_check else 0)
+    # The block this output replaces makes room; every other step stays.
+    replaced = {s.id for s in generated_block(synthesis, steps)}
+    others = sum(1 for s in steps if s.id not in replaced)
+    if others + count > kinds.MAX_STEPS:
+        check = " and a consistency check" if consistency_check else ""
+        raise InvalidArgument(
+            f"the output splits into {items} parts by its headings, which would generate "
+            f"{count} steps ({items} implementation prompts{check}), but a workflow holds at "
+            f"most {kinds.MAX_STEPS} steps and its other steps ({others}) leave room for "
+            f"{max(kinds.MAX_STEPS - others, 0)}; ask for fewer parts",
+            field="generates",
+        )
 
 
 def already_generated(synthesis: pb.Step, steps: Sequence[pb.Step]) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nyxflow import constants as kinds
 from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument, NotFound
 from nyxflow.v1 import common_pb2 as pb
@@ -175,6 +176,12 @@ class EngineWrites(Recording):
             names = [s.name for s in steps]
             personas = await self._personas(session, tenant_id)
             new = step_drafts(specs, personas, earlier=names, generated=True)
+            if len(steps) + len(new) > kinds.MAX_STEPS:
+                raise InvalidArgument(
+                    f"{len(new)} steps added to the {len(steps)} there are: a workflow holds "
+                    f"at most {kinds.MAX_STEPS} steps",
+                    field="steps",
+                )
             for s in steps:
                 if s.position > anchor.position:
                     s.position += len(new) - len(old)
