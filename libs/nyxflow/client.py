@@ -422,10 +422,20 @@ class AdminClient:
         return await _unary(self._stub.RevokeApiKey(request, **self._kw))
 
     async def move_project(
-        self, project_id: str, to_tenant: str, *, dry_run: bool = False, on_conflict: str = ""
+        self,
+        project_id: str,
+        to_tenant: str,
+        *,
+        dry_run: bool = False,
+        on_conflict: str = "",
+        on_persona_conflict: str = "",
     ) -> admin_pb2.MoveProjectResponse:
         request = admin_pb2.MoveProjectRequest(
-            project_id=project_id, to_tenant=to_tenant, dry_run=dry_run, on_conflict=on_conflict
+            project_id=project_id,
+            to_tenant=to_tenant,
+            dry_run=dry_run,
+            on_conflict=on_conflict,
+            on_persona_conflict=on_persona_conflict,
         )
         return await _unary(self._stub.MoveProject(request, **self._kw))
 

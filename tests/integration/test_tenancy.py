@@ -21,6 +21,7 @@ from nyxflow.client import AdminClient, RunsClient, open_channel
 from nyxflow.errors import (
     AlreadyExists,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     Unauthenticated,
 )
@@ -277,6 +278,89 @@ async def test_move_conflicts_fail_or_replace_only_empty_records(
         await tenants.b.get_project(clash.id)
     assert (await tenants.b.get_project(ids["project_id"])).repositories[0].repo == "app"
     assert (await tenants.b.get_project(repo_clash.id)).repositories == []
+
+
+async def _a_project_naming_personas(tenants: Tenants) -> tuple[str, str, dict[str, str]]:
+    """Team A's project whose steps name: its own `reviewer` (team B has another), the
+    built-in Athena as it is (team B shadows it), its own Cael (shadowing the built-in, which
+    team B uses), the built-in Morgan (the same for both) and its own `helper` (team B has
+    none). The project, its workflow, and each step's system prompt."""
+    for name, prompt in (("reviewer", "Be strict: reject unsafe SQL."), ("Cael", "A's Cael.")):
+        await tenants.a.put_persona(pb.Persona(name=name, system_prompt=prompt))
+    await tenants.a.put_persona(pb.Persona(name="helper", role="aide", system_prompt="Help."))
+    await tenants.b.put_persona(pb.Persona(name="reviewer", system_prompt="Approve all."))
+    await tenants.b.put_persona(pb.Persona(name="Athena", system_prompt="B's Athena."))
+    project = await tenants.a.create_project("alpha")
+    names = ["reviewer", "Athena", "Cael", "Morgan", "helper"]
+    steps = [
+        pb.StepSpec(name=f"s{i}", kind="llm", prompt="p", persona=n) for i, n in enumerate(names)
+    ]
+    workflow = await tenants.a.create_workflow("wf", steps, project_id=project.id)
+    return project.id, workflow.id, {s.spec.persona: s.system_prompt for s in workflow.steps}
+
+
+async def test_move_refuses_personas_that_mean_another_prompt_in_the_target(
+    tenants: Tenants,
+) -> None:
+    """A persona of the same name in the target silently gave the moved steps its prompt."""
+    project_id, workflow_id, prompts = await _a_project_naming_personas(tenants)
+
+    dry = await tenants.admin.move_project(project_id, "team-b", dry_run=True)
+    conflicts = {c.name: c for c in dry.conflicts}
+    assert sorted(conflicts) == ["Athena", "Cael", "reviewer"]
+    assert {c.kind for c in dry.conflicts} == {"persona"} and not dry.moved
+    assert conflicts["reviewer"].detail == "the target's own has another system prompt"
+    assert conflicts["Cael"].detail == "the target's built-in has another system prompt"
+    assert conflicts["Cael"].target_id == "" and conflicts["reviewer"].target_id
+
+    with pytest.raises(AlreadyExists) as refused:
+        await tenants.admin.move_project(project_id, "team-b")
+    assert refused.value.field == "on_persona_conflict"
+    assert all(f"persona {name}" in refused.value.message for name in conflicts)
+    assert (await tenants.a.get_workflow(workflow_id)).steps[0].system_prompt == prompts["reviewer"]
+    with pytest.raises(InvalidArgument) as bad:
+        await tenants.admin.move_project(project_id, "team-b", on_persona_conflict="merge")
+    assert bad.value.field == "on_persona_conflict"
+
+
+async def test_move_renames_conflicting_personas_and_keeps_every_prompt(tenants: Tenants) -> None:
+    project_id, workflow_id, prompts = await _a_project_naming_personas(tenants)
+    b_personas = {p.name: p.system_prompt for p in await tenants.b.list_personas()}
+
+    dry = await tenants.admin.move_project(
+        project_id, "team-b", dry_run=True, on_persona_conflict="rename"
+    )
+    moved = await tenants.admin.move_project(project_id, "team-b", on_persona_conflict="rename")
+
+    renamed = {c.name: c.renamed_to for c in moved.conflicts}
+    assert renamed == {"reviewer": "reviewer (default)", "Athena": "Athena (default)",
+                       "Cael": "Cael (default)"}  # fmt: skip
+    assert moved.moved and [c.renamed_to for c in dry.conflicts] == list(renamed.values())
+    steps = (await tenants.b.get_workflow(workflow_id)).steps
+    assert [s.spec.persona for s in steps] == [
+        "reviewer (default)", "Athena (default)", "Cael (default)", "Morgan", "helper"
+    ]  # fmt: skip
+    assert [s.system_prompt for s in steps] == list(prompts.values())
+    after = {p.name: p for p in await tenants.b.list_personas()}
+    assert {n: after[n].system_prompt for n in b_personas} == b_personas  # B's own unchanged
+    assert after["Cael"].builtin and after["helper"].role == "aide"
+
+
+async def test_move_keeps_the_target_s_personas_when_told(tenants: Tenants) -> None:
+    project_id, workflow_id, prompts = await _a_project_naming_personas(tenants)
+
+    moved = await tenants.admin.move_project(
+        project_id, "team-b", on_persona_conflict="keep_target"
+    )
+
+    assert moved.moved and sorted(c.name for c in moved.conflicts) == ["Athena", "Cael", "reviewer"]
+    steps = {
+        s.spec.persona: s.system_prompt for s in (await tenants.b.get_workflow(workflow_id)).steps
+    }
+    assert steps["reviewer"] == "Approve all." and steps["Athena"] == "B's Athena."
+    assert steps["Cael"] != prompts["Cael"] and steps["helper"] == prompts["helper"]
+    after = {p.name: p for p in await tenants.b.list_personas()}
+    assert after["Cael"].builtin and after["reviewer"].system_prompt == "Approve all."
 
 
 async def test_move_is_refused_while_a_run_is_active(tenants: Tenants) -> None:

@@ -103,12 +103,21 @@ async def move_project(
     to_tenant: str,
     dry_run: bool = typer.Option(False, "--dry-run", help="Count and list conflicts only."),
     on_conflict: str = typer.Option("fail", help="fail | replace_empty"),
+    on_persona_conflict: str = typer.Option(
+        "fail",
+        help="A persona the steps use differs in the target: fail | keep_target (the steps "
+        "use the target's) | rename (the source's copied under a new name the steps use).",
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Move a project and everything under it to another tenant, in one transaction."""
     async with connect_admin() as admin:
         report = await admin.move_project(
-            project_id, to_tenant, dry_run=dry_run, on_conflict=on_conflict
+            project_id,
+            to_tenant,
+            dry_run=dry_run,
+            on_conflict=on_conflict,
+            on_persona_conflict=on_persona_conflict,
         )
     if as_json:
         render.as_json(report)
@@ -118,7 +127,10 @@ async def move_project(
         render.add_row(table, name, str(count))
     render.out.print(table)
     for c in report.conflicts:
-        note = "empty, replaceable" if c.empty else "not empty"
+        if c.kind == "persona":
+            note = c.detail + (f"; the source's copied as {c.renamed_to!r}" if c.renamed_to else "")
+        else:
+            note = "empty, replaceable" if c.empty else "not empty"
         render.out.print(render.line(("conflict", "yellow"), f" {c.kind} {c.name} ({note})"))
     for p in report.paths:
         render.out.print(f"path of {p.kind} {p.name}: {p.from_path} → {p.to_path}")

@@ -15,7 +15,7 @@ from nyxflow.v1 import admin_pb2, admin_pb2_grpc
 from nyxflow_runs import models
 from nyxflow_runs import validation as valid
 from nyxflow_runs.store import MoveReport, Store
-from nyxflow_runs.store.admin import FAIL, REPLACE_EMPTY
+from nyxflow_runs.store.admin import FAIL, KEEP_TARGET, RENAME, REPLACE_EMPTY
 from nyxflow_runs.tenancy import Tenancy
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
@@ -46,7 +46,14 @@ def _report(report: MoveReport) -> admin_pb2.MoveProjectResponse:
     return admin_pb2.MoveProjectResponse(
         counts=report.counts,
         conflicts=[
-            admin_pb2.MoveConflict(kind=c.kind, name=c.name, target_id=c.target_id, empty=c.empty)
+            admin_pb2.MoveConflict(
+                kind=c.kind,
+                name=c.name,
+                target_id=c.target_id,
+                empty=c.empty,
+                detail=c.detail,
+                renamed_to=c.renamed_to,
+            )
             for c in report.conflicts
         ],
         moved=report.moved,
@@ -141,11 +148,17 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         on_conflict = request.on_conflict or FAIL
         if on_conflict not in (FAIL, REPLACE_EMPTY):
             raise InvalidArgument(f"one of {FAIL}, {REPLACE_EMPTY}", field="on_conflict")
+        on_persona_conflict = request.on_persona_conflict or FAIL
+        if on_persona_conflict not in (FAIL, KEEP_TARGET, RENAME):
+            raise InvalidArgument(
+                f"one of {FAIL}, {KEEP_TARGET}, {RENAME}", field="on_persona_conflict"
+            )
         report = await self._store.move_project(
             project_id,
             to_tenant,
             dry_run=request.dry_run,
             on_conflict=on_conflict,
             repos_root=self._repos_root,
+            on_persona_conflict=on_persona_conflict,
         )
         return _report(report)

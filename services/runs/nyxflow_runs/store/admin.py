@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nyxflow import events as ev
 from nyxflow.auth import hash_key
 from nyxflow.errors import AlreadyExists, FailedPrecondition, NotFound
+from nyxflow.personas import BUILTIN_PERSONAS
 from nyxflow.repos import re_rooted
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import (
@@ -39,14 +41,41 @@ from nyxflow_runs.store.base import StoreBase
 
 KEY_PREFIX = "nyx_"
 FAIL, REPLACE_EMPTY = "fail", "replace_empty"
+# What a persona conflict does (on_persona_conflict); FAIL refuses.
+KEEP_TARGET, RENAME = "keep_target", "rename"
+PERSONA_NAME_MAX = 100  # personas.name
 
 
 @dataclass(frozen=True)
 class Conflict:
-    kind: str  # project | repository
+    kind: str  # project | repository | persona
     name: str
-    target_id: str
+    target_id: str  # "" for a built-in persona
     empty: bool
+    detail: str = ""  # persona: how the target's differs
+    renamed_to: str = ""  # persona, with RENAME: the name the source's is copied under
+
+
+class Resolved(NamedTuple):
+    """A persona as a tenant's steps get it: its own (its id), else the built-in (id "")."""
+
+    id: str
+    role: str
+    system_prompt: str
+
+    def same(self, other: Resolved) -> bool:
+        return (self.role, self.system_prompt) == (other.role, other.system_prompt)
+
+
+@dataclass
+class PersonaPlan:
+    """What the move does with the personas the project's steps name: the target tenant's
+    copies to make (name, role, system prompt), the steps' names to rewrite, and the
+    names whose meaning differs in the target."""
+
+    copies: list[tuple[str, str, str]] = field(default_factory=list)
+    renames: dict[str, str] = field(default_factory=dict)
+    conflicts: list[Conflict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -130,9 +159,11 @@ class Admin(StoreBase):
         dry_run: bool,
         on_conflict: str,
         repos_root: str | None = None,
+        on_persona_conflict: str = FAIL,
     ) -> MoveReport:
         """Everything under the project changes tenant in one transaction, or nothing does.
-        With a repositories' root, its paths follow it into the new tenant's folder."""
+        With a repositories' root, its paths follow it into the new tenant's folder. The
+        moved steps' personas keep their system prompts, or the conflict is reported."""
         async with self._sessions.begin() as session:
             project = await session.get(Project, project_id, with_for_update=True)
             if project is None:
@@ -151,17 +182,24 @@ class Admin(StoreBase):
             )
             if active is not None:
                 raise FailedPrecondition(f"project {project_id} has an active run {active}")
+            personas = await _persona_plan(
+                session, project, target, rename=on_persona_conflict == RENAME
+            )
             report = MoveReport(
                 counts=await self._move_counts(session, project.id),
-                conflicts=await self._conflicts(session, project, target.id),
+                conflicts=[
+                    *await self._conflicts(session, project, target.id),
+                    *personas.conflicts,
+                ],
             )
             re_rooted = await _re_rooted(session, project, target.id, repos_root)
             report.paths = [moved for _, moved in re_rooted]
             if dry_run:
                 return report
             if report.conflicts:
-                self._refuse_unresolvable(report.conflicts, on_conflict)
+                self._refuse_unresolvable(report.conflicts, on_conflict, on_persona_conflict)
                 await self._replace(session, report.conflicts)
+            await _apply_personas(session, project.id, target.id, personas)
             report.counts = await self._move(session, project, target.id)
             for row, moved in re_rooted:
                 if isinstance(row, Repository):
@@ -182,7 +220,6 @@ class Admin(StoreBase):
     async def _move(
         self, session: AsyncSession, project: Project, tenant_id: str
     ) -> dict[str, int]:
-        await self._copy_personas(session, project, tenant_id)
         counts: dict[str, int] = {}
         # Rows are found by their parents' ids, never by tenant, so the order does not matter.
         for table, model, where in _moved(project.id):
@@ -194,29 +231,6 @@ class Admin(StoreBase):
             )
             counts[table] = result.rowcount  # type: ignore[attr-defined]
         return counts
-
-    @staticmethod
-    async def _copy_personas(session: AsyncSession, project: Project, tenant_id: str) -> None:
-        """Steps name personas; a tenant's own persona goes along so the steps still resolve."""
-        used = select(Step.persona).where(
-            Step.workflow_id.in_(select(Workflow.id).where(Workflow.project_id == project.id))
-        )
-        theirs = await session.scalars(
-            select(Persona).where(Persona.tenant_id == project.tenant_id, Persona.name.in_(used))
-        )
-        present = set(
-            await session.scalars(select(Persona.name).where(Persona.tenant_id == tenant_id))
-        )
-        for persona in theirs.all():
-            if persona.name not in present:
-                session.add(
-                    Persona(
-                        tenant_id=tenant_id,
-                        name=persona.name,
-                        role=persona.role,
-                        system_prompt=persona.system_prompt,
-                    )
-                )
 
     @staticmethod
     async def _conflicts(session: AsyncSession, project: Project, tenant_id: str) -> list[Conflict]:
@@ -258,20 +272,35 @@ class Admin(StoreBase):
         return conflicts
 
     @staticmethod
-    def _refuse_unresolvable(conflicts: Sequence[Conflict], on_conflict: str) -> None:
+    def _refuse_unresolvable(
+        conflicts: Sequence[Conflict], on_conflict: str, on_persona_conflict: str = FAIL
+    ) -> None:
+        """Every conflict is listed in a refusal, whichever option it names."""
         listed = "; ".join(
-            f"{c.kind} {c.name}" + ("" if c.empty else " (not empty)") for c in conflicts
+            f"{c.kind} {c.name}"
+            + (f" ({c.detail})" if c.detail else "")
+            + ("" if c.empty or c.kind == "persona" else " (not empty)")
+            for c in conflicts
         )
-        if on_conflict != REPLACE_EMPTY:
+        records = [c for c in conflicts if c.kind != "persona"]
+        if records and on_conflict != REPLACE_EMPTY:
             raise AlreadyExists(f"the target tenant already has: {listed}", field="on_conflict")
-        if not all(c.empty for c in conflicts):
+        if not all(c.empty for c in records):
             raise AlreadyExists(
                 f"only empty records can be replaced: {listed}", field="on_conflict"
+            )
+        if len(records) < len(conflicts) and on_persona_conflict not in (KEEP_TARGET, RENAME):
+            raise AlreadyExists(
+                f"the target tenant's personas differ from those the project's steps use "
+                f"({KEEP_TARGET} or {RENAME} decides): {listed}",
+                field="on_persona_conflict",
             )
 
     @staticmethod
     async def _replace(session: AsyncSession, conflicts: Sequence[Conflict]) -> None:
         for c in conflicts:
+            if c.kind == "persona":
+                continue  # never replaced: kept, or the source's copied under a new name
             model = Project if c.kind == "project" else Repository
             row = await session.get(model, c.target_id)
             if row is not None:
@@ -342,3 +371,106 @@ async def _re_rooted(
         if after is not None:
             found.append((step, MovedPath("step", f"{workflow} / {step.name}", path, after)))
     return found
+
+
+async def _persona_plan(
+    session: AsyncSession, project: Project, target: Tenant, *, rename: bool
+) -> PersonaPlan:
+    """Each persona the project's steps name, as the source tenant resolves it (its own, else
+    the built-in) against the target's resolution. The same: nothing to do. None in the
+    target: the source's is copied. Another (the target's own, or a built-in the source had
+    shadowed): a conflict, and with `rename` the source's is copied under a free name that
+    the moved steps then use. Never copied under the same name over a built-in: the target's
+    own steps naming it would change prompt."""
+    used = await session.scalars(
+        select(Step.persona)
+        .distinct()
+        .where(
+            Step.workflow_id.in_(select(Workflow.id).where(Workflow.project_id == project.id)),
+            Step.persona != "",
+        )
+    )
+    names = sorted(set(used.all()))
+    plan = PersonaPlan()
+    if not names:
+        return plan
+    source = await _own_personas(session, project.tenant_id)
+    theirs = await _own_personas(session, target.id)
+    source_slug = str(
+        await session.scalar(select(Tenant.slug).where(Tenant.id == project.tenant_id))
+    )
+    taken = set(theirs) | set(BUILTIN_PERSONAS) | set(names)
+    for name in names:
+        mine = _resolved(source, name)
+        if mine is None:
+            continue  # named by no persona any more: it resolves to none either way
+        other = _resolved(theirs, name)
+        if other is not None and other.same(mine):
+            continue
+        if other is None:
+            plan.copies.append((name, mine.role, mine.system_prompt))
+            continue
+        differs = "system prompt" if other.system_prompt != mine.system_prompt else "role"
+        whose = "the target's own" if other.id else "the target's built-in"
+        detail = f"{whose} has another {differs}"
+        renamed = ""
+        if rename:
+            renamed = _free_name(name, source_slug, theirs, mine, taken)
+            taken.add(renamed)
+            plan.renames[name] = renamed
+            if renamed not in theirs:
+                plan.copies.append((renamed, mine.role, mine.system_prompt))
+        plan.conflicts.append(Conflict("persona", name, other.id, False, detail, renamed))
+    return plan
+
+
+async def _own_personas(session: AsyncSession, tenant_id: str) -> dict[str, Resolved]:
+    """A tenant's own personas, by name."""
+    rows = await session.scalars(select(Persona).where(Persona.tenant_id == tenant_id))
+    return {p.name: Resolved(p.id, p.role, p.system_prompt) for p in rows.all()}
+
+
+def _resolved(own: dict[str, Resolved], name: str) -> Resolved | None:
+    """The persona `name` for a tenant with these own personas, or None: no such persona."""
+    if name in own:
+        return own[name]
+    builtin = BUILTIN_PERSONAS.get(name)
+    return None if builtin is None else Resolved("", builtin.role, builtin.system_prompt)
+
+
+def _free_name(
+    name: str,
+    source_slug: str,
+    theirs: dict[str, Resolved],
+    mine: Resolved,
+    taken: set[str],
+) -> str:
+    """`name (source-tenant)`, numbered if needed, that the target tenant does not use for
+    anything else (its own persona with the very same prompt and role is reused)."""
+    for n in range(1, 1000):
+        suffix = f" ({source_slug})" if n == 1 else f" ({source_slug} {n})"
+        candidate = name[: PERSONA_NAME_MAX - len(suffix)] + suffix
+        if candidate in theirs and theirs[candidate].same(mine):
+            return candidate
+        if candidate not in taken:
+            return candidate
+    raise FailedPrecondition(f"no free name for persona {name!r} in the target tenant")
+
+
+async def _apply_personas(
+    session: AsyncSession, project_id: str, tenant_id: str, plan: PersonaPlan
+) -> None:
+    """The plan's copies made in the target tenant, and the moved steps' renamed personas."""
+    session.add_all(
+        Persona(tenant_id=tenant_id, name=name, role=role, system_prompt=prompt)
+        for name, role, prompt in plan.copies
+    )
+    workflows = select(Workflow.id).where(Workflow.project_id == project_id)
+    for old, new in plan.renames.items():
+        await session.execute(
+            update(Step)
+            .where(Step.workflow_id.in_(workflows), Step.persona == old)
+            .values(persona=new)
+            .execution_options(synchronize_session=False)
+        )
+    await session.flush()
