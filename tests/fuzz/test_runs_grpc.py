@@ -453,6 +453,7 @@ async def test_create_tenant(
     key_id=IDS,
     project_id=IDS,
     on_conflict=st.one_of(st.sampled_from(["", "fail", "replace_empty"]), TEXT),
+    on_persona_conflict=st.one_of(st.sampled_from(["", "fail", "keep_target", "rename"]), TEXT),
 )
 async def test_admin_calls(
     admin: admin_pb2_grpc.AdminStub,
@@ -462,6 +463,7 @@ async def test_admin_calls(
     key_id: str,
     project_id: str,
     on_conflict: str,
+    on_persona_conflict: str,
 ) -> None:
     a = kw(admin_md())
     await answer(
@@ -477,7 +479,11 @@ async def test_admin_calls(
         )
     )
     move = admin_pb2.MoveProjectRequest(
-        project_id=project_id, to_tenant=tenant, dry_run=True, on_conflict=on_conflict
+        project_id=project_id,
+        to_tenant=tenant,
+        dry_run=True,
+        on_conflict=on_conflict,
+        on_persona_conflict=on_persona_conflict,
     )
     await answer(admin.MoveProject(move, **a))
 
