@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
+import httpx
+import pytest
+
+from nyxflow import events as ev
 from nyxflow_runs.migrate import head_revision
+from tests.support.gateway_api import create_workflow, start_run
 from tests.support.inprocess import ADMIN_KEY, API_KEY
+from tests.support.ports import free_port
 from tests.support.processes import ProcessStack
 from tests.support.repos import model_replies, planted_repo
 
@@ -55,7 +64,7 @@ def test_create_start_follow_and_exit_codes(stack: ProcessStack, tmp_path: Path)
     failing_id = json.loads(cli(stack, "workflow", "create", "-f", str(failing), "--json").stdout)[
         "id"
     ]
-    assert cli(stack, "run", "start", failing_id, "--follow").returncode == 1
+    assert cli(stack, "run", "start", failing_id, "--follow").returncode == 3  # failed
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: b\nsteps:\n  - name: a\n    kind: nope\n")
@@ -183,7 +192,7 @@ def test_brackets_in_names_and_errors_are_printed_as_they_are(
     created = cli(stack, "workflow", "create", "-f", str(template), "--json")
     workflow_id = json.loads(created.stdout)["id"]
     followed = cli(stack, "run", "start", workflow_id, "--follow")
-    assert followed.returncode not in (0, 2) and "Traceback" not in followed.stderr
+    assert followed.returncode == 3 and "Traceback" not in followed.stderr  # failed
     assert odd in followed.stdout and "run failed" in followed.stdout, followed.stdout
     (run,) = json.loads(cli(stack, "run", "list", "--workflow", workflow_id, "--json").stdout)
     for command in (["run", "show", run["id"]], ["workflow", "show", workflow_id]):
@@ -196,3 +205,48 @@ def test_brackets_in_names_and_errors_are_printed_as_they_are(
         )
         assert shown.returncode == 0 and odd in shown.stdout, (shown.stdout, shown.stderr)
     assert f"Deploy {odd}" in shown.stdout
+
+
+@pytest.mark.parametrize("how", ["start --follow", "follow a pending run"])
+async def test_following_goes_on_when_the_engine_drains(
+    http: httpx.AsyncClient, stack: ProcessStack, how: str
+) -> None:
+    """The engine the CLI started the run on drains (SIGTERM) and hands the run over: its
+    Execute stream ends without a terminal event. The CLI goes on through runs' WatchRun to
+    the run's completion on the other engine, printing each event once, and exits 0."""
+    stack.add_replica("engine2", "engine", NYXFLOW_ENGINE_LISTEN=f"127.0.0.1:{free_port()}")
+    stack.start("engine2")
+    try:
+        slow = [{"name": n, "params": {"tokens": 60, "token_delay_ms": 50}} for n in "ab"]
+        workflow = await create_workflow(http, stack, "drained", slow, on_orphan="resume")
+        if how == "start --follow":
+            args = ["run", "start", workflow["id"], "--follow", "--json"]
+        else:
+            args = ["run", "follow", await start_run(http, stack, workflow["id"]), "--json"]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "nyxflow.cli.main",
+            *args,
+            env=cli_env(stack),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        printed: list[dict[str, Any]] = []
+        while not printed or printed[-1]["type"] != ev.STEP_DELTA:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, "the CLI ended before the step's first tokens"
+            printed.append(json.loads(line))
+        stack.signal("engine", signal.SIGTERM)  # it hands the run over to engine2
+        out, errout = await asyncio.wait_for(proc.communicate(), 60)
+        printed += [json.loads(line) for line in out.decode().splitlines()]
+        types = [e["type"] for e in printed]
+        assert proc.returncode == 0, (proc.returncode, errout.decode(), types)
+        assert ev.RUN_REQUEUED in types and types[-1] == ev.RUN_COMPLETED, types
+        assert types.count(ev.RUN_STARTED) == 2, types  # once per engine
+        seqs = [e["seq"] for e in printed]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs  # each once, none missed
+    finally:
+        stack.restart("engine")
+        stack.kill("engine2")

@@ -4,7 +4,7 @@ are, never read as rich markup (a MarkupError mid-run, or text that vanishes) or
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import pytest
 import typer
@@ -28,7 +28,7 @@ def _event(seq: int, etype: str, **data: object) -> pb.RunEvent:
     return pb.RunEvent(seq=seq, type=etype, data_json=json.dumps(data))
 
 
-async def _stream(events: list[pb.RunEvent]) -> AsyncIterator[pb.RunEvent]:
+async def _stream(events: list[pb.RunEvent]) -> AsyncGenerator[pb.RunEvent, None]:
     for event in events:
         yield event
 
@@ -47,9 +47,10 @@ async def test_follow_prints_model_text_as_it_is(
         _event(7, ev.RUN_REQUEUED, reason=text),
         _event(8, ev.RUN_FAILED, status=ev.FAILED, error=text),
     ]
-    final = await follow.follow(_stream(events), tokens=False, as_json=False)
+    printer = follow.Printer(tokens=False, as_json=False)
+    await printer.relay(_stream(events))
     out = capsys.readouterr().out
-    assert final == ev.FAILED
+    assert printer.final == ev.FAILED
     assert out.count(text) == 8, out
 
 

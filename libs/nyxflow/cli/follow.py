@@ -1,30 +1,104 @@
-"""Following a run's events in the terminal: a line per step, fan-out progress, tokens."""
+"""Following a run's events in the terminal: a line per step, fan-out progress, tokens.
+
+A run is followed to its terminal event whatever happens to the stream it is followed on: the
+engine's Execute stream can end without one (the engine drained and handed the run over, it
+lost its lease, the key was revoked) or break (UNAVAILABLE), while the run goes on. The rest
+then comes from runs' WatchRun after the last seq shown: nothing twice, nothing restarted."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from nyxflow import events as ev
+from nyxflow.cli.connection import Clients, one_line
 from nyxflow.cli.render import console as make_console
 from nyxflow.cli.render import line, status
+from nyxflow.errors import FailedPrecondition, NyxflowError, Unavailable
 from nyxflow.v1 import common_pb2 as pb
 
 console = make_console()
 
+# The exit code of a followed run by its final status (1 and 2 are errors and usage errors).
+EXIT_FOR_STATUS = {ev.COMPLETED: 0, ev.FAILED: 3, ev.PAUSED: 4, ev.CANCELLED: 5}
+# The run goes on, but the CLI could not follow it to its end.
+EXIT_DETACHED = 6
+# How long runs may stay out of reach (no event got through) before the CLI detaches.
+WATCH_RETRY_S = 30.0
+MAX_BACKOFF_S = 5.0
+STATUS_OF_TERMINAL = {event: s for s, event in ev.TERMINAL_EVENT_FOR_STATUS.items()}
 
-async def follow(stream: AsyncIterator[pb.RunEvent], *, tokens: bool, as_json: bool) -> str:
-    """Print every event until the terminal one; return the run's final status."""
-    final = ""
-    async for event in stream:
-        data = json.loads(event.data_json or "{}")
-        if as_json:
-            print(json.dumps({"seq": event.seq, "type": event.type, **data}), flush=True)
-        else:
-            _show(event.type, data, tokens)
-        if event.type in ev.TERMINAL_EVENTS:
-            final = str(data.get("status", ""))
-    return final
+
+class Detached(Exception):
+    """The run can no longer be followed (runs out of reach, the key refused): it goes on."""
+
+
+class Printer:
+    """Prints each event of a run once, however many streams give it."""
+
+    def __init__(self, *, tokens: bool, as_json: bool) -> None:
+        self.tokens, self.as_json = tokens, as_json
+        self.last = 0  # the last seq shown
+        self.final = ""  # the run's final status, once its terminal event is shown
+
+    async def relay(self, stream: AsyncGenerator[pb.RunEvent, None]) -> None:
+        """Print `stream` until its terminal event or its end."""
+        async with contextlib.aclosing(stream):  # the call ends here, not when collected
+            async for event in stream:
+                if event.seq <= self.last:
+                    continue  # shown already, from the stream before this one
+                self.last = event.seq
+                data = json.loads(event.data_json or "{}")
+                if self.as_json:
+                    print(json.dumps({"seq": event.seq, "type": event.type, **data}), flush=True)
+                else:
+                    _show(event.type, data, self.tokens)
+                if event.type in ev.TERMINAL_EVENTS:
+                    self.final = STATUS_OF_TERMINAL[event.type]
+                    return
+
+
+async def follow_run(c: Clients, run_id: str, *, start: bool, tokens: bool, as_json: bool) -> str:
+    """Start the run (if `start`) through the engine and follow it to its terminal event;
+    return its final status. Raises Detached when it can no longer be followed."""
+    printer = Printer(tokens=tokens, as_json=as_json)
+    if start:
+        await _execute(c, run_id, printer)
+    loop = asyncio.get_running_loop()
+    give_up, backoff = loop.time() + WATCH_RETRY_S, 0.2
+    while not printer.final:
+        before = printer.last
+        try:
+            await printer.relay(c.runs.watch_run(run_id, printer.last))
+            why = "the run's stream ended before the run did"
+        except Unavailable as error:
+            why = one_line(error)
+        except NyxflowError as error:  # a key revoked meanwhile, say: no retry helps
+            raise Detached(one_line(error)) from None
+        if printer.final:
+            break
+        if printer.last > before:
+            give_up, backoff = loop.time() + WATCH_RETRY_S, 0.2
+        if loop.time() + backoff > give_up:
+            raise Detached(why)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF_S)
+    return printer.final
+
+
+async def _execute(c: Clients, run_id: str, printer: Printer) -> None:
+    """The run's events from the engine that starts it, as far as that stream goes."""
+    try:
+        await printer.relay(c.engine.execute(run_id))
+    except FailedPrecondition:
+        return  # someone else (a browser) started it first: it is watched instead
+    except NyxflowError:
+        if printer.last:
+            return  # under way: the engine went away under it, the run did not
+        if (await c.runs.get_run(run_id, brief=True)).status == ev.PENDING:
+            raise  # nothing started: the reason is the error
 
 
 def _show(kind: str, data: dict[str, object], tokens: bool) -> None:

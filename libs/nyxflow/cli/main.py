@@ -25,7 +25,7 @@ from nyxflow.cli.connection import (
     run_async,
 )
 from nyxflow.cli.demo import create_demo
-from nyxflow.cli.follow import follow
+from nyxflow.cli.follow import EXIT_DETACHED, EXIT_FOR_STATUS, Detached, follow_run
 from nyxflow.cli.projects import pipeline_app, project_app
 from nyxflow.cli.supervisor import (
     SERVICES,
@@ -55,7 +55,11 @@ app.add_typer(project_app, name="project")
 app.add_typer(pipeline_app, name="pipeline")
 
 JSON = typer.Option(False, "--json", help="Machine-readable output.")
-DETACHED = "detached: the run goes on; `nyxflow run follow {}` to watch it again"
+DETACHED = "detached{}: the run goes on; follow it with `nyxflow run follow {}`"
+EXIT_CODES = (
+    "Exit code: 0 completed, 3 failed, 4 paused, 5 cancelled, 6 detached (it could no longer"
+    " be followed), 130 Ctrl-C (detached); 1 an error, 2 a usage error."
+)
 
 
 class UpSettings(CommonSettings):
@@ -193,9 +197,7 @@ async def _start_and_follow(run_id: str, follow_it: bool, tokens: bool, as_json:
             await _start(c, run_id)
             render.out.print(run_id)
             return
-        final = await _follow_from_the_start(c, run_id, tokens, as_json)
-    if final != ev.COMPLETED:
-        raise typer.Exit(1)
+        await _follow_to_the_end(c, run_id, True, tokens, as_json)
 
 
 async def _start(c: Clients, run_id: str) -> None:
@@ -209,23 +211,24 @@ async def _start(c: Clients, run_id: str) -> None:
             raise  # refused for a reason of its own, not because it has started
 
 
-async def _follow_from_the_start(c: Clients, run_id: str, tokens: bool, as_json: bool) -> str:
-    """Start the run and follow it; one someone else started first is watched instead."""
+async def _follow_to_the_end(
+    c: Clients, run_id: str, start: bool, tokens: bool, as_json: bool
+) -> None:
+    """Follow the run to its end and exit with its status's code; Ctrl-C, or a run that can
+    no longer be followed, detaches (the run goes on)."""
     try:
-        return await _follow_until_ctrl_c(c.engine.execute(run_id), run_id, tokens, as_json)
-    except FailedPrecondition:
-        return await _follow_until_ctrl_c(c.runs.watch_run(run_id), run_id, tokens, as_json)
-
-
-async def _follow_until_ctrl_c(stream: object, run_id: str, tokens: bool, as_json: bool) -> str:
-    try:
-        return await follow(stream, tokens=tokens, as_json=as_json)  # type: ignore[arg-type]
+        final = await follow_run(c, run_id, start=start, tokens=tokens, as_json=as_json)
     except asyncio.CancelledError:
-        err.print(DETACHED.format(run_id))
+        err.print(DETACHED.format("", run_id))
         raise typer.Exit(130) from None
+    except Detached as error:
+        err.print(DETACHED.format(f" ({error})", run_id))
+        raise typer.Exit(EXIT_DETACHED) from None
+    if code := EXIT_FOR_STATUS[final]:
+        raise typer.Exit(code)
 
 
-@run_app.command("start")
+@run_app.command("start", epilog=EXIT_CODES)
 @run_async
 async def run_start(
     workflow_id: str,
@@ -239,7 +242,7 @@ async def run_start(
     await _start_and_follow(run.id, follow_it, tokens, as_json)
 
 
-@run_app.command("follow")
+@run_app.command("follow", epilog=EXIT_CODES)
 @run_async
 async def run_follow(
     run_id: str,
@@ -249,12 +252,7 @@ async def run_follow(
     """Watch a run: a pending one is started, any other replayed and followed."""
     async with connect() as c:
         run = await c.runs.get_run(run_id)
-        if run.status == ev.PENDING:
-            final = await _follow_from_the_start(c, run_id, tokens, as_json)
-        else:
-            final = await _follow_until_ctrl_c(c.runs.watch_run(run_id), run_id, tokens, as_json)
-    if final != ev.COMPLETED:
-        raise typer.Exit(1)
+        await _follow_to_the_end(c, run_id, run.status == ev.PENDING, tokens, as_json)
 
 
 @run_app.command("list")
@@ -305,7 +303,7 @@ async def run_cancel(run_id: str) -> None:
     render.out.print(render.line(f"{run.id} ", render.status(run.status)))
 
 
-@run_app.command("resume")
+@run_app.command("resume", epilog=EXIT_CODES)
 @run_async
 async def run_resume(
     workflow_id: str,
@@ -319,7 +317,7 @@ async def run_resume(
     await _start_and_follow(run.id, follow_it, tokens, as_json)
 
 
-@run_app.command("rerun")
+@run_app.command("rerun", epilog=EXIT_CODES)
 @run_async
 async def run_rerun(
     workflow_id: str,
@@ -335,7 +333,7 @@ async def run_rerun(
 # --- steps --------------------------------------------------------------------------------
 
 
-@step_app.command("retry")
+@step_app.command("retry", epilog=EXIT_CODES)
 @run_async
 async def step_retry(
     step_id: str,
