@@ -142,8 +142,8 @@ async def run(
         if not ended:
             return Outcome(-1, f"timed out after {timeout_s:.0f} s")
         if binary or read is not None:
-            keep = read or _bytes
-            data, errors = await asyncio.to_thread(lambda: (keep(_rewound(out)), _text(err)))
+            reader = read or _bytes
+            data, errors = await asyncio.to_thread(lambda: (reader(_rewound(out)), _text(err)))
             return Outcome(process.returncode or 0, "", errors, data)
         # A tenant's command may print without end: its last part is what explains a failure,
         # and all of it could exhaust the engine's memory (it is on disk until read).
