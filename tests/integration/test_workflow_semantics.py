@@ -811,3 +811,35 @@ async def test_a_new_persona_saved_twice_at_once_is_saved(api: Clients) -> None:
         assert {p.name for p in saved} == {name}
         mine = [p for p in await api.runs.list_personas() if p.name == name]
         assert len(mine) == 1 and mine[0].system_prompt in {f"version {i}" for i in range(8)}
+
+
+async def test_a_plan_runs_refuses_to_generate_from_fails_its_synthesis(
+    api: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused after the synthesis was stored completed, the run failed with every step
+    completed, and each resume generated the same from the same output, refused again."""
+    from nyxflow_engine.steps.generation import generated_specs as made
+
+    def refused(*args: Any) -> list[pb.StepSpec]:
+        specs = made(*args)
+        specs[0].kind = "no_such_kind"  # as any refusal of runs' validation would come
+        return specs
+
+    monkeypatch.setattr("nyxflow_engine.execution.generated_specs", refused)
+    name, steps, _ = planning_workflow()
+    workflow = await api.runs.create_workflow(name, steps)
+    run, _ = await run_once(api, workflow.id)
+
+    assert run.status == ev.FAILED
+    synthesis = run.steps[1]
+    assert synthesis.status == ev.FAILED and "could not be generated" in synthesis.error
+    assert "steps[0].kind" in synthesis.error and len(run.steps) == 2
+
+    monkeypatch.setattr("nyxflow_engine.execution.generated_specs", made)
+    resumed = await api.runs.resume_workflow(workflow.id)
+    events = await execute(api, resumed.id)
+    names = started(events)
+    assert names[0] == "Synthesis" and len(names) == 4
+    assert all(n.startswith(f"Implementation prompt {i}:") for i, n in enumerate(names[1:], 1))
+    final = await api.runs.get_run(resumed.id)
+    assert final.status == ev.COMPLETED and len(final.steps) == 5

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from nyxflow import events as ev
 from nyxflow import logs, metrics
-from nyxflow.errors import NyxflowError
+from nyxflow.errors import InvalidArgument, NyxflowError
 from nyxflow.tasks import cancel_and_wait
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
@@ -198,7 +198,7 @@ class Execution:
             # Executed again, its output is new: whatever it generated before is stale, and
             # runs replaces that block with what this output generates.
             if step.spec.generates and (executed or not already_generated(step, steps)):
-                await self._generate(step, steps)
+                await self._generate_or_fail(step, steps)
                 steps = await self.writer.current_steps()
             position += 1
 
@@ -208,6 +208,23 @@ class Execution:
             workflow = await self.writer.workflow(self._run_pb.workflow_id)
             self._with_check = workflow.consistency_check
         return self._with_check
+
+    async def _generate_or_fail(self, synthesis: pb.Step, steps: Sequence[pb.Step]) -> None:
+        """Runs refusing what an output generates is no passing fault: left completed, the
+        synthesis would generate the same on each resume and be refused again, for ever. It
+        fails instead, so that a resume or a retry (another prompt, persona or limit) makes
+        it anew."""
+        try:
+            await self._generate(synthesis, steps)
+        except InvalidArgument as refusal:
+            message = f"its steps could not be generated: {describe(refusal)}"
+            await self.writer.step(
+                synthesis.id,
+                runs_pb2.StepChange(status=ev.FAILED, error=message),
+                draft(ev.STEP_FAILED, step_id=synthesis.id, name=synthesis.name, error=message),
+                durable=True,
+            )
+            raise StepFailed(f"step {synthesis.name!r} failed: {message}") from refusal
 
     async def _generate(self, synthesis: pb.Step, steps: Sequence[pb.Step]) -> None:
         specs = generated_specs(synthesis, steps, await self._consistency_check())
