@@ -160,8 +160,8 @@ class RunsClient:
         request = runs_pb2.PutPersonaRequest(persona=persona)
         return await _unary(self._stub.PutPersona(request, **self._kw()))
 
-    async def get_workflow(self, workflow_id: str) -> pb.Workflow:
-        request = runs_pb2.GetWorkflowRequest(workflow_id=workflow_id)
+    async def get_workflow(self, workflow_id: str, *, brief: bool = False) -> pb.Workflow:
+        request = runs_pb2.GetWorkflowRequest(workflow_id=workflow_id, brief=brief)
         return await _unary(self._stub.GetWorkflow(request, **self._kw()))
 
     async def list_workflows(self) -> list[pb.Workflow]:

@@ -26,6 +26,7 @@ EVENTS_URL = re.compile(r"/v1/runs/[^/]+/events(\?|$)")
 STORED_URL = re.compile(r"/v1/runs/[^/]+/events/stored\?")
 RUN_URL = re.compile(r"/v1/runs/[^/?]+$")
 ITEMS_URL = re.compile(r"/v1/runs/[^/]+/steps/[^/]+/items\?")
+WORKFLOW_URL = re.compile(r"/v1/workflows/[^/?]+(\?.*)?$")
 BLUE, GREEN = "rgb(91, 155, 255)", "rgb(63, 185, 80)"
 
 
@@ -858,10 +859,13 @@ async def test_a_fan_out_fetches_only_its_new_items_not_the_whole_run_per_item(
     whole: list[int] = []  # response bytes of each read of the whole run
     fetched: list[int] = []  # the indexes the items' reads brought
     item_bytes: list[int] = []
+    workflow_reads: list[str] = []  # the query of each read of the workflow after the start
     reads: list[asyncio.Future[None]] = []
 
     async def note(response: Response) -> None:
         path = response.url.removeprefix(stack.base_url)
+        if response.request.method == "GET" and (found := WORKFLOW_URL.search(path)):
+            workflow_reads.append(found.group(1) or "")
         if response.request.method != "GET" or not (RUN_URL.search(path) or ITEMS_URL.search(path)):
             return
         body = await response.body()
@@ -871,8 +875,8 @@ async def test_a_fan_out_fetches_only_its_new_items_not_the_whole_run_per_item(
         else:
             whole.append(len(body))
 
-    page.on("response", lambda response: reads.append(asyncio.ensure_future(note(response))))
     await page.get_by_role("button", name="Start", exact=True).click()
+    page.on("response", lambda response: reads.append(asyncio.ensure_future(note(response))))
     workflow_id = page.url.rsplit("/", 1)[1]
     # A second tab opened mid-fan-out: the items so far from the run, the rest as they finish.
     await expect(page.locator(".fanout-count")).to_have_text(re.compile(r"^[1-9]\d*/"))
@@ -896,5 +900,7 @@ async def test_a_fan_out_fetches_only_its_new_items_not_the_whole_run_per_item(
     await asyncio.gather(*reads)
 
     assert len(whole) <= 3, f"the whole run was read {len(whole)} times"  # start, end
+    # The workflow is read again at the run's end, without the results the run brings.
+    assert workflow_reads and set(workflow_reads) == {"?brief=true"}, workflow_reads
     assert sorted(fetched) == sorted(set(fetched)), "an item was fetched twice"
     assert 0 < len(item_bytes) < MANY_ITEMS / 2, "items were not fetched in batches"

@@ -129,3 +129,25 @@ async def test_an_older_runs_items_are_a_409_naming_the_newer_run(
     assert older["superseded_by"] == newer
     latest = (await http.get(f"/v1/runs/{newer}", headers=stack.headers)).json()
     assert latest["superseded_by"] is None
+
+
+async def test_a_workflow_read_brief_leaves_out_what_its_steps_produced(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """The page read it whole at each run's end beside the run, which holds the same results:
+    every item's output twice."""
+    run = await fanned_out(http, stack)
+    url = f"/v1/workflows/{run['workflow_id']}"
+
+    whole = (await http.get(url, headers=stack.headers)).json()
+    brief = (await http.get(url, params={"brief": "true"}, headers=stack.headers)).json()
+
+    assert [s["output"] for s in whole["steps"]] == [s["output"] for s in run["steps"]]
+    assert len(whole["steps"][1]["items"]) == 12
+    assert [(s["id"], s["status"]) for s in brief["steps"]] == [
+        (s["id"], s["status"]) for s in whole["steps"]
+    ]
+    assert all(s["output"] == "" and s["items"] == [] for s in brief["steps"])
+    assert brief["last_run_id"] == run["id"] and brief["status"] == ev.COMPLETED
+    refused = await http.get(url, params={"brief": "sometimes"}, headers=stack.headers)
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "brief"

@@ -103,7 +103,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def GetWorkflow(self, request: runs_pb2.GetWorkflowRequest, context: Ctx) -> pb.Workflow:
         tenant = await self._tenant(request, context)
         workflow_id = valid.require_id(request.workflow_id, "workflow_id")
-        return await self._store.get_workflow(tenant, workflow_id)
+        return await self._store.get_workflow(tenant, workflow_id, request.brief)
 
     async def ListWorkflows(
         self, request: runs_pb2.ListWorkflowsRequest, context: Ctx

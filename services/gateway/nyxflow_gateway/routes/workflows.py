@@ -66,8 +66,10 @@ async def list_workflows(services: Clients) -> dict[str, Any]:
 
 
 @router.get("/{workflow_id}")
-async def get_workflow(workflow_id: str, services: Clients) -> dict[str, Any]:
-    return convert.workflow(await services.runs.get_workflow(workflow_id))
+async def get_workflow(workflow_id: str, services: Clients, brief: bool = False) -> dict[str, Any]:
+    """`brief`: the steps' definitions and states without what they produced (output,
+    alternatives, items), for a page that has the run's results from the run already."""
+    return convert.workflow(await services.runs.get_workflow(workflow_id, brief=brief))
 
 
 @router.delete("/{workflow_id}", status_code=204)

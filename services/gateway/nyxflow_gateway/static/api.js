@@ -59,7 +59,8 @@ export async function api(path, { method = "GET", body, contentType, key } = {})
 const id = (value) => encodeURIComponent(value);
 
 export const listWorkflows = () => api("/v1/workflows");
-export const getWorkflow = (workflowId) => api(`/v1/workflows/${id(workflowId)}`);
+export const getWorkflow = (workflowId, brief = false) =>
+  api(`/v1/workflows/${id(workflowId)}${brief ? "?brief=true" : ""}`);
 export const importWorkflow = (text) =>
   api("/v1/workflows/import", { method: "POST", body: text, contentType: "application/yaml" });
 export const duplicateWorkflow = (workflowId) =>

@@ -372,8 +372,11 @@ function showDetail(workflowId) {
 
   async function reload() {
     try {
-      const workflow = await API.getWorkflow(workflowId);
+      // The steps' results come with the run: the workflow is read without them (a fan-out's
+      // items were read twice, megabytes each), unless there is no run to bring them.
+      let workflow = await API.getWorkflow(workflowId, true);
       const run = workflow.last_run_id ? await API.getRun(workflow.last_run_id) : null;
+      if (!run) workflow = await API.getWorkflow(workflowId);
       if (state.gone) return;
       state.workflow = workflow;
       const following = state.follower && run && state.follower.runId === run.id && !state.follower.stopped;

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import defer
 
 from nyxflow import events as ev
 from nyxflow.errors import STALE_TOKEN_PREFIX, FailedPrecondition, NotFound, StaleToken
@@ -181,10 +182,12 @@ class StoreBase:
         return step
 
     @staticmethod
-    async def _steps(session: AsyncSession, workflow_id: str) -> list[Step]:
-        rows = await session.scalars(
-            select(Step).where(Step.workflow_id == workflow_id).order_by(Step.position)
-        )
+    async def _steps(session: AsyncSession, workflow_id: str, brief: bool = False) -> list[Step]:
+        """`brief`: without what they produced, which is not read (up to megabytes each)."""
+        query = select(Step).where(Step.workflow_id == workflow_id).order_by(Step.position)
+        if brief:
+            query = query.options(defer(Step.output), defer(Step.alternatives_out))
+        rows = await session.scalars(query)
         return list(rows.all())
 
     @staticmethod
@@ -299,10 +302,11 @@ class StoreBase:
         )
         return {row.id: list(row.default_providers or row.tenant_chain or []) for row in rows}
 
-    async def _workflow_pb(self, session: AsyncSession, workflow: Workflow) -> pb.Workflow:
-        steps = await self._steps_pb(
-            session, workflow.tenant_id, await self._steps(session, workflow.id)
-        )
+    async def _workflow_pb(
+        self, session: AsyncSession, workflow: Workflow, brief: bool = False
+    ) -> pb.Workflow:
+        rows = await self._steps(session, workflow.id, brief)
+        steps = await self._steps_pb(session, workflow.tenant_id, rows, brief)
         latest = await self._latest_run(session, workflow.id)
         return convert.workflow(workflow, steps, latest)
 

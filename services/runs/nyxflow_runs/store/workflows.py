@@ -217,10 +217,12 @@ class Workflows(StoreBase):
             await session.flush()
             return await self._workflow_pb(session, workflow)
 
-    async def get_workflow(self, tenant_id: str, workflow_id: str) -> pb.Workflow:
+    async def get_workflow(
+        self, tenant_id: str, workflow_id: str, brief: bool = False
+    ) -> pb.Workflow:
         async with self._scoped(tenant_id) as session:
             workflow = await self._workflow(session, tenant_id, workflow_id)
-            return await self._workflow_pb(session, workflow)
+            return await self._workflow_pb(session, workflow, brief)
 
     async def list_workflows(self, tenant_id: str) -> list[pb.Workflow]:
         async with self._scoped(tenant_id) as session:
