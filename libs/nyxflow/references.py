@@ -5,9 +5,10 @@ workflow is created) and the engine (which renders them, once):
 - `{{ item }}`: inside a fan-out, its item;
 - `{{ "{{" }}`: a literal `{{`, for a prompt that quotes Vue, Jinja or Helm.
 
-A step's name may hold any character but `{` and `}` ("Extend & Improve", "Überblick",
-"Plan (v2)", "Step 1.5"), and is written in a reference as it is. The name is what lies between
-`steps.` and the `.output` that closes the reference, so one ending in ".output" reads right too.
+A step's name may hold any character but `{`, `}` and control characters ("Extend & Improve",
+"Überblick", "Plan (v2)", "Step 1.5"), and is written in a reference as it is. The name is what
+lies between `steps.` and the `.output` that closes the reference, so one ending in ".output"
+reads right too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ REFERENCE: Final = re.compile(
 )
 OPEN: Final = "{{"  # what `{{ "{{" }}` renders as
 NOT_IN_NAMES: Final = "{}"
+# Nor a control character: C0 (newline, tab, NUL, ESC …), DEL, C1, and the Unicode line and
+# paragraph separators. A name is one line, shown in lists, logs and terminals as it is.
+CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROLS: Final = re.compile(f"(?:{CONTROL.pattern})+")
 
 
 def name_problem(name: str) -> str | None:
@@ -31,7 +36,20 @@ def name_problem(name: str) -> str | None:
             'may hold any character but "{" and "}": a later prompt reads it as '
             "{{ steps.<name>.output }}"
         )
+    return control_problem(name)
+
+
+def control_problem(name: str) -> str | None:
+    """Why a name (a step's, a workflow's) is not one line of text, or None."""
+    if (found := CONTROL.search(name)) is not None:
+        return f"must not hold control characters (newline, tab …): {found.group()!r} found"
     return None
+
+
+def one_line(name: str) -> str:
+    """A generated step's name as a name may be: each run of control characters a heading
+    might carry (a tab, an ESC) one space."""
+    return CONTROLS.sub(" ", name).strip()
 
 
 def step_names(prompt: str) -> set[str]:

@@ -214,10 +214,25 @@ async def test_an_unknown_tool_is_refused_at_creation_over_http(
     http: httpx.AsyncClient, stack: ProcessStack
 ) -> None:
     text = "name: Tools\nsteps:\n  - name: a\n  - name: Scan\n    kind: tool\n    tool: scan_repo\n"
+    assert "scan_repository" in await _refusal(http, stack, text, "steps[1].tool")
+
+
+async def _refusal(http: httpx.AsyncClient, stack: ProcessStack, text: str, field: str) -> str:
+    """The message of an import refused with 400 naming `field`."""
     refused = await _import(http, stack, text)
     assert refused.status_code == 400, refused.text
-    assert refused.json()["error"]["field"] == "steps[1].tool"
-    assert "scan_repository" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["field"] == field
+    message: str = refused.json()["error"]["message"]
+    return message
+
+
+async def test_a_field_its_kind_ignores_and_a_control_character_are_refused_over_http(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    text = "name: Kinds\nsteps:\n  - name: a\n  - name: b\n    tool: echo\n"
+    assert "llm steps ignore it" in await _refusal(http, stack, text, "steps[1].tool")
+    text = 'name: Kinds\nsteps:\n  - name: a\n  - name: "b\\tc"\n'
+    assert "control characters" in await _refusal(http, stack, text, "steps[1].name")
 
 
 async def test_an_import_that_is_not_utf8_is_refused_naming_the_byte(

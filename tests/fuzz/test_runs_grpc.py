@@ -221,6 +221,10 @@ async def test_step_count_boundary(runs: runs_pb2_grpc.RunsStub, count: int, ok:
         (pb.StepSpec(name="a", kind="llm", prompt="x\x00y"), "steps[0].prompt"),
         (pb.StepSpec(name="a", kind="fan_out", source="a"), "steps[0].source"),
         (pb.StepSpec(name="a", kind="tool"), "steps[0].tool"),
+        (pb.StepSpec(name="a", kind="llm", tool="echo"), "steps[0].tool"),
+        (pb.StepSpec(name="a", kind="llm", split="lines"), "steps[0].split"),
+        (pb.StepSpec(name="a", kind="tool", tool="echo", model="m"), "steps[0].model"),
+        (pb.StepSpec(name="a\nb", kind="llm"), "steps[0].name"),
         (pb.StepSpec(name="a", kind="llm", prompt="{{ nope }}"), "steps[0].prompt"),
     ],
 )

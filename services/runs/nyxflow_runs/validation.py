@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from nyxflow import constants as kinds
 from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument
-from nyxflow.references import EXPRESSION, REFERENCE, name_problem
+from nyxflow.references import EXPRESSION, REFERENCE, control_problem, name_problem, one_line
 from nyxflow.repos import written_path
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
@@ -27,6 +27,19 @@ MAX_MAX_TOKENS = 2**31 - 1  # the column's and the proto's int32
 MAX_CONCURRENCY = 64
 SPLITS = ("headings", "lines", "json")
 GENERATES = ("implementation_prompt",)
+# Kinds that keep N alternatives (llm.py runs them); the others make one output.
+ALTERNATIVE_KINDS = (kinds.LLM, kinds.SYNTHESIS, kinds.IMPLEMENTATION_PROMPT)
+# A field that some kinds only read: set on another, it would be ignored without a word.
+KIND_FIELDS: dict[str, tuple[str, ...]] = {
+    "source": (kinds.FAN_OUT,),
+    "split": (kinds.FAN_OUT,),
+    "concurrency": (kinds.FAN_OUT,),
+    "generates": (kinds.SYNTHESIS,),
+    "reviews": (kinds.CONSISTENCY_CHECK,),
+    "tool": (kinds.TOOL,),
+}
+# What a model call reads: a tool step calls none.
+MODEL_FIELDS = ("persona", "provider", "model", "providers", "max_tokens", "auto_continue")
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,8 @@ def workflow_name(name: str) -> str:
         raise InvalidArgument("is required", field="name")
     if len(name) > MAX_NAME:
         raise InvalidArgument(f"must be at most {MAX_NAME} characters", field="name")
+    if problem := control_problem(name):
+        raise InvalidArgument(problem, field="name")
     return name
 
 
@@ -191,19 +206,21 @@ def step_draft(
     *,
     generated: bool = False,
 ) -> StepDraft:
-    name = spec.name.strip()
+    # A generated step's name quotes a heading: one line, but it may hold a tab or an ESC.
+    name = one_line(spec.name) if generated else spec.name.strip()
     if not name:
         raise InvalidArgument("is required", field=f"{at}.name")
     if len(name) > MAX_NAME:
         raise InvalidArgument(f"must be at most {MAX_NAME} characters", field=f"{at}.name")
     if name in earlier:
         raise InvalidArgument(f"duplicate step name {name!r}", field=f"{at}.name")
-    # A generated step's name quotes a heading; no prompt reads it (steps[i].reviews does).
+    # No prompt reads a generated step's name (steps[i].reviews does): it may hold braces.
     if not generated and (problem := name_problem(name)):
         raise InvalidArgument(problem, field=f"{at}.name")
     if spec.kind not in kinds.STEP_KINDS:
         allowed = ", ".join(sorted(kinds.STEP_KINDS))
         raise InvalidArgument(f"unknown kind {spec.kind!r} (one of {allowed})", field=f"{at}.kind")
+    _kind_fields(spec, at)
     if len(spec.model) > MAX_NAME:
         raise InvalidArgument(f"must be at most {MAX_NAME} characters", field=f"{at}.model")
     if spec.max_tokens < 0:
@@ -223,11 +240,41 @@ def step_draft(
         persona=spec.persona,
         alternatives=bounded(spec.alternatives or 1, 1, MAX_ALTERNATIVES, f"{at}.alternatives"),
         auto_continue=bounded(spec.auto_continue, 0, MAX_CONTINUE, f"{at}.auto_continue"),
-        config=_config(spec, at, earlier),
+        config=_config(spec, at, earlier, generated=generated),
     )
 
 
-def _config(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> dict[str, Any]:
+def _kind_fields(spec: pb.StepSpec, at: str) -> None:
+    """A field the step's kind does not read is refused, naming the kinds that do: accepted,
+    it would be stored and ignored, and the workflow would not do what it says."""
+    for name, owners in KIND_FIELDS.items():
+        if spec.kind not in owners and _set(spec, name):
+            raise InvalidArgument(
+                f"is read by {' and '.join(owners)} steps only: {spec.kind} steps ignore it",
+                field=f"{at}.{name}",
+            )
+    if spec.alternatives > 1 and spec.kind not in ALTERNATIVE_KINDS:
+        raise InvalidArgument(
+            f"only {', '.join(ALTERNATIVE_KINDS)} steps keep alternatives: {spec.kind} steps "
+            "make one output",
+            field=f"{at}.alternatives",
+        )
+    if spec.kind == kinds.TOOL:
+        for name in MODEL_FIELDS:
+            if _set(spec, name):
+                raise InvalidArgument(
+                    "tool steps call no model: they ignore it", field=f"{at}.{name}"
+                )
+
+
+def _set(spec: pb.StepSpec, name: str) -> bool:
+    """Given a value: proto3 scalars have no presence, so their zero value is unset."""
+    return bool(getattr(spec, name))
+
+
+def _config(
+    spec: pb.StepSpec, at: str, earlier: Sequence[str], *, generated: bool = False
+) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if spec.kind == kinds.FAN_OUT:
         if not spec.source:
@@ -240,20 +287,18 @@ def _config(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> dict[str, Any
         concurrency = bounded(spec.concurrency or 4, 1, MAX_CONCURRENCY, f"{at}.concurrency")
         config.update(source=spec.source, split=split, concurrency=concurrency)
     if spec.generates:
-        if spec.kind != kinds.SYNTHESIS:
-            raise InvalidArgument("only a synthesis generates steps", field=f"{at}.generates")
         if spec.generates not in GENERATES:
             raise InvalidArgument(f"one of {', '.join(GENERATES)}", field=f"{at}.generates")
         config["generates"] = spec.generates
     if spec.reviews:
-        if spec.kind != kinds.CONSISTENCY_CHECK:
-            raise InvalidArgument("only a consistency_check reviews", field=f"{at}.reviews")
-        for j, name in enumerate(spec.reviews):
+        # A generated check reviews generated steps, by their names as stored.
+        reviews = [one_line(name) for name in spec.reviews] if generated else list(spec.reviews)
+        for j, name in enumerate(reviews):
             if name not in earlier:
                 raise InvalidArgument(
                     f"{name!r} is not an earlier step", field=f"{at}.reviews[{j}]"
                 )
-        config["reviews"] = list(spec.reviews)
+        config["reviews"] = reviews
     if spec.providers:
         config["providers"] = provider_chain(spec.providers, f"{at}.providers")
     if spec.phase:
