@@ -113,6 +113,39 @@ async def test_more_writes_waiting_than_runs_takes_in_a_call_go_in_several(
         assert (await api.runs.get_run(run.id)).steps[0].status == ev.COMPLETED
 
 
+async def test_large_writes_of_several_runs_go_in_calls_a_message_holds(api: Clients) -> None:
+    """Two runs that each wrote a result of 17 MiB at once were sent in one message of 34 MiB,
+    over the 32 a message holds: both failed, though each alone fits."""
+    committer = CountingCommitter(api.runs_channel)
+    claims = [await claimed(api, name=f"large-{i}") for i in range(2)]
+    writers = [writer_for(api, committer, run, token) for _, run, token in claims]
+    big = "x" * (17 << 20)
+
+    async def complete(writer: RunWriter, run: pb.Run) -> None:
+        step = run.steps[0]
+        change = runs_pb2.StepChange(status=ev.COMPLETED, output=big)
+        await writer.step(step.id, change, draft(ev.STEP_COMPLETED, step_id=step.id), durable=True)
+
+    await asyncio.gather(
+        *(complete(w, run) for w, (_, run, _) in zip(writers, claims, strict=True))
+    )
+
+    assert [len(call) for call in committer.calls] == [1, 1]
+    for _, run, _ in claims:
+        assert len((await api.runs.get_run(run.id)).steps[0].output) == len(big)
+
+
+async def test_a_write_no_message_holds_fails_its_run_saying_so(api: Clients) -> None:
+    committer = CountingCommitter(api.runs_channel)
+    _, run, token = await claimed(api, name="huge")
+    writer = writer_for(api, committer, run, token)
+    step = run.steps[0]
+    change = runs_pb2.StepChange(status=ev.COMPLETED, output="x" * (33 << 20))
+
+    with pytest.raises(InvalidArgument, match="more than a message holds"):
+        await writer.step(step.id, change, draft(ev.STEP_COMPLETED, step_id=step.id), durable=True)
+
+
 async def test_a_failed_batch_fails_every_write_it_carried(api: Clients) -> None:
     _, run, token = await claimed(api)
     committer = CountingCommitter(api.runs_channel)

@@ -16,10 +16,25 @@ import grpc
 from nyxflow.auth import internal_metadata
 from nyxflow.client import RunsClient
 from nyxflow.constants import MAX_RECORD_GROUP
-from nyxflow.errors import error_from_status
+from nyxflow.errors import InvalidArgument, ResourceExhausted, error_from_status
 from nyxflow.v1 import runs_pb2
 
 Waiting = tuple[runs_pb2.RecordRequest, "asyncio.Future[runs_pb2.WriteResponse]"]
+# A call carries at most this much (a batch bigger alone goes alone): well under the 32 MiB a
+# message may hold, or runs that each wrote a large result at once failed together.
+GROUP_BYTES = 16 << 20
+MIB = 1 << 20
+
+
+def next_group(waiting: list[Waiting]) -> int:
+    """How many of `waiting` go in the next call: at most what runs takes in one call (a larger
+    group was refused whole, every run in it failed) and GROUP_BYTES; at least one."""
+    size = 0
+    for count, (request, _) in enumerate(waiting[:MAX_RECORD_GROUP]):
+        size += request.ByteSize()
+        if count and size > GROUP_BYTES:
+            return count
+    return min(len(waiting), MAX_RECORD_GROUP)
 
 
 class Committer:
@@ -48,10 +63,9 @@ class Committer:
         )
         try:
             while waiting := self._waiting.get(tenant_id):
-                # At most what runs takes in one call: a larger group was refused whole, and
-                # every run waiting in it failed. The rest goes in the next call.
-                group = waiting[:MAX_RECORD_GROUP]
-                del waiting[:MAX_RECORD_GROUP]
+                count = next_group(waiting)  # the rest goes in the next call
+                group = waiting[:count]
+                del waiting[:count]
                 if not waiting:
                     del self._waiting[tenant_id]
                 await self._send(runs, group)
@@ -61,6 +75,15 @@ class Committer:
     async def _send(self, runs: RunsClient, group: list[Waiting]) -> None:
         try:
             response = await runs.record_many([request for request, _ in group])
+        except ResourceExhausted as too_big:
+            refusal: Exception = too_big
+            if len(group) == 1:  # a batch too big alone: no retry would take it
+                size = group[0][0].ByteSize() / MIB
+                refusal = InvalidArgument(f"a write of {size:.1f} MiB is more than a message holds")
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(refusal)
+            return
         except Exception as error:  # the whole call failed: every writer retries its own
             for _, future in group:
                 if not future.done():
