@@ -8,8 +8,9 @@ import pytest
 
 from nyxflow.constants import MAX_STEPS
 from nyxflow.errors import InvalidArgument
+from nyxflow.references import one_line
 from nyxflow.v1 import common_pb2 as pb
-from nyxflow_engine.steps.generation import check_generatable
+from nyxflow_engine.steps.generation import check_generatable, generated_specs
 
 
 def plan(parts: int) -> str:
@@ -90,3 +91,15 @@ def test_an_output_without_headings_still_fails_as_before() -> None:
     with pytest.raises(InvalidArgument, match="no markdown headings") as refused:
         check_generatable(synthesis, "```\n# only a comment\n```", steps, False)
     assert refused.value.field == "generates"
+
+
+def test_a_generated_name_is_one_line_as_runs_stores_it() -> None:
+    """A heading with a tab or an ESC in it: runs stores the name with a space there, and a
+    retried generation, compared by name, was taken for another and replaced the block."""
+    synthesis, steps = workflow(0)
+    synthesis.output = "## Set\tup \x1b[1mthe\x1b[0m db\nDo it.\n"
+
+    (spec,) = generated_specs(synthesis, steps, consistency_check=False)
+
+    assert spec.name == one_line(spec.name)
+    assert spec.name.startswith("Implementation prompt 1: Set up ") and "\x1b" not in spec.name

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from nyxflow import constants as kinds
 from nyxflow.errors import InvalidArgument
+from nyxflow.references import one_line
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.splitting import split_items
 
@@ -30,7 +31,8 @@ def generated_specs(
     taken = {s.name for s in steps if s.id not in replaced}
     specs = [
         pb.StepSpec(
-            name=unique_name(f"Implementation prompt {i + 1}: {item.heading}", taken),
+            # Named as runs stores it (one line), or a retried generation is not recognised.
+            name=unique_name(one_line(f"Implementation prompt {i + 1}: {item.heading}"), taken),
             kind=kinds.IMPLEMENTATION_PROMPT,
             # The plan's text as it is: runs stores a generated step's prompt unchecked and
             # the engine sends it unrendered, so `{{ … }}` it quotes reaches the model intact.
