@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import pytest
 
 from nyxflow import events as ev
 from nyxflow_runs.migrate import head_revision
-from tests.support.gateway_api import create_workflow, start_run
+from tests.support.eventually import eventually
+from tests.support.gateway_api import create_workflow, get_run, start_run
 from tests.support.inprocess import ADMIN_KEY, API_KEY
 from tests.support.ports import free_port
 from tests.support.processes import ProcessStack
@@ -250,3 +252,78 @@ async def test_following_goes_on_when_the_engine_drains(
     finally:
         stack.restart("engine")
         stack.kill("engine2")
+
+
+@pytest.mark.parametrize("on_orphan", [ev.ON_ORPHAN_RESUME, ev.ON_ORPHAN_FAIL])
+async def test_following_leaves_a_frozen_engines_silent_stream_for_watchrun(
+    http: httpx.AsyncClient, stack: ProcessStack, on_orphan: str
+) -> None:
+    """The engine the CLI started the run on freezes (SIGSTOP): its Execute stream stays open
+    and silent until gRPC's keepalive gives up (half a minute and more), while the run's lease
+    expires and it is swept: taken over by another engine (`on_orphan: resume`) or failed as
+    orphaned. After NYXFLOW_EXECUTE_SILENCE_S of silence the CLI goes on through runs'
+    WatchRun, and reaches the run's end moments after it happens, each event printed once."""
+    if on_orphan == ev.ON_ORPHAN_RESUME:
+        stack.add_replica("engine2", "engine", NYXFLOW_ENGINE_LISTEN=f"127.0.0.1:{free_port()}")
+        stack.start("engine2")
+    try:
+        slow = [{"name": n, "params": {"tokens": 40, "token_delay_ms": 50}} for n in "ab"]
+        workflow = await create_workflow(http, stack, "frozen", slow, on_orphan=on_orphan)
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "nyxflow.cli.main"],
+            *["run", "start", workflow["id"], "--follow", "--json"],
+            env={**cli_env(stack), "NYXFLOW_EXECUTE_SILENCE_S": "2"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        printed: list[dict[str, Any]] = []
+        try:
+            while not printed or printed[-1]["type"] != ev.STEP_DELTA:
+                line = await asyncio.wait_for(proc.stdout.readline(), 30)
+                assert line, "the CLI ended before the step's first tokens"
+                printed.append(json.loads(line))
+            listed = await http.get(
+                "/v1/runs", params={"workflow_id": workflow["id"]}, headers=stack.headers
+            )
+            run_id = listed.json()["runs"][0]["id"]
+            stack.signal("engine", signal.SIGSTOP)
+            try:
+                done = await eventually(
+                    lambda: get_run(http, stack, run_id),
+                    lambda r: r["status"] in ev.FINISHED_RUN_STATUSES,
+                    timeout_s=30,
+                    what="the frozen engine's run swept and finished",
+                )
+                finished_at = time.monotonic()
+                # gRPC's keepalive would give the silent stream up 10 to 30 s after the freeze
+                try:
+                    out, errout = await asyncio.wait_for(proc.communicate(), 10)
+                except TimeoutError:
+                    raise AssertionError("the CLI still waits on the silent stream") from None
+                late = time.monotonic() - finished_at
+            finally:
+                stack.signal("engine", signal.SIGCONT)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        printed += [json.loads(line) for line in out.decode().splitlines()]
+        types = [e["type"] for e in printed]
+        assert late < 5, f"the CLI heard of the end {late:.1f} s late"
+        seqs = [e["seq"] for e in printed]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs  # each once, none missed
+        if on_orphan == ev.ON_ORPHAN_RESUME:
+            assert done["status"] == ev.COMPLETED, done
+            assert proc.returncode == 0, (proc.returncode, errout.decode(), types)
+            assert ev.RUN_REQUEUED in types and types[-1] == ev.RUN_COMPLETED, types
+            assert types.count(ev.RUN_STARTED) == 2, types  # once per engine
+        else:
+            assert (done["status"], done["error"]) == (ev.FAILED, ev.ORPHAN_ERROR), done
+            assert proc.returncode == 3, (proc.returncode, errout.decode(), types)
+            assert types[-1] == ev.RUN_FAILED and printed[-1]["error"] == ev.ORPHAN_ERROR, types
+        assert "detached" not in errout.decode()
+    finally:
+        stack.restart("engine")
+        if on_orphan == ev.ON_ORPHAN_RESUME:
+            stack.kill("engine2")

@@ -83,6 +83,14 @@ def test_a_setting_of_the_wrong_type_names_the_variable(monkeypatch: pytest.Monk
     assert "NYXFLOW_RPC_TIMEOUT_S: Input should be a valid number" in refused("run", "list")
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_an_execute_silence_that_is_not_a_positive_number_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("NYXFLOW_EXECUTE_SILENCE_S", value)
+    assert "NYXFLOW_EXECUTE_SILENCE_S: " in refused("run", "follow", "run-1")
+
+
 def test_arguments_not_utf8_are_refused_by_name(tmp_path: Path) -> None:
     # How Python hands over argv bytes that are not UTF-8.
     assert "workflow_id: not valid UTF-8" in refused("workflow", "show", "wf-\udcff")

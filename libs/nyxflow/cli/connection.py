@@ -14,7 +14,7 @@ from functools import wraps
 from typing import ParamSpec, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import SettingsError
 from rich.errors import ConsoleError
 
@@ -34,6 +34,9 @@ USAGE_ERROR = 2
 class CliSettings(CommonSettings):
     api_key: str = "dev-key"
     admin_key: str = ""
+    # A followed run's Execute stream silent this long is left for runs' WatchRun (as the
+    # gateway does): a frozen engine holds it open without a word until gRPC's keepalive.
+    execute_silence_s: float = Field(default=15.0, gt=0)
 
 
 def load_settings(cls: type[S]) -> S:
@@ -82,6 +85,7 @@ def key_metadata(key: str, setting: str) -> Metadata:
 class Clients:
     runs: RunsClient
     engine: EngineClient
+    execute_silence_s: float = 15.0  # an Execute stream this silent is left for WatchRun
 
 
 @contextlib.asynccontextmanager
@@ -89,7 +93,11 @@ async def connect() -> AsyncIterator[Clients]:
     settings = load_settings(CliSettings)
     md = key_metadata(settings.api_key, "NYXFLOW_API_KEY")
     async with open_channel(settings.runs_addr) as runs, open_channel(settings.engine_addr) as eng:
-        yield Clients(RunsClient(runs, md, settings.rpc_timeout_s), EngineClient(eng, md))
+        yield Clients(
+            RunsClient(runs, md, settings.rpc_timeout_s),
+            EngineClient(eng, md),
+            settings.execute_silence_s,
+        )
 
 
 @contextlib.asynccontextmanager

@@ -2,8 +2,9 @@
 
 A run is followed to its terminal event whatever happens to the stream it is followed on: the
 engine's Execute stream can end without one (the engine drained and handed the run over, it
-lost its lease, the key was revoked) or break (UNAVAILABLE), while the run goes on. The rest
-then comes from runs' WatchRun after the last seq shown: nothing twice, nothing restarted."""
+lost its lease, the key was revoked), break (UNAVAILABLE), or go silent (a frozen engine holds
+it open without a word until gRPC's keepalive gives up), while the run goes on. The rest then
+comes from runs' WatchRun after the last seq shown: nothing twice, nothing restarted."""
 
 from __future__ import annotations
 
@@ -43,10 +44,23 @@ class Printer:
         self.last = 0  # the last seq shown
         self.final = ""  # the run's final status, once its terminal event is shown
 
-    async def relay(self, stream: AsyncGenerator[pb.RunEvent, None]) -> None:
-        """Print `stream` until its terminal event or its end."""
+    async def relay(
+        self, stream: AsyncGenerator[pb.RunEvent, None], silence_s: float | None = None
+    ) -> None:
+        """Print `stream` until its terminal event or its end; one silent for `silence_s` is
+        given up as UNAVAILABLE."""
         async with contextlib.aclosing(stream):  # the call ends here, not when collected
-            async for event in stream:
+            while True:
+                waiting = asyncio.timeout(silence_s)
+                try:
+                    async with waiting:
+                        event = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    if not waiting.expired():
+                        raise
+                    raise Unavailable(f"the engine said nothing for {silence_s:g} s") from None
                 if event.seq <= self.last:
                     continue  # shown already, from the stream before this one
                 self.last = event.seq
@@ -62,7 +76,10 @@ class Printer:
 
 async def follow_run(c: Clients, run_id: str, *, start: bool, tokens: bool, as_json: bool) -> str:
     """Start the run (if `start`) through the engine and follow it to its terminal event;
-    return its final status. Raises Detached when it can no longer be followed."""
+    return its final status. Raises Detached when it can no longer be followed. The engine's
+    stream silent for `c.execute_silence_s` is left for WatchRun: the engine may be frozen
+    while its run is swept and finished (or failed) elsewhere. Execute sends nothing during a
+    step that streams no tokens (a test command), so such a step costs only the switch."""
     printer = Printer(tokens=tokens, as_json=as_json)
     if start:
         await _execute(c, run_id, printer)
@@ -89,9 +106,10 @@ async def follow_run(c: Clients, run_id: str, *, start: bool, tokens: bool, as_j
 
 
 async def _execute(c: Clients, run_id: str, printer: Printer) -> None:
-    """The run's events from the engine that starts it, as far as that stream goes."""
+    """The run's events from the engine that starts it, as far as that stream goes (or until
+    it says nothing for `c.execute_silence_s`)."""
     try:
-        await printer.relay(c.engine.execute(run_id))
+        await printer.relay(c.engine.execute(run_id), c.execute_silence_s)
     except FailedPrecondition:
         return  # someone else (a browser) started it first: it is watched instead
     except NyxflowError:
