@@ -49,7 +49,7 @@ class FakeRuns:
 
 def clients(execute: list[pb.RunEvent], runs: FakeRuns, error: NyxflowError | None = None) -> Any:
     engine = SimpleNamespace(execute=lambda run_id: _stream(execute, error))
-    return SimpleNamespace(engine=engine, runs=runs)
+    return SimpleNamespace(engine=engine, runs=runs, execute_silence_s=15.0)
 
 
 STARTED = [_event(1, ev.RUN_STARTED), _event(2, ev.STEP_STARTED, name="a", kind="llm")]
