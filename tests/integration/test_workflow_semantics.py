@@ -843,3 +843,27 @@ async def test_a_plan_runs_refuses_to_generate_from_fails_its_synthesis(
     assert all(n.startswith(f"Implementation prompt {i}:") for i, n in enumerate(names[1:], 1))
     final = await api.runs.get_run(resumed.id)
     assert final.status == ev.COMPLETED and len(final.steps) == 5
+
+
+async def test_a_large_fan_out_quoting_its_source_keeps_its_lease(api: Clients) -> None:
+    """Each of 10,000 items' whole prompt (the 0.8 MB plan, quoted) was rendered and hashed
+    before anything was awaited: 8 to 25 s without a heartbeat, and the live run was swept as an
+    orphan in place of failing with its item's own error."""
+    workflow = await api.runs.create_workflow(
+        "large",
+        [
+            spec("Outline", params={"items": 10_000}, max_tokens=8192),
+            spec(
+                "Detail",
+                "fan_out",
+                "The whole plan:\n{{ steps.Outline.output }}\n\nDetail: {{ item }}",
+                source="Outline",
+                params={"fail": "the item's own error"},
+            ),
+        ],
+    )
+    run, _ = await run_once(api, workflow.id)
+
+    assert run.status == ev.FAILED
+    assert "the item's own error" in run.error and "orphan" not in run.error, run.error
+    assert run.steps[0].status == ev.COMPLETED

@@ -39,6 +39,7 @@ class LocalProvider:
     async def complete(self, request: CompletionRequest, on_delta: OnDelta) -> Completion:
         params = request.params
         if "fail" in params:
+            await asyncio.sleep(0)  # as a real provider's refusal comes: over the network
             raise ProviderError(str(params["fail"]))
         delay_s = _int(params, "token_delay_ms", 0, minimum=0) / 1000
         pieces = _pieces(request)
