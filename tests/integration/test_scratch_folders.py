@@ -29,7 +29,11 @@ def test_the_folders_of_engines_gone_are_removed_and_live_ones_kept(
     unrelated.mkdir()
 
     assert mine.name.startswith(f"{scratch.PREFIX}{os.getpid()}-")
-    assert scratch.sweep_left_behind() == 1
+    assert mine.parent == scratch.root() == tmp_path / "nyxflow-scratch"
+    also_gone = scratch.root() / f"{scratch.PREFIX}{gone}-def"  # where engines make them now
+    also_gone.mkdir()
+    assert scratch.sweep_left_behind() == 2
+    assert not also_gone.exists()
     assert not left.exists() and mine.is_dir() and unrelated.is_dir()
     scratch.remove(mine)
     assert not mine.exists()

@@ -32,7 +32,7 @@ async def ignore(_a, _f):
 
 call = ToolCall({"path": sys.argv[1], "test_command": sys.argv[2]}, sys.argv[3], ignore)
 report = json.loads(asyncio.run(review_patches(call)))
-mine = Path(tempfile.gettempdir()).glob(f"{scratch.PREFIX}{os.getpid()}-*")
+mine = scratch.root().glob(f"{scratch.PREFIX}{os.getpid()}-*")
 print(json.dumps({"report": report, "left": [str(folder) for folder in mine]}))
 """
 
@@ -90,7 +90,7 @@ def test_a_read_only_folder_left_in_the_clone_fails_nothing(tmp_path: Path) -> N
 def test_the_sweep_removes_a_dead_engine_s_read_only_folders() -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()  # its pid belongs to no engine any more
-    folder = Path(tempfile.mkdtemp(prefix=f"{scratch.PREFIX}{dead.pid}-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"{scratch.PREFIX}{dead.pid}-", dir=scratch.root()))
     cache = folder / "home" / "go" / "pkg" / "mod" / "x"
     cache.mkdir(parents=True)
     (cache / "f").write_text("1")

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from nyxflow.errors import InvalidArgument
+from nyxflow_engine.tools import scratch
 from nyxflow_engine.tools.commands import run
 from nyxflow_engine.tools.sandbox import Sandbox, Walls
 
@@ -21,12 +22,12 @@ TRY_S = 30.0
 async def refuse_a_broken_sandbox(sandbox: Sandbox) -> None:
     if not sandbox.namespaces:
         return
-    with tempfile.TemporaryDirectory(prefix="nyxflow-sandbox-check-") as folder:
-        scratch = Path(folder)
-        clone, home = scratch / "clone", scratch / "home"
+    with tempfile.TemporaryDirectory(prefix="nyxflow-sandbox-check-", dir=scratch.root()) as folder:
+        tried_in = Path(folder)
+        clone, home = tried_in / "clone", tried_in / "home"
         (clone / ".git").mkdir(parents=True)
         home.mkdir()
-        walls = Walls(scratch.parent, (clone, home), (clone / ".git",))
+        walls = Walls(tried_in.parent, (clone, home), (clone / ".git",))
         tried = await run(
             clone, "true", timeout_s=TRY_S, contained=True, sandbox=sandbox, walls=walls
         )

@@ -17,8 +17,17 @@ log = logging.getLogger(__name__)
 PREFIX = "nyxflow-review-"
 
 
+def root() -> Path:
+    """Where every review's scratch folder is, and nothing else: a test command's walls hide
+    this folder (sandbox.Walls), so no other run's clone is in its sight. Not the whole temp
+    folder: a suite's own tools may live there (a virtualenv made under /tmp)."""
+    folder = Path(tempfile.gettempdir()) / "nyxflow-scratch"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
 def make() -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root()))
 
 
 def remove(folder: Path) -> bool:
@@ -52,7 +61,9 @@ def _owner_may_change(folder: Path) -> None:
 def sweep_left_behind() -> int:
     """Remove the scratch folders of engines no longer running; how many were removed."""
     removed = 0
-    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+    # In the temp folder itself too: where an engine of an earlier version made them.
+    found = [*root().glob(f"{PREFIX}*"), *Path(tempfile.gettempdir()).glob(f"{PREFIX}*")]
+    for folder in found:
         pid = folder.name.removeprefix(PREFIX).split("-", 1)[0]
         if folder.is_dir() and pid.isdigit() and not _alive(int(pid)) and remove(folder):
             removed += 1
