@@ -14,11 +14,11 @@ the runs service, the database or the internet from the engine's host. In the sa
 
 The keeper drops every capability before the command starts, so the command cannot undo any
 of it. The file system is the engine's, within `Walls` when given (the review's): a fresh,
-empty temp folder of its own in place of the engine's (other runs' scratch clones are not
-there), its clone's work tree and HOME writable, and read-only its clone's `.git` and the
-repositories. The engine runs git in that `.git` afterwards: config, attributes or hooks
-planted there would run in the engine, unsandboxed. Elsewhere it reads and writes what the
-engine's user can, as a CI job does.
+empty scratch folder of its own in place of the engine's (other runs' scratch clones are not
+there; the rest of the temp folder stays), its clone's work tree and HOME writable, and
+read-only its clone's `.git` and the repositories. The engine runs git in that `.git`
+afterwards: config, attributes or hooks planted there would run in the engine, unsandboxed.
+Elsewhere it reads and writes what the engine's user can, as a CI job does.
 
 Limits hold with or without namespaces (`NYXFLOW_COMMAND_MEMORY_MB`, `..._FILE_MB`): a
 tenant's suite that leaks memory, or writes without end, fails on its own instead of taking
@@ -60,7 +60,7 @@ MIB = 1 << 20
 class Walls:
     """What a sandboxed command may write (with `NYXFLOW_COMMAND_SANDBOX=none`: everything)."""
 
-    cover: Path  # hidden under an empty tmpfs of the command's own (the engine's temp folder)
+    cover: Path  # hidden under an empty tmpfs of the command's own (the scratch folder)
     writable: tuple[Path, ...] = ()  # shown again below `cover`, writable
     read_only: tuple[Path, ...] = ()  # shown read-only, below `cover` or not
 
@@ -98,7 +98,7 @@ class Sandbox:
         if not self.namespaces:
             return (*keeper, str(engine), *args)
         network = () if self.network else ("--net",)
-        # The temp folder's tmpfs is memory: it holds no more than one file may (0: half the RAM).
+        # The scratch tmpfs is memory: it holds no more than one file may (0: half the RAM).
         mounts = walls.options(self.file_mb) if walls else ()
         return (*UNSHARE, *network, "--", *keeper, *mounts, "--sandboxed", str(engine), *args)
 
