@@ -5,7 +5,7 @@ tenant's under the moved workflow, and claiming it handed the old tenant the new
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -107,14 +107,7 @@ async def test_a_write_that_holds_its_parents_first_is_moved_along(
         project = await store.create_project(old.id, "shop")
         workflow_id = await _workflow(sessions, old.id, project.id)
         held, go_on = asyncio.Event(), asyncio.Event()
-        hold = projects.held_under_project
-
-        async def hold_then_wait(*args: Any) -> Any:
-            row = await hold(*args)
-            held.set()
-            await go_on.wait()
-            return row
-
+        hold_then_wait = _then_wait(projects.held_under_project, held, go_on)
         monkeypatch.setattr("nyxflow_runs.store.workflows.held_under_project", hold_then_wait)
         duplicating = asyncio.create_task(store.duplicate_workflow(old.id, workflow_id, "copy"))
         await asyncio.wait_for(held.wait(), 10)
@@ -144,14 +137,7 @@ async def test_a_note_added_to_an_empty_project_being_replaced_is_not_lost(
         project = await store.create_project(old.id, "shop")
         empty = await store.create_project(new.id, "shop")
         counted, go_on = asyncio.Event(), asyncio.Event()
-        conflicts = Admin._conflicts
-
-        async def count_then_wait(*args: Any) -> Any:
-            found = await conflicts(*args)
-            counted.set()
-            await go_on.wait()
-            return found
-
+        count_then_wait = _then_wait(Admin._conflicts, counted, go_on)
         monkeypatch.setattr(Admin, "_conflicts", staticmethod(count_then_wait))
         moving = asyncio.create_task(
             store.move_project(project.id, new.id, dry_run=False, on_conflict="replace_empty")
@@ -166,6 +152,20 @@ async def test_a_note_added_to_an_empty_project_being_replaced_is_not_lost(
             await noting
         async with sessions() as session:
             assert await session.get(Project, empty.id) is None
+
+
+def _then_wait(
+    call: Any, reached: asyncio.Event, go_on: asyncio.Event
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """`call`, which then says it got there and waits until the test lets it go on."""
+
+    async def then_wait(*args: Any) -> Any:
+        result = await call(*args)
+        reached.set()
+        await go_on.wait()
+        return result
+
+    return then_wait
 
 
 async def _workflow(sessions: async_sessionmaker[AsyncSession], tenant: str, project: str) -> str:
