@@ -75,6 +75,32 @@ async def test_a_retried_step_leaves_the_artifacts_of_the_others_with_the_new_ru
     assert (await api.runs.get_artifact(again.id, "patch")).content == patch.content
 
 
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        ({"max_tokens": 64}, "max_tokens"),
+        ({"auto_continue": 1}, "auto_continue"),
+        ({"model": "bigger"}, "model"),
+        ({"providers": ["local"]}, "providers"),
+    ],
+)
+async def test_a_tool_step_is_not_retried_with_a_model_setting(
+    api: Clients, tmp_path: Path, edit: dict[str, object], field: str
+) -> None:
+    """A tool step calls no model: the setting would be stored and never read."""
+    first = await finished(api, tmp_path, "code-analysis")
+    scan = (await api.runs.get_run(first.id)).steps[0]
+    assert scan.spec.kind == "tool"
+
+    with pytest.raises(InvalidArgument) as refused:
+        await api.runs.retry_step(scan.id, **edit)  # type: ignore[arg-type]
+
+    assert refused.value.field == field
+    assert (await api.runs.get_run(first.id)).status == ev.COMPLETED  # no run was queued
+    runs = await api.runs.list_runs(first.workflow_id)
+    assert [r.id for r in runs] == [first.id]
+
+
 async def test_a_test_command_that_cannot_be_split_is_refused_at_the_start(
     api: Clients, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nyxflow import constants as kinds
 from nyxflow import events as ev
 from nyxflow import metrics
 from nyxflow.errors import FailedPrecondition, InvalidArgument
@@ -284,6 +285,11 @@ def _reads(step: Step) -> set[str]:
 
 def _apply(edit: StepEdit, step: Step) -> dict[str, Any]:
     """Set the edit's fields on the row; what changed, for the step_retried event."""
+    if step.kind == kinds.TOOL:
+        # A tool step calls no model: the value would be stored and never read.
+        for name in ("max_tokens", "auto_continue", "model", "providers"):
+            if getattr(edit, name) is not None:
+                raise InvalidArgument("tool steps call no model: they ignore it", field=name)
     changed: dict[str, Any] = {}
     for name in ("max_tokens", "auto_continue", "model"):
         value = getattr(edit, name)
