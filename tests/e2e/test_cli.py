@@ -254,6 +254,40 @@ async def test_following_goes_on_when_the_engine_drains(
         stack.kill("engine2")
 
 
+async def test_starting_without_following_gives_up_on_a_frozen_engine(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """`run start` without --follow waits for the engine's first event. An engine that
+    accepts the call and says nothing (frozen) is given up after NYXFLOW_EXECUTE_SILENCE_S,
+    with the run's state and how to start it, rather than waited on for ever."""
+    workflow = await create_workflow(http, stack, "start-frozen", [{"name": "a"}])
+    stack.signal("engine", signal.SIGSTOP)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "nyxflow.cli.main", "run", "start", workflow["id"]],
+            env={**cli_env(stack), "NYXFLOW_EXECUTE_SILENCE_S": "2"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, errout = await asyncio.wait_for(proc.communicate(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError("`run start` still waits on the frozen engine") from None
+        listed = await http.get(
+            "/v1/runs", params={"workflow_id": workflow["id"]}, headers=stack.headers
+        )
+        (run,) = listed.json()["runs"]
+    finally:
+        stack.signal("engine", signal.SIGCONT)
+    assert proc.returncode == 1, (out.decode(), errout.decode())
+    said = " ".join(errout.decode().split())
+    assert f"run {run['id']} is still pending" in said, said
+    assert f"nyxflow run follow {run['id']}" in said, said
+    assert run["status"] == ev.PENDING
+
+
 @pytest.mark.parametrize("on_orphan", [ev.ON_ORPHAN_RESUME, ev.ON_ORPHAN_FAIL])
 async def test_following_leaves_a_frozen_engines_silent_stream_for_watchrun(
     http: httpx.AsyncClient, stack: ProcessStack, on_orphan: str

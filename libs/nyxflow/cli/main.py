@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from nyxflow.cli.supervisor import (
     wait_grpc_serving,
     wait_http_ok,
 )
-from nyxflow.errors import FailedPrecondition, InvalidArgument
+from nyxflow.errors import FailedPrecondition, InvalidArgument, Unavailable
 from nyxflow.settings import CommonSettings
 from nyxflow.templates import parse_template
 
@@ -202,13 +203,24 @@ async def _start_and_follow(run_id: str, follow_it: bool, tokens: bool, as_json:
 
 async def _start(c: Clients, run_id: str) -> None:
     """Until the engine holds the run (its first event); then detach. A run someone else
-    started first (a browser that opened it) is under way all the same."""
+    started first (a browser that opened it) is under way all the same. An engine silent
+    for `c.execute_silence_s` (frozen, say) is not waited on for ever."""
+    waiting = asyncio.timeout(c.execute_silence_s)
     try:
-        async for _ in c.engine.execute(run_id):
-            break
+        async with waiting, contextlib.aclosing(c.engine.execute(run_id)) as events:
+            async for _ in events:
+                break
     except FailedPrecondition:
         if (await c.runs.get_run(run_id)).status == ev.PENDING:
             raise  # refused for a reason of its own, not because it has started
+    except TimeoutError:
+        if not waiting.expired():
+            raise
+        if (await c.runs.get_run(run_id)).status == ev.PENDING:
+            raise Unavailable(
+                f"the engine said nothing for {c.execute_silence_s:g} s and run {run_id} is "
+                f"still pending; `nyxflow run follow {run_id}` starts it if no engine has"
+            ) from None
 
 
 async def _follow_to_the_end(
