@@ -142,3 +142,43 @@ def test_a_fenced_answer_with_crlf_or_an_upper_case_language_is_read(answer: str
 def test_blank_json_items_are_not_items() -> None:
     # As blank lines in lines mode: nothing to send to the model.
     assert [i.text for i in split_items('["a", "", "   ", "b"]', "json")] == ["a", "b"]
+
+
+def test_headings_indented_up_to_three_spaces_split_and_four_make_code() -> None:
+    text = "  ## One\nfirst\n   ## Two\nsecond\n    ## code, not a heading\n"
+
+    items = split_items(text, "headings")
+
+    assert [i.heading for i in items] == ["One", "Two"]
+    assert items[1].text.endswith("    ## code, not a heading")
+
+
+def test_underlined_headings_split_at_their_level() -> None:
+    """Setext headings: `===` under a line makes level 1, `---` level 2. A plan written that
+    way was one item, or split only at the few `##` headings it also had."""
+    text = (
+        "Plan\n====\nintro\n\n"
+        "Step 1: install\n---------------\nrun pip\n\n"
+        "Step 2: test\n---\nrun pytest\n### detail\nmore\n"
+    )
+
+    items = split_items(text, "headings")
+
+    assert [i.heading for i in items] == ["Plan"]  # the top-most level present
+    steps = split_items(text.split("intro\n\n", 1)[1], "headings")
+    assert [i.heading for i in steps] == ["Step 1: install", "Step 2: test"]
+    assert steps[0].text == "Step 1: install\n---------------\nrun pip"
+    assert steps[1].text.endswith("### detail\nmore")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "## One\nend\n\n---\n\n## Two\n",  # a break after a blank line
+        "## One\n- an item\n---\n## Two\n",  # a break after a list item
+        "## One\n```\ncode\n---\n```\n## Two\n",  # in a code block
+        "## One\n    code\n---\n## Two\n",  # after indented code
+    ],
+)
+def test_a_dash_line_that_underlines_no_text_is_no_heading(text: str) -> None:
+    assert [i.heading for i in split_items(text, "headings")] == ["One", "Two"]

@@ -9,8 +9,14 @@ from typing import Any
 
 from nyxflow.errors import InvalidArgument
 
-# A closing run of #s counts only after a space (CommonMark): "## C#" is about C#.
-HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
+# A closing run of #s counts only after a space (CommonMark): "## C#" is about C#. Up to
+# three spaces may come first; four make a code block.
+HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
+# A line of = or - under a line of text makes that text a heading of level 1 or 2 (setext).
+UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+# A line the underline cannot make a heading: a blank, a list item (its "---" is a break),
+# a quote, or code.
+NOT_SETEXT_TEXT = re.compile(r"^(?:[ \t]*$| {0,3}(?:[-*+>]|\d{1,9}[.)])(?:[ \t]|$)| {4}|\t)")
 # Any indentation: a plan's code blocks often sit in list items.
 FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})(.*)$")
 MAX_HEADING = 120
@@ -38,24 +44,42 @@ def split_items(text: str, mode: str) -> list[Item]:
 
 def _heading_items(text: str) -> list[Item]:
     lines = text.splitlines()
-    # A "# install deps" in a shell block is a comment, not a part of the plan.
-    headings = {i: match for i, line in _outside_fences(lines) if (match := HEADING.match(line))}
+    headings = _headings(lines)
     if not headings:
         raise InvalidArgument("the source output has no markdown headings to split", field="split")
-    level = min(len(m.group(1)) for m in headings.values())  # the top-most level present
+    level = min(lvl for lvl, _ in headings.values())  # the top-most level present
     items: list[Item] = []
     heading, body = None, list[str]()
     for i, line in enumerate(lines):
-        match = headings.get(i)
-        if match and len(match.group(1)) == level:
+        found = headings.get(i)
+        if found and found[0] == level:
             if heading is not None:
                 items.append(Item(_short(heading), "\n".join(body).strip()))
-            heading, body = match.group(2), [line]
+            heading, body = found[1], [line]
         elif heading is not None:
             body.append(line)
     if heading is not None:
         items.append(Item(_short(heading), "\n".join(body).strip()))
     return items
+
+
+def _headings(lines: list[str]) -> dict[int, tuple[int, str]]:
+    """Each heading's line (a setext heading's text line) with its level and text. A
+    "# install deps" in a shell block is a comment, not a part of the plan."""
+    found: dict[int, tuple[int, str]] = {}
+    previous: tuple[int, str] | None = None  # the last line outside fences, if a text line
+    for i, line in _outside_fences(lines):
+        if match := HEADING.match(line):
+            found[i] = (len(match.group(1)), match.group(2))
+            previous = None
+            continue
+        under = UNDERLINE.match(line)
+        if under and previous is not None and previous[0] == i - 1:
+            found[i - 1] = (1 if under.group(1)[0] == "=" else 2, previous[1].strip())
+            previous = None
+            continue
+        previous = None if NOT_SETEXT_TEXT.match(line) else (i, line)
+    return found
 
 
 def _outside_fences(lines: list[str]) -> list[tuple[int, str]]:
