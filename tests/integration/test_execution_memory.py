@@ -59,3 +59,37 @@ async def _cancel_and_watch_it_go(api: Clients) -> None:
 async def _ended(freed: weakref.ref[Execution]) -> bool:
     execution = freed()
     return execution is None or (execution.task is None or execution.task.done())
+
+
+async def test_a_run_its_caller_left_keeps_none_of_its_events(runs_addr: str) -> None:
+    """The caller that started the run stops following (the browser left): the run goes on,
+    and its events, runs' to replay, are no longer held by the engine. They were, deltas
+    and all, to the run's end."""
+    async with (
+        engine_service(runs_addr) as engine,
+        clients(runs_addr, engine.engine_listen) as api,
+    ):
+        assert api.engine is not None
+        steps = [llm_step(n, "x", tokens=30, token_delay_ms=5) for n in ("a", "b")]
+        workflow = await api.runs.create_workflow("left", steps)
+        run = await api.runs.create_run(workflow.id)
+        events = api.engine.execute(run.id)
+        async for event in events:
+            if event.type == ev.STEP_DELTA:
+                break
+        await events.aclose()
+        (execution,) = [e for e in _executions() if e.run_id == run.id]
+        feed = execution.writer.feed
+        del execution
+        done = await eventually(
+            lambda: api.runs.get_run(run.id, brief=True),
+            lambda r: r.status in ev.FINISHED_RUN_STATUSES,
+            timeout_s=20,
+            what="the run finished",
+        )
+
+        assert done.status == ev.COMPLETED
+        assert feed.held == 0
+        replayed = [e async for e in api.runs.watch_run(run.id)]
+        assert [e.seq for e in replayed] == list(range(1, len(replayed) + 1))  # runs has all
+        assert replayed[-1].type == ev.RUN_COMPLETED

@@ -1,8 +1,11 @@
-"""RunFeed: every follower gets every event from the first, in order, until the feed closes."""
+"""RunFeed: its one follower gets every event from the first, in order, until the feed
+closes; what it has taken, and everything once it stops following, is not kept."""
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.feed import RunFeed
@@ -22,21 +25,19 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_followers_get_everything_from_the_start_in_order() -> None:
+async def test_the_follower_gets_everything_from_the_start_in_order() -> None:
     feed = RunFeed()
-    await feed.extend(events(1, 3))
-    early = asyncio.create_task(collect(feed))
+    await feed.extend(events(1, 3))  # before it follows: the claim's events
+    follower = asyncio.create_task(collect(feed))
     await settle()
     await feed.extend(events(4, 2))
     await feed.extend([])  # nothing to add: a no-op
-    late = asyncio.create_task(collect(feed))  # joins after five events
     await settle()
     await feed.extend(events(6, 1))
     await feed.close()
 
     async with asyncio.timeout(2):
-        assert await early == [1, 2, 3, 4, 5, 6]
-        assert await late == [1, 2, 3, 4, 5, 6]
+        assert await follower == [1, 2, 3, 4, 5, 6]
 
 
 async def test_a_follower_after_close_still_gets_everything_then_ends() -> None:
@@ -47,44 +48,66 @@ async def test_a_follower_after_close_still_gets_everything_then_ends() -> None:
         assert await collect(feed) == [1, 2, 3, 4]
 
 
-async def test_close_ends_waiting_followers_of_an_empty_feed() -> None:
+async def test_close_ends_a_waiting_follower_of_an_empty_feed() -> None:
     feed = RunFeed()
-    followers = [asyncio.create_task(collect(feed)) for _ in range(3)]
+    follower = asyncio.create_task(collect(feed))
     await settle()
-    assert not any(f.done() for f in followers)  # they wait for events
+    assert not follower.done()  # it waits for events
     await feed.close()
     async with asyncio.timeout(2):
-        assert await asyncio.gather(*followers) == [[], [], []]
+        assert await follower == []
 
 
-async def test_cancelling_one_follower_does_not_affect_the_others() -> None:
+async def test_what_the_follower_took_is_not_kept() -> None:
+    """A 100-step run streams hundreds of thousands of deltas: the feed held them all to the
+    run's end."""
     feed = RunFeed()
-    await feed.extend(events(1, 2))
-    cancelled = asyncio.create_task(collect(feed))
-    kept = asyncio.create_task(collect(feed))
-    await settle()
-    cancelled.cancel()
-    await settle()
-    assert cancelled.cancelled()
-    await feed.extend(events(3, 2))
+    taken: list[int] = []
+
+    async def follow() -> None:
+        async for batch in feed.follow_batches():
+            taken.extend(e.seq for e in batch)
+
+    task = asyncio.create_task(follow())
+    for first in range(1, 1000, 100):
+        await feed.extend(events(first, 100))
+        await settle()
+        assert feed.held == 0
     await feed.close()
-
     async with asyncio.timeout(2):
-        assert await kept == [1, 2, 3, 4]
-        assert await collect(feed) == [1, 2, 3, 4]  # the feed itself is intact
+        await task
+    assert taken == list(range(1, 1001))
 
 
-async def test_a_follower_that_stops_early_leaves_the_rest_going() -> None:
+@pytest.mark.parametrize("how", ["cancelled", "broke off"])
+async def test_once_the_follower_stops_nothing_more_is_kept(how: str) -> None:
     feed = RunFeed()
     await feed.extend(events(1, 5))
-    first_two: list[int] = []
-    async for event in feed.follow():
-        first_two.append(event.seq)
-        if len(first_two) == 2:
-            break
-    await feed.close()
-    async with asyncio.timeout(2):
-        assert first_two == [1, 2] and await collect(feed) == [1, 2, 3, 4, 5]
+    if how == "cancelled":
+        task = asyncio.create_task(collect(feed))
+        await settle()
+        task.cancel()
+        await settle()
+        assert task.cancelled()
+    else:
+        follower = feed.follow()
+        assert (await anext(follower)).seq == 1
+        await follower.aclose()
+
+    await feed.extend(events(6, 3))  # the run goes on, its events are runs' alone
+
+    assert feed.held == 0
+    with pytest.raises(RuntimeError):
+        await anext(feed.follow_batches())  # no second follower
+
+
+async def test_an_unfollowed_feed_keeps_nothing() -> None:
+    """A run the engine adopted itself has no caller to follow it."""
+    feed = RunFeed()
+    await feed.extend(events(1, 2))
+    feed.unfollow()
+    await feed.extend(events(3, 2))
+    assert feed.held == 0
 
 
 async def test_a_follower_gets_what_is_there_in_one_batch() -> None:

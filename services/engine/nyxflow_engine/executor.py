@@ -52,7 +52,11 @@ class Executor:
         starting = asyncio.create_task(self._claim_and_start(run_id, caller))
         self._starting.add(starting)
         starting.add_done_callback(self._starting.discard)
-        return await asyncio.shield(starting)
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(_unfollowed)  # no one will take its feed
+            raise
 
     def runs_as(self, caller: Metadata) -> RunsClient:
         """runs, called with `caller`'s credentials (runs decides who the tenant is)."""
@@ -108,7 +112,9 @@ class Executor:
     async def adopt(self, run_id: str, tenant_id: str) -> RunFeed:
         """Claim a requeued run as the engine itself (no caller is waiting on it)."""
         caller = internal_metadata(self._settings.internal_secret, tenant_id)
-        return await self.start(run_id, caller)
+        feed = await self.start(run_id, caller)
+        feed.unfollow()  # no caller waits on it: its events are runs' alone
+        return feed
 
     async def drain(self, grace_s: float) -> None:
         """On shutdown: pause every run we hold and wait (bounded) for them to record it."""
@@ -121,3 +127,9 @@ class Executor:
         tasks = [e.task for e in executions if e.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
+
+
+def _unfollowed(starting: asyncio.Task[RunFeed]) -> None:
+    """A start its caller left: the run goes on, with no one to follow its feed."""
+    if not starting.cancelled() and starting.exception() is None:
+        starting.result().unfollow()

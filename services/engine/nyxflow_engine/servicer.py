@@ -31,14 +31,17 @@ class EngineServicer(engine_pb2_grpc.EngineServicer):
             if k in FORWARDED and isinstance(v, str)
         )
         feed = await self._executor.start(request.run_id, caller)
-        # A caller that cancels stops following here; the execution goes on.
-        source = feed.follow_batches()
-        if not any(k == INTERNAL for k, _ in caller):  # the internal secret is not revoked
-            # A key's stream ends once runs refuses the key (revoked, expired), as its WatchRun
-            # would: the run goes on.
-            runs = self._executor.runs_as(caller)
-            source = while_allowed(source, lambda: runs.get_run(request.run_id, brief=True))
-        async with contextlib.aclosing(source):
-            async for events in source:
-                for batch in batched(events):
-                    yield batch
+        try:
+            # A caller that cancels stops following here; the execution goes on.
+            source = feed.follow_batches()
+            if not any(k == INTERNAL for k, _ in caller):  # the internal secret is not revoked
+                # A key's stream ends once runs refuses the key (revoked, expired), as its
+                # WatchRun would: the run goes on.
+                runs = self._executor.runs_as(caller)
+                source = while_allowed(source, lambda: runs.get_run(request.run_id, brief=True))
+            async with contextlib.aclosing(source):
+                async for events in source:
+                    for batch in batched(events):
+                        yield batch
+        finally:
+            feed.unfollow()  # however the call ends, no one else will take the run's events
