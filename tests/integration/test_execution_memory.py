@@ -10,6 +10,7 @@ import gc
 import weakref
 
 from nyxflow import events as ev
+from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.execution import Execution
 from tests.support.eventually import eventually
 from tests.support.inprocess import Clients, clients, engine_service
@@ -33,13 +34,7 @@ async def test_a_cancelled_execution_is_freed_without_the_collector(runs_addr: s
 async def _cancel_and_watch_it_go(api: Clients) -> None:
     assert api.engine is not None
     step = llm_step("long", "x", tokens=200, token_delay_ms=20)
-    workflow = await api.runs.create_workflow("freed", [step])
-    run = await api.runs.create_run(workflow.id)
-    events = api.engine.execute(run.id)
-    async for event in events:
-        if event.type == ev.STEP_DELTA:
-            break
-    await events.aclose()
+    run = await _started_then_left(api, "freed", [step])
     gc.collect()
     (execution,) = [e for e in _executions() if e.run_id == run.id]
     freed = weakref.ref(execution)
@@ -71,13 +66,7 @@ async def test_a_run_its_caller_left_keeps_none_of_its_events(runs_addr: str) ->
     ):
         assert api.engine is not None
         steps = [llm_step(n, "x", tokens=30, token_delay_ms=5) for n in ("a", "b")]
-        workflow = await api.runs.create_workflow("left", steps)
-        run = await api.runs.create_run(workflow.id)
-        events = api.engine.execute(run.id)
-        async for event in events:
-            if event.type == ev.STEP_DELTA:
-                break
-        await events.aclose()
+        run = await _started_then_left(api, "left", steps)
         (execution,) = [e for e in _executions() if e.run_id == run.id]
         feed = execution.writer.feed
         del execution
@@ -93,3 +82,16 @@ async def test_a_run_its_caller_left_keeps_none_of_its_events(runs_addr: str) ->
         replayed = [e async for e in api.runs.watch_run(run.id)]
         assert [e.seq for e in replayed] == list(range(1, len(replayed) + 1))  # runs has all
         assert replayed[-1].type == ev.RUN_COMPLETED
+
+
+async def _started_then_left(api: Clients, name: str, steps: list[pb.StepSpec]) -> pb.Run:
+    """A run started through Execute, whose caller leaves at the first tokens."""
+    assert api.engine is not None
+    workflow = await api.runs.create_workflow(name, steps)
+    run = await api.runs.create_run(workflow.id)
+    events = api.engine.execute(run.id)
+    async for event in events:
+        if event.type == ev.STEP_DELTA:
+            break
+    await events.aclose()
+    return run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from nyxflow.v1 import common_pb2 as pb
 
@@ -44,7 +44,7 @@ class RunFeed:
         self._unfollowed = True
         self._events = []
 
-    async def follow(self) -> AsyncIterator[pb.RunEvent]:
+    async def follow(self) -> AsyncGenerator[pb.RunEvent, None]:
         """Every event from the first; ends when the feed closes."""
         async with contextlib.aclosing(self.follow_batches()) as batches:
             async for batch in batches:

@@ -66,6 +66,10 @@ async def _to_the_end(write: Coroutine[Any, Any, T]) -> T:
         if not task.cancelled():
             task.exception()  # seen: the caller is told of its cancellation
         raise
+    finally:
+        # A failed task keeps its error, whose traceback holds this frame: holding the task
+        # too, the cycle kept the run's execution until a full collection.
+        del task
 
 
 def _event_ops(drafts: Sequence[pb.EventDraft]) -> list[runs_pb2.WriteOp]:
@@ -271,6 +275,8 @@ class RunWriter:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
+        # The same for the failures kept for the next write: their tracebacks hold this writer.
+        self._failure, self._lost = None, None
 
     async def _absorb(self, response: runs_pb2.WriteResponse) -> None:
         self.pause_requested = self.pause_requested or response.pause_requested

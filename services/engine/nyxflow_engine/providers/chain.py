@@ -138,6 +138,8 @@ async def _with_retries(
                 raise ProviderFailure(
                     Action.RETRY, f"{provider.name}: unexpected response ({type(error).__name__})"
                 ) from error
+            finally:
+                listener_error = None  # its traceback holds this frame, which holds it
         except ProviderFailure as failure:
             metrics.PROVIDER_ERRORS.labels(provider=provider.name, action=failure.action).inc()
             if streamed:
