@@ -923,6 +923,37 @@ async def test_record_many_answers_each_batch_alone(api: Clients) -> None:
     assert [(s.status, s.output) for s in after[done.id].steps] == [(ev.COMPLETED, "ok")] * 2
 
 
+def step_write(step_id: str, status: str, output: str = "") -> runs_pb2.WriteOp:
+    change = runs_pb2.StepChange(status=status, output=output)
+    return runs_pb2.WriteOp(step=runs_pb2.StepWrite(step_id=step_id, change=change))
+
+
+async def test_record_many_applies_one_runs_batches_in_order(runs: Clients, db: Direct) -> None:
+    """Two batches of one run in one RecordMany: the first ends the run with a step still
+    running (the general path's case), the second only appends. In order, the second comes
+    after the run's end and is refused, and the run's end is its last event."""
+    engine, run, token = await claimed(runs)
+    step = run.steps[0].id
+    batches = [
+        runs_pb2.RecordRequest(
+            run_id=run.id, token=token, ops=[step_write(step, ev.RUNNING)],
+            finish_status=ev.FAILED, finish_error="boom", batch_id="first",
+        ),
+        runs_pb2.RecordRequest(
+            run_id=run.id, token=token, ops=[runs_pb2.WriteOp(event=draft(ev.STEP_DELTA))],
+            batch_id="second",
+        ),
+    ]  # fmt: skip
+
+    results = (await engine.record_many(batches)).results
+
+    assert [r.code for r in results] == [0, 9]  # OK, FAILED_PRECONDITION
+    events = await db.events(run.tenant_id, run.id)
+    assert [e.type for e in events] == [ev.RUN_STARTED, ev.RUN_FAILED]
+    stored = await runs.runs.get_run(run.id)
+    assert (stored.status, stored.steps[0].status) == (ev.FAILED, ev.FAILED)
+
+
 async def test_a_brief_get_run_is_the_run_without_its_steps(api: Clients) -> None:
     """What an SSE connect asks: the status, from one row."""
     engine, run, token = await claimed(api, steps=3)

@@ -418,9 +418,15 @@ class HotPath:
         requested) for every batch applied. An entry left out was fenced off or needs the
         general path (see the module's docstring); nothing of it was written."""
         chosen: dict[str, tuple[int, Plan]] = {}
+        seen: set[str] = set()
         for index, entry in enumerate(entries):
+            # Only a run's first batch: a later one applied here would commit before an
+            # earlier one the general path applies (or refuses) after this statement.
+            if entry.run_id in seen:
+                continue
+            seen.add(entry.run_id)
             plan = Plan.of(entry.batch)
-            if plan is not None and entry.run_id not in chosen:
+            if plan is not None:
                 chosen[entry.run_id] = (index, plan)
         if not chosen:
             return {}
