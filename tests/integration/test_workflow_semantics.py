@@ -463,6 +463,33 @@ async def test_a_generated_prompt_quotes_the_plan_s_template_syntax_as_it_is(
     assert generated.output == "received intact"
 
 
+async def test_the_prompt_generated_from_where_a_plan_was_cut_says_so(api: Clients) -> None:
+    """A plan cut at its token limit generated its last prompt from the cut text without a
+    word: the prompt read whole, and the model wrote a prompt for half a part."""
+    plan = "## One\nalpha beta gamma\n## Two\ndelta epsilon zeta eta theta iota kappa lambda\n"
+    workflow = await api.runs.create_workflow(
+        "cut-plan",
+        [
+            spec(
+                "Synthesis",
+                "synthesis",
+                "Plan it.",
+                generates="implementation_prompt",
+                params={"script": plan},
+                max_tokens=25,  # the local provider's tokens are two characters
+            )
+        ],
+    )
+    run, _ = await run_once(api, workflow.id)
+
+    assert run.status == ev.COMPLETED, run.error
+    synthesis, first, last = run.steps
+    assert synthesis.truncated and not synthesis.output.endswith("lambda")
+    assert CUT_OFF not in first.prompt and "cut off" not in first.prompt
+    assert "## Two\ndelta" in last.prompt and last.prompt.endswith("\n" + CUT_OFF)
+    assert "The plan was cut off within this part" in last.prompt
+
+
 async def test_truncation_marks_and_auto_continue_joins(api: Clients) -> None:
     cut = spec("cut", params={"tokens": 50}, max_tokens=20)
     joined = spec("joined", params={"tokens": 50}, max_tokens=20, auto_continue=2)

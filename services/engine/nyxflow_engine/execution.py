@@ -190,10 +190,12 @@ class Execution:
                 # The last step's result travels with the run's end: one write, not two.
                 last = position == len(steps) - 1 and not step.spec.generates
                 with logs.bound(step_id=step.id):
-                    outputs[step.name] = await self._execute_step(step, steps, outputs, last)
+                    result = await self._execute_step(step, steps, outputs, last)
+                outputs[step.name] = result.output
                 done = pb.Step()
                 done.CopyFrom(step)
-                done.status, done.output = ev.COMPLETED, outputs[step.name]
+                done.status, done.output = ev.COMPLETED, result.output
+                done.truncated = result.truncated  # what it generates says where it was cut
                 step = done
             # Executed again, its output is new: whatever it generated before is stale, and
             # runs replaces that block with what this output generates.
@@ -241,7 +243,7 @@ class Execution:
 
     async def _execute_step(
         self, step: pb.Step, steps: Sequence[pb.Step], outputs: dict[str, str], last: bool
-    ) -> str:
+    ) -> StepResult:
         ids = {"step_id": step.id, "name": step.name}
         await self.writer.step(
             step.id,
@@ -286,7 +288,7 @@ class Execution:
             time.monotonic() - started
         )
         await self._complete_step(step, result, durable=not last)
-        return result.output
+        return result
 
     async def _complete_step(self, step: pb.Step, result: StepResult, durable: bool) -> None:
         ids = {"step_id": step.id, "name": step.name}

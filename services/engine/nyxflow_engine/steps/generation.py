@@ -9,6 +9,7 @@ from nyxflow import constants as kinds
 from nyxflow.errors import InvalidArgument
 from nyxflow.references import one_line
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.cut_off import marked
 from nyxflow_engine.splitting import split_items
 
 MAX_NAME = 200
@@ -29,6 +30,7 @@ def generated_specs(
     # The block these replace frees its names.
     replaced = {s.id for s in generated_block(synthesis, steps)}
     taken = {s.name for s in steps if s.id not in replaced}
+    items = split_items(synthesis.output, "headings")
     specs = [
         pb.StepSpec(
             # Named as runs stores it (one line), or a retried generation is not recognised.
@@ -36,15 +38,12 @@ def generated_specs(
             kind=kinds.IMPLEMENTATION_PROMPT,
             # The plan's text as it is: runs stores a generated step's prompt unchecked and
             # the engine sends it unrendered, so `{{ … }}` it quotes reaches the model intact.
-            prompt=(
-                "Write a precise, self-contained implementation prompt for this part of the "
-                f"plan:\n\n{item.text}"
-            ),
+            prompt=_prompt(item.text, cut=synthesis.truncated and i == len(items) - 1),
             providers=list(synthesis.providers),
             params_json=synthesis.params_json,
             persona=synthesis.spec.persona,
         )
-        for i, item in enumerate(split_items(synthesis.output, "headings"))
+        for i, item in enumerate(items)
     ]
     if consistency_check and specs:
         specs.append(
@@ -57,6 +56,18 @@ def generated_specs(
             )
         )
     return specs
+
+
+def _prompt(part: str, cut: bool) -> str:
+    """The last part of a plan cut at its token limit is marked so: it reads whole often
+    enough, and the prompt made from it would pass the cut on without a word."""
+    ask = "Write a precise, self-contained implementation prompt for this part of the plan"
+    if not cut:
+        return f"{ask}:\n\n{part}"
+    return (
+        f"{ask}. The plan was cut off within this part, where the mark says: say what is "
+        f"missing rather than make it up.\n\n{marked(part)}"
+    )
 
 
 def check_generatable(
