@@ -954,6 +954,28 @@ async def test_record_many_applies_one_runs_batches_in_order(runs: Clients, db: 
     assert (stored.status, stored.steps[0].status) == (ev.FAILED, ev.FAILED)
 
 
+async def test_a_run_completed_with_a_step_the_batch_fails_is_refused(runs: Clients) -> None:
+    """`completed` only when each step is, as the batch leaves it: one that fails a step
+    completed before, and ends the run `completed`, is refused whole."""
+    engine, run, token = await claimed(runs)
+    first, second = (s.id for s in run.steps)
+    done = [step_write(first, ev.COMPLETED, "a"), step_write(second, ev.COMPLETED, "b")]
+    await engine.record(run.id, token, done, batch_id="done")
+    for status in (ev.FAILED, ev.PENDING, ev.CANCELLED):
+        batch = runs_pb2.RecordRequest(
+            run_id=run.id, token=token, ops=[step_write(second, status)],
+            finish_status=ev.COMPLETED, batch_id=f"undo-{status}",
+        )  # fmt: skip
+
+        (result,) = (await engine.record_many([batch])).results
+
+        assert result.code == 9, status  # FAILED_PRECONDITION
+        assert result.message.endswith(f"steps not completed: 's1' ({status})")
+        stored = await runs.runs.get_run(run.id)
+        assert stored.status == ev.RUNNING and stored.last_seq == 1
+        assert [s.status for s in stored.steps] == [ev.COMPLETED, ev.COMPLETED]
+
+
 async def test_a_brief_get_run_is_the_run_without_its_steps(api: Clients) -> None:
     """What an SSE connect asks: the status, from one row."""
     engine, run, token = await claimed(api, steps=3)

@@ -129,18 +129,17 @@ WITH refs AS (
     WHERE NOT EXISTS (
         SELECT 1 FROM steps s WHERE s.id = x.step_id AND s.workflow_id = r.workflow_id)
 ), unfinished AS (
-    -- A run ending `completed` with a step that is not, the batch's own ends aside: the
-    -- general path refuses it (resume would find nothing to run and skip that step).
+    -- A run ending `completed` with a step that is not, as this batch leaves it (its own
+    -- end for the step, else the stored status): the general path refuses it (resume would
+    -- find nothing to run and skip that step).
     SELECT v.id FROM unnest($2::varchar[], $6::varchar[]) AS v(id, finish)
     JOIN runs r ON r.id = v.id
     WHERE v.finish = 'completed' AND EXISTS (
         SELECT 1 FROM steps s
-        WHERE s.workflow_id = r.workflow_id AND s.status NOT IN ('completed', 'skipped')
-            AND NOT EXISTS (
-                SELECT 1 FROM unnest($8::varchar[], $9::varchar[], $12::varchar[])
-                    AS x(run_id, step_id, status)
-                WHERE x.run_id = v.id AND x.step_id = s.id
-                    AND x.status IN ('completed', 'skipped')))
+        LEFT JOIN unnest($8::varchar[], $9::varchar[], $12::varchar[])
+            AS x(run_id, step_id, status) ON x.run_id = v.id AND x.step_id = s.id
+        WHERE s.workflow_id = r.workflow_id
+            AND COALESCE(x.status, s.status) NOT IN ('completed', 'skipped'))
 ), fenced AS (
     UPDATE runs AS r SET last_seq = r.last_seq + v.n, last_batch = v.batch,
         status = COALESCE(v.finish, r.status),
