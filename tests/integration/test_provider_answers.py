@@ -262,6 +262,11 @@ GEMINI_LOCATION = {
         "status": "FAILED_PRECONDITION",
     }
 }
+ANTHROPIC_DISABLED = {
+    "type": "error",
+    "error": {"type": "invalid_request_error", "message": "This organization has been disabled."},
+    "request_id": "req_011CZN5aK3LmTQvWbq8sUd2E",
+}
 
 
 @pytest.mark.parametrize(
@@ -271,8 +276,15 @@ GEMINI_LOCATION = {
         ("google", GEMINI_KEY_EXPIRED),
         ("google", GEMINI_RENEW_KEY),
         ("google", GEMINI_LOCATION),
+        ("anthropic", ANTHROPIC_DISABLED),
     ],
-    ids=["anthropic-spend-limit", "gemini-key-expired", "gemini-key-reason", "gemini-location"],
+    ids=[
+        "anthropic-spend-limit",
+        "gemini-key-expired",
+        "gemini-key-reason",
+        "gemini-location",
+        "anthropic-disabled",
+    ],
 )
 async def test_a_provider_that_cannot_serve_from_here_falls_back_at_once(
     fake_api: Clients, fake: FakeProviders, wire: str, body: dict[str, Any]
@@ -288,6 +300,72 @@ async def test_a_provider_that_cannot_serve_from_here_falls_back_at_once(
     (fallback,) = of_type(events, ev.PROVIDER_FALLBACK)
     assert fallback["reason"] == f"{wire}: {body['error']['message']} (HTTP 400)"
     assert fake.count(wire) == 1
+
+
+# max_tokens above what the model can write at all, in each provider's words.
+BEYOND_OUTPUT_LIMIT: dict[str, dict[str, Any]] = {
+    "anthropic": {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "max_tokens: 16384 > 8192, which is the maximum allowed number of "
+            "output tokens for claude-3-5-sonnet-20241022",
+        },
+    },
+    "openai": {
+        "error": {
+            "message": "max_tokens is too large: 16384. This model supports at most 4096 "
+            "completion tokens, whereas you provided 16384.",
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": None,
+        }
+    },
+    "google": {
+        "error": {
+            "code": 400,
+            "message": "Unable to submit request because it has a maxOutputTokens value of "
+            "16384 but the supported range is from 1 (inclusive) to 8193 (exclusive). Update "
+            "the value and try again.",
+            "status": "INVALID_ARGUMENT",
+        }
+    },
+}
+CANNOT_WRITE = "the model cannot write that many tokens (max_tokens above its limit)"
+
+
+@pytest.mark.parametrize("wire", WIRES)
+async def test_a_limit_one_model_cannot_give_passes_to_the_next_provider(
+    fake_api: Clients, fake: FakeProviders, wire: str
+) -> None:
+    """A raised max_tokens (8192 -> 16384) failed the step as a bad request, though the
+    chain's next model could write that much."""
+    body = BEYOND_OUTPUT_LIMIT[wire]
+    fake.script(wire, wire_of.error_body(400, body))
+    other = next_of(wire)
+    fake.script(other, wire_of.answer(other, OTHER))
+
+    run, events = await run_steps(
+        fake_api, step("Long", [f"{wire}:m", f"{other}:big"], max_tokens=16384)
+    )
+
+    assert run.status == ev.COMPLETED, run.steps[0].error
+    assert run.steps[0].served_by == f"{other}:big"
+    (fallback,) = of_type(events, ev.PROVIDER_FALLBACK)
+    assert fallback["reason"] == f"{wire}: {CANNOT_WRITE}: {body['error']['message']} (HTTP 400)"
+    assert fake.count(wire) == 1
+
+
+async def test_a_limit_no_model_of_the_chain_can_give_fails_the_step_saying_so(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    fake.script("anthropic", wire_of.error_body(400, BEYOND_OUTPUT_LIMIT["anthropic"]))
+
+    run, _ = await run_steps(fake_api, step("Long", ["anthropic:m"], max_tokens=16384))
+
+    assert run.status == ev.FAILED
+    assert f"anthropic: {CANNOT_WRITE}: max_tokens: 16384 > 8192" in run.steps[0].error
+    assert fake.count("anthropic") == 1
 
 
 async def test_an_answer_cut_by_the_context_window_is_kept_and_not_continued(

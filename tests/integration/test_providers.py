@@ -106,6 +106,34 @@ async def test_rate_limited_twice_then_served_without_fallback(
     assert of_type(events, ev.PROVIDER_FALLBACK) == []
 
 
+OPENAI_RATE_LIMIT_NAMING_BILLING = (
+    "Rate limit reached for gpt-4.1 in organization org-fake on requests per min (RPM): "
+    "Limit 3, Used 3, Requested 1. Please try again in 20s. Visit "
+    "https://platform.openai.com/account/rate-limits to learn more. You can increase your "
+    "rate limit by adding a payment method to your account at "
+    "https://platform.openai.com/account/billing."
+)
+
+
+async def test_a_rate_limit_pointing_at_billing_is_retried_not_passed_on(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """The link to the billing page made a rate limit of seconds count as an empty wallet."""
+    fake.script(
+        "openai",
+        Reply(error="rate_limit", message=OPENAI_RATE_LIMIT_NAMING_BILLING),
+        Reply(text="second try"),
+    )
+    fake.script("google", Reply(text="gemini"))
+
+    run, events = await run_steps(fake_api, step("S", ["openai:gpt-4.1", "google:gemini"]))
+
+    assert run.steps[0].output == "second try"
+    assert run.steps[0].served_by == "openai:gpt-4.1"
+    assert fake.count("openai") == 2 and fake.count("google") == 0
+    assert of_type(events, ev.PROVIDER_FALLBACK) == []
+
+
 async def test_every_provider_down_fails_the_step_with_each_reason(
     fake_api: Clients, fake: FakeProviders
 ) -> None:

@@ -11,6 +11,29 @@ CREDIT = "Your credit balance is too low to access the Anthropic API."
 QUOTA = "You exceeded your current quota, please check your plan and billing details."
 GEMINI_QUOTA = "Quota exceeded for quota metric 'Generate Content API requests'"
 TOO_LONG = "prompt is too long: 250000 tokens > 200000 maximum"
+# OpenAI's free-tier rate limit points at the billing page: still a rate limit.
+RATE_LIMIT_BILLING_LINK = (
+    "Rate limit reached for gpt-4.1 in organization org-x on requests per min (RPM): Limit 3, "
+    "Used 3, Requested 1. Please try again in 20s. Visit https://platform.openai.com/account/"
+    "rate-limits to learn more. You can increase your rate limit by adding a payment method to "
+    "your account at https://platform.openai.com/account/billing."
+)
+ANTHROPIC_OUTPUT_LIMIT = (
+    "max_tokens: 16384 > 8192, which is the maximum allowed number of output tokens for "
+    "claude-3-5-sonnet-20241022"
+)
+OPENAI_OUTPUT_LIMIT = (
+    "max_tokens is too large: 32000. This model supports at most 16384 completion tokens, "
+    "whereas you provided 32000."
+)
+GEMINI_OUTPUT_LIMIT = (
+    "Unable to submit request because it has a maxOutputTokens value of 655360 but the "
+    "supported range is from 1 (inclusive) to 8193 (exclusive). Update the value and try again."
+)
+ANTHROPIC_CONTEXT_FULL = (
+    "input length and `max_tokens` exceed context limit: 197000 + 16384 > 200000, decrease "
+    "input length or `max_tokens` and try again"
+)
 
 
 @pytest.mark.parametrize(
@@ -41,6 +64,24 @@ TOO_LONG = "prompt is too long: 250000 tokens > 200000 maximum"
         (400, "Please renew the API key.", "INVALID_ARGUMENT API_KEY_INVALID", Action.NEXT),
         (400, "User location is not supported for the API use.", "FAILED_PRECONDITION",
          Action.NEXT),
+        # The code decides before the words: a rate limit naming billing is still transient.
+        (429, RATE_LIMIT_BILLING_LINK, "rate_limit_exceeded", Action.RETRY),
+        (429, RATE_LIMIT_BILLING_LINK, "requests", Action.RETRY),
+        (429, "Your account is not active, please check your billing details on our website.",
+         "billing_not_active", Action.NEXT),
+        (429, "Billing hard limit has been reached", "billing_hard_limit_reached", Action.NEXT),
+        (200, "Rate limit reached. Visit https://platform.openai.com/account/billing", "",
+         Action.RETRY),
+        # The account cannot be used at all.
+        (400, "This organization has been disabled.", "invalid_request_error", Action.NEXT),
+        (400, "Your account is not active.", "invalid_request_error", Action.NEXT),
+        # max_tokens beyond what the model can write: another model may take it.
+        (400, ANTHROPIC_OUTPUT_LIMIT, "invalid_request_error", Action.NEXT),
+        (400, OPENAI_OUTPUT_LIMIT, "invalid_request_error", Action.NEXT),
+        (400, "Invalid 'max_completion_tokens': integer above maximum value. Expected a value "
+         "<= 100000, but got 200000 instead.", "integer_above_max_value", Action.NEXT),
+        (400, GEMINI_OUTPUT_LIMIT, "INVALID_ARGUMENT", Action.NEXT),
+        (400, ANTHROPIC_CONTEXT_FULL, "invalid_request_error", Action.FAIL),
     ],
 )  # fmt: skip
 def test_classification(status: int | None, message: str, code: str, action: Action) -> None:
@@ -52,6 +93,18 @@ def test_failure_reason_names_provider_and_status() -> None:
     assert error.action is Action.NEXT
     assert error.reason == "anthropic: Your credit balance is too low (HTTP 400)"
     assert "no response" in failure("google", None, "connection failed").reason
+
+
+def test_a_limit_the_model_cannot_give_says_so() -> None:
+    error = failure("anthropic", 400, ANTHROPIC_OUTPUT_LIMIT, "invalid_request_error")
+    assert (error.action, error.context_full) == (Action.NEXT, False)
+    assert error.reason == (
+        "anthropic: the model cannot write that many tokens (max_tokens above its limit): "
+        f"{ANTHROPIC_OUTPUT_LIMIT} (HTTP 400)"
+    )
+    full = failure("anthropic", 400, ANTHROPIC_CONTEXT_FULL, "invalid_request_error")
+    assert (full.action, full.context_full) == (Action.FAIL, True)
+    assert "cannot write" not in full.reason
 
 
 def test_backoff_grows_with_jitter_and_is_capped() -> None:

@@ -19,16 +19,35 @@ class Action(StrEnum):
     FAIL = "fail"  # the request itself is bad: no provider will do better
 
 
-# Lower-case fragments of the providers' own messages and error codes.
+# The providers' error codes decide first. A rate limit's message may well point at billing
+# (OpenAI's free tier: "… Visit https://platform.openai.com/account/billing"): it is still a
+# rate limit, gone in seconds.
+_RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded", "rate_limit_error", "requests", "tokens"})
+_ACCOUNT_CODES = frozenset({"insufficient_quota"})  # and every `billing_*` code
+# Lower-case fragments of the providers' own messages and error codes. Phrases, never the bare
+# word "billing", which a rate limit's link carries too.
 _OUT_OF_CREDIT = (
     "credit balance",
     "insufficient_quota",
     "exceeded your current quota",
-    "billing",
+    "check your plan and billing details",
+    "check your billing details",
+    "billing hard limit",
+    "billing_hard_limit",
+    "billing_not_active",
     "quota exceeded",
     "exceeded quota",
     "payment required",
     "api usage limits",  # Anthropic's spend limit, a 400 invalid_request_error
+)
+# The account itself cannot be used (Anthropic says so in a 400 invalid_request_error).
+_ACCOUNT_DISABLED = (
+    "organization has been disabled",
+    "organization is disabled",
+    "account has been disabled",
+    "account is disabled",
+    "account is not active",
+    "account has been deactivated",
 )
 # A bad key is not always a 401: Gemini answers it (and an expired one) with a 400
 # INVALID_ARGUMENT, whose ErrorInfo reason API_KEY_INVALID the adapter passes as the code.
@@ -53,6 +72,15 @@ _CONTEXT_FULL = (
     "context_length_exceeded",  # OpenAI's code
     "maximum context length",  # OpenAI-compatible servers (vLLM, llama.cpp) say it so
     "exceeds the maximum number of tokens allowed",  # Gemini
+)
+# `max_tokens` above what this model can write at all: another model of the chain may take it.
+_OUTPUT_LIMIT = (
+    "maximum allowed number of output tokens",  # Anthropic: max_tokens: 16384 > 8192, which is …
+    "max_tokens is too large",  # OpenAI: … This model supports at most 4096 completion tokens
+    "max_completion_tokens is too large",
+    "completion tokens, whereas you provided",
+    "'max_completion_tokens': integer above maximum value",
+    "maxoutputtokens value of",  # Gemini: … but the supported range is from 1 to 8193
 )
 _RATE_LIMITED = ("rate_limit", "rate limit", "too many requests", "resource_exhausted")
 # The providers' own words for "our side, try again" (as a code, or mid-stream).
@@ -80,8 +108,14 @@ class ContextWindowFull(ProviderError):
 
 def classify(status: int | None, message: str, code: str = "") -> Action:
     """`status` None means no HTTP answer: a refused connection, a timeout, a dropped stream."""
+    codes = code.lower().split()
+    if any(c in _ACCOUNT_CODES or c.startswith("billing_") for c in codes):
+        return Action.NEXT
+    if any(c in _RATE_LIMIT_CODES for c in codes):
+        return Action.RETRY
     text = f"{code} {message}".lower()
-    if any(fragment in text for fragment in (*_OUT_OF_CREDIT, *_BAD_KEY, *_CANNOT_SERVE_HERE)):
+    cannot_serve = (*_OUT_OF_CREDIT, *_ACCOUNT_DISABLED, *_BAD_KEY, *_CANNOT_SERVE_HERE)
+    if any(fragment in text for fragment in cannot_serve):
         return Action.NEXT
     if status is None or status in (408, 409, 425, 429) or status >= 500:
         return Action.RETRY
@@ -91,16 +125,32 @@ def classify(status: int | None, message: str, code: str = "") -> Action:
         return Action.RETRY
     if status == STREAM_OK:
         return Action.RETRY  # the request was taken; the stream broke off with an error
+    if _beyond_output_limit(text):
+        return Action.NEXT
     return Action.FAIL
+
+
+def _is_context_full(text: str) -> bool:
+    return any(fragment in text for fragment in _CONTEXT_FULL)
+
+
+def _beyond_output_limit(text: str) -> bool:
+    # A full context window names max_tokens too (Anthropic: "input length and `max_tokens`
+    # exceed context limit"): that stays a full window, which ends a continuation.
+    return not _is_context_full(text) and any(f in text for f in _OUTPUT_LIMIT)
 
 
 def failure(provider: str, status: int | None, message: str, code: str = "") -> ProviderFailure:
     where = f"HTTP {status}" if status is not None else "no response"
     text = plain(message)  # classified too: a page's own words are not the provider's
     shown = text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"
-    reason = f"{provider}: {shown or 'error'} ({where})"
     action = classify(status, text, code)
-    full = action is Action.FAIL and any(f in f"{code} {text}".lower() for f in _CONTEXT_FULL)
+    said = f"{code} {text}".lower()
+    if action is Action.NEXT and _beyond_output_limit(said):
+        # Said plainly: the step's whole error when the chain has no other provider.
+        shown = f"the model cannot write that many tokens (max_tokens above its limit): {shown}"
+    reason = f"{provider}: {shown or 'error'} ({where})"
+    full = action is Action.FAIL and _is_context_full(said)
     return ProviderFailure(action, reason, status=status, context_full=full)
 
 
