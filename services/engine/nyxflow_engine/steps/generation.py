@@ -25,8 +25,14 @@ def unique_name(wanted: str, taken: set[str]) -> str:
 
 
 def generated_specs(
-    synthesis: pb.Step, steps: Sequence[pb.Step], consistency_check: bool
+    synthesis: pb.Step,
+    steps: Sequence[pb.Step],
+    consistency_check: bool,
+    default_chain: Sequence[str] = (),
 ) -> list[pb.StepSpec]:
+    """`default_chain` is the workflow's: the consistency check falls back to it after the
+    synthesis's own chain, as a review step must not hang on the one provider a synthesis
+    was set to by hand."""
     # The block these replace frees its names.
     replaced = {s.id for s in generated_block(synthesis, steps)}
     taken = {s.name for s in steps if s.id not in replaced}
@@ -50,7 +56,7 @@ def generated_specs(
             pb.StepSpec(
                 name=unique_name("Consistency check", taken),
                 kind=kinds.CONSISTENCY_CHECK,
-                providers=list(synthesis.providers),
+                providers=list(dict.fromkeys([*synthesis.providers, *default_chain])),
                 params_json=synthesis.params_json,
                 reviews=[synthesis.name, *(s.name for s in specs)],
             )
