@@ -976,6 +976,34 @@ async def test_a_run_completed_with_a_step_the_batch_fails_is_refused(runs: Clie
         assert [s.status for s in stored.steps] == [ev.COMPLETED, ev.COMPLETED]
 
 
+async def test_an_item_written_twice_in_a_batch_keeps_what_order_says(runs: Clients) -> None:
+    """Item writes apply in order: a second from another input replaces the first, one from
+    the same input keeps it, as with separate batches."""
+    engine, run, token = await claimed(runs)
+    first, second = (s.id for s in run.steps)
+
+    def item(step_id: str, output: str, input_hash: str) -> runs_pb2.WriteOp:
+        written = pb.StepItem(index=0, heading="h", output=output, input_hash=input_hash)
+        return runs_pb2.WriteOp(item=runs_pb2.ItemWrite(step_id=step_id, item=written))
+
+    ops = [
+        item(first, "from the old input", "a" * 64),
+        item(first, "from the new input", "b" * 64),
+        item(second, "the first of one input", "c" * 64),
+        item(second, "the second of one input", "c" * 64),
+    ]
+    batch = runs_pb2.RecordRequest(run_id=run.id, token=token, ops=ops, batch_id="items")
+
+    (result,) = (await engine.record_many([batch])).results
+
+    assert result.code == 0
+    stored = await runs.runs.get_run(run.id)
+    assert [[i.output for i in s.items] for s in stored.steps] == [
+        ["from the new input"],
+        ["the first of one input"],
+    ]
+
+
 async def test_a_brief_get_run_is_the_run_without_its_steps(api: Clients) -> None:
     """What an SSE connect asks: the status, from one row."""
     engine, run, token = await claimed(api, steps=3)

@@ -7,9 +7,10 @@ many runs' batches costs one round trip and one commit whatever it holds.
 
 Only the well-formed, winning cases run here. Whatever needs explaining, or an order one
 statement cannot keep (a claim lost, a stale token, a replayed batch, a step outside the run's
-workflow, a run ending with a step still running, or `completed` with a step that is not), is
-left out and the general path
-(SQLAlchemy, as on SQLite) applies or refuses it, so the rules and messages live in one place.
+workflow, a run ending with a step still running, `completed` with a step that is not, an item
+written again from another input, or a run's batch after one of these), is left out and the
+general path (SQLAlchemy, as on SQLite) applies or refuses it, so the rules and messages live
+in one place.
 """
 
 from __future__ import annotations
@@ -271,12 +272,23 @@ class Plan:
     path's statement-by-statement order."""
 
     steps: list[StepRow] = field(default_factory=list)
+    items: list[runs_pb2.ItemWrite] = field(default_factory=list)
 
     @classmethod
     def of(cls, batch: Batch) -> Plan | None:
         rows: dict[str, StepRow] = {}
+        items: dict[tuple[str, int], runs_pb2.ItemWrite] = {}
         for op in batch.ops:
-            if op.WhichOneof("op") != "step":
+            kind = op.WhichOneof("op")
+            if kind == "item":
+                # The upsert takes one write per item: a second from the same input is kept
+                # out (the first stays, as in order). One from another input replaces the
+                # first whatever is stored, which the upsert cannot tell: in order, in general.
+                first = items.setdefault((op.item.step_id, op.item.item.index), op.item)
+                if first.item.input_hash != op.item.item.input_hash:
+                    return None
+                continue
+            if kind != "step":
                 continue
             write = op.step
             row = rows.setdefault(write.step_id, StepRow(write.step_id))
@@ -288,7 +300,7 @@ class Plan:
                 row.end = write.change
         if batch.finish_status and any(r.end is None for r in rows.values()):
             return None  # a step left running as the run ends: settled in order, in general
-        return cls(list(rows.values()))
+        return cls(list(rows.values()), list(items.values()))
 
 
 class HotPath:
@@ -480,19 +492,14 @@ def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any
                 row.end.item_count if row.end is not None and row.end.HasField("item_count")
                 else None
             )  # fmt: skip
-        written: set[tuple[str, int]] = set()
-        for op in batch.ops:
-            if op.WhichOneof("op") == "item":
-                item = op.item.item
-                if (op.item.step_id, item.index) in written:
-                    continue  # the first write of an item is kept (an upsert takes one each)
-                written.add((op.item.step_id, item.index))
-                _append(
-                    items,
-                    (entry.run_id, str(uuid.uuid4()), op.item.step_id, item.index, item.heading,
-                     item.output, item.truncated, item.input_tokens, item.output_tokens,
-                     item.input_hash or None),
-                )  # fmt: skip
+        for write in plan.items:
+            item = write.item
+            _append(
+                items,
+                (entry.run_id, str(uuid.uuid4()), write.step_id, item.index, item.heading,
+                 item.output, item.truncated, item.input_tokens, item.output_tokens,
+                 item.input_hash or None),
+            )  # fmt: skip
         for position, d in enumerate(batch.drafts):
             _append(events, (entry.run_id, position, d.type, d.text))
     # $34 (items' input hashes) and $35 (steps' item counts) come last: the rest keep their $n.
