@@ -8,7 +8,9 @@ servers' `SERVER_OPTIONS`), and `POST /v1/workflows/import` reads at most `MAX_T
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from nyxflow.errors import from_rpc_error
 from nyxflow.grpc_server import CHANNEL_OPTIONS
 from nyxflow.v1 import admin_pb2, admin_pb2_grpc, runs_pb2, runs_pb2_grpc
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_gateway.app import MAX_BODY_BYTES
 from nyxflow_gateway.routes.workflows import MAX_TEMPLATE_BYTES
 from tests.fuzz.conftest import CALL_TIMEOUT_S, admin_md, answer, kw
 from tests.support.inprocess import API_KEY
@@ -329,3 +332,65 @@ async def test_nul_in_a_path_id(http: httpx.AsyncClient, path: str) -> None:
     assert response.status_code in (400, 404), response.text
     if response.status_code == 400:
         assert response.json()["error"]["field"]
+
+
+# --- HTTP: bodies refused before they are read ----------------------------------------------
+
+
+async def raw_answer(stack: ProcessStack, head: str, body: bytes = b"") -> tuple[int, Any]:
+    """Send `head` (and `body`, perhaps short of what the head declares) on a raw connection
+    and read the answer: one that waits for the rest of the body times out."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateway_port)
+    try:
+        writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            status_line, _, rest = (await reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", rest)
+            assert length is not None, rest
+            answer = await reader.readexactly(int(length.group(1)))
+        return int(status_line.split()[1]), json.loads(answer)
+    finally:
+        writer.close()
+
+
+def post_head(path: str, *extra: str) -> str:
+    lines = [f"POST {path} HTTP/1.1", "Host: gateway", "Content-Type: application/json", *extra]
+    return "\n".join(lines) + "\n"
+
+
+async def test_a_body_declared_too_large_is_refused_unread(sqlite_stack: ProcessStack) -> None:
+    """The declared length is enough: nothing of the body is sent, none is waited for."""
+    for key in ([], [f"Authorization: Bearer {API_KEY}"]):
+        head = post_head("/v1/projects", f"Content-Length: {MAX_BODY_BYTES + 1}", *key)
+        status, answer = await raw_answer(sqlite_stack, head)
+        assert status == 413, answer
+        assert answer["error"]["code"] == "resource_exhausted"
+        assert answer["error"]["field"] == "body"
+
+
+@pytest.mark.parametrize(
+    "key", ["", "Authorization: Bearer " + "k" * 600, "Authorization: Basic x"]
+)
+async def test_a_body_without_a_key_is_refused_before_it_is_read(
+    sqlite_stack: ProcessStack, key: str
+) -> None:
+    head = post_head("/v1/projects", "Content-Length: 1000", *([key] if key else []))
+    status, answer = await raw_answer(sqlite_stack, head, b'{"name":')  # the rest never comes
+    assert status == 401, answer
+    assert answer["error"]["code"] == "unauthenticated"
+
+
+async def test_a_chunked_body_past_the_limit_is_refused_while_read(
+    sqlite_stack: ProcessStack,
+) -> None:
+    """No length to check: reading stops at the limit; the body's end is never waited for."""
+    chunk = b"a" * MB
+    body = b'9\r\n{"name":"\r\n' + b"%x\r\n%s\r\n" % (len(chunk), chunk) * (MAX_BODY_BYTES // MB)
+    head = post_head(
+        "/v1/projects", "Transfer-Encoding: chunked", f"Authorization: Bearer {API_KEY}"
+    )
+    status, answer = await raw_answer(sqlite_stack, head, body)
+    assert status == 413, answer
+    assert answer["error"]["code"] == "resource_exhausted"
+    assert answer["error"]["field"] == "body"

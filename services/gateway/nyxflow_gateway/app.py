@@ -11,18 +11,60 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nyxflow.client import open_channel
+from nyxflow.errors import NyxflowError, ResourceExhausted
+from nyxflow.grpc_server import CHANNEL_OPTIONS
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_gateway import errors
 from nyxflow_gateway.coalesce import Coalescer
-from nyxflow_gateway.deps import Clients, ServicesByKey
+from nyxflow_gateway.deps import Clients, ServicesByKey, api_key
 from nyxflow_gateway.hub import RunHub
 from nyxflow_gateway.routes import personas, pipelines, projects, runs, steps, workflows
 from nyxflow_gateway.settings import GatewaySettings
 
 STATIC = Path(__file__).parent / "static"
 PAGE = STATIC / "index.html"
+# A body larger than a gRPC message could not be sent on anyway.
+MAX_BODY_BYTES = int(dict(CHANNEL_OPTIONS)["grpc.max_send_message_length"])
+
+
+class Intake:
+    """What a request must show before its body is read: a declared size within the limit
+    and, for the API, a key of the right shape. FastAPI reads and parses a route's body before
+    the route's dependencies run, the key's among them: anyone could make the gateway hold any
+    size of JSON before its 401. A body sent without a length (chunked) is bounded while it
+    is read, by Starlette's RequestBodyLimitMiddleware."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                await _intake(scope)
+            except NyxflowError as error:
+                await errors.response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _intake(scope: Scope) -> None:
+    headers = Headers(scope=scope)
+    length = headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise ResourceExhausted(f"at most {MAX_BODY_BYTES} bytes", field="body")
+    sends_body = (length is not None and length.strip("0") != "") or (
+        "transfer-encoding" in headers
+    )
+    # Every /v1 route that takes a body takes the key from the header: its dependency would
+    # refuse the same way, but only after the body.
+    if sends_body and scope["path"].startswith("/v1/"):
+        await api_key(Request(scope))
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -59,6 +101,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    # Outermost last: the body's declared size and the key are checked before the limit.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY_BYTES)
+    app.add_middleware(Intake)
     for module in (workflows, runs, steps, personas, projects, pipelines):
         app.include_router(module.router)
 

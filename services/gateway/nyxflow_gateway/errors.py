@@ -20,13 +20,17 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, o
     return {"error": {"code": code, "message": message, "field": field}}
 
 
+def response(error: NyxflowError) -> JSONResponse:
+    code = error.code.name.lower()
+    # Too large for a gRPC message: the request's body as a whole is what is refused.
+    field = error.field or ("body" if isinstance(error, ResourceExhausted) else None)
+    return JSONResponse(error_body(code, error.message, field), status_code=error.http_status)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(NyxflowError)
     async def nyxflow_error(_: Request, error: NyxflowError) -> JSONResponse:
-        code = error.code.name.lower()
-        # Too large for a gRPC message: the request's body as a whole is what is refused.
-        field = error.field or ("body" if isinstance(error, ResourceExhausted) else None)
-        return JSONResponse(error_body(code, error.message, field), status_code=error.http_status)
+        return response(error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -43,6 +47,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 413:  # a body without a length, past the limit as it was read
+            return response(ResourceExhausted(str(error.detail), field="body"))
         # FastAPI's own 400 is a body it could not parse (not UTF-8, a broken form).
         field = "body" if error.status_code == 400 else None
         return JSONResponse(
