@@ -24,16 +24,30 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 
 INT32_MAX = 2**31 - 1  # the proto's int32: more cannot be sent on
+
+
+def _encodable(text: str) -> str:
+    """JSON's "\\ud800" is a valid Python str that no UTF-8 (protobuf, the database) can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"not valid Unicode: a lone surrogate at {error.start}") from None
+    return text
+
+
+# Text a request carries on: refused at validation, naming the field, not a 500 building it.
+Text = Annotated[str, AfterValidator(_encodable)]
+
 Kind = Literal["llm", "fan_out", "synthesis", "consistency_check", "implementation_prompt", "tool"]
 
 
@@ -42,21 +56,21 @@ class StepTemplate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     kind: Kind = "llm"
-    prompt: str = ""
-    persona: str = ""
-    provider: str = ""
-    model: str = ""
-    providers: list[str] = Field(default_factory=list, max_length=8)
+    prompt: Text = ""
+    persona: Text = ""
+    provider: Text = ""
+    model: Text = ""
+    providers: list[Text] = Field(default_factory=list, max_length=8)
     params: dict[str, Any] = Field(default_factory=dict)
     max_tokens: int = Field(default=0, ge=0, le=INT32_MAX)
     alternatives: int = Field(default=1, ge=1, le=8)
     auto_continue: int = Field(default=0, ge=0, le=8)
-    source: str = ""
+    source: Text = ""
     split: Literal["headings", "lines", "json", ""] = ""
     concurrency: int = Field(default=0, ge=0, le=64)
     generates: Literal["implementation_prompt", ""] = ""
-    reviews: list[str] = Field(default_factory=list)
-    tool: str = ""
+    reviews: list[Text] = Field(default_factory=list)
+    tool: Text = ""
 
     def to_pb(self) -> pb.StepSpec:
         fields = self.model_dump(exclude={"params"})
@@ -70,7 +84,7 @@ class WorkflowTemplate(BaseModel):
     consistency_check: bool = False
     # A run whose engine died: failed (the default), or back to pending for a live engine.
     on_orphan: Literal["fail", "resume"] = "fail"
-    default_providers: list[str] = Field(default_factory=list, max_length=8)
+    default_providers: list[Text] = Field(default_factory=list, max_length=8)
     project_id: str = Field(default="", max_length=36)
     steps: list[StepTemplate] = Field(min_length=1, max_length=500)
 

@@ -394,3 +394,55 @@ async def test_a_chunked_body_past_the_limit_is_refused_while_read(
     assert status == 413, answer
     assert answer["error"]["code"] == "resource_exhausted"
     assert answer["error"]["field"] == "body"
+
+
+LONE = '"\\ud800"'  # JSON for a lone surrogate: a Python str, but no UTF-8 holds it
+
+
+def workflow_json(step: str = "", top: str = "") -> str:
+    return '{"name": "w", ' + top + '"steps": [{"name": "a"' + step + "}]}"
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        *[
+            ("/v1/workflows", workflow_json(step=f', "{name}": {LONE}'), f"steps[0].{name}")
+            for name in ("persona", "provider", "model", "source", "tool")
+        ],
+        ("/v1/workflows", workflow_json(step=', "prompt": "hi \\ud800"'), "steps[0].prompt"),
+        ("/v1/workflows", workflow_json(step=f', "providers": [{LONE}]'), "steps[0].providers[0]"),
+        ("/v1/workflows", workflow_json(step=f', "reviews": ["a", {LONE}]'), "steps[0].reviews[1]"),
+        (
+            "/v1/workflows",
+            workflow_json(top=f'"default_providers": [{LONE}], '),
+            "default_providers[0]",
+        ),
+        ("/v1/steps/nope/retry", f'{{"providers": [{LONE}]}}', "providers[0]"),
+        (
+            "/v1/repositories/nope/pipelines",
+            f'{{"pipeline": "auto-fix", "providers": [{LONE}]}}',
+            "providers[0]",
+        ),
+    ],
+)
+async def test_a_lone_surrogate_is_a_400_naming_the_field(
+    http: httpx.AsyncClient, path: str, raw: str, field: str
+) -> None:
+    before = await http_workflow_count(http)
+    response = await http.post(path, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["field"] == field
+    assert await http_workflow_count(http) == before
+
+
+async def test_a_template_with_a_lone_surrogate_is_a_400_naming_the_field(
+    http: httpx.AsyncClient,
+) -> None:
+    """YAML's double-quoted "\\ud800" too, as pasted into the page."""
+    text = 'name: x\nsteps:\n- name: a\n  prompt: "hi \\ud800"\n'
+    response = await http.post(
+        "/v1/workflows/import", content=text, headers={"Content-Type": "application/yaml"}
+    )
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["field"] == "steps[0].prompt"

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from nyxflow.errors import ResourceExhausted
+from nyxflow.templates import Text
 from nyxflow.v1 import runs_pb2
 from nyxflow_gateway import convert
 from nyxflow_gateway.deps import Clients
@@ -24,7 +25,7 @@ class PipelineBody(BaseModel):
     test_command: str = Field(default="", max_length=1_000)
     max_files: int = Field(default=0, ge=0, le=10_000)
     max_bytes: int = Field(default=0, ge=0, le=5_000_000)
-    providers: list[str] = Field(default_factory=list, max_length=8)
+    providers: list[Text] = Field(default_factory=list, max_length=8)
     params: dict[str, Any] = Field(default_factory=dict)  # for the model steps
 
 

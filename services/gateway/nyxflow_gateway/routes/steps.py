@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from nyxflow.templates import INT32_MAX
+from nyxflow.templates import INT32_MAX, Text
 from nyxflow_gateway import convert
 from nyxflow_gateway.deps import Clients
 
@@ -22,7 +22,7 @@ class RetryBody(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     auto_continue: int | None = Field(default=None, ge=0, le=INT32_MAX)
     model: str | None = Field(default=None, max_length=200)
-    providers: list[str] | None = Field(
+    providers: list[Text] | None = Field(
         default=None, max_length=16, description="the step's chain; [] = the workflow's"
     )
 
