@@ -328,3 +328,42 @@ async def test_a_continuation_retried_mid_stream_keeps_the_first_part_on_screen(
     assert run.steps[0].output == "first part, second part"
     assert any(d.get("reset") for d in of_type(events, ev.STEP_DELTA))
     assert streamed_text(events) == run.steps[0].output
+
+
+async def test_the_generated_consistency_check_falls_back_to_the_workflows_chain(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """A synthesis set to one provider (the way round an out-of-credit one) handed that one
+    alone to the consistency check it generated: that provider's quota then failed the check
+    and the run, with the workflow's chain never tried."""
+    assert fake_api.engine is not None
+    plan, prompt = Reply(text="# Part one\n\nDo it.\n"), Reply(text="prompt one")
+    fake.script("google", plan, prompt, Reply(error="quota"))
+    fake.script("anthropic", Reply(error="credit"))  # out of credit, as the chain's first
+    fake.script("openai", Reply(text="VERDICT: consistent\n"))
+    workflow = await fake_api.runs.create_workflow(
+        "checked",
+        [
+            pb.StepSpec(
+                name="Synthesis",
+                kind="synthesis",
+                prompt="Plan it.",
+                generates="implementation_prompt",
+                providers=["google:gemini-2.5-pro"],
+            )
+        ],
+        True,
+        default_providers=["anthropic:claude", "google:gemini-2.5-pro", "openai:gpt-4.1"],
+    )
+    run = await fake_api.runs.create_run(workflow.id)
+    [e async for e in fake_api.engine.execute(run.id)]
+
+    done = await fake_api.runs.get_run(run.id)
+    assert done.status == ev.COMPLETED, done.error
+    check = done.steps[-1]
+    assert check.kind == "consistency_check" and check.served_by == "openai:gpt-4.1"
+    assert list(check.providers) == [
+        "google:gemini-2.5-pro",
+        "anthropic:claude",
+        "openai:gpt-4.1",
+    ]
