@@ -453,6 +453,17 @@ async def test_markdown_keeps_the_numbers_hashes_and_asterisks_of_the_text(page:
     assert "<em>really</em>" in html
 
 
+async def test_markdown_renders_code_inside_a_link(page: Page) -> None:
+    html, _, text = await page.evaluate(RENDER, "See [the `run` command](https://example.com/d).")
+    assert "\u0000" not in html, html
+    assert '<a href="https://example.com/d"' in html and ">the <code>run</code> command</a>" in html
+    assert text == "See the run command."
+
+    html, _, text = await page.evaluate(RENDER, "[a](https://x.test/`y`)")
+    assert "\u0000" not in html and "<a " not in html, html  # code is no address: left as text
+    assert text == "[a](https://x.test/y)"
+
+
 async def test_without_an_event_stream_the_page_polls_until_the_run_ends(
     page: Page, http: httpx.AsyncClient, stack: ProcessStack
 ) -> None:

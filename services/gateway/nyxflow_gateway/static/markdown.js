@@ -18,12 +18,16 @@ function inline(text) {
   const hold = (html) => `${HOLE}${held.push(html) - 1}${HOLE}`;
   let out = text.replace(/`([^`\n]+)`/g, (_, code) => hold(`<code>${code}</code>`));
   out = out.replace(/\[([^\]\n]+)\]\(([^)\s]+)\)/g, (whole, label, url) => {
-    // The URL is escaped text: an &quot; cannot close the attribute. Only http(s) links.
-    if (!/^https?:\/\/[^\s]+$/i.test(url)) return whole;
+    // The URL is escaped text: an &quot; cannot close the attribute. Only http(s) links, and
+    // none with code in its address: that stays text.
+    if (!/^https?:\/\/[^\s]+$/i.test(url) || url.includes(HOLE)) return whole;
     return hold(`<a href="${url}" rel="noopener noreferrer nofollow" target="_blank">${emphasis(label)}</a>`);
   });
   out = emphasis(out);
-  return out.replace(new RegExp(`${HOLE}(\\d+)${HOLE}`, "g"), (_, i) => held[Number(i)]);
+  // A link holds the code of its label: what is restored is restored in turn.
+  const restore = (html) =>
+    html.replace(new RegExp(`${HOLE}(\\d+)${HOLE}`, "g"), (_, i) => restore(held[Number(i)]));
+  return restore(out);
 }
 
 // A marker opens only before a non-space and closes only after one: "2 * 3 * 4" is arithmetic.
