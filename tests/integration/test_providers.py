@@ -3,6 +3,7 @@ streaming, usage, truncation, fallback on credit/quota, retries, dropped streams
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -367,3 +368,17 @@ async def test_the_generated_consistency_check_falls_back_to_the_workflows_chain
         "anthropic:claude",
         "openai:gpt-4.1",
     ]
+
+
+async def test_one_alternative_failing_stops_the_others(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """One of two alternatives meets a bad request, which fails the step; the other met an
+    overload and waits to retry. It went on retrying, on the provider's account, after the
+    step had failed."""
+    fake.script("anthropic", Reply(error="invalid"), Reply(error="overloaded"), Reply())
+    run, _ = await run_steps(fake_api, step("Both", ["anthropic:claude"], alternatives=2))
+
+    assert run.status == ev.FAILED
+    await asyncio.sleep(0.5)  # longer than the retry's backoff (0.05 s at most)
+    assert fake.count("anthropic") == 2

@@ -21,7 +21,7 @@ from nyxflow_engine.providers.base import (
 from nyxflow_engine.providers.failures import ContextWindowFull
 from nyxflow_engine.providers.registry import Providers
 from nyxflow_engine.tools.sandbox import SANDBOXED, Sandbox
-from nyxflow_engine.writer import RunWriter, draft
+from nyxflow_engine.writer import LeaseLost, RunWriter, draft
 
 
 class PauseRequested(Exception):
@@ -206,12 +206,35 @@ class StepContext:
     async def complete_alternatives(self, prompt: str, **kwargs: Any) -> StepResult:
         """N alternatives (the step's `alternatives`), concurrently; the first is selected."""
         count = max(1, self.spec.alternatives)
-        completions = await asyncio.gather(
-            *(self.complete(prompt, variant=i, **kwargs) for i in range(count))
-        )
+        # One failing fails the step: the others are stopped with it. gather() left them
+        # streaming, and retrying, on the provider's account after the step had failed.
+        try:
+            async with asyncio.TaskGroup() as group:
+                calls = [
+                    group.create_task(self.complete(prompt, variant=i, **kwargs))
+                    for i in range(count)
+                ]
+        except BaseExceptionGroup as failures:
+            raise first_cause(failures) from None
+        completions = [call.result() for call in calls]
         result = StepResult.of(completions[0])
         if count > 1:
             result.alternatives = list(completions)
             result.input_tokens = sum(c.input_tokens for c in completions)
             result.output_tokens = sum(c.output_tokens for c in completions)
         return result
+
+
+def first_cause(group: BaseExceptionGroup) -> BaseException:
+    """The error concurrent calls raise for their failures: the step's error must read as
+    the provider's ("credit balance is too low"), not as "unhandled errors in a TaskGroup",
+    and a lost lease must still stop the run as one."""
+    causes: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending[:0] = error.exceptions
+        else:
+            causes.append(error)
+    return next((e for e in causes if isinstance(e, LeaseLost)), causes[0])

@@ -13,9 +13,9 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.cut_off import marked
 from nyxflow_engine.providers.base import FINISH_MAX_TOKENS, FINISH_STOP
 from nyxflow_engine.splitting import split_items
-from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult
+from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult, first_cause
 from nyxflow_engine.templating import render
-from nyxflow_engine.writer import LeaseLost, draft
+from nyxflow_engine.writer import draft
 
 
 async def run_fan_out(ctx: StepContext) -> StepResult:
@@ -124,18 +124,3 @@ def input_hash(context: bytes, item: str) -> str:
     """What an item is made from, as StepItem.input_hash: its prompt around it (`context`),
     which holds any earlier output the fan-out reads, and the source item's text."""
     return hashlib.sha256(context + item.encode()).hexdigest()
-
-
-def first_cause(group: BaseExceptionGroup) -> BaseException:
-    """The error a fan-out raises for its failed items: the step's error must read as the
-    provider's ("credit balance is too low"), not as "unhandled errors in a TaskGroup", and a
-    lost lease must still stop the run as one."""
-    causes: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        error = pending.pop(0)
-        if isinstance(error, BaseExceptionGroup):
-            pending[:0] = error.exceptions
-        else:
-            causes.append(error)
-    return next((e for e in causes if isinstance(e, LeaseLost)), causes[0])
