@@ -240,6 +240,21 @@ async def test_bad_steps_name_their_field(
     assert from_rpc_error(raised.value).field == field
 
 
+@pytest.mark.parametrize("name", ["two\nlines", "tab\there", "nul\x00", "line\u2028sep"])
+async def test_a_persona_name_is_one_line(runs: runs_pb2_grpc.RunsStub, name: str) -> None:
+    """A step names its persona in one line (`persona: Athena`): one named over two could be
+    stored, listed and never chosen."""
+    request = runs_pb2.PutPersonaRequest(persona=pb.Persona(name=name, system_prompt="Hi."))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await runs.PutPersona(request, **kw())
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    from nyxflow.errors import from_rpc_error
+
+    assert from_rpc_error(raised.value).field == "persona.name"
+    listed = await runs.ListPersonas(runs_pb2.ListPersonasRequest(), **kw())
+    assert name.strip() not in [p.name for p in listed.personas]
+
+
 # --- reads and operations with random ids ------------------------------------------------------
 
 

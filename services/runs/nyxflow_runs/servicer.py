@@ -41,7 +41,8 @@ def _response(written: Written) -> runs_pb2.WriteResponse:
 def _batch(request: runs_pb2.RecordRequest) -> Batch:
     valid.token(request.token)
     batch_id = valid.text(request.batch_id, "batch_id", 64, required=False)
-    return Batch.of(request.ops, request.finish_status, request.finish_error, batch_id)
+    batch_seq = valid.bounded(request.batch_seq, 0, MAX_SEQ, "batch_seq")  # an int32 column
+    return Batch.of(request.ops, request.finish_status, request.finish_error, batch_id, batch_seq)
 
 
 def _refused(error: NyxflowError) -> runs_pb2.RecordResult:
@@ -182,7 +183,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
 
     async def PutPersona(self, request: runs_pb2.PutPersonaRequest, context: Ctx) -> pb.Persona:
         tenant = await self._tenant(request, context)
-        valid.text(request.persona.name, "persona.name", 100)
+        valid.single_line(valid.text(request.persona.name, "persona.name", 100), "persona.name")
         valid.text(request.persona.role, "persona.role", 200, required=False)
         return await self._store.put_persona(tenant, request.persona)
 

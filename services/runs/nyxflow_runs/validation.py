@@ -89,6 +89,13 @@ def text(value: str, field: str, limit: int, *, required: bool = True) -> str:
     return value
 
 
+def single_line(value: str, field: str) -> str:
+    """A name others write on one line (a persona's, in a step's `persona:`)."""
+    if problem := control_problem(value):
+        raise InvalidArgument(problem, field=field)
+    return value
+
+
 def local_path(value: str, field: str, limit: int, root: str | None, tenant_id: str) -> str:
     """A folder on the engine's machine, as every tool will read it (repos.py): absolute,
     `~` expanded, `.`/`..` resolved, and inside the tenant's folder when there is a root."""
