@@ -972,3 +972,72 @@ async def test_stored_events_come_about_a_megabyte_at_a_time_and_none_read_for_n
     assert world.watch_calls == [(RUN, 0), (RUN, 5)]
     nothing = await gateway.http.get(url, params={"after_seq": 8}, headers=AUTH)
     assert nothing.json()["events"] == [] and len(world.watch_calls) == 2
+
+
+# --- the OpenAPI document ---------------------------------------------------------------
+
+EVENTS_ROUTE = "/v1/runs/{run_id}/events"
+ERROR_STATUSES = ("400", "401", "404", "409", "413", "503", "default")
+
+
+def operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method.upper(), path, op)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+    ]
+
+
+async def test_the_document_gives_every_v1_error_the_body_the_gateway_answers(
+    gateway: Gateway,
+) -> None:
+    doc = (await gateway.http.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    # FastAPI's 422 {"detail": [...]}: the gateway answers a request it cannot validate with 400.
+    assert "HTTPValidationError" not in schemas
+    documented = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    v1 = [(method, path, op) for method, path, op in operations(doc) if path.startswith("/v1/")]
+    assert len(v1) >= 30
+    for method, path, op in operations(doc):
+        assert "422" not in op["responses"], f"{method} {path}"
+    for method, path, op in v1:
+        for key in ERROR_STATUSES:
+            assert op["responses"][key]["content"] == documented, (method, path, key)
+    body = schemas["ErrorBody"]
+    assert body["required"] == ["error"]
+    error = schemas[body["properties"]["error"]["$ref"].rsplit("/", 1)[1]]
+    assert set(error["required"]) == set(error["properties"]) == {"code", "message", "field"}
+    # The errors really answered carry exactly the documented fields.
+    start = f"/v1/workflows/{WORKFLOW}/runs"
+    assert (await gateway.http.post(start, headers=AUTH)).status_code == 201
+    answered = [
+        (await gateway.http.get(f"/v1/runs/{RUN}/events/stored?after_seq=-1", headers=AUTH), 400),
+        (await gateway.http.get("/v1/workflows"), 401),
+        (await gateway.http.get(events_url(MISSING), headers=AUTH), 404),
+        (await gateway.http.post(start, headers=AUTH), 409),
+    ]
+    for response, status in answered:
+        assert_error(response, status)
+        assert set(response.json()) == {"error"}
+        assert set(response.json()["error"]) == set(error["properties"])
+
+
+def test_the_document_says_which_operations_take_a_key_and_how() -> None:
+    doc = create_app().openapi()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearer"]["type"] == "http" and schemes["bearer"]["scheme"] == "bearer"
+    token = schemes["access_token"]
+    assert (token["type"], token["in"], token["name"]) == ("apiKey", "query", "access_token")
+    for method, path, op in operations(doc):
+        security = op.get("security")
+        if path == EVENTS_ROUTE:  # EventSource cannot set headers: either one
+            assert security == [{"bearer": []}, {"access_token": []}]
+            names = {p["name"] for p in op["parameters"]}
+            assert "access_token" not in names  # the scheme, not a parameter of its own
+        elif path.startswith("/v1/"):
+            assert security == [{"bearer": []}], f"{method} {path}"
+        else:  # /healthz, /metrics: no key
+            assert not security, f"{method} {path}"
+    assert {"/healthz", "/metrics"} <= set(doc["paths"])
+    assert "/" not in doc["paths"] and not any(p.startswith("/static") for p in doc["paths"])
+    assert "security" not in doc  # no key asked of the whole API: the public routes need none

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +22,7 @@ from nyxflow.grpc_server import CHANNEL_OPTIONS
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_gateway import errors
 from nyxflow_gateway.coalesce import Coalescer
-from nyxflow_gateway.deps import Clients, ServicesByKey, api_key
+from nyxflow_gateway.deps import BEARER, Clients, ServicesByKey, api_key
 from nyxflow_gateway.hub import RunHub
 from nyxflow_gateway.routes import personas, pipelines, projects, runs, steps, workflows
 from nyxflow_gateway.settings import GatewaySettings
@@ -64,7 +64,7 @@ async def _intake(scope: Scope) -> None:
     # Every /v1 route that takes a body takes the key from the header: its dependency would
     # refuse the same way, but only after the body.
     if sends_body and scope["path"].startswith("/v1/"):
-        await api_key(Request(scope))
+        await api_key(await BEARER(Request(scope)))
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -104,8 +104,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # Outermost last: the body's declared size and the key are checked before the limit.
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY_BYTES)
     app.add_middleware(Intake)
+    # The API, under one router: its errors are documented once, for every operation.
+    api = APIRouter(responses=errors.RESPONSES)
     for module in (workflows, runs, steps, personas, projects, pipelines):
-        app.include_router(module.router)
+        api.include_router(module.router)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")  # the page's JS and CSS
 
@@ -123,11 +125,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         filter /metrics at the proxy)."""
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/debug/streams", tags=["health"])
+    @api.get("/v1/debug/streams", tags=["health"])
     async def streams(clients: Clients) -> dict[str, Any]:
         """Counts across every tenant's runs: only for a key runs takes (one cheap call)."""
         await clients.runs.list_personas()
         hub: RunHub = app.state.hub
         return {"upstream_streams": hub.upstream_streams, "channels": hub.channels}
 
+    app.include_router(api)
     return app

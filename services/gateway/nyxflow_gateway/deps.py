@@ -10,36 +10,45 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import grpc
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
 from nyxflow.auth import bearer_metadata, checked_key
 from nyxflow.client import EngineClient, RunsClient
 from nyxflow.errors import Unauthenticated
 
+# Declared as FastAPI security schemes so that the OpenAPI document says which operations take
+# a key and how; neither raises (auto_error=False): a missing key is this module's JSON 401.
+# HTTPBearer takes the scheme before the first space, in any case, and strips the key.
+BEARER = HTTPBearer(
+    scheme_name="bearer", description="the API key: `Authorization: Bearer <key>`", auto_error=False
+)
+ACCESS_TOKEN = APIKeyQuery(
+    name="access_token",
+    scheme_name="access_token",
+    description="the API key, for EventSource, which cannot set headers (the event stream only)",
+    auto_error=False,
+)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 
-def _bearer(request: Request) -> str | None:
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
-
-async def api_key(request: Request) -> str:
-    """The key from `Authorization: Bearer`. Runs checks the key, not the gateway; only its
-    shape is checked here, before any client is built: a malformed key was a 500."""
-    key = _bearer(request)
-    if key is None:
-        raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    return checked_key(key)
-
-
-async def stream_api_key(
-    request: Request,
-    access_token: Annotated[str | None, Query(description="for EventSource")] = None,
-) -> str:
-    """EventSource cannot set headers, so the stream also takes `?access_token=`."""
-    key = _bearer(request) or access_token
+def _checked(key: str | None) -> str:
     if not key:
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
     return checked_key(key)
+
+
+async def api_key(bearer: Bearer) -> str:
+    """The key from `Authorization: Bearer`. Runs checks the key, not the gateway; only its
+    shape is checked here, before any client is built: a malformed key was a 500."""
+    return _checked(bearer.credentials if bearer else None)
+
+
+async def stream_api_key(
+    bearer: Bearer, access_token: Annotated[str | None, Security(ACCESS_TOKEN)]
+) -> str:
+    """EventSource cannot set headers, so the stream also takes `?access_token=`."""
+    return _checked((bearer.credentials if bearer else None) or access_token)
 
 
 KEPT_KEYS = 1024

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from nyxflow.errors import NyxflowError, ResourceExhausted
@@ -16,8 +18,37 @@ log = logging.getLogger(__name__)
 SOURCES = ("body", "query", "path", "header", "cookie")
 
 
+class Error(BaseModel):
+    code: str
+    message: str
+    field: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error the gateway answers, whatever its status: the OpenAPI document's one model."""
+
+    error: Error
+
+
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, object]:
     return {"error": {"code": code, "message": message, "field": field}}
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# The /v1 operations' errors, for the OpenAPI document. "default" (any other status, a 500
+# among them) also keeps FastAPI from adding its 422: a request it cannot validate is a 400.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("The request is invalid; `field` names what is wrong."),
+    401: _documented("The API key is missing, malformed, unknown, revoked or expired."),
+    404: _documented("Not found (or another tenant's)."),
+    409: _documented("It already exists, or the operation is not allowed in the current state."),
+    413: _documented("The request is too large; `field` names what is."),
+    503: _documented("A service is unavailable; try again."),
+    "default": _documented("Any other error, in the same body."),
+}
 
 
 def response(error: NyxflowError) -> JSONResponse:
