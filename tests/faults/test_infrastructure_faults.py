@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,57 +133,62 @@ async def test_redis_stopped_mid_run_watchers_poll_then_stream_live_again(
 async def _redis_then_polling_then_live(
     stack: ProcessStack, redis_server: OwnRedis, poll_s: float
 ) -> None:
+    """One run followed through it all: live, then polled while Redis is down (no event
+    lost), then live again on the same streams once Redis is back."""
     dsn = stack.database_url
+    await _both_on_redis(redis_server)
+    async with (
+        httpx.AsyncClient(base_url=stack.base_url, timeout=TIMEOUT, limits=LIMITS) as http,
+        grpc_clients(stack.runs_addr, stack.engine_addr) as (_, engines),
+    ):
+        workflow = await create_workflow(
+            http, stack, "redis-down", steps(60, tokens=10, token_delay_ms=30)
+        )
+        run_id = await start_run(http, stack, workflow["id"])
+        # Started on the engine directly, so the gateway's browsers follow it via WatchRun.
+        await start_on_engine(engines[0], run_id)
+        followers = await _followers(http, stack, run_id, 3)
+        await _steps_done(dsn, run_id, 2, "two steps streamed live")
+        await asyncio.to_thread(redis_server.stop)
+        stopped_at = time.time()
+        done = await _completed_steps(dsn, run_id)
+        await _steps_done(dsn, run_id, done + 4, "four steps done while Redis is down")
+
+        await asyncio.to_thread(redis_server.start)
+        await _both_on_redis(redis_server)
+        back_at = time.time()
+        assert (await run_row(dsn, run_id))["status"] == ev.RUNNING, "the run ended too soon"
+        run = await wait_status(dsn, run_id, FINISHED, 60)
+        assert run["status"] == ev.COMPLETED
+        for follower in followers:
+            received = await asyncio.wait_for(follower, 3 * poll_s)
+            assert_full_stream(received, run["last_seq"], ev.RUN_COMPLETED)
+            polled = [r for r in received if stopped_at < r.frame.json["at"] < back_at]
+            assert polled, "no event was made while Redis was down"
+            # Read from the database meanwhile: events waited for the next poll.
+            assert max(r.at - r.frame.json["at"] for r in polled) > poll_s / 4
+            # Live again, not polled: once Redis is back (and a poll's worth later, for the
+            # watch to hear of it), an event reaches the browser far sooner than a poll.
+            after = [r for r in received if r.frame.json["at"] > back_at + poll_s]
+            assert len(after) >= 20, f"only {len(after)} events after Redis came back"
+            lag = statistics.median(r.at - r.frame.json["at"] for r in after)
+            assert lag < poll_s / 4, f"median lag {lag:.2f} s after Redis came back"
+    await assert_invariants(dsn)
+
+
+async def _both_on_redis(redis_server: OwnRedis) -> None:
     await eventually(
         lambda: asyncio.to_thread(redis_server.bus_readers),
         lambda n: n >= 2,
         timeout_s=10,
         what="both runs replicas subscribed to Redis",
     )
-    async with (
-        httpx.AsyncClient(base_url=stack.base_url, timeout=TIMEOUT, limits=LIMITS) as http,
-        grpc_clients(stack.runs_addr, stack.engine_addr) as (_, engines),
-    ):
-        workflow = await create_workflow(
-            http, stack, "redis-down", steps(10, tokens=10, token_delay_ms=30)
-        )
-        run_id = await start_run(http, stack, workflow["id"])
-        # Started on the engine directly, so the gateway's browsers follow it via WatchRun.
-        await start_on_engine(engines[0], run_id)
-        followers = await _followers(http, stack, run_id, 3)
-        await eventually(
-            lambda: _completed_steps(dsn, run_id),
-            lambda n: n >= 2,
-            timeout_s=20,
-            what="two steps streamed live",
-        )
-        await asyncio.to_thread(redis_server.stop)
-        run = await wait_status(dsn, run_id, FINISHED, 60)
-        assert run["status"] == ev.COMPLETED
-        for follower in followers:
-            assert_full_stream(
-                await asyncio.wait_for(follower, 3 * poll_s), run["last_seq"], ev.RUN_COMPLETED
-            )
 
-        await asyncio.to_thread(redis_server.start)
-        await eventually(
-            lambda: asyncio.to_thread(redis_server.bus_readers),
-            lambda n: n >= 2,
-            timeout_s=10,
-            what="both runs replicas back on Redis",
-        )
-        workflow = await create_workflow(
-            http, stack, "redis-back", steps(6, tokens=10, token_delay_ms=30)
-        )
-        run_id = await start_run(http, stack, workflow["id"])
-        await start_on_engine(engines[0], run_id)
-        received = await timed_events(http, stack, run_id)
-        run = await run_row(dsn, run_id)
-        assert_full_stream(received, run["last_seq"], ev.RUN_COMPLETED)
-        # Live, not polled: an event reaches the browser far sooner than the poll interval.
-        lags = [r.at - r.frame.json["at"] for r in received[1:]]
-        assert statistics.median(lags) < poll_s / 4, f"median lag {statistics.median(lags):.2f} s"
-    await assert_invariants(dsn)
+
+async def _steps_done(dsn: str, run_id: str, count: int, what: str) -> None:
+    await eventually(
+        lambda: _completed_steps(dsn, run_id), lambda n: n >= count, timeout_s=20, what=what
+    )
 
 
 @pytest.mark.timeout(120)
