@@ -4,10 +4,12 @@ completed or failed with its error stored, streams stay whole, and new runs work
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -83,6 +85,8 @@ async def test_postgresql_restarted_mid_run(own_pg: OwnPostgres, tmp_path: Path)
                     timeout_s=20,
                     what="two steps done before the restart",
                 )
+            for run_id in run_ids:
+                assert (await run_row(dsn, run_id))["status"] == ev.RUNNING
             await asyncio.to_thread(own_pg.restart_fast)
 
             for run_id, reader in zip(run_ids, readers, strict=True):
@@ -205,8 +209,27 @@ async def test_runs_service_restarted_mid_run(http: httpx.AsyncClient, stack: Pr
         timeout_s=20,
         what="three steps done before the restart",
     )
+    assert (await run_row(dsn, run_id))["status"] == ev.RUNNING
     await asyncio.to_thread(stack.restart, "runs")
     await wait_status(dsn, run_id, FINISHED, SETTLE_S)
     await _check_stream(dsn, run_id, await asyncio.wait_for(reader, 20))
-    assert "runs unavailable, retrying" in stack.log_text("engine")
+    # Retried with backoff: a call's first wait is 0.1 s, its fourth 0.8 s, each jittered by
+    # half either way.
+    retries = [
+        line
+        for line in map(_json_line, stack.log_text("engine").splitlines())
+        if line.get("msg") == "runs unavailable, retrying" and line.get("run_id") == run_id
+    ]
+    first = [r["retry_in_s"] for r in retries if r["attempt"] == 1]
+    later = [r["retry_in_s"] for r in retries if r["attempt"] >= 4]
+    assert first and later, retries
+    assert max(first) <= 0.15 and min(later) >= 0.4, (first, later)
     await assert_invariants(dsn)
+
+
+def _json_line(line: str) -> dict[str, Any]:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -20,13 +20,15 @@ MAX_DELAY_S = 2.0
 
 async def while_unavailable(call: Callable[[], Awaitable[T]], retry_s: float, run_id: str) -> T:
     deadline = time.monotonic() + retry_s
-    delay = 0.1
+    delay, attempt = 0.1, 1
     while True:
         try:
             return await call()
         except Unavailable:
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("runs unavailable, retrying", extra={"run_id": run_id})
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, MAX_DELAY_S)
+            wait = delay * (0.5 + random.random())
+            extra = {"run_id": run_id, "attempt": attempt, "retry_in_s": round(wait, 3)}
+            log.warning("runs unavailable, retrying", extra=extra)
+            await asyncio.sleep(wait)
+            delay, attempt = min(delay * 2, MAX_DELAY_S), attempt + 1
