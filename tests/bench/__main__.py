@@ -14,6 +14,7 @@ from typing import Any
 from nyxflow import loop
 from nyxflow.auth import bearer_metadata
 from nyxflow.client import EngineClient, RunsClient, open_channel
+from nyxflow.events import ORPHAN_ERROR
 from nyxflow.v1 import common_pb2 as pb
 from tests.bench.cpu import CpuMeter
 from tests.bench.floor import floor_steps_per_s
@@ -162,9 +163,12 @@ async def orphan_detection_s(stack: ProcessStack, runs: RunsClient, engine: Engi
             break
     stack.signal("engine", signal.SIGKILL)
     killed = time.perf_counter()
-    while (await runs.get_run(run.id)).status == "running":
-        await asyncio.sleep(0.05)
+    # Bounded: a sweep that never comes is a failure to report, not a bench that hangs.
+    async with asyncio.timeout(60):
+        while (ended := await runs.get_run(run.id, brief=True)).status == "running":
+            await asyncio.sleep(0.05)
     took = time.perf_counter() - killed
+    assert (ended.status, ended.error) == ("failed", ORPHAN_ERROR), ended
     stack.procs.pop("engine").wait()
     stack.start("engine")
     return took
