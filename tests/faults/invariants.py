@@ -43,6 +43,16 @@ SEQ_GAPS = """
         OR (count(e.seq) > 0 AND min(e.seq) <> 1)
 """
 
+# A completed fan-out holds one stored item per index, 0..n-1: none lost, none twice (the
+# unique index forbids twice; a gap would be an item lost in a crash and never redone).
+FAN_OUT_ITEM_GAPS = """
+    SELECT s.id, s.name, count(i.id) AS n, min(i.item_index) AS lo, max(i.item_index) AS hi
+    FROM steps s JOIN step_items i ON i.step_id = s.id
+    WHERE s.kind = 'fan_out' AND s.status = 'completed'
+    GROUP BY s.id, s.name
+    HAVING min(i.item_index) <> 0 OR max(i.item_index) <> count(i.id) - 1
+"""
+
 
 def asyncpg_dsn(sqlalchemy_url: str) -> str:
     return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
@@ -57,6 +67,7 @@ async def violations(dsn: str) -> dict[str, list[dict[str, Any]]]:
             ("completed step with NULL output", COMPLETED_WITHOUT_OUTPUT),
             ("completed run with a step not completed", COMPLETED_WITH_STEPS_TO_DO),
             ("event seqs not 1..last_seq", SEQ_GAPS),
+            ("completed fan-out with items missing", FAN_OUT_ITEM_GAPS),
         ):
             rows = [dict(r) for r in await connection.fetch(sql)]
             if rows:
