@@ -4,6 +4,8 @@ the gateway's RSS and stream count."""
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -121,3 +123,37 @@ async def debug_streams(http: httpx.AsyncClient, stack: ProcessStack, base_url: 
     response = await http.get(f"{base_url}/v1/debug/streams", headers=stack.headers)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+async def db_clock(dsn: str) -> float:
+    """The database's clock, as epoch seconds: the clock every lease, event and end is stamped
+    with, so a deadline measured against it leaves out the test's polling."""
+    rows = await fetch(
+        dsn, "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now"
+    )
+    return float(rows[0]["now"])
+
+
+def log_entries(text: str, msg: str) -> list[dict[str, Any]]:
+    """The JSON log lines of `text` whose message is `msg`."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("{") and f'"{msg}"' in line:
+            entry = json.loads(line)
+            if entry.get("msg") == msg:
+                found.append(entry)
+    return found
+
+
+def engine_id(stack: ProcessStack, name: str) -> str:
+    """The id a running engine process claims runs under (its default: host and pid)."""
+    return f"engine-{socket.gethostname()}-{stack.procs[name].pid}"
+
+
+async def db_events_at(dsn: str, run_id: str) -> list[dict[str, Any]]:
+    """`db_events` with each event's `created_at`: the database's clock when it was written."""
+    return await fetch(
+        dsn,
+        "SELECT seq, type, data, created_at FROM run_events WHERE run_id = $1 ORDER BY seq",
+        run_id,
+    )
