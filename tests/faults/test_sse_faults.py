@@ -106,46 +106,107 @@ def abort(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-@pytest.mark.timeout(120)
+# The slow client's bound, and the frames a followed run keeps for late browsers: together
+# what the gateway may hold for this scenario, beside a stream many times their size.
+QUEUE_BYTES = 256 * 1024
+KEEP_BYTES = 1024 * 1024
+SLOW_STEPS = 40
+STEP_OUTPUT = " ".join(f"word{i}" for i in range(40_000))  # ~390 KB; twice that streamed
+# Gateway RSS the scenario may add beyond those bounds: allocator slack and the readers' writes.
+RSS_SLACK_MB = 12
+LAG_P99_S = 1.0  # commit -> receive, for the clients that read
+
+
+def tcp_state(sock: socket.socket) -> int:
+    """The kernel's TCP state of a socket (tcp_info's first byte), read without reading it."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+TCP_CLOSE, TCP_CLOSE_WAIT = 7, 8  # reset by the peer, or its FIN received
+
+
+async def read_to_end(reader: asyncio.StreamReader, timeout_s: float) -> tuple[bytes, str]:
+    """Everything left on the connection and how it ended: "eof", "reset" (or "open")."""
+    got = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while chunk := await reader.read(1 << 16):
+                got += chunk
+    except (ConnectionResetError, ConnectionAbortedError):
+        return bytes(got), "reset"
+    except TimeoutError:
+        return bytes(got), "open"
+    return bytes(got), "eof"
+
+
+@pytest.mark.timeout(180)
 async def test_a_client_that_never_reads_harms_no_one(
     http: httpx.AsyncClient, stack: ProcessStack
 ) -> None:
     dsn = stack.database_url
-    # A second gateway with a small per-client queue, so the slow client overflows it here.
+    # A second gateway with a small per-client byte bound, and few frames kept per run.
     port = free_port()
     stack.add_replica(
-        "gateway2", "gateway", NYXFLOW_GATEWAY_PORT=str(port), NYXFLOW_SSE_QUEUE_EVENTS="100"
+        "gateway2",
+        "gateway",
+        NYXFLOW_GATEWAY_PORT=str(port),
+        NYXFLOW_SSE_QUEUE_BYTES=str(QUEUE_BYTES),
+        NYXFLOW_SSE_KEEP_BYTES=str(KEEP_BYTES),
     )
     stack.start("gateway2")
     base = f"http://127.0.0.1:{port}"
     try:
         pid = stack.procs["gateway2"].pid
-        big = " ".join(f"word{i}" for i in range(40_000))  # ~400 KB per step output
         workflow = await create_workflow(
             http,
             stack,
             "slow-client",
-            steps(6, script=big, tokens=2000, token_delay_ms=1, max_tokens=16000),
+            steps(SLOW_STEPS, script=STEP_OUTPUT, tokens=400, token_delay_ms=2, max_tokens=16000),
         )
         run_id = await start_run(http, stack, workflow["id"])
         baseline = rss_kb(pid)
         # The slow client starts the run, then never reads a byte.
-        async with raw_get(port, f"/v1/runs/{run_id}/events", stack, rcvbuf=4096):
+        async with raw_get(port, f"/v1/runs/{run_id}/events", stack, rcvbuf=4096) as (
+            slow,
+            writer,
+        ):
+            sock = writer.get_extra_info("socket")
             readers = [
-                asyncio.create_task(timed_events(http, stack, run_id, base)) for _ in range(5)
+                asyncio.create_task(timed_events(http, stack, run_id, base)) for _ in range(3)
             ]
-            peak = baseline
+            peak, cut_while = baseline, None
             while not all(r.done() for r in readers):
                 peak = max(peak, rss_kb(pid))
+                if cut_while is None and tcp_state(sock) in (TCP_CLOSE, TCP_CLOSE_WAIT):
+                    cut_while = (await run_row(dsn, run_id))["status"]
                 await asyncio.sleep(0.1)
+            peak = max(peak, rss_kb(pid))
+            # Dropped early: the gateway closed its connection while the run still went on.
+            assert cut_while == ev.RUNNING, f"slow client's socket closed while {cut_while}"
+            rest, how = await read_to_end(slow, 10)
+            assert how in ("eof", "reset"), f"slow client's connection still {how}"
+            assert b"event: run_completed" not in rest
             run = await wait_status(dsn, run_id, FINISHED, 30)
             assert run["status"] == ev.COMPLETED
+            # The others had all of it, in order, and promptly.
+            lags: list[float] = []
             for reader in readers:
-                assert_full_stream(reader.result(), run["last_seq"], ev.RUN_COMPLETED)
-            peak = max(peak, rss_kb(pid))
+                received = reader.result()
+                assert_full_stream(received, run["last_seq"], ev.RUN_COMPLETED)
+                lags += [r.at - r.frame.json["at"] for r in received]
+        sizes = "SELECT sum(octet_length(data::text)) AS n FROM run_events WHERE run_id = $1"
+        streamed = (await fetch(dsn, sizes, run_id))[0]["n"]
+        lag_p99 = sorted(lags)[int(len(lags) * 0.99)]
         grown_mb = (peak - baseline) / 1024
-        print(f"gateway RSS {baseline} KB -> peak {peak} KB (+{grown_mb:.1f} MB)")
-        assert grown_mb < 50, f"gateway RSS grew {grown_mb:.1f} MB"
+        bound_mb = (QUEUE_BYTES + KEEP_BYTES) / 2**20 + RSS_SLACK_MB
+        print(
+            f"stream {streamed / 2**20:.1f} MB; slow client read {len(rest)} B more, {how}; "
+            f"lag p99 {lag_p99 * 1000:.0f} ms; gateway RSS +{grown_mb:.1f} MB "
+            f"(bound {bound_mb:.1f} MB)"
+        )
+        assert streamed > 2 * bound_mb * 2**20, "the stream must dwarf what may be held"
+        assert lag_p99 < LAG_P99_S, f"readers' p99 lag {lag_p99:.3f} s"
+        assert grown_mb < bound_mb, f"gateway RSS grew {grown_mb:.1f} MB > {bound_mb:.1f} MB"
     finally:
         stack.kill("gateway2")
     await assert_invariants(dsn)

@@ -15,6 +15,9 @@ straight to the connection's transport; elsewhere this task writes through ASGI 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from typing import Any, cast
 
 from starlette.responses import Response
@@ -81,6 +84,10 @@ class EventStream(Response):
         finally:
             self._hub.unsubscribe(subscriber)
             await cancel_and_wait(listener)
+        if subscriber.dropped and transport is not None:
+            _cut(transport)
+            await asyncio.sleep(0)  # the server hears of the close: the response is not owed
+            return
         if not listener.cancelled() and listener.done():
             return  # the browser is gone: nothing more to send
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -90,6 +97,17 @@ def _transport(scope: Scope) -> asyncio.WriteTransport | None:
     extension: dict[str, Any] = scope.get("extensions", {}).get(TRANSPORT, {})
     # uvloop's transports do not derive from asyncio's classes, hence no isinstance.
     return cast("asyncio.WriteTransport | None", extension.get("transport"))
+
+
+def _cut(transport: asyncio.WriteTransport) -> None:
+    """A browser dropped for not reading is reset at once, its unsent bytes let go: closed
+    gracefully, the connection would keep them for a reader that never comes, as long as the
+    peer lives. Its Last-Event-ID is the last whole frame it read, so its reconnect has no hole."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 async def _follow(subscriber: Subscriber, send: Send) -> None:
