@@ -9,6 +9,7 @@ still answered alone (its events, or why it was refused), so one stale run costs
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 
 import grpc
@@ -24,6 +25,8 @@ Waiting = tuple[runs_pb2.RecordRequest, "asyncio.Future[runs_pb2.WriteResponse]"
 # message may hold, or runs that each wrote a large result at once failed together.
 GROUP_BYTES = 16 << 20
 MIB = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 def next_group(waiting: list[Waiting]) -> int:
@@ -89,7 +92,14 @@ class Committer:
                 if not future.done():
                     future.set_exception(error)
             return
-        for (_, future), result in zip(group, response.results, strict=True):
+        for (request, future), result in zip(group, response.results, strict=True):
+            if result.code != grpc.StatusCode.OK.value[0]:
+                # Said whether or not its writer still waits: a batch refused for a stale token
+                # is the one trace of a write a swept engine tried.
+                log.warning(
+                    "write refused",
+                    extra={"run_id": request.run_id, "code": result.code, "error": result.message},
+                )
             if future.done():  # its writer was cancelled meanwhile
                 continue
             if result.code == grpc.StatusCode.OK.value[0]:
