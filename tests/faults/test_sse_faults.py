@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -33,22 +34,33 @@ from tests.support.sse_client import read_events
 FINISHED = frozenset(ev.FINISHED_RUN_STATUSES)
 
 
+def claims(stack: ProcessStack, run_id: str) -> int:
+    """How many times an engine claimed the run: each claim won is one execution."""
+    return sum(
+        json.loads(line).get("msg") == "run claimed" and run_id in line
+        for name in stack.procs
+        if name.startswith("engine")
+        for line in stack.log_text(name).splitlines()
+    )
+
+
 @pytest.mark.timeout(120)
 async def test_stampede_of_starts_and_connects(
     http: httpx.AsyncClient, stack: ProcessStack
 ) -> None:
     dsn = stack.database_url
-    followed = await create_workflow(
-        http, stack, "stampede-sse", steps(3, tokens=20, token_delay_ms=20)
+    # Long enough to outlast both stampedes: the clicks race an active run throughout.
+    workflow = await create_workflow(
+        http, stack, "stampede", steps(4, tokens=40, token_delay_ms=25)
     )
-    pending = await start_run(http, stack, followed["id"])
-    contested = await create_workflow(http, stack, "stampede-post", steps(2, tokens=5))
+    pending = await start_run(http, stack, workflow["id"])
     url = f"/v1/runs/{pending}/events"
 
     async def post() -> httpx.Response:
-        return await http.post(f"/v1/workflows/{contested['id']}/runs", headers=stack.headers)
+        return await http.post(f"/v1/workflows/{workflow['id']}/runs", headers=stack.headers)
 
-    # Both stampedes at once: 200 browsers opening one pending run, 200 clicks on "run".
+    # Both stampedes at once on one workflow: 200 browsers opening its pending run (the first
+    # of them starts it), and 200 more clicks on "run" while it is pending or running.
     results = await asyncio.gather(
         *(read_events(http, url, stack.headers) for _ in range(200)),
         *(post() for _ in range(200)),
@@ -57,23 +69,24 @@ async def test_stampede_of_starts_and_connects(
     posts = [r for r in results[200:] if isinstance(r, httpx.Response)]
 
     codes = sorted(r.status_code for r in posts)
-    assert codes == [201] + [409] * 199, codes[:3] + codes[-3:]
-    created = await fetch(dsn, "SELECT id FROM runs WHERE workflow_id = $1", contested["id"])
-    assert len(created) == 1
+    assert codes == [409] * 200, codes[:3] + codes[-3:]
+    created = await fetch(dsn, "SELECT id FROM runs WHERE workflow_id = $1", workflow["id"])
+    assert [r["id"] for r in created] == [pending], "one run for the workflow, no other"
 
     run = await run_row(dsn, pending)
     assert run["status"] == ev.COMPLETED
-    types = [e["type"] for e in await db_events(dsn, pending)]
+    # One execution: one claim won by an engine, and each step started and completed once.
+    assert claims(stack, pending) == 1
+    events = await db_events(dsn, pending)
+    types = [e["type"] for e in events]
     assert types.count(ev.RUN_STARTED) == 1
+    assert types.count(ev.RUN_COMPLETED) == 1
+    for kind in (ev.STEP_STARTED, ev.STEP_COMPLETED):
+        names = sorted(json.loads(e["data"])["name"] for e in events if e["type"] == kind)
+        assert names == [f"s{i}" for i in range(4)], f"{kind}: {names}"
     for stream in streams:
         assert isinstance(stream, list)
         assert_full_stream(stream, run["last_seq"], ev.RUN_COMPLETED)
-
-    # The one run the clicks created runs too, so nothing is left pending.
-    winner = next(r for r in posts if r.status_code == 201).json()["id"]
-    assert (await read_events(http, f"/v1/runs/{winner}/events", stack.headers))[-1].event == (
-        ev.RUN_COMPLETED
-    )
     await assert_invariants(dsn)
 
 
