@@ -188,10 +188,13 @@ class GrpcService:
         if ready is not None:
             ready.set()
         await self._stop.wait()
+        # The grace is for the whole shutdown (what a supervisor waits before SIGKILL): the
+        # drain's and the calls' waits share it.
+        stop_by = loop.time() + grace_s
         await self.set_serving(False)
         if on_drain is not None:
             await on_drain()
-        await self.server.stop(grace_s)
+        await self.server.stop(max(0.0, stop_by - loop.time()))
 
 
 async def wait_serving(channel: grpc.aio.Channel, timeout_s: float) -> None:

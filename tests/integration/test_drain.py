@@ -4,6 +4,7 @@ Execute stream carries it before it closes."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from nyxflow.errors import Unavailable
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs.servicer import RunsServicer
-from tests.support.inprocess import runs_and_engine
+from tests.support.inprocess import clients, engine_service, runs_and_engine, runs_service
 from tests.support.workflows import llm_step
 
 ANSWER_DELAY_S = 1.0  # well within the engine's grace (3 s)
@@ -99,3 +100,58 @@ async def test_a_draining_engine_starts_nothing_new(
         rest = [e.type async for e in events]
         assert rest[-1] == ev.RUN_PAUSED, rest
         assert (await api.runs.get_run(waiting.id)).status == ev.PENDING
+
+
+async def test_an_engine_shuts_down_within_its_grace(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim on its way, a run whose pause is slow to be recorded and its open Execute call
+    each had a grace of their own: an engine given 1 s took nearly 3, past the time a
+    supervisor waits before SIGKILL."""
+    grace_s = 1.0
+    claim, release = RunsServicer.ClaimRun, RunsServicer.ReleaseRun
+    claiming = asyncio.Event()
+
+    async def claims_late(self: RunsServicer, request: Any, context: Any) -> Any:
+        if request.run_id == late_id:
+            claiming.set()
+            await asyncio.sleep(0.8 * grace_s)
+        return await claim(self, request, context)
+
+    async def releases_late(self: RunsServicer, request: Any, context: Any) -> Any:
+        await asyncio.sleep(5 * grace_s)
+        return await release(self, request, context)
+
+    monkeypatch.setattr(RunsServicer, "ClaimRun", claims_late)
+    monkeypatch.setattr(RunsServicer, "ReleaseRun", releases_late)
+    late_id = ""
+    stop = asyncio.Event()
+    async with (
+        runs_service(database_url) as runs_settings,
+        clients(runs_settings.runs_listen) as api,
+    ):
+        slow = await api.runs.create_workflow(
+            "slow", [llm_step("slow", "x", tokens=200, token_delay_ms=20)]
+        )
+        busy = await api.runs.create_run(slow.id)
+        late_id = (
+            await api.runs.create_run(
+                (await api.runs.create_workflow("late", [llm_step("one", "x")])).id
+            )
+        ).id
+        async with (
+            engine_service(
+                runs_settings.runs_listen, stop=stop, shutdown_grace_s=grace_s
+            ) as engine_settings,
+            clients(runs_settings.runs_listen, engine_settings.engine_listen) as calls,
+        ):
+            assert calls.engine is not None
+            events = calls.engine.execute(busy.id)
+            assert (await anext(events)).type == ev.RUN_STARTED
+            starting = asyncio.create_task(anext(calls.engine.execute(late_id)))
+            await asyncio.wait_for(claiming.wait(), 10)
+            stop.set()
+            began = time.monotonic()
+        took = time.monotonic() - began  # the engine's serve() has returned
+        starting.cancel()
+    assert took < grace_s + 0.5, f"the engine took {took:.2f} s to shut down"

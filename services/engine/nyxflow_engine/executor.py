@@ -119,6 +119,8 @@ class Executor:
     async def drain(self, grace_s: float) -> None:
         """On shutdown: pause every run we hold and wait (bounded) for them to record it."""
         self._draining = True
+        # One grace for the whole drain: each wait had its own, and the engine outlived it.
+        deadline = asyncio.get_running_loop().time() + grace_s
         if self._starting:  # a claim on its way becomes an execution, paused with the rest
             await asyncio.wait(set(self._starting), timeout=grace_s)
         executions = list(self._executions.values())
@@ -126,7 +128,9 @@ class Executor:
             execution.pause()
         tasks = [e.task for e in executions if e.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=grace_s)
+            await asyncio.wait(
+                tasks, timeout=max(0.0, deadline - asyncio.get_running_loop().time())
+            )
 
 
 def _unfollowed(starting: asyncio.Task[RunFeed]) -> None:
