@@ -194,8 +194,8 @@ class Subscriber:
         elif count:
             self._unsent += count
             if self._unsent > self.size or unsent > self.max_bytes:
-                # Too far behind: the stream ends and sse.py resets the connection, never
-                # with a hole before the browser's Last-Event-ID (its last whole frame).
+                # Too far behind: the stream ends (sse.py resets a connection that reads no
+                # more), never with a hole before the browser's Last-Event-ID.
                 self.dropped = self.ended = True
                 self._wake()
 

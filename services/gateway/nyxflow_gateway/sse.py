@@ -31,6 +31,7 @@ from nyxflow_gateway.hub import RunHub, Subscriber, chunk
 from nyxflow_gateway.settings import GatewaySettings
 
 MAX_BATCH = 64  # backlog frames per write when a browser joins a long run late
+DROP_GRACE_S = 5.0  # a dropped browser that still reads this long gets the rest, then the end
 KEEPALIVE = comment_frame().encode()
 # No `Connection` header: the server sets it, and a request that asked to close got both.
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -85,8 +86,7 @@ class EventStream(Response):
             self._hub.unsubscribe(subscriber)
             await cancel_and_wait(listener)
         if subscriber.dropped and transport is not None:
-            _cut(transport)
-            await asyncio.sleep(0)  # the server hears of the close: the response is not owed
+            await _drop(transport, receive)
             return
         if not listener.cancelled() and listener.done():
             return  # the browser is gone: nothing more to send
@@ -99,15 +99,28 @@ def _transport(scope: Scope) -> asyncio.WriteTransport | None:
     return cast("asyncio.WriteTransport | None", extension.get("transport"))
 
 
-def _cut(transport: asyncio.WriteTransport) -> None:
-    """A browser dropped for not reading is reset at once, its unsent bytes let go: closed
-    gracefully, the connection would keep them for a reader that never comes, as long as the
-    peer lives. Its Last-Event-ID is the last whole frame it read, so its reconnect has no hole."""
+async def _drop(transport: asyncio.WriteTransport, receive: Receive) -> None:
+    """A browser dropped for falling behind gets the end of the response after what it was
+    sent, and its connection closes once that is flushed. One that reads no more never takes
+    it: after DROP_GRACE_S it is reset, and its unsent bytes let go, which a graceful close
+    would keep for as long as the peer lives. Its Last-Event-ID is then the last whole frame
+    it read, so its reconnect has no hole. (Not through `send`: it waits for a reader.)"""
+    transport.write(chunk(b""))
+    transport.close()
+    try:
+        async with asyncio.timeout(DROP_GRACE_S):
+            await _until_disconnect(receive)
+            return
+    except TimeoutError:
+        pass
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+    with contextlib.suppress(TimeoutError):  # the server hears of it: no response is owed
+        async with asyncio.timeout(1):
+            await _until_disconnect(receive)
 
 
 async def _follow(subscriber: Subscriber, send: Send) -> None:
