@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import random
 import socket
 import struct
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
 from nyxflow import events as ev
+from nyxflow.cli.supervisor import wait_http_ok
 from tests.faults.helpers import (
     assert_full_stream,
     db_events,
@@ -25,6 +30,7 @@ from tests.faults.helpers import (
     wait_status,
 )
 from tests.faults.invariants import assert_invariants
+from tests.support.databases import unavailable
 from tests.support.eventually import eventually
 from tests.support.gateway_api import create_workflow, start_run, steps
 from tests.support.ports import free_port
@@ -225,55 +231,144 @@ async def test_a_client_that_never_reads_harms_no_one(
     await assert_invariants(dsn)
 
 
-@pytest.mark.timeout(120)
+# Browsers in a network namespace of their own, joined to the host by a veth pair: when its
+# link goes down they vanish without a FIN or RST, as behind a dead network or machine.
+CLIENTS = """
+import asyncio, os, sys
+
+host, port, *runs = sys.argv[1:]
+auth = os.environ["NYXC_AUTH"]
+
+
+async def connect(run):
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /v1/runs/{run}/events HTTP/1.1\\r\\nHost: x\\r\\n"
+                 f"Authorization: {auth}\\r\\n\\r\\n".encode())
+    head = await reader.readuntil(b"\\r\\n\\r\\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    return reader, writer
+
+
+async def drain(reader, writer):  # browsers that read: none is dropped as slow
+    while await reader.read(1 << 16):
+        pass
+
+
+async def main():
+    readers = await asyncio.gather(*(connect(r) for r in runs for _ in range(100)))
+    print("connected", len(readers), flush=True)
+    await asyncio.gather(*(drain(*r) for r in readers))
+
+
+asyncio.run(main())
+"""
+PEER_TIMEOUT_S = 3  # the gateway's: a peer silent this long is given up
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@contextlib.contextmanager
+def vanishing_network() -> Iterator[tuple[str, str, str]]:
+    """(namespace, its peer's address on the host, that address's veth inside the namespace)."""
+    tag = f"{os.getpid() % 10000}{random.randrange(100)}"
+    ns, outer, inner = f"nyxf{tag}", f"nyxh{tag}", f"nyxn{tag}"
+    subnet = f"10.213.{random.randrange(256)}.{4 * random.randrange(64)}"
+    base = subnet.rsplit(".", 1)
+    host_ip, ns_ip = (f"{base[0]}.{int(base[1]) + k}" for k in (1, 2))
+    try:
+        ip("netns", "add", ns)
+    except (OSError, subprocess.SubprocessError) as error:
+        unavailable("a network namespace (ip netns, as root)", error)
+    try:
+        ip("link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
+        ip("addr", "add", f"{host_ip}/30", "dev", outer)
+        ip("link", "set", outer, "up")
+        ip("-n", ns, "addr", "add", f"{ns_ip}/30", "dev", inner)
+        ip("-n", ns, "link", "set", inner, "up")
+        yield ns, host_ip, inner
+    finally:
+        # The pair by its host end: the namespace itself goes only once its sockets have.
+        for args in (("link", "del", outer), ("netns", "del", ns)):
+            with contextlib.suppress(subprocess.SubprocessError):
+                ip(*args)
+
+
+@pytest.mark.timeout(180)
 async def test_vanishing_clients_release_their_upstreams(
     http: httpx.AsyncClient, stack: ProcessStack
 ) -> None:
     dsn = stack.database_url
-    baseline = await debug_streams(http, stack, stack.base_url)
-    run_ids = []
-    for i in range(5):
-        workflow = await create_workflow(
-            http, stack, f"vanish-{i}", steps(3, tokens=30, token_delay_ms=20)
+    with vanishing_network() as (ns, host_ip, inner):
+        # A gateway on the namespace's peer address, quick to give up on silent peers.
+        port = free_port()
+        extra = {
+            "NYXFLOW_GATEWAY_HOST": host_ip,
+            "NYXFLOW_GATEWAY_PORT": str(port),
+            "NYXFLOW_PEER_TIMEOUT_S": str(PEER_TIMEOUT_S),
+            "NYXFLOW_SSE_HEARTBEAT_S": "1",
+        }
+        stack.add_replica("gateway3", "gateway", **extra)
+        log = (stack.logs / "gateway3.log").open("ab")
+        stack.procs["gateway3"] = subprocess.Popen(
+            [sys.executable, "-m", "nyxflow_gateway"],
+            env={**stack.env(), **extra},
+            stdout=log,
+            stderr=log,
         )
-        run_ids.append(await start_run(http, stack, workflow["id"]))
-
-    async def connect(run_id: str) -> asyncio.StreamWriter:
-        sock = socket.socket()
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", stack.gateway_port))
-        reader, writer = await asyncio.open_connection(sock=sock)
-        auth = stack.headers["Authorization"]
-        request = (
-            f"GET /v1/runs/{run_id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n"
-        )
-        writer.write(request.encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        assert head.startswith(b"HTTP/1.1 200"), head[:200]
-        return writer
-
-    # The first connect of each run starts it; 100 browsers per run, then all gone at once.
-    writers = [w for r in run_ids for w in await asyncio.gather(*(connect(r) for _ in range(100)))]
-    assert len(writers) == 500
-    during = await debug_streams(http, stack, stack.base_url)
-    assert during["upstream_streams"] >= baseline["upstream_streams"]
-    for writer in writers:
-        abort(writer)
-
-    await eventually(
-        lambda: debug_streams(http, stack, stack.base_url),
-        lambda s: (
-            s["upstream_streams"] == baseline["upstream_streams"]
-            and s["channels"] == baseline["channels"]
-        ),
-        timeout_s=10,
-        interval_s=0.2,
-        what="upstreams back to the baseline",
-    )
-    # The runs never noticed: each completes, and its stream replays whole.
+        base = f"http://{host_ip}:{port}"
+        clients: asyncio.subprocess.Process | None = None
+        try:
+            await asyncio.to_thread(wait_http_ok, f"{base}/healthz", 30)
+            baseline = await debug_streams(http, stack, base)
+            # Runs that outlast the whole check, streaming all along.
+            run_ids = []
+            for i in range(5):
+                workflow = await create_workflow(
+                    http, stack, f"vanish-{i}", steps(2, tokens=60, token_delay_ms=250)
+                )
+                run_ids.append(await start_run(http, stack, workflow["id"]))
+            # 100 browsers per run, the first of each starting it.
+            clients = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", ns, sys.executable, "-c", CLIENTS,
+                host_ip, str(port), *run_ids,
+                env={**os.environ, "NYXC_AUTH": stack.headers["Authorization"]},
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert clients.stdout is not None
+            line = await asyncio.wait_for(clients.stdout.readline(), 60)
+            assert line == b"connected 500\n", line
+            during = await debug_streams(http, stack, base)
+            assert during["upstream_streams"] == baseline["upstream_streams"] + 5
+            # Vanish: their link goes down first, so nothing they send on exit arrives.
+            ip("-n", ns, "link", "set", inner, "down")
+            clients.kill()
+            await clients.wait()
+            await eventually(
+                lambda: debug_streams(http, stack, base),
+                lambda s: (
+                    s["upstream_streams"] == baseline["upstream_streams"]
+                    and s["channels"] == baseline["channels"]
+                ),
+                timeout_s=PEER_TIMEOUT_S + 12,
+                interval_s=0.2,
+                what="upstreams back to the baseline",
+            )
+            # Released while the runs went on: no run ended to free them.
+            statuses = [(await run_row(dsn, r))["status"] for r in run_ids]
+            assert statuses == [ev.RUNNING] * 5, statuses
+        finally:
+            if clients is not None and clients.returncode is None:
+                clients.kill()
+                await clients.wait()
+            stack.kill("gateway3")
+    # The runs never noticed: each completes once, and its stream replays whole.
     for run_id in run_ids:
-        run = await wait_status(dsn, run_id, FINISHED, 30)
+        run = await wait_status(dsn, run_id, FINISHED, 60)
         assert run["status"] == ev.COMPLETED
+        types = [e["type"] for e in await db_events(dsn, run_id)]
+        assert types.count(ev.RUN_STARTED) == 1
         assert_full_stream(
             await read_events(http, f"/v1/runs/{run_id}/events", stack.headers),
             run["last_seq"],

@@ -11,6 +11,9 @@ class GatewaySettings(CommonSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     sse_heartbeat_s: float = 15.0
+    # A client connection whose sent data (or keepalive probe) goes unacknowledged this long
+    # is closed: a browser that vanished without a word held its stream for ~15 min. 0: off.
+    peer_timeout_s: float = Field(default=30.0, ge=0)
     sse_retry_ms: int = 3000
     sse_queue_events: int = 1000  # per client: a client this far behind is dropped, alone
     sse_queue_bytes: int = Field(default=8 * 1024 * 1024, ge=0)  # the same, in unsent bytes
