@@ -301,6 +301,7 @@ class RunsClient:
         finish_status: str = "",
         finish_error: str = "",
         batch_id: str = "",
+        batch_seq: int = 0,
     ) -> runs_pb2.WriteResponse:
         request = runs_pb2.RecordRequest(
             run_id=run_id,
@@ -309,6 +310,7 @@ class RunsClient:
             finish_status=finish_status,
             finish_error=finish_error,
             batch_id=batch_id,
+            batch_seq=batch_seq,
         )
         return await _unary(self._stub.Record(request, **self._kw()))
 

@@ -820,6 +820,62 @@ async def test_a_retried_batch_is_answered_not_applied_twice(api: Clients) -> No
         await engine.record(run.id, token + 1, ops, batch_id="batch-2")
 
 
+async def test_a_first_attempt_arriving_after_later_batches_is_not_applied(
+    runs: Clients, db: Direct
+) -> None:
+    """Batch 1 starts a step, batch 2 completes it. Batch 1's first attempt, delayed in runs
+    while its retry and batch 2 were applied, then arrives: it is answered as applied and
+    writes nothing (it restarted the completed step and stored its events twice). A new claim
+    numbers its batches from 1 again."""
+    workflow = await runs.runs.create_workflow("late", chain(2), on_orphan="resume")
+    pending = await runs.runs.create_run(workflow.id)
+    engine = as_engine(runs, pending.tenant_id)
+    claim = await engine.claim_run(pending.id, OWNER, TTL)
+    run, token = claim.run, claim.token
+    step = run.steps[0]
+
+    def batch(seq: int, change: runs_pb2.StepChange, type_: str) -> runs_pb2.RecordRequest:
+        ops = [
+            runs_pb2.WriteOp(step=runs_pb2.StepWrite(step_id=step.id, change=change)),
+            runs_pb2.WriteOp(event=draft(type_, step_id=step.id)),
+        ]
+        return runs_pb2.RecordRequest(
+            run_id=run.id, token=token, ops=ops, batch_id=f"batch-{seq}", batch_seq=seq
+        )
+
+    start = batch(1, runs_pb2.StepChange(status=ev.RUNNING), ev.STEP_STARTED)
+    end = batch(2, runs_pb2.StepChange(status=ev.COMPLETED, output="x"), ev.STEP_COMPLETED)
+    answers = [await engine.record_many([b]) for b in (start, start, end, start, end)]
+
+    assert [r.code for a in answers for r in a.results] == [0] * 5
+    seqs = [[e.seq for e in a.results[0].written.events] for a in answers]
+    # The retry and batch 2's retry get their answers again; the late attempt, none.
+    assert seqs == [[2], [2], [3], [], [3]]
+    events = await db.events(run.tenant_id, run.id)
+    assert seqs_and_types(events) == [
+        (1, ev.RUN_STARTED), (2, ev.STEP_STARTED), (3, ev.STEP_COMPLETED)
+    ]  # fmt: skip
+    stored = await runs.runs.get_run(run.id)
+    assert (stored.last_seq, stored.steps[0].status) == (3, ev.COMPLETED)
+
+    # Both arriving in one group (the first goes first, alone): the same.
+    both = await engine.record_many([start, end])
+    assert [[e.seq for e in r.written.events] for r in both.results] == [[], [3]]
+    assert (await runs.runs.get_run(run.id)).last_seq == 3
+
+    # The run handed over and claimed again: the new token's batches count from 1.
+    handed = await engine.release_run(run.id, token, "engine shut down")
+    assert handed.status == ev.PENDING
+    reclaim = await engine.claim_run(run.id, OWNER, TTL)
+    assert reclaim.won and reclaim.token > token
+    first = runs_pb2.RecordRequest(
+        run_id=run.id, token=reclaim.token, ops=[runs_pb2.WriteOp(event=draft(ev.STEP_DELTA))],
+        batch_id="batch-1", batch_seq=1,
+    )  # fmt: skip
+    answer = await engine.record_many([first])
+    assert [e.type for e in answer.results[0].written.events] == [ev.STEP_DELTA]
+
+
 @pytest.mark.parametrize("op", ["start", "end", "item"])
 async def test_a_batch_naming_another_runs_step_is_refused_whole(api: Clients, op: str) -> None:
     """Every write of a batch lands or none does: a step outside the run's workflow refuses

@@ -109,6 +109,10 @@ class RunWriter:
         self._lost: tuple[int, Exception] | None = None  # ops up to here went in a failed batch
         self._timer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        # The last batch's number: 1, 2, 3 … for this claim's token. Runs applies none at or
+        # below the last it applied, so a first attempt that reaches it after its retry and
+        # the batches after it (waiting for a connection, say) cannot apply a second time.
+        self._batch_seq = 0
         # One batch in flight at a time, so seqs reach the feed in order.
         self._lock = asyncio.Lock()
 
@@ -221,6 +225,7 @@ class RunWriter:
                 return
             for op in ops:
                 scrub(op)
+            self._batch_seq += 1
             request = runs_pb2.RecordRequest(
                 run_id=self.run_id,
                 token=self.token,
@@ -228,6 +233,7 @@ class RunWriter:
                 finish_status=finish_status,
                 finish_error=finish_error,
                 batch_id=uuid.uuid4().hex,  # the same across retries: applied once at most
+                batch_seq=self._batch_seq,
             )
             await _to_the_end(self._commit(request, taken))
 

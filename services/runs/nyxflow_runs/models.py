@@ -203,6 +203,8 @@ class Run(TenantOwned, Base):
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     requeues: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_batch: Mapped[str | None] = mapped_column(String(64))  # the engine's last Record
+    # That Record's number within the claim (RecordRequest.batch_seq); 0 again at each claim.
+    last_batch_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())

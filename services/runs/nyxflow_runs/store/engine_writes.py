@@ -53,6 +53,7 @@ class EngineWrites(Recording):
                         lease_expires_at=db_now() + ttl_s,
                         started_at=db_now(),
                         last_seq=Run.last_seq + 1,
+                        last_batch_seq=0,  # the new token's batches count from 1
                     )
                     .returning(Run.token, Run.last_seq)
                     .execution_options(synchronize_session=False)

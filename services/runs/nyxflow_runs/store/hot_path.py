@@ -76,7 +76,8 @@ RETURNING *"""
 CLAIM = f"""
 WITH won AS (
     UPDATE runs SET status = 'running', token = token + 1, lease_owner = $3,
-        lease_expires_at = {NOW} + $4, started_at = {NOW}, last_seq = last_seq + 1
+        lease_expires_at = {NOW} + $4, started_at = {NOW}, last_seq = last_seq + 1,
+        last_batch_seq = 0
     WHERE id = $1 AND tenant_id = $2 AND status = 'pending'
     RETURNING *
 ), started AS (
@@ -143,6 +144,7 @@ WITH refs AS (
             AND COALESCE(x.status, s.status) NOT IN ('completed', 'skipped'))
 ), fenced AS (
     UPDATE runs AS r SET last_seq = r.last_seq + v.n, last_batch = v.batch,
+        last_batch_seq = CASE WHEN v.seq = 0 THEN r.last_batch_seq ELSE v.seq END,
         status = COALESCE(v.finish, r.status),
         error = CASE WHEN v.finish IS NULL THEN r.error ELSE v.error END,
         finished_at = CASE WHEN v.finish IS NULL THEN r.finished_at ELSE {NOW} END,
@@ -150,9 +152,12 @@ WITH refs AS (
         lease_expires_at = CASE WHEN v.finish IS NULL THEN r.lease_expires_at END,
         pause_requested = v.finish IS NULL AND r.pause_requested
     FROM unnest($2::varchar[], $3::bigint[], $4::int[], $5::varchar[], $6::varchar[],
-                $7::text[]) AS v(id, token, n, batch, finish, error)
+                $7::text[], $36::int[]) AS v(id, token, n, batch, finish, error, seq)
     WHERE r.id = v.id AND r.tenant_id = $1 AND r.token = v.token AND r.status = 'running'
-        AND r.last_batch IS DISTINCT FROM v.batch
+        -- Applied already (a retry, or a first attempt arriving after later batches): a
+        -- numbered batch at or below the claim's last number, an unnumbered one by its id.
+        AND CASE WHEN v.seq = 0 THEN r.last_batch IS DISTINCT FROM v.batch
+                 ELSE v.seq > r.last_batch_seq END
         AND r.id NOT IN (SELECT run_id FROM foreign_refs)
         AND r.id NOT IN (SELECT id FROM unfinished)
     RETURNING r.id, r.workflow_id, r.last_seq, r.pause_requested, v.n, v.finish, v.error
@@ -468,7 +473,7 @@ class Entry:
 
 def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any]:
     """RECORD's parameters: one array per column of each unnest."""
-    runs: list[list[Any]] = [[] for _ in range(6)]
+    runs: list[list[Any]] = [[] for _ in range(7)]
     steps: list[list[Any]] = [[] for _ in range(13)]
     items: list[list[Any]] = [[] for _ in range(10)]
     events: list[list[Any]] = [[] for _ in range(4)]
@@ -484,6 +489,7 @@ def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any
                 batch.batch_id or uuid.uuid4().hex,  # none given: never taken for a replay
                 batch.finish_status or None,
                 batch.finish_error or None,
+                batch.batch_seq,
             ),
         )
         for row in plan.steps:
@@ -502,8 +508,9 @@ def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any
             )  # fmt: skip
         for position, d in enumerate(batch.drafts):
             _append(events, (entry.run_id, position, d.type, d.text))
-    # $34 (items' input hashes) and $35 (steps' item counts) come last: the rest keep their $n.
-    return [tenant_id, *runs, *steps, *items[:9], *events, items[9], counts]
+    # $34 (items' input hashes), $35 (steps' item counts) and $36 (batches' numbers) come
+    # last: the rest keep their $n.
+    return [tenant_id, *runs[:6], *steps, *items[:9], *events, items[9], counts, runs[6]]
 
 
 def _append(columns: list[list[Any]], values: Sequence[Any]) -> None:

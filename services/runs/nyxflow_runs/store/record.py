@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Integer, Table, and_, bindparam, case, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nyxflow import events as ev
@@ -30,6 +30,7 @@ steps_t: Table = Step.__table__  # type: ignore[assignment]
 items_t: Table = StepItem.__table__  # type: ignore[assignment]
 events_t: Table = RunEvent.__table__  # type: ignore[assignment]
 
+_SEQ = bindparam("b_seq", type_=Integer)
 FENCE = (
     update(runs_t)
     .where(
@@ -37,14 +38,24 @@ FENCE = (
         runs_t.c.tenant_id == bindparam("b_tenant_id"),
         runs_t.c.token == bindparam("b_token"),
         runs_t.c.status == ev.RUNNING,
-        # A batch already applied is not applied again (its reply was lost; see `_replayed`).
-        runs_t.c.last_batch.is_distinct_from(bindparam("b_batch")),
+        # A batch already applied is not applied again (see `_replayed`): a numbered one at
+        # or below the claim's last number (a retry, or a first attempt arriving late, after
+        # its retry and later batches), an unnumbered one with the last batch's id.
+        or_(
+            and_(_SEQ == 0, runs_t.c.last_batch.is_distinct_from(bindparam("b_batch"))),
+            runs_t.c.last_batch_seq < _SEQ,
+        ),
     )
-    .values(last_seq=runs_t.c.last_seq + bindparam("b_count"), last_batch=bindparam("b_batch"))
+    .values(
+        last_seq=runs_t.c.last_seq + bindparam("b_count"),
+        last_batch=bindparam("b_batch"),
+        last_batch_seq=case((_SEQ == 0, runs_t.c.last_batch_seq), else_=_SEQ),
+    )
     .returning(runs_t.c.workflow_id, runs_t.c.last_seq, runs_t.c.pause_requested)
 )
 LAST_BATCH = select(
     runs_t.c.last_batch,
+    runs_t.c.last_batch_seq,
     runs_t.c.token,
     runs_t.c.last_seq,
     runs_t.c.pause_requested,
@@ -133,6 +144,7 @@ class Batch:
     finish_status: str
     finish_error: str
     batch_id: str = ""
+    batch_seq: int = 0  # its number within the claim; 0: unnumbered (fenced by its id alone)
 
     @classmethod
     def of(
@@ -141,6 +153,7 @@ class Batch:
         finish_status: str = "",
         finish_error: str = "",
         batch_id: str = "",
+        batch_seq: int = 0,
     ) -> Batch:
         drafts: list[Draft] = []
         for i, op in enumerate(ops):
@@ -163,7 +176,7 @@ class Batch:
             if finish_error:
                 data["error"] = finish_error
             drafts.append(Draft(terminal, data))
-        return cls(list(ops), drafts, finish_status, finish_error, batch_id)
+        return cls(list(ops), drafts, finish_status, finish_error, batch_id, batch_seq)
 
 
 class Recording(StoreBase):
@@ -215,6 +228,7 @@ class Recording(StoreBase):
                         "b_count": len(batch.drafts),
                         # A caller without batch ids gets a fresh one: never taken for a retry.
                         "b_batch": batch.batch_id or uuid.uuid4().hex,
+                        "b_seq": batch.batch_seq,
                     },
                 )
             ).first()
@@ -268,13 +282,22 @@ class Recording(StoreBase):
         session: AsyncSession, tenant_id: str, run_id: str, token: int, batch: Batch
     ) -> Written | None:
         """The same batch again, from the same lease: answer what it wrote the first time.
-        The engine holds one batch in flight per run, so its events are the run's last ones."""
-        if not batch.batch_id:
+        The engine holds one batch in flight per run, so its events are the run's last ones.
+        A numbered batch below the lease's last one is a first attempt arriving late: the
+        engine has had its answer from a retry and sent later batches since. It is answered
+        as applied, with nothing written: applied now, it would undo what came after it."""
+        if not batch.batch_id and not batch.batch_seq:
             return None
         row = (
             await session.execute(LAST_BATCH, {"b_run_id": run_id, "b_tenant_id": tenant_id})
         ).first()
-        if row is None or row.last_batch != batch.batch_id or row.token != token:
+        if row is None or row.token != token:
+            return None
+        if 0 < batch.batch_seq < row.last_batch_seq:
+            return Written([], bool(row.pause_requested))
+        if batch.batch_seq and batch.batch_seq != row.last_batch_seq:
+            return None  # above it: refused for another reason (the run ended, say)
+        if row.last_batch != batch.batch_id:
             return None
         # Swept or requeued since (an event appended, the token kept): the run is no longer
         # this lease's, and the batch's events are no longer the run's last ones.
