@@ -49,6 +49,7 @@ async def test_a_fan_outs_items_page_by_page(http: httpx.AsyncClient, stack: Pro
     run = await fanned_out(http, stack)
     step = run["steps"][1]
     assert len(step["items"]) == 12
+    assert {i["served_by"] for i in step["items"]} == {step["served_by"]}  # who made each
 
     whole = await items(http, stack, run["id"], step["id"])
     assert whole.status_code == 200, whole.text

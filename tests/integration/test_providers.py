@@ -8,13 +8,15 @@ import json
 import logging
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from nyxflow import events as ev
 from nyxflow.auth import bearer_metadata
 from nyxflow.client import AdminClient
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_runs.models import Run, Step
+from tests.support.direct import direct
 from tests.support.fake_providers import FakeProviders, Reply
 from tests.support.inprocess import ADMIN_KEY, Clients
 from tests.support.provider_runs import (
@@ -382,3 +384,39 @@ async def test_one_alternative_failing_stops_the_others(
     assert run.status == ev.FAILED
     await asyncio.sleep(0.5)  # longer than the retry's backoff (0.05 s at most)
     assert fake.count("anthropic") == 2
+
+
+async def test_a_fan_out_resumed_with_every_item_stored_names_who_served_them(
+    fake_api: Clients, fake: FakeProviders, database_url: str
+) -> None:
+    """Anthropic out of credit, Google serves every item; the engine dies after the last
+    item is stored, before the step completes. Resumed, the fan-out runs no item, and named
+    the chain's first provider, the one out of credit, as having served it."""
+    chain = ["anthropic:claude", "google:gemini"]
+    fake.script("anthropic", Reply(text="# A\n\nx\n\n# B\n\ny\n"), *[Reply(error="credit")] * 4)
+    fake.script("google", *[Reply(text="item by gemini")] * 4)
+    source = step("Source", chain)
+    each = pb.StepSpec(
+        name="Each", kind="fan_out", prompt="{{ item }}", source="Source", providers=chain
+    )
+    run, _ = await run_steps(fake_api, source, each)
+    assert run.status == ev.COMPLETED, run.error
+    fanned = run.steps[1]
+    assert fanned.served_by == "google:gemini"
+    assert [i.served_by for i in fanned.items] == ["google:gemini"] * 2
+    # What an engine killed between the last item and the step's end leaves behind.
+    async with direct(database_url) as db, db.sessions.begin() as session:
+        await session.execute(
+            update(Step)
+            .where(Step.id == fanned.id)
+            .values(status=ev.PENDING, output=None, served_by=None)
+        )
+        await session.execute(update(Run).where(Run.id == run.id).values(status=ev.FAILED))
+
+    resumed = await fake_api.runs.resume_workflow(run.workflow_id)
+    assert fake_api.engine is not None
+    [e async for e in fake_api.engine.execute(resumed.id)]
+
+    after = await fake_api.runs.get_run(resumed.id)
+    assert after.status == ev.COMPLETED, after.error
+    assert after.steps[1].served_by == "google:gemini"

@@ -27,6 +27,7 @@ def item(i: pb.StepItem) -> dict[str, Any]:
         "truncated": i.truncated,
         "input_tokens": i.input_tokens,
         "output_tokens": i.output_tokens,
+        "served_by": i.served_by,
     }
 
 

@@ -79,6 +79,7 @@ def item(row: models.StepItem) -> pb.StepItem:
         input_tokens=row.input_tokens,
         output_tokens=row.output_tokens,
         input_hash=row.input_hash or "",
+        served_by=row.served_by or "",
     )
 
 

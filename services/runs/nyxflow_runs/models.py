@@ -174,6 +174,7 @@ class StepItem(TenantOwned, Base):
     output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     # sha256 of the item's input (pb.StepItem.input_hash); NULL: stored before it was kept.
     input_hash: Mapped[str | None] = mapped_column(String(64))
+    served_by: Mapped[str | None] = mapped_column(String(400))  # as Step.served_by
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
 
 

@@ -50,7 +50,9 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
         "input": sum(i.input_tokens for i in kept),
         "output": sum(i.output_tokens for i in kept),
     }
-    served_by = ""
+    # Who served the items: this execution's last, else the last an earlier one stored (a
+    # fan-out resumed with every item done runs none, and must not name the chain's first).
+    served_by = next((i.served_by for i in reversed(kept) if i.served_by), "")
 
     async def one(index: int) -> None:
         nonlocal served_by, cut_used
@@ -78,6 +80,7 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
                     input_tokens=completion.input_tokens,
                     output_tokens=completion.output_tokens,
                     input_hash=hashes[index],
+                    served_by=completion.served_by,
                 ),
                 draft(
                     ev.FAN_OUT_PROGRESS,

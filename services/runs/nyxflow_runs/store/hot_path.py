@@ -99,7 +99,8 @@ SELECT s.*, w.default_providers AS workflow_chain, t.default_providers AS tenant
                                        'output', i.output, 'truncated', i.truncated,
                                        'input_tokens', i.input_tokens,
                                        'output_tokens', i.output_tokens,
-                                       'input_hash', i.input_hash)
+                                       'input_hash', i.input_hash,
+                                       'served_by', i.served_by)
                      ORDER BY i.item_index)
      FROM step_items i WHERE i.step_id = s.id) AS items
 FROM steps s JOIN workflows w ON w.id = s.workflow_id JOIN tenants t ON t.id = w.tenant_id
@@ -188,18 +189,19 @@ WITH refs AS (
     -- made from another input replaces it (a fan-out redoing an item whose source changed).
     INSERT INTO step_items AS i (id, tenant_id, step_id, item_index, heading, output,
                                  truncated, input_tokens, output_tokens, input_hash,
-                                 created_at)
+                                 served_by, created_at)
     SELECT x.id, $1, x.step_id, x.item_index, x.heading, x.output, x.truncated,
-        x.input_tokens, x.output_tokens, x.input_hash, {NOW}
+        x.input_tokens, x.output_tokens, x.input_hash, x.served_by, {NOW}
     FROM unnest($21::varchar[], $22::varchar[], $23::varchar[], $24::int[], $25::text[],
-                $26::text[], $27::bool[], $28::int[], $29::int[], $34::varchar[])
+                $26::text[], $27::bool[], $28::int[], $29::int[], $34::varchar[],
+                $37::varchar[])
         AS x(run_id, id, step_id, item_index, heading, output, truncated, input_tokens,
-             output_tokens, input_hash)
+             output_tokens, input_hash, served_by)
     JOIN fenced f ON f.id = x.run_id
     ON CONFLICT (step_id, item_index) DO UPDATE SET heading = excluded.heading,
         output = excluded.output, truncated = excluded.truncated,
         input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
-        input_hash = excluded.input_hash
+        input_hash = excluded.input_hash, served_by = excluded.served_by
     WHERE i.input_hash IS DISTINCT FROM excluded.input_hash
     RETURNING id
 ), pruned AS (
@@ -475,7 +477,7 @@ def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any
     """RECORD's parameters: one array per column of each unnest."""
     runs: list[list[Any]] = [[] for _ in range(7)]
     steps: list[list[Any]] = [[] for _ in range(13)]
-    items: list[list[Any]] = [[] for _ in range(10)]
+    items: list[list[Any]] = [[] for _ in range(11)]
     events: list[list[Any]] = [[] for _ in range(4)]
     counts: list[int | None] = []  # per step row: a fan-out's item count as it ends
     for entry, plan in chosen:
@@ -504,13 +506,15 @@ def _arguments(tenant_id: str, chosen: Sequence[tuple[Entry, Plan]]) -> list[Any
                 items,
                 (entry.run_id, str(uuid.uuid4()), write.step_id, item.index, item.heading,
                  item.output, item.truncated, item.input_tokens, item.output_tokens,
-                 item.input_hash or None),
+                 item.input_hash or None, item.served_by or None),
             )  # fmt: skip
         for position, d in enumerate(batch.drafts):
             _append(events, (entry.run_id, position, d.type, d.text))
-    # $34 (items' input hashes), $35 (steps' item counts) and $36 (batches' numbers) come
-    # last: the rest keep their $n.
-    return [tenant_id, *runs[:6], *steps, *items[:9], *events, items[9], counts, runs[6]]
+    # $34 (items' input hashes), $35 (steps' item counts), $36 (batches' numbers) and $37
+    # (items' providers) come last: the rest keep their $n.
+    return [
+        tenant_id, *runs[:6], *steps, *items[:9], *events, items[9], counts, runs[6], items[10]
+    ]  # fmt: skip
 
 
 def _append(columns: list[list[Any]], values: Sequence[Any]) -> None:

@@ -97,7 +97,15 @@ _ITEM_WHERE = and_(
     items_t.c.step_id == bindparam("b_step_id"), items_t.c.item_index == bindparam("b_index")
 )
 ITEM_EXISTS = select(items_t.c.id, items_t.c.input_hash).where(_ITEM_WHERE)
-ITEM_VALUES = ("heading", "output", "truncated", "input_tokens", "output_tokens", "input_hash")
+ITEM_VALUES = (
+    "heading",
+    "output",
+    "truncated",
+    "input_tokens",
+    "output_tokens",
+    "input_hash",
+    "served_by",
+)
 REPLACE_ITEM = (
     update(items_t)
     .where(_ITEM_WHERE)
@@ -421,6 +429,7 @@ def item_values(item: pb.StepItem) -> dict[str, Any]:
     """The stored columns of an item write (ITEM_VALUES); no hash is NULL, as rows before it."""
     values = {name: getattr(item, name) for name in ITEM_VALUES}
     values["input_hash"] = item.input_hash or None
+    values["served_by"] = item.served_by or None
     return values
 
 
@@ -430,6 +439,11 @@ def check_item(item: pb.StepItem, at: str) -> None:
     if len(item.input_hash) > MAX_INPUT_HASH:
         raise InvalidArgument(
             f"must be at most {MAX_INPUT_HASH} characters", field=f"{at}.input_hash"
+        )
+    if len(item.served_by) > STEP_TEXT_LIMITS["served_by"]:
+        raise InvalidArgument(
+            f"must be at most {STEP_TEXT_LIMITS['served_by']} characters",
+            field=f"{at}.served_by",
         )
     for name in STEP_COUNTS:
         if not 0 <= getattr(item, name) <= MAX_INT32:
