@@ -87,11 +87,20 @@ _BY_CODE[grpc.StatusCode.UNAVAILABLE] = Unavailable
 _BY_CODE[grpc.StatusCode.DEADLINE_EXCEEDED] = Unavailable
 
 FIELD_SEPARATOR = ": "
+# A message on the wire, in characters. The status travels in trailing metadata, three copies
+# of the message (percent-encoded, and twice in the binary status), which clients cap at 16 KB:
+# a refusal quoting 30 KB of the request arrived as "Stream removed", naming no field.
+MAX_WIRE_MESSAGE = 500
+
+
+def _wire(message: str) -> str:
+    return message if len(message) <= MAX_WIRE_MESSAGE else message[: MAX_WIRE_MESSAGE - 1] + "…"
 
 
 def to_details(error: NyxflowError) -> str:
     """The status message on the wire: `field: message` when a field is named."""
-    return f"{error.field}{FIELD_SEPARATOR}{error.message}" if error.field else error.message
+    message = _wire(error.message)
+    return f"{error.field}{FIELD_SEPARATOR}{message}" if error.field else message
 
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -103,7 +112,7 @@ def status_details(error: NyxflowError) -> tuple[tuple[str, bytes], ...]:
     if not error.field:
         return ()
     violation = error_details_pb2.BadRequest.FieldViolation(
-        field=error.field, description=error.message
+        field=error.field, description=_wire(error.message)
     )
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from nyxflow import constants as kinds
 from nyxflow import events as ev
 from nyxflow.errors import InvalidArgument
-from nyxflow.references import EXPRESSION, REFERENCE, control_problem, name_problem, one_line
+from nyxflow.references import REFERENCE, control_problem, expressions, name_problem, one_line
 from nyxflow.repos import written_path
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
@@ -346,7 +346,7 @@ def provider_chain(entries: Sequence[str], field: str) -> list[str]:
 
 def _references(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> None:
     """Every `{{ … }}` in a prompt must resolve: an unknown one is an error now, not at run time."""
-    for match in EXPRESSION.finditer(spec.prompt):
+    for match in expressions(spec.prompt):
         expression = match.group(1)
         reference = REFERENCE.fullmatch(match.group(0))
         if reference is None:
