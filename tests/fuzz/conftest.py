@@ -6,7 +6,7 @@ hanging (every call has a deadline), and every INVALID_ARGUMENT / 400 names its 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,16 +46,23 @@ FUZZ = settings(
 )
 
 
-async def answer(call: Awaitable[T], allowed: frozenset[grpc.StatusCode] = REFUSALS) -> T | None:
+async def answer(
+    call: Awaitable[T],
+    allowed: frozenset[grpc.StatusCode] = REFUSALS,
+    broken: Callable[[str], bool] | None = None,
+) -> T | None:
     """The call's response, or None when it was refused with an allowed status; a refusal with
-    INVALID_ARGUMENT must carry the field as a google.rpc BadRequest violation."""
+    INVALID_ARGUMENT must carry the field as a google.rpc BadRequest violation, and one the
+    test broke when it says which (`broken`)."""
     try:
         return await asyncio.wait_for(call, CALL_TIMEOUT_S + 5)
     except grpc.aio.AioRpcError as error:
         code = error.code()
         assert code in allowed, f"{code.name}: {error.details()}"
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            assert from_rpc_error(error).field, f"no field named: {error.details()}"
+            field = from_rpc_error(error).field
+            assert field, f"no field named: {error.details()}"
+            assert broken is None or broken(field), f"{field!r} named: {error.details()}"
         return None
 
 

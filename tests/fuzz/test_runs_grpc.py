@@ -10,13 +10,14 @@ from typing import Any
 
 import grpc
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from nyxflow import constants as kinds
 from nyxflow.v1 import admin_pb2, admin_pb2_grpc, runs_pb2, runs_pb2_grpc
 from nyxflow.v1 import common_pb2 as pb
 from tests.fuzz.conftest import FUZZ, REFUSALS, admin_md, answer, engine_md, internal_md, kw
+from tests.support.inprocess import ADMIN_KEY, API_KEY
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -509,11 +510,18 @@ async def test_admin_calls(
 
 @FUZZ
 @given(authorization=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40))
+@example(authorization="Bearer test-key-not")
+@example(authorization="Basic test-key")
+@example(authorization="")
 async def test_bad_credentials(
     runs: runs_pb2_grpc.RunsStub, admin: admin_pb2_grpc.AdminStub, authorization: str
 ) -> None:
+    """Anything but a tenant's key (or the admin key) is refused, UNAUTHENTICATED only."""
+    scheme, _, key = authorization.partition(" ")
+    assume(not (scheme.lower() == "bearer" and key.strip() in (API_KEY, ADMIN_KEY)))
     unauthenticated = frozenset({grpc.StatusCode.UNAUTHENTICATED})
     metadata = (("authorization", authorization),)
     request = runs_pb2.ListWorkflowsRequest()
-    await answer(runs.ListWorkflows(request, **kw(metadata)), unauthenticated)
-    await answer(admin.ListTenants(admin_pb2.ListTenantsRequest(), **kw(metadata)), unauthenticated)
+    assert await answer(runs.ListWorkflows(request, **kw(metadata)), unauthenticated) is None
+    tenants = admin.ListTenants(admin_pb2.ListTenantsRequest(), **kw(metadata))
+    assert await answer(tenants, unauthenticated) is None
