@@ -27,7 +27,15 @@ import math
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+)
 
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
@@ -62,12 +70,12 @@ class StepTemplate(BaseModel):
     model: Text = ""
     providers: list[Text] = Field(default_factory=list, max_length=8)
     params: dict[str, Any] = Field(default_factory=dict)
-    max_tokens: int = Field(default=0, ge=0, le=INT32_MAX)
-    alternatives: int = Field(default=1, ge=1, le=8)
-    auto_continue: int = Field(default=0, ge=0, le=8)
+    max_tokens: StrictInt = Field(default=0, ge=0, le=INT32_MAX)
+    alternatives: StrictInt = Field(default=1, ge=1, le=8)
+    auto_continue: StrictInt = Field(default=0, ge=0, le=8)
     source: Text = ""
     split: Literal["headings", "lines", "json", ""] = ""
-    concurrency: int = Field(default=0, ge=0, le=64)
+    concurrency: StrictInt = Field(default=0, ge=0, le=64)
     generates: Literal["implementation_prompt", ""] = ""
     reviews: list[Text] = Field(default_factory=list)
     tool: Text = ""
@@ -81,7 +89,7 @@ class WorkflowTemplate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    consistency_check: bool = False
+    consistency_check: StrictBool = False
     # A run whose engine died: failed (the default), or back to pending for a live engine.
     on_orphan: Literal["fail", "resume"] = "fail"
     default_providers: list[Text] = Field(default_factory=list, max_length=8)

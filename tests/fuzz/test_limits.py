@@ -436,6 +436,35 @@ async def test_a_lone_surrogate_is_a_400_naming_the_field(
     assert await http_workflow_count(http) == before
 
 
+@pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        ("/v1/steps/nope/select", '{"index": true}', "index"),
+        ("/v1/steps/nope/select", '{"index": 1.0}', "index"),
+        ("/v1/steps/nope/retry", '{"cascade": "yes"}', "cascade"),
+        ("/v1/steps/nope/retry", '{"max_tokens": "100"}', "max_tokens"),
+        ("/v1/workflows", workflow_json(top='"consistency_check": "no", '), "consistency_check"),
+        ("/v1/workflows", workflow_json(step=', "max_tokens": true'), "steps[0].max_tokens"),
+        ("/v1/workflows", workflow_json(step=', "alternatives": "2"'), "steps[0].alternatives"),
+        (
+            "/v1/repositories/nope/pipelines",
+            '{"pipeline": "auto-fix", "max_files": false}',
+            "max_files",
+        ),
+    ],
+)
+async def test_a_flag_or_count_of_another_type_is_a_400_naming_the_field(
+    http: httpx.AsyncClient, path: str, raw: str, field: str
+) -> None:
+    """`"cascade": "yes"` was read as true, `"consistency_check": "no"` as false and
+    `"index": true` as 1: what the client meant was guessed, not refused."""
+    before = await http_workflow_count(http)
+    response = await http.post(path, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["field"] == field
+    assert await http_workflow_count(http) == before
+
+
 async def test_a_template_with_a_lone_surrogate_is_a_400_naming_the_field(
     http: httpx.AsyncClient,
 ) -> None:

@@ -7,7 +7,7 @@ import re
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from nyxflow.errors import ResourceExhausted
 from nyxflow.templates import Text
@@ -23,8 +23,8 @@ class PipelineBody(BaseModel):
     pipeline: Literal["code-analysis", "auto-fix", "refactor"]
     goal: str = Field(default="", max_length=10_000)
     test_command: str = Field(default="", max_length=1_000)
-    max_files: int = Field(default=0, ge=0, le=10_000)
-    max_bytes: int = Field(default=0, ge=0, le=5_000_000)
+    max_files: StrictInt = Field(default=0, ge=0, le=10_000)
+    max_bytes: StrictInt = Field(default=0, ge=0, le=5_000_000)
     providers: list[Text] = Field(default_factory=list, max_length=8)
     params: dict[str, Any] = Field(default_factory=dict)  # for the model steps
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt
 
 from nyxflow.templates import INT32_MAX, Text
 from nyxflow_gateway import convert
@@ -16,11 +16,11 @@ router = APIRouter(prefix="/v1/steps", tags=["steps"])
 
 
 class RetryBody(BaseModel):
-    cascade: bool = False  # "retry from here": every later step too
+    cascade: StrictBool = False  # "retry from here": every later step too
     # Changes to the step before it runs again; left out = as it was. Runs checks them too
     # (known providers, bounds), naming the field.
-    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
-    auto_continue: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
+    auto_continue: StrictInt | None = Field(default=None, ge=0, le=INT32_MAX)
     model: str | None = Field(default=None, max_length=200)
     providers: list[Text] | None = Field(
         default=None, max_length=16, description="the step's chain; [] = the workflow's"
@@ -28,7 +28,7 @@ class RetryBody(BaseModel):
 
 
 class SelectBody(BaseModel):
-    index: int = Field(ge=0, le=INT32_MAX)
+    index: StrictInt = Field(ge=0, le=INT32_MAX)
 
 
 @router.post("/{step_id}/retry", status_code=201)
