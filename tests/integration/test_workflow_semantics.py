@@ -490,6 +490,20 @@ async def test_the_prompt_generated_from_where_a_plan_was_cut_says_so(api: Clien
     assert "The plan was cut off within this part" in last.prompt
 
 
+async def test_an_error_holding_nul_is_recorded_with_the_run(api: Clients) -> None:
+    """A provider's message with a NUL in it: PostgreSQL refused the run's end, which was
+    never recorded; the run stayed running until swept as an orphan, its error lost."""
+    said = spec("said", params={"script": "one\x00two"})
+    broke = spec("broke", params={"fail": "bad\x00thing"})
+    workflow = await api.runs.create_workflow("nul", [said, broke])
+
+    run, _ = await run_once(api, workflow.id)
+
+    assert run.status == ev.FAILED and "bad\ufffdthing" in run.error, (run.status, run.error)
+    assert run.steps[0].status == ev.COMPLETED and run.steps[0].output == "one\ufffdtwo"
+    assert run.steps[1].status == ev.FAILED
+
+
 async def test_truncation_marks_and_auto_continue_joins(api: Clients) -> None:
     cut = spec("cut", params={"tokens": 50}, max_tokens=20)
     joined = spec("joined", params={"tokens": 50}, max_tokens=20, auto_continue=2)

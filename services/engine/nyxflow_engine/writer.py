@@ -173,7 +173,9 @@ class RunWriter:
         # A background commit that failed fails every later write, but not the end: it is a
         # batch of its own, and without it the run would be swept as an orphan, its error lost.
         self._failure = None
-        await self.flush(status, error)
+        # A provider's message may hold NUL, as model output may (see `scrub`): refused, the
+        # end would never be recorded, and the run swept as an orphan, its error lost.
+        await self.flush(status, error.replace("\x00", "\ufffd"))
 
     async def release(self, reason: str) -> str:
         """Let go of the run (the engine is draining): runs hands it to another replica or
