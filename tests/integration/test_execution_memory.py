@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import weakref
+
+import pytest
 
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
@@ -21,20 +24,42 @@ def _executions() -> list[Execution]:
     return [o for o in gc.get_objects() if isinstance(o, Execution)]
 
 
-async def test_a_cancelled_execution_is_freed_without_the_collector(runs_addr: str) -> None:
+SHAPES = {
+    # (the steps, the event the caller leaves at: the step is in flight)
+    "llm": ([llm_step("long", "x", tokens=200, token_delay_ms=20)], ev.STEP_DELTA),
+    "fan_out": (
+        [
+            llm_step("Topics", "x", items=6, tokens=12),
+            pb.StepSpec(
+                name="Each",
+                kind="fan_out",
+                prompt="{{ item }}",
+                source="Topics",
+                concurrency=2,
+                params_json=json.dumps({"tokens": 100, "token_delay_ms": 20}),
+            ),
+        ],
+        ev.FAN_OUT_PROGRESS,
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+async def test_a_cancelled_execution_is_freed_without_the_collector(
+    runs_addr: str, shape: str
+) -> None:
     # A lease far longer than a full collection of a long suite's heap takes: the collection
     # blocks this loop, heartbeats included, and a short lease was swept before the cancel.
     async with (
         engine_service(runs_addr, lease_ttl_s=120.0) as engine,
         clients(runs_addr, engine.engine_listen) as api,
     ):
-        await _cancel_and_watch_it_go(api)
+        await _cancel_and_watch_it_go(api, *SHAPES[shape])
 
 
-async def _cancel_and_watch_it_go(api: Clients) -> None:
+async def _cancel_and_watch_it_go(api: Clients, steps: list[pb.StepSpec], at: str) -> None:
     assert api.engine is not None
-    step = llm_step("long", "x", tokens=200, token_delay_ms=20)
-    run = await _started_then_left(api, "freed", [step])
+    run = await _started_then_left(api, "freed", steps, at)
     gc.collect()
     (execution,) = [e for e in _executions() if e.run_id == run.id]
     freed = weakref.ref(execution)
@@ -84,14 +109,16 @@ async def test_a_run_its_caller_left_keeps_none_of_its_events(runs_addr: str) ->
         assert replayed[-1].type == ev.RUN_COMPLETED
 
 
-async def _started_then_left(api: Clients, name: str, steps: list[pb.StepSpec]) -> pb.Run:
-    """A run started through Execute, whose caller leaves at the first tokens."""
+async def _started_then_left(
+    api: Clients, name: str, steps: list[pb.StepSpec], at: str = ev.STEP_DELTA
+) -> pb.Run:
+    """A run started through Execute, whose caller leaves at the first event of type `at`."""
     assert api.engine is not None
     workflow = await api.runs.create_workflow(name, steps)
     run = await api.runs.create_run(workflow.id)
     events = api.engine.execute(run.id)
     async for event in events:
-        if event.type == ev.STEP_DELTA:
+        if event.type == at:
             break
     await events.aclose()
     return run

@@ -229,30 +229,25 @@ async def together(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
     error's traceback holds the group's frame, and with it the execution, its steps and its
     writer, until the collector's full pass."""
     tasks = [asyncio.ensure_future(call) for call in calls]
+    if not tasks:
+        return []  # a resumed fan-out whose items are all stored
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
         for task in tasks:
             task.cancel()  # nothing to a finished one
         await asyncio.wait(tasks)
-    failures = [e for t in tasks if not t.cancelled() and (e := t.exception()) is not None]
-    results = [] if failures else [t.result() for t in tasks]
-    del tasks  # a failed task holds its error: raised from here, it would hold this frame
-    if failures:
-        raise next((e for e in failures if isinstance(e, LeaseLost)), failures[0])
-    return results
-
-
-def first_cause(group: BaseExceptionGroup) -> BaseException:
-    """The error concurrent calls raise for their failures: the step's error must read as
-    the provider's ("credit balance is too low"), not as "unhandled errors in a TaskGroup",
-    and a lost lease must still stop the run as one."""
-    causes: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        error = pending.pop(0)
-        if isinstance(error, BaseExceptionGroup):
-            pending[:0] = error.exceptions
-        else:
-            causes.append(error)
-    return next((e for e in causes if isinstance(e, LeaseLost)), causes[0])
+    failures: list[BaseException] = []
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            failures.append(task.exception())  # type: ignore[arg-type]
+    if not failures:
+        return [t.result() for t in tasks]
+    lost = [f for f in failures if isinstance(f, LeaseLost)]
+    failure = (lost or failures)[0]
+    # Raised from here, the error holds this frame: nothing of this frame may hold it.
+    del tasks, task, failures, lost
+    try:
+        raise failure
+    finally:
+        del failure

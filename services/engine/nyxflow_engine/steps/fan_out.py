@@ -13,7 +13,7 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.cut_off import marked
 from nyxflow_engine.providers.base import FINISH_MAX_TOKENS, FINISH_STOP
 from nyxflow_engine.splitting import split_items
-from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult, first_cause
+from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult, together
 from nyxflow_engine.templating import render
 from nyxflow_engine.writer import draft
 
@@ -93,13 +93,8 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
                 ),
             )
 
-    try:
-        async with asyncio.TaskGroup() as group:  # one failure cancels the rest
-            for index in range(total):
-                if index not in outputs:
-                    group.create_task(one(index))
-    except BaseExceptionGroup as failures:
-        raise first_cause(failures) from None
+    # One failure cancels the rest.
+    await together([one(index) for index in range(total) if index not in outputs])
     if len(outputs) < total:
         raise PauseRequested()
     return StepResult(
