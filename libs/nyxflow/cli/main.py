@@ -69,6 +69,13 @@ class UpSettings(CommonSettings):
     gateway_port: int = 8080
 
 
+def local_url(host: str, port: int) -> str:
+    """Where this machine reaches a gateway listening on `host`: every interface is reached
+    at loopback, and an IPv6 address goes in brackets."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 @app.command()
 def up(
     demo: bool = typer.Option(True, help="Create a demo workflow and a pending run."),
@@ -84,7 +91,7 @@ def _up(demo: bool, start_timeout: float) -> None:
     # checked before anything starts, not once all three are up and the demo is sent
     md = key_metadata(settings.api_key, "NYXFLOW_API_KEY")
     supervisor = Supervisor.with_shared_secret(settings.metrics_port)
-    base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    base = local_url(settings.gateway_host, settings.gateway_port)
     with stop_signals(raise_stop_signal):
         try:
             supervisor.start("runs")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import uvicorn
 
@@ -32,53 +33,74 @@ def main() -> None:
                 http=Protocol,  # httptools, refusing what it cannot parse in our JSON (see there)
                 timeout_graceful_shutdown=5,
             )
-            listener = listening_socket(
+            listeners = listening_sockets(
                 settings.gateway_host, settings.gateway_port, settings.peer_timeout_s
             )
-            uvicorn.Server(config).run(sockets=[listener])
+            uvicorn.Server(config).run(sockets=listeners)
         finally:
             if traced:
                 tracing.shutdown()
 
 
-def listening_socket(host: str, port: int, peer_timeout_s: float) -> socket.socket:
-    """The gateway's listening socket; the connections it accepts inherit its TCP options.
-
-    A browser whose machine or network vanished sends no FIN or RST: its stream, and the
-    run's upstream it shares, would be held until TCP gave up retransmitting (about 15
-    minutes). With `peer_timeout_s`, a connection whose data (an event, or the SSE heartbeat
-    on a quiet stream) goes unacknowledged that long is closed by the kernel, as is an idle
-    one whose keepalive probes go unanswered. 0 leaves both to the kernel's defaults."""
+def listening_sockets(host: str, port: int, peer_timeout_s: float) -> list[socket.socket]:
+    """The gateway's listening sockets, one per address `host` resolves to (a name may give
+    both an IPv4 and an IPv6 address, and a browser may try either; an empty host is every
+    interface), all on one port; the connections they accept inherit their TCP options."""
     if not 0 <= port <= 65535:  # getaddrinfo would wrap it round silently
         raise InvalidArgument(f"{port} is not a TCP port", field="NYXFLOW_GATEWAY_PORT")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        found = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except OSError as error:
         raise InvalidArgument(
             f"cannot listen on {host}: {error}", field="NYXFLOW_GATEWAY_HOST"
         ) from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if peer_timeout_s > 0:
-        probe_s = max(1, round(peer_timeout_s / 3))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, probe_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, probe_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-        sock.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, round(peer_timeout_s * 1000))
-        )
+    addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in found))
+    sockets: list[socket.socket] = []
     try:
-        sock.bind(address)
+        for family, address in addresses:
+            if sockets:  # port 0: the first socket's port, so that one URL reaches them all
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sockets.append(_listen(family, address, len(addresses) > 1, peer_timeout_s))
     except OSError as error:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         reason = error.strerror or str(error)
         raise InvalidArgument(
             f"cannot listen on {host}:{port}: {reason}", field="NYXFLOW_GATEWAY_PORT"
         ) from None
-    sock.listen(2048)  # uvicorn's backlog
+    return sockets
+
+
+def _listen(
+    family: socket.AddressFamily, address: tuple[Any, ...], several: bool, peer_timeout_s: float
+) -> socket.socket:
+    """A browser whose machine or network vanished sends no FIN or RST: its stream, and the
+    run's upstream it shares, would be held until TCP gave up retransmitting (about 15
+    minutes). With `peer_timeout_s`, a connection whose data (an event, or the SSE heartbeat
+    on a quiet stream) goes unacknowledged that long is closed by the kernel, as is an idle
+    one whose keepalive probes go unanswered. 0 leaves both to the kernel's defaults."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and several:
+            # a dual-stack `::` would take the IPv4 port its `0.0.0.0` sibling binds
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if peer_timeout_s > 0:
+            probe_s = max(1, round(peer_timeout_s / 3))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, probe_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, probe_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, round(peer_timeout_s * 1000))
+            )
+        sock.bind(address)
+        sock.listen(2048)  # uvicorn's backlog
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 

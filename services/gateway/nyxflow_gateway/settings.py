@@ -8,6 +8,7 @@ from nyxflow.settings import CommonSettings
 
 
 class GatewaySettings(CommonSettings):
+    # every address a name resolves to is listened on; empty: every interface
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     sse_heartbeat_s: float = 15.0

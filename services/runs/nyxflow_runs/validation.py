@@ -157,9 +157,7 @@ def workflow_name(name: str) -> str:
         raise InvalidArgument("is required", field="name")
     if len(name) > MAX_NAME:
         raise InvalidArgument(f"must be at most {MAX_NAME} characters", field="name")
-    if problem := control_problem(name):
-        raise InvalidArgument(problem, field="name")
-    return name
+    return single_line(name, "name")
 
 
 def fitted_name(*parts: str, keep_end: str = "") -> str:
