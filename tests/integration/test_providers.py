@@ -137,6 +137,78 @@ async def test_a_rate_limit_pointing_at_billing_is_retried_not_passed_on(
     assert of_type(events, ev.PROVIDER_FALLBACK) == []
 
 
+@pytest.mark.parametrize("wire", ["anthropic", "openai", "google"])
+async def test_a_rate_limit_is_retried_no_sooner_than_the_provider_asked(
+    fake_api: Clients, fake: FakeProviders, wire: str
+) -> None:
+    """Backoff alone (10-50 ms here) came back long before the provider's own wait was up."""
+    fake.script(wire, Reply(error="rate_limit", retry_after_s=1.2), Reply(text="after the wait"))
+
+    run, _ = await run_steps(fake_api, step("S", [f"{wire}:m"]))
+
+    assert run.steps[0].output == "after the wait"
+    first, second = fake.requests
+    assert second.at - first.at >= 1.2
+
+
+@pytest.mark.parametrize("wire", ["anthropic", "openai", "google"])
+async def test_a_wait_beyond_the_budget_goes_to_the_next_provider_at_once(
+    fake_api: Clients, fake: FakeProviders, wire: str
+) -> None:
+    other = "openai" if wire != "openai" else "anthropic"
+    fake.script(wire, Reply(error="rate_limit", retry_after_s=3600))
+    fake.script(other, Reply(text="the next one"))
+
+    run, events = await run_steps(fake_api, step("S", [f"{wire}:m", f"{other}:m"]))
+
+    assert run.steps[0].output == "the next one"
+    assert fake.count(wire) == 1
+    assert len(of_type(events, ev.PROVIDER_FALLBACK)) == 1
+
+
+async def test_gemini_out_of_its_daily_quota_goes_to_the_next_provider_at_once(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    fake.script(
+        "google",
+        Reply(
+            error="quota",
+            quota_id="GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+            retry_after_s=20,
+        ),
+    )
+    fake.script("openai", Reply(text="served"))
+
+    run, _ = await run_steps(fake_api, step("S", ["google:gemini-2.5-pro", "openai:gpt-4.1"]))
+
+    assert run.steps[0].served_by == "openai:gpt-4.1"
+    assert fake.count("google") == 1
+
+
+async def test_gemini_out_of_its_per_minute_quota_waits_and_is_served(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """Its message ("You exceeded your current quota, please check your plan and billing
+    details") is the daily one's: only the QuotaFailure says the quota is back in a minute.
+    With one provider, the step had failed."""
+    fake.script(
+        "google",
+        Reply(
+            error="quota",
+            quota_id="GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+            retry_after_s=1,
+        ),
+        Reply(text="served after a second"),
+    )
+
+    run, _ = await run_steps(fake_api, step("S", ["google:gemini-2.5-pro"]))
+
+    assert run.status == ev.COMPLETED, run.error
+    assert run.steps[0].output == "served after a second"
+    first, second = fake.requests
+    assert second.at - first.at >= 1
+
+
 async def test_every_provider_down_fails_the_step_with_each_reason(
     fake_api: Clients, fake: FakeProviders
 ) -> None:

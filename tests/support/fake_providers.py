@@ -13,8 +13,8 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -145,6 +145,10 @@ class Reply:
     # chunks, as the APIs send an overload met mid-answer, instead of as the response.
     error_after: int | None = None
     delay_s: float = 0.0  # sleep between text chunks
+    # An error's "come back then": the `retry-after` header (anthropic, openai), or RetryInfo
+    # in the body (google, which also names the quota run out of, as a QuotaFailure).
+    retry_after_s: float | None = None
+    quota_id: str | None = None  # google, e.g. GenerateRequestsPerDayPerProjectPerModel
 
     def __post_init__(self) -> None:
         # Fail in the test that scripts a typo, not as a puzzling 500 later.
@@ -192,6 +196,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)  # when it came
 
 
 class _Frames(StreamingResponse):
@@ -231,6 +236,33 @@ class _Frames(StreamingResponse):
         for frame in self.tail:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _retry_after(reply: Reply) -> dict[str, str]:
+    return {} if reply.retry_after_s is None else {"retry-after": f"{reply.retry_after_s:g}"}
+
+
+def _google_details(reply: Reply, model: str) -> list[dict[str, Any]]:
+    """What a real 429 RESOURCE_EXHAUSTED carries beside its message."""
+    details: list[dict[str, Any]] = []
+    if reply.quota_id is not None:
+        violation = {
+            "quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
+            "quotaId": reply.quota_id,
+            "quotaDimensions": {"location": "global", "model": model},
+            "quotaValue": "50",
+        }
+        details.append(
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]}
+        )
+    if reply.retry_after_s is not None:
+        details.append(
+            {
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": f"{reply.retry_after_s:g}s",
+            }
+        )
+    return details
 
 
 def _dumps(value: Any) -> str:
@@ -322,6 +354,7 @@ class FakeProviders:
         model = str(body.get("model", ""))
         if reply.error is not None and reply.error_after is None:
             status, kind, text = _ANTHROPIC_ERRORS[reply.error]
+            headers.update(_retry_after(reply))
             return error(status, kind, reply.message or text.format(model=model))
 
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
@@ -422,6 +455,7 @@ class FakeProviders:
         model = str(body.get("model", ""))
         if reply.error is not None and reply.error_after is None:
             status, kind, code, message = _OPENAI_ERRORS[reply.error]
+            headers.update(_retry_after(reply))
             return error(status, kind, code, reply.message or message.format(model=model))
 
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:29]}"
@@ -520,8 +554,9 @@ class FakeProviders:
             )
         await self._record("google", request)
 
-        def error(status: int, kind: str, message: str) -> Response:
-            payload = {"error": {"code": status, "message": message, "status": kind}}
+        def error(status: int, kind: str, message: str, details: Sequence[Any] = ()) -> Response:
+            inner = {"code": status, "message": message, "status": kind}
+            payload = {"error": {**inner, "details": list(details)} if details else inner}
             return JSONResponse(payload, status_code=status)
 
         if not (request.headers.get("x-goog-api-key") or request.query_params.get("key")):
@@ -538,7 +573,7 @@ class FakeProviders:
         if reply.error is not None:
             status, kind, message = _GOOGLE_ERRORS[reply.error]
             text = reply.message or message.format(model=model, version=version)
-            return error(status, kind, text)
+            return error(status, kind, text, _google_details(reply, model))
 
         response_id = uuid.uuid4().hex[:22]
         finish = FINISH["google"][reply.finish]

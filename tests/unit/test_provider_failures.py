@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
 import pytest
 
 from nyxflow_engine.providers.chain import RetryPolicy
-from nyxflow_engine.providers.failures import Action, classify, failure
+from nyxflow_engine.providers.failures import (
+    RETRY_AFTER_LIMIT_S,
+    Action,
+    classify,
+    duration_s,
+    failure,
+    retry_after_s,
+)
 
 CREDIT = "Your credit balance is too low to access the Anthropic API."
 QUOTA = "You exceeded your current quota, please check your plan and billing details."
@@ -126,3 +136,49 @@ def test_a_proxys_page_is_named_by_its_title_and_any_reason_is_kept_short() -> N
     )
     long = failure("openai", 400, "word " * 200)
     assert len(long.reason) < 320 and long.reason.endswith("… (HTTP 400)")
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"retry-after": "20"}, 20.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after-ms": "250", "retry-after": "20"}, 0.25),  # the finer one first
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date gone by
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": "-3"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "1e9"}, RETRY_AFTER_LIMIT_S),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_the_wait_a_provider_asks_for(headers: dict[str, str] | None, wait: float | None) -> None:
+    assert retry_after_s(headers) == wait
+
+
+def test_a_retry_after_date_is_the_time_until_it() -> None:
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    wait = retry_after_s({"retry-after": later})
+    assert wait is not None and 28 <= wait <= 30
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("27s", 27.0), ("0.5s", 0.5), ("27", None), (27, None), (None, None)]
+)
+def test_a_protobuf_duration(text: object, seconds: float | None) -> None:
+    assert duration_s(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("code", "action"),
+    [
+        ("RESOURCE_EXHAUSTED quota_per_minute", Action.RETRY),
+        ("RESOURCE_EXHAUSTED quota_per_day", Action.NEXT),
+        ("RESOURCE_EXHAUSTED quota_per_minute quota_per_day", Action.NEXT),
+        ("RESOURCE_EXHAUSTED", Action.NEXT),  # no QuotaFailure: the message's word stands
+    ],
+)
+def test_which_gemini_quota_ran_out_decides(code: str, action: Action) -> None:
+    assert classify(429, QUOTA, code) is action

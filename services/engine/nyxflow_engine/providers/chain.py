@@ -146,7 +146,9 @@ async def _with_retries(
                 await on_reset()
             if failure.action is not Action.RETRY or attempt >= policy.attempts:
                 raise
-            delay = policy.delay(attempt)
+            # Never sooner than the provider asked; when that is beyond the budget, the next
+            # provider is tried now instead of a retry doomed to the same answer.
+            delay = max(policy.delay(attempt), failure.retry_after_s or 0.0)
             if time.monotonic() - started + delay > policy.budget_s:
                 raise
             await sleep(delay)

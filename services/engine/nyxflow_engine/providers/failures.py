@@ -7,7 +7,11 @@ over the status and the provider's own message and this module decides.
 
 from __future__ import annotations
 
+import math
 import re
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 from nyxflow_engine.providers.base import ProviderError
@@ -22,8 +26,13 @@ class Action(StrEnum):
 # The providers' error codes decide first. A rate limit's message may well point at billing
 # (OpenAI's free tier: "… Visit https://platform.openai.com/account/billing"): it is still a
 # rate limit, gone in seconds.
-_RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded", "rate_limit_error", "requests", "tokens"})
-_ACCOUNT_CODES = frozenset({"insufficient_quota"})  # and every `billing_*` code
+# Gemini says "exceeded your current quota" of a per-minute limit and of a daily one alike:
+# the adapter names which from the body's QuotaFailure (QUOTA_PER_MINUTE, QUOTA_PER_DAY).
+QUOTA_PER_MINUTE, QUOTA_PER_DAY = "quota_per_minute", "quota_per_day"
+_RATE_LIMIT_CODES = frozenset(
+    {"rate_limit_exceeded", "rate_limit_error", "requests", "tokens", QUOTA_PER_MINUTE}
+)
+_ACCOUNT_CODES = frozenset({"insufficient_quota", QUOTA_PER_DAY})  # and every `billing_*` code
 # Lower-case fragments of the providers' own messages and error codes. Phrases, never the bare
 # word "billing", which a rate limit's link carries too.
 _OUT_OF_CREDIT = (
@@ -92,13 +101,20 @@ class ProviderFailure(ProviderError):
     """A classified failure of one provider; `reason` is safe to show (no keys, no prompt)."""
 
     def __init__(
-        self, action: Action, reason: str, *, status: int | None = None, context_full: bool = False
+        self,
+        action: Action,
+        reason: str,
+        *,
+        status: int | None = None,
+        context_full: bool = False,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(reason)
         self.action = action
         self.reason = reason
         self.status = status
         self.context_full = context_full
+        self.retry_after_s = retry_after_s  # the provider's own word on when to come back
 
 
 class ContextWindowFull(ProviderError):
@@ -140,7 +156,14 @@ def _beyond_output_limit(text: str) -> bool:
     return not _is_context_full(text) and any(f in text for f in _OUTPUT_LIMIT)
 
 
-def failure(provider: str, status: int | None, message: str, code: str = "") -> ProviderFailure:
+def failure(
+    provider: str,
+    status: int | None,
+    message: str,
+    code: str = "",
+    *,
+    retry_after_s: float | None = None,
+) -> ProviderFailure:
     where = f"HTTP {status}" if status is not None else "no response"
     text = plain(message)  # classified too: a page's own words are not the provider's
     shown = text if len(text) <= REASON_LIMIT else text[: REASON_LIMIT - 1] + "…"
@@ -151,7 +174,50 @@ def failure(provider: str, status: int | None, message: str, code: str = "") -> 
         shown = f"the model cannot write that many tokens (max_tokens above its limit): {shown}"
     reason = f"{provider}: {shown or 'error'} ({where})"
     full = action is Action.FAIL and _is_context_full(said)
-    return ProviderFailure(action, reason, status=status, context_full=full)
+    return ProviderFailure(
+        action, reason, status=status, context_full=full, retry_after_s=retry_after_s
+    )
+
+
+RETRY_AFTER_LIMIT_S = 24 * 3600.0  # a longer (or garbled) wait is no plan to retry
+
+
+def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+    """The wait a provider asked for in its headers: `retry-after-ms` (OpenAI), else
+    `retry-after` in seconds or as an HTTP date (RFC 9110)."""
+    if headers is None:
+        return None
+    milliseconds = _seconds(headers.get("retry-after-ms"))
+    if milliseconds is not None:
+        return milliseconds / 1000
+    said = headers.get("retry-after")
+    seconds = _seconds(said)
+    if seconds is not None or not said:
+        return seconds
+    try:
+        when = parsedate_to_datetime(said)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return min(max(0.0, when.timestamp() - time.time()), RETRY_AFTER_LIMIT_S)
+
+
+def _seconds(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return min(value, RETRY_AFTER_LIMIT_S)
+
+
+def duration_s(text: object) -> float | None:
+    """A protobuf Duration in JSON ("27s", "0.5s"), as Gemini's RetryInfo carries it."""
+    if not isinstance(text, str) or not text.endswith("s"):
+        return None
+    return _seconds(text[:-1])
 
 
 REASON_LIMIT = 300  # a reason goes into events, the step's error and the run's error

@@ -15,7 +15,15 @@ from nyxflow_engine.providers.base import (
     CompletionRequest,
     OnDelta,
 )
-from nyxflow_engine.providers.failures import STREAM_OK, Action, ProviderFailure, failure
+from nyxflow_engine.providers.failures import (
+    QUOTA_PER_DAY,
+    QUOTA_PER_MINUTE,
+    STREAM_OK,
+    Action,
+    ProviderFailure,
+    duration_s,
+    failure,
+)
 from nyxflow_engine.providers.remote import (
     CONTINUE,
     TRANSPORT_ERRORS,
@@ -102,7 +110,13 @@ class GoogleProvider:
         except errors.APIError as error:
             status = error.code if isinstance(error.code, int) else None
             code = " ".join([error.status or "", *_reasons(error.details)])
-            raise failure(self.name, status, error.message or str(error), code) from None
+            raise failure(
+                self.name,
+                status,
+                error.message or str(error),
+                code,
+                retry_after_s=_retry_delay_s(error.details),
+            ) from None
         except errors.UnknownApiResponseError:  # not JSON: a corrupt frame, a proxy's page
             raise failure(self.name, STREAM_OK, "unexpected response (not JSON)") from None
         except TRANSPORT_ERRORS as error:
@@ -122,15 +136,38 @@ def _word(value: Any) -> str:
     return str(value.value if isinstance(value, Enum) else value)
 
 
-def _reasons(body: Any) -> list[str]:
-    """The ErrorInfo reasons of an error body: an expired key is a 400 INVALID_ARGUMENT
-    that only its reason, API_KEY_INVALID, tells apart from a bad request."""
+def _details(body: Any) -> list[dict[str, Any]]:
     inner = body.get("error", body) if isinstance(body, dict) else None
     details = inner.get("details") if isinstance(inner, dict) else None
-    return [
-        str(detail["reason"])
-        for detail in details or []
-        if isinstance(detail, dict)
-        and str(detail.get("@type", "")).endswith("google.rpc.ErrorInfo")
-        and detail.get("reason")
-    ]
+    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def _of_type(detail: dict[str, Any], name: str) -> bool:
+    return str(detail.get("@type", "")).endswith(f"google.rpc.{name}")
+
+
+def _reasons(body: Any) -> list[str]:
+    """The codes an error body carries beyond its status: ErrorInfo's reason (an expired key
+    is a 400 INVALID_ARGUMENT that only its reason, API_KEY_INVALID, tells apart from a bad
+    request), and which quota a 429 ran out of. Its message says "exceeded your current
+    quota" of a per-minute limit, back in seconds, and of a daily one alike."""
+    codes: list[str] = []
+    for detail in _details(body):
+        if _of_type(detail, "ErrorInfo") and detail.get("reason"):
+            codes.append(str(detail["reason"]))
+        if _of_type(detail, "QuotaFailure"):
+            for violation in detail.get("violations") or []:
+                quota = str(violation.get("quotaId", "")) if isinstance(violation, dict) else ""
+                if "PerDay" in quota:
+                    codes.append(QUOTA_PER_DAY)
+                elif "PerMinute" in quota or "PerSecond" in quota:
+                    codes.append(QUOTA_PER_MINUTE)
+    return codes
+
+
+def _retry_delay_s(body: Any) -> float | None:
+    """RetryInfo's retryDelay: when Gemini says the quota is back."""
+    for detail in _details(body):
+        if _of_type(detail, "RetryInfo"):
+            return duration_s(detail.get("retryDelay"))
+    return None

@@ -19,7 +19,7 @@ from nyxflow_engine.providers.base import (
     CompletionRequest,
     OnDelta,
 )
-from nyxflow_engine.providers.failures import STREAM_OK, failure
+from nyxflow_engine.providers.failures import STREAM_OK, failure, retry_after_s
 from nyxflow_engine.providers.remote import (
     TRANSPORT_ERRORS,
     Endpoint,
@@ -92,7 +92,11 @@ class OpenAIProvider:
         except openai.APIStatusError as error:
             message_text, code = error_detail(error.body)
             raise failure(
-                self.name, error.status_code, message_text or error.message, code
+                self.name,
+                error.status_code,
+                message_text or error.message,
+                code,
+                retry_after_s=retry_after_s(error.response.headers),
             ) from None
         except (openai.APIConnectionError, *TRANSPORT_ERRORS) as error:
             raise failure(self.name, None, f"connection failed: {type(error).__name__}") from None
