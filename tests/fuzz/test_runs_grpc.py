@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+from uuid import uuid4
 
 import grpc
 import pytest
@@ -254,6 +255,30 @@ async def test_a_persona_name_is_one_line(runs: runs_pb2_grpc.RunsStub, name: st
     assert from_rpc_error(raised.value).field == "persona.name"
     listed = await runs.ListPersonas(runs_pb2.ListPersonasRequest(), **kw())
     assert name.strip() not in [p.name for p in listed.personas]
+
+
+@pytest.mark.parametrize("name", ["two\nlines", "tab\there", "nul\x00", "line\u2028sep"])
+async def test_project_and_repository_names_are_one_line(
+    runs: runs_pb2_grpc.RunsStub, name: str
+) -> None:
+    """A pipeline's workflow is named from its repository's owner and repo: a newline there
+    made a workflow name that CreateWorkflow itself refuses."""
+    from nyxflow.errors import from_rpc_error
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await runs.CreateProject(runs_pb2.CreateProjectRequest(name=name), **kw())
+    assert from_rpc_error(raised.value).field == "name", raised.value.details()
+    listed = await runs.ListProjects(runs_pb2.ListProjectsRequest(), **kw())
+    assert name.strip() not in [p.name for p in listed.projects]
+
+    project = await runs.CreateProject(runs_pb2.CreateProjectRequest(name=f"p{uuid4()}"), **kw())
+    for field in ("owner", "repo"):
+        fields = {"owner": "acme", "repo": "shop", field: name}
+        request = runs_pb2.AddRepositoryRequest(project_id=project.id, path="/tmp", **fields)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await runs.AddRepository(request, **kw())
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+        assert from_rpc_error(raised.value).field == field
 
 
 # --- reads and operations with random ids ------------------------------------------------------

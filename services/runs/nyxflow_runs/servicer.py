@@ -145,7 +145,8 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         self, request: runs_pb2.CreateProjectRequest, context: Ctx
     ) -> runs_pb2.Project:
         tenant = await self._tenant(request, context)
-        return await self._store.create_project(tenant, valid.text(request.name, "name", 200))
+        name = valid.single_line(valid.text(request.name, "name", 200), "name")
+        return await self._store.create_project(tenant, name)
 
     async def GetProject(
         self, request: runs_pb2.GetProjectRequest, context: Ctx
@@ -165,8 +166,9 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     ) -> runs_pb2.Repository:
         tenant = await self._tenant(request, context)
         project_id = valid.require_id(request.project_id, "project_id")
-        owner = valid.text(request.owner, "owner", 200)
-        repo = valid.text(request.repo, "repo", 200)
+        # one line each: a pipeline's workflow is named after them
+        owner = valid.single_line(valid.text(request.owner, "owner", 200), "owner")
+        repo = valid.single_line(valid.text(request.repo, "repo", 200), "repo")
         path = valid.local_path(request.path, "path", 4096, self._repos_root, tenant)
         return await self._store.add_repository(tenant, project_id, owner, repo, path)
 

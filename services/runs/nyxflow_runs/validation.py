@@ -90,7 +90,8 @@ def text(value: str, field: str, limit: int, *, required: bool = True) -> str:
 
 
 def single_line(value: str, field: str) -> str:
-    """A name others write on one line (a persona's, in a step's `persona:`)."""
+    """A name shown or written on one line: a persona's (a step's `persona:`), a project's,
+    a repository's owner and repo (a pipeline's workflow name)."""
     if problem := control_problem(value):
         raise InvalidArgument(problem, field=field)
     return value
