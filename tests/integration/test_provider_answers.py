@@ -460,6 +460,42 @@ async def test_a_prompt_that_does_not_fit_fails_the_step_with_the_providers_word
     assert fake.count("openai") == 1  # not retried: it cannot fit the next time either
 
 
+@pytest.mark.parametrize("wire", WIRES)
+async def test_a_prompt_too_long_for_one_model_goes_to_the_next(
+    fake_api: Clients, fake: FakeProviders, wire: str
+) -> None:
+    """Claude's 200k window refused it; Gemini's 1M would have taken it, and was never asked."""
+    other = "google" if wire != "google" else "anthropic"
+    fake.script(wire, wire_of.error_body(400, TOO_LONG[wire]))
+    fake.script(other, Reply(text="it fits here"))
+
+    run, events = await run_steps(
+        fake_api, step("S", [f"{wire}:{MODEL[wire]}", f"{other}:{MODEL[other]}"])
+    )
+
+    assert run.status == ev.COMPLETED, run.error
+    assert (run.steps[0].output, run.steps[0].served_by) == (
+        "it fits here",
+        f"{other}:{MODEL[other]}",
+    )
+    assert fake.count(wire) == 1  # not retried: it cannot fit the next time either
+    (fallback,) = of_type(events, ev.PROVIDER_FALLBACK)
+    assert fallback["from"] == f"{wire}:{MODEL[wire]}"
+
+
+async def test_a_prompt_too_long_for_every_model_fails_with_each_ones_words(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    fake.script("anthropic", wire_of.error_body(400, ANTHROPIC_TOO_LONG))
+    fake.script("google", wire_of.error_body(400, GEMINI_TOO_LONG))
+
+    run, _ = await run_steps(fake_api, step("S", ["anthropic:claude", "google:gemini"]))
+
+    assert run.status == ev.FAILED
+    error = run.steps[0].error
+    assert "prompt is too long" in error and "exceeds the maximum number of tokens" in error
+
+
 async def test_an_answer_cut_by_the_context_window_is_marked_truncated(
     fake_api: Clients, fake: FakeProviders
 ) -> None:

@@ -21,6 +21,7 @@ from tests.support.fake_providers import FakeProviders, Reply
 from tests.support.inprocess import ADMIN_KEY, Clients
 from tests.support.provider_runs import (
     KEYS,
+    engine_on_fake,
     of_type,
     run_steps,
     step,
@@ -207,6 +208,26 @@ async def test_gemini_out_of_its_per_minute_quota_waits_and_is_served(
     assert run.steps[0].output == "served after a second"
     first, second = fake.requests
     assert second.at - first.at >= 1
+
+
+@pytest.mark.parametrize("wire", ["anthropic", "openai", "google"])
+async def test_a_stream_that_stalls_is_given_up_though_its_connection_stays_alive(
+    runs_addr: str, fake: FakeProviders, wire: str
+) -> None:
+    """The SDKs' timeout is per read, and Anthropic pings a stream while it waits: a stalled
+    answer held its step, and its run, for as long as the connection lasted."""
+    other = "openai" if wire != "openai" else "anthropic"
+    fake.script(wire, Reply(text="a start, then a long silence", chunk=8, delay_s=3))
+    fake.script(other, Reply(text="the next one"))
+
+    async with engine_on_fake(
+        runs_addr, fake.base_url, provider_timeout_s=0.5, provider_attempts=1
+    ) as api:
+        run, events = await run_steps(api, step("S", [f"{wire}:m", f"{other}:m"]))
+
+    assert run.steps[0].output == "the next one"
+    (fallback,) = of_type(events, ev.PROVIDER_FALLBACK)
+    assert "no text for 0.5 s (stalled)" in fallback["reason"]
 
 
 async def test_every_provider_down_fails_the_step_with_each_reason(

@@ -199,6 +199,9 @@ class Recorded:
     at: float = field(default_factory=time.monotonic)  # when it came
 
 
+KEEPALIVE_S = 0.1
+
+
 class _Frames(StreamingResponse):
     """Writes head, text frames and tail itself so it can stop before the tail.
 
@@ -217,10 +220,22 @@ class _Frames(StreamingResponse):
         delay_s: float = 0.0,
         drop: bool = False,
         status: int = 200,
+        keepalive: bytes | None = None,
     ) -> None:
         super().__init__((), media_type=media_type, headers=headers, status_code=status)
         self.head, self.texts, self.tail = head, texts, tail
-        self.delay_s, self.drop = delay_s, drop
+        self.delay_s, self.drop, self.keepalive = delay_s, drop, keepalive
+
+    async def _pause(self, send: Send) -> None:
+        """The wait between text frames; a provider that keeps its stream alive (Anthropic's
+        `ping` events) sends its keep-alive meanwhile, as the real one does while it thinks."""
+        if self.keepalive is None:
+            await asyncio.sleep(self.delay_s)
+            return
+        until = time.monotonic() + self.delay_s
+        while (left := until - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, KEEPALIVE_S))
+            await send({"type": "http.response.body", "body": self.keepalive, "more_body": True})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status_code}
@@ -229,7 +244,7 @@ class _Frames(StreamingResponse):
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         for i, frame in enumerate(self.texts):
             if i and self.delay_s:
-                await asyncio.sleep(self.delay_s)
+                await self._pause(send)
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         if self.drop:
             return  # uvicorn logs "returned without completing response" and closes the socket
@@ -428,6 +443,7 @@ class FakeProviders:
             headers={**headers, "cache-control": "no-cache"},
             delay_s=reply.delay_s,
             drop=drop,
+            keepalive=event("ping", {}),
         )
 
     # OpenAI Chat Completions

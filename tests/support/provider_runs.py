@@ -20,8 +20,9 @@ KEYS: dict[str, Any] = {  # engine settings
 
 
 @contextlib.asynccontextmanager
-async def engine_on_fake(runs_addr: str, base_url: str) -> AsyncIterator[Clients]:
-    """Runs plus an engine whose providers all point at `base_url`, retrying fast."""
+async def engine_on_fake(runs_addr: str, base_url: str, **settings: Any) -> AsyncIterator[Clients]:
+    """Runs plus an engine whose providers all point at `base_url`, retrying fast; `settings`
+    are the engine's own beside these."""
     async with (
         engine_service(
             runs_addr,
@@ -33,6 +34,7 @@ async def engine_on_fake(runs_addr: str, base_url: str) -> AsyncIterator[Clients
             provider_backoff_s=0.01,
             provider_backoff_max_s=0.05,
             delta_flush_ms=0,
+            **settings,
         ) as engine,
         clients(runs_addr, engine.engine_listen) as c,
     ):

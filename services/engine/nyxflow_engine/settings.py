@@ -45,7 +45,8 @@ class EngineSettings(CommonSettings):
     google_base_url: str | None = None
     openai_compatible_api_key: SecretStr | None = None
     openai_compatible_base_url: str | None = "http://127.0.0.1:11434/v1"
-    provider_timeout_s: float = 300.0  # one request, streaming included
+    # per read in the SDKs; and the longest a request may bring no text (chain.py: stall_s)
+    provider_timeout_s: float = Field(default=300.0, gt=0)
     provider_attempts: int = 3  # per provider before the next one
     provider_backoff_s: float = 0.5
     provider_backoff_max_s: float = 8.0

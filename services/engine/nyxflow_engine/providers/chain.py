@@ -40,6 +40,11 @@ class RetryPolicy:
     backoff_s: float = 0.5
     backoff_max_s: float = 8.0
     budget_s: float = 120.0  # time per provider, retries and waits included
+    # A request that brings no text this long (the first included) is given up and retried.
+    # The SDKs' own timeout is per read: a provider's keep-alive pings (Anthropic's `ping`
+    # events) reset it, and a stalled answer held its step, and its run, for as long as the
+    # connection lasted. 0: no such limit.
+    stall_s: float = 300.0
 
     def delay(self, attempt: int) -> float:
         ceiling = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
@@ -73,6 +78,7 @@ async def complete_with_chain(
     sleep: Sleep = asyncio.sleep,
 ) -> Completion:
     reasons: list[str] = []
+    too_long = False  # a model's context window refused the prompt
     for i, entry in enumerate(chain):
         target = Target.parse(entry)
         # The step's own model serves where the chain's first entry names none (a step with a
@@ -88,16 +94,19 @@ async def complete_with_chain(
                 sleep=sleep,
             )
         except ProviderFailure as failure:
-            if failure.action is Action.FAIL:
-                refusal = ContextWindowFull if failure.context_full else ProviderError
-                raise refusal(failure.reason) from None
+            # A prompt too long for one model may fit the next one's window (Claude's 200k,
+            # Gemini's 1M); any other bad request no provider will do better with.
+            if failure.action is Action.FAIL and not failure.context_full:
+                raise ProviderError(failure.reason) from None
+            too_long = too_long or failure.context_full
             reasons.append(failure.reason)
             if i + 1 < len(chain):
                 metrics.PROVIDER_FALLBACKS.labels(
                     from_provider=target.provider, to_provider=Target.parse(chain[i + 1]).provider
                 ).inc()
                 on_fallback(entry, chain[i + 1], failure.reason)
-    raise AllProvidersFailed("every provider failed: " + "; ".join(reasons))
+    failed = ContextWindowFull if too_long else AllProvidersFailed
+    raise failed("every provider failed: " + "; ".join(reasons))
 
 
 async def _with_retries(
@@ -110,15 +119,23 @@ async def _with_retries(
     sleep: Sleep,
 ) -> Completion:
     started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    stall_s = policy.stall_s if policy.stall_s > 0 else None
     attempt = 0
     while True:
         attempt += 1
         streamed = False
         listener_error: BaseException | None = None
+        deadline = asyncio.timeout(stall_s)
+        armed = loop.time()
 
         async def tracked(text: str) -> None:
-            nonlocal streamed, listener_error
+            nonlocal streamed, listener_error, armed
             streamed = True
+            if stall_s is not None and (now := loop.time()) - armed > stall_s / 10:
+                # not at every delta, which would cost a timer each; called in this pass only
+                deadline.reschedule(now + stall_s)  # noqa: B023
+                armed = now
             try:
                 await on_delta(text)
             except BaseException as error:
@@ -127,12 +144,17 @@ async def _with_retries(
 
         try:
             try:
-                return await provider.complete(request, tracked)
+                async with deadline:
+                    return await provider.complete(request, tracked)
             except NyxflowError:
                 raise  # a ProviderFailure classified already, or the project's own refusal
             except Exception as error:
                 if error is listener_error:
                     raise
+                if isinstance(error, TimeoutError) and deadline.expired():
+                    raise ProviderFailure(
+                        Action.RETRY, f"{provider.name}: no text for {stall_s:g} s (stalled)"
+                    ) from None
                 # Logged whole: it may as well be a bug of the adapter as a bad body.
                 log.warning("%s: unexpected error from the provider", provider.name, exc_info=True)
                 raise ProviderFailure(

@@ -54,6 +54,7 @@ class Providers:
                 backoff_s=settings.provider_backoff_s,
                 backoff_max_s=settings.provider_backoff_max_s,
                 budget_s=settings.provider_budget_s,
+                stall_s=settings.provider_timeout_s,
             ),
         )
 
