@@ -9,12 +9,14 @@ import logging
 import time
 from collections.abc import Sequence
 
+from nyxflow import constants as kinds
 from nyxflow import events as ev
 from nyxflow import logs, metrics
 from nyxflow.errors import InvalidArgument, NyxflowError
 from nyxflow.tasks import cancel_and_wait
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
+from nyxflow_engine.cut_off import Outputs
 from nyxflow_engine.providers.registry import Providers
 from nyxflow_engine.settings import EngineSettings
 from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult
@@ -47,6 +49,12 @@ def describe(error: BaseException) -> str:
     if isinstance(error, NyxflowError):
         return f"{error.field}: {error.message}" if error.field else error.message
     return f"{type(error).__name__}: {error}"
+
+
+def unmarked_cut(step: pb.Step, truncated: bool) -> bool:
+    """Whether `step`'s output stopped at its token limit with nothing in it saying so: a
+    fan-out's joined output marks each cut item where it is (steps/fan_out.py)."""
+    return truncated and step.kind != kinds.FAN_OUT
 
 
 class Execution:
@@ -179,7 +187,12 @@ class Execution:
 
         The list can grow while we go (a synthesis generates steps right after itself)."""
         steps: Sequence[pb.Step] = list(self._run_pb.steps)
-        outputs = {s.name: s.output for s in steps if s.status == ev.COMPLETED}
+        # Passed on marked where cut, a resumed run's stored steps by their flag: a cut
+        # answer often reads whole, and a later prompt would build on it as if it were.
+        outputs = Outputs()
+        for s in steps:
+            if s.status == ev.COMPLETED:
+                outputs.put(s.name, s.output, unmarked_cut(s, s.truncated))
         position = 0
         while position < len(steps):
             step = steps[position]
@@ -191,7 +204,7 @@ class Execution:
                 last = position == len(steps) - 1 and not step.spec.generates
                 with logs.bound(step_id=step.id):
                     result = await self._execute_step(step, steps, outputs, last)
-                outputs[step.name] = result.output
+                outputs.put(step.name, result.output, unmarked_cut(step, result.truncated))
                 done = pb.Step()
                 done.CopyFrom(step)
                 done.status, done.output = ev.COMPLETED, result.output
@@ -245,7 +258,7 @@ class Execution:
         )
 
     async def _execute_step(
-        self, step: pb.Step, steps: Sequence[pb.Step], outputs: dict[str, str], last: bool
+        self, step: pb.Step, steps: Sequence[pb.Step], outputs: Outputs, last: bool
     ) -> StepResult:
         ids = {"step_id": step.id, "name": step.name}
         await self.writer.step(

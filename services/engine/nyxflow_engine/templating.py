@@ -2,7 +2,8 @@
 for a literal `{{` (nyxflow/references.py).
 
 Runs validates every reference when the workflow is created, so rendering never meets an
-unknown one. An auto-generated step's prompt is not a template: it is sent as it is.
+unknown one. An auto-generated step's prompt is not a template: it is sent as it is. An
+output that stopped at its token limit goes in marked so (cut_off.py): it often reads whole.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 
 from nyxflow.references import OPEN, REFERENCE
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.cut_off import passed_on
 
 
 def render(template: str, outputs: Mapping[str, str], item: str | None = None) -> str:
@@ -20,7 +22,7 @@ def render(template: str, outputs: Mapping[str, str], item: str | None = None) -
             return item or ""
         if match["open"]:
             return OPEN
-        return outputs.get(match["step"].strip(), "")
+        return passed_on(outputs, match["step"].strip())  # a cut one marked
 
     return REFERENCE.sub(substitute, template)
 

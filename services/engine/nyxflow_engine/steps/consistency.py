@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from nyxflow_engine.cut_off import passed_on
 from nyxflow_engine.steps.context import StepContext, StepResult
 from nyxflow_engine.templating import prompt_of
 
@@ -22,7 +23,8 @@ async def run_consistency_check(ctx: StepContext) -> StepResult:
     names = list(ctx.spec.reviews) or [
         s.name for s in ctx.steps if s.order < ctx.step.order and s.name in ctx.outputs
     ]
-    sections = "\n\n".join(f"### {name}\n{ctx.outputs.get(name, '')}" for name in names)
+    # A cut output reviewed as if whole makes its missing end a finding, or worse, none.
+    sections = "\n\n".join(f"### {name}\n{passed_on(ctx.outputs, name)}" for name in names)
     guidance = prompt_of(ctx.step, ctx.outputs).strip()
     prompt = f"{guidance}\n\n{INSTRUCTION}" if guidance else INSTRUCTION
     completion = await ctx.complete(f"{prompt}\n\n{sections}", response_format="verdict")
