@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -124,3 +125,18 @@ def test_runs_and_the_engine_serve_metrics_on_a_port_each(tmp_path: Path) -> Non
         for each in (port, port + 1):  # runs, engine
             with urllib.request.urlopen(f"http://127.0.0.1:{each}/metrics", timeout=5) as page:
                 assert b"nyxflow_runs_created_total" in page.read()
+
+
+def test_the_demo_run_and_its_url_are_printed_whole_on_a_narrow_terminal(tmp_path: Path) -> None:
+    """Wrapped at the terminal's 80 columns, the run id and the SSE URL could not be copied."""
+    with nyxflow_up(tmp_path, "--demo", COLUMNS="80") as up:
+        wait_until_up(tmp_path, up)
+        lines = log_of(tmp_path).splitlines()
+    uuid = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    (demo,) = [line for line in lines if line.startswith("  demo ")]
+    run_id = re.fullmatch(rf"  demo +workflow {uuid}, run ({uuid}) \(pending\)", demo)
+    assert run_id is not None, demo
+    (sse,) = [line for line in lines if line.startswith("  SSE ")]
+    assert re.fullmatch(
+        rf"  SSE +http://127\.0\.0\.1:\d+/v1/runs/{run_id[1]}/events\?access_token=dev-key", sse
+    ), sse

@@ -4,6 +4,7 @@ are, never read as rich markup (a MarkupError mid-run, or text that vanishes) or
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncGenerator
 
 import pytest
@@ -78,3 +79,19 @@ def test_a_rendering_error_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
     assert "[/oops]" in stderr
+
+
+def test_ids_are_printed_whole_on_a_narrow_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's commands take ids as copied from these tables: at 80 columns they were
+    cut to `5be4125d-0655-49…`."""
+    monkeypatch.setenv("COLUMNS", "80")
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    name = "A workflow whose name is far too long to fit in the column it is given here"
+    render.workflows_table([pb.Workflow(id=ids[0], name=name, status="failed", last_run_id=ids[1])])
+    render.runs_table([pb.Run(id=ids[2], workflow_id=ids[3], status="failed", error=name)])
+    out = capsys.readouterr().out
+    for one in ids:
+        assert one in out, out
+    assert "…" not in out  # the rest is folded onto more lines, not cut

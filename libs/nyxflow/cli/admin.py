@@ -7,7 +7,6 @@ import shlex
 import time
 
 import typer
-from rich.table import Table
 
 from nyxflow.cli import render
 from nyxflow.cli.connection import connect_admin, err, run_async
@@ -44,7 +43,7 @@ async def tenant_list(as_json: bool = JSON) -> None:
     if as_json:
         render.as_json(list(tenants))
         return
-    table = Table("id", "slug", "name", "default providers")
+    table = render.make_table("id", "slug", "name", "default providers")
     for t in tenants:
         render.add_row(table, t.id, t.slug, t.name, ", ".join(t.default_providers))
     render.out.print(table)
@@ -81,7 +80,7 @@ async def key_list(tenant: str, as_json: bool = JSON) -> None:
     if as_json:
         render.as_json(list(keys))
         return
-    table = Table("id", "name", "state")
+    table = render.make_table("id", "name", "state")
     for k in keys:
         render.add_row(table, k.id, k.name, _state(k.revoked_at, k.expires_at, time.time()))
     render.out.print(table)
@@ -122,7 +121,7 @@ async def move_project(
     if as_json:
         render.as_json(report)
         return
-    table = Table("table", "rows")
+    table = render.make_table("table", "rows", ids=())
     for name, count in report.counts.items():
         render.add_row(table, name, str(count))
     render.out.print(table)

@@ -43,7 +43,7 @@ from nyxflow.settings import CommonSettings
 from nyxflow.templates import parse_template
 
 app = typer.Typer(help="nyxflow: durable LLM workflows, streamed live.", no_args_is_help=True)
-workflow_app = typer.Typer(help="Create, list, show, duplicate, delete, resume, re-run.")
+workflow_app = typer.Typer(help="Create, list, show, duplicate, delete.")
 run_app = typer.Typer(help="Start, follow, list, pause, cancel runs.")
 step_app = typer.Typer(help="Retry a step, choose an alternative.")
 app.add_typer(workflow_app, name="workflow")
@@ -120,14 +120,20 @@ def _up(demo: bool, start_timeout: float) -> None:
 def _announce(
     settings: UpSettings, supervisor: Supervisor, base: str, md: Metadata, demo: bool
 ) -> None:
+    # soft_wrap: an id or URL cut at the terminal's width could not be copied whole
     err.print(render.line(("nyxflow is up", "green"), f": {', '.join(SERVICES)}"))
-    err.print(f"  page      {base}/")
-    err.print(f"  API key   {settings.api_key}")
-    err.print(f"  admin key {supervisor.env['NYXFLOW_ADMIN_KEY']}  (NYXFLOW_ADMIN_KEY)")
+    err.print(f"  page      {base}/", soft_wrap=True)
+    err.print(f"  API key   {settings.api_key}", soft_wrap=True)
+    err.print(
+        f"  admin key {supervisor.env['NYXFLOW_ADMIN_KEY']}  (NYXFLOW_ADMIN_KEY)", soft_wrap=True
+    )
     if demo:
         workflow, run = asyncio.run(create_demo(settings.runs_addr, md))
-        err.print(f"  demo      workflow {workflow.id}, run {run.id} (pending)")
-        err.print(f"  SSE       {base}/v1/runs/{run.id}/events?access_token={settings.api_key}")
+        err.print(f"  demo      workflow {workflow.id}, run {run.id} (pending)", soft_wrap=True)
+        err.print(
+            f"  SSE       {base}/v1/runs/{run.id}/events?access_token={settings.api_key}",
+            soft_wrap=True,
+        )
     err.print("Ctrl-C stops all three.")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from nyxflow.cli import render
 from nyxflow.cli.connection import connect, require_utf8, run_async
@@ -33,7 +32,7 @@ async def project_list(as_json: bool = JSON) -> None:
     if as_json:
         render.as_json(list(projects))
         return
-    table = Table("id", "name", "repositories", "workflows")
+    table = render.make_table("id", "name", "repositories", "workflows")
     for p in projects:
         repos = ", ".join(f"{r.owner}/{r.repo} ({r.id})" for r in p.repositories)
         render.add_row(table, p.id, p.name, repos, str(len(p.workflow_ids)))

@@ -56,20 +56,36 @@ def as_json(message: Message | list[Message]) -> None:
     print(json.dumps(value, indent=2))
 
 
+ID_WIDTH = 36  # a UUID's
+
+
+def make_table(*headings: str, ids: tuple[str, ...] = ("id",)) -> Table:
+    """A table whose id columns are printed whole, on one line, however narrow the terminal
+    (the README's commands take them as copied from here), and whose other cells are folded
+    rather than cut with an ellipsis."""
+    grid = Table()
+    for heading in headings:
+        whole = heading in ids
+        grid.add_column(
+            heading, no_wrap=whole, min_width=ID_WIDTH if whole else None, overflow="fold"
+        )
+    return grid
+
+
 def add_row(table: Table, *cells: Part) -> None:
     """A row of plain text (a str cell is not read as markup, whatever the console)."""
     table.add_row(*(line(cell) for cell in cells))
 
 
 def workflows_table(workflows: list[Any]) -> None:
-    table = Table("id", "name", "steps", "status", "last run")
+    table = make_table("id", "name", "steps", "status", "last run", ids=("id", "last run"))
     for w in workflows:
         add_row(table, w.id, w.name, str(len(w.steps)), status(w.status), w.last_run_id or "-")
     out.print(table)
 
 
 def steps_table(steps: list[Any]) -> None:
-    table = Table("#", "name", "kind", "status", "served by", "tokens", "notes")
+    table = make_table("#", "name", "kind", "status", "served by", "tokens", "notes")
     for s in steps:
         notes: list[Part] = []
         if s.truncated:
@@ -94,7 +110,7 @@ def steps_table(steps: list[Any]) -> None:
 
 
 def runs_table(runs: list[Any]) -> None:
-    table = Table("id", "workflow", "status", "events", "error")
+    table = make_table("id", "workflow", "status", "events", "error", ids=("id", "workflow"))
     for r in runs:
         add_row(table, r.id, r.workflow_id, status(r.status), str(r.last_seq), r.error or "")
     out.print(table)
