@@ -37,6 +37,8 @@ def generated_specs(
     replaced = {s.id for s in generated_block(synthesis, steps)}
     taken = {s.name for s in steps if s.id not in replaced}
     items = split_items(synthesis.output, "headings")
+    # The synthesis's model served its chain's first entry where that names none: its steps
+    # take the chain and the model together, and run where it ran.
     specs = [
         pb.StepSpec(
             # Named as runs stores it (one line), or a retried generation is not recognised.
@@ -46,17 +48,23 @@ def generated_specs(
             # the engine sends it unrendered, so `{{ … }}` it quotes reaches the model intact.
             prompt=_prompt(item.text, cut=synthesis.truncated and i == len(items) - 1),
             providers=list(synthesis.providers),
+            model=synthesis.model,
             params_json=synthesis.params_json,
             persona=synthesis.spec.persona,
         )
         for i, item in enumerate(items)
     ]
     if consistency_check and specs:
+        chain = list(dict.fromkeys([*synthesis.providers, *default_chain]))
         specs.append(
             pb.StepSpec(
                 name=unique_name("Consistency check", taken),
                 kind=kinds.CONSISTENCY_CHECK,
-                providers=list(dict.fromkeys([*synthesis.providers, *default_chain])),
+                providers=chain,
+                # The model goes with the entry it served, never to the workflow's fallbacks
+                # (another vendor's, maybe): the engine gives it to the chain's first entry,
+                # which is another one where the synthesis had no chain but the workflow has.
+                model=synthesis.model if chain[:1] == list(synthesis.providers[:1]) else "",
                 params_json=synthesis.params_json,
                 reviews=[synthesis.name, *(s.name for s in specs)],
             )

@@ -36,7 +36,11 @@ class Operations(StoreBase):
 
         async def change(session: AsyncSession, workflow_id: str) -> Draft:
             step = await self._step(session, tenant_id, step_id)
-            changed = _apply(edit, step) if edit is not None else {}
+            changed = {}
+            if edit is not None:
+                # The chain a step naming none runs on: a new model may have to go into it.
+                defaults = await self._default_chains(session, [workflow_id])
+                changed = _apply(edit, step, defaults.get(workflow_id, []))
             if cascade:
                 steps = await self._steps(session, workflow_id)
                 await self._delete_generated_after(
@@ -283,15 +287,20 @@ def _reads(step: Step) -> set[str]:
     return names | {source} if source else names
 
 
-def _apply(edit: StepEdit, step: Step) -> dict[str, Any]:
-    """Set the edit's fields on the row; what changed, for the step_retried event."""
+def _apply(edit: StepEdit, step: Step, default_chain: Sequence[str]) -> dict[str, Any]:
+    """Set the edit's fields on the row; what changed, for the step_retried event.
+
+    A step's model serves the first entry of its chain where that entry names none, so the two
+    move together: a new chain drops the model, chosen for the old chain's provider (a step
+    moved off Anthropic must not ask Google for a Claude model), unless the edit names one;
+    and a new model goes into the first entry where that names its own, which would win."""
     if step.kind == kinds.TOOL:
         # A tool step calls no model: the value would be stored and never read.
         for name in ("max_tokens", "auto_continue", "model", "providers"):
             if getattr(edit, name) is not None:
                 raise InvalidArgument("tool steps call no model: they ignore it", field=name)
     changed: dict[str, Any] = {}
-    for name in ("max_tokens", "auto_continue", "model"):
+    for name in ("max_tokens", "auto_continue"):
         value = getattr(edit, name)
         if value is not None and value != getattr(step, name):
             setattr(step, name, value)
@@ -303,4 +312,43 @@ def _apply(edit: StepEdit, step: Step) -> dict[str, Any]:
         step.config = config  # a new dict: the JSON column sees the change
         step.provider = ""  # the chain is the config's now, or the workflow's
         changed["providers"] = edit.providers
+        if edit.model is None and step.model:
+            step.model = ""
+            changed["model"] = ""
+    if edit.model is not None:
+        if edit.model != step.model:
+            step.model = edit.model
+            changed["model"] = edit.model
+        _model_into_chain(edit, step, default_chain, changed)
     return changed
+
+
+def _model_into_chain(
+    edit: StepEdit, step: Step, default_chain: Sequence[str], changed: dict[str, Any]
+) -> None:
+    """Where the first entry of the step's chain names a model, the engine serves that one and
+    not the step's: `retry --model X` would be stored, reported, and run on the old model.
+    The user asked for X, so the entry takes it (its provider stays, as do the fallbacks,
+    whose models are their own). A chain in the same edit whose first entry names another
+    model asks for both at once: that is refused rather than one of them picked."""
+    assert edit.model is not None
+    chain = convert.chain(step, default_chain)
+    # No chain: the engine's default, whose first entry the step's model serves (unless the
+    # engine's setting names one there, which runs does not know).
+    if not chain:
+        return
+    provider, _, named = chain[0].partition(":")
+    if not named or named == edit.model:
+        return
+    if edit.providers is not None:
+        where = "the chain given" if edit.providers else "the workflow's (or tenant's) chain"
+        raise InvalidArgument(
+            f"the first provider of {where}, {chain[0]!r}, names its own model, which would "
+            f"serve instead of {edit.model!r}: name the model in one place",
+            field="model",
+        )
+    chain = [f"{provider}:{edit.model}" if edit.model else provider, *chain[1:]]
+    step.config = {**(step.config or {}), "providers": chain}  # pinned: the workflow's no more
+    step.provider = ""
+    changed["model"] = edit.model
+    changed["providers"] = chain
