@@ -113,3 +113,20 @@ async def test_a_fan_outs_output_marked_by_item_is_not_marked_again(
     assert run.status == ev.COMPLETED, run.error
     assert run.steps[1].truncated
     assert prompt_of(fake, -1) == f"Sum up:\n{marked('item A, cut')}\n\nitem B"
+
+
+async def test_a_fan_out_over_a_cut_source_tells_its_last_item_where_the_cut_is(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    source = "# Parser\n\nBuild it.\n\n# Wiring\n\nWire the "
+    fake.script("openai", Reply(text=source, finish="max_tokens"), Reply("a"), Reply("b"))
+    each = pb.StepSpec(
+        name="Each", kind="fan_out", source="Plan", prompt="Detail: {{ item }}", providers=OPENAI
+    )
+
+    run, _ = await run_steps(fake_api, step("Plan", OPENAI, max_tokens=16), each)
+
+    assert run.status == ev.COMPLETED, run.error
+    prompts = sorted(prompt_of(fake, i) for i in (1, 2))
+    last = marked("# Wiring\n\nWire the")
+    assert prompts == ["Detail: # Parser\n\nBuild it.", f"Detail: {last}"]

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
-from nyxflow_engine.cut_off import marked
+from nyxflow_engine.cut_off import Outputs, marked
 from nyxflow_engine.providers.base import FINISH_MAX_TOKENS, FINISH_STOP
-from nyxflow_engine.splitting import split_items
+from nyxflow_engine.splitting import Item, split_items
 from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult, together
 from nyxflow_engine.templating import render
 from nyxflow_engine.writer import draft
@@ -20,7 +20,17 @@ from nyxflow_engine.writer import draft
 
 async def run_fan_out(ctx: StepContext) -> StepResult:
     step, spec = ctx.step, ctx.spec
-    items = split_items(ctx.outputs.get(spec.source, ""), spec.split or "headings")
+    split = spec.split or "headings"
+    items = split_items(ctx.outputs.get(spec.source, ""), split)
+    if (
+        items
+        and split != "json"
+        and isinstance(ctx.outputs, Outputs)
+        and spec.source in ctx.outputs.cut
+    ):
+        # A source cut at its token limit is cut within its last item, which often reads
+        # whole: that item's model is told where it stops. (A cut JSON array does not parse.)
+        items[-1] = Item(items[-1].heading, marked(items[-1].text))
     total = len(items)
     # Not each item's whole prompt: one that quotes its source weighs items times the source
     # (10,000 items of a 0.8 MB source took 8.7 s with nothing else running, heartbeats
