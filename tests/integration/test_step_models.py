@@ -89,8 +89,8 @@ async def test_a_retry_with_a_model_runs_on_it_where_the_chain_named_another(
 
 
 async def test_a_retry_with_a_model_runs_on_it_over_the_workflows_chain(api: Clients) -> None:
-    """A step naming no chain runs on the workflow's: the edited model is pinned into a copy
-    of it, which the change record shows."""
+    """A step naming no chain runs on the workflow's, whose first entry serves the step's own
+    model: the step keeps following the workflow's chain."""
     workflow = await api.runs.create_workflow(
         "workflow-chain", [spec("one")], default_providers=["local:model-a", "anthropic"]
     )
@@ -100,15 +100,37 @@ async def test_a_retry_with_a_model_runs_on_it_over_the_workflows_chain(api: Cli
     retried = await api.runs.retry_step(first.steps[0].id, model="model-b")
     run, events = await run_retried(api, retried.id)
     assert run.steps[0].served_by == "local:model-b"
-    assert changed(events) == {"model": "model-b", "providers": ["local:model-b", "anthropic"]}
+    assert changed(events) == {"model": "model-b"}
+    assert list(run.steps[0].providers) == ["local:model-b", "anthropic"]
 
 
-@pytest.mark.parametrize("chain", [["local:model-a"], []])
+async def test_a_step_model_is_served_by_its_workflows_chain_from_the_start(
+    api: Clients,
+) -> None:
+    """Named when the workflow was made, it was ignored for the chain's own first model."""
+    workflow = await api.runs.create_workflow(
+        "workflow-chain-model",
+        [spec("one", model="model-b"), spec("two")],
+        default_providers=["local:model-a", "anthropic"],
+    )
+    run, _ = await run_once(api, workflow.id)
+    assert [s.served_by for s in run.steps] == ["local:model-b", "local:model-a"]
+
+
+async def test_a_step_naming_two_models_for_its_first_provider_is_refused(api: Clients) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        await api.runs.create_workflow(
+            "two-models-at-once", [spec("one", providers=["local:model-a"], model="model-b")]
+        )
+    assert refused.value.field == "steps[0].model"
+
+
+@pytest.mark.parametrize("chain", [["local:model-a"]])
 async def test_a_retry_naming_two_models_for_one_entry_is_refused(
     api: Clients, chain: list[str]
 ) -> None:
-    """The chain given (or the workflow's, asked for by an empty one) names a model in its
-    first entry, and the edit another: which one was meant is not guessed."""
+    """The chain given names a model in its first entry, and the edit another: which one was
+    meant is not guessed. (An empty one, the workflow's chain, serves the step's model.)"""
     workflow = await api.runs.create_workflow(
         "two-models", [spec("one", providers=["local"])], default_providers=["local:model-a"]
     )

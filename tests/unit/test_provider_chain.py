@@ -6,6 +6,7 @@ import pytest
 
 from nyxflow_engine.providers.base import Completion, CompletionRequest, OnDelta, Provider
 from nyxflow_engine.providers.chain import AllProvidersFailed, RetryPolicy, complete_with_chain
+from nyxflow_engine.providers.registry import Providers
 
 REQUEST = CompletionRequest(prompt="p", model="", max_tokens=8)
 POLICY = RetryPolicy(attempts=3, backoff_s=0.0, backoff_max_s=0.0)
@@ -90,3 +91,28 @@ async def test_what_the_listener_raises_goes_up_untouched_and_is_not_retried() -
     with pytest.raises(ListenerGone):
         await _complete([choking, ServingProvider()], gone)
     assert choking.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("chain", "model", "served"),
+    [
+        ([], "b", "local:b"),  # the engine's default serves the step's own model
+        ([], "", "local:a"),
+        (["local:c"], "b", "local:c"),  # a chain runs resolved is as runs resolved it
+    ],
+)
+async def test_the_engines_default_chain_serves_the_steps_model(
+    chain: list[str], model: str, served: str
+) -> None:
+    providers = Providers(default_chain=["local:a", "anthropic"])
+    request = CompletionRequest(prompt="p", model=model, max_tokens=8)
+
+    completion = await providers.complete(
+        chain, request, _shown, on_fallback=lambda *_: None, on_reset=_no_wait_reset
+    )
+
+    assert completion.served_by == served
+
+
+async def _no_wait_reset() -> None:
+    return None

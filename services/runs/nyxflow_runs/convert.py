@@ -61,13 +61,23 @@ def alternative_dict(alt: pb.Alternative) -> dict[str, Any]:
 
 
 def chain(row: models.Step, default: Sequence[str] = ()) -> list[str]:
-    """The step's own chain, else its provider[:model], else the workflow's or tenant's."""
+    """The step's own chain, else its provider[:model], else the workflow's or tenant's, whose
+    first entry serves the step's own model where it names one: a default's model is a
+    default, and the step's, named for it, would otherwise be ignored (the engine serves an
+    entry's model over the step's)."""
     own: list[str] = (row.config or {}).get("providers", [])
     if own:
         return own
     if row.provider:
         return [f"{row.provider}:{row.model}" if row.model else row.provider]
-    return list(default)
+    return on_model(default, row.model)
+
+
+def on_model(chain: Sequence[str], model: str) -> list[str]:
+    """`chain` with its first entry on `model` (none: as it is)."""
+    if not chain or not model:
+        return list(chain)
+    return [f"{chain[0].partition(':')[0]}:{model}", *chain[1:]]
 
 
 def item(row: models.StepItem) -> pb.StepItem:

@@ -307,6 +307,14 @@ def _config(
         config["reviews"] = reviews
     if spec.providers:
         config["providers"] = provider_chain(spec.providers, f"{at}.providers")
+        named = config["providers"][0].partition(":")[2]
+        if spec.model and named and named != spec.model:
+            # The entry's model is the one served: which of the two was meant is not guessed.
+            raise InvalidArgument(
+                f"the first provider of the step's chain, {config['providers'][0]!r}, names "
+                f"its own model: name the model in one place",
+                field=f"{at}.model",
+            )
     if spec.phase:
         config["phase"] = text(spec.phase, f"{at}.phase", 40)
     if spec.kind == kinds.TOOL:

@@ -73,6 +73,11 @@ class Providers:
         on_fallback: OnFallback,
         on_reset: OnReset,
     ) -> Completion:
+        if not chain and request.model and self.default_chain:
+            # This engine's default serves the step's own model, as runs' defaults do
+            # (convert.chain): its first entry's model is a default, the step's was named.
+            provider = self.default_chain[0].partition(":")[0]
+            chain = [f"{provider}:{request.model}", *self.default_chain[1:]]
         return await complete_with_chain(
             self.get,
             list(chain) or self.default_chain,

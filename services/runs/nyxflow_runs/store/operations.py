@@ -326,29 +326,27 @@ def _apply(edit: StepEdit, step: Step, default_chain: Sequence[str]) -> dict[str
 def _model_into_chain(
     edit: StepEdit, step: Step, default_chain: Sequence[str], changed: dict[str, Any]
 ) -> None:
-    """Where the first entry of the step's chain names a model, the engine serves that one and
-    not the step's: `retry --model X` would be stored, reported, and run on the old model.
+    """Where the first entry of the step's own chain names a model, the engine serves that one
+    and not the step's: `retry --model X` would be stored, reported, and run on the old model.
     The user asked for X, so the entry takes it (its provider stays, as do the fallbacks,
     whose models are their own). A chain in the same edit whose first entry names another
-    model asks for both at once: that is refused rather than one of them picked."""
+    model asks for both at once: that is refused rather than one of them picked. A default
+    chain (the workflow's, the tenant's, the engine's) serves the step's model already."""
     assert edit.model is not None
     chain = convert.chain(step, default_chain)
-    # No chain: the engine's default, whose first entry the step's model serves (unless the
-    # engine's setting names one there, which runs does not know).
     if not chain:
         return
     provider, _, named = chain[0].partition(":")
     if not named or named == edit.model:
         return
     if edit.providers is not None:
-        where = "the chain given" if edit.providers else "the workflow's (or tenant's) chain"
         raise InvalidArgument(
-            f"the first provider of {where}, {chain[0]!r}, names its own model, which would "
-            f"serve instead of {edit.model!r}: name the model in one place",
+            f"the first provider of the chain given, {chain[0]!r}, names its own model, which "
+            f"would serve instead of {edit.model!r}: name the model in one place",
             field="model",
         )
     chain = [f"{provider}:{edit.model}" if edit.model else provider, *chain[1:]]
-    step.config = {**(step.config or {}), "providers": chain}  # pinned: the workflow's no more
+    step.config = {**(step.config or {}), "providers": chain}
     step.provider = ""
     changed["model"] = edit.model
     changed["providers"] = chain
