@@ -120,20 +120,22 @@ async def _with_retries(
 ) -> Completion:
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    stall_s = policy.stall_s if policy.stall_s > 0 else None
+    stall_s = policy.stall_s
     attempt = 0
     while True:
         attempt += 1
         streamed = False
         listener_error: BaseException | None = None
-        deadline = asyncio.timeout(stall_s)
+        timer = asyncio.timeout(stall_s if stall_s > 0 else None)
+        # what `tracked` reschedules; dropped at the end of the attempt
+        deadline: asyncio.Timeout | None = timer if stall_s > 0 else None
         armed = loop.time()
 
         async def tracked(text: str) -> None:
             nonlocal streamed, listener_error, armed
             streamed = True
-            if stall_s is not None and (now := loop.time()) - armed > stall_s / 10:
-                # not at every delta, which would cost a timer each; called in this pass only
+            # Not at every delta, which would cost a timer each. (Called in this pass only.)
+            if deadline is not None and (now := loop.time()) - armed > stall_s / 10:  # noqa: B023
                 deadline.reschedule(now + stall_s)  # noqa: B023
                 armed = now
             try:
@@ -144,14 +146,14 @@ async def _with_retries(
 
         try:
             try:
-                async with deadline:
+                async with timer:
                     return await provider.complete(request, tracked)
             except NyxflowError:
                 raise  # a ProviderFailure classified already, or the project's own refusal
             except Exception as error:
                 if error is listener_error:
                     raise
-                if isinstance(error, TimeoutError) and deadline.expired():
+                if isinstance(error, TimeoutError) and timer.expired():
                     raise ProviderFailure(
                         Action.RETRY, f"{provider.name}: no text for {stall_s:g} s (stalled)"
                     ) from None
@@ -161,7 +163,12 @@ async def _with_retries(
                     Action.RETRY, f"{provider.name}: unexpected response ({type(error).__name__})"
                 ) from error
             finally:
-                listener_error = None  # its traceback holds this frame, which holds it
+                # Each holds what holds this frame: the listener's error by its traceback, the
+                # timer by its task (a cancelled task keeps its error, whose traceback holds
+                # this frame). Left here, they keep the execution until a full collection.
+                listener_error = None
+                deadline = None
+                del timer
         except ProviderFailure as failure:
             metrics.PROVIDER_ERRORS.labels(provider=provider.name, action=failure.action).inc()
             if streamed:
