@@ -18,7 +18,8 @@ from nyxflow.auth import bearer_metadata, internal_metadata
 from nyxflow.client import AdminClient, RunsClient
 from nyxflow.errors import FailedPrecondition, Unauthenticated
 from nyxflow.v1 import common_pb2 as pb
-from nyxflow_runs.bus import CHANNEL_PREFIX, IDLE_CHANNEL
+from nyxflow.v1 import runs_pb2
+from nyxflow_runs.bus import CHANNEL_PREFIX, IDLE_CHANNEL, SUBSCRIBE_WAIT_S, RedisBus, Subscription
 from nyxflow_runs.tenancy import KEY_CACHE_S
 from tests.support.databases import REDIS_URL, fresh_database, unavailable
 from tests.support.eventually import eventually
@@ -206,3 +207,44 @@ async def test_a_key_revoked_on_one_replica_is_refused_at_once_on_another(
         await eventually(refused, bool, timeout_s=KEY_CACHE_S, interval_s=0.02)
         assert time.monotonic() - started < LIVE_WITHIN_S, "refused only when the cache ran out"
         assert await b.runs.list_workflows() == []  # the other keys still work on B
+
+
+async def test_a_run_first_watched_while_the_reader_subscribes_is_heard_live(
+    redis_client: aioredis.Redis,
+) -> None:
+    """Its subscribe came while the reader's own was on its way (at every connect to Redis):
+    it was dropped, and the run's watchers were left polling the database until the next
+    reconnect."""
+    bus = RedisBus(REDIS_URL)
+    arrivals: list[Subscription] = []
+    real_pubsub = bus._redis.pubsub
+
+    def pubsub() -> Any:
+        connection = real_pubsub()
+        real_subscribe = connection.subscribe
+
+        async def subscribe(*channels: Any) -> None:
+            if not arrivals:  # a watcher arrives while the reader subscribes
+                arrivals.append(bus.subscribe("late-run"))
+            await real_subscribe(*channels)
+
+        setattr(connection, "subscribe", subscribe)  # noqa: B010  # one connection's method
+        return connection
+
+    setattr(bus._redis, "pubsub", pubsub)  # noqa: B010
+    await bus.start()
+    try:
+        while not arrivals:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await bus.listening(arrivals[0])
+        assert time.monotonic() - started < SUBSCRIBE_WAIT_S / 2, "Redis never confirmed it"
+        run_event = pb.RunEvent(run_id="late-run", seq=1, type=ev.RUN_STARTED, data_json="{}")
+        await redis_client.publish(
+            CHANNEL_PREFIX + "late-run",
+            runs_pb2.WriteResponse(events=[run_event]).SerializeToString(),
+        )
+        heard = await arrivals[0].next_batch(LIVE_WITHIN_S)
+        assert heard is not None and [e.seq for e in heard] == [1]
+    finally:
+        await bus.close()

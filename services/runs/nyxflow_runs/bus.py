@@ -227,9 +227,16 @@ class RedisBus(LocalBus):
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    channels = [CHANNEL_PREFIX + run_id for run_id in self._confirmed]
+                    listed = set(self._confirmed)
+                    channels = [CHANNEL_PREFIX + run_id for run_id in listed]
                     await pubsub.subscribe(IDLE_CHANNEL, KEYS_CHANNEL, *channels)
                     self._pubsub = pubsub
+                    # A run first watched, or left, while that subscribe was on its way: its
+                    # command found no connection and was dropped (its watchers polled).
+                    for run_id in set(self._confirmed) - listed:
+                        self._command("subscribe", run_id)
+                    for run_id in listed - set(self._confirmed):
+                        self._command("unsubscribe", run_id)
                     async for message in pubsub.listen():
                         kind = message.get("type")
                         channel = message["channel"].decode()
