@@ -5,7 +5,7 @@
 import * as API from "./api.js";
 import { ApiError, clearKey, getKey, setKey } from "./api.js";
 import { ACTIVE_STATUSES, RunFollower } from "./live.js";
-import { renderMarkdown } from "./markdown.js";
+import { MarkdownView, renderMarkdown } from "./markdown.js";
 
 const main = document.getElementById("main");
 const who = document.getElementById("who");
@@ -831,7 +831,8 @@ function showDetail(workflowId) {
     const stepActions = h("div", { class: "step-actions", role: "group", "aria-label": "Step actions" });
     const details = h("details", { class: "step", id: `step-${step.id}`, "data-step-id": step.id },
       summary, h("div", { class: "step-body" }, meta, notes, error, fanout, output, alternatives, stepActions));
-    return { details, summary, pill, pillItem, meta, notes, error, fanout, output, alternatives, stepActions, rendered: {}, tab: null };
+    const view = new MarkdownView(output);
+    return { details, summary, pill, pillItem, meta, notes, error, fanout, output, view, alternatives, stepActions, rendered: {}, tab: null };
   }
 
   function updateStep(step) {
@@ -893,12 +894,17 @@ function showDetail(workflowId) {
 
     renderFanout(step, parts);
 
+    // A delta costs what it adds: the finished blocks of the text stay as they were rendered.
     const output = step.output || "";
-    if (r.output !== output) {
+    const shown = output ? `${status !== "running"}` : status === "running" ? "Waiting for output…" : "No output yet.";
+    if (r.output !== output || r.shown !== shown) {
       r.output = output;
-      parts.output.innerHTML = output
-        ? renderMarkdown(output)
-        : `<p class="muted">${status === "running" ? "Waiting for output…" : "No output yet."}</p>`;
+      r.shown = shown;
+      if (output) parts.view.show(output, status !== "running");
+      else {
+        parts.view.clear();
+        parts.output.replaceChildren(h("p", { class: "muted" }, shown));
+      }
     }
     parts.output.setAttribute("aria-busy", String(status === "running"));
     parts.output.hidden = step.kind === "fan_out" && (step.items || []).length > 0; // = the items

@@ -94,3 +94,89 @@ export function renderMarkdown(source) {
   flush();
   return html.join("\n");
 }
+
+// The open block is rendered again at each change while it is at most this long; past it, only
+// when it has doubled since (so a long paragraph costs in all about twice its length), the text
+// meanwhile appended as text to what was rendered of it.
+const TAIL_LIMIT = 4096;
+
+/**
+ * A step's output as it streams into `el`, in the HTML renderMarkdown gives for the whole text,
+ * without rendering the whole text again at each change: the blocks that are finished (up to
+ * the last blank line outside a code fence, where renderMarkdown holds nothing open) are
+ * rendered once, and kept; only the open block after them is rendered again. Text that does
+ * not extend what is shown (a reset stream, another output) is shown from scratch.
+ */
+export class MarkdownView {
+  constructor(el) {
+    this.el = el;
+    this.clear();
+  }
+
+  /** Forget what is shown (the element is emptied by the next show). */
+  clear() {
+    this.text = "";
+    this.done = 0; // the end of the finished blocks in text
+    this.scan = 0; // the start of the first line not looked at (after its newline)
+    this.fence = false; // that line is inside a code fence
+    this.kept = 0; // child nodes of el that show the finished blocks
+    this.any = false; // the finished blocks gave some HTML
+    this.tailShown = 0; // the length of the open block when it was last rendered
+    this.plain = null; // the text node streamed text goes into until the next render
+  }
+
+  /** Show `text`; `final`: it is whole (its step ended), so the open block is rendered now. */
+  show(text, final) {
+    if (!this.text || !text.startsWith(this.text)) {
+      this.clear();
+      this.el.replaceChildren();
+    }
+    if (text === this.text && !(final && this.plain)) return;
+    const grown = text.slice(this.text.length);
+    this.text = text;
+    let boundary = this.done;
+    for (let nl = text.indexOf("\n", this.scan); nl >= 0; nl = text.indexOf("\n", this.scan)) {
+      const line = text.slice(this.scan, nl).split(HOLE).join("");
+      this.scan = nl + 1;
+      if (FENCE.test(line)) this.fence = !this.fence;
+      else if (!this.fence && line.trim() === "") boundary = this.scan;
+    }
+    const tail = text.slice(boundary);
+    if (boundary > this.done) {
+      this.dropTail();
+      this.append(renderMarkdown(text.slice(this.done, boundary)), true);
+      this.kept = this.el.childNodes.length;
+      this.done = boundary;
+    } else if (!final && tail.length > TAIL_LIMIT && tail.length < 2 * this.tailShown) {
+      this.appendPlain(grown);
+      return;
+    }
+    this.dropTail();
+    this.append(renderMarkdown(tail), false);
+    this.tailShown = tail.length;
+  }
+
+  dropTail() {
+    while (this.el.childNodes.length > this.kept) this.el.lastChild.remove();
+    this.plain = null;
+  }
+
+  /** HTML after what is shown, joined as renderMarkdown joins its blocks. */
+  append(html, finished) {
+    if (!html) return;
+    this.el.insertAdjacentHTML("beforeend", (this.any ? "\n" : "") + html);
+    if (finished) this.any = true;
+  }
+
+  /** Streamed text as text, inside the open block's last paragraph, code or list item. */
+  appendPlain(text) {
+    if (!this.plain) {
+      let box = this.el.childNodes.length > this.kept ? this.el.lastElementChild : null;
+      if (box && box.tagName === "PRE") box = box.firstElementChild || box;
+      else if (box && (box.tagName === "UL" || box.tagName === "OL")) box = box.lastElementChild || box;
+      else if (!box || box.tagName !== "P") box = this.el.appendChild(document.createElement("p"));
+      this.plain = box.appendChild(document.createTextNode(""));
+    }
+    this.plain.appendData(text.split(HOLE).join(""));
+  }
+}

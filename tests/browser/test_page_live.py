@@ -1,0 +1,153 @@
+"""The page's cost and its news while it follows a run: a delta renders only the text it adds
+and the open block, an event redraws only what it changed, a fallback note is read back with
+the run, a lost connection is said, and a run started elsewhere is followed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from playwright.async_api import Page, expect
+
+from tests.browser.test_page import open_workflow, shown_run_id, text_of, words
+from tests.support.gateway_api import create_workflow, get_run
+from tests.support.processes import ProcessStack
+
+RENDERS_AS_A_WHOLE = """async (stepId) => {
+  const { renderMarkdown } = await import("/static/markdown.js");
+  const output = document.querySelector(`#step-${stepId} .output`);
+  return output.innerHTML === renderMarkdown(window.nyxflow.detail.streamed[stepId]);
+}"""
+
+
+def one_step(name: str, **params: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "kind": "llm",
+            "prompt": name,
+            "provider": "local",
+            "max_tokens": 16000,
+            "params": params,
+        }
+    ]
+
+
+async def ends_as_rendered_whole(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack, step_id: str
+) -> None:
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=60_000)
+    run = await get_run(http, stack, await shown_run_id(page))
+    (step,) = run["steps"]
+    streamed = await page.evaluate("() => window.nyxflow.detail.streamed")
+    assert streamed[step_id] == step["output"]
+    assert await page.evaluate(RENDERS_AS_A_WHOLE, step_id), "not the whole text's markdown"
+    assert await text_of(page, f"#step-{step_id} .output") == words(step["output"])
+
+
+async def test_a_delta_leaves_the_finished_blocks_of_the_output_as_they_were(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """Each delta rendered the whole output again (innerHTML of all of it): quadratic, 13 s of
+    a 37 s run at 30,000 tokens. The blocks before the last blank line are rendered once."""
+    workflow = await create_workflow(
+        http, stack, "Blocks", one_step("Blocks", items=40, tokens=400, token_delay_ms=10)
+    )
+    (step,) = workflow["steps"]
+    await open_workflow(page, workflow["id"], "Blocks")
+    await page.get_by_role("button", name="Start", exact=True).click()
+    await page.wait_for_function(
+        """(stepId) => {
+          const output = document.querySelector(`#step-${stepId} .output`);
+          if (output.querySelectorAll("h4").length < 4) return false;
+          // The last heading's block may be open yet.
+          window.finished = [...output.children].slice(0, -3);
+          window.removed = [];
+          new MutationObserver((records) => {
+            for (const r of records) window.removed.push(...r.removedNodes);
+          }).observe(output, { childList: true, subtree: true, characterData: true });
+          return true;
+        }""",
+        arg=step["id"],
+        timeout=20_000,
+    )
+    await ends_as_rendered_whole(page, http, stack, step["id"])
+    assert await page.evaluate("() => window.finished.length") >= 3
+    assert await page.evaluate("() => window.removed.length") > 0, "nothing was streamed"
+    assert await page.evaluate(
+        """(stepId) => {
+          const output = document.querySelector(`#step-${stepId} .output`);
+          return window.finished.every((el) => el.parentNode === output)
+            && !window.removed.some((node) => window.finished.includes(node));
+        }""",
+        step["id"],
+    ), "a finished block was rendered again"
+
+
+async def test_a_long_paragraph_is_not_rendered_again_at_each_delta(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """One open block (no blank line): past a few KB its streamed text is appended as text and
+    the block rendered again only when it has doubled, and at the step's end."""
+    workflow = await create_workflow(
+        http, stack, "Paragraph", one_step("Paragraph", tokens=3000, token_delay_ms=3)
+    )
+    (step,) = workflow["steps"]
+    await open_workflow(page, workflow["id"], "Paragraph")
+    await page.get_by_role("button", name="Start", exact=True).click()
+    await page.wait_for_function(
+        """(stepId) => {
+          const output = document.querySelector(`#step-${stepId} .output`);
+          if (output.textContent.length < 9000) return false;
+          window.renders = 0;
+          window.appends = 0;
+          new MutationObserver((records) => {
+            for (const r of records) {
+              if (r.removedNodes.length) window.renders += 1;
+              else window.appends += 1;
+            }
+          }).observe(output, { childList: true, subtree: true, characterData: true });
+          return true;
+        }""",
+        arg=step["id"],
+        timeout=30_000,
+    )
+    await ends_as_rendered_whole(page, http, stack, step["id"])
+    seen = await page.evaluate("() => window.appends + window.renders")
+    assert seen >= 5, "the run ended before it was seen"
+    # Rendered again once it doubled (9 KB → 18 KB at most twice) and at its end.
+    assert await page.evaluate("() => window.renders") <= 3
+
+
+async def test_a_streamed_view_renders_as_the_whole_text_does(page: Page) -> None:
+    """The view fed a text piece by piece shows what renderMarkdown gives for all of it, code
+    fences holding blank lines included, and starts again on a text that does not go on."""
+    same = await page.evaluate(
+        """async () => {
+          const { MarkdownView, renderMarkdown } = await import("/static/markdown.js");
+          const parts = ["# Title", "para *one*\\nstill one", "", "- a\\n- b", "",
+            "```js\\nlet x = 1;\\n\\n\\nlet y = 2;\\n```", "", "3. three\\n4. four", "",
+            "x".repeat(5000) + " **y**\\nmore", "", "## Done #", "after", "cr\\r\\n\\r\\nlf"];
+          let seed = 7;
+          const random = () => {
+            seed = (seed * 48271) % 2147483647;
+            return seed / 2147483647;
+          };
+          const pick = () => parts[Math.floor(random() * parts.length)];
+          const results = [];
+          for (let round = 0; round < 20; round += 1) {
+            const text = Array.from({ length: 30 }, pick).join("\\n");
+            const el = document.createElement("div");
+            const view = new MarkdownView(el);
+            view.show("void", false);
+            for (let at = 1; at <= text.length; at += 1 + Math.floor(random() * 300)) {
+              view.show(text.slice(0, at), false);
+            }
+            view.show(text, true);
+            results.push(el.innerHTML === renderMarkdown(text));
+          }
+          return results;
+        }"""
+    )
+    assert all(same), same
