@@ -38,6 +38,18 @@ function setAttr(el, name, value) {
   if (el.getAttribute(name) !== value) el.setAttribute(name, value);
 }
 
+/** An attribute set, or removed when the value is null, only when it changes. */
+function setOrDrop(el, name, value) {
+  if (value === null) {
+    if (el.hasAttribute(name)) el.removeAttribute(name);
+  } else setAttr(el, name, value);
+}
+
+/** Setting `hidden`, `disabled` or `className` to what it is still counts as a change. */
+function setProp(el, name, value) {
+  if (el[name] !== value) el[name] = value;
+}
+
 const dot = () => h("span", { class: "dot", "aria-hidden": "true" });
 
 function statusBadge(status) {
@@ -282,6 +294,7 @@ function showDetail(workflowId) {
     itemsAgain: false, // items were announced meanwhile
   };
   const stepEls = new Map(); // step id → { details, pill, parts… }
+  const drawn = new WeakMap(); // element → the key of what it shows (redraw)
 
   const title = h("h2", { id: "wf-title", tabindex: "-1" }, "Loading…");
   const statusEl = h("span", { id: "wf-status" });
@@ -654,33 +667,41 @@ function showDetail(workflowId) {
     if (!w) return;
     const runStatus = state.run ? state.run.status : w.status;
     const status = state.run && state.run.id === w.last_run_id ? runStatus : w.status;
-    title.textContent = w.name;
-    document.title = `${w.name} · nyxflow`;
-    statusEl.replaceChildren(statusBadge(status));
-    root.dataset.status = status;
-    root.dataset.runId = state.run?.id ?? "";
-    root.dataset.runStatus = state.run?.status ?? "";
+    setText(title, w.name);
+    if (document.title !== `${w.name} · nyxflow`) document.title = `${w.name} · nyxflow`;
+    redraw(statusEl, status, () => [statusBadge(status)]);
+    setAttr(root, "data-status", status);
+    setAttr(root, "data-run-id", state.run?.id ?? "");
+    setAttr(root, "data-run-status", state.run?.status ?? "");
     const mode = state.follower?.mode;
     const live = mode === "sse" ? " · live" : mode === "polling" ? " · refreshing every 3 s" : "";
-    runLine.replaceChildren(
-      state.run
-        ? h("span", {}, "Run ", h("code", { title: state.run.id }, shortId(state.run.id)), state.run.phase ? h("span", { class: "phase", id: "run-phase" }, ` phase ${state.run.phase} ·`) : "", ` ${state.run.status}${state.run.pause_requested && active() ? " (pause requested)" : ""}${handedOver(state.run.requeues)}${live}`, state.run.error ? ` · ${state.run.error}` : "")
+    const run = state.run;
+    const said = run && ` ${run.status}${run.pause_requested && active() ? " (pause requested)" : ""}${handedOver(run.requeues)}${live}`;
+    redraw(runLine, JSON.stringify(run && [run.id, run.phase, said, run.error]), () => [
+      run
+        ? h("span", {}, "Run ", h("code", { title: run.id }, shortId(run.id)), run.phase ? h("span", { class: "phase", id: "run-phase" }, ` phase ${run.phase} ·`) : "", said, run.error ? ` · ${run.error}` : "")
         : "Never run",
-    );
-    settings.replaceChildren(
-      ...[
-        ["Workflow id", h("code", {}, w.id)],
-        ["Steps", String(state.steps.length)],
-        ["Consistency check", w.consistency_check ? "yes" : "no"],
-        ["If its engine dies", w.on_orphan === "resume" ? "another engine resumes the run" : "the run fails"],
-        ["Created", when(w.created_at)],
-        ["Updated", when(w.updated_at)],
-        ["Last run", w.last_run_id ? h("code", {}, w.last_run_id) : "never"],
-      ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
-    );
+    ]);
+    const rows = [
+      ["Workflow id", w.id, true],
+      ["Steps", String(state.steps.length)],
+      ["Consistency check", w.consistency_check ? "yes" : "no"],
+      ["If its engine dies", w.on_orphan === "resume" ? "another engine resumes the run" : "the run fails"],
+      ["Created", when(w.created_at)],
+      ["Updated", when(w.updated_at)],
+      ["Last run", w.last_run_id || "never", Boolean(w.last_run_id)],
+    ];
+    redraw(settings, JSON.stringify(rows), () =>
+      rows.flatMap(([k, v, code]) => [h("dt", {}, k), h("dd", {}, code ? h("code", {}, v) : v)]));
     renderActions(status);
-    for (const step of state.steps) markDirty(step.id); // step buttons depend on the run
     renderPatch();
+  }
+
+  /** The element's children built again only when what they show (its key) changed. */
+  function redraw(el, key, build) {
+    if (drawn.get(el) === key) return;
+    drawn.set(el, key);
+    el.replaceChildren(...build());
   }
 
   // A pipeline's combined patch, as a diff view with a download: never applied for the user.
@@ -740,7 +761,14 @@ function showDetail(workflowId) {
       );
       if (focused !== null) focusAction(focused);
     }
-    for (const button of root.querySelectorAll(".actions button, .step-actions button")) button.disabled = state.busy;
+    for (const button of actions.children) setProp(button, "disabled", state.busy);
+    // A step's buttons and alternatives depend on whether a run is on and the page busy: the
+    // steps are drawn again when that changes, not at every event.
+    const stepsKey = `${isActive}/${state.busy}`;
+    if (state.stepsKey !== stepsKey) {
+      state.stepsKey = stepsKey;
+      for (const step of state.steps) markDirty(step.id);
+    }
   }
 
   /** Focus the action of that label, or the first one when it is gone (Start becomes Pause). */
@@ -794,8 +822,7 @@ function showDetail(workflowId) {
       }
       if (stepsBox.children[position] !== parts.details) stepsBox.insertBefore(parts.details, stepsBox.children[position] || null);
       if (pills.children[position] !== parts.pillItem) pills.insertBefore(parts.pillItem, pills.children[position] || null);
-      parts.rendered = {}; // force every part to re-render
-      updateStep(step);
+      updateStep(step); // each part compares what it shows with the step's new state
     });
     for (const [id, parts] of stepEls) {
       if (!seen.has(id)) {
@@ -841,26 +868,27 @@ function showDetail(workflowId) {
     const r = parts.rendered;
     const label = `${step.order + 1}. ${step.name}`;
     const status = step.status;
+    // Only what changed is written: an event of one step leaves the other steps' DOM alone.
     for (const el of [parts.details, parts.pill]) {
-      el.dataset.status = status;
-      el.className = `${el === parts.pill ? "pill" : "step"} status-${status}`;
+      setAttr(el, "data-status", status);
+      setProp(el, "className", `${el === parts.pill ? "pill" : "step"} status-${status}`);
     }
-    if (status === "running") parts.pill.setAttribute("aria-current", "step");
-    else parts.pill.removeAttribute("aria-current");
-    parts.pill.title = `${label} (${status})`;
-    parts.pill.querySelector(".pill-label").textContent = label;
-    parts.pill.querySelector(".pill-status").textContent = `: ${status}`;
+    setOrDrop(parts.pill, "aria-current", status === "running" ? "step" : null);
+    setAttr(parts.pill, "title", `${label} (${status})`);
+    setText(parts.pill.querySelector(".pill-label"), label);
+    setText(parts.pill.querySelector(".pill-status"), `: ${status}`);
     if (status === "running" && r.status !== "running") revealPill(parts.pill);
     r.status = status;
-    parts.summary.querySelector(".step-title").textContent = label;
-    parts.summary.querySelector(".step-status").textContent = status;
-    parts.summary.querySelector(".step-status").className = `step-status badge status-${status}`;
-    parts.summary.querySelector(".step-kind").textContent = step.kind;
+    setText(parts.summary.querySelector(".step-title"), label);
+    const statusBox = parts.summary.querySelector(".step-status");
+    setText(statusBox, status);
+    setProp(statusBox, "className", `step-status badge status-${status}`);
+    setText(parts.summary.querySelector(".step-kind"), step.kind);
     const badge = parts.summary.querySelector(".truncated");
-    badge.hidden = !step.truncated;
-    badge.title = windowFull(step)
+    setProp(badge, "hidden", !step.truncated);
+    setAttr(badge, "title", windowFull(step)
       ? "the model's context window is full: a larger limit will not help; shorten the prompt or use a model with a larger window"
-      : "stopped at the step's max_tokens";
+      : "stopped at the step's max_tokens");
 
     const provider = [step.provider, step.model].filter(Boolean).join(":");
     const served = step.served_by || (provider ? `${provider} (configured)` : "—");
@@ -880,13 +908,14 @@ function showDetail(workflowId) {
     }
 
     const notes = step.notes || [];
-    parts.notes.hidden = !notes.length;
-    if (r.notes !== notes.length) {
-      r.notes = notes.length;
+    setProp(parts.notes, "hidden", !notes.length);
+    const notesKey = JSON.stringify(notes);
+    if (r.notes !== notesKey) {
+      r.notes = notesKey;
       parts.notes.replaceChildren(...notes.map((n) => h("li", {}, n)));
     }
 
-    parts.error.hidden = !step.error || status === "completed";
+    setProp(parts.error, "hidden", !step.error || status === "completed");
     if (r.error !== step.error) {
       r.error = step.error;
       parts.error.replaceChildren(h("strong", {}, "Error: "), step.error || "");
@@ -906,8 +935,8 @@ function showDetail(workflowId) {
         parts.output.replaceChildren(h("p", { class: "muted" }, shown));
       }
     }
-    parts.output.setAttribute("aria-busy", String(status === "running"));
-    parts.output.hidden = step.kind === "fan_out" && (step.items || []).length > 0; // = the items
+    setAttr(parts.output, "aria-busy", String(status === "running"));
+    setProp(parts.output, "hidden", step.kind === "fan_out" && (step.items || []).length > 0); // = the items
 
     renderAlternatives(step, parts);
     renderStepActions(step, parts);
@@ -930,7 +959,7 @@ function showDetail(workflowId) {
     const progress = step.progress
       || (items.length ? { done: items.length, total: step.status === "completed" ? items.length : null, heading: items[items.length - 1].heading } : null);
     const isFanout = step.kind === "fan_out";
-    parts.fanout.hidden = !isFanout || (!progress && !items.length);
+    setProp(parts.fanout, "hidden", !isFanout || (!progress && !items.length));
     if (parts.fanout.hidden) return;
     const fan = parts.fan || (parts.fan = createFanout(parts.fanout));
 
@@ -941,7 +970,7 @@ function showDetail(workflowId) {
     setAttr(fan.bar, "aria-label", `Items done of ${total}`);
     setText(fan.count, `${done}/${total}`);
     const heading = progress?.heading || "";
-    fan.heading.hidden = !heading;
+    setProp(fan.heading, "hidden", !heading);
     setText(fan.heading, heading);
     setAttr(fan.heading, "title", heading);
 
@@ -997,11 +1026,12 @@ function showDetail(workflowId) {
 
   function renderAlternatives(step, parts) {
     const alts = step.alternatives || [];
-    parts.alternatives.hidden = alts.length < 2;
+    setProp(parts.alternatives, "hidden", alts.length < 2);
     if (alts.length < 2) return;
     if (parts.tab === null || parts.tab >= alts.length) parts.tab = step.selected_index || 0;
     const canSelect = !active() && step.status === "completed" && !state.busy;
-    const key = JSON.stringify([alts.map((a) => a.output.length), step.selected_index, parts.tab, canSelect]);
+    const shown = alts.map((a) => [a.output, a.served_by, a.input_tokens, a.output_tokens, a.truncated]);
+    const key = JSON.stringify([shown, step.selected_index, parts.tab, canSelect]);
     if (parts.rendered.alts === key) return;
     parts.rendered.alts = key;
     const hadFocus = parts.alternatives.contains(document.activeElement) ? document.activeElement.dataset.focusKey : null;
@@ -1057,7 +1087,7 @@ function showDetail(workflowId) {
       parts.rendered.actions = key;
       parts.stepActions.replaceChildren(...(allowed ? stepButtons(step, raised) : []));
     }
-    for (const button of parts.stepActions.children) button.disabled = state.busy;
+    for (const button of parts.stepActions.children) setProp(button, "disabled", state.busy);
   }
 
   function stepButtons(step, raised) {
