@@ -4,14 +4,16 @@ the run, a lost connection is said, and a run started elsewhere is followed."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
 from playwright.async_api import Page, expect
 
 from tests.browser.test_page import open_workflow, shown_run_id, text_of, words
-from tests.support.gateway_api import create_workflow, get_run
+from tests.support.gateway_api import create_workflow, get_run, start_run
 from tests.support.processes import ProcessStack
+from tests.support.sse_client import read_events
 
 RENDERS_AS_A_WHOLE = """async (stepId) => {
   const { renderMarkdown } = await import("/static/markdown.js");
@@ -190,3 +192,32 @@ async def test_an_event_of_one_step_leaves_the_other_steps_as_they_were(
     assert await page.evaluate("() => window.batches") > 10, "the run was not seen going"
     touched = await page.evaluate("() => window.touched")
     assert not touched, f"finished steps written again while the run went on: {touched[:5]}"
+
+
+async def test_a_finished_run_opened_afresh_shows_its_fallback_notes(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """The "Fell back from X to Y" note came only from a live provider_fallback event: a
+    finished run opened afresh (a reload) showed none. It is read from the stored events."""
+    chain = {"name": "Fallback", "kind": "llm", "prompt": "p", "params": {"tokens": 8}}
+    workflow = await create_workflow(
+        http,
+        stack,
+        "Fallback",
+        [
+            {**chain, "providers": ["openai:gpt-4.1", "local"]},
+            {**chain, "name": "Plain", "provider": "local"},
+        ],
+    )
+    first, plain = workflow["steps"]
+    run_id = await start_run(http, stack, workflow["id"])
+    events = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
+    assert [e.event for e in events].count("provider_fallback") == 1
+    await open_workflow(page, workflow["id"], "Fallback")
+    await expect(page.locator(".detail")).to_have_attribute("data-run-status", "completed")
+    notes = page.locator(f"#step-{first['id']} .notes li")
+    await expect(notes).to_have_count(1)
+    await expect(notes).to_have_text(re.compile(r"^Fell back from openai(:\S+)? to local: "))
+    await expect(page.locator(f"#step-{plain['id']} .notes")).to_be_hidden()
+    await page.reload()
+    await expect(notes).to_have_count(1)

@@ -288,6 +288,7 @@ function showDetail(workflowId) {
     actionsKey: "",
     dirty: new Set(),
     frame: 0,
+    notesRun: null, // the run whose fallback notes are known (followed, or read from its events)
     refreshTimer: 0,
     itemsTimer: 0,
     itemsBusy: false, // a fetch of items is on: the next waits for it
@@ -380,6 +381,7 @@ function showDetail(workflowId) {
       onError: (e) => handleAuth(e),
     });
     state.follower = follower;
+    state.notesRun = runId; // its events are applied from the first: its notes with them
     follower.start();
   }
 
@@ -398,6 +400,7 @@ function showDetail(workflowId) {
       else replaceSteps(run ? run.steps : workflow.steps);
       if (run && ACTIVE_STATUSES.has(run.status)) follow(run.id);
       else stopFollowing();
+      if (run && !ACTIVE_STATUSES.has(run.status) && state.notesRun !== run.id) loadNotes(run.id);
       renderHead();
     } catch (e) {
       if (state.gone || handleAuth(e)) return;
@@ -408,6 +411,41 @@ function showDetail(workflowId) {
       }
       actionError.replaceChildren(...errorLine(e));
     }
+  }
+
+  /** The notes of a run not followed from its start (a finished run opened): its stored
+   * provider_fallback events, read once per run, page by page, as if they had come live. */
+  async function loadNotes(runId) {
+    state.notesRun = runId;
+    const notes = new Map(); // step id → its notes
+    try {
+      let after = 0;
+      for (;;) {
+        const page = await API.listRunEvents(runId, after);
+        if (state.gone || state.notesRun !== runId) return;
+        for (const event of page.events) {
+          after = event.seq;
+          if (event.type === "step_started") notes.delete(event.step_id); // as live: notes: []
+          if (event.type === "provider_fallback") notes.set(event.step_id, [...(notes.get(event.step_id) || []), fallbackNote(event)]);
+        }
+        if (!page.events.length || after >= page.last_seq) break;
+      }
+    } catch (e) {
+      if (!handleAuth(e) && state.notesRun === runId) state.notesRun = null; // the next reload tries again
+      return;
+    }
+    if (state.run?.id !== runId) return;
+    for (const step of state.steps) {
+      const found = notes.get(step.id);
+      if (found && JSON.stringify(found) !== JSON.stringify(step.notes || [])) {
+        step.notes = found;
+        markDirty(step.id);
+      }
+    }
+  }
+
+  function fallbackNote(data) {
+    return `Fell back from ${data.from} to ${data.to}: ${data.reason}`;
   }
 
   /** While a run is followed, an event may arrive before or after a snapshot taken at about the
@@ -587,7 +625,7 @@ function showDetail(workflowId) {
         if (step) Object.assign(step, { truncated: true, finish_reason: data.reason || step.finish_reason });
         break;
       case "provider_fallback":
-        if (step) step.notes = [...(step.notes || []), `Fell back from ${data.from} to ${data.to}: ${data.reason}`];
+        if (step) step.notes = [...(step.notes || []), fallbackNote(data)];
         break;
       case "fan_out_progress":
         if (!step) { refreshSoon(0); break; }
