@@ -221,3 +221,34 @@ async def test_a_finished_run_opened_afresh_shows_its_fallback_notes(
     await expect(page.locator(f"#step-{plain['id']} .notes")).to_be_hidden()
     await page.reload()
     await expect(notes).to_have_count(1)
+
+
+async def test_a_lost_connection_is_said_until_a_read_succeeds_again(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """With its gateway gone, the page went on saying "· live" or "· refreshing every 3 s",
+    its failed reads ignored. It says since when it has had no answer, until it has one."""
+    workflow = await create_workflow(
+        http, stack, "Offline", one_step("Offline", tokens=600, token_delay_ms=40)
+    )
+    await open_workflow(page, workflow["id"], "Offline")
+    await page.get_by_role("button", name="Start", exact=True).click()
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-live", "sse")
+    await page.wait_for_function("() => window.nyxflow.detail.lastSeq > 5")
+    connection, run_line = page.locator("#connection"), page.locator("#run-line")
+    await expect(connection).to_be_hidden()
+
+    stack.kill("gateway")
+    try:
+        await expect(connection).to_be_visible(timeout=30_000)
+        lost = re.compile(r"^Connection lost; retrying since \d\d:\d\d:\d\d\.$")
+        await expect(connection).to_have_text(lost)
+        await expect(run_line).to_contain_text("connection lost")
+        await expect(run_line).not_to_contain_text("live")
+    finally:
+        stack.start("gateway")
+    await expect(connection).to_be_hidden(timeout=30_000)
+    await expect(run_line).not_to_contain_text("connection lost")
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=60_000)
+    await expect(connection).to_be_hidden()

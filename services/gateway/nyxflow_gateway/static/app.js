@@ -289,6 +289,7 @@ function showDetail(workflowId) {
     dirty: new Set(),
     frame: 0,
     notesRun: null, // the run whose fallback notes are known (followed, or read from its events)
+    lostSince: null, // when a read of the followed run failed, none succeeding since
     refreshTimer: 0,
     itemsTimer: 0,
     itemsBusy: false, // a fetch of items is on: the next waits for it
@@ -300,6 +301,7 @@ function showDetail(workflowId) {
   const title = h("h2", { id: "wf-title", tabindex: "-1" }, "Loading…");
   const statusEl = h("span", { id: "wf-status" });
   const runLine = h("p", { id: "run-line", class: "muted", "aria-live": "polite" });
+  const connection = h("p", { id: "connection", class: "error", role: "status", hidden: true });
   const actions = h("div", { class: "actions", role: "group", "aria-label": "Workflow actions" });
   const actionError = h("p", { class: "error", role: "alert", id: "action-error" });
   const settings = h("dl", { class: "settings-list" });
@@ -313,6 +315,7 @@ function showDetail(workflowId) {
     h("p", { class: "back" }, h("a", { href: "#/" }, "← Workflows")),
     h("div", { class: "detail-head" }, title, statusEl),
     runLine,
+    connection,
     actions,
     actionError,
     h("details", { class: "card settings" }, h("summary", {}, "Settings"), settings),
@@ -355,7 +358,22 @@ function showDetail(workflowId) {
   const byId = (id) => state.steps.find((s) => s.id === id);
   const active = () => Boolean(state.run && ACTIVE_STATUSES.has(state.run.status));
 
+  /** A read of the followed run failed (true) or succeeded (false): the page says since when it
+   * has had no answer, where it said "live" as if all were well. */
+  function connectionLost(lost) {
+    if (lost === Boolean(state.lostSince)) return;
+    state.lostSince = lost ? new Date() : null;
+    if (lost) {
+      const at = [state.lostSince.getHours(), state.lostSince.getMinutes(), state.lostSince.getSeconds()]
+        .map((n) => String(n).padStart(2, "0")).join(":");
+      connection.textContent = `Connection lost; retrying since ${at}.`;
+    }
+    connection.hidden = !lost;
+    renderHead();
+  }
+
   function stopFollowing() {
+    if (state.lostSince) connectionLost(false);
     if (state.follower) {
       lastApplied = [...state.follower.applied];
       lastSeqSeen = state.follower.lastSeq;
@@ -378,7 +396,13 @@ function showDetail(workflowId) {
         renderHead();
       },
       onGap: () => refreshSoon(),
-      onError: (e) => handleAuth(e),
+      onError: (e) => {
+        if (handleAuth(e) || state.follower !== follower) return;
+        connectionLost(true);
+      },
+      onRead: () => {
+        if (state.follower === follower) connectionLost(false);
+      },
     });
     state.follower = follower;
     state.notesRun = runId; // its events are applied from the first: its notes with them
@@ -712,7 +736,7 @@ function showDetail(workflowId) {
     setAttr(root, "data-run-id", state.run?.id ?? "");
     setAttr(root, "data-run-status", state.run?.status ?? "");
     const mode = state.follower?.mode;
-    const live = mode === "sse" ? " · live" : mode === "polling" ? " · refreshing every 3 s" : "";
+    const live = state.lostSince ? " · connection lost" : mode === "sse" ? " · live" : mode === "polling" ? " · refreshing every 3 s" : "";
     const run = state.run;
     const said = run && ` ${run.status}${run.pause_requested && active() ? " (pause requested)" : ""}${handedOver(run.requeues)}${live}`;
     redraw(runLine, JSON.stringify(run && [run.id, run.phase, said, run.error]), () => [

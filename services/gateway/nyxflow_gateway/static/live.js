@@ -22,7 +22,8 @@ export class RunFollower {
   /**
    * handlers: onEvent(type, data) for each new event, in seq order; onEnd(status) once the
    * run has finished; onMode(mode) "sse" | "polling" | "off"; onGap() when a seq was skipped
-   * (the caller re-reads the run); onError(error) when a read failed.
+   * (the caller re-reads the run); onError(error) when a read failed (the connection may be
+   * lost: the stream broke off again, a poll failed); onRead() when one succeeded after all.
    */
   constructor(runId, handlers) {
     this.runId = runId;
@@ -56,10 +57,15 @@ export class RunFollower {
     this.source = source;
     source.addEventListener("open", () => {
       this.errors = 0;
+      this.handlers.onRead?.();
     });
     source.addEventListener("error", () => {
       if (this.source !== source || this.stopped) return;
       this.errors += 1;
+      // Once is a stream ended (its gateway went away, say); twice in a row, no gateway answers.
+      if (this.errors >= 2 && source.readyState !== EventSource.CLOSED) {
+        this.handlers.onError?.(new Error("the event stream broke off"));
+      }
       if (source.readyState === EventSource.CLOSED) {
         this.closeSource();
         this.refused();
@@ -142,6 +148,7 @@ export class RunFollower {
       const before = this.lastSeq;
       const page = await listRunEvents(this.runId, before);
       if (this.stopped) return true;
+      this.handlers.onRead?.();
       this.status = page.status;
       for (const data of page.events) if (!this.stopped) this.apply(data.type, data);
       if (this.stopped) return true; // its terminal event was among them
