@@ -252,3 +252,26 @@ async def test_a_lost_connection_is_said_until_a_read_succeeds_again(
     await expect(run_line).not_to_contain_text("connection lost")
     await expect(detail).to_have_attribute("data-run-status", "completed", timeout=60_000)
     await expect(connection).to_be_hidden()
+
+
+async def test_a_run_started_elsewhere_is_followed(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """A page showing a workflow with no run on followed only a run it found on loading; one
+    started from another tab or the CLI went unseen until a reload."""
+    workflow = await create_workflow(http, stack, "Elsewhere", one_step("Elsewhere", tokens=30))
+    await open_workflow(page, workflow["id"], "Elsewhere")
+    await expect(page.locator("#run-line")).to_have_text("Never run")
+    run_id = await start_run(http, stack, workflow["id"])
+    detail = page.locator(".detail")
+    await expect(detail).to_have_attribute("data-run-id", run_id, timeout=15_000)
+    await expect(detail).to_have_attribute("data-run-status", "completed", timeout=30_000)
+    run = await get_run(http, stack, run_id)
+    (step,) = run["steps"]
+    assert await text_of(page, f"#step-{step['id']} .output") == words(step["output"])
+
+    rerun = await http.post(f"/v1/workflows/{workflow['id']}/rerun", headers=stack.headers)
+    assert rerun.status_code in (200, 201), rerun.text
+    again = rerun.json()["id"]  # the tab comes back in view: it reads the workflow at once
+    await page.evaluate("() => window.dispatchEvent(new Event('focus'))")
+    await expect(detail).to_have_attribute("data-run-id", again, timeout=3_000)

@@ -274,6 +274,7 @@ async function showList() {
 
 const STEP_RANK = { pending: 0, running: 1 };
 const ITEMS_PER_CALL = 500; // the most the API gives at once
+const WATCH_MS = 5000; // how often a workflow shown without a run followed is read again
 const rank = (status) => STEP_RANK[status] ?? 2;
 
 function showDetail(workflowId) {
@@ -333,9 +334,32 @@ function showDetail(workflowId) {
     for (const step of state.steps) if (step.status === "running") markDirty(step.id);
   }, 1000);
 
+  // A run started elsewhere (another tab, the CLI) is followed once the brief workflow names
+  // it: read every few seconds while no run is followed, and when the tab is back in view.
+  let watching = false;
+  async function watchForRun() {
+    if (state.gone || state.follower || state.busy || watching || document.hidden || !state.workflow) return;
+    watching = true;
+    try {
+      const w = await API.getWorkflow(workflowId, true);
+      if (state.gone || state.follower || state.busy) return;
+      if (w.last_run_id !== (state.run?.id ?? null) || w.status !== state.workflow.status) await reload();
+    } catch (e) {
+      if (!handleAuth(e) && e instanceof ApiError && e.status === 404) await reload();
+    } finally {
+      watching = false;
+    }
+  }
+  const watcher = setInterval(watchForRun, WATCH_MS);
+  window.addEventListener("focus", watchForRun);
+  document.addEventListener("visibilitychange", watchForRun);
+
   teardown = () => {
     state.gone = true;
     clearInterval(ticker);
+    clearInterval(watcher);
+    window.removeEventListener("focus", watchForRun);
+    document.removeEventListener("visibilitychange", watchForRun);
     clearTimeout(state.refreshTimer);
     clearTimeout(state.itemsTimer);
     cancelAnimationFrame(state.frame);
