@@ -9,12 +9,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from nyxflow import events as ev
 from nyxflow.auth import bearer_metadata
 from nyxflow.client import AdminClient, EngineClient, open_channel
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_runs.models import Step
 from tests.integration.test_pipelines import execute, start
 from tests.support.databases import fresh_database
 from tests.support.inprocess import (
@@ -188,12 +191,21 @@ async def test_with_a_repos_root_a_tenant_reads_only_its_own_folder(tmp_path: Pa
 
 
 async def test_a_new_run_of_a_pipeline_carries_what_its_completed_steps_saved(
-    api: Clients, tmp_path: Path
+    api: Clients, tmp_path: Path, database_url: str
 ) -> None:
-    """A new run (not a retry) of a finished pipeline runs only what is not completed, as a
-    resume does: its findings were the first run's, and it listed none."""
+    """A new run (not a retry) of a pipeline whose report failed runs only what is not
+    completed, as a resume does: its findings were the first run's, and it listed none."""
     first = await finished(api, tmp_path, "code-analysis")
     (finding,) = await api.runs.list_findings(first.id)
+    report = (await api.runs.get_run(first.id)).steps[-1]
+    db = create_async_engine(database_url)
+    try:
+        async with db.begin() as connection:  # as if the report had failed
+            await connection.execute(
+                update(Step).where(Step.id == report.id).values(status=ev.FAILED)
+            )
+    finally:
+        await db.dispose()
 
     again = await api.runs.create_run(first.workflow_id)
     await execute(api, again.id)

@@ -254,12 +254,13 @@ async def test_every_provider_down_fails_the_step_with_each_reason(
 async def test_invalid_request_fails_at_once_with_the_providers_message(
     fake_api: Clients, fake: FakeProviders
 ) -> None:
-    fake.script("anthropic", Reply(error="invalid", message="prompt is too long: 250000 tokens"))
+    bad = "messages: text content blocks must be non-empty"
+    fake.script("anthropic", Reply(error="invalid", message=bad))
 
     run, events = await run_steps(fake_api, step("Bad", ["anthropic:claude", "google:gemini"]))
 
     assert run.status == ev.FAILED
-    assert "prompt is too long" in run.steps[0].error
+    assert bad in run.steps[0].error
     assert fake.count("google") == 0 and of_type(events, ev.PROVIDER_FALLBACK) == []
 
 

@@ -908,3 +908,20 @@ async def test_a_large_fan_out_quoting_its_source_keeps_its_lease(api: Clients) 
     assert run.status == ev.FAILED
     assert "the item's own error" in run.error and "orphan" not in run.error, run.error
     assert run.steps[0].status == ev.COMPLETED
+
+
+async def test_a_new_run_of_a_workflow_with_every_step_completed_is_refused(
+    api: Clients,
+) -> None:
+    """It "completed" at once, executing nothing: a run that passed for work done."""
+    workflow = await api.runs.create_workflow("done", [spec("A"), spec("B")])
+    first, _ = await run_once(api, workflow.id)
+    assert first.status == ev.COMPLETED
+
+    with pytest.raises(FailedPrecondition, match="every step completed"):
+        await api.runs.create_run(workflow.id)
+
+    runs = await api.runs.list_runs(workflow.id)
+    assert [r.id for r in runs] == [first.id]  # nothing written
+    again = await api.runs.rerun_workflow(workflow.id)  # the way to run it all again
+    assert again.status == ev.PENDING

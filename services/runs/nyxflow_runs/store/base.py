@@ -191,6 +191,11 @@ class StoreBase:
         return list(rows.all())
 
     @staticmethod
+    async def _all_completed(session: AsyncSession, workflow_id: str) -> bool:
+        left = select(Step.id).where(Step.workflow_id == workflow_id, Step.status != ev.COMPLETED)
+        return await session.scalar(left.limit(1)) is None
+
+    @staticmethod
     async def _active_run(session: AsyncSession, workflow_id: str) -> Run | None:
         return await session.scalar(
             select(Run).where(
