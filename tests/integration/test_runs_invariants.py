@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import select
 
@@ -1193,3 +1194,33 @@ async def test_a_step_that_answered_nothing_is_completed_with_its_empty_output(
         ).all()
     assert tuple(rows[0]) == ("empty", ev.COMPLETED, "")
     assert rows[1].status == ev.COMPLETED and rows[1].output
+
+
+# PostgreSQL alone: SQLite runs one writer at a time, so the race cannot happen there.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_run_completing_as_a_new_one_is_asked_for_leaves_nothing_to_run(
+    runs: Clients, database_url: str
+) -> None:
+    """The stampede's race: the new run's check read the steps before the latest run's
+    completion committed, and its insert, let through by that commit, made a run of a
+    workflow with nothing left to run."""
+    _, run, _ = await claimed(runs, steps=2, name="racing")
+    finishing = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        finish = finishing.transaction()
+        await finish.start()  # the engine's last batch, not yet committed
+        await finishing.execute(
+            "UPDATE steps SET status = 'completed', output = 'x' WHERE workflow_id = $1",
+            run.workflow_id,
+        )
+        await finishing.execute("UPDATE runs SET status = 'completed' WHERE id = $1", run.id)
+        asked = asyncio.create_task(runs.runs.create_run(run.workflow_id))
+        await asyncio.sleep(1.0)
+        assert not asked.done(), "the insert waits for the finishing transaction"
+        await finish.commit()
+        with pytest.raises(FailedPrecondition, match="every step completed"):
+            await asked
+    finally:
+        await finishing.close()
+    listed = await runs.runs.list_runs(run.workflow_id)
+    assert [r.id for r in listed] == [run.id]

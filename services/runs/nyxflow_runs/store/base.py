@@ -191,9 +191,19 @@ class StoreBase:
         return list(rows.all())
 
     @staticmethod
-    async def _all_completed(session: AsyncSession, workflow_id: str) -> bool:
+    async def _something_to_run(
+        session: AsyncSession, previous: Run | None, workflow_id: str
+    ) -> None:
+        """A new run of a workflow whose every step is completed would execute nothing and
+        read `completed`: it passed for work done. (A first run always has work.)"""
+        if previous is None:
+            return
         left = select(Step.id).where(Step.workflow_id == workflow_id, Step.status != ev.COMPLETED)
-        return await session.scalar(left.limit(1)) is None
+        if await session.scalar(left.limit(1)) is None:
+            raise FailedPrecondition(
+                f"workflow {workflow_id} has every step completed: nothing to run "
+                "(a re-run runs every step again)"
+            )
 
     @staticmethod
     async def _active_run(session: AsyncSession, workflow_id: str) -> Run | None:

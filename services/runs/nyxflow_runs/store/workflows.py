@@ -337,16 +337,14 @@ class Workflows(StoreBase):
                 # Locked: a project's move to another tenant is waited for, then seen.
                 await self._workflow(session, tenant_id, workflow_id, lock=True)
                 previous = await self._latest_run(session, workflow_id)
-                if previous is not None and await self._all_completed(session, workflow_id):
-                    # A run that executed nothing and read `completed` passed for work done.
-                    raise FailedPrecondition(
-                        f"workflow {workflow_id} has every step completed: nothing to run "
-                        "(a re-run runs every step again)"
-                    )
+                await self._something_to_run(session, previous, workflow_id)
                 run = Run(tenant_id=tenant_id, workflow_id=workflow_id, status=ev.PENDING)
-                metrics.RUNS_CREATED.inc()
                 session.add(run)
                 await session.flush()
+                # Once more: the latest run's completion, committed between the check and the
+                # insert, let the insert through (the active run it met was gone), unseen.
+                await self._something_to_run(session, previous, workflow_id)
+                metrics.RUNS_CREATED.inc()
                 # Like a resume, it runs only the steps not completed: what those saved goes on.
                 await self._carry_results(session, tenant_id, previous, run)
                 return convert.run(run)
