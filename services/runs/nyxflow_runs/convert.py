@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from nyxflow.chains import on_model
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import models
@@ -71,13 +72,6 @@ def chain(row: models.Step, default: Sequence[str] = ()) -> list[str]:
     if row.provider:
         return [f"{row.provider}:{row.model}" if row.model else row.provider]
     return on_model(default, row.model)
-
-
-def on_model(chain: Sequence[str], model: str) -> list[str]:
-    """`chain` with its first entry on `model` (none: as it is)."""
-    if not chain or not model:
-        return list(chain)
-    return [f"{chain[0].partition(':')[0]}:{model}", *chain[1:]]
 
 
 def item(row: models.StepItem) -> pb.StepItem:

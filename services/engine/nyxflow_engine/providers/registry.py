@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from nyxflow.chains import on_model
 from nyxflow.errors import InvalidArgument
 from nyxflow_engine.providers.anthropic_messages import AnthropicProvider
 from nyxflow_engine.providers.base import Completion, CompletionRequest, OnDelta, Provider
@@ -73,14 +74,10 @@ class Providers:
         on_fallback: OnFallback,
         on_reset: OnReset,
     ) -> Completion:
-        if not chain and request.model and self.default_chain:
-            # This engine's default serves the step's own model, as runs' defaults do
-            # (convert.chain): its first entry's model is a default, the step's was named.
-            provider = self.default_chain[0].partition(":")[0]
-            chain = [f"{provider}:{request.model}", *self.default_chain[1:]]
         return await complete_with_chain(
             self.get,
-            list(chain) or self.default_chain,
+            # This engine's default serves the step's own model, as runs' defaults do.
+            list(chain) or on_model(self.default_chain, request.model),
             request,
             on_delta,
             policy=self.policy,
