@@ -167,17 +167,15 @@ async def test_a_wait_beyond_the_budget_goes_to_the_next_provider_at_once(
     assert len(of_type(events, ev.PROVIDER_FALLBACK)) == 1
 
 
+def gemini_quota(quota: str, wait_s: float) -> Reply:
+    """Gemini's free-tier 429: the same message for every quota, which one in QuotaFailure."""
+    return Reply(error="quota", quota_id=f"{quota}-FreeTier", retry_after_s=wait_s)
+
+
 async def test_gemini_out_of_its_daily_quota_goes_to_the_next_provider_at_once(
     fake_api: Clients, fake: FakeProviders
 ) -> None:
-    fake.script(
-        "google",
-        Reply(
-            error="quota",
-            quota_id="GenerateRequestsPerDayPerProjectPerModel-FreeTier",
-            retry_after_s=20,
-        ),
-    )
+    fake.script("google", gemini_quota("GenerateRequestsPerDayPerProjectPerModel", 20))
     fake.script("openai", Reply(text="served"))
 
     run, _ = await run_steps(fake_api, step("S", ["google:gemini-2.5-pro", "openai:gpt-4.1"]))
@@ -194,11 +192,7 @@ async def test_gemini_out_of_its_per_minute_quota_waits_and_is_served(
     With one provider, the step had failed."""
     fake.script(
         "google",
-        Reply(
-            error="quota",
-            quota_id="GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
-            retry_after_s=1,
-        ),
+        gemini_quota("GenerateRequestsPerMinutePerProjectPerModel", 1),
         Reply(text="served after a second"),
     )
 
