@@ -48,3 +48,7 @@ def default_max_tokens(kind: str, name: str = "") -> int:
 
 # Batches per RecordMany call: runs refuses more, and the engine's committer sends no more.
 MAX_RECORD_GROUP: Final = 1000
+
+# What runs stores of a step's (or item's) served_by: every provider:model that made part of
+# its text; the engine names fewer when they would not fit.
+MAX_SERVED_BY: Final = 400

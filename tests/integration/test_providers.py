@@ -421,6 +421,54 @@ async def test_a_continuation_retried_mid_stream_keeps_the_first_part_on_screen(
     assert streamed_text(events) == run.steps[0].output
 
 
+async def test_a_continuation_served_further_down_the_chain_names_both_providers(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """OpenAI wrote the first part and ran out of quota before the continuation, which
+    Anthropic wrote: the step named Anthropic alone as having served the whole answer."""
+    fake.script("openai", Reply(text="first part, ", finish="max_tokens"), Reply(error="credit"))
+    fake.script("anthropic", Reply(text="second part"))
+
+    run, _ = await run_steps(
+        fake_api,
+        step("Long", ["openai:gpt-4.1", "anthropic:claude"], max_tokens=8, auto_continue=1),
+    )
+
+    assert run.status == ev.COMPLETED, run.error
+    assert run.steps[0].output == "first part, second part"
+    assert run.steps[0].served_by == "openai:gpt-4.1, anthropic:claude"
+
+
+async def test_a_fan_out_names_every_provider_its_items_were_served_by(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """Its first item by Anthropic, the second (after Anthropic's credit ran out) by
+    Google: the step named only whichever item finished last."""
+    chain = ["anthropic:claude", "google:gemini"]
+    fake.script(
+        "anthropic",
+        Reply(text="# A\n\nx\n\n# B\n\ny\n"),
+        Reply(text="item by claude"),
+        Reply(error="credit"),
+    )
+    fake.script("google", Reply(text="item by gemini"))
+    each = pb.StepSpec(
+        name="Each",
+        kind="fan_out",
+        prompt="{{ item }}",
+        source="Source",
+        providers=chain,
+        concurrency=1,
+    )
+
+    run, _ = await run_steps(fake_api, step("Source", chain), each)
+
+    assert run.status == ev.COMPLETED, run.error
+    fanned = run.steps[1]
+    assert [i.served_by for i in fanned.items] == ["anthropic:claude", "google:gemini"]
+    assert fanned.served_by == "anthropic:claude, google:gemini"
+
+
 async def test_the_generated_consistency_check_falls_back_to_the_workflows_chain(
     fake_api: Clients, fake: FakeProviders
 ) -> None:

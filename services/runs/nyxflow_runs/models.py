@@ -9,6 +9,7 @@ from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String,
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from nyxflow.constants import MAX_SERVED_BY
 from nyxflow_runs.clock import db_now
 
 ACTIVE_RUN_SQL = "status IN ('pending', 'running')"
@@ -151,7 +152,7 @@ class Step(TenantOwned, Base):
     finish_reason: Mapped[str | None] = mapped_column(String(40))
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    served_by: Mapped[str | None] = mapped_column(String(400))  # provider:model, each ≤ 200
+    served_by: Mapped[str | None] = mapped_column(String(MAX_SERVED_BY))  # provider:model, …
     selected_index: Mapped[int] = mapped_column(Integer, default=0)
     alternatives_out: Mapped[list[Any]] = mapped_column(JSON, default=list)
     started_at: Mapped[float | None] = mapped_column(Float)
@@ -174,7 +175,7 @@ class StepItem(TenantOwned, Base):
     output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     # sha256 of the item's input (pb.StepItem.input_hash); NULL: stored before it was kept.
     input_hash: Mapped[str | None] = mapped_column(String(64))
-    served_by: Mapped[str | None] = mapped_column(String(400))  # as Step.served_by
+    served_by: Mapped[str | None] = mapped_column(String(MAX_SERVED_BY))  # as Step.served_by
     created_at: Mapped[float] = mapped_column(Float, server_default=db_now())
 
 

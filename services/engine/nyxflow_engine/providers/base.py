@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from nyxflow.constants import MAX_SERVED_BY
 from nyxflow.errors import NyxflowError
 
 OnDelta = Callable[[str], Awaitable[None]]
@@ -13,6 +14,15 @@ OnDelta = Callable[[str], Awaitable[None]]
 FINISH_STOP = "stop"
 FINISH_MAX_TOKENS = "max_tokens"
 FINISH_CONTEXT_WINDOW = "context_window"  # cut like max_tokens, by the model's context window
+
+
+def served_by_all(entries: Iterable[str]) -> str:
+    """Every provider:model that made part of one text, in the order they served, each once:
+    a continuation or a fan-out item may be served further down the chain than the first
+    part. Past what runs stores, the last alone (the one that finished the text)."""
+    named = list(dict.fromkeys(e for e in entries if e))
+    joined = ", ".join(named)
+    return joined if len(joined) <= MAX_SERVED_BY else named[-1]
 
 
 @dataclass(frozen=True)

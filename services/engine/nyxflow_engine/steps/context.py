@@ -17,6 +17,7 @@ from nyxflow_engine.providers.base import (
     FINISH_STOP,
     Completion,
     CompletionRequest,
+    served_by_all,
 )
 from nyxflow_engine.providers.failures import ContextWindowFull
 from nyxflow_engine.providers.registry import Providers
@@ -158,6 +159,7 @@ class StepContext:
         on_delta = deltas.add if deltas is not None else _discard
         on_reset = deltas.reset if deltas is not None else _nothing
         text, input_tokens, output_tokens = "", 0, 0
+        servers: list[str] = []
         for attempt in range(1 + max(0, self.spec.auto_continue)):
             if deltas is not None:
                 deltas.keep(text)
@@ -186,6 +188,7 @@ class StepContext:
                 completion = replace(completion, text="", finish_reason=FINISH_CONTEXT_WINDOW)
                 break
             text += completion.text
+            servers.append(completion.served_by)
             input_tokens += completion.input_tokens
             output_tokens += completion.output_tokens
             if not completion.truncated or completion.finish_reason == FINISH_CONTEXT_WINDOW:
@@ -197,7 +200,7 @@ class StepContext:
             finish_reason=completion.finish_reason,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            served_by=completion.served_by,
+            served_by=served_by_all(servers),
             request_output_tokens=completion.output_tokens,
         )
 

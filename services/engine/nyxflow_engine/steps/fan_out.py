@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.cut_off import Outputs, marked
-from nyxflow_engine.providers.base import FINISH_MAX_TOKENS, FINISH_STOP
+from nyxflow_engine.providers.base import FINISH_MAX_TOKENS, FINISH_STOP, served_by_all
 from nyxflow_engine.splitting import Item, split_items
 from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult, together
 from nyxflow_engine.templating import render
@@ -60,12 +60,12 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
         "input": sum(i.input_tokens for i in kept),
         "output": sum(i.output_tokens for i in kept),
     }
-    # Who served the items: this execution's last, else the last an earlier one stored (a
-    # fan-out resumed with every item done runs none, and must not name the chain's first).
-    served_by = next((i.served_by for i in reversed(kept) if i.served_by), "")
+    # Who served each item, those an earlier execution stored included (a fan-out resumed
+    # with every item done runs none, and must not name the chain's first).
+    served_by = {i.index: i.served_by for i in kept}
 
     async def one(index: int) -> None:
-        nonlocal served_by, cut_used
+        nonlocal cut_used
         async with gate:
             if ctx.writer.pause_requested:
                 return  # pause between items: what is in flight finishes, nothing new starts
@@ -75,7 +75,7 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
             )
             usage["input"] += completion.input_tokens
             usage["output"] += completion.output_tokens
-            served_by = completion.served_by
+            served_by[index] = completion.served_by
             outputs[index] = completion.text
             if completion.truncated:
                 cut.add(index)
@@ -114,7 +114,8 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
         input_tokens=usage["input"],
         output_tokens=usage["output"],
         cut_output_tokens=cut_used,
-        served_by=served_by or (step.providers[0] if step.providers else ""),
+        served_by=served_by_all(served_by[i] for i in sorted(served_by))
+        or (step.providers[0] if step.providers else ""),
         extra={"items": total, **({"truncated_items": sorted(cut)} if cut else {})},
         item_count=total,
     )

@@ -16,6 +16,7 @@ from sqlalchemy import Integer, Table, and_, bindparam, case, delete, insert, or
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nyxflow import events as ev
+from nyxflow.constants import MAX_SERVED_BY
 from nyxflow.errors import FailedPrecondition, InvalidArgument, NotFound, NyxflowError
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
@@ -404,7 +405,7 @@ class Recording(StoreBase):
 
 # The widths of the columns the step's text goes to: a value too long would fail the whole
 # group commit on PostgreSQL (SQLite does not check), so it is refused here, alone.
-STEP_TEXT_LIMITS = {"finish_reason": 40, "served_by": 400}
+STEP_TEXT_LIMITS = {"finish_reason": 40, "served_by": MAX_SERVED_BY}
 STEP_COUNTS = ("input_tokens", "output_tokens")  # int64 in the message, int32 columns
 MAX_INT32 = 2**31 - 1
 MAX_INPUT_HASH = 64  # step_items.input_hash's width
