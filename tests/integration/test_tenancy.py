@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.db import create_engine, session_factory
 from nyxflow_runs.models import Run, Workflow
 from nyxflow_runs.store import Store
+from tests.support.direct import Direct
 from tests.support.inprocess import ADMIN_KEY, API_KEY, Clients
 
 
@@ -102,6 +103,38 @@ async def test_expired_unknown_and_malformed_keys_are_refused(tenants: Tenants) 
     for md in (bearer_metadata("nyx_nope"), (("authorization", "Basic abc"),), ()):
         with pytest.raises(Unauthenticated):
             await RunsClient(tenants.channel, md).list_workflows()
+
+
+async def test_a_slug_shaped_like_a_tenant_id_is_refused(tenants: Tenants) -> None:
+    """Tenants are named by id or slug: a slug equal to team B's id was accepted, and a key
+    asked for the new tenant by its slug was issued to team B."""
+    for slug in (tenants.b_id, "0c6e5f0e-1b2a-4c3d-8e9f-a0b1c2d3e4f5"):
+        with pytest.raises(InvalidArgument) as refused:
+            await tenants.admin.create_tenant(slug, "Impostor")
+        assert refused.value.field == "slug"
+        assert "tenant id" in refused.value.message
+    assert [t.slug for t in await tenants.admin.list_tenants()] == ["default", "team-b"]
+    await tenants.admin.create_tenant("0c6e5f0e-1b2a-4c3d-8e9f", "Not an id")  # merely hex
+
+
+async def test_a_tenant_named_by_one_s_id_and_another_s_slug_is_refused_not_guessed(
+    tenants: Tenants, db: Direct
+) -> None:
+    """A slug shaped like team B's id, stored before such slugs were refused: the first
+    tenant found was taken, so a key could go to either."""
+    await db.add_tenant(tenants.b_id)
+    project = await tenants.a.create_project("alpha")
+    calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("tenant", lambda: tenants.admin.create_api_key(tenants.b_id, "which")),
+        ("tenant", lambda: tenants.admin.list_api_keys(tenants.b_id)),
+        ("to_tenant", lambda: tenants.admin.move_project(project.id, tenants.b_id)),
+    ]
+    for field, call in calls:
+        with pytest.raises(FailedPrecondition) as refused:
+            await call()
+        assert refused.value.field == field and "ambiguous" in refused.value.message
+    assert [k.name for k in await tenants.admin.list_api_keys("team-b")] == ["ci"]
+    assert (await tenants.a.get_project(project.id)).id == project.id  # not moved
 
 
 # --- every RPC with another tenant's ids -------------------------------------------------
@@ -344,6 +377,55 @@ async def test_move_renames_conflicting_personas_and_keeps_every_prompt(tenants:
     after = {p.name: p for p in await tenants.b.list_personas()}
     assert {n: after[n].system_prompt for n in b_personas} == b_personas  # B's own unchanged
     assert after["Cael"].builtin and after["helper"].role == "aide"
+
+
+async def test_move_renames_within_the_persona_name_limit_from_a_long_slug(
+    tenants: Tenants,
+) -> None:
+    """A source slug of 100 characters made ` (slug)` alone wider than a persona's name (100):
+    PostgreSQL failed the move (INTERNAL), SQLite stored names PutPersona would refuse. The
+    slug is cut, the name keeps at least half the room, the number stays."""
+    slug, long_name = "s" * 100, "L" * 100
+    await tenants.admin.create_tenant(slug, "Long")
+    source = RunsClient(
+        tenants.channel,
+        bearer_metadata((await tenants.admin.create_api_key(slug, "k")).secret),
+    )
+
+    async def project_naming(persona_names: list[str], prompt: str) -> str:
+        for name in persona_names:
+            await source.put_persona(pb.Persona(name=name, system_prompt=prompt))
+        project = await source.create_project(prompt)
+        steps = [
+            pb.StepSpec(name=f"s{i}", kind="llm", prompt="p", persona=n)
+            for i, n in enumerate(persona_names)
+        ]
+        await source.create_workflow("wf", steps, project_id=project.id)
+        return project.id
+
+    for name in ("reviewer", long_name):
+        await tenants.b.put_persona(pb.Persona(name=name, system_prompt="B's own."))
+    first = await project_naming(["reviewer", long_name], "first")
+    dry = await tenants.admin.move_project(
+        first, "team-b", dry_run=True, on_persona_conflict="rename"
+    )
+    moved = await tenants.admin.move_project(first, "team-b", on_persona_conflict="rename")
+    second = await project_naming(["reviewer"], "second")  # another prompt: numbered
+    again = await tenants.admin.move_project(second, "team-b", on_persona_conflict="rename")
+
+    renamed = {c.name: c.renamed_to for c in moved.conflicts}
+    assert [c.renamed_to for c in dry.conflicts] == [c.renamed_to for c in moved.conflicts]
+    assert renamed == {
+        "reviewer": "reviewer (" + "s" * 88 + "…)",
+        long_name: "L" * 49 + " (" + "s" * 47 + "…)",
+    }
+    assert [c.renamed_to for c in again.conflicts] == ["reviewer (" + "s" * 86 + "… 2)"]
+    after = {p.name: p.system_prompt for p in await tenants.b.list_personas()}
+    for name in [*renamed.values(), again.conflicts[0].renamed_to]:
+        assert len(name) == 100 and name in after
+        await tenants.b.put_persona(pb.Persona(name=name, system_prompt=after[name]))
+    assert after[renamed["reviewer"]] == "first" and after[renamed[long_name]] == "first"
+    assert after[again.conflicts[0].renamed_to] == "second" and after["reviewer"] == "B's own."
 
 
 async def test_move_keeps_the_target_s_personas_when_told(tenants: Tenants) -> None:

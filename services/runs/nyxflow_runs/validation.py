@@ -126,11 +126,19 @@ def fits(value: str, field: str, limit: int) -> str:
 
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")
+# A tenant's id: a tenant is named by "id or slug", so a slug shaped like one could be
+# another tenant's id (CreateApiKey for it would then reach that tenant).
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def slug(value: str, field: str) -> str:
     if not SLUG.fullmatch(value):
         raise InvalidArgument("lower-case letters, digits and '-', at most 100", field=field)
+    if UUID.fullmatch(value):
+        raise InvalidArgument(
+            "must not be shaped like a tenant id (a UUID): tenants are named by id or slug",
+            field=field,
+        )
     return value
 
 

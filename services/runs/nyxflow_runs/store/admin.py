@@ -309,12 +309,23 @@ class Admin(StoreBase):
 
     @staticmethod
     async def _tenant(session: AsyncSession, ref: str, field_name: str) -> Tenant:
-        tenant = await session.scalar(
-            select(Tenant).where(or_(Tenant.id == ref, Tenant.slug == ref))
-        )
-        if tenant is None:
+        """The tenant whose id or slug is `ref`. One whose slug is another's id (a slug shaped
+        like an id, stored before CreateTenant refused them) is refused, not guessed: the
+        first row found was taken, and a key could be issued to the other tenant."""
+        found = (
+            await session.scalars(
+                select(Tenant).where(or_(Tenant.id == ref, Tenant.slug == ref)).limit(2)
+            )
+        ).all()
+        if not found:
             raise NotFound(f"tenant {ref!r} not found", field=field_name)
-        return tenant
+        if len(found) > 1:
+            raise FailedPrecondition(
+                f"tenant {ref!r} is ambiguous: one tenant's id and another's slug (a slug "
+                "shaped like an id, refused since); that slug must be changed in the database",
+                field=field_name,
+            )
+        return found[0]
 
 
 def _moved(project_id: str) -> list[tuple[str, type[Base], ColumnElement[bool]]]:
@@ -446,15 +457,24 @@ def _free_name(
     taken: set[str],
 ) -> str:
     """`name (source-tenant)`, numbered if needed, that the target tenant does not use for
-    anything else (its own persona with the very same prompt and role is reused)."""
+    anything else (its own persona with the very same prompt and role is reused). Never
+    wider than personas.name: a slug of up to 100 characters alone outgrew it, so the slug
+    is cut (marked `…`) to leave the name half the room, and the name cut to what is left."""
     for n in range(1, 1000):
-        suffix = f" ({source_slug})" if n == 1 else f" ({source_slug} {n})"
-        candidate = name[: PERSONA_NAME_MAX - len(suffix)] + suffix
+        number = "" if n == 1 else f" {n}"
+        room = PERSONA_NAME_MAX - len(f" ({number})")  # for the name and the slug
+        slug = _cut(source_slug, max(room - len(name), min(len(source_slug), room // 2)))
+        candidate = name[: room - len(slug)] + f" ({slug}{number})"
         if candidate in theirs and theirs[candidate].same(mine):
             return candidate
         if candidate not in taken:
             return candidate
     raise FailedPrecondition(f"no free name for persona {name!r} in the target tenant")
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text`, or its first characters and `…` if it is longer than `limit`."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def _apply_personas(
