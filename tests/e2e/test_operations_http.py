@@ -136,7 +136,7 @@ async def test_retry_with_a_raised_limit_over_http(
 
     for body, field in [
         ({"max_tokens": 0}, "max_tokens"),
-        ({"providers": ["local", "nope"]}, "providers.names[1]"),
+        ({"providers": ["local", "nope"]}, "providers[1]"),
     ]:
         refused = await http.post(f"/v1/steps/{step['id']}/retry", json=body, headers=headers)
         assert refused.status_code == 400, refused.text

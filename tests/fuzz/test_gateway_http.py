@@ -147,3 +147,56 @@ async def test_events_without_a_key(http: httpx.AsyncClient) -> None:
     run = await finished_run(http)
     response = await events(http, run["id"], headers={"Authorization": "", "Last-Event-ID": "x"})
     assert response.status_code in (400, 401), response.text
+
+
+# --- the field a 400 names is the one the client sent, not the gRPC message's -----------------
+
+
+async def llm_step_id(http: httpx.AsyncClient) -> str:
+    step = {"name": "a", "kind": "llm", "prompt": "hi", "provider": "local"}
+    created = await http.post("/v1/workflows", json={"name": "fields", "steps": [step]})
+    assert created.status_code == 201, created.text
+    step_id: str = created.json()["steps"][0]["id"]
+    return step_id
+
+
+@pytest.mark.parametrize(
+    ("providers", "field"),
+    [
+        (["local", "bogus"], "providers[1]"),  # unknown
+        (["local:\x00"], "providers[0]"),  # NUL
+        (["local:" + "m" * 200], "providers[0]"),  # too long
+        (["local"] * 9, "providers"),  # a longer chain than a step may have
+    ],
+)
+async def test_retry_names_the_providers_sent(
+    http: httpx.AsyncClient, providers: list[str], field: str
+) -> None:
+    """RetryStep carries the chain in a message (set, or not): its `names` are the body's
+    `providers`."""
+    step_id = await llm_step_id(http)
+    response = await http.post(f"/v1/steps/{step_id}/retry", json={"providers": providers})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "field"),
+    [
+        ("p", {"system_prompt": "   "}, "system_prompt"),  # blank
+        ("p", {"system_prompt": "x\x00"}, "system_prompt"),  # NUL
+        ("p", {"role": "\x00", "system_prompt": "x"}, "role"),  # NUL
+        ("%20", {"system_prompt": "x"}, "name"),  # blank
+        ("a%09b", {"system_prompt": "x"}, "name"),  # not one line
+        ("n" * 101, {"system_prompt": "x"}, "name"),  # too long
+        ("a%00b", {"system_prompt": "x"}, "name"),  # NUL
+    ],
+)
+async def test_put_persona_names_the_field_sent(
+    http: httpx.AsyncClient, name: str, body: dict[str, str], field: str
+) -> None:
+    """PutPersona wraps the path's name and the body in one message, `persona`: its fields are
+    the path's and the body's own."""
+    response = await http.put(f"/v1/personas/{name}", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["field"] == field

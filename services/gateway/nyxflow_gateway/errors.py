@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +18,10 @@ from nyxflow.templates import field_path
 
 log = logging.getLogger(__name__)
 SOURCES = ("body", "query", "path", "header", "cookie")
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+# The routes whose gRPC request is not shaped as their HTTP request: each gRPC field path (its
+# leading part; `[]` stands for any index) and the HTTP one it is sent as (sent_as).
+_SENT_AS: dict[Callable[..., Any], tuple[tuple[re.Pattern[str], str], ...]] = {}
 
 
 class Error(BaseModel):
@@ -51,17 +57,54 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def response(error: NyxflowError) -> JSONResponse:
+def sent_as(fields: Mapping[str, str]) -> Callable[[Endpoint], Endpoint]:
+    """Declares, below a route's decorator, how its gRPC request wraps what the client sent:
+    the services name the message's fields, and the error handler answers with the client's.
+    {"persona": ""}: the body and path sent as the message's `persona` ("persona.name" is the
+    path's "name"); {"providers.names": "providers"}: a list sent inside a message;
+    {"steps[].params_json": "steps[].params"}: a field renamed."""
+    if any(grpc.count("[]") != http.count("[]") for grpc, http in fields.items()):
+        raise ValueError(f"each `[]` names an index on both sides: {fields}")
+    renames = tuple((_pattern(grpc), http) for grpc, http in fields.items())
+
+    def declare(endpoint: Endpoint) -> Endpoint:
+        _SENT_AS[endpoint] = renames
+        return endpoint
+
+    return declare
+
+
+def _pattern(path: str) -> re.Pattern[str]:
+    """The gRPC path and any path inside it: "steps[]" matches "steps[2]" and "steps[2].x",
+    never "steps_x"."""
+    return re.compile(re.escape(path).replace(r"\[\]", r"(\[\d+\])") + r"(?=$|[.\[])")
+
+
+def http_field(field: str | None, endpoint: Any) -> str | None:
+    """The field as the client sent it to `endpoint`, for one the services named."""
+    if not field or not callable(endpoint):
+        return field
+    for pattern, http in _SENT_AS.get(endpoint, ()):
+        if match := pattern.match(field):
+            first, *parts = http.split("[]")  # each `[]` takes the index the services named
+            sent = first + "".join(i + p for i, p in zip(match.groups(), parts, strict=True))
+            rest = field[match.end() :]
+            # A message that wraps the whole body: its fields are the body's own.
+            return sent + rest if sent else rest.removeprefix(".") or "body"
+    return field
+
+
+def response(error: NyxflowError, field: str | None = None) -> JSONResponse:
     code = error.code.name.lower()
     # Too large for a gRPC message: the request's body as a whole is what is refused.
-    field = error.field or ("body" if isinstance(error, ResourceExhausted) else None)
+    field = field or error.field or ("body" if isinstance(error, ResourceExhausted) else None)
     return JSONResponse(error_body(code, error.message, field), status_code=error.http_status)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(NyxflowError)
-    async def nyxflow_error(_: Request, error: NyxflowError) -> JSONResponse:
-        return response(error)
+    async def nyxflow_error(request: Request, error: NyxflowError) -> JSONResponse:
+        return response(error, http_field(error.field, request.scope.get("endpoint")))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:

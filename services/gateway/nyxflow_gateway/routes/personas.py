@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from nyxflow.v1 import common_pb2 as pb
-from nyxflow_gateway import convert
+from nyxflow_gateway import convert, errors
 from nyxflow_gateway.deps import Clients
 
 router = APIRouter(prefix="/v1/personas", tags=["personas"])
@@ -25,6 +25,7 @@ async def list_personas(services: Clients) -> dict[str, Any]:
 
 
 @router.put("/{name}")
+@errors.sent_as({"persona": ""})  # PutPersonaRequest.persona: the path's name and the body
 async def put_persona(name: str, body: PersonaBody, services: Clients) -> dict[str, Any]:
     persona = pb.Persona(name=name, role=body.role, system_prompt=body.system_prompt)
     return convert.persona(await services.runs.put_persona(persona))

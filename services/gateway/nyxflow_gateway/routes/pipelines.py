@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, StrictInt
 from nyxflow.errors import ResourceExhausted
 from nyxflow.templates import Text
 from nyxflow.v1 import runs_pb2
-from nyxflow_gateway import convert
+from nyxflow_gateway import convert, errors
 from nyxflow_gateway.deps import Clients
 
 router = APIRouter(tags=["pipelines"])
@@ -30,6 +30,7 @@ class PipelineBody(BaseModel):
 
 
 @router.post("/v1/repositories/{repository_id}/pipelines", status_code=201)
+@errors.sent_as({"params_json": "params"})
 async def start_pipeline(
     repository_id: str, body: PipelineBody, services: Clients
 ) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, StrictBool, StrictInt
 
 from nyxflow.templates import INT32_MAX, Text
-from nyxflow_gateway import convert
+from nyxflow_gateway import convert, errors
 from nyxflow_gateway.deps import Clients
 
 router = APIRouter(prefix="/v1/steps", tags=["steps"])
@@ -32,6 +32,7 @@ class SelectBody(BaseModel):
 
 
 @router.post("/{step_id}/retry", status_code=201)
+@errors.sent_as({"providers.names": "providers"})  # a ProviderChain: set, or not
 async def retry_step(
     step_id: str, services: Clients, body: RetryBody | None = None
 ) -> dict[str, Any]:

@@ -11,10 +11,12 @@ from pydantic import BaseModel, Field
 from nyxflow.errors import InvalidArgument, ResourceExhausted
 from nyxflow.grpc_server import CHANNEL_OPTIONS
 from nyxflow.templates import WorkflowTemplate, parse_template
-from nyxflow_gateway import convert
+from nyxflow_gateway import convert, errors
 from nyxflow_gateway.deps import Clients
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
+# A template's steps are StepSpecs, with their params as JSON text.
+SENT_AS = errors.sent_as({"steps[].params_json": "steps[].params"})
 MAX_TEMPLATE_BYTES = 1_000_000
 MAX_MESSAGE_BYTES = int(dict(CHANNEL_OPTIONS)["grpc.max_send_message_length"])
 
@@ -35,6 +37,7 @@ async def _create(services: Clients, template: WorkflowTemplate) -> dict[str, An
 
 
 @router.post("", status_code=201)
+@SENT_AS
 async def create_workflow(body: WorkflowTemplate, services: Clients) -> dict[str, Any]:
     return await _create(services, body)
 
@@ -46,6 +49,7 @@ async def create_workflow(body: WorkflowTemplate, services: Clients) -> dict[str
         "requestBody": {"content": {"application/yaml": {"schema": {"type": "string"}}}}
     },
 )
+@SENT_AS
 async def import_workflow(request: Request, services: Clients) -> dict[str, Any]:
     """Create from a template's text, YAML or JSON, as pasted or read from a file."""
     raw = bytearray()
