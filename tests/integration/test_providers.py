@@ -469,6 +469,26 @@ async def test_a_fan_out_names_every_provider_its_items_were_served_by(
     assert fanned.served_by == "anthropic:claude, google:gemini"
 
 
+async def test_an_alternative_cut_at_max_tokens_is_announced(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """Only the selected alternative's cut had an event: another one, cut, was stored so but
+    said nothing until it was chosen, and then nothing either."""
+    fake.script(
+        "anthropic", Reply(text="a whole answer"), Reply(text="a cut answer", finish="max_tokens")
+    )
+
+    run, events = await run_steps(
+        fake_api, step("Draft", ["anthropic:claude"], alternatives=2, max_tokens=100)
+    )
+
+    assert run.status == ev.COMPLETED, run.error
+    cut = [a.index for a in run.steps[0].alternatives if a.truncated]
+    assert len(cut) == 1
+    (completed,) = of_type(events, ev.STEP_COMPLETED)
+    assert completed["truncated_alternatives"] == cut
+
+
 async def test_the_generated_consistency_check_falls_back_to_the_workflows_chain(
     fake_api: Clients, fake: FakeProviders
 ) -> None:

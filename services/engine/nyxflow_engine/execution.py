@@ -17,6 +17,7 @@ from nyxflow.tasks import cancel_and_wait
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_engine.cut_off import Outputs
+from nyxflow_engine.providers.base import Completion
 from nyxflow_engine.providers.registry import Providers
 from nyxflow_engine.settings import EngineSettings
 from nyxflow_engine.steps.context import PauseRequested, StepContext, StepResult
@@ -335,6 +336,8 @@ class Execution:
                 output_tokens=result.output_tokens,
                 served_by=result.served_by,
                 alternatives=len(result.alternatives),
+                # The others are kept to choose from: one cut off must say so before it is.
+                **({"truncated_alternatives": alts} if (alts := _cut(result.alternatives)) else {}),
                 **result.extra,
             )
         )
@@ -363,3 +366,7 @@ class Execution:
         # A result costs a model call to redo: it is committed before the next step starts
         # (the last one's, with the run's end).
         await self.writer.step(step.id, change, *drafts, durable=durable)
+
+
+def _cut(alternatives: Sequence[Completion]) -> list[int]:
+    return [i for i, c in enumerate(alternatives) if c.truncated]
