@@ -7,7 +7,11 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+from sqlalchemy import text
+
 from nyxflow import events as ev
+from nyxflow.errors import FailedPrecondition
 from nyxflow.v1 import common_pb2 as pb
 from tests.support.direct import direct
 from tests.support.eventually import eventually
@@ -179,14 +183,9 @@ async def test_a_half_done_fan_out_takes_its_items_from_the_chosen_alternative(
     assert sorted(p["index"] for p in progress) == [0, 1, 2]
 
 
-async def test_a_chosen_plan_replaces_the_prompts_generated_from_the_old_one(
-    api: Clients,
-) -> None:
-    """A finished plan's other alternative chosen: its prompts (and the check over them) were
-    those of the first plan, completed, and stayed so; the workflow read completed with a plan
-    that made no prompts. They go at once, a paused run tells what went, and resume generates
-    and runs the chosen plan's prompts."""
-    plan = pb.StepSpec(
+def plan_with_alternatives() -> pb.StepSpec:
+    """A synthesis whose two alternatives are two plans, each generating its prompts."""
+    return pb.StepSpec(
         name="Plan",
         kind="synthesis",
         prompt="Plan the work.",
@@ -194,6 +193,16 @@ async def test_a_chosen_plan_replaces_the_prompts_generated_from_the_old_one(
         generates="implementation_prompt",
         params_json=json.dumps({"items": 3, "tokens": 30}),
     )
+
+
+async def test_a_chosen_plan_replaces_the_prompts_generated_from_the_old_one(
+    api: Clients,
+) -> None:
+    """A finished plan's other alternative chosen: its prompts (and the check over them) were
+    those of the first plan, completed, and stayed so; the workflow read completed with a plan
+    that made no prompts. They go at once, a paused run tells what went, and resume generates
+    and runs the chosen plan's prompts."""
+    plan = plan_with_alternatives()
     workflow = await api.runs.create_workflow("plan-alt", [plan], consistency_check=True)
     first = await api.runs.create_run(workflow.id)
     await execute(api, first.id)
@@ -232,6 +241,64 @@ async def test_a_chosen_plan_replaces_the_prompts_generated_from_the_old_one(
     assert [s.kind for s in done.steps][-1] == "consistency_check"
     assert not {s.id for s in done.steps} & {s.id for s in old_block}
     assert done.steps[0].output == chosen and done.steps[0].selected_index == 1
+
+
+async def test_a_run_asked_for_after_a_plan_was_chosen_generates_its_prompts(
+    api: Clients,
+) -> None:
+    """Every step left was completed, so "Run" was refused as having nothing to do (and sent
+    the user to a re-run, which throws every result away) while the chosen plan's prompts
+    were still to generate."""
+    plan = plan_with_alternatives()
+    workflow = await api.runs.create_workflow("plan-run", [plan])
+    first = await api.runs.create_run(workflow.id)
+    await execute(api, first.id)
+    ran = await api.runs.get_run(first.id)
+    await api.runs.select_alternative(ran.steps[0].id, 1)
+
+    again = await api.runs.create_run(workflow.id)
+    await execute(api, again.id)
+
+    done = await api.runs.get_run(again.id)
+    assert done.status == ev.COMPLETED, done.error
+    prompts = [s for s in done.steps if s.kind == "implementation_prompt"]
+    assert [s.name.split(": ", 1)[-1] for s in prompts] == headings(done.steps[0].output)
+    with pytest.raises(FailedPrecondition, match="nothing to run"):
+        await api.runs.create_run(workflow.id)  # and now there is nothing left to do
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_two_alternatives_chosen_at_once_keep_the_later(
+    api: Clients, database_url: str
+) -> None:
+    """The step was read before the workflow's lock: the second choice, waiting behind the
+    first, compared with the output before it, found nothing to change and stored nothing,
+    yet answered that its alternative was in use."""
+    draft = pb.StepSpec(
+        name="Draft",
+        kind="llm",
+        prompt="Write.",
+        alternatives=3,
+        params_json=json.dumps({"tokens": 8}),
+    )
+    workflow = await api.runs.create_workflow("alts", [draft])
+    run = await api.runs.create_run(workflow.id)
+    await execute(api, run.id)
+    step = (await api.runs.get_run(run.id)).steps[0]
+    async with direct(database_url) as db, db.sessions.begin() as session:
+        # Held as any operation on the workflow holds it: both choices wait, in order.
+        await session.execute(
+            text("SELECT id FROM workflows WHERE id = :id FOR UPDATE"), {"id": workflow.id}
+        )
+        first = asyncio.create_task(api.runs.select_alternative(step.id, 1))
+        await asyncio.sleep(0.3)
+        second = asyncio.create_task(api.runs.select_alternative(step.id, 0))
+        await asyncio.sleep(0.3)
+    assert (await first).selected_index == 1
+    assert (await second).selected_index == 0
+
+    stored = (await api.runs.get_workflow(workflow.id)).steps[0]
+    assert (stored.selected_index, stored.output) == (0, step.alternatives[0].output)
 
 
 TOPICS = "## Alpha\nalpha body\n\n## Beta\nbeta body\n\n## Gamma\ngamma body\n"

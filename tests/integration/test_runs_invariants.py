@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import select
 
 from nyxflow import events as ev
-from nyxflow.auth import INTERNAL, internal_metadata
-from nyxflow.client import RunsClient
+from nyxflow.auth import INTERNAL, bearer_metadata, internal_metadata
+from nyxflow.client import AdminClient, RunsClient
 from nyxflow.constants import MAX_STEPS
 from nyxflow.errors import (
     FailedPrecondition,
@@ -33,7 +33,7 @@ from nyxflow.v1 import runs_pb2
 from nyxflow_runs.models import Step
 from tests.support.direct import Direct, direct
 from tests.support.eventually import eventually
-from tests.support.inprocess import SECRET, Clients, clients, runs_service
+from tests.support.inprocess import ADMIN_KEY, SECRET, Clients, clients, runs_service
 from tests.support.workflows import chain, complete, llm_step
 
 OWNER = "engine-under-test"
@@ -433,6 +433,31 @@ async def test_create_run_sweeps_the_workflows_stale_run_first(database_url: str
             (2, ev.RUN_FAILED),
         ]
         await assert_stale(engine, claim.run, claim.token)
+
+
+@pytest.mark.parametrize("operation", ["resume_workflow", "rerun_workflow"])
+async def test_another_tenants_resume_or_rerun_sweeps_nothing(
+    database_url: str, operation: str
+) -> None:
+    """NotFound came after the sweep of the workflow named: another tenant's id failed the
+    owner's orphan early, an answer unlike a missing id's."""
+    async with (
+        runs_service(database_url, sweep_interval_s=3600) as settings,
+        clients(settings.runs_listen) as api,
+        direct(database_url) as db,
+    ):
+        admin = AdminClient(api.runs_channel, bearer_metadata(ADMIN_KEY))
+        await admin.create_tenant("team-b", "Team B")
+        other = api.as_key((await admin.create_api_key("team-b", "k")).secret)
+        workflow = await api.runs.create_workflow("stale", chain(1))
+        old = await api.runs.create_run(workflow.id)
+        assert (await as_engine(api, old.tenant_id).claim_run(old.id, OWNER, 0.3)).won
+        await eventually(lambda: db.expired_leases([old.id]), lambda n: n == 1, timeout_s=2.0)
+
+        with pytest.raises(NotFound):
+            await getattr(other, operation)(workflow.id)
+
+        assert (await api.runs.get_run(old.id, brief=True)).status == ev.RUNNING
 
 
 # --- WatchRun ----------------------------------------------------------------------------------

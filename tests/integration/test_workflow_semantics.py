@@ -651,6 +651,19 @@ async def test_personas_reach_the_provider(api: Clients) -> None:
     assert run.steps[0].input_tokens == run.steps[1].input_tokens + 3
 
 
+async def test_a_persona_is_stored_as_it_was_checked(api: Clients) -> None:
+    """The role's length was checked stripped and stored as sent: 200 characters and three
+    spaces passed, answered 203 and were cut to 200 by PostgreSQL (SQLite kept 203)."""
+    role = "r" * 200
+    saved = await api.runs.put_persona(
+        pb.Persona(name="  Padded ", role=f" {role}  ", system_prompt="p")
+    )
+
+    assert (saved.name, saved.role) == ("Padded", role)
+    (stored,) = [p for p in await api.runs.list_personas() if p.name == "Padded"]
+    assert stored.role == role
+
+
 # --- validation -------------------------------------------------------------------------------
 
 

@@ -196,9 +196,14 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
 
     async def PutPersona(self, request: runs_pb2.PutPersonaRequest, context: Ctx) -> pb.Persona:
         tenant = await self._tenant(request, context)
-        valid.single_line(valid.text(request.persona.name, "persona.name", 100), "persona.name")
-        valid.text(request.persona.role, "persona.role", 200, required=False)
-        return await self._store.put_persona(tenant, request.persona)
+        persona = pb.Persona()
+        persona.CopyFrom(request.persona)
+        persona.name = valid.single_line(
+            valid.text(persona.name, "persona.name", 100), "persona.name"
+        )
+        # Stored as checked: a role of 200 characters and a space passed, and was cut.
+        persona.role = valid.text(persona.role, "persona.role", 200, required=False)
+        return await self._store.put_persona(tenant, persona)
 
     # --- runs and operations ------------------------------------------------------------
 

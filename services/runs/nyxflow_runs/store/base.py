@@ -195,11 +195,18 @@ class StoreBase:
         session: AsyncSession, previous: Run | None, workflow_id: str
     ) -> None:
         """A new run of a workflow whose every step is completed would execute nothing and
-        read `completed`: it passed for work done. (A first run always has work.)"""
+        read `completed`: it passed for work done. (A first run always has work, and so has
+        a completed synthesis whose steps are still to generate: another alternative chosen
+        dropped them, or the engine stopped in between.)"""
         if previous is None:
             return
         left = select(Step.id).where(Step.workflow_id == workflow_id, Step.status != ev.COMPLETED)
-        if await session.scalar(left.limit(1)) is None:
+        if await session.scalar(left.limit(1)) is not None:
+            return
+        steps = await StoreBase._steps(session, workflow_id, brief=True)
+        if not any(
+            (s.config or {}).get("generates") and not generated_block(steps, s) for s in steps
+        ):
             raise FailedPrecondition(
                 f"workflow {workflow_id} has every step completed: nothing to run "
                 "(a re-run runs every step again)"

@@ -115,6 +115,9 @@ class Operations(StoreBase):
         async with self._scoped(tenant_id, write=True) as session:
             step = await self._step(session, tenant_id, step_id)
             await self._workflow(session, tenant_id, step.workflow_id, lock=True)
+            # Read again under the lock: a choice made meanwhile, read before it, passed for
+            # this one's (same output, nothing to do), which was answered and never stored.
+            await session.refresh(step)
             await self._require_idle(session, step.workflow_id)
             alternatives: list[dict[str, Any]] = list(step.alternatives_out or [])
             if step.status != ev.COMPLETED or not alternatives:
@@ -148,6 +151,9 @@ class Operations(StoreBase):
     async def _new_run(self, tenant_id: str, workflow_id: str, change: Any) -> pb.Run:
         """Under the workflow's lock of 'no active run': apply `change`, then queue a run whose
         first event records what was done."""
+        async with self._scoped(tenant_id) as session:
+            # NotFound before any write: another tenant's id swept that tenant's runs.
+            await self._workflow(session, tenant_id, workflow_id)
         await self.sweep_orphans_all_tenants(workflow_id=workflow_id)
         try:
             async with self._scoped(tenant_id, write=True) as session:
