@@ -54,3 +54,21 @@ async def test_the_output_lists_the_most_severe_findings_in_brief() -> None:
     assert report["findings"][0]["message"] == "drops the table"
     assert report["count"] == 201 and report["listed"] == len(report["findings"]) == 200
     assert max(len(f["message"]) for f in report["findings"]) == 501  # 500 and "…"
+
+
+async def test_brackets_nested_deeper_than_the_decoder_goes_are_skipped() -> None:
+    """A model's answer may hold thousands of `[` (its prose, a cut-off dump): decoding them
+    raised RecursionError, which failed the step and lost the findings around them."""
+
+    async def save(_: Sequence[pb.Artifact], __: Sequence[pb.Finding]) -> None:
+        return None
+
+    first = '[{"file": "a.py", "line": 1, "severity": "high", "message": "m"}]'
+    closed = "[" * 5_000 + '"]]] in a string", {"x": 1}' + "]" * 5_000
+    later = '[{"file": "b.py", "line": 2, "message": "after the closed nesting"}]'
+    prompt = f"{first}\nThe nesting I saw: {closed}\n{later}\nand unclosed: " + "[" * 100_000
+
+    report = json.loads(await collect_findings(ToolCall({}, prompt, save)))
+
+    assert report["count"] == 2
+    assert [f["file"] for f in report["findings"]] == ["a.py", "b.py"]

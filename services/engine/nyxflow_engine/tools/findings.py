@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -16,8 +18,15 @@ LISTED = 200
 LISTED_MESSAGE = 500
 
 
+# What moves a bracket's depth: a JSON string (its brackets are text), or a bracket.
+_DEPTH_TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"|[\[\]{}]')
+
+
 def json_values(text: str) -> list[Any]:
-    """Every JSON array or object embedded in model output (fenced or not), in order."""
+    """Every JSON array or object embedded in model output (fenced or not), in order. One
+    nested deeper than the decoder can go (a RecursionError: "[[[[…" in an answer) is skipped
+    whole, up to where its brackets close, or to the end: retried one bracket further each
+    time, thousands of them cost seconds each run, and none of it is a finding."""
     decoder = json.JSONDecoder()
     values: list[Any] = []
     position = 0
@@ -31,9 +40,26 @@ def json_values(text: str) -> list[Any]:
         except json.JSONDecodeError:
             position = start + 1
             continue
+        except RecursionError:
+            position = _closed(text, start)
+            continue
         values.append(value)
         position = end
     return values
+
+
+def _closed(text: str, start: int) -> int:
+    """Where the brackets opened at `start` are closed again (the end if never)."""
+    depth = 0
+    for token in _DEPTH_TOKENS.finditer(text, start):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            depth += 1
+        elif bracket in ("]", "}"):
+            depth -= 1
+            if depth <= 0:
+                return token.end()
+    return len(text)
 
 
 def finding(value: Any) -> pb.Finding | None:
@@ -53,7 +79,8 @@ def finding(value: Any) -> pb.Finding | None:
 async def collect_findings(call: ToolCall) -> str:
     found: list[pb.Finding] = []
     dropped = 0  # beyond MAX_FINDINGS: counted, so the report can say what it left out
-    for value in json_values(call.prompt):
+    # A long answer takes a while to read: not on the loop every run's events go through.
+    for value in await asyncio.to_thread(json_values, call.prompt):
         for entry in value if isinstance(value, list) else [value]:
             if (item := finding(entry)) is None:
                 continue
