@@ -225,3 +225,35 @@ async def test_a_bare_diff_of_an_answer_cut_off_is_never_applied(tmp_path: Path)
 
     report, _ = await _review(repo, first_hunk)  # no mark: an answer that ended there
     assert _files(report["accepted"]) == [["util.py"]]
+
+
+async def test_a_hunk_whose_header_miscounts_its_lines_is_applied(tmp_path: Path) -> None:
+    """Models miscount a hunk's lengths: `@@ -1,6 +1,6 @@` over five lines was "corrupt
+    patch", and a right change rejected. The lines are counted as they are."""
+    repo = planted_repo(tmp_path)
+    miscounted = GOOD_DIFF.replace("@@ -1,5 +1,5 @@", "@@ -1,6 +1,6 @@")
+
+    report, patch = await _review(repo, miscounted)
+
+    assert _files(report["accepted"]) == [["calc.py"]], report
+    (tmp_path / "fix.patch").write_text(patch)
+    git(repo, "apply", str(tmp_path / "fix.patch"))
+    assert "return a + b" in (repo / "calc.py").read_text()
+
+
+async def test_a_nested_repository_the_tests_made_is_removed_before_the_next_diff(
+    tmp_path: Path,
+) -> None:
+    """`git clean -fdx` leaves a nested repository (a git tool's suite makes fixtures so):
+    the next diff's tests found it there and failed."""
+    repo = planted_repo(tmp_path)
+    util_diff = (
+        "```diff\n--- a/util.py\n+++ b/util.py\n@@ -1,2 +1,2 @@\n def shout(text):\n"
+        "-    return text.upper()\n+    return text.upper() + '!'\n```\n"
+    )
+    command = "sh -c 'mkdir fixture && git init -q fixture'"
+
+    report, patch = await _review(repo, f"{GOOD_DIFF}\n\n{util_diff}", test_command=command)
+
+    assert _files(report["accepted"]) == [["calc.py"], ["util.py"]], report["rejected"]
+    assert "fixture" not in patch

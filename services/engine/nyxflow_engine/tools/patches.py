@@ -121,8 +121,10 @@ async def _review(clone: Path, diffs: list[Proposed], tests: Tests) -> tuple[dic
         # What a rejected diff is undone to: undoing it by `apply -R` would search for the
         # place again, and could find another one.
         before = (await _git(clone, "write-tree")).strip() if command else ""
-        # Into the index too: the index holds the accepted diffs and nothing else.
-        applied = await run(clone, *GIT, "apply", "--index", "-", stdin=diff.encode())
+        # Into the index too: the index holds the accepted diffs and nothing else. --recount:
+        # models miscount a hunk's lines (`@@ -1,6 +1,6 @@` over five), which git calls a
+        # corrupt patch; the lines are read as they are.
+        applied = await run(clone, *GIT, "apply", "--index", "--recount", "-", stdin=diff.encode())
         if applied.code != 0:
             rejected.append({**entry, "reason": f"does not apply: {_tail(applied.output)}"})
             continue
@@ -190,7 +192,9 @@ async def _restore(clone: Path, tree: str | None) -> None:
 
 
 async def _put_back(clone: Path, tree: str | None) -> None:
-    await _git(clone, "clean", "-fdxq")
+    # -f twice: a nested repository the tests made (a git tool's fixtures) goes too; with one,
+    # clean leaves it, and the next diff's tests find it there.
+    await _git(clone, "clean", "-ffdxq")
     if tree:
         await _git(clone, "read-tree", "--reset", "-u", tree)
     else:
