@@ -246,3 +246,20 @@ async def test_an_import_that_is_not_utf8_is_refused_naming_the_byte(
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["field"] == "template"
     assert "not UTF-8 text (byte 9)" in refused.json()["error"]["message"]
+
+
+async def test_a_project_name_taken_is_a_409_naming_the_name(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """A name another project of the tenant has is a conflict with what exists (409), not a
+    malformed request (400), and the error says which field."""
+    body = {"name": "Named twice"}
+    created = await http.post("/v1/projects", json=body, headers=stack.headers)
+    assert created.status_code == 201, created.text
+
+    again = await http.post("/v1/projects", json=body, headers=stack.headers)
+
+    assert again.status_code == 409, again.text
+    error = again.json()["error"]
+    assert (error["code"], error["field"]) == ("already_exists", "name")
+    assert "Named twice" in error["message"]

@@ -173,6 +173,22 @@ async def test_release_hands_a_resumable_run_over_and_pauses_any_other(
     assert [e.type for e in await watch_all(runs.runs, other.id)][-1] == ev.RUN_PAUSED
 
 
+async def test_a_pending_run_never_claimed_is_not_listed_for_adoption(runs: Clients) -> None:
+    """Only a run handed back waits for an adopter: one still waiting for its first start is
+    the Execute caller's (the gateway starts it as a browser connects), and an adopter that
+    took it would start what nobody asked to run yet."""
+    fresh = await runs.runs.create_workflow("fresh", chain(1), on_orphan="resume")
+    never_claimed = await runs.runs.create_run(fresh.id)  # the older of the two
+    run = await resumable_run(runs)
+    engine, _, token = await claim(runs, run, ttl_s=30)
+    assert (await engine.release_run(run.id, token, "engine shut down")).status == ev.PENDING
+
+    waiting = await adopter(runs).list_requeued_runs()
+
+    assert (await runs.runs.get_run(never_claimed.id)).status == ev.PENDING
+    assert [(r.run_id, r.tenant_id) for r in waiting] == [(run.id, run.tenant_id)]
+
+
 async def test_requeue_calls_are_the_engines_alone(runs: Clients) -> None:
     run = await resumable_run(runs)
     with pytest.raises(Unauthenticated):

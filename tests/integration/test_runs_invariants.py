@@ -1058,21 +1058,22 @@ async def test_a_run_completed_with_a_step_the_batch_fails_is_refused(runs: Clie
         assert [s.status for s in stored.steps] == [ev.COMPLETED, ev.COMPLETED]
 
 
+def item_write(step_id: str, output: str, input_hash: str) -> runs_pb2.WriteOp:
+    """Item 0 of a fan-out step, made from `input_hash`."""
+    written = pb.StepItem(index=0, heading="h", output=output, input_hash=input_hash)
+    return runs_pb2.WriteOp(item=runs_pb2.ItemWrite(step_id=step_id, item=written))
+
+
 async def test_an_item_written_twice_in_a_batch_keeps_what_order_says(runs: Clients) -> None:
     """Item writes apply in order: a second from another input replaces the first, one from
     the same input keeps it, as with separate batches."""
     engine, run, token = await claimed(runs)
     first, second = (s.id for s in run.steps)
-
-    def item(step_id: str, output: str, input_hash: str) -> runs_pb2.WriteOp:
-        written = pb.StepItem(index=0, heading="h", output=output, input_hash=input_hash)
-        return runs_pb2.WriteOp(item=runs_pb2.ItemWrite(step_id=step_id, item=written))
-
     ops = [
-        item(first, "from the old input", "a" * 64),
-        item(first, "from the new input", "b" * 64),
-        item(second, "the first of one input", "c" * 64),
-        item(second, "the second of one input", "c" * 64),
+        item_write(first, "from the old input", "a" * 64),
+        item_write(first, "from the new input", "b" * 64),
+        item_write(second, "the first of one input", "c" * 64),
+        item_write(second, "the second of one input", "c" * 64),
     ]
     batch = runs_pb2.RecordRequest(run_id=run.id, token=token, ops=ops, batch_id="items")
 
@@ -1084,6 +1085,25 @@ async def test_an_item_written_twice_in_a_batch_keeps_what_order_says(runs: Clie
         ["from the new input"],
         ["the first of one input"],
     ]
+
+
+async def test_an_item_written_again_from_the_same_input_in_another_batch_keeps_the_first(
+    runs: Clients,
+) -> None:
+    """Two batches, each alone in its RecordMany (on PostgreSQL, each the hot path's upsert),
+    write one item from the same input, as a fan-out item done again after its write's
+    answer was lost: the second changes nothing, the first stays as stored."""
+    engine, run, token = await claimed(runs)
+    step_id = run.steps[0].id
+    for batch_id, output in (("first", "the first answer"), ("again", "a second answer")):
+        ops = [item_write(step_id, output, "c" * 64)]
+        batch = runs_pb2.RecordRequest(run_id=run.id, token=token, ops=ops, batch_id=batch_id)
+
+        (result,) = (await engine.record_many([batch])).results
+
+        assert result.code == 0, result.message
+    stored = await runs.runs.get_run(run.id)
+    assert [(i.index, i.output) for i in stored.steps[0].items] == [(0, "the first answer")]
 
 
 async def test_a_brief_get_run_is_the_run_without_its_steps(api: Clients) -> None:

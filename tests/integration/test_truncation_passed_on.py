@@ -7,9 +7,10 @@ from __future__ import annotations
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.cut_off import CUT_OFF, marked
+from tests.integration.test_workflow_semantics import paused_at
 from tests.support.fake_providers import FakeProviders, Reply
 from tests.support.inprocess import Clients
-from tests.support.provider_runs import run_steps, step
+from tests.support.provider_runs import of_type, run_steps, step
 
 CUT = "# Plan\n\n1. build the parser\n2. wire the "
 WHOLE = "Keep the public API."
@@ -24,6 +25,15 @@ def prompt_of(fake: FakeProviders, index: int) -> str:
 
 def uses(name: str, prompt: str) -> pb.StepSpec:
     return pb.StepSpec(name=name, kind="llm", prompt=prompt, providers=OPENAI)
+
+
+def each_in_turn() -> pb.StepSpec:
+    """A fan-out `Each` over `Source`, one item at a time: the scripted answers go to the
+    items in order."""
+    each = pb.StepSpec(name="Each", kind="fan_out", prompt="{{ item }}", source="Source")
+    each.providers.extend(OPENAI)
+    each.concurrency = 1
+    return each
 
 
 async def cut_then_whole(
@@ -102,17 +112,47 @@ async def test_a_fan_outs_output_marked_by_item_is_not_marked_again(
         Reply(text="item B"),
         Reply(text="summed"),
     )
-    # One item at a time: the scripted answers go to the items in order.
-    each = pb.StepSpec(name="Each", kind="fan_out", prompt="{{ item }}", source="Source")
-    each.providers.extend(OPENAI)
-    each.concurrency = 1
     use = uses("Use", "Sum up:\n{{ steps.Each.output }}")
 
-    run, _ = await run_steps(fake_api, step("Source", OPENAI), each, use)
+    run, _ = await run_steps(fake_api, step("Source", OPENAI), each_in_turn(), use)
 
     assert run.status == ev.COMPLETED, run.error
     assert run.steps[1].truncated
     assert prompt_of(fake, -1) == f"Sum up:\n{marked('item A, cut')}\n\nitem B"
+
+
+async def test_a_fan_out_resumed_after_its_cut_item_was_stored_is_still_truncated(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """Item A stopped at max_tokens and was stored before the run paused; resumed, only the
+    missing item runs. A's stored flag still makes the step truncated, names it in
+    step_truncated and marks it where it is in the joined output: it does not pass for a
+    complete answer because an earlier execution wrote it."""
+    fake.script(
+        "openai",
+        Reply(text="# A\n\nx\n\n# B\n\ny\n\n# C\n\nz\n"),
+        Reply(text="item A, cut", finish="max_tokens"),
+        Reply(text="item B", chunk=1, delay_s=0.1),  # in flight as the pause is asked
+    )
+    workflow = await fake_api.runs.create_workflow("fan", [step("Source", OPENAI), each_in_turn()])
+    run = await fake_api.runs.create_run(workflow.id)
+    paused = await paused_at(fake_api, run.id, "index", 0)  # the cut item A stored
+    assert paused.status == ev.PAUSED, paused.error
+    assert [(i.index, i.truncated) for i in paused.steps[1].items] == [(0, True), (1, False)]
+
+    fake.script("openai", Reply(text="item C"))
+    resumed = await fake_api.runs.resume_workflow(workflow.id)
+    assert fake_api.engine is not None
+    events = [e async for e in fake_api.engine.execute(resumed.id)]
+
+    after = await fake_api.runs.get_run(resumed.id)
+    assert after.status == ev.COMPLETED, after.error
+    assert fake.count("openai") == 4  # only item C ran again
+    each = after.steps[1]
+    assert (each.truncated, each.finish_reason) == (True, "max_tokens")
+    assert each.output == "\n\n".join([marked("item A, cut"), "item B", "item C"])
+    marks = of_type(events, ev.STEP_TRUNCATED)
+    assert [(m["name"], m["items"]) for m in marks] == [("Each", [0])]
 
 
 async def test_a_fan_out_over_a_cut_source_tells_its_last_item_where_the_cut_is(

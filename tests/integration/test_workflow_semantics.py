@@ -37,6 +37,16 @@ async def execute(api: Clients, run_id: str) -> list[pb.RunEvent]:
     return [e async for e in api.engine.execute(run_id)]
 
 
+async def paused_at(api: Clients, run_id: str, progress: str, at: int) -> pb.Run:
+    """Execute the run, asking for its pause at the fan_out_progress whose `progress` is `at`
+    (what is in flight then finishes, nothing new starts): the run as it was left."""
+    assert api.engine is not None
+    async for event in api.engine.execute(run_id):
+        if event.type == ev.FAN_OUT_PROGRESS and json.loads(event.data_json)[progress] == at:
+            await api.runs.pause_run(run_id)
+    return await api.runs.get_run(run_id)
+
+
 async def run_once(api: Clients, workflow_id: str) -> tuple[pb.Run, list[pb.RunEvent]]:
     run = await api.runs.create_run(workflow_id)
     events = await execute(api, run.id)
@@ -336,6 +346,37 @@ async def test_cancel_stops_at_once_and_fences_the_engine(api: Clients) -> None:
     assert events[-1].type == ev.RUN_CANCELLED
 
 
+async def test_a_cancelled_run_resumes_with_the_steps_it_did_not_complete(api: Clients) -> None:
+    """Cancel stops a run; it does not throw its work away: resume starts a new run of the
+    steps not completed (the cancelled one included), and the completed one is kept."""
+    workflow = await api.runs.create_workflow(
+        "cancel-resume",
+        [
+            spec("a", params={"tokens": 3}),
+            spec("b", params={"tokens": 400, "token_delay_ms": 10}),
+            spec("c", params={"tokens": 3}),
+        ],
+    )
+    run = await api.runs.create_run(workflow.id)
+    assert api.engine is not None
+    async for event in api.engine.execute(run.id):
+        if event.type == ev.STEP_STARTED and json.loads(event.data_json)["name"] == "b":
+            break
+    cancelled = await api.runs.cancel_run(run.id)
+    assert [s.status for s in cancelled.steps] == [ev.COMPLETED, ev.CANCELLED, ev.PENDING]
+    kept = cancelled.steps[0].output
+
+    resumed = await api.runs.resume_workflow(workflow.id)
+    events = await execute(api, resumed.id)
+
+    assert resumed.id != run.id
+    assert started(events) == ["b", "c"]
+    done = await api.runs.get_run(resumed.id)
+    assert done.status == ev.COMPLETED, done.error
+    assert done.steps[0].output == kept and all(s.status == ev.COMPLETED for s in done.steps)
+    assert (await api.runs.get_run(run.id)).status == ev.CANCELLED
+
+
 # --- kinds ----------------------------------------------------------------------------------
 
 
@@ -394,11 +435,7 @@ async def test_fan_out_resume_runs_only_missing_items(api: Clients) -> None:
         fan_out_workflow(8, 40, concurrency=1, params={"tokens": 5, "token_delay_ms": 15}),
     )
     run = await api.runs.create_run(workflow.id)
-    assert api.engine is not None
-    async for event in api.engine.execute(run.id):
-        if event.type == ev.FAN_OUT_PROGRESS and json.loads(event.data_json)["done"] == 3:
-            await api.runs.pause_run(run.id)
-    paused = await api.runs.get_run(run.id)
+    paused = await paused_at(api, run.id, "done", 3)
     assert paused.status == ev.PAUSED and paused.steps[1].status == ev.PENDING
     done_before = {i.index: i.output for i in paused.steps[1].items}
     assert 3 <= len(done_before) < 8

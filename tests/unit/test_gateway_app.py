@@ -709,6 +709,18 @@ async def test_last_event_id_query_parameter_and_access_token(gateway: Gateway) 
     assert_relayed(received, world.history[RUN][2:])
 
 
+async def test_the_last_event_id_header_wins_over_the_query_parameter(gateway: Gateway) -> None:
+    """EventSource reconnects to the URL it was given, `?last_event_id=2` and all, and sends
+    the last id it received as the header: the header says where the browser is."""
+    world = gateway.world
+    world.add_run(ev.RUNNING)
+    url = f"{events_url()}?last_event_id=2&access_token={KEY}"
+
+    received = await read_events(gateway.http, url, {"Last-Event-ID": "5"})
+
+    assert_relayed(received, world.history[RUN][5:])  # from seq 6 on
+
+
 async def test_broken_watch_is_retried_from_the_last_seq_sent(gateway: Gateway) -> None:
     world = gateway.world
     world.add_run(ev.RUNNING)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from nyxflow_engine.providers.base import Completion, CompletionRequest, OnDelta, Provider
 from nyxflow_engine.providers.chain import AllProvidersFailed, RetryPolicy, complete_with_chain
+from nyxflow_engine.providers.failures import Action, ProviderFailure
 from nyxflow_engine.providers.registry import Providers
 
 REQUEST = CompletionRequest(prompt="p", model="", max_tokens=8)
@@ -34,11 +37,37 @@ class ServingProvider:
         return Completion("whole", "stop", 1, 1, "serving:m")
 
 
+class OutOfCredit:
+    """Says what model it was asked for, then that it cannot serve now."""
+
+    name = "broke"
+
+    def __init__(self) -> None:
+        self.models: list[str] = []
+
+    async def complete(self, request: CompletionRequest, on_delta: OnDelta) -> Completion:
+        self.models.append(request.model)
+        raise ProviderFailure(Action.NEXT, "broke: credit balance is too low")
+
+
+class ModelServing(ServingProvider):
+    """Serves, and says what model it was asked for."""
+
+    def __init__(self) -> None:
+        self.models: list[str] = []
+
+    async def complete(self, request: CompletionRequest, on_delta: OnDelta) -> Completion:
+        self.models.append(request.model)
+        return await super().complete(request, on_delta)
+
+
 class ListenerGone(Exception):
     """Raised by the listener, as a lost lease or a failed write is."""
 
 
-async def _complete(providers: list[Provider], on_delta: OnDelta) -> tuple[Completion, list[str]]:
+async def _complete(
+    providers: list[Provider], on_delta: OnDelta, request: CompletionRequest = REQUEST
+) -> tuple[Completion, list[str]]:
     by_name = {p.name: p for p in providers}
     fallbacks: list[str] = []
     resets: list[str] = []
@@ -49,7 +78,7 @@ async def _complete(providers: list[Provider], on_delta: OnDelta) -> tuple[Compl
     completion = await complete_with_chain(
         by_name.__getitem__,
         [p.name for p in providers],
-        REQUEST,
+        request,
         on_delta,
         policy=POLICY,
         on_fallback=lambda _from, _to, reason: fallbacks.append(reason),
@@ -91,6 +120,18 @@ async def test_what_the_listener_raises_goes_up_untouched_and_is_not_retried() -
     with pytest.raises(ListenerGone):
         await _complete([choking, ServingProvider()], gone)
     assert choking.calls == 1
+
+
+async def test_a_fallback_naming_no_model_is_asked_for_its_own_default() -> None:
+    """The step's model is its chain's first entry's: a fallback of another vendor naming
+    no model serves its own default, never a model name its vendor does not know."""
+    first, fallback = OutOfCredit(), ModelServing()
+
+    completion, seen = await _complete([first, fallback], _shown, replace(REQUEST, model="m"))
+
+    assert completion.text == "whole"
+    assert seen == ["broke: credit balance is too low"]
+    assert (first.models, fallback.models) == (["m"], [""])
 
 
 @pytest.mark.parametrize(
