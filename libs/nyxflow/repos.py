@@ -15,8 +15,15 @@ from pathlib import Path
 from nyxflow.errors import InvalidArgument
 
 
+def root_folder(root: str) -> str:
+    """`NYXFLOW_REPOS_ROOT` as every reader takes it: `~` expanded, absolute (a relative one
+    is the working folder's), normalised. As written, a relative root could never hold an
+    absolute path, and `~/repos` was no folder to wall in."""
+    return os.path.abspath(os.path.expanduser(root))
+
+
 def tenant_folder(root: str, tenant_id: str) -> str:
-    return os.path.join(os.path.normpath(os.path.expanduser(root)), tenant_id)
+    return os.path.join(root_folder(root), tenant_id)
 
 
 def within(path: str, folder: str) -> bool:

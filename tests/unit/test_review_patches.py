@@ -257,3 +257,26 @@ async def test_a_nested_repository_the_tests_made_is_removed_before_the_next_dif
 
     assert _files(report["accepted"]) == [["calc.py"], ["util.py"]], report["rejected"]
     assert "fixture" not in patch
+
+
+@pytest.mark.parametrize("root", ["~/repos", "repos", "./repos/../repos"])
+async def test_a_repositories_root_written_with_a_tilde_or_relative_runs_the_tests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: str
+) -> None:
+    """NYXFLOW_REPOS_ROOT=~/repos: the scan took `~` as the home folder, the review's walls
+    took the root as written, and every test command failed ("cannot build the command's
+    walls: No such file or directory: '~/repos'")."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "repos" / "t1").mkdir(parents=True)
+    repo = planted_repo(tmp_path / "repos" / "t1")
+    saved: list[pb.Artifact] = []
+
+    async def save(artifacts: Sequence[pb.Artifact], _: Sequence[pb.Finding]) -> None:
+        saved.extend(artifacts)
+
+    params = {"path": str(repo), "test_command": "true"}
+    call = ToolCall(params, GOOD_DIFF, save, tenant_id="t1", repos_root=root)
+    report = json.loads(await review_patches(call))
+
+    assert _files(report["accepted"]) == [["calc.py"]], report["rejected"]

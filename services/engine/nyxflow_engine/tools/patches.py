@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nyxflow.errors import FailedPrecondition, InvalidArgument
+from nyxflow.repos import root_folder
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.tools.commands import GIT, run
 from nyxflow_engine.tools.diffs import Proposed, diffs_in, files_of
@@ -62,8 +63,10 @@ async def review_patches(call: ToolCall) -> str:
     try:
         clone = scratch / "repo"
         objects = await _clone(source, clone)
-        # The repositories are shown read-only: the source's objects are the clone's too.
-        shown = (source, objects, *([Path(call.repos_root)] if call.repos_root else []))
+        # The repositories are shown read-only: the source's objects are the clone's too. The
+        # root as the tools read it (`~/repos`, a relative one): a wall names a real folder.
+        roots = [Path(root_folder(call.repos_root))] if call.repos_root else []
+        shown = (source, objects, *roots)
         walls = Walls(scratch.parent, (clone, scratch / "home"), (clone / ".git", *shown))
         tests = Tests(command, float(timeout), call.sandbox, walls)
         report, patch = await _review(clone, diffs_in(call.prompt), tests)
