@@ -155,3 +155,63 @@ async def test_only_the_head_of_each_sampled_blob_is_read(tmp_path: Path) -> Non
     (dump,) = [i for i in report["items"] if i["path"] == "dump.sql"]
     assert dump["truncated"] == {"shown_bytes": 20_000, "file_bytes": len(big)}
     assert dump["content"] == big[:20_000]
+
+
+def _tenants(tmp_path: Path) -> tuple[Path, Path]:
+    """A repositories root holding tenant t2's repository; t1's folder, empty."""
+    root = tmp_path / "root"
+    (root / "t1").mkdir(parents=True)
+    (root / "t2").mkdir()
+    return root, planted_repo(root / "t2")
+
+
+async def _as_t1(root: Path, folder: Path) -> None:
+    """Scan `folder` as tenant t1, then review a diff of it: both read the repository."""
+    call = ToolCall({"path": str(folder), "group": "file"}, GOOD_DIFF, _ignore, "t1", str(root))
+    await scan_repository(call)
+    await review_patches(call)
+
+
+@pytest.mark.parametrize("pointer", ["gitfile", "symlink", "alternates", "objects symlink"])
+async def test_a_git_dir_leading_out_of_the_tenants_folder_is_refused(
+    tmp_path: Path, pointer: str
+) -> None:
+    """t1's folder was checked, but git reads what its `.git` leads to: a gitfile naming t2's
+    git dir, a `.git` symlink, an alternate, a symlink inside `.git` showed t1 t2's source."""
+    root, theirs = _tenants(tmp_path)
+    mine = root / "t1" / "evil"
+    if pointer == "gitfile":
+        mine.mkdir()
+        (mine / ".git").write_text(f"gitdir: {theirs / '.git'}\n")
+    elif pointer == "symlink":
+        mine.mkdir()
+        (mine / ".git").symlink_to(theirs / ".git")
+    else:
+        git(root / "t1", "init", "-q", "evil")
+        if pointer == "alternates":
+            (mine / ".git/objects/info/alternates").write_text(f"{theirs / '.git/objects'}\n")
+        else:
+            git(theirs, "repack", "-adq")
+            os.rmdir(mine / ".git/objects/pack")
+            (mine / ".git/objects/pack").symlink_to(theirs / ".git/objects/pack")
+        git(mine, "symbolic-ref", "HEAD", git(theirs, "symbolic-ref", "HEAD").strip())
+        git(mine, "update-ref", "HEAD", git(theirs, "rev-parse", "HEAD").strip())
+    assert "return a - b" in git(mine, "show", "HEAD:calc.py")  # git reads t2's objects
+
+    with pytest.raises(InvalidArgument, match="leads out of this tenant's folder") as refused:
+        await _as_t1(root, mine)
+
+    assert refused.value.field == "params.path"
+    assert str(theirs / ".git") in refused.value.message
+
+
+async def test_git_dirs_and_alternates_inside_the_tenants_folder_are_read(tmp_path: Path) -> None:
+    """A linked work tree and a clone sharing objects with the tenant's own repository."""
+    root, _ = _tenants(tmp_path)
+    mine = planted_repo(root / "t1")
+    git(mine, "worktree", "add", "-q", "-b", "other", str(root / "t1" / "linked"))
+    git(root / "t1", "clone", "-q", "--shared", str(mine), "borrowing")
+    assert (root / "t1/borrowing/.git/objects/info/alternates").exists()
+
+    for folder in (mine, root / "t1" / "linked", root / "t1" / "borrowing"):
+        await _as_t1(root, folder)
