@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
+
+from nyxflow.errors import InvalidArgument
 
 LLM: Final = "llm"
 FAN_OUT: Final = "fan_out"
@@ -33,6 +36,21 @@ TOOLS: Final = ("echo", "scan_repository", "collect_findings", "review_patches")
 # Steps a workflow holds, those a synthesis generates included: runs refuses more, and the
 # engine fails a synthesis whose output would generate more before it is stored completed.
 MAX_STEPS: Final = 500
+# The most a `scan_repository` step's params may ask the scan to show the models (the
+# pipeline route's bounds): runs refuses a workflow asking for more, naming the param, and the
+# tool refuses it too (a workflow stored before). Unbounded, a hand-written workflow made the
+# engine build (and hold) an output of hundreds of megabytes.
+SCAN_MAXIMA: Final = {"max_files": 10_000, "max_bytes": 5_000_000, "max_file_bytes": 1_000_000}
+
+
+def scan_limit(params: Mapping[str, Any], key: str, default: int, at: str = "params") -> int:
+    """`params[key]` (one of SCAN_MAXIMA), `default` when absent: a whole number from 1 to its
+    maximum, or refused with the field `<at>.<key>`."""
+    value = params.get(key, default)
+    high = SCAN_MAXIMA[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+        raise InvalidArgument(f"must be a whole number from 1 to {high}", field=f"{at}.{key}")
+    return value
 
 
 # Steps that rewrite a whole earlier output ("Extend & Improve", "Improve", "Refactor") need

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from nyxflow.constants import SCAN_MAXIMA
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.tools.head import contents, head_of
@@ -215,3 +216,16 @@ async def test_git_dirs_and_alternates_inside_the_tenants_folder_are_read(tmp_pa
 
     for folder in (mine, root / "t1" / "linked", root / "t1" / "borrowing"):
         await _as_t1(root, folder)
+
+
+@pytest.mark.parametrize("key", sorted(SCAN_MAXIMA))
+async def test_the_scan_refuses_to_show_more_than_its_bounds(tmp_path: Path, key: str) -> None:
+    """A workflow stored before runs checked them: the tool keeps the same bounds."""
+    repo = planted_repo(tmp_path)
+    params = {"path": str(repo), "group": "file", key: SCAN_MAXIMA[key] + 1}
+
+    with pytest.raises(InvalidArgument, match=str(SCAN_MAXIMA[key])) as refused:
+        await scan_repository(ToolCall(params, "", _ignore))
+
+    assert refused.value.field == f"params.{key}"
+    await scan_repository(ToolCall({**params, key: SCAN_MAXIMA[key]}, "", _ignore))

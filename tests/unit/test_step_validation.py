@@ -3,10 +3,12 @@ a field its step's kind ignores, a name that is not one line."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from nyxflow import constants as kinds
 from nyxflow import pipelines
 from nyxflow.errors import InvalidArgument
 from nyxflow.templates import parse_template
@@ -160,3 +162,38 @@ def test_a_heading_never_carries_a_control_character_into_a_generated_name() -> 
     assert drafts[0].name == "Implementation prompt 1: Set up  [1mthe [0m db"
     assert drafts[1].config["reviews"] == ["Plan", drafts[0].name]
     assert drafts[0].prompt == specs[0].prompt  # the plan's text as it is
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_files", 10**6),
+        ("max_bytes", 10**12),
+        ("max_file_bytes", 10**12),
+        ("max_files", 0),
+        ("max_bytes", "5000"),
+        ("max_file_bytes", True),
+    ],
+)
+def test_a_scan_asking_to_show_more_than_its_bounds_is_refused_naming_the_param(
+    key: str, value: Any
+) -> None:
+    """A hand-written workflow's scan was unbounded (the pipeline route's were not): 10**6
+    files of up to 10**12 bytes made an output of 150 MB and 634 MB in the engine."""
+    params = {"path": "/src/shop", "group": "file", key: value}
+    scan = pb.StepSpec(
+        name="Scan", kind="tool", tool="scan_repository", params_json=json.dumps(params)
+    )
+
+    refused = _refused([pb.StepSpec(name="Plan", kind="llm"), scan])
+
+    assert refused.field == f"steps[1].params.{key}"
+    assert str(kinds.SCAN_MAXIMA[key]) in refused.message
+
+
+def test_a_scan_within_its_bounds_is_accepted() -> None:
+    params = json.dumps({"path": "/src/shop", **kinds.SCAN_MAXIMA})
+    valid.step_drafts(
+        [pb.StepSpec(name="Scan", kind="tool", tool="scan_repository", params_json=params)],
+        PERSONAS,
+    )

@@ -334,6 +334,11 @@ def _config(
                 field=f"{at}.tool",
             )
         config["tool"] = spec.tool
+        if spec.tool == "scan_repository":
+            params = json_object(spec.params_json, f"{at}.params")
+            for key in kinds.SCAN_MAXIMA:  # the tool's own defaults are within them
+                if key in params:
+                    kinds.scan_limit(params, key, 1, f"{at}.params")
     return config
 
 

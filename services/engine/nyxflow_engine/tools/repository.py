@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from nyxflow.constants import scan_limit
 from nyxflow.errors import InvalidArgument
 from nyxflow_engine.tools.head import Entry, Head, contents, git, head_of, uncommitted
 from nyxflow_engine.tools.registry import ToolCall
@@ -87,15 +88,9 @@ class Limits:
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> Limits:
-        def positive(key: str, default: int) -> int:
-            value = params.get(key, default)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidArgument("must be a positive integer", field=f"params.{key}")
-            return value
-
         return cls(
-            positive("max_files", 40), positive("max_bytes", 200_000),
-            positive("max_file_bytes", 20_000),
+            scan_limit(params, "max_files", 40), scan_limit(params, "max_bytes", 200_000),
+            scan_limit(params, "max_file_bytes", 20_000),
         )  # fmt: skip
 
 
