@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nyxflow.errors import InvalidArgument
+from nyxflow.references import literal
 from nyxflow.v1 import common_pb2 as pb
 
 CODE_ANALYSIS, AUTO_FIX, REFACTOR = "code-analysis", "auto-fix", "refactor"
@@ -119,7 +120,8 @@ def pipeline_steps(
                 ),
             ),
         ]
-    aim = goal.strip() or "fix bugs, security problems and obvious mistakes"
+    # The goal is the user's text, not a template (a goal may quote Vue's `{{ message }}`).
+    aim = literal(goal.strip()) or "fix bugs, security problems and obvious mistakes"
     verb = "Refactor" if pipeline == REFACTOR else "Improve"
     review: dict[str, Any] = {"path": path, "test_timeout_s": TEST_TIMEOUT_S}
     if test_command:

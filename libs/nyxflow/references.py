@@ -69,6 +69,14 @@ def expressions(prompt: str) -> Iterator[re.Match[str]]:
             pos = close + 1
 
 
+def literal(text: str) -> str:
+    """`text` written into a prompt template so that it renders as it is: each `{{` as
+    `{{ "{{" }}`. For text of a user's put into a template (a refactor's goal): `{{ message }}`
+    was refused as an unknown reference, `{{ steps.X.output }}` and `{{ item }}` replaced.
+    The template must not put a `{` right after it (a trailing `{` would open one)."""
+    return text.replace(OPEN, '{{ "{{" }}')
+
+
 def step_names(prompt: str) -> set[str]:
     """The names of the steps whose output `prompt` reads."""
     return {m["step"].strip() for m in REFERENCE.finditer(prompt) if m["step"] is not None}

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from nyxflow import events as ev
+from nyxflow import pipelines
 from nyxflow.errors import FailedPrecondition, InvalidArgument, NotFound
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
+from nyxflow_engine.templating import render
+from nyxflow_runs.validation import step_drafts
 from tests.support.inprocess import Clients
 from tests.support.repos import CALC, TEST_COMMAND, git, model_replies, planted_repo
 
@@ -109,6 +112,55 @@ async def test_auto_fix_patch_applies_and_a_broken_diff_is_rejected(
     # Never applied to the user's work tree.
     assert (repo / "calc.py").read_text() == CALC
     assert git(repo, "status", "--porcelain") == ""
+
+
+async def test_a_refactor_goal_is_sent_as_written_whatever_braces_it_quotes(
+    api: Clients, tmp_path: Path
+) -> None:
+    """The goal went into the Improve prompt as template text: Vue's `{{ message }}` was
+    refused at the start (an unknown reference in steps[1].prompt), and `{{ item }}` or
+    `{{ steps.Scan.output }}` would have been replaced by the file or the whole scan."""
+    goal = (
+        "Replace Vue {{ message }} interpolations with v-text; leave {{ item }}, "
+        '{{ steps.Scan.output }} and {{ "{{" }} in templates alone {{{'
+    )
+    repo = planted_repo(tmp_path)
+    project = await api.runs.create_project("p-goal")
+    repository = await api.runs.add_repository(project.id, "acme", "shop", str(repo))
+    # The model answers the diff only to a prompt that holds the goal as the user wrote it.
+    params = {"replies": {f"Goal: {goal}.": model_replies()['"path": "calc.py"']}, "tokens": 4}
+    request = runs_pb2.StartPipelineRequest(
+        repository_id=repository.id, pipeline="refactor", goal=goal, params_json=json.dumps(params)
+    )
+    run = await api.runs.start_pipeline(request)
+
+    await execute(api, run.id)
+
+    done = await api.runs.get_run(run.id)
+    assert done.status == ev.COMPLETED, done.error
+    review = json.loads((await api.runs.get_artifact(run.id, "review")).content)
+    assert review["proposed"] == 3  # one answer per file: each was sent the goal as written
+    assert [a["files"] for a in review["accepted"]] == [["calc.py"]], review
+
+
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "Rename every {{ item }} helper",
+        "Inline {{ steps.Scan.output }} and {{steps.Improve.output}}",
+        'Replace Vue {{ message }} and {{ "{{" }} with v-text {{{ }}}',
+    ],
+)
+def test_a_refactor_goal_reaches_the_model_as_written(goal: str) -> None:
+    """The goal was put into the prompt as template text: a reference in it was refused or
+    replaced (by the file, by the whole scan)."""
+    specs = pipelines.pipeline_steps(pipelines.REFACTOR, path="/srv/repo", goal=goal)
+    step_drafts(specs, {"Nemesis", "Aletheia"})
+    improve = next(spec for spec in specs if spec.name == "Improve")
+
+    sent = render(improve.prompt, {"Scan": "SCAN", "Improve": "IMPROVE"}, item="ITEM")
+
+    assert f"Goal: {goal}.\n" in sent and sent.endswith("\n\nITEM")
 
 
 async def test_what_the_tests_leave_behind_is_not_in_the_patch(
