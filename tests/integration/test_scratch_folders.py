@@ -4,6 +4,7 @@ clone behind; the next engine on the machine removes it, and never a live engine
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from nyxflow.errors import FailedPrecondition
 from nyxflow_engine.tools import scratch
 from tests.support.databases import fresh_database
 from tests.support.inprocess import engine_service, runs_service
@@ -58,3 +60,56 @@ def _dead_pid() -> str:
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     return done.stdout.strip()
+
+
+def _planted(tmp_path: Path, kind: str) -> Path:
+    """`nyxflow-scratch` in the temp folder as someone else left it before the engine came."""
+    folder = tmp_path / "nyxflow-scratch"
+    if kind == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        folder.symlink_to(tmp_path / "elsewhere")
+    elif kind == "world-writable":
+        folder.mkdir()
+        folder.chmod(0o1777)  # as /tmp itself: anyone may add to it
+    elif kind == "readable":
+        folder.mkdir()
+        folder.chmod(0o755)  # anyone may read the clones in it
+    else:
+        folder.mkdir(mode=0o700)
+        os.chown(folder, 65534, 65534)  # nobody's
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["symlink", "world-writable", "readable", "another user's"])
+def test_a_scratch_folder_not_the_engine_s_own_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The folder was taken as it was found (mkdir exist_ok): another user who made it first
+    could read every tenant's clone in it, or change one between its tests and its patch."""
+    if kind == "another user's" and os.geteuid() != 0:
+        pytest.skip("giving a folder to another user takes root")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = _planted(tmp_path, kind)
+
+    with pytest.raises(FailedPrecondition, match=f"the scratch folder {folder} ") as refused:
+        scratch.make()
+
+    assert "mode 0700" in str(refused.value)
+    assert list((tmp_path / "elsewhere").iterdir() if kind == "symlink" else []) == []
+
+
+def test_a_symlink_named_as_a_dead_engine_s_folder_is_not_swept_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone may name a symlink `nyxflow-review-<dead pid>-x` in the temp folder: the sweep
+    made what it leads to writable, then removed it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    target = tmp_path / "someone's"
+    (target / "kept").mkdir(parents=True)
+    (target / "kept").chmod(0o500)
+    (tmp_path / f"{scratch.PREFIX}{_dead_pid()}-x").symlink_to(target)
+
+    assert scratch.sweep_left_behind() == 0
+
+    assert (target / "kept").is_dir() and stat.S_IMODE((target / "kept").stat().st_mode) == 0o500
+    (target / "kept").chmod(0o700)

@@ -12,6 +12,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from nyxflow.errors import FailedPrecondition
+
 log = logging.getLogger(__name__)
 
 PREFIX = "nyxflow-review-"
@@ -20,10 +22,38 @@ PREFIX = "nyxflow-review-"
 def root() -> Path:
     """Where every review's scratch folder is, and nothing else: a test command's walls hide
     this folder (sandbox.Walls), so no other run's clone is in its sight. Not the whole temp
-    folder: a suite's own tools may live there (a virtualenv made under /tmp)."""
+    folder: a suite's own tools may live there (a virtualenv made under /tmp).
+
+    The temp folder is everyone's: a folder of that name made by another user (or a symlink
+    to one, or one anyone may write) would let them read the tenants' code in the clones,
+    change a clone between its review and its patch, or plant a folder the sweep removes
+    through. So it must be the engine's own, private, and not a symlink; otherwise refused."""
     folder = Path(tempfile.gettempdir()) / "nyxflow-scratch"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    found = folder.lstat()
+    problem = _not_private(found)
+    if problem:
+        raise FailedPrecondition(
+            f"the scratch folder {folder} {problem}: it must be a folder of the engine's user "
+            "(uid {uid}), mode 0700; remove it, or set TMPDIR to a folder of the engine's "
+            "own".format(uid=os.getuid())
+        )
     return folder
+
+
+def _not_private(found: os.stat_result) -> str:
+    """Why a folder is not private to the engine's user, or ""."""
+    if stat.S_ISLNK(found.st_mode):
+        return "is a symlink"
+    if not stat.S_ISDIR(found.st_mode):
+        return "is not a folder"
+    if found.st_uid != os.getuid():
+        return f"belongs to another user (uid {found.st_uid})"
+    mode = stat.S_IMODE(found.st_mode)
+    if mode != 0o700:
+        return f"has mode {mode:04o}"
+    return ""
 
 
 def make() -> Path:
@@ -65,11 +95,21 @@ def sweep_left_behind() -> int:
     found = [*root().glob(f"{PREFIX}*"), *Path(tempfile.gettempdir()).glob(f"{PREFIX}*")]
     for folder in found:
         pid = folder.name.removeprefix(PREFIX).split("-", 1)[0]
-        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)) and remove(folder):
+        # Only the engine's own: in the temp folder anyone may name a symlink so, and the
+        # removal would make writable, then remove, what it leads to.
+        if _ours(folder) and pid.isdigit() and not _alive(int(pid)) and remove(folder):
             removed += 1
     if removed:
         log.info("removed scratch folders of engines gone", extra={"count": removed})
     return removed
+
+
+def _ours(folder: Path) -> bool:
+    try:
+        found = folder.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid()
 
 
 def _alive(pid: int) -> bool:
