@@ -14,10 +14,11 @@ import pytest
 from nyxflow.constants import SCAN_MAXIMA
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
+from nyxflow_engine.tools import repository
 from nyxflow_engine.tools.head import contents, head_of
 from nyxflow_engine.tools.patches import review_patches
 from nyxflow_engine.tools.registry import ToolCall
-from nyxflow_engine.tools.repository import recency, scan_repository
+from nyxflow_engine.tools.repository import recency, scan_repository, summary
 from tests.support.repos import CALC, GOOD_DIFF, git, planted_repo
 
 
@@ -229,3 +230,37 @@ async def test_the_scan_refuses_to_show_more_than_its_bounds(tmp_path: Path, key
 
     assert refused.value.field == f"params.{key}"
     await scan_repository(ToolCall({**params, key: SCAN_MAXIMA[key]}, "", _ignore))
+
+
+def _files_in_folders(repo: Path, count: int) -> None:
+    for i in range(count):
+        folder = repo / f"d{i // 10:04d}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"m{i:05d}.py").write_text("X = 1\n")
+    _commit(repo)
+
+
+async def test_the_scan_lists_a_bounded_number_of_files_and_counts_every_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing held every file: 150,000 of them made the step's output and its
+    step_completed event a write of 83.6 MiB, more than a message holds, and the run failed."""
+    monkeypatch.setattr(repository, "LISTING", 20, raising=False)
+    monkeypatch.setattr(repository, "FOLDERS", 3, raising=False)
+    sizes = []
+    for count in (100, 1_000):
+        (tmp_path / str(count)).mkdir()
+        repo = planted_repo(tmp_path / str(count))
+        _files_in_folders(repo, count)
+
+        text, scan = await _scan(repo, group="")
+
+        sizes.append(len(text))
+        assert scan["files"] == count + 3 and len(scan["listing"]) == 20
+        assert scan["listing_left_out"]["files"] == count + 3 - 20
+        assert scan["folders"]["count"] == count // 10 + 1  # the planted files' folder, "."
+        assert list(scan["folders"]["largest"].values()) == [10, 10, 10]
+        brief = summary(text)
+        assert brief["folders"]["count"] == count // 10 + 1
+        assert brief["listing_left_out"]["files"] == count + 3 - 20
+    assert abs(sizes[1] - sizes[0]) < 100, sizes  # ten times the files, the same output

@@ -4,6 +4,9 @@ items. Uncommitted changes are named, not shown: patches are checked against HEA
 
 The sample prefers recently changed files, then small ones, until `max_files` or `max_bytes`
 is reached; every file left out is counted, so the report can say what it did not see.
+The scan's output is bounded too, for it is written twice (the step's output and its
+step_completed event): it lists the first LISTING files and counts every folder's files,
+whatever the repository's size.
 
 With `params.summary`, the tool scans nothing: it answers a compact summary of the scan given
 as its prompt (counts, languages, the largest folders, what was sampled and left out, each list
@@ -33,6 +36,13 @@ LANGUAGES = {
 }  # fmt: skip
 RECENT_COMMITS = 200  # how far back "recently changed" looks
 LISTED = 50  # names a summary lists at the most in each of its lists
+# The scan's own output is bounded too, whatever the repository's size: it is the step's
+# output and travels again in its step_completed event, and 150,000 files listed whole made a
+# write of 83.6 MiB, more than a message holds, which failed the run. It lists the first
+# LISTING files (by path), says how many it left out, and counts the files of every folder,
+# naming the FOLDERS largest.
+LISTING = 1_000
+FOLDERS = 200
 
 
 async def recency(path: Path) -> dict[str, int]:
@@ -43,7 +53,7 @@ async def recency(path: Path) -> dict[str, int]:
         log = await git(path, "log", "-z", f"-n{RECENT_COMMITS}", "--format=%x01%ct", "--name-only")
     except InvalidArgument:
         return {}  # a repository without commits yet
-    return _last_changes(log)
+    return await asyncio.to_thread(_last_changes, log)
 
 
 def _last_changes(log: str) -> dict[str, int]:
@@ -64,22 +74,30 @@ def _last_changes(log: str) -> dict[str, int]:
 
 
 async def scan_repository(call: ToolCall) -> str:
+    """What takes a while on a large tree (parsing, sorting, JSON) runs in a thread: on the
+    event loop it would hold every other run's events and heartbeats up meanwhile."""
     params = call.params
     if params.get("summary") is True:
-        return json.dumps(summary(call.prompt), indent=2)
+        return await asyncio.to_thread(_summary_text, call.prompt)
+    group = params.get("group")
+    limits = Limits.of(params) if group in ("file", "directory") else None
     root = await call.repository()
     head = await head_of(root)
     changed = await uncommitted(root) if head.commit else []
-    report = await asyncio.to_thread(_report, root, head, changed)  # a large tree takes a while
-    group = params.get("group")
-    if group in ("file", "directory"):
-        chosen, left_out = _sample(head, await recency(root), Limits.of(params))
+    report = await asyncio.to_thread(_report, root, head, changed)
+    if limits is not None:
+        when = await recency(root)
+        chosen, left_out = await asyncio.to_thread(_sample, head, when, limits)
         most = max((budget for _, budget in chosen), default=0)
         blobs = await contents(root, [entry for entry, _ in chosen], most)
         sample = [_sampled(e.path, blobs[e.path], budget, e.size) for e, budget in chosen]
         report["left_out"] = left_out
         report["items"] = _items(sample, str(group))
-    return json.dumps(report, indent=2)
+    return await asyncio.to_thread(json.dumps, report, indent=2)
+
+
+def _summary_text(scan_output: str) -> str:
+    return json.dumps(summary(scan_output), indent=2)
 
 
 class Limits:
@@ -95,20 +113,29 @@ class Limits:
 
 
 def _report(root: Path, head: Head, changed: list[str]) -> dict[str, Any]:
-    files = []
     languages: Counter[str] = Counter()
+    folders: Counter[str] = Counter()
+    listing = []
     for entry in head.files:
         language = _language(entry.path) or "other"
         languages[language] += 1
-        files.append({"path": entry.path, "size": entry.size, "language": language})
+        folders[str(PurePosixPath(entry.path).parent)] += 1
+        if len(listing) < LISTING:
+            listing.append({"path": entry.path, "size": entry.size, "language": language})
     report: dict[str, Any] = {
         "path": str(root),
         "head": head.commit or None,  # what is shown, and what patches are checked against
-        "files": len(files),
+        "files": len(head.files),
         "bytes": sum(entry.size for entry in head.files),
         "languages": dict(languages.most_common()),
-        "listing": files,
+        "folders": {"count": len(folders), "largest": dict(folders.most_common(FOLDERS))},
+        "listing": listing,
     }
+    if len(head.files) > len(listing):
+        report["listing_left_out"] = {
+            "files": len(head.files) - len(listing),
+            "note": f"only the first {LISTING} files are listed; every file is counted",
+        }
     if changed:
         report["uncommitted"] = {
             "files": len(changed),
@@ -188,15 +215,23 @@ def summary(scan_output: str) -> dict[str, Any]:
         scan = None
     if not isinstance(scan, dict):
         raise InvalidArgument("the prompt must be a repository scan's output", field="prompt")
-    folders = Counter(str(PurePosixPath(f["path"]).parent) for f in scan.get("listing", []))
     shown = [file for item in scan.get("items", []) for file in item.get("files", [item])]
     brief = {key: scan[key] for key in ("path", "head", "files", "bytes", "languages")}
-    brief["folders"] = {"count": len(folders), "largest": dict(folders.most_common(LISTED))}
+    brief["folders"] = _folders(scan)
     brief["sampled"] = {"files": len(shown), "paths": _capped([file["path"] for file in shown])}
-    for key in ("left_out", "uncommitted", "skipped"):
+    for key in ("left_out", "listing_left_out", "uncommitted", "skipped"):
         if key in scan:
             brief[key] = _capped(scan[key])
     return brief
+
+
+def _folders(scan: dict[str, Any]) -> dict[str, Any]:
+    """Counted by the scan (it lists only some files); a scan stored before, from its list."""
+    if isinstance(scan.get("folders"), dict):
+        largest = list(scan["folders"].get("largest", {}).items())[:LISTED]
+        return {"count": scan["folders"].get("count", 0), "largest": dict(largest)}
+    folders = Counter(str(PurePosixPath(f["path"]).parent) for f in scan.get("listing", []))
+    return {"count": len(folders), "largest": dict(folders.most_common(LISTED))}
 
 
 def _capped(value: Any) -> Any:
