@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 from nyxflow.errors import FailedPrecondition, InvalidArgument
 from nyxflow.repos import root_folder
 from nyxflow.v1 import common_pb2 as pb
-from nyxflow_engine.tools.commands import GIT, run
+from nyxflow_engine.tools.commands import GIT, Outcome, run
 from nyxflow_engine.tools.diffs import Proposed, diffs_in, files_of
 from nyxflow_engine.tools.head import commit_of, git
 from nyxflow_engine.tools.registry import ToolCall
@@ -150,22 +152,7 @@ async def _review(clone: Path, diffs: list[Proposed], tests: Tests) -> tuple[dic
                 rejected.append({**entry, "reason": reason})
                 continue
         accepted.append(entry)
-    # The patch as `git apply` and `patch -p1` take it, whatever the operator's git settings
-    # (diff.noprefix, diff.external, a diff driver) would make of it. --binary --full-index:
-    # a file the repository marks `-diff` or `binary` (*.min.js) is otherwise "Binary files
-    # differ", which nothing can apply.
-    combined = await _git(
-        clone,
-        "diff",
-        "--cached",
-        "--binary",
-        "--full-index",
-        "--no-color",
-        "--no-ext-diff",
-        "--no-textconv",
-        "--src-prefix=a/",
-        "--dst-prefix=b/",
-    )
+    combined = await _combined(clone)
     report = {
         "proposed": len(diffs),
         "accepted": accepted,
@@ -177,11 +164,89 @@ async def _review(clone: Path, diffs: list[Proposed], tests: Tests) -> tuple[dic
 
 
 async def _git(clone: Path, *args: str) -> str:
-    done = await run(clone, *GIT, *args, merge_stderr=False)
+    return (await _git_bytes(clone, *args, binary=False)).output
+
+
+async def _git_bytes(clone: Path, *args: str, binary: bool = True) -> Outcome:
+    done = await run(clone, *GIT, *args, merge_stderr=False, binary=binary)
     if done.code != 0:
         why = _tail(done.errors or done.output)
         raise FailedPrecondition(f"git {args[0]} failed in the scratch clone: {why}")
-    return done.output
+    return done
+
+
+# The patch as `git apply` and `patch -p1` take it, whatever the operator's git settings
+# (diff.noprefix, diff.external, a diff driver, core.quotePath=false) would make of it.
+# --binary --full-index: a file the repository marks `-diff` or `binary` (*.min.js) is
+# otherwise "Binary files differ", which nothing can apply.
+DIFF = (
+    *("-c", "core.quotePath=true"),  # names outside ASCII escaped: a name is never raw bytes
+    "diff",
+    "--cached",
+    "--binary",
+    "--full-index",
+    "--no-color",
+    "--no-ext-diff",
+    "--no-textconv",
+    "--src-prefix=a/",
+    "--dst-prefix=b/",
+)
+
+
+async def _combined(clone: Path) -> str:
+    """The index's changes against HEAD as one patch, stored as text (an artifact is a
+    string). A file whose diff is not text (Latin-1 lines, a NUL its `diff` attribute let
+    through) is given as a binary patch, plain ASCII, that applies the same: decoded, its
+    bytes would be replaced (U+FFFD), and the patch would apply to nothing."""
+    text = _text((await _git_bytes(clone, *DIFF)).data)
+    if text is not None:
+        return text
+    raw = (await _git_bytes(clone, "diff", "--cached", "--raw", "-z", "--no-abbrev")).data
+    binary: list[bytes] = []
+    for names in _changed(raw):
+        spec = [f":(literal){os.fsdecode(name)}" for name in names]
+        if _text((await _git_bytes(clone, *DIFF, "--", *spec)).data) is None:
+            binary.extend(names)
+    attributes = clone / ".git" / "info" / "attributes"
+    attributes.parent.mkdir(parents=True, exist_ok=True)
+    attributes.write_bytes(b"".join(_pattern(name) + b" -diff\n" for name in binary))
+    text = _text((await _git_bytes(clone, *DIFF)).data)
+    if text is None:  # never a patch with bytes replaced: it would apply to nothing
+        raise FailedPrecondition("the combined patch cannot be written as text")
+    return text
+
+
+def _text(patch: bytes) -> str | None:
+    """`patch` as text, or None if it holds bytes no text can (invalid UTF-8, a NUL)."""
+    try:
+        text = patch.decode()
+    except UnicodeDecodeError:
+        return None
+    return None if "\0" in text else text
+
+
+def _changed(raw: bytes) -> list[list[bytes]]:
+    """The names of each change of `git diff --raw -z` (two for a rename or a copy)."""
+    fields = raw.split(b"\0")
+    changes: list[list[bytes]] = []
+    i = 0
+    while i < len(fields) and fields[i].startswith(b":"):
+        status = fields[i].split()[-1]
+        count = 2 if status[:1] in (b"R", b"C") else 1
+        changes.append(fields[i + 1 : i + 1 + count])
+        i += 1 + count
+    return changes
+
+
+def _pattern(name: bytes) -> bytes:
+    """An attributes pattern that matches `name` (from the top) and nothing else: its glob
+    characters escaped, the whole quoted C-style (a space, a quote, any byte as it is)."""
+    glob = re.sub(rb"([\\*?\[])", rb"\\\1", b"/" + name)
+    quoted = "".join(
+        chr(byte) if 0x20 <= byte < 0x7F and byte not in b'"\\' else f"\\{byte:03o}"
+        for byte in glob
+    )
+    return f'"{quoted}"'.encode()
 
 
 async def _restore(clone: Path, tree: str | None) -> None:
