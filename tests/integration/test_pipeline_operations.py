@@ -27,7 +27,7 @@ from tests.support.inprocess import (
     engine_service,
     runs_service,
 )
-from tests.support.repos import planted_repo
+from tests.support.repos import CALC, git, planted_repo
 from tests.support.workflows import llm_step
 
 
@@ -259,3 +259,30 @@ async def test_a_moved_project_takes_its_paths_into_the_new_tenants_folder(
         done = await b_runs.get_run(again.id)
         assert done.status == ev.COMPLETED, [s.error for s in done.steps]
         assert json.loads(done.steps[0].output)["files"] == 3
+
+
+@pytest.mark.parametrize("pipeline", ["auto-fix", "refactor", "code-analysis"])
+async def test_a_repository_without_commits_is_refused_at_the_scan_when_a_review_follows(
+    api: Clients, tmp_path: Path, pipeline: str
+) -> None:
+    """The review patches HEAD, which a repository without commits lacks: the run failed at
+    the review, after every Improve call was made (and paid for). The scan refuses it now;
+    an analysis, which patches nothing, still reads its staged files."""
+    repo = tmp_path / "fresh"
+    repo.mkdir()
+    (repo / "calc.py").write_text(CALC)
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    run = await start(api, repo, pipeline, goal="tidy")
+
+    await execute(api, run.id)
+
+    done = await api.runs.get_run(run.id)
+    if pipeline == "code-analysis":
+        assert done.status == ev.COMPLETED, done.error
+        return
+    scan, improve, review = done.steps
+    assert done.status == ev.FAILED and scan.status == ev.FAILED
+    assert "has no commits yet" in scan.error and "'Review'" in scan.error, scan.error
+    assert improve.status == ev.PENDING and improve.output_tokens == 0
+    assert review.status == ev.PENDING

@@ -24,6 +24,12 @@ async def run_tool(ctx: StepContext) -> StepResult:
         ctx.tenant_id,
         ctx.repos_root,
         ctx.sandbox,
+        later=_after(ctx.steps, step_id),
     )
     output = await tool_for(name)(call)
     return StepResult(output=output, served_by=f"tool:{name}")
+
+
+def _after(steps: Sequence[pb.Step], step_id: str) -> Sequence[pb.Step]:
+    ids = [s.id for s in steps]
+    return steps[ids.index(step_id) + 1 :] if step_id in ids else ()

@@ -29,6 +29,9 @@ class ToolCall:
     tenant_id: str = ""
     repos_root: str | None = None  # NYXFLOW_REPOS_ROOT: see nyxflow/repos.py
     sandbox: Sandbox = SANDBOXED  # where the tenant's commands run (NYXFLOW_COMMAND_SANDBOX)
+    # The workflow's steps after this one: a scan refuses at once a repository that a later
+    # review could not patch, rather than after every model call between them was paid for.
+    later: Sequence[pb.Step] = ()
 
     async def repository(self) -> Path:
         """`params.path`: the top folder of a git work tree the run's tenant may read. A folder

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from nyxflow.constants import scan_limit
+from nyxflow.constants import TOOL, scan_limit
 from nyxflow.errors import InvalidArgument
 from nyxflow_engine.tools.head import Entry, Head, contents, git, head_of, uncommitted
 from nyxflow_engine.tools.registry import ToolCall
@@ -83,6 +84,12 @@ async def scan_repository(call: ToolCall) -> str:
     limits = Limits.of(params) if group in ("file", "directory") else None
     root = await call.repository()
     head = await head_of(root)
+    if not head.commit and (review := _review_of(call)):
+        raise InvalidArgument(
+            f"{root} has no commits yet: step {review!r} reviews patches against HEAD; "
+            "commit the files first",
+            field="params.path",
+        )
     changed = await uncommitted(root) if head.commit else []
     report = await asyncio.to_thread(_report, root, head, changed)
     if limits is not None:
@@ -94,6 +101,27 @@ async def scan_repository(call: ToolCall) -> str:
         report["left_out"] = left_out
         report["items"] = _items(sample, str(group))
     return await asyncio.to_thread(json.dumps, report, indent=2)
+
+
+def _review_of(call: ToolCall) -> str | None:
+    """The name of a later step that reviews patches of this repository: without a commit
+    it will fail (there is no HEAD to patch), after the models in between were paid for."""
+    path = call.params.get("path")
+    for step in call.later:
+        if step.kind == TOOL and step.spec.tool == "review_patches":
+            try:
+                params = json.loads(step.params_json or "{}")
+            except json.JSONDecodeError:
+                continue
+            if isinstance(params, dict) and _same_path(params.get("path"), path):
+                return step.name
+    return None
+
+
+def _same_path(one: Any, other: Any) -> bool:
+    if not isinstance(one, str) or not isinstance(other, str):
+        return False
+    return os.path.normpath(os.path.expanduser(one)) == os.path.normpath(os.path.expanduser(other))
 
 
 def _summary_text(scan_output: str) -> str:
@@ -115,7 +143,7 @@ class Limits:
 def _report(root: Path, head: Head, changed: list[str]) -> dict[str, Any]:
     languages: Counter[str] = Counter()
     folders: Counter[str] = Counter()
-    listing = []
+    listing: list[dict[str, Any]] = []
     for entry in head.files:
         language = _language(entry.path) or "other"
         languages[language] += 1
