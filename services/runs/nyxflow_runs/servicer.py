@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from nyxflow import events as ev
 from nyxflow import metrics, pipelines
 from nyxflow.batches import batched
-from nyxflow.constants import MAX_RECORD_GROUP
+from nyxflow.constants import MAX_RECORD_GROUP, SCAN_MAXIMA
 from nyxflow.errors import InvalidArgument, NyxflowError
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2, runs_pb2_grpc
@@ -407,8 +407,8 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         tenant = await self._tenant(request, context)
         valid.require_id(request.repository_id, "repository_id")
         pipelines.validate(request.pipeline, request.goal)
-        valid.bounded(request.max_files, 0, 10_000, "max_files")
-        valid.bounded(request.max_bytes, 0, 5_000_000, "max_bytes")
+        valid.bounded(request.max_files, 0, SCAN_MAXIMA["max_files"], "max_files")
+        valid.bounded(request.max_bytes, 0, SCAN_MAXIMA["max_bytes"], "max_bytes")
         valid.text(request.goal, "goal", 10_000, required=False)
         request.test_command = valid.command(request.test_command, "test_command", 1_000)
         chain = valid.provider_chain(request.providers, "providers")

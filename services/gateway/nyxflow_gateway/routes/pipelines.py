@@ -9,6 +9,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field, StrictInt
 
+from nyxflow.constants import SCAN_MAXIMA
 from nyxflow.errors import ResourceExhausted
 from nyxflow.templates import Text
 from nyxflow.v1 import runs_pb2
@@ -23,8 +24,8 @@ class PipelineBody(BaseModel):
     pipeline: Literal["code-analysis", "auto-fix", "refactor"]
     goal: str = Field(default="", max_length=10_000)
     test_command: str = Field(default="", max_length=1_000)
-    max_files: StrictInt = Field(default=0, ge=0, le=10_000)
-    max_bytes: StrictInt = Field(default=0, ge=0, le=5_000_000)
+    max_files: StrictInt = Field(default=0, ge=0, le=SCAN_MAXIMA["max_files"])
+    max_bytes: StrictInt = Field(default=0, ge=0, le=SCAN_MAXIMA["max_bytes"])
     providers: list[Text] = Field(default_factory=list, max_length=8)
     params: dict[str, Any] = Field(default_factory=dict)  # for the model steps
 
