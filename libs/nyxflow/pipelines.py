@@ -123,7 +123,10 @@ def pipeline_steps(
     # The goal is the user's text, not a template (a goal may quote Vue's `{{ message }}`).
     aim = literal(goal.strip()) or "fix bugs, security problems and obvious mistakes"
     verb = "Refactor" if pipeline == REFACTOR else "Improve"
-    review: dict[str, Any] = {"path": path, "test_timeout_s": TEST_TIMEOUT_S}
+    # `scanned`: the prompt opens with the scan, whose `head` the diffs are checked against
+    # (the commit the models were shown, wherever HEAD is when the review runs: a checkout
+    # or a commit meanwhile, a run paused and resumed); the answers follow it.
+    review: dict[str, Any] = {"path": path, "test_timeout_s": TEST_TIMEOUT_S, "scanned": True}
     if test_command:
         review["test_command"] = test_command
     return [
@@ -143,6 +146,6 @@ def pipeline_steps(
             "reviewing",
             tool="review_patches",
             params=review,
-            prompt="{{ steps.Improve.output }}",
+            prompt="{{ steps.Scan.output }}\n\n{{ steps.Improve.output }}",
         ),
     ]

@@ -163,6 +163,46 @@ def test_a_refactor_goal_reaches_the_model_as_written(goal: str) -> None:
     assert f"Goal: {goal}.\n" in sent and sent.endswith("\n\nITEM")
 
 
+async def test_a_resumed_auto_fix_reviews_against_the_commit_it_scanned(
+    api: Clients, tmp_path: Path
+) -> None:
+    """Paused in Improve, another branch checked out, resumed: the review checked the diffs
+    (written against the scanned commit) against the new HEAD and rejected them."""
+    repo = planted_repo(tmp_path)
+    project = await api.runs.create_project("p-resume")
+    repository = await api.runs.add_repository(project.id, "acme", "shop", str(repo))
+    params = {"replies": model_replies(), "tokens": 20, "token_delay_ms": 50}
+    request = runs_pb2.StartPipelineRequest(
+        repository_id=repository.id, pipeline="auto-fix", params_json=json.dumps(params)
+    )
+    run = await api.runs.start_pipeline(request)
+    assert api.engine is not None
+    async for event in api.engine.execute(run.id):
+        if event.type == ev.STEP_STARTED and json.loads(event.data_json)["name"] == "Improve":
+            await api.runs.pause_run(run.id)
+    paused = await api.runs.get_run(run.id)
+    assert paused.status == ev.PAUSED, paused.status
+    scanned = json.loads(paused.steps[0].output)["head"]
+    git(repo, "checkout", "-qb", "feature")
+    (repo / "calc.py").write_text(CALC.replace("def add(a, b):", "def add(a, b):  # feature"))
+    git(repo, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qam", "feature")
+
+    again = await api.runs.resume_workflow(run.workflow_id)
+    await execute(api, again.id)
+
+    done = await api.runs.get_run(again.id)
+    assert done.status == ev.COMPLETED, done.error
+    review = json.loads((await api.runs.get_artifact(again.id, "review")).content)
+    assert [a["files"] for a in review["accepted"]] == [["calc.py"]], review["rejected"]
+    assert review["head"] == scanned
+    patch = (await api.runs.get_artifact(again.id, "patch")).content
+    git(repo, "checkout", "-q", scanned)
+    checked = subprocess.run(
+        ["git", "-C", str(repo), "apply", "--check", "-"], input=patch, text=True
+    )
+    assert checked.returncode == 0
+
+
 async def test_what_the_tests_leave_behind_is_not_in_the_patch(
     api: Clients, tmp_path: Path
 ) -> None:

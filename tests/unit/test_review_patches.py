@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from nyxflow.errors import InvalidArgument
+from nyxflow.errors import FailedPrecondition, InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.cut_off import marked
 from nyxflow_engine.tools.patches import review_patches
 from nyxflow_engine.tools.registry import ToolCall
+from nyxflow_engine.tools.repository import scan_repository
 from tests.support.repos import GOOD_DIFF, git, planted_repo
 
 MANY = "".join(f"def f{i}():\n    return {i}\n\n\n" for i in range(12))
@@ -280,3 +281,57 @@ async def test_a_repositories_root_written_with_a_tilde_or_relative_runs_the_tes
     report = json.loads(await review_patches(call))
 
     assert _files(report["accepted"]) == [["calc.py"]], report["rejected"]
+
+
+async def _scan(repo: Path) -> str:
+    async def save(*_: Any) -> None: ...
+
+    return await scan_repository(ToolCall({"path": str(repo), "group": "file"}, "", save))
+
+
+async def test_the_diffs_are_checked_against_the_commit_the_scan_read(tmp_path: Path) -> None:
+    """The review cloned HEAD as it was when the review ran: a branch checked out or a commit
+    made after the scan (the models wrote their diffs against the scan) rejected good diffs,
+    or made a patch for a tree they never saw."""
+    repo = planted_repo(tmp_path)
+    scan = await _scan(repo)
+    scanned = json.loads(scan)["head"]
+    git(repo, "checkout", "-qb", "feature")
+    _commit(repo, {"calc.py": "def add(a, b):\n    return b - a\n"})
+
+    report, patch = await _review(repo, f"{scan}\n\n{GOOD_DIFF}", scanned=True)
+
+    assert _files(report["accepted"]) == [["calc.py"]], report["rejected"]
+    assert report["head"] == scanned and patch.startswith(f"base-commit: {scanned}\n")
+    assert report["patch_bytes"] == len(patch.encode())
+    (tmp_path / "fix.patch").write_text(patch)
+    git(repo, "checkout", "-q", scanned)
+    git(repo, "apply", "--check", str(tmp_path / "fix.patch"))
+
+
+async def test_a_scanned_commit_no_longer_in_the_repository_fails_the_review_naming_it(
+    tmp_path: Path,
+) -> None:
+    repo = planted_repo(tmp_path)
+    scan = await _scan(repo)
+    scanned = json.loads(scan)["head"]
+    git(
+        repo,
+        "-c",
+        "user.email=t@example.com",
+        "-c",
+        "user.name=t",
+        "commit",
+        "-q",
+        "--amend",
+        "-m",
+        "x",
+    )
+    git(repo, "reflog", "expire", "--expire=now", "--all")
+    git(repo, "gc", "-q", "--prune=now")
+
+    with pytest.raises(FailedPrecondition, match=f"the scanned commit {scanned} is no longer"):
+        await _review(repo, f"{scan}\n\n{GOOD_DIFF}", scanned=True)
+    with pytest.raises(InvalidArgument, match="must open with a repository scan") as refused:
+        await _review(repo, GOOD_DIFF, scanned=True)
+    assert refused.value.field == "prompt"

@@ -57,7 +57,9 @@ async def head_of(path: Path) -> Head:
     if not commit:
         return await _staged(path)
     head = Head(commit)
-    for record in (await git(path, "ls-tree", "-r", "-l", "-z", "HEAD")).split("\0"):
+    # The commit, not HEAD again: a checkout or a commit meanwhile would list another tree
+    # than the commit the scan reports (and the review patches).
+    for record in (await git(path, "ls-tree", "-r", "-l", "-z", commit)).split("\0"):
         if record:
             meta, name = record.split("\t", 1)
             mode, _, oid, size = meta.split()
@@ -65,10 +67,11 @@ async def head_of(path: Path) -> Head:
     return head
 
 
-async def commit_of(path: Path) -> str:
-    """HEAD's commit; "" in a repository without commits."""
+async def commit_of(path: Path, name: str = "HEAD") -> str:
+    """The commit `name` (HEAD, a commit id) names; "" if none (a repository without commits,
+    an id it does not hold)."""
     try:
-        return (await git(path, "rev-parse", "--verify", "HEAD^{commit}")).strip()
+        return (await git(path, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}")).strip()
     except InvalidArgument:
         return ""
 
@@ -129,13 +132,16 @@ async def contents(path: Path, entries: Sequence[Entry], limit: int) -> dict[str
     return {entry.path: head for entry, head in zip(entries, heads, strict=True)}
 
 
-async def uncommitted(path: Path) -> list[str]:
-    """Tracked files whose index or work tree differs from HEAD (`path` is the top folder)."""
-    # The index against HEAD: objects only. Not `git diff HEAD`: to compare a file whose stat
-    # changed, git reads it through the clean filter the repository's config names.
-    staged = await git(path, "diff-index", "--cached", "--name-only", "-z", "--no-renames", "HEAD")
+async def uncommitted(path: Path, head: Head | None = None) -> list[str]:
+    """Tracked files whose index or work tree differs from `head` (`head_of(path)` if not
+    given: pass the scan's, so that both name the same commit; `path` is the top folder)."""
+    head = head or await head_of(path)
+    # The index against the commit: objects only. Not `git diff HEAD`: to compare a file whose
+    # stat changed, git reads it through the clean filter the repository's config names.
+    staged = await git(
+        path, "diff-index", "--cached", "--name-only", "-z", "--no-renames", head.commit
+    )
     changed = {name for name in staged.split("\0") if name}
-    head = await head_of(path)
     unsure = await asyncio.to_thread(_differing_in_size, path, head.files, changed)
     # The rest hashed as they are on disk: no filter, no attribute read.
     names = "".join(f"{_quoted(entry.path)}\n" for entry in unsure).encode()

@@ -23,7 +23,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from nyxflow.errors import FailedPrecondition, InvalidArgument
 from nyxflow.repos import root_folder
@@ -38,6 +38,7 @@ from nyxflow_engine.tools.scratch import make_writable
 from nyxflow_engine.tools.scratch import remove as remove_scratch
 
 MAX_REASON = 2_000
+COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # sha1 or sha256, as the scan reports it
 CUT_OFF = "cut off: its ```diff block never closed (the answer stopped at its max_tokens?)"
 
 
@@ -61,19 +62,28 @@ async def review_patches(call: ToolCall) -> str:
     timeout = params.get("test_timeout_s", 300)
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise InvalidArgument("must be a positive number", field="params.test_timeout_s")
+    if _flag(params, "scanned"):
+        scanned, answers = _scanned(call.prompt)
+        commit = await _scanned_commit(source, scanned)
+    else:
+        answers, commit = call.prompt, await _head_commit(source)
     scratch = await asyncio.to_thread(make_scratch)
     try:
         clone = scratch / "repo"
-        objects = await _clone(source, clone)
+        objects = await _clone(source, clone, commit)
         # The repositories are shown read-only: the source's objects are the clone's too. The
         # root as the tools read it (`~/repos`, a relative one): a wall names a real folder.
         roots = [Path(root_folder(call.repos_root))] if call.repos_root else []
         shown = (source, objects, *roots)
         walls = Walls(scratch.parent, (clone, scratch / "home"), (clone / ".git", *shown))
         tests = Tests(command, float(timeout), call.sandbox, walls)
-        report, patch = await _review(clone, diffs_in(call.prompt), tests)
+        report, patch = await _review(clone, diffs_in(answers), tests)
     finally:
         await asyncio.to_thread(remove_scratch, scratch)
+    report = {"head": commit, **report}
+    if patch:  # what it applies to, where `git apply` reads no further than a comment
+        patch = f"base-commit: {commit}\n{patch}"
+        report["patch_bytes"] = len(patch.encode())
     await call.save(
         [
             pb.Artifact(name="patch", media_type="text/x-diff", content=patch),
@@ -94,14 +104,61 @@ class Tests:
     walls: Walls
 
 
-async def _clone(source: Path, clone: Path) -> Path:
-    """A private copy of the source's HEAD: a git dir of the engine's, and the source's objects
-    (alternates). Not `git clone`, which runs upload-pack in the source under its config (the
-    tenant's): git here only reads the source's refs and objects. Its objects folder."""
+def _flag(params: dict[str, Any], key: str) -> bool:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidArgument("must be true or false", field=f"params.{key}")
+    return value
+
+
+def _scanned(prompt: str) -> tuple[str, str]:
+    """With `params.scanned`, the prompt opens with the scan's output (the pipelines' Review:
+    `{{ steps.Scan.output }}`, then the answers): the commit it read ("": the repository had
+    none), and the rest of the prompt, where the diffs are."""
+    try:
+        scan, end = json.JSONDecoder().raw_decode(prompt)
+    except json.JSONDecodeError:
+        scan, end = None, 0
+    head = scan.get("head", "") if isinstance(scan, dict) else ""
+    if head is not None and not (isinstance(head, str) and COMMIT.fullmatch(head)):
+        message = "with params.scanned, must open with a repository scan's output (its head)"
+        raise InvalidArgument(message, field="prompt")
+    return head or "", prompt[end:]
+
+
+async def _scanned_commit(source: Path, scanned: str) -> str:
+    """The commit the scan read: the diffs were written against it, and HEAD may have moved
+    since (a checkout, a commit, a run resumed days later)."""
+    if not scanned:
+        _no_commits(source)
+    if not await commit_of(source, scanned):
+        raise FailedPrecondition(
+            f"the scanned commit {scanned} is no longer in {source} (its branch deleted, and "
+            "the commit collected?): the diffs were written against it; run the pipeline "
+            "again",
+            field="params.path",
+        )
+    return scanned
+
+
+async def _head_commit(source: Path) -> str:
     commit = await commit_of(source)
-    if not commit:  # the scan showed its index: no patch could name the HEAD it applies to
-        message = f"{source} has no commits yet: the review patches HEAD; commit the files first"
-        raise InvalidArgument(message, field="params.path")
+    if not commit:
+        _no_commits(source)
+    return commit
+
+
+def _no_commits(source: Path) -> NoReturn:
+    # The scan showed its index: no patch could name the commit it applies to.
+    message = f"{source} has no commits yet: the review patches HEAD; commit the files first"
+    raise InvalidArgument(message, field="params.path")
+
+
+async def _clone(source: Path, clone: Path, commit: str) -> Path:
+    """A private copy of the source's `commit`: a git dir of the engine's, and the source's
+    objects (alternates). Not `git clone`, which runs upload-pack in the source under its
+    config (the tenant's): git here only reads the source's refs and objects. Its objects
+    folder."""
     objects = await git(source, "rev-parse", "--path-format=absolute", "--git-path", "objects")
     form = (await git(source, "rev-parse", "--show-object-format")).strip()
     await _git(clone.parent, "init", "--quiet", f"--object-format={form}", str(clone))
