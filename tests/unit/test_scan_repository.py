@@ -129,11 +129,25 @@ async def test_files_named_outside_ascii_count_as_recently_changed(tmp_path: Pat
     git(repo, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-q",
         "--allow-empty", "-m", "nothing")  # fmt: skip
 
-    when = await recency(repo)
+    when = await recency(repo, "HEAD")
 
     assert set(names) <= set(when), sorted(when)
     assert set(when) == {"calc.py", "test_calc.py", "util.py", *names}
     assert all(isinstance(t, int) and t > 0 for t in when.values())
+
+
+async def test_recent_changes_are_read_from_the_commit_scanned(tmp_path: Path) -> None:
+    """The log was of HEAD as it was when read, later than the commit the scan listed (a
+    commit made, a branch checked out, mid-scan): files changed after it counted as recent."""
+    repo = planted_repo(tmp_path)
+    scanned = git(repo, "rev-parse", "HEAD").strip()
+    (repo / "later.py").write_text("y = 2\n")
+    _commit(repo)
+
+    when = await recency(repo, scanned)
+
+    assert "later.py" not in when and "calc.py" in when
+    assert "later.py" in await recency(repo, "HEAD")
 
 
 async def test_only_the_head_of_each_sampled_blob_is_read(tmp_path: Path) -> None:

@@ -46,12 +46,15 @@ LISTING = 1_000
 FOLDERS = 200
 
 
-async def recency(path: Path) -> dict[str, int]:
-    """File → commit time of its last change among the recent commits (absent: older)."""
+async def recency(path: Path, commit: str) -> dict[str, int]:
+    """File → commit time of its last change among the recent commits before `commit` (the
+    one the scan read, wherever HEAD has moved since) (absent: older)."""
     try:
         # -z: names as they are. Without it git quotes any name outside ASCII ("\303\251.py"),
         # which then matched no file, so such files never counted as recently changed.
-        log = await git(path, "log", "-z", f"-n{RECENT_COMMITS}", "--format=%x01%ct", "--name-only")
+        log = await git(
+            path, "log", "-z", f"-n{RECENT_COMMITS}", "--format=%x01%ct", "--name-only", commit
+        )
     except InvalidArgument:
         return {}  # a repository without commits yet
     return await asyncio.to_thread(_last_changes, log)
@@ -90,10 +93,11 @@ async def scan_repository(call: ToolCall) -> str:
             "commit the files first",
             field="params.path",
         )
-    changed = await uncommitted(root) if head.commit else []
+    # Against the commit read above: HEAD read again could be another (and costs as much).
+    changed = await uncommitted(root, head) if head.commit else []
     report = await asyncio.to_thread(_report, root, head, changed)
     if limits is not None:
-        when = await recency(root)
+        when = await recency(root, head.commit) if head.commit else {}
         chosen, left_out = await asyncio.to_thread(_sample, head, when, limits)
         most = max((budget for _, budget in chosen), default=0)
         blobs = await contents(root, [entry for entry, _ in chosen], most)
