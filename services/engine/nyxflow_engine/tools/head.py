@@ -56,10 +56,17 @@ async def head_of(path: Path) -> Head:
     commit = await commit_of(path)
     if not commit:
         return await _staged(path)
-    head = Head(commit)
     # The commit, not HEAD again: a checkout or a commit meanwhile would list another tree
     # than the commit the scan reports (and the review patches).
-    for record in (await git(path, "ls-tree", "-r", "-l", "-z", commit)).split("\0"):
+    listing = await git(path, "ls-tree", "-r", "-l", "-z", commit)
+    # In a thread: 400,000 files took 3.3 s to parse, every other run's events held meanwhile.
+    return await asyncio.to_thread(_tree, commit, listing)
+
+
+def _tree(commit: str, listing: str) -> Head:
+    """`git ls-tree -r -l -z` of `commit`, parsed."""
+    head = Head(commit)
+    for record in listing.split("\0"):
         if record:
             meta, name = record.split("\t", 1)
             mode, _, oid, size = meta.split()
