@@ -16,7 +16,7 @@ from nyxflow_engine.cut_off import marked
 from nyxflow_engine.tools.patches import review_patches
 from nyxflow_engine.tools.registry import ToolCall
 from nyxflow_engine.tools.repository import scan_repository
-from tests.support.repos import GOOD_DIFF, git, planted_repo
+from tests.support.repos import CALC, GOOD_DIFF, git, planted_repo
 
 MANY = "".join(f"def f{i}():\n    return {i}\n\n\n" for i in range(12))
 # A two-hunk change to util.py, as an answer stopped at max_tokens leaves it: no closing fence.
@@ -240,6 +240,24 @@ async def test_a_hunk_whose_header_miscounts_its_lines_is_applied(tmp_path: Path
     (tmp_path / "fix.patch").write_text(patch)
     git(repo, "apply", str(tmp_path / "fix.patch"))
     assert "return a + b" in (repo / "calc.py").read_text()
+
+
+async def test_a_diff_written_with_lf_applies_to_a_file_committed_with_crlf(
+    tmp_path: Path,
+) -> None:
+    """A model reads a file whose lines end in CRLF and answers its diff in LF: no context
+    line matched, and every diff of a file committed from Windows was rejected."""
+    repo = planted_repo(tmp_path)
+    _commit(repo, {"calc.py": CALC.replace("\n", "\r\n")})
+    blank_lost = GOOD_DIFF.replace("\n \n \n", "\n\n \n")  # a context line lost its space
+
+    report, patch = await _review(repo, blank_lost)
+
+    assert _files(report["accepted"]) == [["calc.py"]], report
+    (tmp_path / "fix.patch").write_bytes(patch.encode())
+    git(repo, "apply", str(tmp_path / "fix.patch"))
+    fixed = (repo / "calc.py").read_bytes()
+    assert b"    return a + b\r\n" in fixed and b"\n" not in fixed.replace(b"\r\n", b"")
 
 
 async def test_a_nested_repository_the_tests_made_is_removed_before_the_next_diff(

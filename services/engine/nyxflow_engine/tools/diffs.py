@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from nyxflow_engine.cut_off import is_cut_off
@@ -126,6 +126,22 @@ def files_of(diff: str) -> list[str]:
         names = header.names(lines)
         found.update(_unquoted(name)[2:] for name in names if name != DEV_NULL)
     return sorted(found)
+
+
+def in_crlf(diff: str, crlf: Collection[str]) -> str:
+    """`diff` with the lines of its hunks in the files `crlf` names (as `files_of` does) ending
+    in CRLF, as those files' lines do. A model reads such a file and writes its diff with
+    LF endings: no context line matched, and every diff of a file committed from Windows was
+    rejected. A context line that lost its leading space (an empty line) gets it back."""
+    lines = diff.splitlines(keepends=True)
+    current = ""
+    for index, (line, kind) in enumerate(zip(lines, _kinds(lines), strict=True)):
+        if kind in (OLD, NEW) and (name := _name(line)) != DEV_NULL:
+            current = _unquoted(name)[2:]
+        elif kind == BODY and current in crlf and not line.startswith("\\"):
+            text = line.rstrip("\r\n")
+            lines[index] = f"{text or ' '}\r\n"
+    return "".join(lines)
 
 
 def _kinds(lines: Sequence[str]) -> list[str]:

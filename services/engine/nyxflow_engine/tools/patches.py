@@ -29,7 +29,7 @@ from nyxflow.errors import FailedPrecondition, InvalidArgument
 from nyxflow.repos import root_folder
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.tools.commands import GIT, Outcome, run
-from nyxflow_engine.tools.diffs import Proposed, diffs_in, files_of
+from nyxflow_engine.tools.diffs import Proposed, diffs_in, files_of, in_crlf
 from nyxflow_engine.tools.head import commit_of, git
 from nyxflow_engine.tools.registry import ToolCall
 from nyxflow_engine.tools.sandbox import Sandbox, Walls
@@ -186,7 +186,9 @@ async def _review(clone: Path, diffs: list[Proposed], tests: Tests) -> tuple[dic
         # Into the index too: the index holds the accepted diffs and nothing else. --recount:
         # models miscount a hunk's lines (`@@ -1,6 +1,6 @@` over five), which git calls a
         # corrupt patch; the lines are read as they are.
-        applied = await run(clone, *GIT, "apply", "--index", "--recount", "-", stdin=diff.encode())
+        applied = await _apply(clone, diff)
+        if applied.code != 0 and (crlf := _crlf(clone, entry["files"])):
+            applied = await _apply(clone, in_crlf(diff, crlf))  # as the model read them
         if applied.code != 0:
             rejected.append({**entry, "reason": f"does not apply: {_tail(applied.output)}"})
             continue
@@ -218,6 +220,23 @@ async def _review(clone: Path, diffs: list[Proposed], tests: Tests) -> tuple[dic
         "patch_bytes": len(combined.encode()),
     }
     return report, combined
+
+
+async def _apply(clone: Path, diff: str) -> Outcome:
+    return await run(clone, *GIT, "apply", "--index", "--recount", "-", stdin=diff.encode())
+
+
+def _crlf(clone: Path, names: list[str]) -> set[str]:
+    """Which of the files a diff names end their lines in CRLF in the clone (a regular file
+    of its own, never a symlink followed)."""
+    found = set()
+    for name in names:
+        path = clone / name
+        if path.is_file() and not path.is_symlink():
+            with path.open("rb") as file:
+                if b"\r\n" in file.read(1 << 16):
+                    found.add(name)
+    return found
 
 
 async def _git(clone: Path, *args: str) -> str:
