@@ -188,7 +188,9 @@ async def _as_t1(root: Path, folder: Path) -> None:
     await review_patches(call)
 
 
-@pytest.mark.parametrize("pointer", ["gitfile", "symlink", "alternates", "objects symlink"])
+@pytest.mark.parametrize(
+    "pointer", ["gitfile", "symlink", "alternates", "objects symlink", "relayed objects"]
+)
 async def test_a_git_dir_leading_out_of_the_tenants_folder_is_refused(
     tmp_path: Path, pointer: str
 ) -> None:
@@ -206,10 +208,18 @@ async def test_a_git_dir_leading_out_of_the_tenants_folder_is_refused(
         git(root / "t1", "init", "-q", "evil")
         if pointer == "alternates":
             (mine / ".git/objects/info/alternates").write_text(f"{theirs / '.git/objects'}\n")
-        else:
+        elif pointer == "objects symlink":
             git(theirs, "repack", "-adq")
             os.rmdir(mine / ".git/objects/pack")
             (mine / ".git/objects/pack").symlink_to(theirs / ".git/objects/pack")
+        else:  # through a folder of t1's own that holds links to t2's packs
+            git(theirs, "repack", "-adq")
+            relay = root / "t1" / "relay"
+            relay.mkdir()
+            for pack in (theirs / ".git/objects/pack").iterdir():
+                (relay / pack.name).symlink_to(pack)
+            os.rmdir(mine / ".git/objects/pack")
+            (mine / ".git/objects/pack").symlink_to(relay)
         git(mine, "symbolic-ref", "HEAD", git(theirs, "symbolic-ref", "HEAD").strip())
         git(mine, "update-ref", "HEAD", git(theirs, "rev-parse", "HEAD").strip())
     assert "return a - b" in git(mine, "show", "HEAD:calc.py")  # git reads t2's objects
@@ -219,6 +229,18 @@ async def test_a_git_dir_leading_out_of_the_tenants_folder_is_refused(
 
     assert refused.value.field == "params.path"
     assert str(theirs / ".git") in refused.value.message
+
+
+async def test_a_hook_linked_out_of_the_tenants_folder_is_no_reason_to_refuse(
+    tmp_path: Path,
+) -> None:
+    """git never runs a hook here (core.hooksPath), and a repository whose pre-commit hook
+    links to /usr/bin/true was refused as leading out of the tenant's folder."""
+    root, _ = _tenants(tmp_path)
+    mine = planted_repo(root / "t1")
+    (mine / ".git/hooks/pre-commit").symlink_to("/usr/bin/true")
+
+    await _as_t1(root, mine)
 
 
 async def test_git_dirs_and_alternates_inside_the_tenants_folder_are_read(tmp_path: Path) -> None:

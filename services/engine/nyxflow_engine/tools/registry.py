@@ -93,10 +93,18 @@ def _git_dirs_within(folder: Path, places: Sequence[str], tenant: str) -> None:
     while pending:
         place, what, depth = pending.pop(0)
         real = _inside(folder, place, what, tenant)
-        if not any(within(real, done) for done in walked):
-            walked.append(real)
-            for link in _symlinks(real):
-                _inside(folder, link, "a symlink in its git directory", tenant)
+        # A symlink to a folder inside the tenant's may hold symlinks out of it (objects/pack
+        # to a folder of links to another tenant's packs): the folders linked to are walked.
+        tops = [real]
+        while tops:
+            top = tops.pop()
+            if any(within(top, done) for done in walked):
+                continue
+            walked.append(top)
+            for link in _symlinks(top):
+                target = _inside(folder, link, "a symlink in its git directory", tenant)
+                if os.path.isdir(target):
+                    tops.append(target)
         if depth < 0 or real in borrowed:
             continue  # a git dir: only an objects directory names alternates
         borrowed.add(real)
@@ -122,14 +130,19 @@ def _inside(folder: Path, place: str, what: str, tenant: str) -> str:
 
 
 def _symlinks(top: str) -> list[str]:
-    """Every symlink under `top`, not followed (a directory's entry type: no stat each)."""
+    """Every symlink under `top`, not followed (a directory's entry type: no stat each), but
+    in `hooks/`: git never runs them here (GIT sets core.hooksPath), and a repository whose
+    hook links to /usr/bin/true was refused for it."""
     found, folders = [], [top]
     while folders:
+        folder = folders.pop()
         try:
-            entries = list(os.scandir(folders.pop()))
+            entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError, PermissionError):
             continue
         for entry in entries:
+            if folder == top and entry.name == "hooks":
+                continue
             if entry.is_symlink():
                 found.append(entry.path)
             elif entry.is_dir(follow_symlinks=False):
