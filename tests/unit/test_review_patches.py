@@ -260,6 +260,31 @@ async def test_a_diff_written_with_lf_applies_to_a_file_committed_with_crlf(
     assert b"    return a + b\r\n" in fixed and b"\n" not in fixed.replace(b"\r\n", b"")
 
 
+async def test_a_diff_of_two_files_without_git_headers_is_applied_whole(tmp_path: Path) -> None:
+    """Read with --recount, a hunk runs on to the next `@@` or `diff` line: the second file's
+    ---/+++ lines went into the first file's hunk, and a right change was rejected."""
+    repo = planted_repo(tmp_path)
+    util = ["--- a/util.py", "+++ b/util.py", "@@ -1,2 +1,2 @@", " def shout(text):"]
+    util += ["-    return text.upper()", "+    return text.upper() + '!'", "```"]
+    both = GOOD_DIFF.removesuffix("```") + "\n".join(util)
+
+    report, patch = await _review(repo, both)
+
+    assert _files(report["accepted"]) == [["calc.py", "util.py"]], report
+    assert "+    return text.upper() + '!'" in patch and "+    return a + b" in patch
+
+
+async def test_a_miscounted_diff_applies_to_a_file_committed_with_crlf(tmp_path: Path) -> None:
+    """The hunk's lines were counted by its header to put them in CRLF: those past a count
+    too small kept LF, and the diff was rejected."""
+    repo = planted_repo(tmp_path)
+    _commit(repo, {"calc.py": CALC.replace("\n", "\r\n")})
+
+    report, _ = await _review(repo, GOOD_DIFF.replace("@@ -1,5 +1,5 @@", "@@ -1,3 +1,3 @@"))
+
+    assert _files(report["accepted"]) == [["calc.py"]], report
+
+
 async def test_a_nested_repository_the_tests_made_is_removed_before_the_next_diff(
     tmp_path: Path,
 ) -> None:

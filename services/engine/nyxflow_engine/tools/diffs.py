@@ -132,15 +132,26 @@ def in_crlf(diff: str, crlf: Collection[str]) -> str:
     """`diff` with the lines of its hunks in the files `crlf` names (as `files_of` does) ending
     in CRLF, as those files' lines do. A model reads such a file and writes its diff with
     LF endings: no context line matched, and every diff of a file committed from Windows was
-    rejected. A context line that lost its leading space (an empty line) gets it back."""
+    rejected. A context line that lost its leading space (an empty line) gets it back.
+
+    A hunk's lines are read up to the next header, not counted by its `@@` line: this is
+    tried when the diff did not apply as written, its counts maybe wrong (git's --recount)."""
     lines = diff.splitlines(keepends=True)
-    current = ""
-    for index, (line, kind) in enumerate(zip(lines, _kinds(lines), strict=True)):
-        if kind in (OLD, NEW) and (name := _name(line)) != DEV_NULL:
-            current = _unquoted(name)[2:]
-        elif kind == BODY and current in crlf and not line.startswith("\\"):
-            text = line.rstrip("\r\n")
-            lines[index] = f"{text or ' '}\r\n"
+    current, in_hunk = "", False
+    for index, line in enumerate(lines):
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if line.startswith("diff --git ") or (
+            line.startswith("--- ") and following.startswith("+++ ")
+        ):
+            in_hunk = False
+        if line.startswith(("--- ", "+++ ")) and not in_hunk:
+            if (name := _name(line)) != DEV_NULL:
+                current = _unquoted(name)[2:]
+        elif HUNK.match(line):
+            in_hunk = True
+        elif in_hunk and current in crlf and line[:1] in ("\r", "\n", " ", "-", "+"):
+            text = line.rstrip("\r\n") or " "
+            lines[index] = f"{text}\r\n"
     return "".join(lines)
 
 

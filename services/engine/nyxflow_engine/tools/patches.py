@@ -183,11 +183,8 @@ async def _review(clone: Path, diffs: list[Proposed], tests: Tests) -> tuple[dic
         # What a rejected diff is undone to: undoing it by `apply -R` would search for the
         # place again, and could find another one.
         before = (await _git(clone, "write-tree")).strip() if command else ""
-        # Into the index too: the index holds the accepted diffs and nothing else. --recount:
-        # models miscount a hunk's lines (`@@ -1,6 +1,6 @@` over five), which git calls a
-        # corrupt patch; the lines are read as they are.
         applied = await _apply(clone, diff)
-        if applied.code != 0 and (crlf := _crlf(clone, entry["files"])):
+        if applied.code != 0 and (crlf := await _crlf(clone, entry["files"])):
             applied = await _apply(clone, in_crlf(diff, crlf))  # as the model read them
         if applied.code != 0:
             rejected.append({**entry, "reason": f"does not apply: {_tail(applied.output)}"})
@@ -223,19 +220,35 @@ async def _review(clone: Path, diffs: list[Proposed], tests: Tests) -> tuple[dic
 
 
 async def _apply(clone: Path, diff: str) -> Outcome:
+    """`diff` applied, into the index too (it holds the accepted diffs and nothing else); if
+    it does not apply as written, once more with --recount: models miscount a hunk's lines
+    (`@@ -1,6 +1,6 @@` over five), which git calls a corrupt patch. Only then: recounting, git
+    reads a hunk on to the next `@@` or `diff` line, so a second file's ---/+++ lines in a
+    block without `diff --git` lines went into the first file's hunk."""
+    applied = await run(clone, *GIT, "apply", "--index", "-", stdin=diff.encode())
+    if applied.code == 0:
+        return applied
     return await run(clone, *GIT, "apply", "--index", "--recount", "-", stdin=diff.encode())
 
 
-def _crlf(clone: Path, names: list[str]) -> set[str]:
-    """Which of the files a diff names end their lines in CRLF in the clone (a regular file
-    of its own, never a symlink followed)."""
+async def _crlf(clone: Path, names: list[str]) -> set[str]:
+    """Which of the files a diff names (the model's names) are tracked in the clone and end
+    their lines in CRLF there. Tracked, read from the index's blobs: a name through a
+    symlinked folder would be read outside the clone."""
+    if not names:
+        return set()
+    # Literal: a name holding `*` or `[` is no pattern.
+    listed = await _git(clone, "--literal-pathspecs", "ls-files", "-s", "-z", "--", *names)
     found = set()
-    for name in names:
-        path = clone / name
-        if path.is_file() and not path.is_symlink():
-            with path.open("rb") as file:
-                if b"\r\n" in file.read(1 << 16):
-                    found.add(name)
+    for record in listed.split("\0"):
+        if not record:
+            continue
+        meta, name = record.split("\t", 1)
+        mode, oid, _ = meta.split()
+        if mode in ("100644", "100755"):
+            blob = await _git_bytes(clone, "cat-file", "blob", oid)
+            if b"\r\n" in blob.data[: 1 << 16]:
+                found.add(name)
     return found
 
 
