@@ -20,5 +20,11 @@ def test_past_what_runs_stores_the_one_that_finished_the_text_is_named() -> None
     assert len(", ".join(entries)) > MAX_SERVED_BY
 
 
+def test_a_provider_named_by_several_entries_is_named_once() -> None:
+    """A fan-out item continued further down the chain names two already."""
+    entries = ["openai:gpt-4.1", "openai:gpt-4.1, anthropic:claude", "anthropic:claude"]
+    assert served_by_all(entries) == "openai:gpt-4.1, anthropic:claude"
+
+
 def test_nothing_served_names_nothing() -> None:
     assert served_by_all(["", ""]) == ""

@@ -20,7 +20,8 @@ def served_by_all(entries: Iterable[str]) -> str:
     """Every provider:model that made part of one text, in the order they served, each once:
     a continuation or a fan-out item may be served further down the chain than the first
     part. Past what runs stores, the last alone (the one that finished the text)."""
-    named = list(dict.fromkeys(e for e in entries if e))
+    # An entry may name several already (a fan-out item's continuations): each counts once.
+    named = list(dict.fromkeys(one for e in entries for one in e.split(", ") if one))
     joined = ", ".join(named)
     return joined if len(joined) <= MAX_SERVED_BY else named[-1]
 
