@@ -98,6 +98,36 @@ def test_a_scratch_folder_not_the_engine_s_own_is_refused(
     assert list((tmp_path / "elsewhere").iterdir() if kind == "symlink" else []) == []
 
 
+def test_a_scratch_folder_made_in_a_setgid_temp_folder_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made in a setgid folder, it is mode 2700: private all the same, and it was refused as
+    made, every time ("remove it" could not help)."""
+    tmp_path.chmod(0o2755)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    made = scratch.make()
+
+    assert stat.S_IMODE(made.parent.stat().st_mode) == 0o2700
+
+
+def test_a_refused_scratch_folder_refuses_reviews_not_the_engines_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep at start-up raised the refusal, and every engine exited, those that never
+    review (sandbox `none`) included; it sweeps what it may and says why it did not."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _planted(tmp_path, "world-writable")
+    left = tmp_path / f"{scratch.PREFIX}{_dead_pid()}-x"  # where an earlier version made one
+    left.mkdir()
+
+    assert scratch.sweep_left_behind() == 1
+
+    assert not left.exists()
+    with pytest.raises(FailedPrecondition):
+        scratch.make()
+
+
 def test_a_symlink_named_as_a_dead_engine_s_folder_is_not_swept_through(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

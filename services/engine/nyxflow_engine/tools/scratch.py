@@ -50,8 +50,10 @@ def _not_private(found: os.stat_result) -> str:
         return "is not a folder"
     if found.st_uid != os.getuid():
         return f"belongs to another user (uid {found.st_uid})"
+    # Private: nobody else may read, write or enter it. Not `== 0o700`: made in a setgid
+    # temp folder it is 2700, and was refused as made, every time.
     mode = stat.S_IMODE(found.st_mode)
-    if mode != 0o700:
+    if mode & 0o077 or mode & 0o700 != 0o700:
         return f"has mode {mode:04o}"
     return ""
 
@@ -91,8 +93,14 @@ def _owner_may_change(folder: Path) -> None:
 def sweep_left_behind() -> int:
     """Remove the scratch folders of engines no longer running; how many were removed."""
     removed = 0
+    try:
+        ours = list(root().glob(f"{PREFIX}*"))
+    except FailedPrecondition as refused:
+        # Reviews are refused with this reason; the engine serves every other step.
+        log.warning("scratch folders not swept", extra={"reason": refused.message})
+        ours = []
     # In the temp folder itself too: where an engine of an earlier version made them.
-    found = [*root().glob(f"{PREFIX}*"), *Path(tempfile.gettempdir()).glob(f"{PREFIX}*")]
+    found = [*ours, *Path(tempfile.gettempdir()).glob(f"{PREFIX}*")]
     for folder in found:
         pid = folder.name.removeprefix(PREFIX).split("-", 1)[0]
         # Only the engine's own: in the temp folder anyone may name a symlink so, and the
