@@ -144,6 +144,8 @@ async def test_recent_changes_are_read_from_the_commit_scanned(tmp_path: Path) -
     (repo / "later.py").write_text("y = 2\n")
     _commit(repo)
 
+    (repo / scanned).write_text("a file named as the commit")  # "ambiguous argument"
+
     when = await recency(repo, scanned)
 
     assert "later.py" not in when and "calc.py" in when

@@ -53,7 +53,14 @@ async def recency(path: Path, commit: str) -> dict[str, int]:
         # -z: names as they are. Without it git quotes any name outside ASCII ("\303\251.py"),
         # which then matched no file, so such files never counted as recently changed.
         log = await git(
-            path, "log", "-z", f"-n{RECENT_COMMITS}", "--format=%x01%ct", "--name-only", commit
+            path,
+            "log",
+            "-z",
+            f"-n{RECENT_COMMITS}",
+            "--format=%x01%ct",
+            "--name-only",
+            commit,
+            "--",
         )
     except InvalidArgument:
         return {}  # a repository without commits yet
