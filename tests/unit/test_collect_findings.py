@@ -66,9 +66,11 @@ async def test_brackets_nested_deeper_than_the_decoder_goes_are_skipped() -> Non
     first = '[{"file": "a.py", "line": 1, "severity": "high", "message": "m"}]'
     closed = "[" * 5_000 + '"]]] in a string", {"x": 1}' + "]" * 5_000
     later = '[{"file": "b.py", "line": 2, "message": "after the closed nesting"}]'
-    prompt = f"{first}\nThe nesting I saw: {closed}\n{later}\nand unclosed: " + "[" * 100_000
+    unclosed = "[" * 100_000
+    last = '[{"file": "c.py", "line": 3, "message": "after a nesting never closed"}]'
+    prompt = f"{first}\nThe nesting I saw: {closed}\n{later}\nand unclosed: {unclosed}\n{last}"
 
     report = json.loads(await collect_findings(ToolCall({}, prompt, save)))
 
-    assert report["count"] == 2
-    assert [f["file"] for f in report["findings"]] == ["a.py", "b.py"]
+    assert report["count"] == 3
+    assert [f["file"] for f in report["findings"]] == ["a.py", "b.py", "c.py"]

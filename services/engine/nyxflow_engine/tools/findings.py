@@ -20,6 +20,7 @@ LISTED_MESSAGE = 500
 
 # What moves a bracket's depth: a JSON string (its brackets are text), or a bracket.
 _DEPTH_TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"|[\[\]{}]')
+_OPENING = re.compile(r"[\[{]+")
 
 
 def json_values(text: str) -> list[Any]:
@@ -49,7 +50,9 @@ def json_values(text: str) -> list[Any]:
 
 
 def _closed(text: str, start: int) -> int:
-    """Where the brackets opened at `start` are closed again (the end if never)."""
+    """Where the brackets opened at `start` are closed again; if never, just past the run
+    of brackets that opens there: the findings after a stray "[[[[…" that never closes are
+    whole values of their own, and were dropped with it, every one to the end."""
     depth = 0
     for token in _DEPTH_TOKENS.finditer(text, start):
         bracket = token.group()
@@ -59,7 +62,8 @@ def _closed(text: str, start: int) -> int:
             depth -= 1
             if depth <= 0:
                 return token.end()
-    return len(text)
+    run = _OPENING.match(text, start)
+    return run.end() if run else start + 1
 
 
 def finding(value: Any) -> pb.Finding | None:
