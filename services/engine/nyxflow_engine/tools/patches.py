@@ -63,7 +63,7 @@ async def review_patches(call: ToolCall) -> str:
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise InvalidArgument("must be a positive number", field="params.test_timeout_s")
     if _flag(params, "scanned"):
-        scanned, answers = _scanned(call.prompt)
+        scanned, answers = await asyncio.to_thread(_scanned, call.prompt)  # megabytes
         commit = await _scanned_commit(source, scanned)
     else:
         answers, commit = call.prompt, await _head_commit(source)
@@ -77,7 +77,7 @@ async def review_patches(call: ToolCall) -> str:
         shown = (source, objects, *roots)
         walls = Walls(scratch.parent, (clone, scratch / "home"), (clone / ".git", *shown))
         tests = Tests(command, float(timeout), call.sandbox, walls)
-        report, patch = await _review(clone, diffs_in(answers), tests)
+        report, patch = await _review(clone, await asyncio.to_thread(diffs_in, answers), tests)
     finally:
         await asyncio.to_thread(remove_scratch, scratch)
     report = {"head": commit, **report}
