@@ -37,11 +37,8 @@ LANGUAGES = {
 }  # fmt: skip
 RECENT_COMMITS = 200  # how far back "recently changed" looks
 LISTED = 50  # names a summary lists at the most in each of its lists
-# The scan's own output is bounded too, whatever the repository's size: it is the step's
-# output and travels again in its step_completed event, and 150,000 files listed whole made a
-# write of 83.6 MiB, more than a message holds, which failed the run. It lists the first
-# LISTING files (by path), says how many it left out, and counts the files of every folder,
-# naming the FOLDERS largest.
+# The output's bounds (see the module's docstring): 150,000 files listed whole made a write
+# of 83.6 MiB, more than a message holds, which failed the run.
 LISTING = 1_000
 FOLDERS = 200
 
