@@ -243,6 +243,102 @@ async def test_a_chosen_plan_replaces_the_prompts_generated_from_the_old_one(
     assert done.steps[0].output == chosen and done.steps[0].selected_index == 1
 
 
+async def test_a_chosen_alternative_resets_the_completed_steps_made_from_the_old_one(
+    api: Clients,
+) -> None:
+    """Another draft chosen after the run: the summary of the old draft (and what read the
+    summary, and the check over every output) stayed completed, so resume ran nothing and the
+    workflow showed a summary of a draft no longer chosen. Steps that do not read it stay."""
+    tokens = {"tokens": 6}
+    steps = [
+        pb.StepSpec(
+            name="Draft", kind="llm", prompt="Write.", alternatives=2,
+            params_json=json.dumps(tokens),
+        ),
+        pb.StepSpec(
+            name="Aside", kind="llm", prompt="Unrelated.", params_json=json.dumps(tokens)
+        ),
+        pb.StepSpec(
+            name="Summary", kind="llm", prompt="Sum up {{ steps.Draft.output }}",
+            params_json=json.dumps(tokens),
+        ),
+        pb.StepSpec(
+            name="Title", kind="llm", prompt="Title for {{ steps.Summary.output }}",
+            params_json=json.dumps(tokens),
+        ),
+        pb.StepSpec(name="Check", kind="consistency_check", params_json=json.dumps(tokens)),
+    ]  # fmt: skip
+    workflow = await api.runs.create_workflow("draft-alt", steps)
+    first = await api.runs.create_run(workflow.id)
+    await execute(api, first.id)
+    ran = await api.runs.get_run(first.id)
+    assert ran.status == ev.COMPLETED, ran.error
+    before = {s.name: s for s in ran.steps}
+
+    await api.runs.select_alternative(before["Draft"].id, 1)
+
+    after = await api.runs.get_workflow(workflow.id)
+    status = {s.name: (s.status, s.output) for s in after.steps}
+    assert status["Aside"] == (ev.COMPLETED, before["Aside"].output)
+    assert status["Draft"] == (ev.COMPLETED, before["Draft"].alternatives[1].output)
+    for name in ("Summary", "Title", "Check"):
+        assert status[name] == (ev.PENDING, ""), name
+    assert after.status == ev.PAUSED
+    marked = [e async for e in api.runs.watch_run(after.last_run_id)]
+    note = json.loads(marked[0].data_json)
+    assert [r["name"] for r in note["reset"]] == ["Summary", "Title", "Check"]
+    assert note["dropped"] == []
+
+    resumed = await api.runs.resume_workflow(workflow.id)
+    events = await execute(api, resumed.id)
+    done = {s.name: s for s in (await api.runs.get_run(resumed.id)).steps}
+    started = [json.loads(e.data_json)["name"] for e in events if e.type == ev.STEP_STARTED]
+    assert started == ["Summary", "Title", "Check"]
+    assert all(s.status == ev.COMPLETED and s.output for s in done.values())
+    assert done["Summary"].output != before["Summary"].output
+    assert done["Aside"].output == before["Aside"].output
+
+
+async def test_a_chosen_alternative_drops_the_prompts_of_a_later_plan_made_from_it(
+    api: Clients,
+) -> None:
+    """A later plan read the draft: reset, the prompts it generated from the old draft go too
+    (kept, they sat completed after a pending plan, and its new plan made none)."""
+    draft = pb.StepSpec(
+        name="Draft", kind="llm", prompt="Write.", alternatives=2,
+        params_json=json.dumps({"tokens": 6}),
+    )  # fmt: skip
+    plan = pb.StepSpec(
+        name="Plan",
+        kind="synthesis",
+        prompt="Plan from {{ steps.Draft.output }}",
+        generates="implementation_prompt",
+        params_json=json.dumps({"items": 2, "tokens": 20}),
+    )
+    workflow = await api.runs.create_workflow("draft-plan", [draft, plan])
+    first = await api.runs.create_run(workflow.id)
+    await execute(api, first.id)
+    ran = await api.runs.get_run(first.id)
+    assert [s.auto_generated for s in ran.steps] == [False, False, True, True]
+
+    await api.runs.select_alternative(ran.steps[0].id, 1)
+
+    after = await api.runs.get_workflow(workflow.id)
+    assert [(s.name, s.status) for s in after.steps] == [
+        ("Draft", ev.COMPLETED), ("Plan", ev.PENDING)
+    ]  # fmt: skip
+    marked = [e async for e in api.runs.watch_run(after.last_run_id)]
+    note = json.loads(marked[0].data_json)
+    assert [d["step_id"] for d in note["dropped"]] == [s.id for s in ran.steps[2:]]
+    resumed = await api.runs.resume_workflow(workflow.id)
+    await execute(api, resumed.id)
+    done = await api.runs.get_run(resumed.id)
+    assert done.status == ev.COMPLETED, done.error
+    prompts = [s for s in done.steps if s.auto_generated]
+    assert [s.name.split(": ", 1)[-1] for s in prompts] == headings(done.steps[1].output)
+    assert done.steps[1].output != ran.steps[1].output
+
+
 async def test_a_run_asked_for_after_a_plan_was_chosen_generates_its_prompts(
     api: Clients,
 ) -> None:

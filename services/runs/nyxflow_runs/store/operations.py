@@ -127,9 +127,10 @@ class Operations(StoreBase):
                     f"must be between 0 and {len(alternatives) - 1}", field="index"
                 )
             chosen = alternatives[index]
-            previous, dropped = step.selected_index, []
+            previous, dropped, reset = step.selected_index, [], []
             if chosen.get("output", "") != step.output:
                 dropped = await self._drop_made_from(session, step.workflow_id, step)
+                reset = await self._reset_made_from(session, step.workflow_id, step, dropped)
             step.selected_index = index
             step.output = chosen.get("output", "")
             step.truncated = bool(chosen.get("truncated", False))
@@ -137,9 +138,9 @@ class Operations(StoreBase):
             step.served_by = chosen.get("served_by")
             await session.flush()
             written: list[pb.RunEvent] = []
-            if dropped:
+            if dropped or reset:
                 written = await self._paused_for_selection(
-                    session, tenant_id, step, previous, dropped
+                    session, tenant_id, step, previous, dropped, reset
                 )
             result = (await self._steps_pb(session, tenant_id, [step]))[0]
         if written:
@@ -190,6 +191,37 @@ class Operations(StoreBase):
         await self._drop_stale_items(session, steps, step)
         return dropped
 
+    async def _reset_made_from(
+        self,
+        session: AsyncSession,
+        workflow_id: str,
+        step: Step,
+        dropped: list[dict[str, str]],
+    ) -> list[dict[str, str]]:
+        """Another alternative of `step` chosen: the completed steps after it that were made
+        from its old output (reading it, or reading a step that does) stood completed with
+        text from the alternative no longer chosen, and resume skipped them. They go back to
+        never-executed, and what those generated is dropped (added to `dropped`); they are
+        returned (id, name)."""
+        steps = await self._steps(session, workflow_id)
+        changed, stale = {step.name}, []
+        for later in steps:
+            # Generated steps go or stay with their synthesis: they read a quoted plan.
+            fresh = later.position <= step.position or later.auto_generated
+            if not fresh and _made_from(later, changed):
+                changed.add(later.name)
+                if later.status == ev.COMPLETED:
+                    stale.append(later)
+        for synthesis in reversed(stale):  # the last first: earlier positions hold still
+            block = generated_block(steps, synthesis)
+            if (synthesis.config or {}).get("generates") and block:
+                dropped += [{"step_id": s.id, "name": s.name, "status": s.status} for s in block]
+                await self._delete_generated_after(
+                    session, workflow_id, synthesis.position, block[-1].position
+                )
+        await self._reset_steps(session, stale)
+        return [{"step_id": s.id, "name": s.name} for s in stale]
+
     async def _paused_for_selection(
         self,
         session: AsyncSession,
@@ -197,15 +229,22 @@ class Operations(StoreBase):
         step: Step,
         previous: int,
         dropped: list[dict[str, str]],
+        reset: list[dict[str, str]],
     ) -> list[pb.RunEvent]:
-        """A chosen alternative dropped the steps generated from the old one, completed ones
-        too. A paused run says so: the workflow no longer reads as completed (its latest run's
-        status) with a plan that made no prompts, and resume generates them from the chosen
-        output. Inserted paused, never active: flipping between alternatives stays possible."""
+        """A chosen alternative dropped the steps generated from the old one and reset the
+        completed steps made from it. A paused run says so: the workflow no longer reads as
+        completed (its latest run's status) with outputs of the other alternative, and
+        resume runs them from the chosen output. Inserted paused, never active: flipping
+        between alternatives stays possible."""
         latest = await self._latest_run(session, step.workflow_id)
+        what = []
+        if dropped:
+            what.append(f"the {len(dropped)} steps generated from the previous one were dropped")
+        if reset:
+            what.append(f"the {len(reset)} later steps made from it were reset")
         error = (
-            f"alternative {step.selected_index} of {step.name!r} chosen: the {len(dropped)} "
-            "steps generated from the previous one were dropped; resume generates them anew"
+            f"alternative {step.selected_index} of {step.name!r} chosen: {' and '.join(what)}; "
+            "resume runs them anew"
         )
         run = Run(
             tenant_id=tenant_id,
@@ -223,6 +262,7 @@ class Operations(StoreBase):
             "index": step.selected_index,
             "previous_index": previous,
             "dropped": dropped,
+            "reset": reset,
         }
         drafts = [
             Draft(ev.ALTERNATIVE_SELECTED, selected),
@@ -291,6 +331,14 @@ def _reads(step: Step) -> set[str]:
     names: set[str] = set() if step.auto_generated else step_names(step.prompt or "")
     source = (step.config or {}).get("source")
     return names | {source} if source else names
+
+
+def _made_from(step: Step, names: set[str]) -> bool:
+    """Whether `step`'s output is made from any of the (earlier) steps named."""
+    reviews = (step.config or {}).get("reviews")
+    if step.kind == kinds.CONSISTENCY_CHECK and not reviews:
+        return True  # it reviews every output before it
+    return bool((_reads(step) | set(reviews or [])) & names)
 
 
 def _apply(edit: StepEdit, step: Step, default_chain: Sequence[str]) -> dict[str, Any]:
