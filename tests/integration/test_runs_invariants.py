@@ -30,7 +30,7 @@ from nyxflow.errors import (
 )
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
-from nyxflow_runs.models import Step
+from nyxflow_runs.models import Run, Step
 from tests.support.direct import Direct, direct
 from tests.support.eventually import eventually
 from tests.support.inprocess import ADMIN_KEY, SECRET, Clients, clients, runs_service
@@ -433,6 +433,55 @@ async def test_create_run_sweeps_the_workflows_stale_run_first(database_url: str
             (2, ev.RUN_FAILED),
         ]
         await assert_stale(engine, claim.run, claim.token)
+
+
+@pytest.mark.parametrize("operation", ["select_alternative", "delete_workflow", "move_project"])
+async def test_other_operations_sweep_the_workflows_stale_run_first(
+    database_url: str, operation: str
+) -> None:
+    """A dead engine's run refused them ("has an active run") until the sweeper came round,
+    up to 2 x TTL later, where create, resume, re-run and retry swept it first."""
+    async with (
+        runs_service(database_url, sweep_interval_s=3600) as settings,
+        clients(settings.runs_listen) as api,
+        direct(database_url) as db,
+    ):
+        admin = AdminClient(api.runs_channel, bearer_metadata(ADMIN_KEY))
+        await admin.create_tenant("team-b", "Team B")
+        project = await api.runs.create_project("p")
+        workflow = await api.runs.create_workflow("stale", chain(2), project_id=project.id)
+        first = await api.runs.create_run(workflow.id)
+        engine = as_engine(api, first.tenant_id)
+        claim = await engine.claim_run(first.id, OWNER, 30)
+        step, last = claim.run.steps
+        alternatives = [pb.Alternative(output="one"), pb.Alternative(output="two")]
+        change = runs_pb2.StepChange(status=ev.COMPLETED, output="one", alternatives=alternatives)
+        await engine.update_step(first.id, claim.token, step.id, change)
+        await complete(engine, (await api.runs.get_run(first.id)), claim.token)
+        # The last step retried, claimed by an engine that dies: its lease lapses, nobody
+        # sweeps it yet.
+        old = await api.runs.retry_step(last.id)
+        claim = await engine.claim_run(old.id, OWNER, 0.3)
+        assert claim.won
+        await eventually(lambda: db.expired_leases([old.id]), lambda n: n == 1, timeout_s=2.0)
+
+        if operation == "select_alternative":
+            assert (await api.runs.select_alternative(step.id, 1)).selected_index == 1
+        elif operation == "delete_workflow":
+            await api.runs.delete_workflow(workflow.id)
+        else:
+            await admin.move_project(project.id, "team-b")
+
+        async with db.sessions() as session:  # unscoped: the run may be team-b's now
+            stale = await session.get(Run, old.id)
+        if operation == "delete_workflow":
+            assert stale is None
+        else:
+            assert stale is not None and (stale.status, stale.error) == (
+                ev.FAILED, ev.ORPHAN_ERROR
+            )  # fmt: skip
+        if operation == "select_alternative":
+            await assert_stale(engine, claim.run, claim.token)
 
 
 @pytest.mark.parametrize("operation", ["resume_workflow", "rerun_workflow"])

@@ -164,6 +164,8 @@ class Admin(StoreBase):
         """Everything under the project changes tenant in one transaction, or nothing does.
         With a repositories' root, its paths follow it into the new tenant's folder. The
         moved steps' personas keep their system prompts, or the conflict is reported."""
+        # A dead engine's run must not refuse the move until the sweeper comes round.
+        await self.sweep_orphans_all_tenants()
         async with self._sessions.begin() as session:
             project = await session.get(Project, project_id, with_for_update=True)
             if project is None:

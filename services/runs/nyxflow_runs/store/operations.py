@@ -112,6 +112,10 @@ class Operations(StoreBase):
         return result
 
     async def select_alternative(self, tenant_id: str, step_id: str, index: int) -> pb.Step:
+        async with self._scoped(tenant_id) as session:
+            workflow_id = (await self._step(session, tenant_id, step_id)).workflow_id
+        # A dead engine's run must not refuse the choice until the sweeper comes round.
+        await self.sweep_orphans_all_tenants(workflow_id=workflow_id)
         async with self._scoped(tenant_id, write=True) as session:
             step = await self._step(session, tenant_id, step_id)
             await self._workflow(session, tenant_id, step.workflow_id, lock=True)

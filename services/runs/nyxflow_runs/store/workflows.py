@@ -314,6 +314,10 @@ class Workflows(StoreBase):
             return await self._workflow_pb(session, copy)
 
     async def delete_workflow(self, tenant_id: str, workflow_id: str) -> None:
+        async with self._scoped(tenant_id) as session:
+            await self._workflow(session, tenant_id, workflow_id)  # NotFound before any write
+        # A dead engine's run must not refuse the delete until the sweeper comes round.
+        await self.sweep_orphans_all_tenants(workflow_id=workflow_id)
         async with self._scoped(tenant_id, write=True) as session:
             await self._workflow(session, tenant_id, workflow_id, lock=True)
             await self._require_idle(session, workflow_id)
