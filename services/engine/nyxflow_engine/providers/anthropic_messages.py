@@ -60,9 +60,7 @@ class AnthropicProvider:
             messages.append({"role": "assistant", "content": request.prefix.rstrip()})
         extra: dict[str, Any] = {"system": request.system} if request.system else {}
         parts: list[str] = []
-        # The model goes on from the prefill without its trailing whitespace, and its own
-        # whitespace at the join would follow ours, which the text so far still ends with.
-        at_join = request.prefix != request.prefix.rstrip()
+        join = _Join(request.prefix)
         stopped = False  # message_stop: without it the stream was cut, whatever came before
         try:
             async with client.messages.stream(
@@ -73,10 +71,9 @@ class AnthropicProvider:
                         stopped = True
                     if event.type != "text":
                         continue
-                    text = event.text.lstrip() if at_join else event.text
+                    text = join.past_overlap(event.text)
                     if not text:
                         continue
-                    at_join = False
                     parts.append(text)
                     await on_delta(text)
                 message = await stream.get_final_message()
@@ -102,3 +99,23 @@ class AnthropicProvider:
             output_tokens=message.usage.output_tokens,
             served_by=f"{self.name}:{model}",
         )
+
+
+class _Join:
+    """The model goes on from the prefill without its trailing whitespace, which the text so
+    far still ends with: what it sends again of that whitespace is dropped, and no more (the
+    next line's indentation, after a cut at a newline, is its own). It may come in several
+    events, each whitespace only."""
+
+    def __init__(self, prefix: str) -> None:
+        self._ours = prefix[len(prefix.rstrip()) :]  # still to be matched
+
+    def past_overlap(self, text: str) -> str:
+        if not self._ours:
+            return text
+        same = 0
+        while same < min(len(text), len(self._ours)) and text[same] == self._ours[same]:
+            same += 1
+        # Wholly ours: the next event may go on matching; otherwise the join is behind us.
+        self._ours = self._ours[same:] if same == len(text) else ""
+        return text[same:]
