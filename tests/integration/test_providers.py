@@ -489,13 +489,18 @@ async def test_an_alternative_cut_at_max_tokens_is_announced(
     assert completed["truncated_alternatives"] == cut
 
 
-async def test_the_generated_consistency_check_falls_back_to_the_workflows_chain(
-    fake_api: Clients, fake: FakeProviders
+@pytest.mark.parametrize("owner", ["workflow", "tenant"])
+async def test_the_generated_consistency_check_falls_back_to_the_default_chain(
+    fake_api: Clients, fake: FakeProviders, owner: str
 ) -> None:
     """A synthesis set to one provider (the way round an out-of-credit one) handed that one
     alone to the consistency check it generated: that provider's quota then failed the check
-    and the run, with the workflow's chain never tried."""
+    and the run, with the workflow's chain never tried (and then, the tenant's)."""
     assert fake_api.engine is not None
+    chain = ["anthropic:claude", "google:gemini-2.5-pro", "openai:gpt-4.1"]
+    if owner == "tenant":
+        admin = AdminClient(fake_api.runs_channel, bearer_metadata(ADMIN_KEY))
+        await admin.set_tenant_providers("default", chain)
     plan, prompt = Reply(text="# Part one\n\nDo it.\n"), Reply(text="prompt one")
     fake.script("google", plan, prompt, Reply(error="quota"))
     fake.script("anthropic", Reply(error="credit"))  # out of credit, as the chain's first
@@ -512,7 +517,7 @@ async def test_the_generated_consistency_check_falls_back_to_the_workflows_chain
             )
         ],
         True,
-        default_providers=["anthropic:claude", "google:gemini-2.5-pro", "openai:gpt-4.1"],
+        default_providers=chain if owner == "workflow" else (),
     )
     run = await fake_api.runs.create_run(workflow.id)
     [e async for e in fake_api.engine.execute(run.id)]

@@ -243,10 +243,7 @@ class Execution:
             raise StepFailed(f"step {synthesis.name!r} failed: {message}") from refusal
 
     async def _generate(self, synthesis: pb.Step, steps: Sequence[pb.Step]) -> None:
-        check = await self._consistency_check()
-        # The check reviews every part: the workflow's chain backs the synthesis's up for it.
-        workflow = await self.writer.workflow(self._run_pb.workflow_id)
-        specs = generated_specs(synthesis, steps, check, workflow.default_providers)
+        specs = generated_specs(synthesis, steps, await self._consistency_check())
         await self.writer.generate(
             synthesis.id,
             specs,

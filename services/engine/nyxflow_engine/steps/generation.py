@@ -25,14 +25,11 @@ def unique_name(wanted: str, taken: set[str]) -> str:
 
 
 def generated_specs(
-    synthesis: pb.Step,
-    steps: Sequence[pb.Step],
-    consistency_check: bool,
-    default_chain: Sequence[str] = (),
+    synthesis: pb.Step, steps: Sequence[pb.Step], consistency_check: bool
 ) -> list[pb.StepSpec]:
-    """`default_chain` is the workflow's: the consistency check falls back to it after the
-    synthesis's own chain, as a review step must not hang on the one provider a synthesis
-    was set to by hand."""
+    """The steps the synthesis's output makes, on its chain. (The consistency check's falls
+    back to the chain of steps naming none after it: runs adds that, knowing the workflow's
+    and the tenant's.)"""
     # The block these replace frees its names.
     replaced = {s.id for s in generated_block(synthesis, steps)}
     taken = {s.name for s in steps if s.id not in replaced}
@@ -55,16 +52,12 @@ def generated_specs(
         for i, item in enumerate(items)
     ]
     if consistency_check and specs:
-        chain = list(dict.fromkeys([*synthesis.providers, *default_chain]))
         specs.append(
             pb.StepSpec(
                 name=unique_name("Consistency check", taken),
                 kind=kinds.CONSISTENCY_CHECK,
-                providers=chain,
-                # The model goes with the entry it served, never to the workflow's fallbacks
-                # (another vendor's, maybe): the engine gives it to the chain's first entry,
-                # which is another one where the synthesis had no chain but the workflow has.
-                model=synthesis.model if chain[:1] == list(synthesis.providers[:1]) else "",
+                providers=list(synthesis.providers),
+                model=synthesis.model,
                 params_json=synthesis.params_json,
                 reviews=[synthesis.name, *(s.name for s in specs)],
             )

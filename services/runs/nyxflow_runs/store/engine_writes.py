@@ -22,7 +22,7 @@ from nyxflow_runs.models import Run, RunEvent, Step
 from nyxflow_runs.store.base import Claim, Draft, generated_block, started_data
 from nyxflow_runs.store.record import Batch, Recording, Written, check_change, check_item
 from nyxflow_runs.store.workflows import step_row
-from nyxflow_runs.validation import step_drafts
+from nyxflow_runs.validation import StepDraft, step_drafts
 
 
 def _batch(ops: Sequence[runs_pb2.WriteOp] = (), events: Sequence[Draft] = ()) -> Batch:
@@ -177,6 +177,7 @@ class EngineWrites(Recording):
             names = [s.name for s in steps]
             personas = await self._personas(session, tenant_id)
             new = step_drafts(specs, personas, earlier=names, generated=True)
+            await self._check_falls_back(session, workflow_id, new)
             if len(steps) + len(new) > kinds.MAX_STEPS:
                 raise InvalidArgument(
                     f"{len(new)} steps added to the {len(steps)} there are: a workflow holds "
@@ -212,6 +213,19 @@ class EngineWrites(Recording):
         )
 
     # --- helpers ----------------------------------------------------------------------
+
+    async def _check_falls_back(
+        self, session: AsyncSession, workflow_id: str, drafts: Sequence[StepDraft]
+    ) -> None:
+        """A generated check reviews every part: after its synthesis's chain (set by hand to
+        the one provider that had credit, say) comes the chain of steps naming none, the
+        workflow's or else the tenant's, so that one provider's quota fails no review."""
+        defaults = (await self._default_chains(session, [workflow_id])).get(workflow_id, [])
+        for draft in drafts:
+            own = draft.config.get("providers") or []
+            if draft.kind == kinds.CONSISTENCY_CHECK and own and defaults:
+                chain = list(dict.fromkeys([*own, *defaults]))[: kinds.MAX_CHAIN]
+                draft.config["providers"] = chain
 
     async def _generated_before(
         self,
