@@ -214,6 +214,8 @@ async def test_every_rpc_answers_not_found_for_another_tenants_ids(
     assert await tenants.b.list_workflows() == []
     assert await tenants.b.list_runs() == []
     assert await tenants.b.list_projects() == []
+    with pytest.raises(NotFound):  # filtered by A's workflow: not "B has no runs of it"
+        await tenants.b.list_runs(ids["workflow_id"])
     with pytest.raises(NotFound):
         await tenants.b.create_workflow(
             "x",

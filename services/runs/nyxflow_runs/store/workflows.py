@@ -427,6 +427,8 @@ class Workflows(StoreBase):
             query = query.where(Run.status == status)
         query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(min(limit, MAX_LIST))
         async with self._scoped(tenant_id) as session:
+            if workflow_id:  # a mistyped (or another tenant's) id is not "no runs"
+                await self._workflow(session, tenant_id, workflow_id)
             return [convert.run(r) for r in (await session.scalars(query)).all()]
 
     async def events_after(
