@@ -107,3 +107,21 @@ def test_an_os_error_is_one_line_and_exit_code_1(capsys: pytest.CaptureFixture[s
         command()
     assert exited.value.exit_code == 1
     assert capsys.readouterr().err == "error: Connection reset by peer\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("step", "select", "s", "99999999999"),
+        ("step", "retry", "s", "--max-tokens", "99999999999"),
+        ("step", "retry", "s", "--auto-continue", "2147483648"),
+    ],
+    ids=["index", "max-tokens", "auto-continue"],
+)
+def test_a_number_beyond_the_wire_s_int32_is_refused_naming_it(args: tuple[str, ...]) -> None:
+    """The request could not be built (protobuf's ValueError): a traceback was all one saw.
+    Now a usage error as the CLI's parser gives it, naming the argument and its bound."""
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output and "2147483647" in result.stderr, result.stderr
+    assert ("'index'" if args[1] == "select" else args[3]) in result.stderr, result.stderr

@@ -56,6 +56,8 @@ app.add_typer(project_app, name="project")
 app.add_typer(pipeline_app, name="pipeline")
 
 JSON = typer.Option(False, "--json", help="Machine-readable output.")
+# The wire's int32: larger, the request could not be built, and a traceback was all one saw.
+INT32_MAX = 2**31 - 1
 DETACHED = "detached{}: the run goes on; follow it with `nyxflow run follow {}`"
 EXIT_CODES = (
     "Exit code: 0 completed, 3 failed, 4 paused, 5 cancelled, 6 detached (it could no longer"
@@ -363,8 +365,10 @@ async def run_rerun(
 async def step_retry(
     step_id: str,
     cascade: bool = typer.Option(False, "--cascade", help="Retry every later step too."),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Raise (or set) the limit."),
-    auto_continue: int | None = typer.Option(None, "--auto-continue"),
+    max_tokens: int | None = typer.Option(
+        None, "--max-tokens", min=0, max=INT32_MAX, help="Raise (or set) the limit."
+    ),
+    auto_continue: int | None = typer.Option(None, "--auto-continue", min=0, max=INT32_MAX),
     model: str | None = typer.Option(None, "--model"),
     providers: list[str] | None = typer.Option(
         None, "--provider", help="The step's chain, in order (repeat); e.g. google, local."
@@ -387,7 +391,7 @@ async def step_retry(
 
 @step_app.command("select")
 @run_async
-async def step_select(step_id: str, index: int) -> None:
+async def step_select(step_id: str, index: int = typer.Argument(..., min=0, max=INT32_MAX)) -> None:
     """Use alternative INDEX as the step's output."""
     async with connect() as c:
         step = await c.runs.select_alternative(step_id, index)
