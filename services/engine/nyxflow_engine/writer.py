@@ -9,6 +9,7 @@ claim's token, retried while runs is unavailable, and fed to the run's followers
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import uuid
@@ -204,6 +205,19 @@ class RunWriter:
     async def current_steps(self) -> list[pb.Step]:
         run = await self._retrying(lambda: self.runs.get_run(self.run_id))
         return list(run.steps)
+
+    async def stored_items(self, step_id: str, from_index: int = 0) -> list[pb.StepItem]:
+        """A step's stored items from `from_index` on, outputs included, page by page: a whole
+        run's read leaves outputs out past its budget (StepItem.output_left_out)."""
+        items: list[pb.StepItem] = []
+        index: int | None = from_index
+        while index is not None:
+            page = await self._retrying(
+                functools.partial(self.runs.list_step_items, self.run_id, step_id, index, 500)
+            )
+            items.extend(page.items)
+            index = page.next_index if page.HasField("next_index") else None
+        return items
 
     async def workflow(self, workflow_id: str) -> pb.Workflow:
         return await self._retrying(lambda: self.runs.get_workflow(workflow_id))

@@ -75,10 +75,12 @@ def chain(row: models.Step, default: Sequence[str] = ()) -> list[str]:
 
 
 def item(row: models.StepItem) -> pb.StepItem:
+    """An output of None is one a whole read left out (store/base.py, ITEM_OUTPUTS_PER_READ)."""
     return pb.StepItem(
         index=row.item_index,
         heading=row.heading,
-        output=row.output,
+        output=row.output or "",
+        output_left_out=row.output is None,
         truncated=row.truncated,
         input_tokens=row.input_tokens,
         output_tokens=row.output_tokens,

@@ -48,6 +48,7 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
         and i.heading == items[i.index].heading
         and i.input_hash in ("", hashes[i.index])
     ]
+    kept = await with_outputs(ctx, kept)
     outputs = {i.index: i.output for i in kept}
     # Items that stopped at max_tokens, those of an earlier attempt included: the step is
     # marked truncated if any is, so a cut-off item does not pass for a complete one.
@@ -119,6 +120,25 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
         extra={"items": total, **({"truncated_items": sorted(cut)} if cut else {})},
         item_count=total,
     )
+
+
+async def with_outputs(ctx: StepContext, kept: list[pb.StepItem]) -> list[pb.StepItem]:
+    """The kept items with their outputs: the run as read leaves them out past its budget
+    (StepItem.output_left_out), and they are fetched here, from the first one left out on. One
+    no longer stored as it was read is dropped, and so made again."""
+    left_out = [i.index for i in kept if i.output_left_out]
+    if not left_out:
+        return kept
+    stored = {i.index: i for i in await ctx.writer.stored_items(ctx.step.id, min(left_out))}
+    fetched = []
+    for i in kept:
+        if not i.output_left_out:
+            fetched.append(i)
+            continue
+        found = stored.get(i.index)
+        if found is not None and (found.heading, found.input_hash) == (i.heading, i.input_hash):
+            fetched.append(found)
+    return fetched
 
 
 ITEM = "\0item\0"  # where the item goes, in the prompt hashed once for all items

@@ -7,9 +7,10 @@ import functools
 import json
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import defer
 
@@ -54,6 +55,28 @@ PRISTINE_STEP: dict[str, Any] = {
     "started_at": None,
     "finished_at": None,
 }
+
+
+# A whole read (GetRun, GetWorkflow, the claim's answer) stays under the 32 MiB gRPC message
+# limit however big a fan-out's items are, though each item's write and each step's joined
+# output (the items' text again) is well under it: item outputs go in up to
+# ITEM_OUTPUTS_PER_READ bytes in all, and no further than the steps' own outputs leave of
+# READ_OUTPUTS. The rest come without their output (StepItem.output_left_out), which
+# ListStepItems serves page by page.
+ITEM_OUTPUTS_PER_READ = 8 * 2**20
+READ_OUTPUTS = 28 * 2**20
+
+
+def item_budget(produced: int) -> int:
+    """The bytes of item output a whole read carries, `produced` being its steps' own outputs."""
+    return max(0, min(ITEM_OUTPUTS_PER_READ, READ_OUTPUTS - produced))
+
+
+def produced_bytes(step: Step) -> int:
+    """What a step's output and alternatives weigh in a read."""
+    alternatives = step.alternatives_out or []
+    texts = [step.output or "", *(str(a.get("output", "")) for a in alternatives)]
+    return sum(len(t.encode()) for t in texts)
 
 
 @dataclass(frozen=True)
@@ -284,15 +307,9 @@ class StoreBase:
     async def _steps_pb(
         self, session: AsyncSession, tenant_id: str, steps: Sequence[Step], brief: bool = False
     ) -> list[pb.Step]:
-        items: dict[str, list[StepItem]] = {}
+        items: dict[str, list[Any]] = {}
         if steps and not brief:
-            rows = await session.scalars(
-                select(StepItem)
-                .where(StepItem.step_id.in_([s.id for s in steps]))
-                .order_by(StepItem.step_id, StepItem.item_index)
-            )
-            for item in rows:
-                items.setdefault(item.step_id, []).append(item)
+            items = await self._items(session, steps)
         personas = await self._personas(session, tenant_id)
         defaults = await self._default_chains(session, {s.workflow_id for s in steps})
         return [
@@ -305,6 +322,61 @@ class StoreBase:
             )
             for s in steps
         ]
+
+    @staticmethod
+    async def _items(session: AsyncSession, steps: Sequence[Step]) -> dict[str, list[Any]]:
+        """Step id → its items, in order, their outputs within the read's budget (`item_budget`)
+        and None past it. The sizes are read first: outputs left out are never loaded."""
+        from nyxflow_runs.store.workflows import OctetLength  # it builds on this module
+
+        rows = (
+            await session.execute(
+                select(
+                    StepItem.step_id,
+                    StepItem.item_index,
+                    StepItem.heading,
+                    StepItem.truncated,
+                    StepItem.input_tokens,
+                    StepItem.output_tokens,
+                    StepItem.input_hash,
+                    StepItem.served_by,
+                    OctetLength(StepItem.output).label("size"),
+                )
+                .where(StepItem.step_id.in_([s.id for s in steps]))
+                .order_by(StepItem.step_id, StepItem.item_index)
+            )
+        ).all()
+        found: dict[str, list[Any]] = {}
+        for row in rows:
+            found.setdefault(row.step_id, []).append(row)
+        # Step by step, index by index, until an output does not fit: the rest are left out.
+        left = item_budget(sum(produced_bytes(s) for s in steps))
+        last: dict[str, int] = {}  # step id → the last index whose output goes in
+        for row in (row for s in steps for row in found.get(s.id, ())):
+            if row.size > left:
+                break
+            left -= row.size
+            last[row.step_id] = row.item_index
+        outputs: dict[tuple[str, int], str] = {}
+        if last:
+            loaded = await session.execute(
+                select(StepItem.step_id, StepItem.item_index, StepItem.output).where(
+                    or_(
+                        *(
+                            and_(StepItem.step_id == step_id, StepItem.item_index <= index)
+                            for step_id, index in last.items()
+                        )
+                    )
+                )
+            )
+            outputs = {(r.step_id, r.item_index): r.output for r in loaded}
+        return {
+            step_id: [
+                SimpleNamespace(**row._asdict(), output=outputs.get((step_id, row.item_index)))
+                for row in listed
+            ]
+            for step_id, listed in found.items()
+        }
 
     @staticmethod
     async def _default_chains(

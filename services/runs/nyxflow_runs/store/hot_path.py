@@ -35,7 +35,7 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import PG_NOW_SQL
-from nyxflow_runs.store.base import Claim, started_data
+from nyxflow_runs.store.base import ITEM_OUTPUTS_PER_READ, READ_OUTPUTS, Claim, started_data
 
 if TYPE_CHECKING:
     from nyxflow_runs.store.record import Batch
@@ -93,17 +93,40 @@ EVENTS_BEFORE = """
 SELECT seq, type, data::text AS data, created_at FROM run_events
 WHERE run_id = $1 AND seq < $2 ORDER BY seq"""
 
+# The items' outputs within the read's budget, as base.py's `_items` has it: step by step,
+# index by index, until the running total passes what is left ($3 at most, and no more than
+# the steps' own outputs leave of $4); the rest come as null (left out). Sizes are read off
+# the values' headers; an output left out is never fetched.
 STEPS = """
+WITH sized AS (
+    SELECT i.id, sum(octet_length(i.output)) OVER (ORDER BY s.position, i.item_index) AS running
+    FROM step_items i JOIN steps s ON s.id = i.step_id
+    WHERE s.workflow_id = $1 AND s.tenant_id = $2
+), produced AS (
+    SELECT octet_length(s.output) AS bytes FROM steps s
+    WHERE s.workflow_id = $1 AND s.tenant_id = $2
+    UNION ALL
+    SELECT octet_length(a->>'output') FROM steps s,
+        json_array_elements(CASE WHEN json_typeof(s.alternatives_out) = 'array'
+                                 THEN s.alternatives_out ELSE '[]' END) a
+    WHERE s.workflow_id = $1 AND s.tenant_id = $2
+), budget AS (
+    SELECT GREATEST(0, LEAST($3::bigint, $4::bigint - COALESCE(sum(bytes), 0))) AS bytes
+    FROM produced
+)
 SELECT s.*, w.default_providers AS workflow_chain, t.default_providers AS tenant_chain,
     (SELECT json_agg(json_build_object('item_index', i.item_index, 'heading', i.heading,
-                                       'output', i.output, 'truncated', i.truncated,
+                                       'output', CASE WHEN z.running <= b.bytes
+                                                      THEN i.output END,
+                                       'truncated', i.truncated,
                                        'input_tokens', i.input_tokens,
                                        'output_tokens', i.output_tokens,
                                        'input_hash', i.input_hash,
                                        'served_by', i.served_by)
                      ORDER BY i.item_index)
-     FROM step_items i WHERE i.step_id = s.id) AS items
+     FROM step_items i JOIN sized z ON z.id = i.id WHERE i.step_id = s.id) AS items
 FROM steps s JOIN workflows w ON w.id = s.workflow_id JOIN tenants t ON t.id = w.tenant_id
+    CROSS JOIN budget b
 WHERE s.workflow_id = $1 AND s.tenant_id = $2 ORDER BY s.position"""
 
 PERSONAS = "SELECT name, system_prompt FROM personas WHERE tenant_id = $1"
@@ -400,7 +423,7 @@ class HotPath:
 
     @staticmethod
     async def _steps(db: asyncpg.Connection, tenant_id: str, workflow_id: str) -> list[pb.Step]:
-        rows = await db.fetch(STEPS, workflow_id, tenant_id)
+        rows = await db.fetch(STEPS, workflow_id, tenant_id, ITEM_OUTPUTS_PER_READ, READ_OUTPUTS)
         prompts = {name: p.system_prompt for name, p in BUILTIN_PERSONAS.items()}
         if any(r["persona"] for r in rows):
             own = await db.fetch(PERSONAS, tenant_id)
