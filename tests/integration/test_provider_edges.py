@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 
 from nyxflow import events as ev
+from tests.integration.test_provider_answers import ANTHROPIC_TOO_LONG, OPENAI_TOO_LONG
+from tests.support import provider_wire as wire_of
 from tests.support.fake_providers import FakeProviders, Reply
 from tests.support.inprocess import Clients
-from tests.support.provider_runs import run_steps, step, streamed_text
+from tests.support.provider_runs import of_type, run_steps, step, streamed_text
 
 
 @pytest.mark.parametrize(
@@ -41,3 +43,89 @@ async def test_an_anthropic_continuation_keeps_the_next_lines_indentation(
     assert run.status == ev.COMPLETED, run.error
     assert run.steps[0].output == "```python\ndef f():\n    return 1\n```\n"
     assert streamed_text(events) == run.steps[0].output
+
+
+FIRST_PART = Reply(text="a long first part, ", chunk=4, finish="max_tokens", output_tokens=8)
+
+
+@pytest.mark.parametrize(
+    ("continuation", "said"),
+    [
+        ([Reply(error="overloaded") for _ in range(3)], "overloaded"),  # retried, then given up
+        ([Reply(error="invalid", message="Prefilling is not supported.")], "not supported"),
+        ([Reply(text="second part", chunk=4, error="overloaded", error_after=1)] * 3, "overload"),
+    ],
+    ids=["overloaded", "refused", "broken-mid-stream"],
+)
+async def test_a_failed_continuation_keeps_the_first_part_cut(
+    fake_api: Clients, fake: FakeProviders, continuation: list[Reply], said: str
+) -> None:
+    """The first request answered (cut at max_tokens, paid for), its continuation failed:
+    the step failed and the first part was lost, where without auto_continue it stands."""
+    fake.script("anthropic", FIRST_PART, *continuation)
+
+    run, events = await run_steps(
+        fake_api, step("Long", ["anthropic:claude"], max_tokens=8, auto_continue=2)
+    )
+
+    assert run.status == ev.COMPLETED, run.error
+    done = run.steps[0]
+    assert done.output == FIRST_PART.text
+    assert (done.truncated, done.finish_reason) == (True, "max_tokens")
+    assert fake.count("anthropic") == 1 + len(continuation)
+    assert streamed_text(events) == done.output
+    (cut,) = of_type(events, ev.STEP_TRUNCATED)
+    assert (cut["used"], cut["reason"]) == (8, "max_tokens")
+    assert said in cut["continuation_error"].lower()
+
+
+async def test_a_continuation_one_window_refuses_and_another_provider_fails_is_not_full(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """Anthropic's window is full, OpenAI is only overloaded: the chain said "context window
+    full" if any provider did, so the answer was marked as one more tokens would not help."""
+    fake.script("anthropic", FIRST_PART, wire_of.error_body(400, ANTHROPIC_TOO_LONG))
+    fake.script("openai", *[Reply(error="overloaded") for _ in range(3)])
+
+    run, events = await run_steps(
+        fake_api,
+        step("Long", ["anthropic:claude", "openai:gpt-4.1"], max_tokens=8, auto_continue=1),
+    )
+
+    assert run.status == ev.COMPLETED, run.error
+    done = run.steps[0]
+    assert (done.output, done.finish_reason) == ("a long first part, ", "max_tokens")
+    (cut,) = of_type(events, ev.STEP_TRUNCATED)
+    assert cut["reason"] == "max_tokens"
+    assert "prompt is too long" in cut["continuation_error"]
+    assert "overloaded" in cut["continuation_error"].lower()
+
+
+async def test_a_continuation_every_window_refuses_is_cut_by_the_window(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    fake.script("anthropic", FIRST_PART, wire_of.error_body(400, ANTHROPIC_TOO_LONG))
+    fake.script("openai", wire_of.error_body(400, OPENAI_TOO_LONG))
+
+    run, events = await run_steps(
+        fake_api,
+        step("Long", ["anthropic:claude", "openai:gpt-4.1"], max_tokens=8, auto_continue=1),
+    )
+
+    assert run.status == ev.COMPLETED, run.error
+    assert run.steps[0].finish_reason == "context_window"
+    (cut,) = of_type(events, ev.STEP_TRUNCATED)
+    assert cut["reason"] == "context_window" and "continuation_error" not in cut
+
+
+async def test_a_first_request_no_provider_answers_still_fails_the_step(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    fake.script("anthropic", *[Reply(error="overloaded") for _ in range(3)])
+
+    run, _ = await run_steps(
+        fake_api, step("Long", ["anthropic:claude"], max_tokens=8, auto_continue=1)
+    )
+
+    assert run.status == ev.FAILED
+    assert "overloaded" in run.steps[0].error.lower()

@@ -316,6 +316,12 @@ class Execution:
                     limit=step.max_tokens,
                     reason=result.finish_reason,  # context_window: more tokens will not help
                     **({"items": cut} if (cut := result.extra.get("truncated_items")) else {}),
+                    # why it was not continued further: the continuation failed
+                    **(
+                        {"continuation_error": e}
+                        if (e := result.extra.get("continuation_error"))
+                        else {}
+                    ),
                 )
             )
         # A fan-out's output is its items joined, each sent already (fan_out_progress, and

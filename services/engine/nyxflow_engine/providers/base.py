@@ -48,6 +48,8 @@ class Completion:
     # The last request's alone where output_tokens sums a step's continuations: the cut one,
     # measured against max_tokens. None: a single request, output_tokens is its own.
     request_output_tokens: int | None = None
+    # Why the continuation of a cut answer failed: the text before it stands, still cut.
+    continuation_error: str = ""
 
     @property
     def last_output_tokens(self) -> int:

@@ -78,7 +78,7 @@ async def complete_with_chain(
     sleep: Sleep = asyncio.sleep,
 ) -> Completion:
     reasons: list[str] = []
-    too_long = False  # a model's context window refused the prompt
+    too_long: list[bool] = []  # per provider tried: its model's context window refused the prompt
     for i, entry in enumerate(chain):
         target = Target.parse(entry)
         # The step's own model serves where the chain's first entry names none (a step with a
@@ -98,14 +98,16 @@ async def complete_with_chain(
             # Gemini's 1M); any other bad request no provider will do better with.
             if failure.action is Action.FAIL and not failure.context_full:
                 raise ProviderError(failure.reason) from None
-            too_long = too_long or failure.context_full
+            too_long.append(failure.context_full)
             reasons.append(failure.reason)
             if i + 1 < len(chain):
                 metrics.PROVIDER_FALLBACKS.labels(
                     from_provider=target.provider, to_provider=Target.parse(chain[i + 1]).provider
                 ).inc()
                 on_fallback(entry, chain[i + 1], failure.reason)
-    failed = ContextWindowFull if too_long else AllProvidersFailed
+    # Full only when every one said so: one overloaded, or out of credit, might have taken it
+    # (and a continuation refused as full is not tried again).
+    failed = ContextWindowFull if too_long and all(too_long) else AllProvidersFailed
     raise failed("every provider failed: " + "; ".join(reasons))
 
 

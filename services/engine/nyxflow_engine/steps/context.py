@@ -17,6 +17,7 @@ from nyxflow_engine.providers.base import (
     FINISH_STOP,
     Completion,
     CompletionRequest,
+    ProviderError,
     served_by_all,
 )
 from nyxflow_engine.providers.failures import ContextWindowFull
@@ -112,7 +113,11 @@ class StepResult:
             output_tokens=completion.output_tokens,
             cut_output_tokens=completion.last_output_tokens if completion.truncated else 0,
             served_by=completion.served_by,
-            extra=extra,
+            extra=(
+                {"continuation_error": completion.continuation_error, **extra}
+                if completion.continuation_error
+                else extra
+            ),
         )
 
 
@@ -160,6 +165,7 @@ class StepContext:
         on_reset = deltas.reset if deltas is not None else _nothing
         text, input_tokens, output_tokens = "", 0, 0
         servers: list[str] = []
+        unfinished = ""  # why a continuation failed
         for attempt in range(1 + max(0, self.spec.auto_continue)):
             if deltas is not None:
                 deltas.keep(text)
@@ -181,11 +187,17 @@ class StepContext:
                     on_fallback=self._fallback,
                     on_reset=on_reset,
                 )
-            except ContextWindowFull:
+            except ProviderError as error:
                 if attempt == 0:
-                    raise  # the prompt alone does not fit: there is nothing to keep
-                # The text so far filled the window: it stands, cut by the window.
-                completion = replace(completion, text="", finish_reason=FINISH_CONTEXT_WINDOW)
+                    raise  # nothing written yet: nothing to keep
+                if isinstance(error, ContextWindowFull):
+                    # The text so far filled the window: it stands, cut by the window.
+                    finish = FINISH_CONTEXT_WINDOW
+                else:
+                    # The parts written (and paid for) stand, cut as without auto_continue.
+                    finish = completion.finish_reason
+                    unfinished = error.message
+                completion = replace(completion, text="", finish_reason=finish)
                 break
             text += completion.text
             servers.append(completion.served_by)
@@ -202,6 +214,7 @@ class StepContext:
             output_tokens=output_tokens,
             served_by=served_by_all(servers),
             request_output_tokens=completion.output_tokens,
+            continuation_error=unfinished,
         )
 
     def _fallback(self, from_: str, to: str, reason: str) -> None:
