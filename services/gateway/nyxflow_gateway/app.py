@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
@@ -133,4 +134,31 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return {"upstream_streams": hub.upstream_streams, "channels": hub.channels}
 
     app.include_router(api)
+    answer_head(app)
     return app
+
+
+def answer_head(app: FastAPI) -> None:
+    """HEAD wherever GET is answered (an uptime check may ask /healthz with HEAD): the GET's
+    endpoint under HEAD, out of the document; the server sends the headers only. Not the event
+    stream: its GET starts a pending run, and a HEAD must change nothing."""
+    for route in list(iter_route_contexts(app.router.routes)):
+        path, endpoint = route.path, route.endpoint
+        if (
+            path is None
+            or endpoint is None
+            or endpoint is runs.run_events
+            or not isinstance(route.original_route, APIRoute)
+            or "GET" not in (route.methods or ())
+        ):
+            continue
+        app.add_api_route(
+            path,
+            endpoint,
+            methods=["HEAD"],
+            include_in_schema=False,
+            status_code=route.status_code,
+            response_class=route.response_class,
+            dependencies=route.dependencies,
+            name=route.name,
+        )

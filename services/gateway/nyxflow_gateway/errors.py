@@ -10,8 +10,10 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from nyxflow.errors import NyxflowError, ResourceExhausted
 from nyxflow.templates import field_path
@@ -101,6 +103,22 @@ def response(error: NyxflowError, field: str | None = None) -> JSONResponse:
     return JSONResponse(error_body(code, error.message, field), status_code=error.http_status)
 
 
+def allowed_methods(request: Request) -> set[str]:
+    """Every method some route takes at the request's path: Starlette's 405 names only the
+    first route that matched the path (`DELETE /v1/workflows` named GET, not POST). A mount
+    (the static files) names its own."""
+    # A mount that matched left its own root path in the scope: the routes match the whole path.
+    scope = {
+        **request.scope,
+        "root_path": request.scope.get("app_root_path", request.scope.get("root_path", "")),
+    }
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.router.routes):
+        if route.methods and route.matches(scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return methods
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(NyxflowError)
     async def nyxflow_error(request: Request, error: NyxflowError) -> JSONResponse:
@@ -108,7 +126,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0]
+        found = error.errors()
+        # A misspelt field is also a missing one: the name the client sent is the one to fix.
+        first = next((e for e in found if e.get("type") == "extra_forbidden"), found[0])
         loc = tuple(first.get("loc", ()))
         location = tuple(p for p in loc if p not in SOURCES)
         # A missing or malformed body, or a body of the wrong type, is the body's fault.
@@ -120,13 +140,18 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 413:  # a body without a length, past the limit as it was read
             return response(ResourceExhausted(str(error.detail), field="body"))
         # FastAPI's own 400 is a body it could not parse (not UTF-8, a broken form).
         field = "body" if error.status_code == 400 else None
+        headers = dict(error.headers or {})
+        if error.status_code == 405 and (methods := allowed_methods(request)):
+            headers["Allow"] = ", ".join(sorted(methods))
         return JSONResponse(
-            error_body("http_error", str(error.detail), field), status_code=error.status_code
+            error_body("http_error", str(error.detail), field),
+            status_code=error.status_code,
+            headers=headers,
         )
 
     @app.exception_handler(Exception)

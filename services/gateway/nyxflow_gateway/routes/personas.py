@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_gateway import convert, errors
 from nyxflow_gateway.deps import Clients
+from nyxflow_gateway.routes import Body
 
 router = APIRouter(prefix="/v1/personas", tags=["personas"])
 
 
-class PersonaBody(BaseModel):
+class PersonaBody(Body):
     role: str = Field(default="", max_length=200)
     system_prompt: str = Field(min_length=1, max_length=1_000_000)  # well under a gRPC message
 

@@ -7,7 +7,7 @@ import re
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import Field, StrictInt
 
 from nyxflow.constants import SCAN_MAXIMA
 from nyxflow.errors import ResourceExhausted
@@ -15,12 +15,13 @@ from nyxflow.templates import Text
 from nyxflow.v1 import runs_pb2
 from nyxflow_gateway import convert, errors
 from nyxflow_gateway.deps import Clients
+from nyxflow_gateway.routes import Body
 
 router = APIRouter(tags=["pipelines"])
 MAX_PARAMS_BYTES = 1_000_000
 
 
-class PipelineBody(BaseModel):
+class PipelineBody(Body):
     pipeline: Literal["code-analysis", "auto-fix", "refactor"]
     goal: str = Field(default="", max_length=10_000)
     test_command: str = Field(default="", max_length=1_000)

@@ -5,25 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from nyxflow_gateway import convert
 from nyxflow_gateway.deps import Clients
+from nyxflow_gateway.routes import Body
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
 
 
-class ProjectBody(BaseModel):
+class ProjectBody(Body):
     name: str = Field(min_length=1, max_length=200)
 
 
-class RepositoryBody(BaseModel):
+class RepositoryBody(Body):
     owner: str = Field(min_length=1, max_length=200)
     repo: str = Field(min_length=1, max_length=200)
     path: str = Field(default="", max_length=4096)
 
 
-class NoteBody(BaseModel):
+class NoteBody(Body):
     text: str = Field(min_length=1, max_length=100_000)
 
 

@@ -6,16 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, StrictBool, StrictInt
+from pydantic import Field, StrictBool, StrictInt
 
 from nyxflow.templates import INT32_MAX, Text
 from nyxflow_gateway import convert, errors
 from nyxflow_gateway.deps import Clients
+from nyxflow_gateway.routes import Body
 
 router = APIRouter(prefix="/v1/steps", tags=["steps"])
 
 
-class RetryBody(BaseModel):
+class RetryBody(Body):
     cascade: StrictBool = False  # "retry from here": every later step too
     # Changes to the step before it runs again; left out = as it was. Runs checks them too
     # (known providers, bounds), naming the field.
@@ -27,7 +28,7 @@ class RetryBody(BaseModel):
     )
 
 
-class SelectBody(BaseModel):
+class SelectBody(Body):
     index: StrictInt = Field(ge=0, le=INT32_MAX)
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from nyxflow.errors import InvalidArgument, ResourceExhausted
 from nyxflow.grpc_server import CHANNEL_OPTIONS
 from nyxflow.templates import WorkflowTemplate, parse_template
 from nyxflow_gateway import convert, errors
 from nyxflow_gateway.deps import Clients
+from nyxflow_gateway.routes import Body
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 # A template's steps are StepSpecs, with their params as JSON text.
@@ -21,11 +22,11 @@ MAX_TEMPLATE_BYTES = 1_000_000
 MAX_MESSAGE_BYTES = int(dict(CHANNEL_OPTIONS)["grpc.max_send_message_length"])
 
 
-class DuplicateBody(BaseModel):
+class DuplicateBody(Body):
     name: str = Field(default="", max_length=200)
 
 
-class InsightBody(BaseModel):
+class InsightBody(Body):
     text: str = Field(min_length=1, max_length=100_000)
 
 
