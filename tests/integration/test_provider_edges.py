@@ -8,7 +8,7 @@ import pytest
 from nyxflow import events as ev
 from tests.integration.test_provider_answers import ANTHROPIC_TOO_LONG, OPENAI_TOO_LONG
 from tests.support import provider_wire as wire_of
-from tests.support.fake_providers import FakeProviders, Reply
+from tests.support.fake_providers import FakeProviders, Raw, Reply
 from tests.support.inprocess import Clients
 from tests.support.provider_runs import of_type, run_steps, step, streamed_text
 
@@ -129,3 +129,46 @@ async def test_a_first_request_no_provider_answers_still_fails_the_step(
 
     assert run.status == ev.FAILED
     assert "overloaded" in run.steps[0].error.lower()
+
+
+def _ended_then_dropped(wire: str) -> Raw:
+    """The provider's end marker (message_stop; finish_reason and usage; finishReason), then
+    the connection breaks: no [DONE], no end of the body."""
+    pieces = ["whole ", "answer"]
+    if wire == "anthropic":
+        return Raw(wire_of.anthropic(pieces), drop=True)
+    if wire == "openai":
+        return Raw(wire_of.openai(pieces)[:-1], drop=True)
+    return Raw([wire_of.gemini_chunk("whole "), wire_of.gemini_chunk("answer", "STOP")], drop=True)
+
+
+@pytest.mark.parametrize("wire", ["anthropic", "openai", "google"])
+async def test_an_answer_ended_before_its_connection_broke_is_kept(
+    fake_api: Clients, fake: FakeProviders, wire: str
+) -> None:
+    """The whole answer had come; the break after it was taken for a cut stream: retried
+    (and paid for) until the provider's attempts ran out, then the step failed."""
+    fake.script(wire, *[_ended_then_dropped(wire) for _ in range(3)])
+
+    run, events = await run_steps(fake_api, step("S", [f"{wire}:m"]))
+
+    assert run.status == ev.COMPLETED, run.error
+    done = run.steps[0]
+    assert (done.output, done.finish_reason, done.input_tokens) == ("whole answer", "stop", 11)
+    assert done.output_tokens == (2 if wire == "google" else 5)  # Gemini's chunks: no count
+    assert fake.count(wire) == 1
+    assert streamed_text(events) == done.output
+
+
+@pytest.mark.parametrize("wire", ["anthropic", "openai"])
+async def test_an_answer_broken_before_its_end_is_still_retried(
+    fake_api: Clients, fake: FakeProviders, wire: str
+) -> None:
+    cut = wire_of.anthropic if wire == "anthropic" else wire_of.openai
+    fake.script(wire, Raw(cut(["whole "], ends=False), drop=True), wire_of.answer(wire, ["again"]))
+
+    run, events = await run_steps(fake_api, step("S", [f"{wire}:m"]))
+
+    assert run.status == ev.COMPLETED, run.error
+    assert run.steps[0].output == "again" == streamed_text(events)
+    assert fake.count(wire) == 2

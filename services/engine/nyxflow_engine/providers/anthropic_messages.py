@@ -61,14 +61,16 @@ class AnthropicProvider:
         extra: dict[str, Any] = {"system": request.system} if request.system else {}
         parts: list[str] = []
         join = _Join(request.prefix)
-        stopped = False  # message_stop: without it the stream was cut, whatever came before
+        # message_stop's message: without it the stream was cut, whatever came before
+        stopped: anthropic.types.Message | None = None
+        message: anthropic.types.Message
         try:
             async with client.messages.stream(
                 model=model, max_tokens=request.max_tokens, messages=messages, **extra
             ) as stream:
                 async for event in stream:
                     if event.type == "message_stop":
-                        stopped = True
+                        stopped = event.message
                     if event.type != "text":
                         continue
                     text = join.past_overlap(event.text)
@@ -87,10 +89,15 @@ class AnthropicProvider:
                 retry_after_s=retry_after_s(error.response.headers),
             ) from None
         except (anthropic.APIConnectionError, *TRANSPORT_ERRORS) as error:
-            raise failure(self.name, None, f"connection failed: {type(error).__name__}") from None
+            if stopped is None:
+                raise failure(
+                    self.name, None, f"connection failed: {type(error).__name__}"
+                ) from None
+            # The answer had ended, only the connection's close was lost: a retry pays again.
+            message = stopped
         except anthropic.APIError as error:  # a body the SDK could not read, after a 200
             raise failure(self.name, STREAM_OK, f"unexpected response: {error.message}") from None
-        said = message.stop_reason if stopped else None
+        said = message.stop_reason if stopped is not None else None
         finish = finish_of(self.name, request, "".join(parts), said, ENDINGS, BLOCKED)
         return Completion(
             text="".join(parts),

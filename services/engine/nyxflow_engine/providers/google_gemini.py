@@ -120,7 +120,11 @@ class GoogleProvider:
         except errors.UnknownApiResponseError:  # not JSON: a corrupt frame, a proxy's page
             raise failure(self.name, STREAM_OK, "unexpected response (not JSON)") from None
         except TRANSPORT_ERRORS as error:
-            raise failure(self.name, None, f"connection failed: {type(error).__name__}") from None
+            if said is None:
+                raise failure(
+                    self.name, None, f"connection failed: {type(error).__name__}"
+                ) from None
+            # The answer had ended, only the connection's close was lost: a retry pays again.
         finish = finish_of(self.name, request, "".join(parts), said, ENDINGS, BLOCKED)
         return Completion(
             text="".join(parts),

@@ -99,7 +99,11 @@ class OpenAIProvider:
                 retry_after_s=retry_after_s(error.response.headers),
             ) from None
         except (openai.APIConnectionError, *TRANSPORT_ERRORS) as error:
-            raise failure(self.name, None, f"connection failed: {type(error).__name__}") from None
+            if said is None:
+                raise failure(
+                    self.name, None, f"connection failed: {type(error).__name__}"
+                ) from None
+            # The answer had ended (its usage or [DONE] may be lost): a retry pays again.
         except openai.APIError as error:  # an error event inside the stream, after a 200
             message_text, code = error_detail(error.body)
             raise failure(self.name, STREAM_OK, message_text or error.message, code) from None
