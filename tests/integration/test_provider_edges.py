@@ -3,9 +3,16 @@ that fails, an answer finished before its connection broke, the engine's own def
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+
 import pytest
 
 from nyxflow import events as ev
+from nyxflow.cli.connection import load_settings
+from nyxflow.errors import InvalidArgument
+from nyxflow_engine.settings import EngineSettings
 from tests.integration.test_provider_answers import ANTHROPIC_TOO_LONG, OPENAI_TOO_LONG
 from tests.support import provider_wire as wire_of
 from tests.support.fake_providers import FakeProviders, Raw, Reply
@@ -172,3 +179,54 @@ async def test_an_answer_broken_before_its_end_is_still_retried(
     assert run.status == ev.COMPLETED, run.error
     assert run.steps[0].output == "again" == streamed_text(events)
     assert fake.count(wire) == 2
+
+
+BAD_CHAINS = [
+    ("[]", "names no provider"),
+    ('["antropic"]', "unknown provider 'antropic'"),
+    ('["anthropic:claude", "gemini:pro"]', "unknown provider 'gemini'"),
+    ('["local"' + ', "local"' * 8 + "]", "at most 8 providers"),
+]
+
+
+@pytest.mark.parametrize(("chain", "said"), BAD_CHAINS)
+def test_an_engine_default_chain_that_cannot_serve_is_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, chain: str, said: str
+) -> None:
+    """Taken at start, it failed every step run on it: with an empty error, or one naming
+    a provider no step had asked for."""
+    monkeypatch.setenv("NYXFLOW_DEFAULT_PROVIDERS", chain)
+    with pytest.raises(InvalidArgument) as refused:
+        load_settings(EngineSettings)
+    assert refused.value.field == "NYXFLOW_DEFAULT_PROVIDERS"
+    assert said in refused.value.message
+
+    monkeypatch.setenv("NYXFLOW_DEFAULT_PROVIDERS", '["anthropic:claude", " local "]')
+    assert load_settings(EngineSettings).default_providers == ["anthropic:claude", " local "]
+
+
+async def test_the_engine_does_not_start_on_an_unknown_default_provider() -> None:
+    env = {
+        **os.environ,
+        "NYXFLOW_DEFAULT_PROVIDERS": '["antropic"]',
+        # no runs there: an engine that took the chain gives up on runs after a second
+        "NYXFLOW_RUNS_ADDR": "127.0.0.1:9",
+        "NYXFLOW_RUNS_WAIT_S": "1",
+    }
+    engine = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nyxflow_engine",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(engine.communicate(), 60)
+    finally:
+        if engine.returncode is None:
+            engine.kill()
+            await engine.wait()
+    assert engine.returncode == 1
+    assert "NYXFLOW_DEFAULT_PROVIDERS: " in err.decode()
+    assert "unknown provider 'antropic'" in err.decode()

@@ -6,8 +6,9 @@ import os
 import socket
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
+from nyxflow.constants import MAX_CHAIN, PROVIDERS
 from nyxflow.settings import CommonSettings
 
 
@@ -51,3 +52,18 @@ class EngineSettings(CommonSettings):
     provider_backoff_s: float = 0.5
     provider_backoff_max_s: float = 8.0
     provider_budget_s: float = 120.0  # retries of one provider stop after this long
+
+    @field_validator("default_providers")
+    @classmethod
+    def _a_chain_that_can_serve(cls, chain: list[str]) -> list[str]:
+        """Refused at start, as runs refuses a workflow's chain: taken, it failed every step
+        that ran on it, with no error ([]) or a misleading one."""
+        if not chain:
+            raise ValueError('names no provider: at least one, e.g. ["local"]')
+        if len(chain) > MAX_CHAIN:
+            raise ValueError(f"at most {MAX_CHAIN} providers")
+        for entry in chain:
+            name = entry.partition(":")[0].strip()
+            if name not in PROVIDERS:
+                raise ValueError(f"unknown provider {name!r} (one of {', '.join(PROVIDERS)})")
+        return chain
