@@ -23,7 +23,8 @@ def item(i: pb.StepItem) -> dict[str, Any]:
     return {
         "index": i.index,
         "heading": i.heading,
-        "output": i.output,
+        # null: a whole run's read left it out (its budget); the step's items list has it
+        "output": None if i.output_left_out else i.output,
         "truncated": i.truncated,
         "input_tokens": i.input_tokens,
         "output_tokens": i.output_tokens,

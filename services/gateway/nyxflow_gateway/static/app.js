@@ -449,6 +449,7 @@ function showDetail(workflowId) {
       if (run && ACTIVE_STATUSES.has(run.status)) follow(run.id);
       else stopFollowing();
       if (run && !ACTIVE_STATUSES.has(run.status) && state.notesRun !== run.id) loadNotes(run.id);
+      if (state.steps.some((step) => lackingRanges(step).length)) fetchItemsSoon(0); // left out
       renderHead();
     } catch (e) {
       if (state.gone || handleAuth(e)) return;
@@ -526,14 +527,26 @@ function showDetail(workflowId) {
 
   function mergeItems(mine = [], theirs = []) {
     const items = new Map((mine || []).map((i) => [i.index, i]));
-    for (const item of theirs || []) items.set(item.index, item);
+    for (const item of keepLoaded(mine, theirs)) items.set(item.index, item);
     return [...items.values()].sort((a, b) => a.index - b.index);
+  }
+
+  /** `theirs` (a whole run's read) with the outputs it left out (null: past the read's budget)
+   * taken from `mine` where the same item was loaded already, rather than fetched again. */
+  function keepLoaded(mine = [], theirs = []) {
+    const loaded = new Map((mine || []).filter((i) => i.output != null).map((i) => [i.index, i]));
+    return (theirs || []).map((item) => {
+      const had = item.output == null ? loaded.get(item.index) : null;
+      const same = had && had.heading === item.heading && had.output_tokens === item.output_tokens
+        && had.served_by === item.served_by && Boolean(had.truncated) === Boolean(item.truncated);
+      return same ? { ...item, output: had.output } : item;
+    });
   }
 
   function replaceSteps(fresh) {
     state.steps = fresh.map((s) => {
       const local = byId(s.id);
-      return { ...s, notes: local?.notes };
+      return { ...s, items: keepLoaded(local?.items, s.items), notes: local?.notes };
     });
     renderSteps();
   }
@@ -549,6 +562,7 @@ function showDetail(workflowId) {
         if (state.follower !== follower || follower.stopped || state.gone) return;
         state.run = { ...run, status: state.run?.status ?? run.status };
         mergeSteps(run.steps);
+        if (state.steps.some((step) => lackingRanges(step).length)) fetchItemsSoon(0); // left out
         renderHead();
       } catch (e) {
         handleAuth(e);
@@ -557,9 +571,10 @@ function showDetail(workflowId) {
   }
 
   /** The outputs of the items fan_out_progress announced (held meanwhile with output null),
-   * fetched by index, batched at most every 250 ms and one fetch at a time. The whole run, which
-   * carries every item of every step, is read again only where it must: a gap in the events,
-   * an unknown step, an announced item the API no longer has, the run's end. */
+   * and of those a whole run's read left out (past its budget, also null), fetched by index,
+   * batched at most every 250 ms and one fetch at a time. The whole run, which carries every
+   * item of every step (their outputs up to a budget), is read again only where it must: a gap
+   * in the events, an unknown step, an announced item the API no longer has, the run's end. */
   function fetchItemsSoon(delay = 250) {
     if (state.itemsBusy) {
       state.itemsAgain = true;
@@ -568,14 +583,15 @@ function showDetail(workflowId) {
     if (state.itemsTimer) return;
     state.itemsTimer = setTimeout(async () => {
       state.itemsTimer = 0;
-      const follower = state.follower;
-      if (!follower || follower.stopped || state.gone) return;
+      // The followed run, else the run shown (a finished one, whose read left outputs out).
+      const runId = state.follower ? state.follower.runId : state.run?.id;
+      if (!runId || state.follower?.stopped || state.gone) return;
       state.itemsBusy = true;
       try {
         const wanted = state.steps.map((step) => [step.id, lackingRanges(step)]);
         for (const [stepId, ranges] of wanted) {
           for (const [from, to] of ranges) {
-            if (!(await fetchItems(follower, stepId, from, to))) return;
+            if (!(await fetchItems(runId, stepId, from, to))) return;
           }
         }
         // Announced, yet not stored: the step was reset meanwhile, say. (Items announced
@@ -611,12 +627,13 @@ function showDetail(workflowId) {
     return ranges;
   }
 
-  /** Fetch and merge the items from..to, page by page; false once the run is no longer followed. */
-  async function fetchItems(follower, stepId, from, to) {
+  /** Fetch and merge the items from..to, page by page; false once the run is no longer shown. */
+  async function fetchItems(runId, stepId, from, to) {
+    const follower = state.follower;
     let next = from;
     while (next !== null && next <= to) {
-      const page = await API.listStepItems(follower.runId, stepId, next, Math.min(ITEMS_PER_CALL, to - next + 1));
-      if (state.follower !== follower || follower.stopped || state.gone) return false;
+      const page = await API.listStepItems(runId, stepId, next, Math.min(ITEMS_PER_CALL, to - next + 1));
+      if (state.follower !== follower || follower?.stopped || state.gone || (state.run?.id ?? runId) !== runId) return false;
       const step = byId(stepId);
       if (!step) return true;
       step.items = mergeItems(step.items, page.items);
