@@ -229,8 +229,10 @@ def change(b: Breaker, at: str) -> runs_pb2.StepChange:
         fields["alternatives"] = [
             pb.Alternative(
                 index=0,
-                output=b.pick(f"{at}.output", CLEAN, DIRTY),
-                input_tokens=b.pick(f"{at}.input_tokens", st.integers(0, 9), BAD_COUNTS),
+                output=b.pick(f"{at}.alternatives[0].output", CLEAN, DIRTY),
+                input_tokens=b.pick(
+                    f"{at}.alternatives[0].input_tokens", st.integers(0, 9), BAD_COUNTS
+                ),
             )
         ]
     return runs_pb2.StepChange(**fields)

@@ -992,9 +992,10 @@ async def test_a_batch_naming_another_runs_step_is_refused_whole(api: Clients, o
 
 async def test_record_many_answers_each_batch_alone(api: Clients) -> None:
     """The engine's group commit: good batches land, each bad one is refused on its own with
-    its reason (stale token, foreign step, invalid op, `completed` with a step not), and no
+    its reason (stale token, foreign step, invalid op, `completed` with a step not, a NUL in
+    an output: on PostgreSQL it failed the group's statement, INTERNAL for every run), and no
     run sees another's events."""
-    runs = [await claimed(api, name=f"group-{i}") for i in range(6)]
+    runs = [await claimed(api, name=f"group-{i}") for i in range(7)]
     engine = runs[0][0]
 
     def start(run: pb.Run, step_id: str = "") -> list[runs_pb2.WriteOp]:
@@ -1006,7 +1007,9 @@ async def test_record_many_answers_each_batch_alone(api: Clients) -> None:
         ]
 
     (_, good, good_token), (_, stale, stale_token), (_, foreign, f_token) = runs[:3]
-    (_, bad, bad_token), (_, done, done_token), (_, early, early_token) = runs[3:]
+    (_, bad, bad_token), (_, done, done_token), (_, early, early_token) = runs[3:6]
+    _, nul, nul_token = runs[6]
+    nul_output = runs_pb2.StepChange(status=ev.COMPLETED, output="a\x00b")
     results_of = [
         runs_pb2.WriteOp(
             step=runs_pb2.StepWrite(
@@ -1031,11 +1034,21 @@ async def test_record_many_answers_each_batch_alone(api: Clients) -> None:
         runs_pb2.RecordRequest(
             run_id=early.id, token=early_token, ops=start(early), finish_status=ev.COMPLETED
         ),
+        runs_pb2.RecordRequest(
+            run_id=nul.id,
+            token=nul_token,
+            ops=[
+                runs_pb2.WriteOp(
+                    step=runs_pb2.StepWrite(step_id=nul.steps[0].id, change=nul_output)
+                )
+            ],
+        ),
     ]
 
     results = (await engine.record_many(batches)).results
 
-    assert [r.code for r in results] == [0, 9, 5, 3, 0, 9]  # OK, FAILED_PRECONDITION, …
+    assert [r.code for r in results] == [0, 9, 5, 3, 0, 9, 3]  # OK, FAILED_PRECONDITION, …
+    assert results[6].field == "batches[6].ops[0].step.change.output"
     assert results[1].message.startswith("stale fencing token")
     assert good.steps[1].id in results[2].message
     assert results[3].field == "batches[3].ops[0].event.type"
@@ -1045,7 +1058,7 @@ async def test_record_many_answers_each_batch_alone(api: Clients) -> None:
     after = {r.id: await api.runs.get_run(r.id) for _, r, _ in runs}
     assert after[good.id].steps[0].status == ev.RUNNING and after[good.id].last_seq == 2
     assert after[good.id].steps[1].status == ev.PENDING  # the foreign batch's target
-    for untouched in (stale, foreign, bad, early):
+    for untouched in (stale, foreign, bad, early, nul):
         assert (
             after[untouched.id].last_seq == 1 and after[untouched.id].steps[0].status == ev.PENDING
         )
