@@ -48,11 +48,16 @@ def engine_metadata(secret: str) -> Metadata:
     return ((INTERNAL, secret),)
 
 
+def _is_secret(presented: str, secret: str) -> bool:
+    """Never an empty one: a service started with an empty secret would take an empty header."""
+    return bool(presented) and hmac.compare_digest(presented.encode(), secret.encode())
+
+
 def require_internal(metadata: Iterable[tuple[str, str | bytes]], secret: str) -> None:
     """UNAUTHENTICATED unless the call carries the internal secret (any tenant or none)."""
     values = {key.lower(): value for key, value in metadata if isinstance(value, str)}
     internal = values.get(INTERNAL)
-    if internal is None or not hmac.compare_digest(internal.encode(), secret.encode()):
+    if internal is None or not _is_secret(internal, secret):
         raise Unauthenticated("this call needs the internal credentials")
 
 
@@ -68,7 +73,7 @@ def caller_from_metadata(metadata: Iterable[tuple[str, str | bytes]], secret: st
     values = {key.lower(): value for key, value in metadata if isinstance(value, str)}
     internal = values.get(INTERNAL)
     if internal is not None:
-        if not hmac.compare_digest(internal.encode(), secret.encode()):
+        if not _is_secret(internal, secret):
             raise Unauthenticated("invalid internal credentials")
         tenant = values.get(TENANT)
         if not tenant:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_INTERNAL_SECRET = "nyxflow-dev-internal-secret"  # loopback only (runs refuses it beyond)
+MIN_SECRET_CHARS = 16
 
 
 class CommonSettings(BaseSettings):
@@ -25,3 +27,18 @@ class CommonSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     # OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; unset = tracing off.
     otlp_endpoint: str | None = None
+
+
+class InternalSettings(CommonSettings):
+    """A service that takes calls (runs) or makes them (engine) with the internal secret."""
+
+    @field_validator("internal_secret")
+    @classmethod
+    def _a_secret_worth_the_name(cls, secret: str) -> str:
+        """An empty secret matched a client's empty x-nyxflow-internal header: any tenant."""
+        if len(secret) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"{'is empty' if not secret else f'has {len(secret)} characters'}: at least "
+                f"{MIN_SECRET_CHARS}, shared by runs and the engine (e.g. openssl rand -hex 32)"
+            )
+        return secret

@@ -13,6 +13,7 @@ from nyxflow.auth import (
     caller_from_metadata,
     hash_key,
     internal_metadata,
+    require_internal,
 )
 from nyxflow.errors import Unauthenticated
 
@@ -69,6 +70,15 @@ def test_missing_or_wrong_credentials_are_unauthenticated(
 ) -> None:
     with pytest.raises(Unauthenticated):
         caller_from_metadata(metadata, SECRET)
+
+
+def test_an_empty_internal_secret_is_never_taken() -> None:
+    """A service started with an empty secret let a client sending an empty
+    x-nyxflow-internal header act as any tenant."""
+    with pytest.raises(Unauthenticated):
+        caller_from_metadata(internal_metadata("", "t-1"), "")
+    with pytest.raises(Unauthenticated):
+        require_internal(((INTERNAL, ""),), "")
 
 
 def test_binary_metadata_values_are_ignored() -> None:

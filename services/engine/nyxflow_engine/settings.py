@@ -9,14 +9,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from nyxflow.constants import MAX_CHAIN, PROVIDERS
-from nyxflow.settings import CommonSettings
+from nyxflow.settings import InternalSettings
 
 
 def _default_engine_id() -> str:
     return f"engine-{socket.gethostname()}-{os.getpid()}"
 
 
-class EngineSettings(CommonSettings):
+class EngineSettings(InternalSettings):
     engine_listen: str = "127.0.0.1:50052"
     engine_id: str = Field(default_factory=_default_engine_id)
     lease_ttl_s: float = Field(default=30.0, gt=0, le=3600)  # runs refuses longer leases

@@ -6,10 +6,10 @@ import ipaddress
 
 from pydantic import ValidationInfo, field_validator
 
-from nyxflow.settings import DEV_INTERNAL_SECRET, CommonSettings
+from nyxflow.settings import DEV_INTERNAL_SECRET, InternalSettings
 
 
-class RunsSettings(CommonSettings):
+class RunsSettings(InternalSettings):
     database_url: str = "sqlite+aiosqlite:///.nyxflow/nyxflow.db"
     redis_url: str | None = None
     api_key: str = "dev-key"  # the default tenant's key, stored hashed
