@@ -330,6 +330,15 @@ class Plan:
                 row.end = write.change
         if batch.finish_status and any(r.end is None for r in rows.values()):
             return None  # a step left running as the run ends: settled in order, in general
+        counts = {
+            r.step_id: r.end.item_count
+            for r in rows.values()
+            if r.end is not None and r.end.HasField("item_count")
+        }
+        if any(index >= counts.get(step_id, index + 1) for step_id, index in items):
+            # An item at or past the count its step ends with: the statement's prune sees
+            # the rows before its upsert and would keep it; in order, the end drops it.
+            return None
         return cls(list(rows.values()), list(items.values()))
 
 

@@ -270,7 +270,8 @@ class Recording(StoreBase):
                     session, [workflow_id], batch.finish_status, batch.finish_error
                 )
         await self._bus.publish(run_id, events)
-        return Written(events, bool(fenced.pause_requested))
+        # A run this batch ended has no pause pending (END_RUN cleared it), as the hot path says.
+        return Written(events, bool(fenced.pause_requested) and not batch.finish_status)
 
     @staticmethod
     async def _require_all_completed(session: AsyncSession, run_id: str, workflow_id: str) -> None:
