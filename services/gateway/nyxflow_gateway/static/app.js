@@ -504,12 +504,13 @@ function showDetail(workflowId) {
     const next = fresh.map((incoming) => {
       const local = byId(incoming.id);
       if (!local) return { ...incoming };
-      if (rank(incoming.status) > rank(local.status)) return { ...local, ...incoming, guessed: false };
+      const items = keepLoaded(local.items, incoming.items);
+      if (rank(incoming.status) > rank(local.status)) return { ...local, ...incoming, items, guessed: false };
       if (rank(incoming.status) < rank(local.status) || local.status === "running") {
         // What a guessed step lacks (its provider, persona…) comes from the snapshot.
         return { ...incoming, ...local, items: mergeItems(local.items, incoming.items), guessed: false };
       }
-      return { ...local, ...incoming, progress: local.progress, notes: local.notes, guessed: false };
+      return { ...local, ...incoming, items, progress: local.progress, notes: local.notes, guessed: false };
     });
     // A step generated after this snapshot was taken is kept until the next one has it.
     for (const local of state.steps) {
@@ -627,13 +628,14 @@ function showDetail(workflowId) {
     return ranges;
   }
 
-  /** Fetch and merge the items from..to, page by page; false once the run is no longer shown. */
+  /** Fetch and merge the items from..to, page by page; false once the run is no longer shown.
+   * A page that comes after its run's end stopped the following is kept: the end's read of the
+   * whole run may leave its outputs out, and would fetch them again. */
   async function fetchItems(runId, stepId, from, to) {
-    const follower = state.follower;
     let next = from;
     while (next !== null && next <= to) {
       const page = await API.listStepItems(runId, stepId, next, Math.min(ITEMS_PER_CALL, to - next + 1));
-      if (state.follower !== follower || follower?.stopped || state.gone || (state.run?.id ?? runId) !== runId) return false;
+      if (state.gone || (state.follower ? state.follower.runId : state.run?.id) !== runId) return false;
       const step = byId(stepId);
       if (!step) return true;
       step.items = mergeItems(step.items, page.items);
