@@ -13,7 +13,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from nyxflow.errors import NyxflowError, Unavailable, status_details, to_details
+from nyxflow.errors import (
+    InvalidArgument,
+    NyxflowError,
+    Unavailable,
+    status_details,
+    to_details,
+)
 from nyxflow.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -30,6 +36,9 @@ CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
 SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     *CHANNEL_OPTIONS,
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # grpc's default SO_REUSEPORT let a second service bind a port in use: the kernel split
+    # the connections between the two
+    ("grpc.so_reuseport", 0),
 )
 
 
@@ -120,6 +129,7 @@ class GrpcService:
         bind: str,
         stop: asyncio.Event | None = None,
         translate: Translate | None = None,
+        setting: str = "listen",
     ) -> None:
         self.server = grpc.aio.server(
             interceptors=[ErrorInterceptor(translate)], options=SERVER_OPTIONS
@@ -130,10 +140,23 @@ class GrpcService:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(bind)
+        self.port = self._listen(bind, setting)
         # An embedding caller (a test) passes its own stop event; a process stops on signals.
         self._signals = stop is None
         self._stop = stop or asyncio.Event()
+
+    def _listen(self, bind: str, setting: str) -> int:
+        """The port bound, or a refusal naming the setting (grpc raises a bare RuntimeError)."""
+        try:
+            port = int(self.server.add_insecure_port(bind))
+        except RuntimeError:
+            port = 0
+        if not port:
+            raise InvalidArgument(
+                f"cannot listen on {bind}: the port is in use, or the host is not this machine's",
+                field=setting,
+            )
+        return port
 
     async def set_serving(self, serving: bool) -> None:
         status = (

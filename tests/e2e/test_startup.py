@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import Connection
 
+from nyxflow.cli.supervisor import wait_grpc_serving
 from nyxflow_runs import migrate
 from nyxflow_runs.db import create_engine
 from nyxflow_runs.models import Base
@@ -152,6 +153,52 @@ def test_a_metrics_port_taken_is_refused_naming_the_setting(tmp_path: Path) -> N
         port = taken.getsockname()[1]
         stderr = refusal(tmp_path, ["nyxflow_engine"], NYXFLOW_METRICS_PORT=str(port))
     assert f"NYXFLOW_METRICS_PORT: cannot serve metrics on 127.0.0.1:{port}" in stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "setting"),
+    [(["nyxflow_runs"], "NYXFLOW_RUNS_LISTEN"), (["nyxflow_engine"], "NYXFLOW_ENGINE_LISTEN")],
+)
+def test_a_grpc_listen_port_taken_is_refused_naming_the_setting(
+    tmp_path: Path, command: list[str], setting: str
+) -> None:
+    """It was grpc's RuntimeError traceback, naming neither the setting nor the address."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        stderr = refusal(
+            tmp_path,
+            command,
+            **{setting: listen},
+            NYXFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'a.db'}",
+            NYXFLOW_MIGRATE_ON_START="true",
+            NYXFLOW_COMMAND_SANDBOX="none",
+        )
+    assert f"{setting}: cannot listen on {listen}" in stderr.strip().splitlines()[-1]
+
+
+def test_a_second_runs_service_on_a_port_in_use_is_refused(tmp_path: Path) -> None:
+    """grpc binds with SO_REUSEPORT: a second runs service (another database) started on the
+    port of a running one, and the kernel split the connections between the two."""
+    first, listen = start_runs(
+        tmp_path,
+        NYXFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'first.db'}",
+        NYXFLOW_MIGRATE_ON_START="true",
+    )
+    try:
+        wait_grpc_serving(listen, 30)
+        stderr = refusal(
+            tmp_path,
+            ["nyxflow_runs"],
+            NYXFLOW_RUNS_LISTEN=listen,
+            NYXFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'second.db'}",
+            NYXFLOW_MIGRATE_ON_START="true",
+        )
+        assert f"NYXFLOW_RUNS_LISTEN: cannot listen on {listen}" in stderr
+    finally:
+        first.terminate()
+        first.communicate(timeout=15)
 
 
 # The engine in a user namespace that may create none: as where user namespaces are off.

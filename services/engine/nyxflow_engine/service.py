@@ -34,7 +34,9 @@ async def serve(
     await refuse_a_broken_sandbox(Sandbox.from_settings(settings))
     channel = open_channel(settings.runs_addr)
     executor = Executor(channel, settings, Providers.from_settings(settings))
-    service = GrpcService([SERVICE_NAME], settings.engine_listen, stop)
+    service = GrpcService(
+        [SERVICE_NAME], settings.engine_listen, stop, setting="NYXFLOW_ENGINE_LISTEN"
+    )
     engine_pb2_grpc.add_EngineServicer_to_server(EngineServicer(executor), service.server)
     metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
     log.info("engine serving", extra={"action": "start", "engine_id": settings.engine_id})

@@ -36,7 +36,11 @@ async def serve(
     bus = create_bus(settings.redis_url)
     store = Store(session_factory(engine), bus)
     service = GrpcService(
-        [SERVICE_NAME, ADMIN_SERVICE_NAME], settings.runs_listen, stop, db_errors.translate
+        [SERVICE_NAME, ADMIN_SERVICE_NAME],
+        settings.runs_listen,
+        stop,
+        db_errors.translate,
+        setting="NYXFLOW_RUNS_LISTEN",
     )
     tenancy = Tenancy(store, settings.internal_secret, bus)
     servicer = RunsServicer(store, bus, tenancy, settings.watch_poll_s, settings.repos_root)
