@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nyxflow.cli.connection import load_settings
+from nyxflow.cli.connection import load_settings, one_line
 from nyxflow.errors import InvalidArgument
 from nyxflow.settings import CommonSettings
 from nyxflow_engine.settings import EngineSettings
@@ -13,16 +13,13 @@ from nyxflow_gateway.settings import GatewaySettings
 from nyxflow_runs.settings import RunsSettings
 
 
-def refused(cls: type[CommonSettings], monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
-    """The variable the refusal names; its message must not quote the value."""
+def refusal(cls: type[CommonSettings], monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """The one line the service prints: `<variable>: <why>`."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(InvalidArgument) as refusal:
+    with pytest.raises(InvalidArgument) as refused:
         load_settings(cls)
-    for value in env.values():
-        assert not value or value not in refusal.value.message
-    assert refusal.value.field is not None
-    return refusal.value.field
+    return one_line(refused.value)
 
 
 @pytest.mark.parametrize("cls", [RunsSettings, EngineSettings])
@@ -32,8 +29,9 @@ def test_an_empty_or_short_internal_secret_is_refused(
 ) -> None:
     """Runs took an empty secret and then an empty x-nyxflow-internal header as any tenant."""
     monkeypatch.setenv("NYXFLOW_RUNS_LISTEN", "127.0.0.1:50051")
-    field = refused(cls, monkeypatch, NYXFLOW_INTERNAL_SECRET=secret)
-    assert field == "NYXFLOW_INTERNAL_SECRET"
+    line = refusal(cls, monkeypatch, NYXFLOW_INTERNAL_SECRET=secret)
+    assert line.startswith("NYXFLOW_INTERNAL_SECRET: ")
+    assert not secret or secret not in line
 
 
 @pytest.mark.parametrize("cls", [RunsSettings, EngineSettings])
@@ -50,3 +48,20 @@ def test_the_development_and_generated_secrets_are_taken(
 def test_the_gateway_which_holds_no_secret_ignores_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NYXFLOW_INTERNAL_SECRET", "")
     load_settings(GatewaySettings)
+
+
+@pytest.mark.parametrize("heartbeat", ["2", "3", "0", "-1"])
+def test_a_heartbeat_not_within_the_lease_is_refused(
+    monkeypatch: pytest.MonkeyPatch, heartbeat: str
+) -> None:
+    """A heartbeat of 3 s with a lease of 2 s: every run longer than the lease was swept as an
+    orphan while its engine was alive and well."""
+    monkeypatch.setenv("NYXFLOW_LEASE_TTL_S", "2")
+    line = refusal(EngineSettings, monkeypatch, NYXFLOW_HEARTBEAT_S=heartbeat)
+    assert line.startswith("NYXFLOW_HEARTBEAT_S: ")
+
+
+def test_a_heartbeat_within_the_lease_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NYXFLOW_LEASE_TTL_S", "2")  # the process tests' fast settings
+    monkeypatch.setenv("NYXFLOW_HEARTBEAT_S", "0.5")
+    assert load_settings(EngineSettings).heartbeat_s == 0.5

@@ -6,7 +6,7 @@ import os
 import socket
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from nyxflow.constants import MAX_CHAIN, PROVIDERS
 from nyxflow.settings import InternalSettings
@@ -20,7 +20,7 @@ class EngineSettings(InternalSettings):
     engine_listen: str = "127.0.0.1:50052"
     engine_id: str = Field(default_factory=_default_engine_id)
     lease_ttl_s: float = Field(default=30.0, gt=0, le=3600)  # runs refuses longer leases
-    heartbeat_s: float = 10.0
+    heartbeat_s: float = Field(default=10.0, gt=0)  # shorter than the lease (below)
     delta_flush_ms: float = 50.0  # at most one step_delta event per step per this long
     group_commit_ms: float = 50.0  # progress is committed at most this long after it happens
     write_retry_s: float = 30.0  # how long a write to runs is retried while runs is unavailable
@@ -52,6 +52,15 @@ class EngineSettings(InternalSettings):
     provider_backoff_s: float = 0.5
     provider_backoff_max_s: float = 8.0
     provider_budget_s: float = 120.0  # retries of one provider stop after this long
+
+    @field_validator("heartbeat_s")
+    @classmethod
+    def _a_heartbeat_within_the_lease(cls, heartbeat_s: float, info: ValidationInfo) -> float:
+        """A heartbeat no shorter than the lease let it lapse: live runs were swept as orphans."""
+        ttl = info.data.get("lease_ttl_s")
+        if ttl is not None and heartbeat_s >= ttl:
+            raise ValueError(f"must be shorter than NYXFLOW_LEASE_TTL_S ({ttl:g} s)")
+        return heartbeat_s
 
     @field_validator("default_providers")
     @classmethod
