@@ -187,6 +187,19 @@ class RunsClient:
         )
         return await _unary(self._stub.ListStepItems(request, **self._kw()))
 
+    async def all_step_items(
+        self, run_id: str, step_id: str, from_index: int = 0
+    ) -> list[pb.StepItem]:
+        """Every stored item of a step from `from_index` on, outputs included, page by page:
+        the outputs a whole read (GetRun, GetWorkflow) left out (StepItem.output_left_out)."""
+        items: list[pb.StepItem] = []
+        index: int | None = from_index
+        while index is not None:
+            page = await self.list_step_items(run_id, step_id, index, 500)
+            items.extend(page.items)
+            index = page.next_index if page.HasField("next_index") else None
+        return items
+
     async def list_runs(
         self, workflow_id: str = "", status: str = "", limit: int = 50
     ) -> list[pb.Run]:

@@ -65,16 +65,6 @@ def carried(items: list[pb.StepItem]) -> int:
     return sum(len(i.output.encode()) for i in items if not i.output_left_out)
 
 
-async def all_items(api: Clients, run_id: str, step_id: str) -> list[pb.StepItem]:
-    items: list[pb.StepItem] = []
-    index: int | None = 0
-    while index is not None:
-        page = await api.runs.list_step_items(run_id, step_id, index, 500)
-        items.extend(page.items)
-        index = page.next_index if page.HasField("next_index") else None
-    return items
-
-
 def assert_bounded(steps: list[pb.Step], total: int) -> None:
     """A whole read: item outputs up to the budget, the rest flagged and empty, in order."""
     items = [i for s in steps for i in s.items]
@@ -113,7 +103,7 @@ async def test_a_big_fan_out_keeps_its_run_readable_retryable_and_its_items_list
         i.output_left_out for i in each.items
     ]
     # ListStepItems has every output, those left out included
-    listed = await all_items(api, run.id, each.id)
+    listed = await api.runs.all_step_items(run.id, each.id)
     assert [i.index for i in listed] == list(range(ITEMS))
     assert all(i.output == ITEM_TEXT and not i.output_left_out for i in listed)
 

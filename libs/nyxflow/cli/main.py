@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -41,6 +42,7 @@ from nyxflow.cli.supervisor import (
 from nyxflow.errors import FailedPrecondition, InvalidArgument, Unavailable
 from nyxflow.settings import CommonSettings
 from nyxflow.templates import parse_template
+from nyxflow.v1 import common_pb2 as pb
 
 app = typer.Typer(help="nyxflow: durable LLM workflows, streamed live.", no_args_is_help=True)
 workflow_app = typer.Typer(help="Create, list, show, duplicate, delete.")
@@ -181,6 +183,8 @@ async def workflow_list(as_json: bool = JSON) -> None:
 async def workflow_show(workflow_id: str, as_json: bool = JSON) -> None:
     async with connect() as c:
         workflow = await c.runs.get_workflow(workflow_id)
+        if as_json:
+            await _with_item_outputs(c, workflow.last_run_id, workflow.steps)
     if as_json:
         render.as_json(workflow)
         return
@@ -236,6 +240,19 @@ async def _start(c: Clients, run_id: str) -> None:
                 f"the engine said nothing for {c.execute_silence_s:g} s and run {run_id} is "
                 f"still pending; `nyxflow run follow {run_id}` starts it if no engine has"
             ) from None
+
+
+async def _with_item_outputs(c: Clients, run_id: str, steps: Sequence[pb.Step]) -> None:
+    """The item outputs a whole read left out (past its budget), filled in from the items'
+    pages, so that --json shows every item's output as before."""
+    for step in steps:
+        left_out = [i.index for i in step.items if i.output_left_out]
+        if not left_out or not run_id:
+            continue
+        stored = {i.index: i for i in await c.runs.all_step_items(run_id, step.id, left_out[0])}
+        for item in step.items:
+            if item.output_left_out and item.index in stored:
+                item.CopyFrom(stored[item.index])
 
 
 async def _follow_to_the_end(
@@ -299,6 +316,8 @@ async def run_list(
 async def run_show(run_id: str, as_json: bool = JSON) -> None:
     async with connect() as c:
         run = await c.runs.get_run(run_id)
+        if as_json:  # the steps are the latest run's, whose items ListStepItems lists
+            await _with_item_outputs(c, run.superseded_by or run.id, run.steps)
     if as_json:
         render.as_json(run)
         return

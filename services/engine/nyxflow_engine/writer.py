@@ -207,17 +207,11 @@ class RunWriter:
         return list(run.steps)
 
     async def stored_items(self, step_id: str, from_index: int = 0) -> list[pb.StepItem]:
-        """A step's stored items from `from_index` on, outputs included, page by page: a whole
-        run's read leaves outputs out past its budget (StepItem.output_left_out)."""
-        items: list[pb.StepItem] = []
-        index: int | None = from_index
-        while index is not None:
-            page = await self._retrying(
-                functools.partial(self.runs.list_step_items, self.run_id, step_id, index, 500)
-            )
-            items.extend(page.items)
-            index = page.next_index if page.HasField("next_index") else None
-        return items
+        """A step's stored items from `from_index` on, outputs included: a whole run's read
+        leaves outputs out past its budget (StepItem.output_left_out)."""
+        return await self._retrying(
+            functools.partial(self.runs.all_step_items, self.run_id, step_id, from_index)
+        )
 
     async def workflow(self, workflow_id: str) -> pb.Workflow:
         return await self._retrying(lambda: self.runs.get_workflow(workflow_id))
