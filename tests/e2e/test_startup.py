@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,37 @@ async def test_an_unmigrated_database_is_refused_with_the_command_to_run(tmp_pat
     _, stderr = process.communicate(timeout=30)
     assert process.returncode != 0
     assert "nyxflow db upgrade" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "env"),
+    [
+        (["nyxflow_runs", "migrate"], {}),  # `nyxflow db upgrade`
+        (["nyxflow_runs"], {"NYXFLOW_MIGRATE_ON_START": "true"}),  # `make run`
+        (["nyxflow_runs"], {}),
+    ],
+    ids=["migrate", "migrate-on-start", "serve"],
+)
+def test_a_database_of_a_newer_schema_is_refused_in_one_line(
+    tmp_path: Path, command: list[str], env: dict[str, str]
+) -> None:
+    """The code rolled back under a database a later release migrated: alembic's "Can't
+    locate revision" traceback, or advice to run `nyxflow db upgrade`, which cannot help."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'newer.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "nyxflow_runs", "migrate"],
+        env={**os.environ, "NYXFLOW_DATABASE_URL": url},
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(tmp_path / "newer.db") as connection:  # what a later release did
+        connection.execute("UPDATE alembic_version SET version_num = '9999'")
+    line = refusal(tmp_path, command, NYXFLOW_DATABASE_URL=url, **env).strip().splitlines()[-1]
+    head = migrate.head_revision()
+    assert f"at schema 9999, newer than this code (head {head}): run a newer nyxflow" in line
+    assert "upgrade" not in line
 
 
 async def test_not_serving_until_the_database_answers(tmp_path: Path) -> None:

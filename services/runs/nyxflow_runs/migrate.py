@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,6 +25,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    await refuse_a_newer_schema(engine)
+
     def _upgrade(connection: Connection) -> None:
         command.upgrade(alembic_config(connection), revision)
 
@@ -68,8 +71,27 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await connection.run_sync(_current)
 
 
+def _known(revision: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:  # "Can't locate revision"
+        return False
+
+
+async def refuse_a_newer_schema(engine: AsyncEngine) -> None:
+    """A database a later release migrated (the code rolled back): no upgrade can help, and
+    alembic's own refusal is a traceback."""
+    current = await current_revision(engine)
+    if current is not None and not _known(current):
+        raise NotMigrated(
+            f"the database is at schema {current}, newer than this code (head "
+            f"{head_revision()}): run a newer nyxflow"
+        )
+
+
 async def require_current(engine: AsyncEngine) -> None:
     """Refuse to serve on a schema other than the code's: say which command fixes it."""
+    await refuse_a_newer_schema(engine)
     current, head = await current_revision(engine), head_revision()
     if current != head:
         raise NotMigrated(
