@@ -157,6 +157,7 @@ def refusal(
         (["nyxflow_runs"], "NYXFLOW_SWEEP_INTERVAL_S", "five"),
         (["nyxflow_runs"], "NYXFLOW_DATABASE_URL", "mysql://app@db.example/app"),
         (["nyxflow_runs", "migrate"], "NYXFLOW_DATABASE_URL", "not a url"),
+        (["nyxflow_runs"], "NYXFLOW_DATABASE_URL", "postgresql://db.example/app?gssencmode=x"),
         (["nyxflow_engine"], "NYXFLOW_LEASE_TTL_S", "0"),
         (["nyxflow_engine"], "NYXFLOW_DEFAULT_PROVIDERS", "local"),
         (["nyxflow_engine"], "NYXFLOW_COMMAND_SANDBOX", "chroot"),
@@ -171,9 +172,13 @@ def test_a_bad_setting_is_refused_in_one_line_naming_it(
 
 
 @pytest.mark.parametrize("command", [["nyxflow_runs"], ["nyxflow_runs", "migrate"]])
-def test_a_hosts_postgresql_url_is_used_not_refused(tmp_path: Path, command: list[str]) -> None:
-    """The driver psycopg is not installed: `postgresql://` is asyncpg's (nothing listens)."""
-    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+@pytest.mark.parametrize("query", ["", "?sslmode=disable&connect_timeout=10"])
+def test_a_hosts_postgresql_url_is_used_not_refused(
+    tmp_path: Path, command: list[str], query: str
+) -> None:
+    """The driver psycopg is not installed: `postgresql://` is asyncpg's (nothing listens).
+    With libpq's connect_timeout, which asyncpg lacks, it was a TypeError traceback."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere{query}"
     stderr = refusal(tmp_path, command, NYXFLOW_DATABASE_URL=url, NYXFLOW_DATABASE_WAIT_S="1")
     assert "database unreachable" in stderr
 

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from nyxflow.cli.connection import load_settings
 from nyxflow.errors import InvalidArgument
@@ -15,7 +16,7 @@ from nyxflow.metrics import serve_metrics
 from nyxflow_engine.settings import EngineSettings
 from nyxflow_engine.tools.sandbox import Sandbox, Walls
 from nyxflow_engine.tools.sandbox_check import refuse_a_broken_sandbox
-from nyxflow_runs.db import create_engine
+from nyxflow_runs.db import asyncpg_options, create_engine
 from nyxflow_runs.settings import RunsSettings
 
 
@@ -138,3 +139,31 @@ def test_runs_on_loopback_keeps_the_development_secret(
     monkeypatch.delenv("NYXFLOW_INTERNAL_SECRET", raising=False)
     monkeypatch.setenv("NYXFLOW_RUNS_LISTEN", listen)
     assert load_settings(RunsSettings).runs_listen == listen
+
+
+async def test_libpqs_connect_timeout_becomes_asyncpgs_timeout() -> None:
+    """Hosts hand out `?sslmode=require&connect_timeout=10`: asyncpg has no connect_timeout,
+    and the first connection ended in a TypeError traceback."""
+    engine = create_engine("postgresql://app@db.example/app?sslmode=require&connect_timeout=10")
+    try:
+        assert dict(engine.url.query) == {"ssl": "require"}
+    finally:
+        await engine.dispose()
+    _, arguments = asyncpg_options(make_url("postgresql+asyncpg://db.example/app?timeout=2.5"))
+    assert arguments == {"timeout": 2.5}
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("application_name=app", "'application_name' is not one this driver takes"),
+        ("connect_timeout=ten", "'connect_timeout' must be seconds above 0"),
+        ("connect_timeout=0", "'connect_timeout' must be seconds above 0"),
+        ("sslmode=require&sslmode=disable", "'ssl' is given more than once"),
+    ],
+)
+def test_a_postgresql_option_the_driver_cannot_take_is_refused(query: str, why: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        create_engine(f"postgresql://app:secret@db.example/app?{query}")
+    assert refused.value.field == "NYXFLOW_DATABASE_URL"
+    assert why in refused.value.message and "secret" not in refused.value.message

@@ -41,6 +41,36 @@ def database_url(url: str) -> URL:
     return parsed
 
 
+# What asyncpg takes from a URL's query as it is (text); libpq's names it lacks are mapped
+# (sslmode above, connect_timeout below); any other option was asyncpg's TypeError traceback.
+ASYNCPG_TEXT_OPTIONS = frozenset({"ssl", "target_session_attrs"})
+ASYNCPG_SECONDS = {"connect_timeout": "timeout", "timeout": "timeout"}
+
+
+def asyncpg_options(url: URL) -> tuple[URL, dict[str, Any]]:
+    """The URL with the options asyncpg takes as text, and the connect arguments of the rest."""
+    arguments: dict[str, Any] = {}
+    for name, value in url.query.items():
+        if not isinstance(value, str):
+            raise InvalidArgument(f"the option {name!r} is given more than once", field=SETTING)
+        if name in ASYNCPG_TEXT_OPTIONS:
+            continue
+        if name not in ASYNCPG_SECONDS:
+            raise InvalidArgument(
+                f"the option {name!r} is not one this driver takes (sslmode, connect_timeout, "
+                "target_session_attrs)",
+                field=SETTING,
+            )
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = 0.0
+        if not seconds > 0:  # NaN too
+            raise InvalidArgument(f"the option {name!r} must be seconds above 0", field=SETTING)
+        arguments[ASYNCPG_SECONDS[name]] = seconds
+    return url.difference_update_query(list(ASYNCPG_SECONDS)), arguments
+
+
 def _async_engine(url: URL, **options: Any) -> AsyncEngine:
     try:
         return create_async_engine(url, **options)
@@ -54,9 +84,14 @@ def _async_engine(url: URL, **options: Any) -> AsyncEngine:
 def create_engine(url: str) -> AsyncEngine:
     parsed = database_url(url)
     if parsed.get_backend_name() != "sqlite":
+        parsed, arguments = (
+            asyncpg_options(parsed) if parsed.get_driver_name() == "asyncpg" else (parsed, {})
+        )
         # No pre-ping: it costs a round trip per checkout; a dead connection fails the call and
         # is discarded, and the engine retries writes.
-        return _async_engine(parsed, pool_size=10, max_overflow=10, pool_recycle=1800)
+        return _async_engine(
+            parsed, pool_size=10, max_overflow=10, pool_recycle=1800, connect_args=arguments
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # Only the runs service opens the file: one connection serialises its writes without
