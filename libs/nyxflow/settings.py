@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_INTERNAL_SECRET = "nyxflow-dev-internal-secret"  # loopback only (runs refuses it beyond)
@@ -19,7 +19,7 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     runs_addr: str = "127.0.0.1:50051"
     engine_addr: str = "127.0.0.1:50052"
-    rpc_timeout_s: float = 10.0
+    rpc_timeout_s: float = Field(default=10.0, gt=0)  # 0 failed every call at once
     # Runs and engine: each tenant's repositories only under <root>/<tenant id>/ (repos.py);
     # unset, any absolute path (one team on its own machine).
     repos_root: str | None = None

@@ -155,13 +155,16 @@ def refusal(
     "command,setting,value",
     [
         (["nyxflow_runs"], "NYXFLOW_SWEEP_INTERVAL_S", "five"),
+        (["nyxflow_runs"], "NYXFLOW_SWEEP_INTERVAL_S", "0"),  # it swept without pause
         (["nyxflow_runs"], "NYXFLOW_DATABASE_URL", "mysql://app@db.example/app"),
         (["nyxflow_runs", "migrate"], "NYXFLOW_DATABASE_URL", "not a url"),
         (["nyxflow_runs"], "NYXFLOW_DATABASE_URL", "postgresql://db.example/app?gssencmode=x"),
         (["nyxflow_engine"], "NYXFLOW_LEASE_TTL_S", "0"),
+        (["nyxflow_engine"], "NYXFLOW_HEARTBEAT_S", "30"),  # the lease's: live runs swept
         (["nyxflow_engine"], "NYXFLOW_DEFAULT_PROVIDERS", "local"),
         (["nyxflow_engine"], "NYXFLOW_COMMAND_SANDBOX", "chroot"),
         (["nyxflow_gateway"], "NYXFLOW_GATEWAY_PORT", "http"),
+        (["nyxflow_gateway"], "NYXFLOW_RPC_TIMEOUT_S", "0"),  # every request failed
     ],
 )
 def test_a_bad_setting_is_refused_in_one_line_naming_it(

@@ -65,3 +65,43 @@ def test_a_heartbeat_within_the_lease_is_taken(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("NYXFLOW_LEASE_TTL_S", "2")  # the process tests' fast settings
     monkeypatch.setenv("NYXFLOW_HEARTBEAT_S", "0.5")
     assert load_settings(EngineSettings).heartbeat_s == 0.5
+
+
+@pytest.mark.parametrize(
+    ("cls", "setting"),
+    [
+        (RunsSettings, "NYXFLOW_SWEEP_INTERVAL_S"),  # swept without a pause: a core pinned
+        (RunsSettings, "NYXFLOW_WATCH_POLL_S"),
+        (RunsSettings, "NYXFLOW_RPC_TIMEOUT_S"),
+        (EngineSettings, "NYXFLOW_ADOPT_INTERVAL_S"),
+        (EngineSettings, "NYXFLOW_GROUP_COMMIT_MS"),
+        (EngineSettings, "NYXFLOW_WRITE_RETRY_S"),
+        (EngineSettings, "NYXFLOW_PROVIDER_BUDGET_S"),
+        (GatewaySettings, "NYXFLOW_RPC_TIMEOUT_S"),  # every request failed at once
+        (GatewaySettings, "NYXFLOW_SSE_HEARTBEAT_S"),
+    ],
+)
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_an_interval_or_timeout_not_above_zero_is_refused(
+    monkeypatch: pytest.MonkeyPatch, cls: type[CommonSettings], setting: str, value: str
+) -> None:
+    assert refusal(cls, monkeypatch, **{setting: value}).startswith(f"{setting}: ")
+
+
+@pytest.mark.parametrize(
+    ("cls", "setting"),
+    [
+        (RunsSettings, "NYXFLOW_DATABASE_WAIT_S"),
+        (EngineSettings, "NYXFLOW_RUNS_WAIT_S"),
+        (EngineSettings, "NYXFLOW_SHUTDOWN_GRACE_S"),
+        (EngineSettings, "NYXFLOW_DELTA_FLUSH_MS"),
+        (EngineSettings, "NYXFLOW_PROVIDER_BACKOFF_S"),
+        (GatewaySettings, "NYXFLOW_SSE_RETRY_MS"),
+    ],
+)
+def test_a_wait_grace_or_backoff_may_be_zero_not_negative(
+    monkeypatch: pytest.MonkeyPatch, cls: type[CommonSettings], setting: str
+) -> None:
+    monkeypatch.setenv(setting, "0")
+    load_settings(cls)  # no wait, no grace: one attempt, a stop at once
+    assert refusal(cls, monkeypatch, **{setting: "-1"}).startswith(f"{setting}: ")

@@ -21,12 +21,19 @@ class EngineSettings(InternalSettings):
     engine_id: str = Field(default_factory=_default_engine_id)
     lease_ttl_s: float = Field(default=30.0, gt=0, le=3600)  # runs refuses longer leases
     heartbeat_s: float = Field(default=10.0, gt=0)  # shorter than the lease (below)
-    delta_flush_ms: float = 50.0  # at most one step_delta event per step per this long
-    group_commit_ms: float = 50.0  # progress is committed at most this long after it happens
-    write_retry_s: float = 30.0  # how long a write to runs is retried while runs is unavailable
-    shutdown_grace_s: float = 10.0
-    adopt_interval_s: float = 1.0  # how often requeued runs (on_orphan: resume) are looked for
-    runs_wait_s: float = 60.0  # start-up waits this long for the runs service
+    # at most one step_delta event per step per this long (0: each delta as it comes)
+    delta_flush_ms: float = Field(default=50.0, ge=0)
+    group_commit_ms: float = Field(
+        default=50.0, gt=0
+    )  # progress is committed at most this long after it happens
+    write_retry_s: float = Field(
+        default=30.0, gt=0
+    )  # how long a write to runs is retried while runs is unavailable
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    adopt_interval_s: float = Field(
+        default=1.0, gt=0
+    )  # how often requeued runs (on_orphan: resume) are looked for
+    runs_wait_s: float = Field(default=60.0, ge=0)  # start-up waits this long for the runs service
     # A tenant's test command: in namespaces of its own (tools/sandbox.py), or "none": beside
     # the engine, able to read the engine's /proc. Checked at start-up, never turned off quietly.
     command_sandbox: Literal["namespaces", "none"] = "namespaces"
@@ -48,10 +55,12 @@ class EngineSettings(InternalSettings):
     openai_compatible_base_url: str | None = "http://127.0.0.1:11434/v1"
     # per read in the SDKs; and the longest a request may bring no text (chain.py: stall_s)
     provider_timeout_s: float = Field(default=300.0, gt=0)
-    provider_attempts: int = 3  # per provider before the next one
-    provider_backoff_s: float = 0.5
-    provider_backoff_max_s: float = 8.0
-    provider_budget_s: float = 120.0  # retries of one provider stop after this long
+    provider_attempts: int = Field(default=3, ge=1)  # per provider before the next one
+    provider_backoff_s: float = Field(default=0.5, ge=0)
+    provider_backoff_max_s: float = Field(default=8.0, ge=0)
+    provider_budget_s: float = Field(
+        default=120.0, gt=0
+    )  # retries of one provider stop after this long
 
     @field_validator("heartbeat_s")
     @classmethod

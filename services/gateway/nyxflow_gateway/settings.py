@@ -11,11 +11,11 @@ class GatewaySettings(CommonSettings):
     # every address a name resolves to is listened on; empty: every interface
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
-    sse_heartbeat_s: float = 15.0
+    sse_heartbeat_s: float = Field(default=15.0, gt=0)
     # A client connection whose sent data (or keepalive probe) goes unacknowledged this long
     # is closed: a browser that vanished without a word held its stream for ~15 min. 0: off.
     peer_timeout_s: float = Field(default=30.0, ge=0)
-    sse_retry_ms: int = 3000
+    sse_retry_ms: int = Field(default=3000, ge=0)
     sse_queue_events: int = 1000  # per client: a client this far behind is dropped, alone
     sse_queue_bytes: int = Field(default=8 * 1024 * 1024, ge=0)  # the same, in unsent bytes
     # per followed run: events kept for browsers that join late or reconnect; one that needs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from pydantic import ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from nyxflow.settings import DEV_INTERNAL_SECRET, InternalSettings
 
@@ -15,12 +15,16 @@ class RunsSettings(InternalSettings):
     api_key: str = "dev-key"  # the default tenant's key, stored hashed
     admin_key: str | None = None  # guards the Admin service; unset = admin API off
     runs_listen: str = "127.0.0.1:50051"
-    sweep_interval_s: float = 5.0
-    watch_poll_s: float = 1.0  # how often a watcher re-reads the database when the bus is quiet
+    sweep_interval_s: float = Field(default=5.0, gt=0)  # 0 swept without pause: a core
+    watch_poll_s: float = Field(
+        default=1.0, gt=0
+    )  # how often a watcher re-reads the database when the bus is quiet
     # Off in production: the schema changes only through `nyxflow db upgrade`, and an
     # unmigrated database is refused at start. `nyxflow up` and the tests turn it on.
     migrate_on_start: bool = False
-    database_wait_s: float = 60.0  # start-up waits this long for the database to answer
+    database_wait_s: float = Field(
+        default=60.0, ge=0
+    )  # start-up waits this long for the database to answer
 
     @field_validator("runs_listen")
     @classmethod
