@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,6 +29,15 @@ class CommonSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     # OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; unset = tracing off.
     otlp_endpoint: str | None = None
+
+    @field_validator("log_level")
+    @classmethod
+    def _a_level_logging_knows(cls, level: str) -> str:
+        """logging.setLevel's refusal was a traceback at start, naming no variable."""
+        names = [name for name in logging.getLevelNamesMapping() if name != "NOTSET"]
+        if level.upper() not in names:
+            raise ValueError(f"not a log level: one of {', '.join(names)} (any case)")
+        return level.upper()
 
 
 class InternalSettings(CommonSettings):

@@ -165,6 +165,9 @@ def refusal(
         (["nyxflow_engine"], "NYXFLOW_COMMAND_SANDBOX", "chroot"),
         (["nyxflow_gateway"], "NYXFLOW_GATEWAY_PORT", "http"),
         (["nyxflow_gateway"], "NYXFLOW_RPC_TIMEOUT_S", "0"),  # every request failed
+        (["nyxflow_runs"], "NYXFLOW_LOG_LEVEL", "verbose"),
+        (["nyxflow_engine"], "NYXFLOW_LOG_LEVEL", "verbose"),
+        (["nyxflow_gateway"], "NYXFLOW_LOG_LEVEL", "verbose"),
     ],
 )
 def test_a_bad_setting_is_refused_in_one_line_naming_it(

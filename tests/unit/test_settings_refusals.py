@@ -105,3 +105,13 @@ def test_a_wait_grace_or_backoff_may_be_zero_not_negative(
     monkeypatch.setenv(setting, "0")
     load_settings(cls)  # no wait, no grace: one attempt, a stop at once
     assert refusal(cls, monkeypatch, **{setting: "-1"}).startswith(f"{setting}: ")
+
+
+@pytest.mark.parametrize("cls", [RunsSettings, EngineSettings, GatewaySettings])
+def test_a_log_level_is_a_level_logging_knows_in_any_case(
+    monkeypatch: pytest.MonkeyPatch, cls: type[CommonSettings]
+) -> None:
+    """`verbose` was taken, and logging's ValueError was a traceback at start."""
+    assert refusal(cls, monkeypatch, NYXFLOW_LOG_LEVEL="verbose").startswith("NYXFLOW_LOG_LEVEL: ")
+    monkeypatch.setenv("NYXFLOW_LOG_LEVEL", "debug")
+    assert load_settings(cls).log_level == "DEBUG"
