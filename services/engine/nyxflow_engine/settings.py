@@ -23,16 +23,13 @@ class EngineSettings(InternalSettings):
     heartbeat_s: float = Field(default=10.0, gt=0)  # shorter than the lease (below)
     # at most one step_delta event per step per this long (0: each delta as it comes)
     delta_flush_ms: float = Field(default=50.0, ge=0)
-    group_commit_ms: float = Field(
-        default=50.0, gt=0
-    )  # progress is committed at most this long after it happens
-    write_retry_s: float = Field(
-        default=30.0, gt=0
-    )  # how long a write to runs is retried while runs is unavailable
+    # progress is committed at most this long after it happens
+    group_commit_ms: float = Field(default=50.0, gt=0)
+    # how long a write to runs is retried while runs is unavailable
+    write_retry_s: float = Field(default=30.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
-    adopt_interval_s: float = Field(
-        default=1.0, gt=0
-    )  # how often requeued runs (on_orphan: resume) are looked for
+    # how often requeued runs (on_orphan: resume) are looked for
+    adopt_interval_s: float = Field(default=1.0, gt=0)
     runs_wait_s: float = Field(default=60.0, ge=0)  # start-up waits this long for the runs service
     # A tenant's test command: in namespaces of its own (tools/sandbox.py), or "none": beside
     # the engine, able to read the engine's /proc. Checked at start-up, never turned off quietly.
@@ -58,9 +55,8 @@ class EngineSettings(InternalSettings):
     provider_attempts: int = Field(default=3, ge=1)  # per provider before the next one
     provider_backoff_s: float = Field(default=0.5, ge=0)
     provider_backoff_max_s: float = Field(default=8.0, ge=0)
-    provider_budget_s: float = Field(
-        default=120.0, gt=0
-    )  # retries of one provider stop after this long
+    # retries of one provider stop after this long
+    provider_budget_s: float = Field(default=120.0, gt=0)
 
     @field_validator("heartbeat_s")
     @classmethod
