@@ -158,6 +158,7 @@ def refusal(
         (["nyxflow_runs"], "NYXFLOW_SWEEP_INTERVAL_S", "0"),  # it swept without pause
         (["nyxflow_runs"], "NYXFLOW_DATABASE_URL", "mysql://app@db.example/app"),
         (["nyxflow_runs", "migrate"], "NYXFLOW_DATABASE_URL", "not a url"),
+        (["nyxflow_runs"], "NYXFLOW_REDIS_URL", "http://127.0.0.1:6379/0"),
         (["nyxflow_runs"], "NYXFLOW_DATABASE_URL", "postgresql://db.example/app?gssencmode=x"),
         (["nyxflow_engine"], "NYXFLOW_LEASE_TTL_S", "0"),
         (["nyxflow_engine"], "NYXFLOW_HEARTBEAT_S", "30"),  # the lease's: live runs swept

@@ -115,3 +115,22 @@ def test_a_log_level_is_a_level_logging_knows_in_any_case(
     assert refusal(cls, monkeypatch, NYXFLOW_LOG_LEVEL="verbose").startswith("NYXFLOW_LOG_LEVEL: ")
     monkeypatch.setenv("NYXFLOW_LOG_LEVEL", "debug")
     assert load_settings(cls).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://:pw@127.0.0.1:6379/0", "127.0.0.1:6379", "valkey://127.0.0.1/0"]
+)
+def test_a_redis_url_of_another_scheme_is_refused(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """redis-py's ValueError was a traceback at start."""
+    line = refusal(RunsSettings, monkeypatch, NYXFLOW_REDIS_URL=url)
+    assert line.startswith("NYXFLOW_REDIS_URL: ") and "pw" not in line
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://:pw@cache.example/1", "unix:///run/r.sock", ""]
+)
+def test_a_redis_url_redis_takes_is_taken(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("NYXFLOW_REDIS_URL", url)
+    assert load_settings(RunsSettings).redis_url == url

@@ -8,6 +8,8 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from nyxflow.settings import DEV_INTERNAL_SECRET, InternalSettings
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
 
 class RunsSettings(InternalSettings):
     database_url: str = "sqlite+aiosqlite:///.nyxflow/nyxflow.db"
@@ -22,9 +24,17 @@ class RunsSettings(InternalSettings):
     # Off in production: the schema changes only through `nyxflow db upgrade`, and an
     # unmigrated database is refused at start. `nyxflow up` and the tests turn it on.
     migrate_on_start: bool = False
-    database_wait_s: float = Field(
-        default=60.0, ge=0
-    )  # start-up waits this long for the database to answer
+    # start-up waits this long for the database to answer
+    database_wait_s: float = Field(default=60.0, ge=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _a_url_redis_takes(cls, url: str | None) -> str | None:
+        """redis-py's refusal of another scheme was a traceback (the URL, with its password,
+        is not quoted here)."""
+        if url and url.partition("://")[0].lower() not in REDIS_SCHEMES:
+            raise ValueError("expected redis://host:6379/0, rediss://… (TLS) or unix://path")
+        return url
 
     @field_validator("runs_listen")
     @classmethod
