@@ -35,6 +35,10 @@ def template(name: str, count: int, params: str) -> str:
     return f"name: {name}\nsteps:\n{body}"
 
 
+def headings(markdown: str) -> list[str]:
+    return [line[3:].strip() for line in markdown.splitlines() if line.startswith("## ")]
+
+
 def words(markdown: str) -> str:
     """The text a reader sees of rendered markdown: heading marks gone, spaces collapsed."""
     lines = (re.sub(r"^\s*#+\s*", "", line) for line in markdown.splitlines())
@@ -320,18 +324,26 @@ async def test_fan_out_failure_retry_and_alternatives(
     assert chosen["selected_index"] == 1
     assert chosen["output"] == outline["alternatives"][1]["output"] != outline["output"]
     await expect(first.locator(".output")).to_have_text(words(chosen["output"]))
+    # The fan-out was made from the other outline: back to never-executed, and a paused run
+    # says so.
+    paused = await finished_run(http, stack, workflow_id, 2)
+    assert paused[0]["status"] == "paused" and "Detail" not in paused[0]["error"]
+    await expect(fan.locator(".item")).to_have_count(0)
 
     await page.get_by_role("button", name="Expand all").click()
     await page.screenshot(path=str(ARTIFACTS / "fan-out-failure-alternatives.png"), full_page=True)
     await failed.get_by_role("button", name="Retry step").click()
-    runs = await finished_run(http, stack, workflow_id, 2)
+    runs = await finished_run(http, stack, workflow_id, 3)
     assert runs[0]["status"] == "failed"
     await expect(detail).to_have_attribute("data-run-id", runs[0]["id"])
     await expect(detail).to_have_attribute("data-run-status", "failed")
     await expect(failed.locator(".step-error")).to_contain_text("the model is on fire")
     again = await read_events(http, f"/v1/runs/{runs[0]['id']}/events", stack.headers)
     assert again[0].event == ev.STEP_RETRIED and again[0].json["step_id"] == broken["id"]
-    assert [e.json["name"] for e in again if e.event == ev.STEP_STARTED] == ["Broken"]
+    assert [e.json["name"] for e in again if e.event == ev.STEP_STARTED] == ["Detail", "Broken"]
+    redone = (await get_run(http, stack, runs[0]["id"]))["steps"][1]["items"]
+    assert [i["heading"] for i in redone] == headings(chosen["output"])
+    await expect(fan.locator(".item")).to_have_count(13)
 
 
 async def test_the_keyboard_keeps_its_place_through_workflow_actions(

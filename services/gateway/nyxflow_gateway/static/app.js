@@ -1065,7 +1065,12 @@ function showDetail(workflowId) {
       || (items.length ? { done: items.length, total: step.status === "completed" ? items.length : null, heading: items[items.length - 1].heading } : null);
     const isFanout = step.kind === "fan_out";
     setProp(parts.fanout, "hidden", !isFanout || (!progress && !items.length));
-    if (parts.fanout.hidden) return;
+    if (parts.fanout.hidden) {
+      // A step reset (retried, or its source's other alternative chosen) keeps no old item.
+      parts.fan?.shown.clear();
+      parts.fan?.list.replaceChildren();
+      return;
+    }
     const fan = parts.fan || (parts.fan = createFanout(parts.fanout));
 
     const done = progress?.done ?? items.length;
