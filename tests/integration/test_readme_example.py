@@ -13,10 +13,21 @@ from tests.support.inprocess import Clients
 README = Path(__file__).parents[2] / "README.md"
 
 
+def blocks() -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
 def example() -> str:
-    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    (plan,) = [block for block in blocks if block.startswith("name: Plan the release")]
+    (plan,) = [block for block in blocks() if block.startswith("name: Plan the release")]
     return str(plan)
+
+
+async def test_every_readme_workflow_creates_as_printed(api: Clients) -> None:
+    """The provider-chain example had no `name`: copied into a file, it was refused."""
+    assert len(blocks()) >= 2
+    for block in blocks():
+        workflow = await api.runs.create_workflow_from(parse_template(block).to_request())
+        assert workflow.name and workflow.steps, block
 
 
 async def test_the_readme_example_workflow_completes(api: Clients) -> None:

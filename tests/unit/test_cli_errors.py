@@ -125,3 +125,13 @@ def test_a_number_beyond_the_wire_s_int32_is_refused_naming_it(args: tuple[str, 
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert "Traceback" not in result.output and "2147483647" in result.stderr, result.stderr
     assert ("'index'" if args[1] == "select" else args[3]) in result.stderr, result.stderr
+
+
+def test_a_long_error_is_one_line_however_narrow_the_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rich wrapped stderr at 80 columns when it was a pipe: one error, two lines."""
+    monkeypatch.setenv("COLUMNS", "40")
+    result = CliRunner().invoke(app, ["workflow", "create", "-f", "/no/such/folder/" + "x" * 80])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "x" * 80 in result.stderr, result.stderr

@@ -22,7 +22,9 @@ Part = str | Text | tuple[str, str]
 
 
 def console(*, stderr: bool = False) -> Console:
-    return Console(stderr=stderr, markup=False, emoji=False)
+    # stderr holds one line per error: wrapped at the terminal's (or a pipe's 80) columns,
+    # a script reading its first line got half the reason.
+    return Console(stderr=stderr, markup=False, emoji=False, soft_wrap=stderr)
 
 
 out = console()
