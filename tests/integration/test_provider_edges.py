@@ -4,6 +4,7 @@ that fails, an answer finished before its connection broke, the engine's own def
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 from nyxflow import events as ev
 from nyxflow.cli.connection import load_settings
 from nyxflow.errors import InvalidArgument
+from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.settings import EngineSettings
 from tests.integration.test_provider_answers import ANTHROPIC_TOO_LONG, OPENAI_TOO_LONG
 from tests.support import provider_wire as wire_of
@@ -84,6 +86,29 @@ async def test_a_failed_continuation_keeps_the_first_part_cut(
     (cut,) = of_type(events, ev.STEP_TRUNCATED)
     assert (cut["used"], cut["reason"]) == (8, "max_tokens")
     assert said in cut["continuation_error"].lower()
+
+
+async def test_a_fan_out_item_whose_continuation_failed_says_why(
+    fake_api: Clients, fake: FakeProviders
+) -> None:
+    """The item kept its first part, cut, but why it was not continued was told nowhere."""
+    fake.script("anthropic", FIRST_PART, Reply(error="invalid", message="Prefilling is off."))
+    source = pb.StepSpec(
+        name="Topics", kind="llm", prompt="List.", providers=["local"],
+        params_json=json.dumps({"items": 1, "tokens": 8}),
+    )  # fmt: skip
+    each = pb.StepSpec(
+        name="Each", kind="fan_out", source="Topics", prompt="{{ item }}",
+        providers=["anthropic:claude"], max_tokens=8, auto_continue=1,
+    )  # fmt: skip
+
+    run, events = await run_steps(fake_api, source, each)
+
+    assert run.status == ev.COMPLETED, run.error
+    (item,) = run.steps[1].items
+    assert (item.output, item.truncated) == (FIRST_PART.text, True)
+    (progress,) = of_type(events, ev.FAN_OUT_PROGRESS)
+    assert progress["truncated"] and "prefilling is off" in progress["continuation_error"].lower()
 
 
 async def test_a_continuation_one_window_refuses_and_another_provider_fails_is_not_full(

@@ -101,6 +101,12 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
                     total=total,
                     heading=item.heading,
                     **({"truncated": True} if completion.truncated else {}),
+                    # why it was not continued further: the continuation failed
+                    **(
+                        {"continuation_error": completion.continuation_error}
+                        if completion.continuation_error
+                        else {}
+                    ),
                 ),
             )
 
