@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -273,3 +276,39 @@ def test_an_engine_that_cannot_sandbox_commands_refuses_to_start(
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("nyxflow engine: NYXFLOW_COMMAND_SANDBOX: "), stderr
     assert why in line and "NYXFLOW_COMMAND_SANDBOX=none" in line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_the_gateway_stopped_by_a_signal_exits_0_without_a_traceback(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """After its graceful stop uvicorn raised the signal again: Ctrl-C printed a
+    KeyboardInterrupt traceback, and SIGTERM ended the gateway by the signal (runs and the
+    engine exit 0)."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("NYXFLOW_")}
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "nyxflow_gateway"],
+        env={**environment, "NYXFLOW_GATEWAY_PORT": str(port)},
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # until it answers
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and gateway.poll() is None, "it never answered"
+            time.sleep(0.1)
+        gateway.send_signal(sig)
+        _, stderr = gateway.communicate(timeout=20)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.communicate()
+    assert gateway.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import sys
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -36,10 +39,20 @@ def main() -> None:
             listeners = listening_sockets(
                 settings.gateway_host, settings.gateway_port, settings.peer_timeout_s
             )
+            # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the
+            # handler it found: Python's printed a KeyboardInterrupt traceback (Ctrl-C on
+            # `make run`) and SIGTERM's default ended the process by the signal. Runs and the
+            # engine exit 0 after their drain; so does the gateway.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, _stopped)
             uvicorn.Server(config).run(sockets=listeners)
         finally:
             if traced:
                 tracing.shutdown()
+
+
+def _stopped(_signal: int, _frame: FrameType | None) -> None:
+    sys.exit(0)
 
 
 def listening_sockets(host: str, port: int, peer_timeout_s: float) -> list[socket.socket]:
