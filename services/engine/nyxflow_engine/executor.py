@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 
 import grpc
 
 from nyxflow.auth import Metadata, internal_metadata
 from nyxflow.client import RunsClient
-from nyxflow.errors import FailedPrecondition, Unavailable
+from nyxflow.errors import FailedPrecondition, NyxflowError, Unavailable
+from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.committer import Committer
 from nyxflow_engine.execution import Execution
 from nyxflow_engine.feed import RunFeed
@@ -83,7 +86,10 @@ class Executor:
             settings.rpc_timeout_s,
         )
         feed = RunFeed()
-        await feed.extend(claim.events)
+        events: Sequence[pb.RunEvent] = claim.events
+        if claim.earlier_left_out:
+            events = await with_earlier(runs, run_id, events, settings.rpc_timeout_s)
+        await feed.extend(events)
         writer = RunWriter(
             runs,
             self._committer,
@@ -137,3 +143,26 @@ def _unfollowed(starting: asyncio.Task[RunFeed]) -> None:
     """A start its caller left: the run goes on, with no one to follow its feed."""
     if not starting.cancelled() and starting.exception() is None:
         starting.result().unfollow()
+
+
+async def with_earlier(
+    runs: RunsClient, run_id: str, events: Sequence[pb.RunEvent], timeout_s: float
+) -> Sequence[pb.RunEvent]:
+    """The claim's answer left out events between its first ones and the start (a requeued
+    run's megabytes, past its budget): read from the stored stream, so that Execute's caller
+    gets every event from the first. Failing that, it gets what the answer held, and a
+    follower that minds the gap reads it from the stored stream itself."""
+    *given, started = events
+    rest: list[pb.RunEvent] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            stream = runs.watch_run(run_id, given[-1].seq if given else 0)
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    if event.seq >= started.seq:
+                        break
+                    rest.append(event)
+    except (NyxflowError, TimeoutError) as error:
+        log.warning("earlier events not read: %s", error, extra={"run_id": run_id})
+        return events
+    return [*given, *rest, started]

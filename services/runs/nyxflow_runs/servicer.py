@@ -284,7 +284,11 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         claim_id = valid.text(request.claim_id, "claim_id", 64, required=False)
         claim = await self._store.claim_run(tenant, run_id, owner, ttl, claim_id)
         return runs_pb2.ClaimRunResponse(
-            won=claim.won, token=claim.token, run=claim.run, events=claim.events
+            won=claim.won,
+            token=claim.token,
+            run=claim.run,
+            events=claim.events,
+            earlier_left_out=claim.earlier_left_out,
         )
 
     async def Heartbeat(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import Text, and_, cast, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import defer
 
@@ -67,6 +67,20 @@ ITEM_OUTPUTS_PER_READ = 8 * 2**20
 READ_OUTPUTS = 28 * 2**20
 
 
+# The claim's answer hands back the run's stream so far (for Execute's caller) beside the run:
+# its events from the first, as many as fit in what the run leaves of the message, at most
+# EVENTS_PER_CLAIM; a requeued run's tens of megabytes of events failed the answer after the
+# claim had committed. Each event weighs its data and about EVENT_OVERHEAD more.
+EVENTS_PER_CLAIM = 8 * 2**20
+CLAIM_ROOM = 31 * 2**20
+EVENT_OVERHEAD = 64
+
+
+def events_budget(run: pb.Run) -> int:
+    """The bytes of earlier events a claim's answer carries beside `run`."""
+    return max(0, min(EVENTS_PER_CLAIM, CLAIM_ROOM - run.ByteSize()))
+
+
 def item_budget(produced: int) -> int:
     """The bytes of item output a whole read carries, `produced` being its steps' own outputs."""
     return max(0, min(ITEM_OUTPUTS_PER_READ, READ_OUTPUTS - produced))
@@ -110,6 +124,7 @@ class Claim:
     token: int
     run: pb.Run
     events: list[pb.RunEvent]
+    earlier_left_out: bool = False  # events before the start past the answer's budget
 
 
 def started_data(owner: str, claim_id: str) -> dict[str, Any]:
@@ -322,6 +337,35 @@ class StoreBase:
             )
             for s in steps
         ]
+
+    @staticmethod
+    async def _events_from_start(
+        session: AsyncSession, run_id: str, below: int, budget: int
+    ) -> tuple[list[pb.RunEvent], bool]:
+        """The run's events before seq `below`, from the first, as many as `budget` bytes
+        hold, and whether any were left out. The sizes are read first: events left out are
+        never loaded."""
+        from nyxflow_runs.store.workflows import OctetLength  # it builds on this module
+
+        sizes = (
+            await session.execute(
+                select(RunEvent.seq, OctetLength(cast(RunEvent.data, Text)))
+                .where(RunEvent.run_id == run_id, RunEvent.seq < below)
+                .order_by(RunEvent.seq)
+            )
+        ).all()
+        last = 0
+        for seq, size in sizes:
+            budget -= (size or 0) + EVENT_OVERHEAD
+            if budget < 0:
+                break
+            last = seq
+        rows = await session.scalars(
+            select(RunEvent)
+            .where(RunEvent.run_id == run_id, RunEvent.seq <= last)
+            .order_by(RunEvent.seq)
+        )
+        return [convert.event(r) for r in rows.all()], bool(sizes) and last < sizes[-1].seq
 
     @staticmethod
     async def _items(session: AsyncSession, steps: Sequence[Step]) -> dict[str, list[Any]]:

@@ -19,7 +19,13 @@ from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import Run, RunEvent, Step
-from nyxflow_runs.store.base import Claim, Draft, generated_block, started_data
+from nyxflow_runs.store.base import (
+    Claim,
+    Draft,
+    events_budget,
+    generated_block,
+    started_data,
+)
 from nyxflow_runs.store.record import Batch, Recording, Written, check_change, check_item
 from nyxflow_runs.store.workflows import step_row
 from nyxflow_runs.validation import StepDraft, step_drafts
@@ -73,16 +79,15 @@ class EngineWrites(Recording):
                 won.last_seq,
                 [Draft(ev.RUN_STARTED, started_data(owner, claim_id))],
             )
-            # The claim hands back the run's whole stream so far (an operation such as a retry
-            # recorded its event before the start), so Execute's followers miss nothing.
-            earlier = await session.scalars(
-                select(RunEvent)
-                .where(RunEvent.run_id == run_id, RunEvent.seq < won.last_seq)
-                .order_by(RunEvent.seq)
-            )
-            events = [convert.event(r) for r in earlier.all()] + started
+            # The claim hands back the run's stream so far (an operation such as a retry
+            # recorded its event before the start), so Execute's followers miss nothing: as
+            # much as fits, and WatchRun serves the rest.
             run = await self._run(session, tenant_id, run_id)
-            claim = Claim(True, won.token, await self._run_pb(session, run), events)
+            run_pb = await self._run_pb(session, run)
+            earlier, left_out = await self._events_from_start(
+                session, run_id, won.last_seq, events_budget(run_pb)
+            )
+            claim = Claim(True, won.token, run_pb, earlier + started, left_out)
         await self._bus.publish(run_id, started)
         return claim
 
@@ -90,19 +95,18 @@ class EngineWrites(Recording):
         """The claim again if this attempt made it and nothing was written since: its answer
         was lost (a deadline, a dropped connection) and the engine, which never had the token,
         could not have written. Otherwise None: someone else's run."""
-        events = list(
-            await session.scalars(
-                select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.seq)
-            )
+        last = await session.scalar(
+            select(RunEvent).where(RunEvent.run_id == run.id, RunEvent.seq == run.last_seq)
         )
-        last = events[-1] if events else None
-        if last is None or last.type != ev.RUN_STARTED or last.seq != run.last_seq:
+        if last is None or last.type != ev.RUN_STARTED:
             return None
         if (last.data or {}).get("claim") != claim_id:
             return None
-        return Claim(
-            True, run.token, await self._run_pb(session, run), [convert.event(e) for e in events]
+        run_pb = await self._run_pb(session, run)
+        earlier, left_out = await self._events_from_start(
+            session, run.id, last.seq, events_budget(run_pb)
         )
+        return Claim(True, run.token, run_pb, [*earlier, convert.event(last)], left_out)
 
     async def heartbeat(self, tenant_id: str, run_id: str, token: int, ttl_s: float) -> float:
         async with self._scoped(tenant_id, write=True) as session:

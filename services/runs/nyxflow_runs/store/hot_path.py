@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import uuid
 from collections import defaultdict
@@ -35,7 +36,14 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import PG_NOW_SQL
-from nyxflow_runs.store.base import ITEM_OUTPUTS_PER_READ, READ_OUTPUTS, Claim, started_data
+from nyxflow_runs.store.base import (
+    EVENT_OVERHEAD,
+    ITEM_OUTPUTS_PER_READ,
+    READ_OUTPUTS,
+    Claim,
+    events_budget,
+    started_data,
+)
 
 if TYPE_CHECKING:
     from nyxflow_runs.store.record import Batch
@@ -89,9 +97,13 @@ SELECT won.*, started.type AS event_type, started.data AS event_data,
     started.created_at AS event_created_at
 FROM won, started"""
 
+# From the first, while the running size stays within the budget ($3, as base.py's
+# `_events_from_start` counts it); past it the data is left null and the event out.
 EVENTS_BEFORE = """
-SELECT seq, type, data::text AS data, created_at FROM run_events
-WHERE run_id = $1 AND seq < $2 ORDER BY seq"""
+SELECT seq, type, created_at,
+    CASE WHEN sum(octet_length(data::text) + $4) OVER (ORDER BY seq) <= $3
+         THEN data::text END AS data
+FROM run_events WHERE run_id = $1 AND seq < $2 ORDER BY seq"""
 
 # The items' outputs within the read's budget, as base.py's `_items` has it: step by step,
 # index by index, until the running total passes what is left ($3 at most, and no more than
@@ -417,9 +429,14 @@ class HotPath:
             if won is None:
                 return None
             seq = won["last_seq"]
-            # Events before the start: an operation (a retry, say) recorded its own first.
-            earlier = await db.fetch(EVENTS_BEFORE, run_id, seq) if seq > 1 else []
             steps = await self._steps(db, tenant_id, won["workflow_id"])
+            run = convert.run(Row(won), steps)  # type: ignore[arg-type]
+            # Events before the start: an operation (a retry, say) recorded its own first, and
+            # a requeued run has its first engine's.
+            earlier = []
+            if seq > 1:
+                budget = events_budget(run)
+                earlier = await db.fetch(EVENTS_BEFORE, run_id, seq, budget, EVENT_OVERHEAD)
         started = pb.RunEvent(
             run_id=run_id,
             seq=seq,
@@ -427,8 +444,9 @@ class HotPath:
             data_json=won["event_data"],
             created_at=won["event_created_at"],
         )
-        events = [*(_event(run_id, r) for r in earlier), started]
-        return Claim(True, won["token"], convert.run(Row(won), steps), events)  # type: ignore[arg-type]
+        given = list(itertools.takewhile(lambda r: r["data"] is not None, earlier))
+        events = [*(_event(run_id, r) for r in given), started]
+        return Claim(True, won["token"], run, events, len(given) < len(earlier))
 
     @staticmethod
     async def _steps(db: asyncpg.Connection, tenant_id: str, workflow_id: str) -> list[pb.Step]:
