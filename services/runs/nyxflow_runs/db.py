@@ -32,10 +32,10 @@ def database_url(url: str) -> URL:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise InvalidArgument(f"not a database URL; expected {FORMS}", field=SETTING) from None
-    if parsed.drivername not in POSTGRES_WITHOUT_ASYNC_DRIVER:
-        return parsed
-    parsed = parsed.set(drivername="postgresql+asyncpg")
-    if "sslmode" in parsed.query:  # libpq's name; asyncpg takes the same values as `ssl`
+    if parsed.drivername in POSTGRES_WITHOUT_ASYNC_DRIVER:
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    if parsed.drivername == "postgresql+asyncpg" and "sslmode" in parsed.query:
+        # libpq's name, which hosts hand out; asyncpg takes the same values as `ssl`
         ssl = parsed.query["sslmode"]
         parsed = parsed.difference_update_query(["sslmode"]).update_query_dict({"ssl": ssl})
     return parsed

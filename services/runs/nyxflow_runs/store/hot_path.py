@@ -359,8 +359,9 @@ class HotPath:
     hand-off on checkout and return; asyncpg's, with no reset query (these statements leave
     no session state behind), costs neither and no round trip."""
 
-    def __init__(self, dsn: str, size: int) -> None:
+    def __init__(self, dsn: str, size: int, options: dict[str, str] | None = None) -> None:
         self._dsn = dsn
+        self._options = options or {}
         self._size = size
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
@@ -369,8 +370,12 @@ class HotPath:
     def of(cls, engine: AsyncEngine | None) -> HotPath | None:
         if engine is None or engine.dialect.name != "postgresql":
             return None
-        url = engine.url.set(drivername="postgresql")
-        return cls(url.render_as_string(hide_password=False), POOL_SIZE)
+        # The URL's options go as asyncpg's arguments: in a DSN asyncpg sends the ones it does
+        # not parse (`ssl`, as the engine's URL names libpq's sslmode) to the server as
+        # settings, which refused them and every hot-path call with them.
+        options = {k: v for k, v in engine.url.query.items() if isinstance(v, str)}
+        url = engine.url.set(drivername="postgresql", query={})
+        return cls(url.render_as_string(hide_password=False), POOL_SIZE, options)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -382,6 +387,7 @@ class HotPath:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
                     self._dsn,
+                    **self._options,
                     min_size=1,
                     max_size=self._size,
                     init=_json_codec,
