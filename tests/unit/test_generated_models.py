@@ -1,5 +1,4 @@
-"""The steps a synthesis generates take its model with its chain, and the consistency check
-gives the model only to the entry the synthesis ran it on, never to the workflow's fallbacks."""
+"""The steps a synthesis generates take its model with its chain, the consistency check too."""
 
 from __future__ import annotations
 
@@ -17,25 +16,12 @@ def synthesis(providers: list[str], model: str) -> pb.Step:
     )
 
 
-@pytest.mark.parametrize(
-    ("providers", "defaults", "check_chain", "check_model"),
-    [
-        # The check's chain begins with the synthesis's: the model serves that entry again.
-        (["local"], ["google", "anthropic"], ["local", "google", "anthropic"], "big-model"),
-        (["google"], ["google", "anthropic"], ["google", "anthropic"], "big-model"),
-        # The synthesis ran on the engine's default chain, the check would lead with the
-        # workflow's: the model was not that entry's.
-        ([], ["google"], ["google"], ""),
-        # Both on the engine's default: the same first entry.
-        ([], [], [], "big-model"),
-    ],
-)
-def test_the_model_goes_with_the_entry_it_served(
-    providers: list[str], defaults: list[str], check_chain: list[str], check_model: str
-) -> None:
+@pytest.mark.parametrize("providers", [["local"], ["google", "anthropic"], []])
+def test_the_generated_steps_take_the_synthesis_s_chain_and_model(providers: list[str]) -> None:
+    """The check's fallbacks after that chain (the workflow's or the tenant's) are runs' to add
+    (tests/integration/test_providers.py): the model stays with the chain's first entry."""
     step = synthesis(providers, "big-model")
-    specs = generated_specs(step, [step], consistency_check=True, default_chain=defaults)
+    specs = generated_specs(step, [step], consistency_check=True)
     *prompts, check = specs
-    assert len(prompts) == 2
-    assert all((list(s.providers), s.model) == (providers, "big-model") for s in prompts)
-    assert (list(check.providers), check.model) == (check_chain, check_model)
+    assert len(prompts) == 2 and check.kind == "consistency_check"
+    assert all((list(s.providers), s.model) == (providers, "big-model") for s in specs)
