@@ -74,6 +74,30 @@ def test_create_start_follow_and_exit_codes(stack: ProcessStack, tmp_path: Path)
     assert refused.returncode == 2 and "steps[0].kind" in refused.stderr
 
 
+def test_step_select_names_the_alternative_as_the_page_counts_it(
+    stack: ProcessStack, tmp_path: Path
+) -> None:
+    template = tmp_path / "alts.yaml"
+    template.write_text(
+        "name: alts\nsteps:\n  - name: a\n    alternatives: 3\n    params: {tokens: 4}\n"
+        "  - name: b\n    prompt: 'On {{ steps.a.output }}'\n    params: {tokens: 4}\n"
+    )
+    workflow_id = json.loads(
+        cli(stack, "workflow", "create", "-f", str(template), "--json").stdout
+    )["id"]
+    assert cli(stack, "run", "start", workflow_id, "--follow").returncode == 0
+    (run,) = json.loads(cli(stack, "run", "list", "--workflow", workflow_id, "--json").stdout)
+    step = json.loads(cli(stack, "run", "show", run["id"], "--json").stdout)["steps"][0]
+
+    chosen = cli(stack, "step", "select", step["id"], "2")
+
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.stdout.strip() == "a: alternative 3 (index 2) selected"
+    runs = json.loads(cli(stack, "run", "list", "--workflow", workflow_id, "--json").stdout)
+    assert runs[0]["status"] == "paused"
+    assert runs[0]["error"].startswith("alternative 3 (index 2) of 'a' chosen")
+
+
 def test_step_retry_with_a_raised_limit_and_another_chain(
     stack: ProcessStack, tmp_path: Path
 ) -> None:

@@ -288,6 +288,9 @@ async def test_a_chosen_alternative_resets_the_completed_steps_made_from_the_old
     note = json.loads(marked[0].data_json)
     assert [r["name"] for r in note["reset"]] == ["Summary", "Title", "Check"]
     assert note["dropped"] == []
+    # Named as the page's tabs count them (from 1), with the API's index.
+    paused = await api.runs.get_run(after.last_run_id)
+    assert paused.error.startswith("alternative 2 (index 1) of 'Draft' chosen: the 3 later")
 
     resumed = await api.runs.resume_workflow(workflow.id)
     events = await execute(api, resumed.id)

@@ -414,7 +414,8 @@ async def step_select(step_id: str, index: int = typer.Argument(..., min=0, max=
     """Use alternative INDEX as the step's output."""
     async with connect() as c:
         step = await c.runs.select_alternative(step_id, index)
-    render.out.print(f"{step.name}: alternative {step.selected_index} selected")
+    index = step.selected_index
+    render.out.print(f"{step.name}: alternative {index + 1} (index {index}) selected")
 
 
 @db_app.command("upgrade")

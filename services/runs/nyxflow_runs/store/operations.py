@@ -247,7 +247,9 @@ class Operations(StoreBase):
         if reset:
             what.append(f"the {len(reset)} later steps made from it were reset")
         error = (
-            f"alternative {step.selected_index} of {step.name!r} chosen: {' and '.join(what)}; "
+            # Counted from 1 as the page's tabs are, with the API's index beside it.
+            f"alternative {step.selected_index + 1} (index {step.selected_index}) of "
+            f"{step.name!r} chosen: {' and '.join(what)}; "
             "resume runs them anew"
         )
         run = Run(
