@@ -181,6 +181,8 @@ steps:
     params: {tokens: 12}
 `;
 
+const LIST_MS = 3000; // how often the workflows list is read again
+
 async function showList() {
   document.title = "Workflows · nyxflow";
   const tbody = h("tbody");
@@ -222,21 +224,73 @@ async function showList() {
   );
   focusTitle();
 
+  // Runs end and workflows come and go elsewhere (another tab, the CLI): the list is read again
+  // every few seconds and when the tab is back in view; a row is rebuilt only when what it shows
+  // changed, and the keyboard's focus in a rebuilt row goes to the same control in the new one.
+  let gone = false;
+  let loading = false;
+  let readFailed = false;
+  let again = false; // asked for while a read was on (after a delete, say): read once more
+  const shown = new Map(); // workflow id → { tr, key }
+  const emptyRow = h("tr", {}, h("td", { colspan: "5", class: "muted" }, "No workflows yet: create one below."));
   async function load() {
+    if (gone) return;
+    if (loading) {
+      again = true;
+      return;
+    }
+    loading = true;
     try {
       const { workflows } = await API.listWorkflows();
-      tbody.replaceChildren(...workflows.map(row));
-      if (!workflows.length) {
-        tbody.append(h("tr", {}, h("td", { colspan: "5", class: "muted" }, "No workflows yet: create one below.")));
-      }
+      if (gone) return;
+      if (readFailed) listError.replaceChildren(); // a failed read's error, not an action's
+      readFailed = false;
+      renderRows(workflows);
     } catch (e) {
-      if (!handleAuth(e)) listError.replaceChildren(...errorLine(e));
+      if (!gone && !handleAuth(e)) {
+        readFailed = true;
+        listError.replaceChildren(...errorLine(e));
+      }
+    } finally {
+      loading = false;
+    }
+    if (again) {
+      again = false;
+      await load();
+    }
+  }
+
+  function renderRows(workflows) {
+    const here = document.activeElement;
+    const focusedRow = tbody.contains(here) ? here.closest("tr") : null;
+    const focusKey = focusedRow ? here.dataset.focusKey : null;
+    const scroll = [window.scrollX, window.scrollY];
+    const rows = workflows.map((w) => {
+      const key = JSON.stringify([w.name, w.status, w.last_run_id, w.updated_at]);
+      let had = shown.get(w.id);
+      if (!had || had.key !== key) shown.set(w.id, (had = { tr: row(w), key }));
+      return had.tr;
+    });
+    const ids = new Set(workflows.map((w) => w.id));
+    for (const id of [...shown.keys()]) if (!ids.has(id)) shown.delete(id);
+    if (!workflows.length) rows.push(emptyRow);
+    // Rows moved one by one, not all replaced: a row kept keeps the focus it holds.
+    rows.forEach((tr, i) => {
+      if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+    });
+    while (tbody.children.length > rows.length) tbody.lastElementChild.remove();
+    if (focusedRow && document.activeElement !== here) {
+      // Its row was rebuilt (the same control, enabled, in the new one) or is gone (the title).
+      const same = shown.get(focusedRow.dataset.workflowId)?.tr.querySelector(`[data-focus-key="${focusKey}"]`);
+      if (same && !same.disabled) same.focus({ preventScroll: true });
+      else focusTitle();
+      window.scrollTo(...scroll);
     }
   }
 
   function row(w) {
     const active = ACTIVE_STATUSES.has(w.status);
-    const duplicate = h("button", { type: "button", "aria-label": `Duplicate ${w.name}` }, "Duplicate");
+    const duplicate = h("button", { type: "button", "aria-label": `Duplicate ${w.name}`, "data-focus-key": "duplicate" }, "Duplicate");
     duplicate.addEventListener("click", async () => {
       try {
         await API.duplicateWorkflow(w.id);
@@ -246,7 +300,7 @@ async function showList() {
       }
       await load();
     });
-    const remove = h("button", { type: "button", class: "danger", disabled: active, "aria-label": `Delete ${w.name}` }, "Delete");
+    const remove = h("button", { type: "button", class: "danger", disabled: active, "aria-label": `Delete ${w.name}`, "data-focus-key": "delete" }, "Delete");
     remove.addEventListener("click", async () => {
       if (!window.confirm(`Delete the workflow “${w.name}” and all its runs?`)) return;
       try {
@@ -259,7 +313,7 @@ async function showList() {
     });
     return h(
       "tr", { "data-workflow-id": w.id },
-      h("td", { "data-label": "Name" }, h("a", { href: `#/workflows/${encodeURIComponent(w.id)}` }, w.name)),
+      h("td", { "data-label": "Name" }, h("a", { href: `#/workflows/${encodeURIComponent(w.id)}`, "data-focus-key": "name" }, w.name)),
       h("td", { "data-label": "Status" }, statusBadge(w.status)),
       h("td", { "data-label": "Last run" }, w.last_run_id ? h("code", { title: w.last_run_id }, shortId(w.last_run_id)) : h("span", { class: "muted" }, "never")),
       h("td", { "data-label": "Updated" }, h("time", { datetime: w.updated_at || "" }, when(w.updated_at))),
@@ -267,6 +321,18 @@ async function showList() {
     );
   }
 
+  const refresh = () => {
+    if (!document.hidden) load();
+  };
+  const timer = setInterval(refresh, LIST_MS);
+  window.addEventListener("focus", refresh);
+  document.addEventListener("visibilitychange", refresh);
+  teardown = () => {
+    gone = true;
+    clearInterval(timer);
+    window.removeEventListener("focus", refresh);
+    document.removeEventListener("visibilitychange", refresh);
+  };
   await load();
 }
 
@@ -286,6 +352,8 @@ function showDetail(workflowId) {
     follower: null,
     busy: false,
     gone: false,
+    missing: false, // the workflow is no more (deleted elsewhere): nothing of it is offered
+    acting: false, // an action is on: act() puts the keyboard's focus back when it ends
     actionsKey: "",
     dirty: new Set(),
     frame: 0,
@@ -311,6 +379,9 @@ function showDetail(workflowId) {
   const collapseAll = h("button", { type: "button" }, "Collapse all");
   const stepsBox = h("div", { class: "steps", id: "steps" });
   const patchBox = h("section", { class: "card patch", id: "patch", hidden: "" });
+  const settingsBox = h("details", { class: "card settings" }, h("summary", {}, "Settings"), settings);
+  const navigator = h("nav", { class: "navigator", "aria-label": "Step navigator" },
+    h("div", { class: "nav-tools" }, expandAll, collapseAll), pills);
   const root = h(
     "div", { class: "detail", "data-workflow-id": workflowId, "data-live": "off" },
     h("p", { class: "back" }, h("a", { href: "#/" }, "← Workflows")),
@@ -319,9 +390,8 @@ function showDetail(workflowId) {
     connection,
     actions,
     actionError,
-    h("details", { class: "card settings" }, h("summary", {}, "Settings"), settings),
-    h("nav", { class: "navigator", "aria-label": "Step navigator" },
-      h("div", { class: "nav-tools" }, expandAll, collapseAll), pills),
+    settingsBox,
+    navigator,
     stepsBox,
     patchBox,
   );
@@ -354,8 +424,7 @@ function showDetail(workflowId) {
   window.addEventListener("focus", watchForRun);
   document.addEventListener("visibilitychange", watchForRun);
 
-  teardown = () => {
-    state.gone = true;
+  function stopWatching() {
     clearInterval(ticker);
     clearInterval(watcher);
     window.removeEventListener("focus", watchForRun);
@@ -364,6 +433,10 @@ function showDetail(workflowId) {
     clearTimeout(state.itemsTimer);
     cancelAnimationFrame(state.frame);
     stopFollowing();
+  }
+  teardown = () => {
+    state.gone = true;
+    stopWatching();
     window.nyxflow.detail = null;
   };
   const streamed = {};
@@ -434,13 +507,14 @@ function showDetail(workflowId) {
   }
 
   async function reload() {
+    if (state.missing) return;
     try {
       // The steps' results come with the run: the workflow is read without them (a fan-out's
       // items were read twice, megabytes each), unless there is no run to bring them.
       let workflow = await API.getWorkflow(workflowId, true);
       const run = workflow.last_run_id ? await API.getRun(workflow.last_run_id) : null;
       if (!run) workflow = await API.getWorkflow(workflowId);
-      if (state.gone) return;
+      if (state.gone || state.missing) return;
       state.workflow = workflow;
       const following = state.follower && run && state.follower.runId === run.id && !state.follower.stopped;
       state.run = run;
@@ -452,14 +526,29 @@ function showDetail(workflowId) {
       if (state.steps.some((step) => lackingRanges(step).length)) fetchItemsSoon(0); // left out
       renderHead();
     } catch (e) {
-      if (state.gone || handleAuth(e)) return;
-      if (e instanceof ApiError && e.status === 404) {
-        title.textContent = "Workflow not found";
-        stepsBox.replaceChildren(h("p", {}, "It may have been deleted. ", h("a", { href: "#/" }, "Back to the workflows")));
-        return;
-      }
+      if (state.gone || state.missing || handleAuth(e)) return;
+      if (e instanceof ApiError && e.status === 404) return showMissing();
       actionError.replaceChildren(...errorLine(e));
     }
+  }
+
+  /** The workflow is gone (deleted elsewhere): what it was is no longer shown nor offered, and
+   * nothing of it is read again. */
+  function showMissing() {
+    state.missing = true;
+    stopWatching();
+    const hadFocus = root.contains(document.activeElement) || document.activeElement === document.body;
+    state.steps = [];
+    state.dirty.clear();
+    stepEls.clear();
+    title.textContent = "Workflow not found";
+    document.title = "Workflow not found · nyxflow";
+    for (const el of [statusEl, runLine, actions, actionError, settings, pills, patchBox]) el.replaceChildren();
+    for (const el of [connection, settingsBox, navigator, patchBox]) el.hidden = true;
+    for (const name of ["data-status", "data-run-id", "data-run-status"]) root.removeAttribute(name);
+    root.dataset.live = "off";
+    stepsBox.replaceChildren(h("p", {}, "It may have been deleted. ", h("a", { href: "#/" }, "Back to the workflows")));
+    if (hadFocus) title.focus({ preventScroll: true });
   }
 
   /** The notes of a run not followed from its start (a finished run opened): its stored
@@ -767,7 +856,7 @@ function showDetail(workflowId) {
   }
 
   function renderHead() {
-    if (state.gone) return;
+    if (state.gone || state.missing) return;
     const w = state.workflow;
     if (!w) return;
     const runStatus = state.run ? state.run.status : w.status;
@@ -894,6 +983,7 @@ function showDetail(workflowId) {
     const pressed = document.activeElement;
     const label = actions.contains(pressed) || stepsBox.contains(pressed) ? pressed.textContent : null;
     state.busy = true;
+    state.acting = true;
     actionError.replaceChildren();
     renderHead();
     try {
@@ -906,8 +996,12 @@ function showDetail(workflowId) {
     }
     if (!state.gone) await reload(); // the API's answer wins
     renderHead();
-    if (label === null || state.gone) return;
+    if (label === null || state.gone || state.missing) {
+      state.acting = false;
+      return;
+    }
     renderDirty(); // now, not next frame: a step's buttons may go once its run is on
+    state.acting = false;
     const here = document.activeElement;
     if (!root.contains(here) || here.disabled) {
       if (pressed.isConnected && !pressed.disabled) pressed.focus();
@@ -916,7 +1010,7 @@ function showDetail(workflowId) {
   }
 
   function renderSteps() {
-    if (state.gone) return;
+    if (state.gone || state.missing) return;
     const seen = new Set();
     state.steps.forEach((step, position) => {
       seen.add(step.id);
@@ -1137,7 +1231,10 @@ function showDetail(workflowId) {
   function renderAlternatives(step, parts) {
     const alts = step.alternatives || [];
     setProp(parts.alternatives, "hidden", alts.length < 2);
-    if (alts.length < 2) return;
+    if (alts.length < 2) {
+      if (parts.alternatives.contains(document.activeElement)) keepFocus(parts); // hidden: lost
+      return;
+    }
     if (parts.tab === null || parts.tab >= alts.length) parts.tab = step.selected_index || 0;
     const canSelect = !active() && step.status === "completed" && !state.busy;
     const shown = alts.map((a) => [a.output, a.served_by, a.input_tokens, a.output_tokens, a.truncated]);
@@ -1181,7 +1278,21 @@ function showDetail(workflowId) {
       h("div", { role: "tablist", "aria-label": `Alternatives of ${step.name}`, class: "tabs" }, tabs),
       panel,
     );
-    if (hadFocus) parts.alternatives.querySelector(`[data-focus-key="${hadFocus}"]`)?.focus();
+    if (hadFocus) {
+      const same = parts.alternatives.querySelector(`[data-focus-key="${hadFocus}"]`);
+      if (same && !same.disabled) same.focus();
+      else keepFocus(parts);
+    }
+  }
+
+  /** The focused control of a step went or was disabled by a render (a run started elsewhere):
+   * the focus goes to the step's summary rather than to the page. During an action act() puts
+   * it back where the action was pressed. */
+  function keepFocus(parts) {
+    if (state.acting) return;
+    const here = document.activeElement;
+    if (here && here !== document.body && here.isConnected && !here.disabled && !here.closest("[hidden]")) return;
+    parts.summary.focus({ preventScroll: true });
   }
 
   function windowFull(step) {
@@ -1193,11 +1304,17 @@ function showDetail(workflowId) {
     // Twice the tokens would meet the same full context window again.
     const raised = step.truncated && step.max_tokens && !windowFull(step) ? step.max_tokens * 2 : 0;
     const key = `${allowed}/${raised}`;
+    const focused = parts.stepActions.contains(document.activeElement) ? document.activeElement.textContent : null;
     if (parts.rendered.actions !== key) {
       parts.rendered.actions = key;
       parts.stepActions.replaceChildren(...(allowed ? stepButtons(step, raised) : []));
     }
     for (const button of parts.stepActions.children) setProp(button, "disabled", state.busy);
+    if (focused !== null && !parts.stepActions.contains(document.activeElement)) {
+      const same = [...parts.stepActions.children].find((b) => b.textContent === focused && !b.disabled);
+      if (same) same.focus();
+      else keepFocus(parts);
+    } else if (focused !== null) keepFocus(parts); // still there, yet disabled
   }
 
   function stepButtons(step, raised) {
