@@ -103,17 +103,3 @@ def test_a_generated_name_is_one_line_as_runs_stores_it() -> None:
 
     assert spec.name == one_line(spec.name)
     assert spec.name.startswith("Implementation prompt 1: Set up ") and "\x1b" not in spec.name
-
-
-def test_the_consistency_check_falls_back_to_the_workflows_chain_after_the_synthesiss() -> None:
-    """A synthesis set to one provider by hand gave the check that one provider alone: its
-    quota running out failed the run at its last step, with another provider at hand."""
-    synthesis, steps = workflow(0)
-    synthesis.output = plan(2)
-    synthesis.providers[:] = ["google:gemini-2.5-pro"]
-    default = ["anthropic:claude", "google:gemini-2.5-pro", "openai:gpt-4.1"]
-
-    *_, check = generated_specs(synthesis, steps, True, default)
-
-    assert check.kind == "consistency_check"
-    assert list(check.providers) == ["google:gemini-2.5-pro", "anthropic:claude", "openai:gpt-4.1"]
