@@ -46,6 +46,17 @@ def cli(
     )
 
 
+def created_and_run(stack: ProcessStack, template: Path) -> tuple[str, dict[str, Any]]:
+    """The workflow made from `template` and run to its end by the CLI: its id, and its one run
+    as `run show --json` gives it."""
+    workflow_id = json.loads(
+        cli(stack, "workflow", "create", "-f", str(template), "--json").stdout
+    )["id"]
+    assert cli(stack, "run", "start", workflow_id, "--follow").returncode == 0
+    (run,) = json.loads(cli(stack, "run", "list", "--workflow", workflow_id, "--json").stdout)
+    return workflow_id, json.loads(cli(stack, "run", "show", run["id"], "--json").stdout)
+
+
 def test_create_start_follow_and_exit_codes(stack: ProcessStack, tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text("name: cli\nsteps:\n  - name: a\n    params: {tokens: 5}\n")
@@ -82,12 +93,8 @@ def test_step_select_names_the_alternative_as_the_page_counts_it(
         "name: alts\nsteps:\n  - name: a\n    alternatives: 3\n    params: {tokens: 4}\n"
         "  - name: b\n    prompt: 'On {{ steps.a.output }}'\n    params: {tokens: 4}\n"
     )
-    workflow_id = json.loads(
-        cli(stack, "workflow", "create", "-f", str(template), "--json").stdout
-    )["id"]
-    assert cli(stack, "run", "start", workflow_id, "--follow").returncode == 0
-    (run,) = json.loads(cli(stack, "run", "list", "--workflow", workflow_id, "--json").stdout)
-    step = json.loads(cli(stack, "run", "show", run["id"], "--json").stdout)["steps"][0]
+    workflow_id, shown = created_and_run(stack, template)
+    step = shown["steps"][0]
 
     chosen = cli(stack, "step", "select", step["id"], "2")
 
@@ -105,12 +112,7 @@ def test_step_retry_with_a_raised_limit_and_another_chain(
     template.write_text(
         "name: cut\nsteps:\n  - name: a\n    max_tokens: 4\n    params: {tokens: 9}\n"
     )
-    workflow_id = json.loads(
-        cli(stack, "workflow", "create", "-f", str(template), "--json").stdout
-    )["id"]
-    assert cli(stack, "run", "start", workflow_id, "--follow").returncode == 0
-    (run,) = json.loads(cli(stack, "run", "list", "--workflow", workflow_id, "--json").stdout)
-    shown = json.loads(cli(stack, "run", "show", run["id"], "--json").stdout)
+    workflow_id, shown = created_and_run(stack, template)
     step = shown["steps"][0]
     assert step["truncated"] is True
 

@@ -435,12 +435,12 @@ async def test_create_run_sweeps_the_workflows_stale_run_first(database_url: str
         await assert_stale(engine, claim.run, claim.token)
 
 
-@pytest.mark.parametrize("operation", ["select_alternative", "delete_workflow", "move_project"])
-async def test_other_operations_sweep_the_workflows_stale_run_first(
-    database_url: str, operation: str
-) -> None:
-    """A dead engine's run refused them ("has an active run") until the sweeper came round,
-    up to 2 x TTL later, where create, resume, re-run and retry swept it first."""
+@asynccontextmanager
+async def unswept_with_team_b(
+    database_url: str,
+) -> AsyncIterator[tuple[Clients, Direct, AdminClient]]:
+    """Runs whose sweeper does not come round in the test, a second tenant (team-b), the
+    default tenant's clients, a direct view of the database and the admin client."""
     async with (
         runs_service(database_url, sweep_interval_s=3600) as settings,
         clients(settings.runs_listen) as api,
@@ -448,6 +448,16 @@ async def test_other_operations_sweep_the_workflows_stale_run_first(
     ):
         admin = AdminClient(api.runs_channel, bearer_metadata(ADMIN_KEY))
         await admin.create_tenant("team-b", "Team B")
+        yield api, db, admin
+
+
+@pytest.mark.parametrize("operation", ["select_alternative", "delete_workflow", "move_project"])
+async def test_other_operations_sweep_the_workflows_stale_run_first(
+    database_url: str, operation: str
+) -> None:
+    """A dead engine's run refused them ("has an active run") until the sweeper came round,
+    up to 2 x TTL later, where create, resume, re-run and retry swept it first."""
+    async with unswept_with_team_b(database_url) as (api, db, admin):
         project = await api.runs.create_project("p")
         workflow = await api.runs.create_workflow("stale", chain(2), project_id=project.id)
         first = await api.runs.create_run(workflow.id)
@@ -490,13 +500,7 @@ async def test_another_tenants_resume_or_rerun_sweeps_nothing(
 ) -> None:
     """NotFound came after the sweep of the workflow named: another tenant's id failed the
     owner's orphan early, an answer unlike a missing id's."""
-    async with (
-        runs_service(database_url, sweep_interval_s=3600) as settings,
-        clients(settings.runs_listen) as api,
-        direct(database_url) as db,
-    ):
-        admin = AdminClient(api.runs_channel, bearer_metadata(ADMIN_KEY))
-        await admin.create_tenant("team-b", "Team B")
+    async with unswept_with_team_b(database_url) as (api, db, admin):
         other = api.as_key((await admin.create_api_key("team-b", "k")).secret)
         workflow = await api.runs.create_workflow("stale", chain(1))
         old = await api.runs.create_run(workflow.id)
