@@ -78,8 +78,8 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
 
     def _engine(self, request: Message, context: Ctx) -> str:
         """The engine's tenant (internal credentials only), then the request checked for NUL.
-        Record and RecordMany skip the check: the engine scrubs what it sends (writer.py),
-        and those carry every step."""
+        Record and RecordMany check each batch alone (`_batch`): one NUL refuses its own
+        batch, not the group."""
         tenant = self._tenancy.engine_tenant_of(context)
         valid.no_nul(request)
         return tenant

@@ -360,6 +360,8 @@ class StoreBase:
             if budget < 0:
                 break
             last = seq
+        if not last:  # none fits (or there are none): nothing to load
+            return [], bool(sizes)
         rows = await session.scalars(
             select(RunEvent)
             .where(RunEvent.run_id == run_id, RunEvent.seq <= last)
