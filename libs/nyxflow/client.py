@@ -13,7 +13,7 @@ gRPC failures come back as the matching `nyxflow.errors` exception.
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -199,6 +199,22 @@ class RunsClient:
             items.extend(page.items)
             index = page.next_index if page.HasField("next_index") else None
         return items
+
+    async def get_step(self, step_id: str) -> pb.Step:
+        """One step whole: what a whole read left out (Step.output_left_out) included."""
+        request = runs_pb2.GetStepRequest(step_id=step_id)
+        return await _unary(self._stub.GetStep(request, **self._kw()))
+
+    async def fill_left_out_steps(self, steps: Iterable[pb.Step]) -> None:
+        """Fill in, in place, the output and alternatives of each step a whole read left
+        out (Step.output_left_out), read step by step."""
+        for step in steps:
+            if step.output_left_out:
+                whole = await self.get_step(step.id)
+                step.output = whole.output
+                del step.alternatives[:]
+                step.alternatives.extend(whole.alternatives)
+                step.output_left_out = False
 
     async def list_runs(
         self, workflow_id: str = "", status: str = "", limit: int = 50

@@ -188,6 +188,7 @@ class Execution:
 
         The list can grow while we go (a synthesis generates steps right after itself)."""
         steps: Sequence[pb.Step] = list(self._run_pb.steps)
+        await self.writer.fill_left_out(steps)
         # Passed on marked where cut, a resumed run's stored steps by their flag: a cut
         # answer often reads whole, and a later prompt would build on it as if it were.
         outputs = Outputs()

@@ -204,7 +204,14 @@ class RunWriter:
 
     async def current_steps(self) -> list[pb.Step]:
         run = await self._retrying(lambda: self.runs.get_run(self.run_id))
-        return list(run.steps)
+        steps = list(run.steps)
+        await self.fill_left_out(steps)
+        return steps
+
+    async def fill_left_out(self, steps: Sequence[pb.Step]) -> None:
+        """The outputs a whole read left out past its budget (Step.output_left_out), read
+        step by step: a later prompt, a check or a resumed synthesis reads them."""
+        await self._retrying(lambda: self.runs.fill_left_out_steps(steps))
 
     async def stored_items(self, step_id: str, from_index: int = 0) -> list[pb.StepItem]:
         """A step's stored items from `from_index` on, outputs included: a whole run's read

@@ -95,9 +95,12 @@ def step(
     system_prompt: str = "",
     default_chain: Sequence[str] = (),
     brief: bool = False,
+    left_out: bool = False,
 ) -> pb.Step:
     """`brief`: the step without what it produced (output, alternatives; its items are the
-    caller's to leave out), whose columns the caller did not load."""
+    caller's to leave out), whose columns the caller did not load. `left_out`: the same, for
+    a whole read past its budget, said in `output_left_out` (store/base.py)."""
+    bare = brief or left_out
     return pb.Step(
         id=row.id,
         order=row.position,
@@ -109,7 +112,7 @@ def step(
         params_json=json.dumps(row.params or {}),
         max_tokens=row.max_tokens,
         status=row.status,
-        output="" if brief else row.output or "",
+        output="" if bare else row.output or "",
         error=row.error or "",
         auto_generated=row.auto_generated,
         truncated=row.truncated,
@@ -123,10 +126,11 @@ def step(
         system_prompt=system_prompt,
         selected_index=row.selected_index,
         alternatives=[]
-        if brief
+        if bare
         else [alternative(i, a) for i, a in enumerate(row.alternatives_out or [])],
         items=[item(i) for i in items],
         providers=chain(row, default_chain),
+        output_left_out=left_out,
     )
 
 

@@ -238,6 +238,10 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         )
         return runs_pb2.ListStepItemsResponse(items=items, next_index=next_index)
 
+    async def GetStep(self, request: runs_pb2.GetStepRequest, context: Ctx) -> pb.Step:
+        tenant = await self._tenant(request, context)
+        return await self._store.get_step(tenant, valid.require_id(request.step_id, "step_id"))
+
     async def RetryStep(self, request: runs_pb2.RetryStepRequest, context: Ctx) -> pb.Run:
         tenant = await self._tenant(request, context)
         step_id = valid.require_id(request.step_id, "step_id")

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import Text, and_, cast, delete, insert, or_, select, update
+from sqlalchemy import Text, and_, cast, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from nyxflow import events as ev
 from nyxflow.errors import STALE_TOKEN_PREFIX, FailedPrecondition, NotFound, StaleToken
@@ -58,11 +59,13 @@ PRISTINE_STEP: dict[str, Any] = {
 
 
 # A whole read (GetRun, GetWorkflow, the claim's answer) stays under the 32 MiB gRPC message
-# limit however big a fan-out's items are, though each item's write and each step's joined
-# output (the items' text again) is well under it: item outputs go in up to
-# ITEM_OUTPUTS_PER_READ bytes in all, and no further than the steps' own outputs leave of
-# READ_OUTPUTS. The rest come without their output (StepItem.output_left_out), which
-# ListStepItems serves page by page.
+# limit however big its steps' outputs and a fan-out's items are, though each one's write is
+# well under it. The steps' own outputs (output and alternatives) go in, in step order, up to
+# STEP_OUTPUTS_PER_READ bytes in all; the steps past it come without them (Step.output_left_out),
+# which GetStep serves whole. Item outputs go in up to ITEM_OUTPUTS_PER_READ bytes in all, and
+# no further than the steps' outputs carried leave of READ_OUTPUTS; the rest come without their
+# output (StepItem.output_left_out), which ListStepItems serves page by page.
+STEP_OUTPUTS_PER_READ = 20 * 2**20
 ITEM_OUTPUTS_PER_READ = 8 * 2**20
 READ_OUTPUTS = 28 * 2**20
 
@@ -91,6 +94,19 @@ def produced_bytes(step: Step) -> int:
     alternatives = step.alternatives_out or []
     texts = [step.output or "", *(str(a.get("output", "")) for a in alternatives)]
     return sum(len(t.encode()) for t in texts)
+
+
+def carried_steps(sizes: Sequence[tuple[str, int]]) -> tuple[set[str], int]:
+    """Of the steps' (id, produced bytes) in step order: the ids whose outputs a whole read
+    carries (a prefix, up to STEP_OUTPUTS_PER_READ), and the bytes those weigh."""
+    carried: set[str] = set()
+    total = 0
+    for step_id, size in sizes:
+        if total + size > STEP_OUTPUTS_PER_READ:
+            break
+        total += size
+        carried.add(step_id)
+    return carried, total
 
 
 @dataclass(frozen=True)
@@ -216,7 +232,7 @@ class StoreBase:
             select(Step).where(Step.id == step_id, Step.tenant_id == tenant_id)
         )
         if step is None:
-            raise NotFound(f"step {step_id} not found")
+            raise NotFound(f"step {step_id} not found", field="step_id")
         return step
 
     @staticmethod
@@ -320,11 +336,21 @@ class StoreBase:
     # --- reads that build protos -------------------------------------------------------
 
     async def _steps_pb(
-        self, session: AsyncSession, tenant_id: str, steps: Sequence[Step], brief: bool = False
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        steps: Sequence[Step],
+        brief: bool = False,
+        left_out: Collection[str] = frozenset(),
+        produced: int | None = None,
     ) -> list[pb.Step]:
+        """`left_out`: the steps whose outputs a whole read leaves out (their columns were not
+        loaded); `produced`: what the outputs it carries weigh, counted from `steps` if None."""
         items: dict[str, list[Any]] = {}
         if steps and not brief:
-            items = await self._items(session, steps)
+            if produced is None:
+                produced = sum(produced_bytes(s) for s in steps)
+            items = await self._items(session, steps, produced)
         personas = await self._personas(session, tenant_id)
         defaults = await self._default_chains(session, {s.workflow_id for s in steps})
         return [
@@ -334,6 +360,7 @@ class StoreBase:
                 personas.get(s.persona, ""),
                 defaults.get(s.workflow_id, ()),
                 brief,
+                left_out=s.id in left_out,
             )
             for s in steps
         ]
@@ -370,9 +397,12 @@ class StoreBase:
         return [convert.event(r) for r in rows.all()], bool(sizes) and last < sizes[-1].seq
 
     @staticmethod
-    async def _items(session: AsyncSession, steps: Sequence[Step]) -> dict[str, list[Any]]:
-        """Step id → its items, in order, their outputs within the read's budget (`item_budget`)
-        and None past it. The sizes are read first: outputs left out are never loaded."""
+    async def _items(
+        session: AsyncSession, steps: Sequence[Step], produced: int
+    ) -> dict[str, list[Any]]:
+        """Step id → its items, in order, their outputs within the read's budget (`item_budget`,
+        `produced` being what the steps' own outputs carried weigh) and None past it. The sizes
+        are read first: outputs left out are never loaded."""
         from nyxflow_runs.store.workflows import OctetLength  # it builds on this module
 
         rows = (
@@ -396,7 +426,7 @@ class StoreBase:
         for row in rows:
             found.setdefault(row.step_id, []).append(row)
         # Step by step, index by index, until an output does not fit: the rest are left out.
-        left = item_budget(sum(produced_bytes(s) for s in steps))
+        left = item_budget(produced)
         last: dict[str, int] = {}  # step id → the last index whose output goes in
         for row in (row for s in steps for row in found.get(s.id, ())):
             if row.size > left:
@@ -442,17 +472,56 @@ class StoreBase:
         )
         return {row.id: list(row.default_providers or row.tenant_chain or []) for row in rows}
 
+    @staticmethod
+    async def _readable_steps(
+        session: AsyncSession, workflow_id: str
+    ) -> tuple[list[Step], set[str], int]:
+        """The workflow's steps for a whole read, the ids of those whose outputs it leaves out
+        (`carried_steps`), and what the rest weigh. The sizes are read first: outputs left out
+        are never loaded."""
+        from nyxflow_runs.store.workflows import OctetLength  # it builds on this module
+
+        sizes = (
+            await session.execute(
+                select(
+                    Step.id,
+                    func.coalesce(OctetLength(Step.output), 0)
+                    + func.coalesce(OctetLength(cast(Step.alternatives_out, Text)), 0),
+                )
+                .where(Step.workflow_id == workflow_id)
+                .order_by(Step.position)
+            )
+        ).all()
+        carried, produced = carried_steps([(step_id, size) for step_id, size in sizes])
+        if len(carried) == len(sizes):
+            return await StoreBase._steps(session, workflow_id), set(), produced
+        rows = await StoreBase._steps(session, workflow_id, brief=True)
+        if carried:
+            outputs = await session.execute(
+                select(Step.id, Step.output, Step.alternatives_out).where(Step.id.in_(carried))
+            )
+            by_id = {row.id: row for row in rows}
+            for loaded in outputs:
+                # As loaded, not as changed: the session must never write them back.
+                set_committed_value(by_id[loaded.id], "output", loaded.output)
+                set_committed_value(by_id[loaded.id], "alternatives_out", loaded.alternatives_out)
+        return rows, {row.id for row in rows if row.id not in carried}, produced
+
     async def _workflow_pb(
         self, session: AsyncSession, workflow: Workflow, brief: bool = False
     ) -> pb.Workflow:
-        rows = await self._steps(session, workflow.id, brief)
-        steps = await self._steps_pb(session, workflow.tenant_id, rows, brief)
+        if brief:
+            rows, left_out, produced = await self._steps(session, workflow.id, brief), set[str](), 0
+        else:
+            rows, left_out, produced = await self._readable_steps(session, workflow.id)
+        steps = await self._steps_pb(session, workflow.tenant_id, rows, brief, left_out, produced)
         latest = await self._latest_run(session, workflow.id)
         return convert.workflow(workflow, steps, latest)
 
     async def _run_pb(self, session: AsyncSession, run: Run) -> pb.Run:
-        steps = await self._steps(session, run.workflow_id)
-        return convert.run(run, await self._steps_pb(session, run.tenant_id, steps))
+        rows, left_out, produced = await self._readable_steps(session, run.workflow_id)
+        steps = await self._steps_pb(session, run.tenant_id, rows, False, left_out, produced)
+        return convert.run(run, steps)
 
     # --- writes shared by several parts --------------------------------------------------
 

@@ -36,10 +36,12 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import PG_NOW_SQL
+from nyxflow_runs.models import Step
 from nyxflow_runs.store.base import (
     EVENT_OVERHEAD,
     ITEM_OUTPUTS_PER_READ,
     READ_OUTPUTS,
+    STEP_OUTPUTS_PER_READ,
     Claim,
     events_budget,
     started_data,
@@ -105,28 +107,38 @@ SELECT seq, type, created_at,
          THEN data::text END AS data
 FROM run_events WHERE run_id = $1 AND seq < $2 ORDER BY seq"""
 
-# The items' outputs within the read's budget, as base.py's `_items` has it: step by step,
-# index by index, until the running total passes what is left ($3 at most, and no more than
-# the steps' own outputs leave of $4); the rest come as null (left out). Sizes are read off
-# the values' headers; an output left out is never fetched.
-STEPS = """
-WITH sized AS (
+# The steps' own outputs (output and alternatives) within the read's budget, as base.py's
+# `_readable_steps` has them: in step order while the running size stays within $5; past it
+# they come as null and the step as left out. Then the items' outputs, as base.py's `_items`
+# has them: step by step, index by index, until the running total passes what is left ($3 at
+# most, and no more than the steps' outputs carried leave of $4); the rest come as null (left
+# out). Sizes are read off the values' headers; an output left out is never fetched.
+STEP_COLUMNS = ", ".join(
+    f"s.{c.name}" for c in Step.__table__.columns if c.name not in ("output", "alternatives_out")
+)
+STEPS = f"""
+WITH produced AS (
+    SELECT s.id, sum(COALESCE(octet_length(s.output), 0)
+                     + COALESCE(octet_length(s.alternatives_out::text), 0))
+                 OVER (ORDER BY s.position) <= $5 AS carried,
+           COALESCE(octet_length(s.output), 0)
+               + COALESCE(octet_length(s.alternatives_out::text), 0) AS bytes
+    FROM steps s WHERE s.workflow_id = $1 AND s.tenant_id = $2
+), budget AS (
+    SELECT GREATEST(0, LEAST($3::bigint,
+                             $4::bigint - COALESCE(sum(bytes) FILTER (WHERE carried), 0)))
+        AS bytes
+    FROM produced
+), sized AS (
     SELECT i.id, sum(octet_length(i.output)) OVER (ORDER BY s.position, i.item_index) AS running
     FROM step_items i JOIN steps s ON s.id = i.step_id
     WHERE s.workflow_id = $1 AND s.tenant_id = $2
-), produced AS (
-    SELECT octet_length(s.output) AS bytes FROM steps s
-    WHERE s.workflow_id = $1 AND s.tenant_id = $2
-    UNION ALL
-    SELECT octet_length(a->>'output') FROM steps s,
-        json_array_elements(CASE WHEN json_typeof(s.alternatives_out) = 'array'
-                                 THEN s.alternatives_out ELSE '[]' END) a
-    WHERE s.workflow_id = $1 AND s.tenant_id = $2
-), budget AS (
-    SELECT GREATEST(0, LEAST($3::bigint, $4::bigint - COALESCE(sum(bytes), 0))) AS bytes
-    FROM produced
 )
-SELECT s.*, w.default_providers AS workflow_chain, t.default_providers AS tenant_chain,
+SELECT {STEP_COLUMNS},
+    CASE WHEN p.carried THEN s.output END AS output,
+    CASE WHEN p.carried THEN s.alternatives_out END AS alternatives_out,
+    NOT p.carried AS output_left_out,
+    w.default_providers AS workflow_chain, t.default_providers AS tenant_chain,
     (SELECT json_agg(json_build_object('item_index', i.item_index, 'heading', i.heading,
                                        'output', CASE WHEN z.running <= b.bytes
                                                       THEN i.output END,
@@ -137,7 +149,8 @@ SELECT s.*, w.default_providers AS workflow_chain, t.default_providers AS tenant
                                        'served_by', i.served_by)
                      ORDER BY i.item_index)
      FROM step_items i JOIN sized z ON z.id = i.id WHERE i.step_id = s.id) AS items
-FROM steps s JOIN workflows w ON w.id = s.workflow_id JOIN tenants t ON t.id = w.tenant_id
+FROM steps s JOIN produced p ON p.id = s.id
+    JOIN workflows w ON w.id = s.workflow_id JOIN tenants t ON t.id = w.tenant_id
     CROSS JOIN budget b
 WHERE s.workflow_id = $1 AND s.tenant_id = $2 ORDER BY s.position"""
 
@@ -456,7 +469,14 @@ class HotPath:
 
     @staticmethod
     async def _steps(db: asyncpg.Connection, tenant_id: str, workflow_id: str) -> list[pb.Step]:
-        rows = await db.fetch(STEPS, workflow_id, tenant_id, ITEM_OUTPUTS_PER_READ, READ_OUTPUTS)
+        rows = await db.fetch(
+            STEPS,
+            workflow_id,
+            tenant_id,
+            ITEM_OUTPUTS_PER_READ,
+            READ_OUTPUTS,
+            STEP_OUTPUTS_PER_READ,
+        )
         prompts = {name: p.system_prompt for name, p in BUILTIN_PERSONAS.items()}
         if any(r["persona"] for r in rows):
             own = await db.fetch(PERSONAS, tenant_id)
@@ -467,6 +487,7 @@ class HotPath:
                 [SimpleNamespace(**i) for i in r["items"] or ()],  # type: ignore[misc]
                 prompts.get(r["persona"], ""),
                 list(r["workflow_chain"] or r["tenant_chain"] or []),
+                left_out=r["output_left_out"],
             )
             for r in rows
         ]

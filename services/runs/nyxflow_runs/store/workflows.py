@@ -366,6 +366,13 @@ class Workflows(StoreBase):
                 found.superseded_by = latest.id  # its steps are the newer run's: say so
             return found
 
+    async def get_step(self, tenant_id: str, step_id: str) -> pb.Step:
+        """One step whole: its output and alternatives even where a whole read leaves them out
+        (Step.output_left_out), its items' outputs within what that leaves of the message."""
+        async with self._scoped(tenant_id) as session:
+            step = await self._step(session, tenant_id, step_id)
+            return (await self._steps_pb(session, tenant_id, [step]))[0]
+
     async def list_step_items(
         self, tenant_id: str, run_id: str, step_id: str, from_index: int, limit: int, max_bytes: int
     ) -> tuple[list[pb.StepItem], int | None]:
