@@ -30,7 +30,7 @@ def test_the_folders_of_engines_gone_are_removed_and_live_ones_kept(
     unrelated = tmp_path / f"{scratch.PREFIX}notapid"
     unrelated.mkdir()
 
-    assert mine.name.startswith(f"{scratch.PREFIX}{os.getpid()}-")
+    assert mine.name.startswith(f"{scratch.PREFIX}{scratch.tag()}-")
     assert mine.parent == scratch.root() == tmp_path / "nyxflow-scratch"
     also_gone = scratch.root() / f"{scratch.PREFIX}{gone}-def"  # where engines make them now
     also_gone.mkdir()
@@ -54,6 +54,86 @@ async def test_an_engine_starting_sweeps_them(
         engine_service(runs_settings.runs_listen),
     ):
         assert not left.exists()
+
+
+# A container's engine: PID 1 of a PID namespace with a /proc of its own, its temp folder kept
+# from one start to the next (a restart keeps the container's /tmp).
+IN_A_CONTAINER = ("unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc")
+KILLED_MID_REVIEW = """
+import os
+from nyxflow_engine.tools import scratch
+assert os.getpid() == 1
+print(scratch.make())
+os._exit(0)  # as a SIGKILL leaves it: the folder not removed (PID 1 ignores its own kill)
+"""
+STARTING = """
+import os
+from nyxflow_engine.tools import scratch
+assert os.getpid() == 1
+print(scratch.sweep_left_behind())
+"""
+
+
+def _in_a_container(tmp_path: Path, code: str) -> str:
+    done = subprocess.run(
+        [*IN_A_CONTAINER, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_an_engine_restarted_with_the_same_pid_removes_the_killed_one_s_folder(
+    tmp_path: Path,
+) -> None:
+    """The restarted engine is PID 1 again: the killed one's clone was kept as its own, and
+    every restart mid-review left another full clone of a tenant's code for ever."""
+    left = Path(_in_a_container(tmp_path, KILLED_MID_REVIEW))
+    assert left.is_dir() and left.parent == tmp_path / "nyxflow-scratch"
+
+    assert _in_a_container(tmp_path, STARTING) == "1"
+
+    assert not left.exists()
+
+
+def test_a_live_pid_keeps_only_the_folders_its_own_process_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder names its maker by pid, start and boot: another process that now holds the
+    pid did not make it. An earlier version's name (the pid alone) of this very process is an
+    engine's before it (this version names none so); of another live process it is kept, as
+    that may be an earlier version's engine still reviewing."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    tell = "from nyxflow_engine.tools import scratch; print(scratch.tag(), flush=True); input()"
+    other = subprocess.Popen(
+        [sys.executable, "-c", tell], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None
+        its_tag = other.stdout.readline().strip()
+        pid, start, boot = its_tag.split(".")
+        assert pid == str(other.pid) and start.isdigit() and boot
+        root = scratch.root()
+        kept = [root / f"{scratch.PREFIX}{its_tag}-a", root / f"{scratch.PREFIX}{pid}-b"]
+        removed = [
+            root / f"{scratch.PREFIX}{pid}.{int(start) - 1}.{boot}-c",  # an earlier holder
+            root / f"{scratch.PREFIX}{pid}.{start}.00000000-d",  # the same tick, another boot
+            root / f"{scratch.PREFIX}{os.getpid()}-e",  # this pid, an earlier version's name
+        ]
+        for folder in [*kept, *removed]:
+            folder.mkdir()
+        mine = scratch.make()
+
+        assert scratch.sweep_left_behind() == len(removed)
+
+        assert [folder.is_dir() for folder in [*kept, mine]] == [True] * 3
+        assert [folder.exists() for folder in removed] == [False] * 3
+    finally:
+        other.kill()
+        other.wait()
 
 
 def _dead_pid() -> str:

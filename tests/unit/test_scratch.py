@@ -32,7 +32,7 @@ async def ignore(_a, _f):
 
 call = ToolCall({"path": sys.argv[1], "test_command": sys.argv[2]}, sys.argv[3], ignore)
 report = json.loads(asyncio.run(review_patches(call)))
-mine = scratch.root().glob(f"{scratch.PREFIX}{os.getpid()}-*")
+mine = scratch.root().glob(f"{scratch.PREFIX}{scratch.tag()}-*")
 print(json.dumps({"report": report, "left": [str(folder) for folder in mine]}))
 """
 

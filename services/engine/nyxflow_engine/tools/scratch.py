@@ -1,10 +1,17 @@
 """The review's scratch folders: named for the engine process that made them, so that an
 engine starting on the same machine removes those whose maker died (a SIGKILL, a crash)
-before it could, and leaves a live engine's alone."""
+before it could, and leaves a live engine's alone.
+
+A pid alone does not name a process: an engine in a container is PID 1 each time it starts,
+and the container's temp folder outlives a restart, so a killed engine's clones were kept as
+the live engine's for ever. A folder is named `<pid>.<start>.<boot>`: the pid, when the
+process started (clock ticks since boot, /proc/<pid>/stat field 22) and which boot that was
+(after a reboot the restarted engine may start at the same tick)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -59,7 +66,34 @@ def _not_private(found: os.stat_result) -> str:
 
 
 def make() -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=root()))
+    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{tag()}-", dir=root()))
+
+
+def tag() -> str:
+    """This process as its folders' names tell it: `<pid>.<start>.<boot>`."""
+    pid = os.getpid()
+    return f"{pid}.{_identity(pid)}"
+
+
+def _identity(pid: int) -> str:
+    """What tells the process `pid` from any other that held that pid: `<start>.<boot>`.
+    "x" for what /proc does not tell (not Linux): then it is the same for every process, and
+    the pid alone decides, as before."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_bytes()
+        # After the command's name, which may hold spaces and parentheses: fields 3 on.
+        start = stat_line.rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        start = "gone" if os.path.isdir("/proc/self") else "x"
+    return f"{start}.{_boot()}"
+
+
+@functools.cache
+def _boot() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8] or "x"
+    except OSError:
+        return "x"
 
 
 def remove(folder: Path) -> bool:
@@ -102,14 +136,31 @@ def sweep_left_behind() -> int:
     # In the temp folder itself too: where an engine of an earlier version made them.
     found = [*ours, *Path(tempfile.gettempdir()).glob(f"{PREFIX}*")]
     for folder in found:
-        pid = folder.name.removeprefix(PREFIX).split("-", 1)[0]
+        maker = folder.name.removeprefix(PREFIX).split("-", 1)[0]
         # Only the engine's own: in the temp folder anyone may name a symlink so, and the
         # removal would make writable, then remove, what it leads to.
-        if _ours(folder) and pid.isdigit() and not _alive(int(pid)) and remove(folder):
+        if _ours(folder) and _gone(maker) and remove(folder):
             removed += 1
     if removed:
         log.info("removed scratch folders of engines gone", extra={"count": removed})
     return removed
+
+
+def _gone(maker: str) -> bool:
+    """Whether the engine a folder's name tells (`tag()`, or the bare pid of an earlier
+    version) is no longer running."""
+    pid, dot, identity = maker.partition(".")
+    if not pid.isdigit():
+        return False  # not a name this module gives: left alone
+    if not _alive(int(pid)):
+        return True
+    if not dot:
+        # An earlier version's name, its pid alive. In this process: not its maker (this
+        # version names no folder so) but an engine before it with the same pid, as after a
+        # container's restart. In another: perhaps an earlier version's engine still running
+        # beside this one, whose review would fail without its clone: kept until it is gone.
+        return int(pid) == os.getpid()
+    return identity != _identity(int(pid))
 
 
 def _ours(folder: Path) -> bool:
