@@ -81,6 +81,44 @@ async def test_a_committed_tree_has_nothing_uncommitted(tmp_path: Path) -> None:
     assert scan["files"] == 3 and scan["left_out"]["files"] == 0
 
 
+async def test_a_committed_file_named_outside_utf8_is_not_uncommitted(tmp_path: Path) -> None:
+    """Its name, decoded to be shown ("caf\ufffd.py"), was looked for on disk: not found, it
+    was reported uncommitted in a tree git calls clean."""
+    repo = planted_repo(tmp_path)
+    with open(os.fsencode(repo) + b"/caf\xe9.py", "wb") as file:
+        file.write(b"x = 1\n")
+    _commit(repo)
+    assert git(repo, "status", "--porcelain") == ""
+
+    _, scan = await _scan(repo)
+
+    assert "uncommitted" not in scan, scan["uncommitted"]
+    assert "caf\ufffd.py" in [f["path"] for f in scan["listing"]]
+    with open(os.fsencode(repo) + b"/caf\xe9.py", "wb") as file:
+        file.write(b"x = 2\n")  # and changed, it is named so
+    _, scan = await _scan(repo)
+    assert scan["uncommitted"]["paths"] == ["caf\ufffd.py"]
+
+
+async def test_a_sparse_checkout_s_files_outside_it_are_not_uncommitted(tmp_path: Path) -> None:
+    """Files outside a sparse checkout are absent from disk by design (skip-worktree): every
+    one was reported uncommitted."""
+    repo = planted_repo(tmp_path)
+    (repo / "docs").mkdir()
+    (repo / "docs" / "guide.md").write_text("# guide\n")
+    _commit(repo)
+    git(repo, "sparse-checkout", "set", "--no-cone", "/*.py")
+    assert not (repo / "docs").exists() and git(repo, "status", "--porcelain") == ""
+
+    _, scan = await _scan(repo)
+
+    assert "uncommitted" not in scan, scan["uncommitted"]
+    assert "docs/guide.md" in [f["path"] for f in scan["listing"]]  # HEAD's, all the same
+    (repo / "util.py").write_text("changed inside the checkout\n")
+    _, scan = await _scan(repo)
+    assert scan["uncommitted"]["paths"] == ["util.py"]
+
+
 async def test_without_commits_the_staged_files_are_read_from_their_objects(
     tmp_path: Path,
 ) -> None:

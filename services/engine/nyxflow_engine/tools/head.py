@@ -9,6 +9,9 @@ A repository without commits yet is read from its index's objects, just as safel
 The repository is the tenant's, and so is its config: git here only reads objects, the index
 and refs (`GIT` turns off what could run a program even then), and never the work tree's
 contents, which would run the filters its config names (see `uncommitted`).
+
+Names are read as bytes: a name git holds is any bytes, and decoded (to show it) it may no
+longer name the file on disk (b"caf\xe9.py" is "caf\ufffd.py").
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from nyxflow.errors import InvalidArgument
-from nyxflow_engine.tools.commands import GIT, run
+from nyxflow_engine.tools.commands import GIT, Outcome, run
 
 FILE_MODES = ("100644", "100755")
 SKIPPED = {"120000": "symlinks", "160000": "submodules"}
@@ -30,9 +33,10 @@ SKIPPED = {"120000": "symlinks", "160000": "submodules"}
 
 @dataclass(frozen=True)
 class Entry:
-    path: str  # relative to the scanned folder
+    path: str  # relative to the scanned folder, as shown (not UTF-8: decoded with U+FFFD)
     size: int
     oid: str
+    name: bytes  # `path` as git holds it: what names the file on disk
 
 
 @dataclass
@@ -43,11 +47,22 @@ class Head:
 
 
 async def git(path: Path, *args: str, stdin: bytes = b"") -> str:
-    done = await run(path, *GIT, "-C", str(path), *args, stdin=stdin, merge_stderr=False)
+    return (await _git(path, *args, stdin=stdin)).output
+
+
+async def _listing(path: Path, *args: str) -> bytes:
+    """git's stdout undecoded: the names in it as git holds them."""
+    return (await _git(path, *args, binary=True)).data
+
+
+async def _git(path: Path, *args: str, stdin: bytes = b"", binary: bool = False) -> Outcome:
+    done = await run(
+        path, *GIT, "-C", str(path), *args, stdin=stdin, merge_stderr=False, binary=binary
+    )
     if done.code != 0:
         message = done.errors.strip()
         raise InvalidArgument(f"{path} is not a git work tree: {message}", field="params.path")
-    return done.output
+    return done
 
 
 async def head_of(path: Path) -> Head:
@@ -58,18 +73,18 @@ async def head_of(path: Path) -> Head:
         return await _staged(path)
     # The commit, not HEAD again: a checkout or a commit meanwhile would list another tree
     # than the commit the scan reports (and the review patches).
-    listing = await git(path, "ls-tree", "-r", "-l", "-z", commit)
+    listing = await _listing(path, "ls-tree", "-r", "-l", "-z", commit)
     # In a thread: 400,000 files took 3.3 s to parse, every other run's events held meanwhile.
     return await asyncio.to_thread(_tree, commit, listing)
 
 
-def _tree(commit: str, listing: str) -> Head:
+def _tree(commit: str, listing: bytes) -> Head:
     """`git ls-tree -r -l -z` of `commit`, parsed."""
     head = Head(commit)
-    for record in listing.split("\0"):
+    for record in listing.split(b"\0"):
         if record:
-            meta, name = record.split("\t", 1)
-            mode, _, oid, size = meta.split()
+            meta, name = record.split(b"\t", 1)
+            mode, _, oid, size = meta.decode().split()
             _add(head, mode, name, oid, size)
     return head
 
@@ -85,8 +100,9 @@ async def commit_of(path: Path, name: str = "HEAD") -> str:
 
 async def _staged(path: Path) -> Head:
     head = Head("")
-    records = [r.split("\t", 1) for r in (await git(path, "ls-files", "-s", "-z")).split("\0") if r]
-    staged = [(meta.split(), name) for meta, name in records]
+    listing = await _listing(path, "ls-files", "-s", "-z")
+    records = [r.split(b"\t", 1) for r in listing.split(b"\0") if r]
+    staged = [(meta.decode().split(), name) for meta, name in records]
     files = [oid for (mode, oid, _), _ in staged if mode in FILE_MODES]
     done = await run(path, *GIT, "-C", str(path), "cat-file", "--batch-check", stdin=_lines(files))
     sizes: dict[str, str] = {}
@@ -98,11 +114,12 @@ async def _staged(path: Path) -> Head:
     return head
 
 
-def _add(head: Head, mode: str, name: str, oid: str, size: str) -> None:
+def _add(head: Head, mode: str, name: bytes, oid: str, size: str) -> None:
+    shown = name.decode(errors="replace")  # as every other name git gives the engine
     if mode in FILE_MODES:
-        head.files.append(Entry(name, int(size), oid))
+        head.files.append(Entry(shown, int(size), oid, name))
     else:
-        head.skipped.setdefault(SKIPPED.get(mode, "other"), []).append(name)
+        head.skipped.setdefault(SKIPPED.get(mode, "other"), []).append(shown)
 
 
 def _lines(oids: Sequence[str]) -> bytes:
@@ -149,21 +166,32 @@ async def uncommitted(path: Path, head: Head | None = None) -> list[str]:
         path, "diff-index", "--cached", "--name-only", "-z", "--no-renames", head.commit
     )
     changed = {name for name in staged.split("\0") if name}
-    unsure = await asyncio.to_thread(_differing_in_size, path, head.files, changed)
+    # Not on disk by design: a sparse checkout's files outside its cone (skip-worktree), which
+    # git itself never compares with the work tree either.
+    skipped = await _skip_worktree(path)
+    on_disk = [entry for entry in head.files if entry.name not in skipped]
+    unsure = await asyncio.to_thread(_differing_in_size, path, on_disk, changed)
     # The rest hashed as they are on disk: no filter, no attribute read.
-    names = "".join(f"{_quoted(entry.path)}\n" for entry in unsure).encode()
+    names = b"".join(_quoted(entry.name) + b"\n" for entry in unsure)
     hashed = (await git(path, "hash-object", "--no-filters", "--stdin-paths", stdin=names)).split()
     changed.update(e.path for e, oid in zip(unsure, hashed, strict=True) if oid != e.oid)
     return sorted(changed)
+
+
+async def _skip_worktree(path: Path) -> set[bytes]:
+    """The index's entries marked skip-worktree ("S " in `ls-files -t`), by name."""
+    listing = await _listing(path, "ls-files", "-t", "-z")
+    return {record[2:] for record in listing.split(b"\0") if record.startswith(b"S ")}
 
 
 def _differing_in_size(path: Path, files: Sequence[Entry], changed: set[str]) -> list[Entry]:
     """Adds to `changed` the files gone, no longer regular files, or of another size; returns
     the others, whose contents must be compared."""
     same: list[Entry] = []
+    top = os.fsencode(path)
     for entry in files:
         try:
-            found = os.lstat(path / entry.path)
+            found = os.lstat(os.path.join(top, entry.name))
         except OSError:
             changed.add(entry.path)
             continue
@@ -174,7 +202,8 @@ def _differing_in_size(path: Path, files: Sequence[Entry], changed: set[str]) ->
     return same
 
 
-def _quoted(name: str) -> str:
-    """A name as `--stdin-paths` reads it whatever it holds (a newline, a leading quote)."""
-    escaped = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+def _quoted(name: bytes) -> bytes:
+    """A name as `--stdin-paths` reads it whatever it holds (a newline, a leading quote, bytes
+    that are not UTF-8: taken as they are)."""
+    escaped = name.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"\n", b"\\n")
+    return b'"' + escaped + b'"'
