@@ -16,6 +16,7 @@ from nyxflow_runs import models
 from nyxflow_runs import validation as valid
 from nyxflow_runs.store import MoveReport, Store
 from nyxflow_runs.store.admin import FAIL, KEEP_TARGET, RENAME, REPLACE_EMPTY
+from nyxflow_runs.store.workflows import ENV_KEY, LEGACY_ENV_KEY
 from nyxflow_runs.tenancy import Tenancy
 
 Ctx: TypeAlias = grpc.aio.ServicerContext
@@ -118,6 +119,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._require_admin(request, context)
         tenant = valid.require_id(request.tenant, "tenant")
         name = valid.text(request.name, "name", 200)
+        if name in (ENV_KEY, LEGACY_ENV_KEY):
+            # Runs tells the key it registers from NYXFLOW_API_KEY by its name: a rotation
+            # revokes the keys so named, and an operator's would go with them.
+            raise InvalidArgument(
+                f"{name!r} is kept for the key runs registers from NYXFLOW_API_KEY "
+                "(rotating it revokes keys so named): choose another name",
+                field="name",
+            )
         if not (request.expires_at >= 0 and math.isfinite(request.expires_at)):
             raise InvalidArgument("must be a finite, non-negative epoch time", field="expires_at")
         key, secret = await self._store.create_api_key(tenant, name, request.expires_at or None)
