@@ -212,3 +212,22 @@ async def test_a_contained_command_s_endless_output_is_read_from_its_end(tmp_pat
     assert len(done.output) < commands.COMMAND_OUTPUT_BYTES + 100
     whole = await run(tmp_path, sys.executable, "-c", script)
     assert len(whole.output) == 3_000_012
+
+
+async def test_a_timed_out_command_s_output_ends_with_the_timeout(tmp_path: Path) -> None:
+    """A timed-out command's output was thrown away, its message only "timed out after N s":
+    what it printed until then says where it hung. Kept as for a command that ended (a
+    contained one's last COMMAND_OUTPUT_BYTES); file contents (`binary`) give none."""
+    script = (
+        "import sys, time; sys.stdout.write('x' * 3_000_000 + '\\ntest_pay RUNNING\\n'); "
+        "sys.stdout.flush(); time.sleep(60)"
+    )
+    done = await run(tmp_path, sys.executable, "-c", script, contained=True, timeout_s=2)
+
+    assert done.code == -1
+    assert done.output.endswith("x\ntest_pay RUNNING\ntimed out after 2 s"), done.output[-200:]
+    assert done.output.startswith(f"[{3_000_018 - commands.COMMAND_OUTPUT_BYTES} bytes before]\n")
+    quiet = await run(tmp_path, "sleep", "60", timeout_s=0.5)
+    assert (quiet.code, quiet.output) == (-1, "timed out after 0 s")
+    read = await run(tmp_path, "sh", "-c", "echo partial; sleep 60", timeout_s=0.5, binary=True)
+    assert (read.code, read.output, read.data) == (-1, "timed out after 0 s", b"")

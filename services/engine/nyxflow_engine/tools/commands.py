@@ -88,7 +88,8 @@ async def run(
     walls: Walls | None = None,
     read: Callable[[IO[bytes]], bytes] | None = None,
 ) -> Outcome:
-    """`args` in `cwd`; the exit code -1 and a message if it outlives `timeout_s`.
+    """`args` in `cwd`; the exit code -1 if it outlives `timeout_s`, a message ending what
+    it printed (none with `binary` or `read`).
     `contained`: under the keeper, in `sandbox` (see the module's docstring), for code not
     the engine's, within `walls` if given. `binary`: stdout as bytes (file contents: a length
     in bytes must stay one); `read`: what of it to keep, read from its file (off the loop),
@@ -139,8 +140,9 @@ async def run(
             _kill_group(process)
             if process.poll() is None:
                 await _exited(process, 5.0)  # killed: reaped at once, but not in this instant
-        if not ended:
-            return Outcome(-1, f"timed out after {timeout_s:.0f} s")
+        timed_out = "" if ended else f"timed out after {timeout_s:.0f} s"
+        if timed_out and (binary or read is not None):
+            return Outcome(-1, timed_out)  # part of a file's contents is none of it
         if binary or read is not None:
             reader = read or _bytes
             data, errors = await asyncio.to_thread(lambda: (reader(_rewound(out)), _text(err)))
@@ -149,6 +151,9 @@ async def run(
         # and all of it could exhaust the engine's memory (it is on disk until read).
         keep = COMMAND_OUTPUT_BYTES if contained else None
         output, errors = await asyncio.to_thread(lambda: (_text(out, keep), _text(err, keep)))
+    if timed_out:  # what it printed until then shows where it hung: the message ends it
+        said = f"{output.rstrip()}\n{timed_out}" if output.strip() else timed_out
+        return Outcome(-1, said, errors)
     return Outcome(process.returncode or 0, output, errors)
 
 
