@@ -74,3 +74,27 @@ async def test_brackets_nested_deeper_than_the_decoder_goes_are_skipped() -> Non
 
     assert report["count"] == 3
     assert [f["file"] for f in report["findings"]] == ["a.py", "b.py", "c.py"]
+
+
+async def test_a_line_past_int32_and_a_lone_surrogate_do_not_fail_the_step() -> None:
+    """Finding.line is an int32 and its strings UTF-8: a line of 4294967296 or half an emoji
+    ("\\ud83d") in a model's findings raised building the row, and the step failed with all
+    its findings. The line becomes 0 (none), the lone surrogate U+FFFD; the rest is kept."""
+    stored: list[pb.Finding] = []
+
+    async def save(_: Sequence[pb.Artifact], findings: Sequence[pb.Finding]) -> None:
+        stored.extend(findings)
+
+    prompt = (
+        '[{"file": "a.py", "line": 4294967296, "severity": "high", "message": "huge"},'
+        ' {"file": "b.py", "line": 2147483647, "message": "the last int32"},'
+        ' {"file": "c\\udc00.py", "line": -3000000000, "category": "x\\ud83d",'
+        ' "message": "emoji cut \\ud83d here, whole \\ud83d\\ude00"}]'
+    )
+
+    report = json.loads(await collect_findings(ToolCall({}, prompt, save)))
+
+    assert report["count"] == 3 and len(stored) == 3
+    assert [f.line for f in stored] == [0, 2147483647, 0]
+    assert (stored[2].file, stored[2].category) == ("c\ufffd.py", "x\ufffd")
+    assert stored[2].message == "emoji cut \ufffd here, whole \U0001f600"

@@ -66,18 +66,29 @@ def _closed(text: str, start: int) -> int:
     return run.end() if run else start + 1
 
 
+MAX_LINE = 2**31 - 1  # Finding.line is an int32
+# A lone surrogate ("\ud83d", half an emoji cut by the model) is no UTF-8: the message
+# could not be sent, and the whole step failed with it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def finding(value: Any) -> pb.Finding | None:
     if not isinstance(value, dict) or not value.get("file") or not value.get("message"):
         return None
     severity = str(value.get("severity", "info")).lower()
     line = value.get("line", 0)
+    fits = isinstance(line, int) and not isinstance(line, bool) and 0 < line <= MAX_LINE
     return pb.Finding(
-        file=str(value["file"])[:1000],
-        line=line if isinstance(line, int) and not isinstance(line, bool) and line > 0 else 0,
+        file=_text(value["file"])[:1000],
+        line=line if fits else 0,  # no line: past int32 it is no line of any file
         severity=severity if severity in SEVERITIES else "info",
-        category=str(value.get("category", ""))[:100],
-        message=str(value["message"])[:10_000],
+        category=_text(value.get("category", ""))[:100],
+        message=_text(value["message"])[:10_000],
     )
+
+
+def _text(value: Any) -> str:
+    return _SURROGATE.sub("\ufffd", str(value))
 
 
 async def collect_findings(call: ToolCall) -> str:
