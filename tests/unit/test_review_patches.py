@@ -13,7 +13,7 @@ import pytest
 from nyxflow.errors import FailedPrecondition, InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.cut_off import marked
-from nyxflow_engine.tools.patches import review_patches
+from nyxflow_engine.tools.patches import _crlf, review_patches
 from nyxflow_engine.tools.registry import ToolCall
 from nyxflow_engine.tools.repository import scan_repository
 from tests.support.repos import CALC, GOOD_DIFF, git, planted_repo
@@ -378,3 +378,81 @@ async def test_a_scanned_commit_no_longer_in_the_repository_fails_the_review_nam
     with pytest.raises(InvalidArgument, match="must open with a repository scan") as refused:
         await _review(repo, GOOD_DIFF, scanned=True)
     assert refused.value.field == "prompt"
+
+
+def _one_line(old: str, new: str) -> str:
+    """A diff block changing one line, its ---/+++ names as given."""
+    return f"```diff\n--- {old}\n+++ {new}\n@@ -1 +1 @@\n-x\n+y\n```\n"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        ("a/../shop.py", "b/../shop.py", "../shop.py"),
+        ("/dev/null", "b/../escaped.txt", "../escaped.txt"),
+        ("ABS/util.py", "ABS/util.py", "ABS/util.py"),  # the repository's own path, absolute
+        ("", "", ""),
+        ('"a/x\\000y.py"', '"b/x\\000y.py"', "x\x00y.py"),
+    ],
+    ids=["dotdot", "new-dotdot", "absolute", "empty", "nul"],
+)
+async def test_a_diff_naming_no_path_inside_is_rejected_and_the_good_ones_kept(
+    tmp_path: Path, old: str, new: str, named: str
+) -> None:
+    """Its names went to `git ls-files`, which exits fatally on them: the whole review failed
+    (FailedPrecondition), and every diff accepted before it was lost."""
+    repo = planted_repo(tmp_path)
+    old, new, named = (n.replace("ABS", str(repo)) for n in (old, new, named))
+
+    report, patch = await _review(repo, f"{GOOD_DIFF}\n\n{_one_line(old, new)}")
+
+    assert _files(report["accepted"]) == [["calc.py"]], report
+    (rejected,) = report["rejected"]
+    assert rejected["reason"].startswith("names no path inside the repository"), rejected
+    assert rejected["reason"].endswith(repr(named)) and rejected["files"] == [named]
+    assert "+    return a + b" in patch and "shop.py" not in patch
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("quoted", "named"),
+    [('"a/src\\xml\\p.py"', "src\\xml\\p.py"), ('"a/p.py\\"', "p.py\\")],
+    ids=["bad-escape", "trailing-backslash"],
+)
+async def test_a_quoted_name_with_a_bad_escape_is_rejected_not_fatal(
+    tmp_path: Path, quoted: str, named: str
+) -> None:
+    """A Windows path a model quoted (`\\x` is no escape) raised ValueError out of the diff
+    reader, and the whole review failed: the name is kept as written, and git rejects it."""
+    repo = planted_repo(tmp_path)
+    new = '"b' + quoted[2:]
+
+    report, _ = await _review(repo, f"{GOOD_DIFF}\n\n{_one_line(quoted, new)}")
+
+    assert _files(report["accepted"]) == [["calc.py"]], report
+    (rejected,) = report["rejected"]
+    assert rejected["files"] == [named] and rejected["reason"].startswith("does not apply: ")
+
+
+async def test_a_timed_out_test_command_s_output_is_in_the_reason(tmp_path: Path) -> None:
+    """The reason was only "timed out after 1 s": what the tests printed until then (which
+    test hung) was thrown away."""
+    repo = planted_repo(tmp_path)
+    command = "sh -c 'echo test_checkout.py::test_pay RUNNING; sleep 30'"
+
+    report, _ = await _review(repo, GOOD_DIFF, test_command=command, test_timeout_s=1)
+
+    (rejected,) = report["rejected"]
+    assert rejected["reason"] == (
+        "tests failed (exit -1): test_checkout.py::test_pay RUNNING\ntimed out after 1 s"
+    ), rejected
+
+
+async def test_a_name_git_cannot_list_is_no_file_in_crlf(tmp_path: Path) -> None:
+    """`ls-files` exiting fatally on a diff's name failed the whole review: that diff is
+    rejected by `git apply`'s own reason instead (names the review lets through are listed)."""
+    repo = planted_repo(tmp_path)
+    _commit(repo, {"dos.py": "x = 1\r\n"})
+
+    assert await _crlf(repo, ["dos.py", "calc.py"]) == {"dos.py"}
+    assert await _crlf(repo, ["dos.py", "../outside.py"]) == set()

@@ -272,5 +272,8 @@ def _unquoted(name: str) -> str:
     """A name as git writes it when it holds unusual characters: "tests/\\303\\251.py"."""
     if len(name) < 2 or not (name.startswith('"') and name.endswith('"')):
         return name
-    raw = codecs.escape_decode(name[1:-1].encode())[0]
+    try:
+        raw = codecs.escape_decode(name[1:-1].encode())[0]
+    except ValueError:  # a bad escape ("a/src\\xml\\p.py", a trailing \\): git rejects that diff
+        return name[1:-1]
     return raw.decode("utf-8", errors="replace")

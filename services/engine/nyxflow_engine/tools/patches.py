@@ -40,6 +40,7 @@ from nyxflow_engine.tools.scratch import remove as remove_scratch
 MAX_REASON = 2_000
 COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # sha1 or sha256, as the scan reports it
 CUT_OFF = "cut off: its ```diff block never closed (the answer stopped at its max_tokens?)"
+OUTSIDE = "names no path inside the repository (empty, absolute, through .. or with a NUL)"
 
 
 def _tail(text: str) -> str:
@@ -180,6 +181,9 @@ async def _review(clone: Path, diffs: list[Proposed], tests: Tests) -> tuple[dic
         if proposed.cut:
             rejected.append({**entry, "reason": CUT_OFF})
             continue
+        if unfit := [name for name in entry["files"] if _outside(name)]:  # "" is one
+            rejected.append({**entry, "reason": f"{OUTSIDE}: {unfit[0]!r}"})
+            continue
         # What a rejected diff is undone to: undoing it by `apply -R` would search for the
         # place again, and could find another one.
         before = (await _git(clone, "write-tree")).strip() if command else ""
@@ -219,6 +223,12 @@ async def _review(clone: Path, diffs: list[Proposed], tests: Tests) -> tuple[dic
     return report, combined
 
 
+def _outside(name: str) -> bool:
+    """Whether a diff's file name (`files_of`'s) is no path in the clone: git would refuse
+    it, and `ls-files` on it fails outright (or, with a NUL, it cannot be passed at all)."""
+    return not name or name.startswith("/") or ".." in name.split("/") or "\0" in name
+
+
 async def _apply(clone: Path, diff: str) -> Outcome:
     """`diff` applied, into the index too (it holds the accepted diffs and nothing else); if
     it does not apply as written, once more with --recount: models miscount a hunk's lines
@@ -238,9 +248,12 @@ async def _crlf(clone: Path, names: list[str]) -> set[str]:
     if not names:
         return set()
     # Literal: a name holding `*` or `[` is no pattern.
-    listed = await _git(clone, "--literal-pathspecs", "ls-files", "-s", "-z", "--", *names)
+    args = ("--literal-pathspecs", "ls-files", "-s", "-z", "--", *names)
+    listed = await run(clone, *GIT, *args, merge_stderr=False)
+    if listed.code != 0:  # a name git cannot take: none in CRLF, the diff's own reason stands
+        return set()
     found = set()
-    for record in listed.split("\0"):
+    for record in listed.output.split("\0"):
         if not record:
             continue
         meta, name = record.split("\t", 1)
