@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from nyxflow.client import RunsClient
-from nyxflow.errors import StaleToken
+from nyxflow.errors import NotFound, StaleToken
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_engine.committer import Committer
@@ -199,7 +199,9 @@ class RunWriter:
         retry, on a schedule that a backoff would stretch past a short lease."""
         try:
             await self.runs.heartbeat(self.run_id, self.token, ttl_s, timeout_s)
-        except StaleToken as error:
+        except (StaleToken, NotFound) as error:
+            # NotFound: the run is no longer its tenant's (ended, then its project moved or
+            # its workflow deleted). Taken for a passing failure, the step ran on to its end.
             raise LeaseLost(str(error)) from None
 
     async def current_steps(self) -> list[pb.Step]:
