@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,18 +98,19 @@ class Pipelines(Workflows, EngineWrites):
                 )
             # The step run again in the same run (resumed after a handover or a drain, or a
             # save whose answer was lost and retried) reports what it reported before: those
-            # are stored once.
-            stored = {
+            # are stored once. Counted, not a set: a report may hold the same finding twice
+            # (two places alike), and both are kept as the step's report counts them.
+            stored = Counter(
                 (r.file, r.line, r.severity, r.category, r.message)
                 for r in await session.scalars(
                     select(Finding).where(Finding.run_id == run_id, Finding.step_id == step_id)
                 )
-            }
+            )
             for f in findings:
                 key = (f.file, f.line, f.severity, f.category, f.message)
-                if key in stored:
+                if stored[key] > 0:
+                    stored[key] -= 1
                     continue
-                stored.add(key)
                 session.add(
                     Finding(
                         run_id=run_id,
