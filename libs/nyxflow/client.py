@@ -378,8 +378,9 @@ class RunsClient:
     async def start_pipeline(self, request: runs_pb2.StartPipelineRequest) -> pb.Run:
         return await _unary(self._stub.StartPipeline(request, **self._kw()))
 
-    async def get_artifact(self, run_id: str, name: str) -> pb.Artifact:
-        request = runs_pb2.GetArtifactRequest(run_id=run_id, name=name)
+    async def get_artifact(self, run_id: str, name: str, step_id: str = "") -> pb.Artifact:
+        """The named artifact of `step_id`'s step; without one, of the last step that has it."""
+        request = runs_pb2.GetArtifactRequest(run_id=run_id, name=name, step_id=step_id)
         return await _unary(self._stub.GetArtifact(request, **self._kw()))
 
     async def list_findings(self, run_id: str) -> list[pb.Finding]:

@@ -225,10 +225,13 @@ class RunEvent(TenantOwned, Base):
 
 
 class RunArtifact(TenantOwned, Base):
-    """A file a run produced (a pipeline's patch, its review); kept when the workflow re-runs."""
+    """A file a run's step produced (a pipeline's patch, its review); kept when the workflow
+    re-runs. One per step and name: two review steps of a workflow each keep their patch."""
 
     __tablename__ = "run_artifacts"
-    __table_args__ = (Index("uq_run_artifacts_run_name", "run_id", "name", unique=True),)
+    __table_args__ = (
+        Index("uq_run_artifacts_run_step_name", "run_id", "step_id", "name", unique=True),
+    )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))

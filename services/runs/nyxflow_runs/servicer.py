@@ -419,9 +419,9 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     async def GetArtifact(self, request: runs_pb2.GetArtifactRequest, context: Ctx) -> pb.Artifact:
         tenant = await self._tenant(request, context)
         run_id = valid.require_id(request.run_id, "run_id")
-        return await self._store.get_artifact(
-            tenant, run_id, valid.require_id(request.name, "name")
-        )
+        name = valid.require_id(request.name, "name")
+        step_id = valid.fits(request.step_id, "step_id", 36)
+        return await self._store.get_artifact(tenant, run_id, name, step_id)
 
     async def ListFindings(
         self, request: runs_pb2.ListFindingsRequest, context: Ctx

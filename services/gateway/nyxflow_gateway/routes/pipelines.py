@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import Field, StrictInt
 
 from nyxflow.constants import SCAN_MAXIMA
@@ -53,12 +53,22 @@ async def start_pipeline(
     response_class=Response,
     responses={200: {"content": {"text/x-diff": {}, "application/json": {}}}},
 )
-async def get_artifact(run_id: str, name: str, services: Clients) -> Response:
-    artifact = await services.runs.get_artifact(run_id, name)
+async def get_artifact(
+    run_id: str,
+    name: str,
+    services: Clients,
+    step_id: Annotated[str, Query(max_length=36)] = "",
+) -> Response:
+    """The named artifact of `step_id`'s step; without one, of the last step (by position)
+    that stored one. `X-Nyxflow-Step-Id` says whose it is."""
+    artifact = await services.runs.get_artifact(run_id, name, step_id)
     return Response(
         artifact.content,
         media_type=artifact.media_type,
-        headers={"Content-Disposition": f'attachment; filename="{_safe(run_id)}-{_safe(name)}"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="{_safe(run_id)}-{_safe(name)}"',
+            "X-Nyxflow-Step-Id": _safe(artifact.step_id),
+        },
     )
 
 

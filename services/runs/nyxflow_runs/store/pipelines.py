@@ -15,7 +15,7 @@ from nyxflow.pipelines import pipeline_steps
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
 from nyxflow_runs import validation as valid
-from nyxflow_runs.models import Finding, Repository, Run, RunArtifact, Workflow
+from nyxflow_runs.models import Finding, Repository, Run, RunArtifact, Step, Workflow
 from nyxflow_runs.store.engine_writes import EngineWrites
 from nyxflow_runs.store.projects import held_under_project
 from nyxflow_runs.store.workflows import Workflows, step_row
@@ -78,10 +78,13 @@ class Pipelines(Workflows, EngineWrites):
         async with self._scoped(tenant_id, write=True) as session:
             await self._fenced_workflow(session, tenant_id, run_id, token)
             for a in artifacts:
-                # A retried step replaces what its earlier attempt stored under the same name.
+                # A retried step replaces what its earlier attempt stored under the same name;
+                # another step's artifact of that name (a second review step's patch) stays.
                 old = await session.scalar(
                     select(RunArtifact).where(
-                        RunArtifact.run_id == run_id, RunArtifact.name == a.name
+                        RunArtifact.run_id == run_id,
+                        RunArtifact.step_id == step_id,
+                        RunArtifact.name == a.name,
                     )
                 )
                 if old is not None:
@@ -123,12 +126,44 @@ class Pipelines(Workflows, EngineWrites):
                     )
                 )
 
-    async def get_artifact(self, tenant_id: str, run_id: str, name: str) -> pb.Artifact:
+    async def get_artifact(
+        self, tenant_id: str, run_id: str, name: str, step_id: str = ""
+    ) -> pb.Artifact:
+        """The named artifact of the step asked for; without one, of the last step (by
+        position) that stored one: a workflow's later review step, the patch it ended with."""
         async with self._scoped(tenant_id) as session:
             await self._run(session, tenant_id, run_id)
-            row = await session.scalar(
-                select(RunArtifact).where(RunArtifact.run_id == run_id, RunArtifact.name == name)
+            query = (
+                select(RunArtifact)
+                .outerjoin(Step, Step.id == RunArtifact.step_id)
+                .where(RunArtifact.run_id == run_id, RunArtifact.name == name)
             )
+            if step_id:
+                query = query.where(RunArtifact.step_id == step_id)
+            # A step since deleted from the workflow comes last; ties by when it was stored.
+            row = await session.scalar(
+                query.order_by(
+                    Step.position.is_(None),
+                    Step.position.desc(),
+                    RunArtifact.created_at.desc(),
+                    RunArtifact.id.desc(),
+                ).limit(1)
+            )
+            if row is None and step_id:
+                # Never another step's in its place: name the steps that have one instead.
+                others = list(
+                    await session.scalars(
+                        select(RunArtifact.step_id).where(
+                            RunArtifact.run_id == run_id, RunArtifact.name == name
+                        )
+                    )
+                )
+                if others:
+                    raise NotFound(
+                        f"step {step_id} of run {run_id} has no artifact {name!r};"
+                        f" steps with one: {', '.join(sorted(others))}",
+                        field="step_id",
+                    )
             if row is None:
                 raise NotFound(f"run {run_id} has no artifact {name!r}", field="name")
             return pb.Artifact(
