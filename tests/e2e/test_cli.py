@@ -204,6 +204,12 @@ def test_project_repository_pipeline_follow_and_patch(stack: ProcessStack, tmp_p
     assert "phase reviewing" in cli(stack, "run", "show", run["id"]).stdout
     patch = cli(stack, "pipeline", "patch", run["id"]).stdout
     assert "+    return a + b" in patch
+    steps = json.loads(cli(stack, "run", "show", run["id"], "--json").stdout)["steps"]
+    by_kind = {s["spec"]["tool"]: s["id"] for s in steps if s["kind"] == "tool"}
+    chosen = cli(stack, "pipeline", "patch", run["id"], "--step", by_kind["review_patches"])
+    assert chosen.stdout == patch
+    none = cli(stack, "pipeline", "patch", run["id"], "--step", by_kind["scan_repository"])
+    assert none.returncode == 1 and "step_id" in none.stderr, none.stderr
     assert cli(stack, "pipeline", "start", repository, "lint").returncode == 2
 
 

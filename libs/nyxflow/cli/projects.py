@@ -90,8 +90,13 @@ async def pipeline_start(
 
 @pipeline_app.command("patch")
 @run_async
-async def pipeline_patch(run_id: str) -> None:
+async def pipeline_patch(
+    run_id: str,
+    step: str = typer.Option(
+        "", "--step", help="The review step whose patch to print (default: the last one's)."
+    ),
+) -> None:
     """Print a finished run's combined patch (apply it yourself with `git apply`)."""
     async with connect() as c:
-        artifact = await c.runs.get_artifact(run_id, "patch")
+        artifact = await c.runs.get_artifact(run_id, "patch", step)
     print(artifact.content, end="")
