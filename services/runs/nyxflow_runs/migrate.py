@@ -41,8 +41,17 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     async with engine.connect() as connection:
         await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
         await connection.commit()
+        # pysqlite emits no BEGIN before DDL: each statement committed alone, so a migration
+        # that failed (or was killed) half way stayed half applied, and two processes
+        # migrating one fresh file both read "no version" and both created the tables. The
+        # driver's own transaction handling is off (autocommit, reset when the connection
+        # goes back to the pool) and the whole upgrade is one BEGIN IMMEDIATE: the write
+        # lock is taken before the version is read, so a second process waits (busy_timeout,
+        # db.py) and then finds the schema at head.
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
         try:
             async with connection.begin():
+                await connection.exec_driver_sql("BEGIN IMMEDIATE")
                 await connection.run_sync(_upgrade)
                 broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
                 if broken:
