@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import grpc
 
@@ -26,16 +28,29 @@ class KeyHold:
     """A stream's hold on the key it was opened with: a stream outlives the check at its
     start, and must not go on serving a key revoked or expired since."""
 
-    def __init__(self, api_key: str | None = None, expires_at: float | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str | None = None,
+        expires_at: float | None = None,
+        verified_at: float = -math.inf,
+    ) -> None:
         self.api_key = api_key  # None: internal credentials, held by nothing
         self.expires_at = expires_at  # epoch seconds
+        self.verified_at = verified_at  # monotonic: when the key was last looked up
         self.refused = False  # looked up again after a revocation, and refused
+        # Tenancy's: asks for a lookup of a hold verified too long ago (see `check`).
+        self.on_stale: Callable[[], None] | None = None
 
     def check(self) -> None:
         """Raises Unauthenticated once the key is revoked or expired: a comparison and a
-        clock read, cheap enough for every batch a stream sends."""
+        clock read, cheap enough for every batch a stream sends. A hold not looked up for
+        KEY_CACHE_S asks for a lookup, made beside the stream: a revocation on a replica the
+        bus cannot tell (no Redis) reaches its streams, as it reaches its cache."""
         if self.refused or (self.expires_at is not None and time.time() >= self.expires_at):
             raise Unauthenticated("the API key was revoked or has expired")
+        stale = time.monotonic() - self.verified_at >= KEY_CACHE_S
+        if stale and self.on_stale is not None:
+            self.on_stale()
 
 
 class Tenancy:
@@ -43,8 +58,8 @@ class Tenancy:
         self._store = store
         self._secret = internal_secret
         self._bus = bus
-        # key -> (tenant, trusted until (monotonic), the key's expiry (epoch s) or None)
-        self._keys: dict[str, tuple[str, float, float | None]] = {}
+        # key -> (tenant, looked up at and trusted until (monotonic), expiry (epoch s) or None)
+        self._keys: dict[str, tuple[str, float, float, float | None]] = {}
         self._holds: defaultdict[str, set[KeyHold]] = defaultdict(set)  # by key
         self._recheck: asyncio.Task[None] | None = None
         self._recheck_again = False
@@ -63,9 +78,11 @@ class Tenancy:
         revocations = self._revocations
         tenant_id, hold = await self._resolve(context)
         if hold.api_key is not None:
+            hold.on_stale = self._schedule_recheck
             self._holds[hold.api_key].add(hold)
             if revocations != self._revocations:
-                self._schedule_recheck()  # revoked while it was looked up, perhaps
+                hold.verified_at = -math.inf  # revoked while it was looked up, perhaps
+                self._schedule_recheck()
         return tenant_id, hold
 
     def release(self, hold: KeyHold) -> None:
@@ -84,9 +101,10 @@ class Tenancy:
         assert caller.api_key is not None
         cached = self._keys.get(caller.api_key)
         now = time.monotonic()
-        if cached is not None and cached[1] > now:
-            logs.bind(tenant=cached[0])
-            return cached[0], KeyHold(caller.api_key, cached[2])
+        if cached is not None and cached[2] > now:
+            tenant_id, looked_up, _, expires_at = cached
+            logs.bind(tenant=tenant_id)
+            return tenant_id, KeyHold(caller.api_key, expires_at, looked_up)
         revocations = self._revocations
         tenant_id, expires_at = await self._store.tenant_for_key(caller.api_key)
         if len(self._keys) > 10_000:
@@ -94,9 +112,9 @@ class Tenancy:
         if revocations == self._revocations:
             # Never cached past the key's own expiry.
             left = KEY_CACHE_S if expires_at is None else min(KEY_CACHE_S, expires_at - time.time())
-            self._keys[caller.api_key] = (tenant_id, now + left, expires_at)
+            self._keys[caller.api_key] = (tenant_id, now, now + left, expires_at)
         logs.bind(tenant=tenant_id)  # the rest of this call's lines say whose it was
-        return tenant_id, KeyHold(caller.api_key, expires_at)
+        return tenant_id, KeyHold(caller.api_key, expires_at, now)
 
     def forget_keys(self) -> None:
         """After a revocation: every key is looked up again on its next use, and the keys
@@ -104,27 +122,39 @@ class Tenancy:
         self._revocations += 1
         self._keys.clear()
         if self._holds:
+            for holds in self._holds.values():
+                for hold in holds:
+                    hold.verified_at = -math.inf
             self._schedule_recheck()
 
     def _schedule_recheck(self) -> None:
         if self._recheck is None or self._recheck.done():
             self._recheck = asyncio.get_running_loop().create_task(self._recheck_holds())
         else:
-            self._recheck_again = True  # a revocation during a pass: the pass again after
+            self._recheck_again = True  # asked during a pass: the pass again after it
 
     async def _recheck_holds(self) -> None:
-        """Each key held by streams looked up once, however many streams hold it; the
-        holds of a refused one are marked so (their streams end at their next batch)."""
+        """Each key whose holds are stale (after a revocation, or KEY_CACHE_S since its last
+        lookup) looked up once, however many streams hold it; the holds of a refused one are
+        marked so (their streams end at their next batch or silence)."""
         while True:
             self._recheck_again = False
             for api_key in list(self._holds):
+                now = time.monotonic()
+                if all(now - h.verified_at < KEY_CACHE_S for h in self._holds.get(api_key, ())):
+                    continue
+                revocations = self._revocations
                 try:
                     await self._store.tenant_for_key(api_key)
                 except Unauthenticated:
                     for hold in self._holds.get(api_key, ()):
                         hold.refused = True
-                except Exception as error:  # the database away: the next revocation retries
+                    continue
+                except Exception as error:  # the database away: looked up again an interval on
                     log.warning("a held key could not be looked up", extra={"error": str(error)})
+                if revocations == self._revocations:  # else stale again, and this pass repeats
+                    for hold in self._holds.get(api_key, ()):
+                        hold.verified_at = max(hold.verified_at, now)
             if not self._recheck_again:
                 return
 
