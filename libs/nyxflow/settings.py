@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_INTERNAL_SECRET = "nyxflow-dev-internal-secret"  # loopback only (runs refuses it beyond)
+DEV_INTERNAL_SECRET = (
+    "nyxflow-dev-internal-secret"  # loopback only (runs and the engine refuse it beyond)
+)
 MIN_SECRET_CHARS = 16
 
 
@@ -53,3 +56,25 @@ class InternalSettings(CommonSettings):
                 f"{MIN_SECRET_CHARS}, shared by runs and the engine (e.g. openssl rand -hex 32)"
             )
         return secret
+
+
+def no_dev_secret_beyond_loopback(listen: str, secret: object) -> str:
+    """runs and the engine refuse to listen beyond loopback with the well-known secret: anyone
+    who reached the port would have its internal credentials, and act as any tenant."""
+    if secret == DEV_INTERNAL_SECRET and not _loopback(listen):
+        raise ValueError(
+            "listens beyond loopback with the development NYXFLOW_INTERNAL_SECRET, which "
+            "lets anyone who reaches it act as any tenant: set a secret of your own, shared "
+            "by runs and the engine"
+        )
+    return listen
+
+
+def _loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]") or "0.0.0.0"  # ":50051" is every address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 from typing import Literal
@@ -10,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from nyxflow.constants import MAX_CHAIN, PROVIDERS
-from nyxflow.settings import DEV_INTERNAL_SECRET, InternalSettings
+from nyxflow.settings import InternalSettings, no_dev_secret_beyond_loopback
 
 
 def _default_engine_id() -> str:
@@ -62,14 +61,7 @@ class EngineSettings(InternalSettings):
     @field_validator("engine_listen")
     @classmethod
     def _no_dev_secret_beyond_loopback(cls, listen: str, info: ValidationInfo) -> str:
-        """As runs refuses it: with the well-known secret, a service others can reach is one
-        whose internal credentials anyone has."""
-        if info.data.get("internal_secret") == DEV_INTERNAL_SECRET and not _loopback(listen):
-            raise ValueError(
-                "listens beyond loopback with the development NYXFLOW_INTERNAL_SECRET, which "
-                "anyone who reaches it knows: set a secret of your own, shared with runs"
-            )
-        return listen
+        return no_dev_secret_beyond_loopback(listen, info.data.get("internal_secret"))
 
     @field_validator("heartbeat_s")
     @classmethod
@@ -94,13 +86,3 @@ class EngineSettings(InternalSettings):
             if name not in PROVIDERS:
                 raise ValueError(f"unknown provider {name!r} (one of {', '.join(PROVIDERS)})")
         return chain
-
-
-def _loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]") or "0.0.0.0"  # ":50052" is every address
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything

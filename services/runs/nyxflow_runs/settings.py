@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from pydantic import Field, ValidationInfo, field_validator
 
-from nyxflow.settings import DEV_INTERNAL_SECRET, InternalSettings
+from nyxflow.settings import InternalSettings, no_dev_secret_beyond_loopback
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -39,20 +37,4 @@ class RunsSettings(InternalSettings):
     @field_validator("runs_listen")
     @classmethod
     def _no_dev_secret_beyond_loopback(cls, listen: str, info: ValidationInfo) -> str:
-        """With the well-known secret, anyone who reaches the port acts as any tenant."""
-        if info.data.get("internal_secret") == DEV_INTERNAL_SECRET and not _loopback(listen):
-            raise ValueError(
-                "listens beyond loopback with the development NYXFLOW_INTERNAL_SECRET, which "
-                "lets anyone who reaches it act as any tenant: set a secret of your own"
-            )
-        return listen
-
-
-def _loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]") or "0.0.0.0"  # ":50051" is every address
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
+        return no_dev_secret_beyond_loopback(listen, info.data.get("internal_secret"))
