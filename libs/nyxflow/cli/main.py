@@ -184,7 +184,7 @@ async def workflow_show(workflow_id: str, as_json: bool = JSON) -> None:
     async with connect() as c:
         workflow = await c.runs.get_workflow(workflow_id)
         if as_json:
-            await _with_item_outputs(c, workflow.last_run_id, workflow.steps)
+            await _with_outputs(c, workflow.last_run_id, workflow.steps)
     if as_json:
         render.as_json(workflow)
         return
@@ -242,9 +242,11 @@ async def _start(c: Clients, run_id: str) -> None:
             ) from None
 
 
-async def _with_item_outputs(c: Clients, run_id: str, steps: Sequence[pb.Step]) -> None:
-    """The item outputs a whole read left out (past its budget), filled in from the items'
-    pages, so that --json shows every item's output as before."""
+async def _with_outputs(c: Clients, run_id: str, steps: Sequence[pb.Step]) -> None:
+    """The outputs a whole read left out (past its budget) filled in: the steps' own (and their
+    alternatives) read step by step, the items' from their pages, so that --json shows every
+    output whole as before."""
+    await c.runs.fill_left_out_steps(steps)
     for step in steps:
         left_out = [i.index for i in step.items if i.output_left_out]
         if not left_out or not run_id:
@@ -317,7 +319,7 @@ async def run_show(run_id: str, as_json: bool = JSON) -> None:
     async with connect() as c:
         run = await c.runs.get_run(run_id)
         if as_json:  # the steps are the latest run's, whose items ListStepItems lists
-            await _with_item_outputs(c, run.superseded_by or run.id, run.steps)
+            await _with_outputs(c, run.superseded_by or run.id, run.steps)
     if as_json:
         render.as_json(run)
         return

@@ -55,7 +55,10 @@ def step(s: pb.Step) -> dict[str, Any]:
         "reviews": list(spec.reviews),
         "tool": spec.tool,
         "status": s.status,
-        "output": s.output,
+        # null: a whole read left it out (its budget), and the alternatives with it; the
+        # step's own route (GET /v1/steps/{id}) has them
+        "output": None if s.output_left_out else s.output,
+        "output_left_out": s.output_left_out,
         "error": s.error or None,
         "auto_generated": s.auto_generated,
         "truncated": s.truncated,

@@ -1,5 +1,5 @@
-"""/v1/steps: retry (and retry from here, with changed limits or providers), choose an
-alternative."""
+"""/v1/steps: one step whole, retry (and retry from here, with changed limits or providers),
+choose an alternative."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ class RetryBody(Body):
 
 class SelectBody(Body):
     index: StrictInt = Field(ge=0, le=INT32_MAX)
+
+
+@router.get("/{step_id}")
+async def get_step(step_id: str, services: Clients) -> dict[str, Any]:
+    """One step whole: its output and alternatives even where the run's or workflow's read
+    left them out (`output: null`, `output_left_out`: past that read's budget)."""
+    return convert.step(await services.runs.get_step(step_id))
 
 
 @router.post("/{step_id}/retry", status_code=201)

@@ -81,6 +81,8 @@ export const listStepItems = (runId, stepId, fromIndex, limit) =>
  * as the stream's data, with its seq and type; more to be had while last_seq is beyond them). */
 export const listRunEvents = (runId, afterSeq) =>
   api(`/v1/runs/${id(runId)}/events/stored?after_seq=${afterSeq}`);
+/** One step whole: its output and alternatives where a run's read left them out (null). */
+export const getStep = (stepId) => api(`/v1/steps/${id(stepId)}`);
 export const pauseRun = (runId) => api(`/v1/runs/${id(runId)}/pause`, { method: "POST" });
 export const cancelRun = (runId) => api(`/v1/runs/${id(runId)}/cancel`, { method: "POST" });
 // `changes`: what to change in the step first, e.g. { max_tokens: 16384 } or { providers: ["google"] }.

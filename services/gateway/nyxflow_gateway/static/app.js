@@ -341,6 +341,7 @@ async function showList() {
 const STEP_RANK = { pending: 0, running: 1 };
 const ITEMS_PER_CALL = 500; // the most the API gives at once
 const WATCH_MS = 5000; // how often a workflow shown without a run followed is read again
+const STEP_AGAIN_MS = 3000; // after a failed fetch of a left-out step, when it is tried again
 const rank = (status) => STEP_RANK[status] ?? 2;
 
 function showDetail(workflowId) {
@@ -363,6 +364,10 @@ function showDetail(workflowId) {
     itemsTimer: 0,
     itemsBusy: false, // a fetch of items is on: the next waits for it
     itemsAgain: false, // items were announced meanwhile
+    stepsBusy: false, // a fetch of left-out steps is on: the next waits for it
+    stepsAgain: false, // more steps were read without their output meanwhile
+    stepsAsked: new Map(), // step id → the result (resultKey) its whole step was fetched for
+    stepsTimer: 0, // a failed fetch of a left-out step tried again
   };
   const stepEls = new Map(); // step id → { details, pill, parts… }
   const drawn = new WeakMap(); // element → the key of what it shows (redraw)
@@ -431,6 +436,7 @@ function showDetail(workflowId) {
     document.removeEventListener("visibilitychange", watchForRun);
     clearTimeout(state.refreshTimer);
     clearTimeout(state.itemsTimer);
+    clearTimeout(state.stepsTimer);
     cancelAnimationFrame(state.frame);
     stopFollowing();
   }
@@ -524,6 +530,7 @@ function showDetail(workflowId) {
       else stopFollowing();
       if (run && !ACTIVE_STATUSES.has(run.status) && state.notesRun !== run.id) loadNotes(run.id);
       if (state.steps.some((step) => lackingRanges(step).length)) fetchItemsSoon(0); // left out
+      fetchStepsSoon();
       renderHead();
     } catch (e) {
       if (state.gone || state.missing || handleAuth(e)) return;
@@ -592,14 +599,14 @@ function showDetail(workflowId) {
   function mergeSteps(fresh) {
     const next = fresh.map((incoming) => {
       const local = byId(incoming.id);
-      if (!local) return { ...incoming };
+      if (!local) return keepWhole(null, incoming);
       const items = keepLoaded(local.items, incoming.items);
-      if (rank(incoming.status) > rank(local.status)) return { ...local, ...incoming, items, guessed: false };
+      if (rank(incoming.status) > rank(local.status)) return { ...local, ...keepWhole(local, incoming), items, guessed: false };
       if (rank(incoming.status) < rank(local.status) || local.status === "running") {
         // What a guessed step lacks (its provider, persona…) comes from the snapshot.
         return { ...incoming, ...local, items: mergeItems(local.items, incoming.items), guessed: false };
       }
-      return { ...local, ...incoming, items, progress: local.progress, notes: local.notes, guessed: false };
+      return { ...local, ...keepWhole(local, incoming), items, progress: local.progress, notes: local.notes, guessed: false };
     });
     // A step generated after this snapshot was taken is kept until the next one has it.
     for (const local of state.steps) {
@@ -636,9 +643,83 @@ function showDetail(workflowId) {
   function replaceSteps(fresh) {
     state.steps = fresh.map((s) => {
       const local = byId(s.id);
-      return { ...s, items: keepLoaded(local?.items, s.items), notes: local?.notes };
+      return { ...keepWhole(local, s), items: keepLoaded(local?.items, s.items), notes: local?.notes };
     });
     renderSteps();
+  }
+
+  /** What a step's output and alternatives are of: the same key, the same text. */
+  const resultKey = (s) => JSON.stringify([
+    s.status, s.selected_index || 0, s.input_tokens || 0, s.output_tokens || 0,
+    s.served_by || null, Boolean(s.truncated), s.finish_reason || null,
+  ]);
+
+  /** `incoming` (a step as a whole read gave it) with the output and alternatives that read
+   * left out (output null: past its budget) taken from `local` where the page has them whole
+   * for the same result, rather than fetched again. `whole`: nothing of them is missing. */
+  function keepWhole(local, incoming) {
+    if (incoming.output != null) return { ...incoming, whole: true };
+    if (local?.whole && local.output != null && resultKey(local) === resultKey(incoming)) {
+      return { ...incoming, output: local.output, alternatives: local.alternatives || [], output_left_out: false, whole: true };
+    }
+    return { ...incoming, whole: false };
+  }
+
+  /** A step whose output the page shows and lacks: a running one's comes with its events, a
+   * pending one has none, and a fan-out with items shows those instead. */
+  const lacksOutput = (step) => step.output == null && step.status !== "running" && step.status !== "pending"
+    && !(step.kind === "fan_out" && (step.items || []).length > 0);
+
+  /** The steps a whole read left out (output null), each fetched whole once for its result
+   * (stepsAsked), one at a time: a later read that leaves it out again keeps what was fetched
+   * (keepWhole). A fetch that fails is tried again a little later; a step gone meanwhile (404)
+   * has the workflow read again, which drops it or says the workflow is gone. */
+  async function fetchStepsSoon() {
+    if (state.stepsBusy) {
+      state.stepsAgain = true;
+      return;
+    }
+    clearTimeout(state.stepsTimer);
+    state.stepsTimer = 0;
+    const wanted = state.steps.filter((step) => lacksOutput(step) && state.stepsAsked.get(step.id) !== resultKey(step));
+    if (!wanted.length || state.gone || state.missing) return;
+    state.stepsBusy = true;
+    let again = false;
+    let gone = false;
+    try {
+      for (const { id: stepId } of wanted) {
+        const step = byId(stepId);
+        if (!step || !lacksOutput(step)) continue;
+        const key = resultKey(step);
+        state.stepsAsked.set(stepId, key);
+        let whole;
+        try {
+          whole = await API.getStep(stepId);
+        } catch (e) {
+          if (handleAuth(e)) return;
+          if (e instanceof ApiError && e.status === 404) gone = true;
+          else {
+            if (state.stepsAsked.get(stepId) === key) state.stepsAsked.delete(stepId);
+            again = true;
+          }
+          continue;
+        }
+        if (state.gone) return;
+        // The step as shown now: it may have changed meanwhile (a later read, its events).
+        const shown = byId(stepId);
+        if (shown && shown.output == null && resultKey(shown) === resultKey(whole)) {
+          Object.assign(shown, { output: whole.output ?? "", alternatives: whole.alternatives, output_left_out: false, whole: true });
+          markDirty(stepId);
+        }
+      }
+    } finally {
+      state.stepsBusy = false;
+      if (state.stepsAgain) {
+        state.stepsAgain = false;
+        fetchStepsSoon();
+      } else if (again && !state.gone) state.stepsTimer = setTimeout(fetchStepsSoon, STEP_AGAIN_MS);
+    }
+    if (gone && !state.gone) reload();
   }
 
   function refreshSoon(delay = 250) {
@@ -653,6 +734,7 @@ function showDetail(workflowId) {
         state.run = { ...run, status: state.run?.status ?? run.status };
         mergeSteps(run.steps);
         if (state.steps.some((step) => lackingRanges(step).length)) fetchItemsSoon(0); // left out
+        fetchStepsSoon();
         renderHead();
       } catch (e) {
         handleAuth(e);
@@ -761,6 +843,7 @@ function showDetail(workflowId) {
           status: "running", output: "", error: null, truncated: false, finish_reason: null,
           input_tokens: 0, output_tokens: 0, served_by: null, alternatives: [], items: step.items || [],
           selected_index: 0, started_at: epochIso(data.at), finished_at: null, progress: null, notes: [],
+          output_left_out: false, whole: false,
         });
         streamed[step.id] = "";
         if (!stepEls.has(step.id)) renderSteps();
@@ -772,7 +855,7 @@ function showDetail(workflowId) {
             step.output = "";
             streamed[step.id] = "";
           } else {
-            step.output += data.text || "";
+            step.output = (step.output ?? "") + (data.text || "");
             streamed[step.id] = (streamed[step.id] || "") + (data.text || "");
           }
         }
@@ -799,6 +882,8 @@ function showDetail(workflowId) {
           finish_reason: data.finish_reason || null, input_tokens: data.input_tokens || 0,
           output_tokens: data.output_tokens || 0, served_by: data.served_by || null,
           finished_at: epochIso(data.at),
+          // its output came with it (a fan-out's does not: its items do), its alternatives do not
+          whole: data.output !== undefined && (data.alternatives || 0) <= 1,
         });
         if ((data.alternatives || 0) > 1 || step.guessed) refreshSoon(0);
         else if (data.items) fetchItemsSoon(0); // the last items' outputs, not the whole run
@@ -1124,7 +1209,8 @@ function showDetail(workflowId) {
 
     // A delta costs what it adds: the finished blocks of the text stay as they were rendered.
     const output = step.output || "";
-    const shown = output ? `${status !== "running"}` : status === "running" ? "Waiting for output…" : "No output yet.";
+    const shown = output ? `${status !== "running"}` : status === "running" ? "Waiting for output…"
+      : lacksOutput(step) ? "Done; loading the output…" : "No output yet.";
     if (r.output !== output || r.shown !== shown) {
       r.output = output;
       r.shown = shown;
