@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ def create_engine(url: str) -> AsyncEngine:
             parsed, pool_size=10, max_overflow=10, pool_recycle=1800, connect_args=arguments
         )
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _open_once(Path(parsed.database))
     # Only the runs service opens the file: one connection serialises its writes without
     # SQLITE_BUSY; WAL lets other readers (the CLI, tests) look in meanwhile.
     engine = _async_engine(
@@ -103,13 +104,36 @@ def create_engine(url: str) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
+        # first: switching a fresh file to WAL takes a lock another starting process may hold
+        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     return engine
+
+
+def _open_once(path: Path) -> None:
+    """The SQLite file made (and its folder), or a refusal naming the setting: a folder that
+    cannot be made was an OSError's traceback. Opened here, in this thread, because
+    aiosqlite's failed open leaves its worker posting to the loop a prompt refusal has
+    closed: a traceback after the one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = "a file is in the way" if isinstance(error, FileExistsError) else error.strerror
+        raise InvalidArgument(
+            f"cannot make the SQLite file's folder {path.parent}: {reason}", field=SETTING
+        ) from None
+    try:
+        sqlite3.connect(path).close()
+    except sqlite3.Error as error:
+        raise _unopenable(path, error) from None
+
+
+def _unopenable(path: object, reason: object) -> InvalidArgument:
+    return InvalidArgument(f"cannot open the SQLite file {path}: {reason}", field=SETTING)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -126,6 +150,10 @@ async def wait_for_database(engine: AsyncEngine, timeout_s: float) -> None:
                 await connection.execute(text("SELECT 1"))
             return
         except (OSError, DBAPIError) as error:
+            if engine.dialect.name == "sqlite":
+                # a local file no one else brings up: waiting only delayed the refusal
+                reason = error.orig if isinstance(error, DBAPIError) else error
+                raise _unopenable(engine.url.database, reason) from None
             if time.monotonic() + delay > deadline:
                 raise Unavailable(f"database unreachable for {timeout_s:.0f} s: {error}") from None
             log.warning("waiting for the database", extra={"action": "start", "error": str(error)})
