@@ -95,3 +95,34 @@ def test_ids_are_printed_whole_on_a_narrow_terminal(
     for one in ids:
         assert one in out, out
     assert "…" not in out  # the rest is folded onto more lines, not cut
+
+
+@pytest.mark.parametrize("columns", ["80", "100", "300"])
+def test_every_column_of_the_run_and_workflow_lists_is_readable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, columns: str
+) -> None:
+    """At 80 columns (any pipe) the two whole ids left status, events and error no width at
+    all: `nyxflow run list | grep failed` found nothing. A run's id and status share a line."""
+    monkeypatch.setenv("COLUMNS", columns)
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    render.runs_table(
+        [
+            pb.Run(
+                id=ids[0], workflow_id=ids[1], status="cancelled", error="orphaned", last_seq=12345
+            )
+        ]
+    )
+    render.workflows_table(
+        [pb.Workflow(id=ids[2], name="Demo", status="completed", last_run_id=ids[3])]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= int(columns) for line in lines), "\n".join(lines)
+    found = [line for line in lines if "cancelled" in line]
+    assert len(found) == 1 and ids[0] in found[0] and "12345" in found[0], "\n".join(lines)
+    assert "orphaned" in found[0]
+    found = [line for line in lines if "completed" in line]
+    assert len(found) == 1 and ids[2] in found[0] and "Demo" in found[0], "\n".join(lines)
+    for heading in ("status", "events", "error", "name", "steps", "workflow", "last run"):
+        assert heading in "\n".join(lines)
+    for one in ids:
+        assert one in "\n".join(lines)

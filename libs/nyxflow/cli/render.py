@@ -59,19 +59,43 @@ def as_json(message: Message | list[Message]) -> None:
 
 
 ID_WIDTH = 36  # a UUID's
+# Columns of a word or a number, printed whole on one line: folded to nothing beside two
+# whole ids, `run list | grep failed` found no run.
+SHORT_WIDTHS = {"status": 9, "events": 6, "steps": 5}
+# Beside whole ids, what a folded column (a name, an error) keeps at the least.
+FOLDED_WIDTH = 12
 
 
 def make_table(*headings: str, ids: tuple[str, ...] = ("id",)) -> Table:
     """A table whose id columns are printed whole, on one line, however narrow the terminal
-    (the README's commands take them as copied from here), and whose other cells are folded
-    rather than cut with an ellipsis."""
+    (the README's commands take them as copied from here), whose short columns are whole
+    too, and whose other cells are folded rather than cut with an ellipsis."""
     grid = Table()
     for heading in headings:
         whole = heading in ids
+        short = SHORT_WIDTHS.get(heading)
         grid.add_column(
-            heading, no_wrap=whole, min_width=ID_WIDTH if whole else None, overflow="fold"
+            heading,
+            no_wrap=whole or short is not None,
+            min_width=ID_WIDTH if whole else short,
+            overflow="fold",
         )
     return grid
+
+
+def id_table(first: str, second: str, *others: str) -> tuple[Table, bool]:
+    """A table led by two whole id columns, and whether the second is stacked under the first
+    (in its cell): side by side they would leave the `others` too little room here."""
+    room = sum(SHORT_WIDTHS.get(heading, FOLDED_WIDTH) for heading in others)
+    columns = 2 + len(others)  # each with a border and a space either side
+    if out.width < 2 * ID_WIDTH + room + 3 * columns + 1:
+        heading = f"{first} / {second}"
+        return make_table(heading, *others, ids=(heading,)), True
+    return make_table(first, second, *others, ids=(first, second)), False
+
+
+def id_cells(first: str, second: str, stacked: bool) -> tuple[str, ...]:
+    return (f"{first}\n{second}",) if stacked else (first, second)
 
 
 def add_row(table: Table, *cells: Part) -> None:
@@ -80,9 +104,10 @@ def add_row(table: Table, *cells: Part) -> None:
 
 
 def workflows_table(workflows: list[Any]) -> None:
-    table = make_table("id", "name", "steps", "status", "last run", ids=("id", "last run"))
+    table, stacked = id_table("id", "last run", "name", "steps", "status")
     for w in workflows:
-        add_row(table, w.id, w.name, str(len(w.steps)), status(w.status), w.last_run_id or "-")
+        ids = id_cells(w.id, w.last_run_id or "-", stacked)
+        add_row(table, *ids, w.name, str(len(w.steps)), status(w.status))
     out.print(table)
 
 
@@ -112,7 +137,8 @@ def steps_table(steps: list[Any]) -> None:
 
 
 def runs_table(runs: list[Any]) -> None:
-    table = make_table("id", "workflow", "status", "events", "error", ids=("id", "workflow"))
+    table, stacked = id_table("id", "workflow", "status", "events", "error")
     for r in runs:
-        add_row(table, r.id, r.workflow_id, status(r.status), str(r.last_seq), r.error or "")
+        ids = id_cells(r.id, r.workflow_id, stacked)
+        add_row(table, *ids, status(r.status), str(r.last_seq), r.error or "")
     out.print(table)
