@@ -7,7 +7,7 @@ import asyncio
 import json
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from tests.support.databases import fresh_database
 from tests.support.eventually import eventually
 from tests.support.gateway_api import create_workflow, start_run, steps
 from tests.support.ports import free_port
-from tests.support.processes import ProcessStack
+from tests.support.processes import LEASE_TTL_S, ProcessStack
 
 FINISHED = frozenset(ev.FINISHED_RUN_STATUSES)
 # The engine retries writes for NYXFLOW_WRITE_RETRY_S (30 s): runs must settle well before.
@@ -66,6 +66,30 @@ def own_pg() -> Iterator[OwnPostgres]:
 
 @pytest.mark.timeout(150)
 async def test_postgresql_restarted_mid_run(own_pg: OwnPostgres, tmp_path: Path) -> None:
+    await _runs_across_an_outage(own_pg, tmp_path, "restart", own_pg.restart_fast)
+
+
+# Long enough that every lease has run out by the database's clock before it is back: the
+# engine can renew none meanwhile, so each run's fate is decided by who gets there first, the
+# sweeper or the engine's retried heartbeat.
+DOWN_S = 3 * LEASE_TTL_S
+
+
+@pytest.mark.timeout(170)
+async def test_postgresql_down_past_the_lease(own_pg: OwnPostgres, tmp_path: Path) -> None:
+    def outage() -> None:
+        own_pg.ctl("-m", "fast", "-w", "stop")
+        time.sleep(DOWN_S)
+        own_pg.start()
+
+    await _runs_across_an_outage(own_pg, tmp_path, "down", outage)
+
+
+async def _runs_across_an_outage(
+    own_pg: OwnPostgres, tmp_path: Path, name: str, outage: Callable[[], None]
+) -> None:
+    """Three runs two steps in when PostgreSQL goes (`outage`, in a thread): each ends
+    completed, or failed with its error stored, its stream whole; then a new run completes."""
     with stack_on(own_pg.url, tmp_path, shared_redis_url(), {}) as stack:
         dsn = stack.database_url
         async with httpx.AsyncClient(
@@ -74,7 +98,7 @@ async def test_postgresql_restarted_mid_run(own_pg: OwnPostgres, tmp_path: Path)
             run_ids = []
             for i in range(3):
                 workflow = await create_workflow(
-                    http, stack, f"pg-{i}", steps(15, tokens=5, token_delay_ms=20)
+                    http, stack, f"pg-{name}-{i}", steps(15, tokens=5, token_delay_ms=20)
                 )
                 run_ids.append(await start_run(http, stack, workflow["id"]))
             readers = [asyncio.create_task(timed_events(http, stack, r)) for r in run_ids]
@@ -83,21 +107,21 @@ async def test_postgresql_restarted_mid_run(own_pg: OwnPostgres, tmp_path: Path)
                     lambda r=run_id: _completed_steps(dsn, r),  # type: ignore[misc]
                     lambda n: n >= 2,
                     timeout_s=20,
-                    what="two steps done before the restart",
+                    what=f"two steps done before the {name}",
                 )
             for run_id in run_ids:
                 assert (await run_row(dsn, run_id))["status"] == ev.RUNNING
-            await asyncio.to_thread(own_pg.restart_fast)
+            await asyncio.to_thread(outage)
 
             for run_id, reader in zip(run_ids, readers, strict=True):
                 await wait_status(dsn, run_id, FINISHED, SETTLE_S)
                 received = await asyncio.wait_for(reader, 20)
                 run = await _check_stream(dsn, run_id, received)
-                print(f"run across the restart: {run['status']} {run['error']!r}")
+                print(f"run across the {name}: {run['status']} {run['error']!r}")
             await assert_invariants(dsn)
 
             # The stack is healthy again: a new run completes.
-            workflow = await create_workflow(http, stack, "pg-after", steps(3, tokens=5))
+            workflow = await create_workflow(http, stack, f"pg-{name}-after", steps(3, tokens=5))
             run_id = await start_run(http, stack, workflow["id"])
             received = await timed_events(http, stack, run_id)
             run = await _check_stream(dsn, run_id, received)
@@ -196,13 +220,22 @@ async def _steps_done(dsn: str, run_id: str, count: int, what: str) -> None:
 
 
 @pytest.mark.timeout(120)
-async def test_runs_service_restarted_mid_run(http: httpx.AsyncClient, stack: ProcessStack) -> None:
+@pytest.mark.parametrize("followed_through", ["Execute", "WatchRun"])
+async def test_runs_service_restarted_mid_run(
+    http: httpx.AsyncClient, stack: ProcessStack, followed_through: str
+) -> None:
+    """Browsers follow the run through the engine's Execute (their gateway started it), or
+    through runs' WatchRun (it was started on the engine directly): the latter's streams go
+    through the very service being restarted."""
     dsn = stack.database_url
     workflow = await create_workflow(
-        http, stack, "runs-restart", steps(20, tokens=5, token_delay_ms=20)
+        http, stack, f"runs-restart-{followed_through}", steps(20, tokens=5, token_delay_ms=20)
     )
     run_id = await start_run(http, stack, workflow["id"])
-    reader = asyncio.create_task(timed_events(http, stack, run_id))
+    if followed_through == "WatchRun":
+        async with grpc_clients(stack.runs_addr, stack.engine_addr) as (_, engines):
+            await start_on_engine(engines[0], run_id)
+    readers = [asyncio.create_task(timed_events(http, stack, run_id)) for _ in range(3)]
     await eventually(
         lambda: _completed_steps(dsn, run_id),
         lambda n: n >= 3,
@@ -212,7 +245,8 @@ async def test_runs_service_restarted_mid_run(http: httpx.AsyncClient, stack: Pr
     assert (await run_row(dsn, run_id))["status"] == ev.RUNNING
     await asyncio.to_thread(stack.restart, "runs")
     await wait_status(dsn, run_id, FINISHED, SETTLE_S)
-    await _check_stream(dsn, run_id, await asyncio.wait_for(reader, 20))
+    for reader in readers:
+        await _check_stream(dsn, run_id, await asyncio.wait_for(reader, 20))
     # Retried with backoff: a call's first wait is 0.1 s, its fourth 0.8 s, each jittered by
     # half either way.
     retries = [
