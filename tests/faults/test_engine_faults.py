@@ -90,6 +90,23 @@ async def _items_of(dsn: str, workflow_id: str) -> dict[int, str]:
     return {r["item_index"]: r["output"] for r in rows}
 
 
+async def _done_rows(dsn: str, workflow_id: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """The workflow's completed steps (id, output, finished_at) and its items (id, output),
+    by id, as the database holds them."""
+    steps_done = await fetch(
+        dsn,
+        "SELECT id, output, finished_at FROM steps WHERE workflow_id = $1 AND status = 'completed'",
+        workflow_id,
+    )
+    items = await fetch(
+        dsn,
+        "SELECT i.id, i.item_index, i.output FROM step_items i JOIN steps s ON s.id = i.step_id"
+        " WHERE s.workflow_id = $1",
+        workflow_id,
+    )
+    return {"steps": {r["id"]: r for r in steps_done}, "items": {r["id"]: r for r in items}}
+
+
 async def _execute_until(
     engine: EngineClient, run_id: str, fan: bool, target: int, rng: random.Random
 ) -> list[Any]:
@@ -145,11 +162,14 @@ async def test_sigkill_engine_replicas_at_random_moments(
                 run_id = await start_run(http, stack, workflow["id"])
                 # Enough left after the target (and the random wait) that the kill lands mid-run:
                 # 13 items two at a time, 200 ms each; 30 steps of 50 ms.
-                target = rng.randint(0, 10) if fan else rng.randint(1, 24)
+                # 0: the kill lands in the first step (the source, in a fan-out) or just after;
+                # the first chain always has it.
+                target = rng.randint(0, 10) if fan else 0 if round_ == 1 else rng.randint(0, 24)
                 seen = await _execute_until(engines[victim], run_id, fan, target, rng)
                 claimers = (engine_id(stack, names[victim]), engine_id(stack, names[survivor]))
                 killed_at = await db_clock(dsn)  # read just before: the bound is not flattered
                 stack.kill(names[victim])
+                done_at_kill = await _done_rows(dsn, workflow["id"])
                 kind = (
                     f"{'fan-out' if fan else 'chain'}, on_orphan {'resume' if resume else 'fail'}"
                 )
@@ -181,6 +201,13 @@ async def test_sigkill_engine_replicas_at_random_moments(
                     elif event.type == ev.FAN_OUT_PROGRESS:
                         data = _json(event.data_json)
                         assert data["index"] in final_items, context
+                # What was done in the database at the kill is there as it was: not lost, not
+                # done again (a step redone has a new finished_at, an item redone a new row).
+                done_now = await _done_rows(dsn, workflow["id"])
+                for table, rows in done_at_kill.items():
+                    changed = {k: (v, done_now[table].get(k)) for k, v in rows.items()}
+                    changed = {k: pair for k, pair in changed.items() if pair[0] != pair[1]}
+                    assert not changed, f"{context}: {table} changed since the kill: {changed}"
                 if fan:
                     assert sorted(final_items) == list(range(13)), context
                 assert {s["status"] for s in final_steps.values()} == {ev.COMPLETED}, context
@@ -482,12 +509,73 @@ async def test_frozen_engine_is_failed_once_by_two_sweeping_runs_replicas(
     await assert_invariants(dsn)
     # Both replicas were sweeping (each logs what it swept); each run was swept by one of them,
     # once.
-    sweeps = Counter(
-        e["run_id"]
+    by_replica = {
+        name: [
+            e["run_id"]
+            for e in log_entries(stack.log_text(name), "swept orphaned run")
+            if e["run_id"] in run_ids
+        ]
         for name in ("runs", "runs2")
-        for e in log_entries(stack.log_text(name), "swept orphaned run")
-    )
-    assert [sweeps[r] for r in run_ids] == [1] * 4, sweeps
+    }
+    sweeps = Counter(r for swept in by_replica.values() for r in swept)
+    assert [sweeps[r] for r in run_ids] == [1] * 4, by_replica
+    # Which replica got there first is the race's to decide (both often do): not asserted.
+    print(f"swept by runs/runs2: {len(by_replica['runs'])}/{len(by_replica['runs2'])}")
+
+
+async def test_frozen_engines_resumable_run_is_requeued_once_and_finished_by_another(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """Scenario 8 with `on_orphan: resume`: two runs replicas sweep the frozen engine's run,
+    which is requeued once in total (one event, one replica's log line), claimed and finished
+    by a second engine; after SIGCONT nothing the zombie sends lands."""
+    dsn = stack.database_url
+    stack.add_replica("runs2", "runs", NYXFLOW_RUNS_LISTEN=f"127.0.0.1:{free_port()}")
+    stack.add_replica("engine2", "engine", NYXFLOW_ENGINE_LISTEN=f"127.0.0.1:{free_port()}")
+    stack.start("runs2")
+    try:
+        workflow = await create_workflow(
+            http, stack, "frozen-resume", steps(4, tokens=40, token_delay_ms=20),
+            on_orphan="resume",
+        )  # fmt: skip
+        run_id = await start_run(http, stack, workflow["id"])
+        await read_events(http, f"/v1/runs/{run_id}/events", stack.headers, limit=3)
+        frozen_id = engine_id(stack, "engine")
+        stack.signal("engine", signal.SIGSTOP)
+        try:
+            stack.start("engine2")  # the only live engine: the requeued run can go nowhere else
+            claimers = [frozen_id, engine_id(stack, "engine2")]
+            done = await wait_status(dsn, run_id, FINISHED, 30)
+            assert (done["status"], done["error"]) == (ev.COMPLETED, None), done
+            before = await _written_for(dsn, run_id)
+            stack.signal("engine", signal.SIGCONT)
+            await asyncio.sleep(LEASE_TTL_S)  # its heartbeats and writes all come due now
+            assert await _written_for(dsn, run_id) == before
+        finally:
+            stack.restart("engine")
+        events = before["events"]
+        types = _types(events)
+        assert types.count(ev.RUN_REQUEUED) == 1 and ev.RUN_FAILED not in types, types
+        owners = [_json(e["data"])["owner"] for e in events if e["type"] == ev.RUN_STARTED]
+        assert owners == claimers, owners
+        # Each step completed once over the whole stream (the one in flight may start twice).
+        done_steps = Counter(
+            _json(e["data"])["name"] for e in events if e["type"] == ev.STEP_COMPLETED
+        )
+        assert done_steps == Counter({f"s{i}": 1 for i in range(4)}), done_steps
+    finally:
+        stack.kill("engine2")
+        stack.kill("runs2")
+    await assert_invariants(dsn)
+    requeues = [
+        e
+        for name in ("runs", "runs2")
+        for e in log_entries(
+            stack.log_text(name), "swept orphaned run, requeued for another engine"
+        )
+        if e["run_id"] == run_id
+    ]
+    assert len(requeues) == 1, requeues
 
 
 async def _start_long_fan_out(http: httpx.AsyncClient, stack: ProcessStack, name: str) -> str:
