@@ -1,6 +1,7 @@
 """Random and boundary messages for the engine's one call, Engine.Execute, through the real
 embedded engine and runs services on both backends: random, empty, huge and NUL run ids,
-another tenant's run, a run that is not pending, and credentials that are wrong in every way.
+another tenant's run, a run that is not pending, and credentials that are wrong in every way
+(the internal credentials included, even the right ones: Execute takes a tenant's key only).
 Every answer is a clean refusal (never UNKNOWN / INTERNAL, never a hang), an INVALID_ARGUMENT
 names `run_id`, and no run starts that should not: the test's own pending run stays pending,
 with no event, until its own key executes it, once."""
@@ -113,19 +114,21 @@ async def test_execute_another_tenants_run(
     stranger: NewTenant,
     as_engine: bool,
 ) -> None:
-    """Another tenant's run is NOT_FOUND to this tenant's key, and to the engine's credentials
-    for this tenant: it stays pending."""
+    """Another tenant's run is NOT_FOUND to this tenant's key, and the engine's credentials for
+    this tenant are refused: it stays pending."""
     theirs = bearer_metadata(stranger.api_key)
     run = await pending_run(runs, theirs)
     ours = await pending_run(runs)
     caller = internal_metadata(SECRET, ours.tenant_id) if as_engine else md()
-    assert await execute(engine, run.id, caller) is None
+    allowed = UNAUTHENTICATED if as_engine else REFUSALS
+    assert await execute(engine, run.id, caller, allowed) is None
     await untouched(runs, run, theirs)
     await untouched(runs, ours)
 
 
 def bad_credentials(tenant_id: str) -> st.SearchStrategy[Metadata]:
-    """Metadata that carries no right to run `tenant_id`'s runs."""
+    """Metadata that carries no right to run `tenant_id`'s runs: Execute takes a tenant's key
+    only, so the internal credentials are refused even for the run's own tenant."""
     return st.one_of(
         st.just(()),
         HEADER.map(lambda v: (("authorization", v),)),
@@ -134,10 +137,11 @@ def bad_credentials(tenant_id: str) -> st.SearchStrategy[Metadata]:
         st.just(engine_md()),  # the secret with no tenant
         st.just(internal_md()),  # the secret for a tenant that is not the run's
         st.uuids().map(lambda u: internal_metadata(SECRET, str(u))),
+        st.just(internal_metadata(SECRET, tenant_id)),  # right, but not a tenant's key
         st.sampled_from(
             [(("authorization", "Basic dGVzdC1rZXk="),), (("authorization", "bearer  "),)]
         ),
-    ).filter(lambda metadata: metadata != internal_metadata(SECRET, tenant_id))
+    )
 
 
 @FUZZ
@@ -164,7 +168,8 @@ async def test_execute_with_bad_credentials(
 async def test_execute_a_run_that_is_not_pending(
     runs: runs_pb2_grpc.RunsStub, engine: engine_pb2_grpc.EngineStub, state: str, as_engine: bool
 ) -> None:
-    """FAILED_PRECONDITION, and the run keeps its status and its events."""
+    """FAILED_PRECONDITION to its tenant's key (UNAUTHENTICATED to the engine's credentials),
+    and the run keeps its status and its events."""
     run = await pending_run(runs)
     if state == "claimed":
         claim = runs_pb2.ClaimRunRequest(run_id=run.id, owner="another", lease_ttl_s=60)
@@ -175,7 +180,7 @@ async def test_execute_a_run_that_is_not_pending(
         await runs.PauseRun(runs_pb2.PauseRunRequest(run_id=run.id), **kw())
     before = await runs.GetRun(runs_pb2.GetRunRequest(run_id=run.id, brief=True), **kw())
     caller: Any = internal_metadata(SECRET, run.tenant_id) if as_engine else md()
-    allowed = frozenset({grpc.StatusCode.FAILED_PRECONDITION})
+    allowed = UNAUTHENTICATED if as_engine else frozenset({grpc.StatusCode.FAILED_PRECONDITION})
     assert await execute(engine, run.id, caller, allowed) is None
     after = await runs.GetRun(runs_pb2.GetRunRequest(run_id=run.id, brief=True), **kw())
     assert (after.status, after.last_seq) == (before.status, before.last_seq)
