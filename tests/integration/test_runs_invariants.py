@@ -1314,7 +1314,9 @@ async def test_a_run_completing_as_a_new_one_is_asked_for_leaves_nothing_to_run(
 ) -> None:
     """The stampede's race: the new run's check read the steps before the latest run's
     completion committed, and its insert, let through by that commit, made a run of a
-    workflow with nothing left to run."""
+    workflow with nothing left to run. The run is active until that commit: the new one is
+    refused at once, without waiting on the run's row while it holds the workflow's (which
+    deadlocked with a cancel of that run)."""
     _, run, _ = await claimed(runs, steps=2, name="racing")
     finishing = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
     try:
@@ -1325,12 +1327,11 @@ async def test_a_run_completing_as_a_new_one_is_asked_for_leaves_nothing_to_run(
             run.workflow_id,
         )
         await finishing.execute("UPDATE runs SET status = 'completed' WHERE id = $1", run.id)
-        asked = asyncio.create_task(runs.runs.create_run(run.workflow_id))
-        await asyncio.sleep(1.0)
-        assert not asked.done(), "the insert waits for the finishing transaction"
+        with pytest.raises(FailedPrecondition, match=f"has an active run {run.id}"):
+            await asyncio.wait_for(runs.runs.create_run(run.workflow_id), timeout=5)
         await finish.commit()
         with pytest.raises(FailedPrecondition, match="every step completed"):
-            await asked
+            await runs.runs.create_run(run.workflow_id)
     finally:
         await finishing.close()
     listed = await runs.runs.list_runs(run.workflow_id)

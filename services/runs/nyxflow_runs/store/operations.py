@@ -308,17 +308,21 @@ class Operations(StoreBase):
         data: dict[str, Any] = {"status": status}
         if error:
             data["error"] = error
-        written = await self._append(
-            session, run, [Draft(ev.TERMINAL_EVENT_FOR_STATUS[status], data)]
-        )
+        # Read before any change, so that its autoflush writes nothing: the run's row is
+        # written once, by `_append`'s flush. A second UPDATE of a row version this
+        # transaction made re-checks its foreign key (FOR KEY SHARE on the workflow row),
+        # and deadlocked with a CreateRun holding that row.
+        finished_at = await session.scalar(select(db_now()))
         run.status = status
         run.error = error or None
         run.token += 1  # fence out whoever held the run
         run.lease_owner = None
         run.lease_expires_at = None
         run.pause_requested = False
-        run.finished_at = await session.scalar(select(db_now()))
-        await session.flush()
+        run.finished_at = finished_at
+        written = await self._append(
+            session, run, [Draft(ev.TERMINAL_EVENT_FOR_STATUS[status], data)]
+        )
         await self._settle_running_steps(session, [run.workflow_id], status, error)
         return written
 

@@ -340,6 +340,10 @@ class Workflows(StoreBase):
             async with self._scoped(tenant_id, write=True) as session:
                 # Locked: a project's move to another tenant is waited for, then seen.
                 await self._workflow(session, tenant_id, workflow_id, lock=True)
+                # Refused here, not by the insert: that waits on the active run's row while
+                # this holds the workflow's, and a cancel or pause of that run, which checks
+                # its foreign key on the workflow's row, deadlocked with it.
+                await self._require_idle(session, workflow_id)
                 previous = await self._latest_run(session, workflow_id)
                 await self._something_to_run(session, previous, workflow_id)
                 run = Run(tenant_id=tenant_id, workflow_id=workflow_id, status=ev.PENDING)
