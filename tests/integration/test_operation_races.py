@@ -4,6 +4,7 @@ answers what it would alone, never a deadlock (UNAVAILABLE) or INTERNAL."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -126,3 +127,40 @@ async def test_engine_ending_a_run_while_create_run(runs: Clients) -> None:
         await engine[0].record(run_id, token, [started], finish_status=ev.FAILED, finish_error="x")
 
     assert await race_create_run(runs, claimed, fail) == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_select_alternative_of_a_generated_step_while_rerun(api: Clients) -> None:
+    """The re-run dropped the generated step while the choice waited for the workflow's lock:
+    the choice answered INTERNAL. Now NOT_FOUND, naming step_id."""
+    assert api.engine is not None
+    params = json.dumps({"tokens": 4, "items": 3})
+    plan = pb.StepSpec(
+        name="plan",
+        kind="synthesis",
+        prompt="plan",
+        params_json=params,
+        generates="implementation_prompt",
+    )
+    workflow = await api.runs.create_workflow("gen", [plan])
+    run = await api.runs.create_run(workflow.id)
+    seen: set[str] = set()
+    for _ in range(25):
+        async for _ in api.engine.execute(run.id):
+            pass
+        generated = [
+            s for s in (await api.runs.get_workflow(workflow.id)).steps if s.auto_generated
+        ]
+        assert generated
+        results = await asyncio.gather(
+            outcome(api.runs.rerun_workflow(workflow.id)),
+            *(outcome(api.runs.select_alternative(s.id, 0)) for s in generated for _ in range(3)),
+        )
+        seen.update(r.split(":")[0] for r in results[1:])
+        run = (await api.runs.list_runs(workflow.id, limit=1))[0]
+        if run.status != ev.PENDING:
+            run = await api.runs.rerun_workflow(workflow.id)
+    # OK (chosen before the re-run), FAILED_PRECONDITION (after it: an active run) or
+    # NOT_FOUND (the step dropped while the choice waited).
+    assert seen <= {"OK", "FAILED_PRECONDITION", "NOT_FOUND"}, seen
+    assert "NOT_FOUND" in seen

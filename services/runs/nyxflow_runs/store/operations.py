@@ -117,11 +117,11 @@ class Operations(StoreBase):
         # A dead engine's run must not refuse the choice until the sweeper comes round.
         await self.sweep_orphans_all_tenants(workflow_id=workflow_id)
         async with self._scoped(tenant_id, write=True) as session:
+            await self._workflow(session, tenant_id, workflow_id, lock=True)
+            # Read under the lock: a choice made meanwhile, read before it, passed for this
+            # one's (same output, nothing to do), which was answered and never stored; and a
+            # re-run or retry that held the lock may have dropped the (generated) step.
             step = await self._step(session, tenant_id, step_id)
-            await self._workflow(session, tenant_id, step.workflow_id, lock=True)
-            # Read again under the lock: a choice made meanwhile, read before it, passed for
-            # this one's (same output, nothing to do), which was answered and never stored.
-            await session.refresh(step)
             await self._require_idle(session, step.workflow_id)
             alternatives: list[dict[str, Any]] = list(step.alternatives_out or [])
             if step.status != ev.COMPLETED or not alternatives:
