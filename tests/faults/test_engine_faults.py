@@ -111,7 +111,8 @@ async def _execute_until(
     engine: EngineClient, run_id: str, fan: bool, target: int, rng: random.Random
 ) -> list[Any]:
     """Follow the run on `engine` until `target` items / steps are done, then a random
-    few ms more, so that the kill lands anywhere: mid-token, mid-write, between steps."""
+    few ms more, so that the kill lands anywhere: mid-token, mid-write, between steps. With
+    `target` 0, less than a chain's first step takes (50 ms), so that it lands in it."""
     seen: list[Any] = []
     done = 0
     source = engine.execute(run_id)
@@ -122,7 +123,7 @@ async def _execute_until(
                 done += 1
             if done >= target:
                 break
-        await asyncio.sleep(rng.uniform(0, 0.15))
+        await asyncio.sleep(rng.uniform(0, 0.15 if target else 0.04))
     finally:
         await source.aclose()
     return seen
@@ -162,8 +163,8 @@ async def test_sigkill_engine_replicas_at_random_moments(
                 run_id = await start_run(http, stack, workflow["id"])
                 # Enough left after the target (and the random wait) that the kill lands mid-run:
                 # 13 items two at a time, 200 ms each; 30 steps of 50 ms.
-                # 0: the kill lands in the first step (the source, in a fan-out) or just after;
-                # the first chain always has it.
+                # 0: the kill lands in the first step (the source, in a fan-out); the first
+                # chain always has it.
                 target = rng.randint(0, 10) if fan else 0 if round_ == 1 else rng.randint(0, 24)
                 seen = await _execute_until(engines[victim], run_id, fan, target, rng)
                 claimers = (engine_id(stack, names[victim]), engine_id(stack, names[survivor]))
