@@ -22,11 +22,10 @@ from tests.integration.test_key_revocation import Call, ended_within, idle_watch
 from tests.support.inprocess import ADMIN_KEY, clients, runs_service
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # replicas share it
 async def test_a_watch_on_another_replica_ends_after_its_key_is_revoked(
     database_url: str,
 ) -> None:
-    if database_url.startswith("sqlite"):
-        pytest.skip("two replicas share PostgreSQL")
     async with (
         runs_service(database_url) as one,
         runs_service(database_url, migrate_on_start=False) as two,  # no Redis: no bus between
