@@ -286,8 +286,10 @@ async def test_a_run_adopted_again_by_the_same_engine_is_handed_over_by_its_drai
         engine_service(
             runs_settings.runs_listen,
             stop=stop,
-            lease_ttl_s=1.0,
-            heartbeat_s=0.2,
+            # A lease of 3 s and steps of 6 s: a second's stall of a loaded machine must not
+            # sweep the live execution too, nor end the stale one's step before it is adopted.
+            lease_ttl_s=3.0,
+            heartbeat_s=0.3,
             adopt_interval_s=0.1,
             delta_flush_ms=100_000,  # the stale execution writes again only at its step's end
         ) as engine_settings,
@@ -296,7 +298,7 @@ async def test_a_run_adopted_again_by_the_same_engine_is_handed_over_by_its_drai
     ):
         assert api.engine is not None
         workflow = await api.runs.create_workflow(
-            "readopt", chain(3, tokens=40, token_delay_ms=100), on_orphan="resume"
+            "readopt", chain(3, tokens=40, token_delay_ms=150), on_orphan="resume"
         )
         run = await api.runs.create_run(workflow.id)
         first = api.engine.execute(run.id)
@@ -306,7 +308,7 @@ async def test_a_run_adopted_again_by_the_same_engine_is_handed_over_by_its_drai
             lambda events: [e.type for e in events].count(ev.RUN_STARTED) == 2,
             what="adopted again by the same engine",
         )
-        await asyncio.sleep(4.5)  # the stale execution's step (4 s) ends, is refused: it stops
+        await asyncio.sleep(4.5)  # the stale execution's step (6 s) ends, is refused: it stops
         assert (await api.runs.get_run(run.id)).status == ev.RUNNING
         stop.set()  # SIGTERM
         await first.aclose()
