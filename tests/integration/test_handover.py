@@ -320,3 +320,50 @@ async def test_a_run_adopted_again_by_the_same_engine_is_handed_over_by_its_drai
         )
     reasons = [json.loads(e.data_json)["reason"] for e in requeued if e.type == ev.RUN_REQUEUED]
     assert reasons[-1] == "engine shut down", reasons
+
+
+async def test_a_drain_during_a_step_failures_write_fails_the_run(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step failed for good (its retries spent); the drain came while its failure was being
+    written. The run was handed over (or paused) instead of failed, and another engine ran the
+    failed step once more, past the retries the workflow allows."""
+    original = RunsServicer.RecordMany
+    failure_written = asyncio.Event()
+
+    async def a_slow_failure(
+        self: RunsServicer, request: runs_pb2.RecordManyRequest, context: Any
+    ) -> runs_pb2.RecordManyResponse:
+        if ev.STEP_FAILED.encode() in request.SerializeToString():
+            failure_written.set()
+            await asyncio.sleep(0.5)  # the drain lands meanwhile
+        return await original(self, request, context)
+
+    monkeypatch.setattr(RunsServicer, "RecordMany", a_slow_failure)
+    stop = asyncio.Event()
+    async with (
+        runs_service(database_url) as runs_settings,
+        engine_service(runs_settings.runs_listen, stop=stop) as engine_settings,
+        clients(runs_settings.runs_listen, engine_settings.engine_listen) as api,
+        direct(database_url) as db,
+    ):
+        assert api.engine is not None
+        workflow = await api.runs.create_workflow(
+            "fails", chain(2, fail="out of credit"), on_orphan="resume"
+        )
+        run = await api.runs.create_run(workflow.id)
+        stream = api.engine.execute(run.id)
+        assert (await anext(stream)).type == ev.RUN_STARTED
+        await asyncio.wait_for(failure_written.wait(), timeout=10)
+        stop.set()  # SIGTERM
+        ended = await eventually(
+            lambda: api.runs.get_run(run.id),
+            lambda r: r.status not in (ev.RUNNING, ev.PENDING),
+            timeout_s=5,
+            what="the run's end",
+        )
+        await stream.aclose()
+        types = [e.type for e in await db.events(run.tenant_id, run.id)]
+    assert (ended.status, ended.steps[0].status) == (ev.FAILED, ev.FAILED), types
+    assert "out of credit" in ended.error
+    assert ev.RUN_REQUEUED not in types and ev.RUN_PAUSED not in types, types

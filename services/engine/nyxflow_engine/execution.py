@@ -73,6 +73,10 @@ class Execution:
         self._providers = providers
         self._pausing = False
         self._lease_lost = False
+        # A step failed for good and its failure is being written: the run ends failed. A
+        # drain cancelling that write would hand the run over (or pause it), and the failed
+        # step would run again, past the retries its workflow allows.
+        self._failing = False
         self._with_check: bool | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -86,7 +90,7 @@ class Execution:
         cancelled, it would stop awaiting the end's answer, and its callers' streams would
         close without the terminal event though the run ended (the drain waits for it)."""
         self._pausing = True
-        if self.task is not None and not self.writer.ending:
+        if self.task is not None and not self.writer.ending and not self._failing:
             self.task.cancel()
 
     async def _run(self) -> None:
@@ -235,6 +239,7 @@ class Execution:
             await self._generate(synthesis, steps)
         except InvalidArgument as refusal:
             message = f"its steps could not be generated: {describe(refusal)}"
+            self._failing = True
             await self.writer.step(
                 synthesis.id,
                 runs_pb2.StepChange(status=ev.FAILED, error=message),
@@ -291,6 +296,7 @@ class Execution:
             raise
         except Exception as error:
             message = describe(error)
+            self._failing = True
             await self.writer.step(
                 step.id,
                 runs_pb2.StepChange(status=ev.FAILED, error=message),
