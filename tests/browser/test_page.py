@@ -643,8 +643,13 @@ async def test_a_pipeline_shows_its_phase_and_its_patch(
     await expect(page.locator("#run-phase")).to_contain_text("reviewing")
     patch = page.locator("#patch")
     await expect(patch).to_be_visible()
-    await expect(patch.locator(".diff-add")).to_contain_text(["+    return a + b"])
-    await expect(patch.get_by_role("link", name="Download patch")).to_be_visible()
+    # Its one review's card, as ever: "Patch", the combined patch and the run's download.
+    await expect(page.locator("section.patch h3")).to_have_text(["Patch"])
+    await expect(patch.get_by_label("Combined patch").locator(".diff-add")).to_contain_text(
+        ["+    return a + b"]
+    )
+    download = patch.get_by_role("link", name="Download patch", exact=True)
+    await expect(download).to_have_attribute("download", f"{run['id']}.patch")
     await page.screenshot(path=str(ARTIFACTS / "pipeline-patch.png"), full_page=True)
 
 

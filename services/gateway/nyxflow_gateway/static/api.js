@@ -91,10 +91,11 @@ export const retryStep = (stepId, cascade, changes = {}) =>
 export const selectAlternative = (stepId, index) =>
   api(`/v1/steps/${id(stepId)}/select`, { method: "POST", body: { index } });
 
-/** The events stream's URL: EventSource cannot send headers, so the key rides as a query. */
-/** A run's artifact as text (a pipeline's patch), or null when it has none. */
-export async function getArtifactText(runId, name) {
-  const response = await fetch(`/v1/runs/${id(runId)}/artifacts/${id(name)}`, {
+/** A run's named artifact as text, of `stepId`'s step (without one: of the last step that
+ * stored one); null when there is none (404). */
+export async function getArtifactText(runId, name, stepId = "") {
+  const step = stepId ? `?step_id=${encodeURIComponent(stepId)}` : "";
+  const response = await fetch(`/v1/runs/${id(runId)}/artifacts/${id(name)}${step}`, {
     headers: { Authorization: `Bearer ${getKey()}` },
     cache: "no-store",
   });
@@ -103,6 +104,7 @@ export async function getArtifactText(runId, name) {
   return response.text();
 }
 
+/** The events stream's URL: EventSource cannot send headers, so the key rides as a query. */
 export function eventsUrl(runId, afterSeq = 0) {
   const after = afterSeq > 0 ? `&last_event_id=${afterSeq}` : "";
   return `/v1/runs/${id(runId)}/events?access_token=${encodeURIComponent(getKey())}${after}`;

@@ -383,7 +383,7 @@ function showDetail(workflowId) {
   const expandAll = h("button", { type: "button" }, "Expand all");
   const collapseAll = h("button", { type: "button" }, "Collapse all");
   const stepsBox = h("div", { class: "steps", id: "steps" });
-  const patchBox = h("section", { class: "card patch", id: "patch", hidden: "" });
+  const patchBox = h("div", { class: "patches", id: "patch", hidden: "" }); // a card a review
   const settingsBox = h("details", { class: "card settings" }, h("summary", {}, "Settings"), settings);
   const navigator = h("nav", { class: "navigator", "aria-label": "Step navigator" },
     h("div", { class: "nav-tools" }, expandAll, collapseAll), pills);
@@ -983,31 +983,45 @@ function showDetail(workflowId) {
     el.replaceChildren(...build());
   }
 
-  // A pipeline's combined patch, as a diff view with a download: never applied for the user.
+  // A pipeline's patches as diff views with a download, never applied for the user: a card
+  // for each review step that stored one (a workflow may review several repositories), read
+  // once per completed run. A single review's card looks as it did before there could be more.
   let patchFor = "";
+  const patchUrls = []; // the downloads' blob URLs, let go when the cards are replaced
   async function renderPatch() {
     const run = state.run;
-    const reviews = state.steps.some((s) => s.tool === "review_patches");
-    if (!run || !reviews || run.status !== "completed" || patchFor === run.id) return;
+    const reviews = state.steps.filter((s) => s.tool === "review_patches");
+    if (!run || !reviews.length || run.status !== "completed" || patchFor === run.id) return;
     patchFor = run.id;
-    const text = await API.getArtifactText(run.id, "patch").catch(() => null);
-    if (state.gone || text === null) return;
+    const texts = await Promise.all(
+      reviews.map((step) => API.getArtifactText(run.id, "patch", step.id).catch(() => null)));
+    if (state.gone || state.run?.id !== run.id) return;
+    const patches = reviews.map((step, i) => [step, texts[i]]).filter(([, text]) => text !== null);
+    for (const url of patchUrls.splice(0)) URL.revokeObjectURL(url);
+    patchBox.replaceChildren(...patches.map(([step, text]) => patchCard(run.id, step, text, reviews.length === 1)));
+    patchBox.hidden = !patches.length;
+  }
+
+  /** One review step's patch; `only`: the workflow's one review, headed and named as ever. */
+  function patchCard(runId, step, text, only) {
     const lines = text.split("\n").map((line) => {
       const kind = line.startsWith("+++") || line.startsWith("---") ? "file"
         : line.startsWith("@@") ? "hunk" : line.startsWith("+") ? "add"
         : line.startsWith("-") ? "del" : "ctx";
       return h("span", { class: `diff-${kind}` }, `${line}\n`);
     });
-    const download = h("a", {
-      href: URL.createObjectURL(new Blob([text], { type: "text/x-diff" })),
-      download: `${run.id}.patch`,
+    const href = text && URL.createObjectURL(new Blob([text], { type: "text/x-diff" }));
+    if (href) patchUrls.push(href);
+    const download = href && h("a", {
+      href,
+      download: only ? `${runId}.patch` : `${runId}-${step.name.replace(/[^A-Za-z0-9._-]+/g, "-")}.patch`,
+      "aria-label": only ? null : `Download patch of ${step.name}`,
     }, "Download patch");
-    patchBox.replaceChildren(
-      h("h3", {}, "Patch"),
+    return h("section", { class: "card patch", "data-step-id": step.id },
+      h("h3", {}, only ? "Patch" : `Patch · ${step.name}`),
       text ? h("p", {}, download, " · apply it yourself with ", h("code", {}, "git apply")) : h("p", { class: "muted" }, "No change was accepted."),
-      text ? h("pre", { class: "diff", "aria-label": "Combined patch" }, ...lines) : "",
+      text ? h("pre", { class: "diff", "aria-label": only ? "Combined patch" : `Patch of ${step.name}` }, ...lines) : "",
     );
-    patchBox.hidden = false;
   }
 
   function renderActions(status) {
