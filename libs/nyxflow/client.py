@@ -200,6 +200,16 @@ class RunsClient:
             index = page.next_index if page.HasField("next_index") else None
         return items
 
+    async def list_run_events(
+        self, run_id: str, types: Iterable[str], after_seq: int = 0, limit: int = 0
+    ) -> runs_pb2.ListRunEventsResponse:
+        """One page of a run's stored events of `types`; its `read_through_seq` is where the
+        next begins, and the read is whole once it reaches `last_seq`."""
+        request = runs_pb2.ListRunEventsRequest(
+            run_id=run_id, after_seq=after_seq, types=list(types), limit=limit
+        )
+        return await _unary(self._stub.ListRunEvents(request, **self._kw()))
+
     async def get_step(self, step_id: str) -> pb.Step:
         """One step whole: what a whole read left out (Step.output_left_out) included."""
         request = runs_pb2.GetStepRequest(step_id=step_id)

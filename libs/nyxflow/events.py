@@ -43,6 +43,29 @@ WORKFLOW_RERUN: Final = "workflow_rerun"
 # it, so that the workflow reads as unfinished and resume generates from the chosen output.
 ALTERNATIVE_SELECTED: Final = "alternative_selected"
 
+EVENT_TYPES: Final = frozenset(
+    {
+        RUN_STARTED,
+        STEP_STARTED,
+        STEP_DELTA,
+        STEP_COMPLETED,
+        STEP_FAILED,
+        STEP_TRUNCATED,
+        PROVIDER_FALLBACK,
+        FAN_OUT_PROGRESS,
+        STEPS_GENERATED,
+        RUN_PAUSED,
+        RUN_COMPLETED,
+        RUN_FAILED,
+        RUN_CANCELLED,
+        RUN_REQUEUED,
+        STEP_RETRIED,
+        WORKFLOW_RESUMED,
+        WORKFLOW_RERUN,
+        ALTERNATIVE_SELECTED,
+    }
+)
+
 TERMINAL_EVENT_FOR_STATUS: Final = {
     COMPLETED: RUN_COMPLETED,
     FAILED: RUN_FAILED,

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 import httpx
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Response, expect
 
 from tests.browser.test_page import open_workflow, shown_run_id, text_of, words
 from tests.support.gateway_api import create_workflow, get_run, start_run
@@ -213,6 +213,15 @@ async def test_a_finished_run_opened_afresh_shows_its_fallback_notes(
     run_id = await start_run(http, stack, workflow["id"])
     events = await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)
     assert [e.event for e in events].count("provider_fallback") == 1
+    assert "step_delta" in {e.event for e in events}
+    # What the page reads of the stored events: the notes' events only, never every delta.
+    read: list[str] = []
+
+    async def stored_read(response: Response) -> None:
+        if "/events/stored" in response.url:
+            read.extend(e["type"] for e in (await response.json())["events"])
+
+    page.on("response", stored_read)
     await open_workflow(page, workflow["id"], "Fallback")
     await expect(page.locator(".detail")).to_have_attribute("data-run-status", "completed")
     notes = page.locator(f"#step-{first['id']} .notes li")
@@ -221,6 +230,7 @@ async def test_a_finished_run_opened_afresh_shows_its_fallback_notes(
     await expect(page.locator(f"#step-{plain['id']} .notes")).to_be_hidden()
     await page.reload()
     await expect(notes).to_have_count(1)
+    assert read and set(read) == {"step_started", "provider_fallback"}, read
 
 
 async def test_a_lost_connection_is_said_until_a_read_succeeds_again(

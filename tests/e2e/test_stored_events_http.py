@@ -41,7 +41,13 @@ async def test_a_finished_runs_events_after_a_seq_are_the_streams(
     assert streamed[-1]["type"] == ev.RUN_COMPLETED
 
     whole = await stored(http, stack, run_id)
-    assert whole == {"status": ev.COMPLETED, "error": None, "last_seq": last, "events": streamed}
+    assert whole == {
+        "status": ev.COMPLETED,
+        "error": None,
+        "last_seq": last,
+        "read_through": last,
+        "events": streamed,
+    }
     assert (await stored(http, stack, run_id, after_seq=3))["events"] == streamed[3:]
     assert (await stored(http, stack, run_id, after_seq=3, limit=2))["events"] == streamed[3:5]
     for after in (last, last + 5):
@@ -86,6 +92,8 @@ async def test_an_active_run_is_read_up_to_its_last_event_at_once(
         ({"limit": 0}, "limit"),
         ({"limit": 501}, "limit"),
         ({"limit": "1.5"}, "limit"),
+        ({"types": "provider_fallback,no_such_event"}, "types"),
+        ({"types": ","}, "types"),
     ],
 )
 async def test_bad_input_is_a_400_naming_its_field(
@@ -106,3 +114,49 @@ async def test_an_unknown_run_is_404_and_no_key_401(
     response = await http.get(missing, headers=stack.headers)
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
     assert (await http.get(missing)).status_code == 401
+
+
+async def test_events_of_some_types_are_read_without_the_rest(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """What the page reads for a finished run's fallback notes: its provider_fallback and
+    step_started events only, page by page to the run's last seq, none of its deltas."""
+    llm = {"kind": "llm", "prompt": "p", "params": {"tokens": 30}}
+    workflow = await create_workflow(
+        http,
+        stack,
+        "typed",
+        [
+            {**llm, "name": "a", "providers": ["openai:gpt-4.1", "local"]},
+            {**llm, "name": "b", "provider": "local"},
+            {**llm, "name": "c", "providers": ["openai:gpt-4.1", "local"]},
+        ],
+    )
+    run_id = await start_run(http, stack, workflow["id"])
+    streamed = [f.json for f in await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)]
+    wanted = {ev.PROVIDER_FALLBACK, ev.STEP_STARTED}
+    expected = [e for e in streamed if e["type"] in wanted]
+    assert [e["type"] for e in expected].count(ev.PROVIDER_FALLBACK) == 2
+    assert ev.STEP_DELTA in {e["type"] for e in streamed}
+
+    whole = await stored(http, stack, run_id, types="provider_fallback,step_started")
+    assert whole["events"] == expected
+    assert whole["read_through"] == whole["last_seq"] == streamed[-1]["seq"]
+
+    paged: list[dict[str, Any]] = []
+    after, calls = 0, 0
+    while after < streamed[-1]["seq"]:
+        page = await stored(
+            http,
+            stack,
+            run_id,
+            after_seq=after,
+            limit=1,
+            types=["provider_fallback", "step_started"],
+        )
+        assert len(page["events"]) <= 1 and page["read_through"] > after
+        paged += page["events"]
+        after, calls = page["read_through"], calls + 1
+    assert paged == expected and calls == len(expected)  # the last one reads to the end
+    none = await stored(http, stack, run_id, types="run_cancelled")
+    assert none["events"] == [] and none["read_through"] == streamed[-1]["seq"]

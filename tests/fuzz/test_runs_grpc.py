@@ -15,6 +15,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from nyxflow import constants as kinds
+from nyxflow import events as ev
 from nyxflow.v1 import admin_pb2, admin_pb2_grpc, runs_pb2, runs_pb2_grpc
 from nyxflow.v1 import common_pb2 as pb
 from tests.fuzz.conftest import FUZZ, REFUSALS, admin_md, answer, engine_md, internal_md, kw
@@ -350,6 +351,36 @@ async def test_list_step_items(
     page = await answer(runs.ListStepItems(request, **kw()))
     if real and from_index >= 0 and 0 <= limit <= 500:
         assert page is not None and list(page.items) == []
+    else:
+        assert page is None
+
+
+EVENT_TYPES = st.lists(st.one_of(st.sampled_from(sorted(ev.EVENT_TYPES)), TEXT), max_size=4)
+
+
+@FUZZ
+@given(run_id=st.one_of(st.just("real"), IDS), after_seq=INT64, types=EVENT_TYPES, limit=INT32)
+@example(run_id="real", after_seq=0, types=[], limit=0)
+@example(run_id="real", after_seq=0, types=["run_started", "no_such"], limit=0)
+@example(run_id="real", after_seq=-1, types=["run_started"], limit=0)
+@example(run_id="real", after_seq=2**63 - 1, types=["run_started"], limit=500)
+@example(run_id="real", after_seq=0, types=["run_started"], limit=501)
+async def test_list_run_events(
+    runs: runs_pb2_grpc.RunsStub, run_id: str, after_seq: int, types: list[str], limit: int
+) -> None:
+    """A run's events of some types with random bounds and types: a page within them, or a
+    refusal naming its field; a random run id is NOT_FOUND."""
+    workflow = await a_workflow(runs)
+    run: pb.Run = await runs.CreateRun(runs_pb2.CreateRunRequest(workflow_id=workflow.id), **kw())
+    real = run_id == "real"
+    request = runs_pb2.ListRunEventsRequest(
+        run_id=run.id if real else run_id, after_seq=after_seq, types=types, limit=limit
+    )
+    page = await answer(runs.ListRunEvents(request, **kw()))
+    valid = types and set(types) <= ev.EVENT_TYPES and after_seq >= 0 and 0 <= limit <= 500
+    if real and valid:
+        assert page is not None and list(page.events) == []
+        assert page.read_through_seq == max(min(after_seq, 2**31 - 1), page.last_seq)
     else:
         assert page is None
 

@@ -32,6 +32,9 @@ MAX_GROUP = (
 # call stays well under the gRPC message limit (one longer item goes alone).
 ITEMS_DEFAULT, ITEMS_MAX = 100, 500
 ITEMS_MAX_BYTES = 1_000_000
+# ListRunEvents per call, likewise.
+EVENTS_DEFAULT, EVENTS_MAX = 100, 500
+EVENTS_MAX_BYTES = 1_000_000
 
 
 def _response(written: Written) -> runs_pb2.WriteResponse:
@@ -237,6 +240,31 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
             tenant, run_id, step_id, request.from_index, limit, ITEMS_MAX_BYTES
         )
         return runs_pb2.ListStepItemsResponse(items=items, next_index=next_index)
+
+    async def ListRunEvents(
+        self, request: runs_pb2.ListRunEventsRequest, context: Ctx
+    ) -> runs_pb2.ListRunEventsResponse:
+        tenant = await self._tenant(request, context)
+        run_id = valid.require_id(request.run_id, "run_id")
+        if request.after_seq < 0:
+            raise InvalidArgument("must not be negative", field="after_seq")
+        types = set(request.types)
+        if not types:
+            raise InvalidArgument("name at least one event type", field="types")
+        if unknown := sorted(types - ev.EVENT_TYPES):
+            known = ", ".join(sorted(ev.EVENT_TYPES))
+            raise InvalidArgument(
+                f"unknown event type {unknown[0]!r}; known: {known}", field="types"
+            )
+        limit = valid.bounded(request.limit, 0, EVENTS_MAX, "limit") or EVENTS_DEFAULT
+        # Seqs are int32 in the database: a larger after_seq reads nothing, as it would.
+        after_seq = min(request.after_seq, MAX_SEQ)
+        events, through, last_seq = await self._store.events_of_types(
+            tenant, run_id, after_seq, types, limit, EVENTS_MAX_BYTES
+        )
+        return runs_pb2.ListRunEventsResponse(
+            events=events, read_through_seq=through, last_seq=last_seq
+        )
 
     async def GetStep(self, request: runs_pb2.GetStepRequest, context: Ctx) -> pb.Step:
         tenant = await self._tenant(request, context)

@@ -94,13 +94,26 @@ async def list_run_events(
     services: Clients,
     after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = MAX_EVENTS,
+    types: Annotated[list[str] | None, Query()] = None,
 ) -> dict[str, Any]:
     """The run's stored events after `after_seq`, in seq order, each as the SSE stream's
     `data` (with its `seq` and `type`), with about 1 MB of data at most, and the run's
     `status`, `error` and `last_seq` as they were just before: more is to be had while
-    `last_seq` is beyond the last event given. What a page polls when it has no event
-    stream: only what changed, never the whole run again."""
+    `read_through` (the next call's `after_seq`) is below `last_seq`. What a page polls when
+    it has no event stream: only what changed, never the whole run again. `types` (repeated,
+    or comma-separated) gives only events of those types: a finished run's fallback notes
+    without every delta of every step."""
     run = await brief_run(request, services, run_id)
+    if types:
+        wanted = [t.strip() for value in types for t in value.split(",") if t.strip()]
+        page = await services.runs.list_run_events(run_id, wanted, after_seq, limit)
+        return {
+            "status": run.status,
+            "error": run.error or None,
+            "last_seq": page.last_seq,
+            "read_through": page.read_through_seq,
+            "events": [convert.event(e) for e in page.events],
+        }
     through = min(run.last_seq, after_seq + limit)
     events = (
         await stored_events(services, run_id, after_seq, through, limit)
@@ -111,6 +124,7 @@ async def list_run_events(
         "status": run.status,
         "error": run.error or None,
         "last_seq": run.last_seq,
+        "read_through": events[-1].seq if events else after_seq,
         "events": [convert.event(e) for e in events],
     }
 

@@ -79,8 +79,9 @@ export const listStepItems = (runId, stepId, fromIndex, limit) =>
   api(`/v1/runs/${id(runId)}/steps/${id(stepId)}/items?from_index=${fromIndex}&limit=${limit}`);
 /** The run's stored events after `afterSeq`: { status, error, last_seq, events } (each event
  * as the stream's data, with its seq and type; more to be had while last_seq is beyond them). */
-export const listRunEvents = (runId, afterSeq) =>
-  api(`/v1/runs/${id(runId)}/events/stored?after_seq=${afterSeq}`);
+export const listRunEvents = (runId, afterSeq, types = []) =>
+  api(`/v1/runs/${id(runId)}/events/stored?after_seq=${afterSeq}` +
+    types.map((t) => `&types=${encodeURIComponent(t)}`).join(""));
 /** One step whole: its output and alternatives where a run's read left them out (null). */
 export const getStep = (stepId) => api(`/v1/steps/${id(stepId)}`);
 export const pauseRun = (runId) => api(`/v1/runs/${id(runId)}/pause`, { method: "POST" });

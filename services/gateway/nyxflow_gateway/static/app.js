@@ -558,22 +558,25 @@ function showDetail(workflowId) {
     if (hadFocus) title.focus({ preventScroll: true });
   }
 
+  const NOTE_EVENTS = ["step_started", "provider_fallback"];
+
   /** The notes of a run not followed from its start (a finished run opened): its stored
-   * provider_fallback events, read once per run, page by page, as if they had come live. */
+   * provider_fallback events, read once per run, page by page, as if they had come live;
+   * those and step_started only, not every delta of every step. */
   async function loadNotes(runId) {
     state.notesRun = runId;
     const notes = new Map(); // step id → its notes
     try {
       let after = 0;
       for (;;) {
-        const page = await API.listRunEvents(runId, after);
+        const page = await API.listRunEvents(runId, after, NOTE_EVENTS);
         if (state.gone || state.notesRun !== runId) return;
         for (const event of page.events) {
-          after = event.seq;
           if (event.type === "step_started") notes.delete(event.step_id); // as live: notes: []
           if (event.type === "provider_fallback") notes.set(event.step_id, [...(notes.get(event.step_id) || []), fallbackNote(event)]);
         }
-        if (!page.events.length || after >= page.last_seq) break;
+        if (page.read_through <= after || page.read_through >= page.last_seq) break;
+        after = page.read_through;
       }
     } catch (e) {
       if (!handleAuth(e) && state.notesRun === runId) state.notesRun = null; // the next reload tries again

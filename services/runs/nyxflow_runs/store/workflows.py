@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Integer, delete, func, select, update
+from sqlalchemy import Integer, Row, Text, cast, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import defer
@@ -51,6 +51,19 @@ class OctetLength(FunctionElement[int]):
 @compiles(OctetLength)
 def _octets(element: OctetLength, compiler: SQLCompiler, **kw: Any) -> str:
     return f"octet_length({compiler.process(element.clauses, **kw)})"
+
+
+def within(sizes: Sequence[Row[int, int | None]], limit: int, max_bytes: int) -> list[int]:
+    """The keys of the first rows of (key, size) that `limit` and `max_bytes` hold: the
+    first always, however large, so that a read goes on."""
+    chosen: list[int] = []
+    total = 0
+    for key, size in sizes[:limit]:
+        if chosen and total + (size or 0) > max_bytes:
+            break
+        chosen.append(key)
+        total += size or 0
+    return chosen
 
 
 @compiles(OctetLength, "sqlite")
@@ -399,13 +412,7 @@ class Workflows(StoreBase):
                     .limit(limit + 1)
                 )
             ).all()
-            chosen: list[int] = []
-            total = 0
-            for index, size in sizes[:limit]:
-                if chosen and total + size > max_bytes:
-                    break
-                chosen.append(index)
-                total += size
+            chosen = within(sizes, limit, max_bytes)
             items: list[pb.StepItem] = []
             if chosen:
                 # By index, not range: an item stored meanwhile inside it stays out of bounds.
@@ -459,6 +466,48 @@ class Workflows(StoreBase):
                 )
             ).all()
         return [convert.event(r) for r in rows]
+
+    async def events_of_types(
+        self,
+        tenant_id: str,
+        run_id: str,
+        after_seq: int,
+        types: Collection[str],
+        limit: int,
+        max_bytes: int,
+    ) -> tuple[list[pb.RunEvent], int, int]:
+        """The run's stored events of `types` after `after_seq`, in seq order: at most `limit`
+        and `max_bytes` of data (the first always); with the seq the read went through (the
+        next call's after_seq) and the run's last seq. Read only up to the run's last seq as
+        read first: an event committed meanwhile is neither given nor read past. Sizes are
+        read first: events past the bounds are never loaded."""
+        async with self._scoped(tenant_id) as session:
+            last_seq = (await self._run(session, tenant_id, run_id)).last_seq
+            sizes = (
+                await session.execute(
+                    select(RunEvent.seq, OctetLength(cast(RunEvent.data, Text)))
+                    .where(
+                        RunEvent.run_id == run_id,
+                        RunEvent.tenant_id == tenant_id,
+                        RunEvent.seq > after_seq,
+                        RunEvent.seq <= last_seq,
+                        RunEvent.type.in_(sorted(types)),
+                    )
+                    .order_by(RunEvent.seq)
+                    .limit(limit + 1)
+                )
+            ).all()
+            chosen = within(sizes, limit, max_bytes)
+            events: list[pb.RunEvent] = []
+            if chosen:
+                rows = await session.scalars(
+                    select(RunEvent)
+                    .where(RunEvent.run_id == run_id, RunEvent.seq.in_(chosen))
+                    .order_by(RunEvent.seq)
+                )
+                events = [convert.event(r) for r in rows.all()]
+        through = chosen[-1] if len(chosen) < len(sizes) else max(last_seq, after_seq)
+        return events, through, last_seq
 
     async def run_status(self, tenant_id: str, run_id: str) -> str:
         async with self._scoped(tenant_id) as session:
