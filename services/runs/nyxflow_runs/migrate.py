@@ -10,6 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nyxflow.errors import FailedPrecondition
@@ -26,9 +27,22 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     await refuse_a_newer_schema(engine)
+    current = await current_revision(engine)
+    target = head_revision() if revision == "head" else revision
 
     def _upgrade(connection: Connection) -> None:
-        command.upgrade(alembic_config(connection), revision)
+        # A schema that is not the one its version says (tables an earlier release's killed
+        # first start left without a version, an index half dropped, another application's
+        # `tenants`) fails in the middle of a script: one line saying so, not a traceback.
+        # The failed upgrade rolls back whole (one transaction on either database).
+        try:
+            command.upgrade(alembic_config(connection), revision)
+        except DBAPIError as error:
+            raise NotMigrated(
+                f"the schema upgrade from {current or 'none'} to {target} failed: "
+                f"{_driver_message(error)}: the database's tables do not match its schema "
+                "version (half migrated, or another application's database)"
+            ) from error
 
     if engine.dialect.name != "sqlite":
         async with engine.begin() as connection:
@@ -59,6 +73,11 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         finally:
             await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
             await connection.commit()
+
+
+def _driver_message(error: DBAPIError) -> str:
+    """The driver's own words, on one line (without the SQL sqlalchemy appends)."""
+    return " ".join(str(error.orig).split()) or type(error.orig).__name__
 
 
 def head_revision() -> str:
