@@ -4,6 +4,7 @@ while the timer's own commit is on its way."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 from nyxflow.client import RunsClient
@@ -11,6 +12,7 @@ from nyxflow.v1 import runs_pb2
 from nyxflow_engine.committer import Committer
 from nyxflow_engine.feed import RunFeed
 from nyxflow_engine.writer import RunWriter, draft
+from tests.support.eventually import eventually
 
 GROUP_COMMIT_S = 0.05
 
@@ -30,6 +32,15 @@ class SlowCommitter:
         return runs_pb2.WriteResponse()
 
 
+def count(committer: SlowCommitter) -> Callable[[], Awaitable[int]]:
+    """How many events `committer` was sent, as `eventually` probes it."""
+
+    async def probe() -> int:
+        return len(committer.texts)
+
+    return probe
+
+
 async def test_progress_written_during_the_timers_commit_goes_in_the_next_round() -> None:
     committer = SlowCommitter(delay_s=4 * GROUP_COMMIT_S)
     writer = RunWriter(
@@ -39,16 +50,18 @@ async def test_progress_written_during_the_timers_commit_goes_in_the_next_round(
         "run",
         1,
         RunFeed(),
-        retry_s=1.0,
+        retry_s=60.0,  # no retry comes round to send what the timer left behind
         group_commit_s=GROUP_COMMIT_S,
     )
     try:
         writer.events(draft("step_delta", text="first"))
-        await asyncio.sleep(2 * GROUP_COMMIT_S)  # the timer's commit of "first" is on its way
-        assert len(committer.texts) == 1
+        # The timer's commit of "first" is on its way (waited for, not slept: a loaded
+        # machine may stall this loop past any fixed guess).
+        await eventually(count(committer), lambda n: n == 1, interval_s=0.005)
         writer.events(draft("step_delta", text="second"))
-        # The first commit's answer, then one more round: nothing else is ever written.
-        await asyncio.sleep(10 * GROUP_COMMIT_S)
+        # The first commit's answer, then one more round; left behind, it never comes.
+        await eventually(count(committer), lambda n: n >= 2, what="the second round")
+        await asyncio.sleep(4 * GROUP_COMMIT_S)  # nothing else is ever written
         assert len(committer.texts) == 2, committer.texts
         assert '"second"' in committer.texts[1]
     finally:

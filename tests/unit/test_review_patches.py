@@ -440,11 +440,12 @@ async def test_a_timed_out_test_command_s_output_is_in_the_reason(tmp_path: Path
     repo = planted_repo(tmp_path)
     command = "sh -c 'echo test_checkout.py::test_pay RUNNING; sleep 30'"
 
-    report, _ = await _review(repo, GOOD_DIFF, test_command=command, test_timeout_s=1)
+    # 3 s: the command starts and prints in time even on a loaded machine.
+    report, _ = await _review(repo, GOOD_DIFF, test_command=command, test_timeout_s=3)
 
     (rejected,) = report["rejected"]
     assert rejected["reason"] == (
-        "tests failed (exit -1): test_checkout.py::test_pay RUNNING\ntimed out after 1 s"
+        "tests failed (exit -1): test_checkout.py::test_pay RUNNING\ntimed out after 3 s"
     ), rejected
 
 
