@@ -120,7 +120,8 @@ async def _execute(c: Clients, run_id: str, printer: Printer) -> None:
 
 
 def _show(kind: str, data: dict[str, object], tokens: bool) -> None:
-    # Every value from an event is a plain part of a `line`: model text is never markup.
+    # Every value from an event is a plain part of a `line`: model text is never markup, and
+    # its control characters (an ESC) never reach the terminal.
     name = str(data.get("name", ""))
     if kind == ev.RUN_STARTED:
         console.print(line(("run started", "blue")))

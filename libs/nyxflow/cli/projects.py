@@ -99,4 +99,4 @@ async def pipeline_patch(
     """Print a finished run's combined patch (apply it yourself with `git apply`)."""
     async with connect() as c:
         artifact = await c.runs.get_artifact(run_id, "patch", step)
-    print(artifact.content, end="")
+    render.raw(artifact.content)

@@ -4,11 +4,17 @@ What the CLI prints holds data it does not control: step names, headings and err
 by models and users ("Configure [/etc/nginx]", "[red]x[/red]", ":x:"). Rich would take them
 for markup (a MarkupError mid-run, or text that vanishes) or emoji codes, so no console of the
 CLI reads markup or emoji at all: a str is printed as it is, and the CLI's own styles are
-given as `line(...)` parts."""
+given as `line(...)` parts.
+
+Nor does a terminal get a control character from that data: an ESC in a model's answer began
+an escape sequence that set the clipboard (OSC 52), cleared the screen to fake a result, or hid
+a link (OSC 8). Every str the CLI prints goes through `clean`: in `line` and `status`, in
+the tables' cells, and in `print` of the CLI's consoles."""
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -20,11 +26,43 @@ from rich.text import Text
 # A part of a line: text printed as it is, or (text, style).
 Part = str | Text | tuple[str, str]
 
+# What a terminal acts on rather than shows: C0 controls (ESC above all), DEL and C1 (0x9b is a
+# CSI on its own). Each becomes U+FFFD, so the text keeps its length and shows where one was.
+# A newline and a tab are text (a multi-line answer streamed with --tokens); a CR is dropped,
+# as rich drops it, so a CRLF is one newline.
+_SHOWN: dict[int, str | None] = {
+    code: "\ufffd" for code in (*range(0x20), *range(0x7F, 0xA0)) if chr(code) not in "\n\t"
+}
+_SHOWN[ord("\r")] = None
+
+
+def clean(text: str) -> str:
+    """`text` with no control character a terminal would act on (see _SHOWN)."""
+    return text.translate(_SHOWN)
+
+
+def _clean_part(part: Part) -> Part:
+    if isinstance(part, str):
+        return clean(part)
+    if isinstance(part, tuple):
+        return clean(part[0]), part[1]
+    safe = part.copy()
+    safe.plain = clean(part.plain)
+    return safe
+
+
+class _Console(Console):
+    """A console that cleans each str or Text it prints (tables are cleaned cell by cell)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        shown = (_clean_part(o) if isinstance(o, str | Text) else o for o in objects)
+        super().print(*shown, **kwargs)
+
 
 def console(*, stderr: bool = False) -> Console:
     # stderr holds one line per error: wrapped at the terminal's (or a pipe's 80) columns,
     # a script reading its first line got half the reason.
-    return Console(stderr=stderr, markup=False, emoji=False, soft_wrap=stderr)
+    return _Console(stderr=stderr, markup=False, emoji=False, soft_wrap=stderr)
 
 
 out = console()
@@ -42,12 +80,19 @@ STATUS_STYLE = {
 
 
 def line(*parts: Part) -> Text:
-    """One line from plain text and (text, style) parts; nothing in it is read as markup."""
-    return Text.assemble(*parts)
+    """One line from plain text and (text, style) parts; nothing in it is read as markup,
+    and no control character in it reaches the terminal."""
+    return Text.assemble(*(_clean_part(part) for part in parts))
 
 
 def status(text: str) -> Text:
-    return Text(text, style=STATUS_STYLE.get(text, "white"))
+    return Text(clean(text), style=STATUS_STYLE.get(text, "white"))
+
+
+def raw(text: str) -> None:
+    """Text for another program (a patch for `git apply`): as it is into a pipe or a file, and
+    cleaned like the rest on a terminal."""
+    sys.stdout.write(clean(text) if out.is_terminal else text)
 
 
 def as_json(message: Message | list[Message]) -> None:

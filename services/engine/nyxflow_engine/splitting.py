@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nyxflow.errors import InvalidArgument
+from nyxflow.references import one_line
 
 # A closing run of #s counts only after a space (CommonMark): "## C#" is about C#. Up to
 # three spaces may come first; four make a code block.
@@ -131,4 +132,8 @@ def _json_value(text: str) -> Any:
 
 
 def _short(text: str) -> str:
+    """A heading as it is shown (the run's progress, the page, `run follow`): one line, each
+    run of control characters one space, as a generated step's name. An ESC from the model's
+    answer sent a terminal an escape sequence."""
+    text = one_line(text)
     return text if len(text) <= MAX_HEADING else text[: MAX_HEADING - 1] + "…"
