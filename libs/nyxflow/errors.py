@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
-from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+
+log = logging.getLogger(__name__)
+# A library's own logger: with no handler configured (the CLI), a warning here is not printed
+# by logging's last resort in the middle of the CLI's output.
+log.addHandler(logging.NullHandler())
 
 
 class NyxflowError(Exception):
@@ -70,6 +76,9 @@ class Unavailable(NyxflowError):
 
     code = grpc.StatusCode.UNAVAILABLE
     http_status = 503
+    # gRPC's own text when no service answered, which names addresses: for the logs and the
+    # CLI's user (who set them), never for an answer to a caller.
+    transport_text: str = ""
 
 
 _BY_CODE: dict[grpc.StatusCode, type[NyxflowError]] = {
@@ -107,33 +116,33 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def status_details(error: NyxflowError) -> tuple[tuple[str, bytes], ...]:
-    """Trailing metadata with a google.rpc.Status: a named field travels as a
-    BadRequest.FieldViolation, so any gRPC client (grpcurl included) can read which one."""
-    if not error.field:
-        return ()
-    violation = error_details_pb2.BadRequest.FieldViolation(
-        field=error.field, description=_wire(error.message)
-    )
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-    status = status_pb2.Status(
-        code=error.code.value[0],
-        message=to_details(error),
-        details=[detail],
-    )
+    """Trailing metadata with a google.rpc.Status, sent with every status a service makes: it
+    tells the receiver the status is nyxflow's, not gRPC's own (see from_rpc_error). A named
+    field travels as a BadRequest.FieldViolation, so any gRPC client (grpcurl included) can
+    read which one."""
+    status = status_pb2.Status(code=error.code.value[0], message=to_details(error))
+    if error.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=_wire(error.message)
+        )
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
 
 
-def _field_violation(error: grpc.aio.AioRpcError) -> tuple[str, str] | None:
+def _status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    """The google.rpc.Status a nyxflow service sent with `error`, or None (gRPC made it)."""
     for key, value in error.trailing_metadata() or ():
-        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            request = error_details_pb2.BadRequest()
-            if detail.Unpack(request) and request.field_violations:
-                first = request.field_violations[0]
-                return first.field, first.description
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            return status_pb2.Status.FromString(value)
+    return None
+
+
+def _field_violation(status: status_pb2.Status) -> tuple[str, str] | None:
+    for detail in status.details:
+        request = error_details_pb2.BadRequest()
+        if detail.Unpack(request) and request.field_violations:
+            first = request.field_violations[0]
+            return first.field, first.description
     return None
 
 
@@ -156,10 +165,26 @@ def error_from_status(code: int, message: str, field: str = "") -> NyxflowError:
     return cls(message, field=field or None)
 
 
+# Codes gRPC itself answers with when no service did (nothing listening, no answer in time).
+_TRANSPORT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError) -> NyxflowError:
     """Turn a status received from another service back into the matching exception."""
     cls = _class_for(error.code(), error.details() or "")
-    violation = _field_violation(error)
+    status = _status(error)
+    if status is None and error.code() in _TRANSPORT_CODES:
+        # gRPC's own text names the address it tried ("ipv4:10.0.0.7:50051: Connection
+        # refused"), and a gateway answers it to any caller, a valid key or not: the text
+        # is for the logs, the caller gets the default message.
+        log.warning(
+            "no answer from a service",
+            extra={"action": "rpc", "code": error.code().name, "error": error.details()},
+        )
+        unanswered = Unavailable()
+        unanswered.transport_text = error.details() or ""
+        return unanswered
+    violation = _field_violation(status) if status is not None else None
     if violation is not None:
         return cls(violation[1], field=violation[0])
     return cls(error.details() or None)

@@ -21,7 +21,7 @@ from rich.errors import ConsoleError
 from nyxflow.auth import Metadata, bearer_metadata
 from nyxflow.cli.render import console, line
 from nyxflow.client import AdminClient, EngineClient, RunsClient, open_channel
-from nyxflow.errors import InvalidArgument, NyxflowError, Unauthenticated
+from nyxflow.errors import InvalidArgument, NyxflowError, Unauthenticated, Unavailable
 from nyxflow.settings import CommonSettings
 
 P = ParamSpec("P")
@@ -56,7 +56,10 @@ def load_settings(cls: type[S]) -> S:
 
 
 def one_line(error: NyxflowError) -> str:
-    return f"{error.field}: {error.message}" if error.field else error.message
+    text = f"{error.field}: {error.message}" if error.field else error.message
+    if isinstance(error, Unavailable) and error.transport_text:
+        text += f" ({error.transport_text})"  # the addresses it names are the user's settings
+    return text
 
 
 @contextlib.contextmanager
