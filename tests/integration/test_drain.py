@@ -107,8 +107,9 @@ async def test_an_engine_shuts_down_within_its_grace(
 ) -> None:
     """A claim on its way, a run whose pause is slow to be recorded and its open Execute call
     each had a grace of their own: an engine given 1 s took nearly 3, past the time a
-    supervisor waits before SIGKILL."""
-    grace_s = 1.0
+    supervisor waits before SIGKILL. Given 3 s here: a stall of a loaded machine (2 s) fits
+    between the grace and the time the drain alone took with a grace per wait (1.8 x)."""
+    grace_s = 3.0
     claim, release = RunsServicer.ClaimRun, RunsServicer.ReleaseRun
     claiming = asyncio.Event()
 
@@ -154,4 +155,4 @@ async def test_an_engine_shuts_down_within_its_grace(
             began = time.monotonic()
         took = time.monotonic() - began  # the engine's serve() has returned
         starting.cancel()
-    assert took < grace_s + 0.5, f"the engine took {took:.2f} s to shut down"
+    assert took < grace_s + 2.0, f"the engine took {took:.2f} s to shut down"

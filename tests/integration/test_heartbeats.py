@@ -14,7 +14,8 @@ from nyxflow_runs.servicer import RunsServicer
 from tests.support.inprocess import clients, engine_service, runs_service
 from tests.support.workflows import llm_step
 
-TTL_S = 1.5
+# A lease that a stall of a loaded machine between two heartbeats does not lapse.
+TTL_S = 3.0
 HEARTBEAT_S = 0.3
 
 
@@ -22,7 +23,7 @@ async def test_a_heartbeat_that_never_answers_is_given_up_in_time_to_renew(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first Heartbeat hangs in runs (a stalled replica, a half-open connection). The
-    engine's RPC timeout (10 s) is far past the lease (1.5 s): waiting it out would let the
+    engine's RPC timeout (10 s) is far past the lease (3 s): waiting it out would let the
     sweeper fail a run whose engine is alive. The engine gives the call up and renews."""
     original = RunsServicer.Heartbeat
     hung = asyncio.Event()
@@ -47,8 +48,8 @@ async def test_a_heartbeat_that_never_answers_is_given_up_in_time_to_renew(
     ):
         assert api.engine is not None
         try:
-            # One step of 2.5 s: more than the lease, so only renewals keep the run.
-            step = llm_step("long", "x", tokens=25, token_delay_ms=100)
+            # One step of 4.5 s: more than the lease, so only renewals keep the run.
+            step = llm_step("long", "x", tokens=45, token_delay_ms=100)
             workflow = await api.runs.create_workflow("stalled-heartbeat", [step])
             run = await api.runs.create_run(workflow.id)
             events = [e async for e in api.engine.execute(run.id)]

@@ -28,8 +28,12 @@ from tests.support.inprocess import ADMIN_KEY, SECRET, Clients
 from tests.support.workflows import chain
 
 # The longest an idle stream of a refused key may go on: runs' silent interval in the tests
-# (watch_poll_s 0.5), and time for the call.
-IDLE_BOUND_S = 1.5
+# (watch_poll_s 0.5), time for the call, and room for a stall of a loaded machine; still well
+# before the key's cache entry runs out (KEY_CACHE_S, 5 s). Unchecked, it goes on for ever.
+IDLE_BOUND_S = 3.5
+# A key that expires this long after it is made: long enough to set its stream up on a loaded
+# machine, short enough to wait out.
+EXPIRES_IN_S = 2.5
 
 
 class Call:
@@ -117,8 +121,8 @@ async def test_an_idle_watch_of_a_revoked_key_ends(runs: Clients) -> None:
 
 
 async def test_an_idle_watch_of_an_expired_key_ends(runs: Clients) -> None:
-    key = await tenant_key(runs, expires_at=time.time() + 1.5)
-    expires = time.monotonic() + 1.5
+    key = await tenant_key(runs, expires_at=time.time() + EXPIRES_IN_S)
+    expires = time.monotonic() + EXPIRES_IN_S
     watch = await idle_watch(runs, key.secret)
     assert await ended_within(watch, expires) < IDLE_BOUND_S
 
@@ -129,10 +133,11 @@ async def test_a_direct_execute_of_a_refused_key_ends_and_its_run_goes_on(
 ) -> None:
     """A gRPC client streaming Execute itself (no gateway to check its key): the engine ends
     its stream UNAUTHENTICATED within a key check, and the run executes to its end."""
-    key = await tenant_key(api, expires_at=time.time() + 1.5 if refusal == "expired" else 0.0)
+    expires_at = time.time() + EXPIRES_IN_S if refusal == "expired" else 0.0
+    key = await tenant_key(api, expires_at=expires_at)
     client = api.as_key(key.secret)
-    # 5 steps of 20 tokens 50 ms apart: about 5 s, past every bound here.
-    workflow = await client.create_workflow("long", chain(5, tokens=20, token_delay_ms=50))
+    # 5 steps of 30 tokens 50 ms apart: about 7.5 s, past every bound here.
+    workflow = await client.create_workflow("long", chain(5, tokens=30, token_delay_ms=50))
     run = await client.create_run(workflow.id)
     seen: list[str] = []
     async with open_channel(engine_addr) as channel:
@@ -152,7 +157,9 @@ async def test_a_direct_execute_of_a_refused_key_ends_and_its_run_goes_on(
             since = time.monotonic()
         else:
             since = time.monotonic() + max(0.0, key.key.expires_at - time.time())
-        assert await ended_within(reading, since) < KEY_CHECK_S + 1.0
+        # A key check, the call, and room for a stall of a loaded machine; unchecked, the
+        # stream goes on to the run's end.
+        assert await ended_within(reading, since) < KEY_CHECK_S + 2.5
     assert ev.RUN_COMPLETED not in seen
 
     engine = RunsClient(api.runs_channel, internal_metadata(SECRET, run.tenant_id))

@@ -19,7 +19,7 @@ from nyxflow.client import AdminClient, RunsClient
 from nyxflow.errors import FailedPrecondition, Unauthenticated
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
-from nyxflow_runs.bus import CHANNEL_PREFIX, IDLE_CHANNEL, SUBSCRIBE_WAIT_S, RedisBus, Subscription
+from nyxflow_runs.bus import CHANNEL_PREFIX, IDLE_CHANNEL, RedisBus, Subscription
 from nyxflow_runs.tenancy import KEY_CACHE_S
 from tests.support.databases import REDIS_URL, fresh_database, unavailable
 from tests.support.eventually import eventually
@@ -28,9 +28,12 @@ from tests.support.workflows import chain, complete
 
 pytestmark = [pytest.mark.pg, pytest.mark.redis]
 
-# Replica A re-reads the database only every 30 s: anything faster came through Redis.
+# Replica A re-reads the database only every 30 s: anything faster came through Redis (and
+# 10 s leaves room for a stall of a loaded machine).
 SLOW_POLL_S = 30.0
-LIVE_WITHIN_S = 1.0
+LIVE_WITHIN_S = 10.0
+# Well before B's cache entry of the key (KEY_CACHE_S, 5 s) runs out, with room for a stall.
+REVOKED_WITHIN_S = 3.5
 
 
 @pytest.fixture
@@ -142,7 +145,7 @@ async def test_a_watcher_on_one_replica_hears_writes_through_another_live(
         await eventually(
             lambda: run_subscribers(redis_client, run.id),
             lambda n: n == 0,
-            timeout_s=2.0,
+            timeout_s=10.0,
             what="the run's channel unsubscribed",
         )
 
@@ -205,7 +208,7 @@ async def test_a_key_revoked_on_one_replica_is_refused_at_once_on_another(
             return False
 
         await eventually(refused, bool, timeout_s=KEY_CACHE_S, interval_s=0.02)
-        assert time.monotonic() - started < LIVE_WITHIN_S, "refused only when the cache ran out"
+        assert time.monotonic() - started < REVOKED_WITHIN_S, "refused only when the cache ran out"
         assert await b.runs.list_workflows() == []  # the other keys still work on B
 
 
@@ -236,9 +239,9 @@ async def test_a_run_first_watched_while_the_reader_subscribes_is_heard_live(
     try:
         while not arrivals:
             await asyncio.sleep(0.01)
-        started = time.monotonic()
         await bus.listening(arrivals[0])
-        assert time.monotonic() - started < SUBSCRIBE_WAIT_S / 2, "Redis never confirmed it"
+        # Confirmed by Redis, not given up after SUBSCRIBE_WAIT_S: Redis holds the subscription.
+        assert await run_subscribers(redis_client, "late-run") == 1, "Redis never confirmed it"
         run_event = pb.RunEvent(run_id="late-run", seq=1, type=ev.RUN_STARTED, data_json="{}")
         await redis_client.publish(
             CHANNEL_PREFIX + "late-run",

@@ -38,8 +38,9 @@ async def test_a_watch_on_another_replica_ends_after_its_key_is_revoked(
             await AdminClient(channel, bearer_metadata(ADMIN_KEY)).revoke_api_key(key.key.id)
         revoked = time.monotonic()
         try:
-            # Its lookup KEY_CACHE_S on, then a silence (watch_poll_s 0.5), and the call.
-            assert await ended_within(watch, revoked) < KEY_CACHE_S + 1.5
+            # Its lookup KEY_CACHE_S on, then a silence (watch_poll_s 0.5), the call, and room
+            # for a stall of a loaded machine; a watch nobody tells goes on for ever.
+            assert await ended_within(watch, revoked) < KEY_CACHE_S + 3.5
         finally:
             watch.cancel()
 
@@ -67,18 +68,23 @@ async def test_held_keys_are_looked_up_once_an_interval_not_at_each_check(
 
         monkeypatch.setattr(store, "tenant_for_key", counted)
         holds = [(await keys.hold_key(Call(secret)))[1] for _ in range(3)]  # 3 streams
-        # Three busy streams, a check per batch, 1 ms apart, for 5 intervals.
+        # Three busy streams, a check per batch, 1 ms apart, for 5 intervals at least (and
+        # longer if a loaded machine stalled the loop before the lookups came round).
         start = time.monotonic()
-        while time.monotonic() - start < 5 * interval_s:
+        while time.monotonic() - start < 5 * interval_s or (
+            lookups < 3 and time.monotonic() - start < 10
+        ):
             for hold in holds:
                 hold.check()
             await asyncio.sleep(0.001)
-        assert 3 <= lookups <= 8, lookups  # the first hold's, then about one an interval
+        intervals = (time.monotonic() - start) / interval_s
+        # the first hold's, then about one an interval (a lookup at each check makes thousands)
+        assert 3 <= lookups <= 3 + intervals, (lookups, intervals)
 
         await store.revoke_api_key(key.id)  # on another replica: no bus says so here
         revoked = time.monotonic()
-        with pytest.raises(Unauthenticated):
-            while time.monotonic() - revoked < 3 * interval_s:
+        with pytest.raises(Unauthenticated):  # at the next lookup, an interval or so on
+            while time.monotonic() - revoked < 10:
                 for hold in holds:
                     hold.check()
                 await asyncio.sleep(0.01)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nyxflow import events as ev
 from nyxflow.errors import FailedPrecondition
@@ -366,6 +367,22 @@ async def test_a_run_asked_for_after_a_plan_was_chosen_generates_its_prompts(
         await api.runs.create_run(workflow.id)  # and now there is nothing left to do
 
 
+async def lock_waiters(sessions: async_sessionmaker[AsyncSession], count: int) -> None:
+    """Wait until `count` sessions wait on a lock: the calls are queued behind it, in order
+    (a fixed sleep let a stalled machine send the second before the first had queued). Each
+    look in a transaction of its own: one sees the activity as it was at its first."""
+
+    async def waiting() -> int:
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        async with sessions() as session:
+            return int((await session.execute(query)).scalar_one())
+
+    await eventually(waiting, lambda n: n >= count, what=f"{count} calls waiting on the lock")
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_two_alternatives_chosen_at_once_keep_the_later(
     api: Clients, database_url: str
@@ -390,9 +407,9 @@ async def test_two_alternatives_chosen_at_once_keep_the_later(
             text("SELECT id FROM workflows WHERE id = :id FOR UPDATE"), {"id": workflow.id}
         )
         first = asyncio.create_task(api.runs.select_alternative(step.id, 1))
-        await asyncio.sleep(0.3)
+        await lock_waiters(db.sessions, 1)
         second = asyncio.create_task(api.runs.select_alternative(step.id, 0))
-        await asyncio.sleep(0.3)
+        await lock_waiters(db.sessions, 2)
     assert (await first).selected_index == 1
     assert (await second).selected_index == 0
 

@@ -81,7 +81,7 @@ async def watching(
 
 
 async def next_event(
-    stream: AsyncGenerator[pb.RunEvent, None], timeout_s: float = 2.0
+    stream: AsyncGenerator[pb.RunEvent, None], timeout_s: float = 10.0
 ) -> pb.RunEvent:
     async with asyncio.timeout(timeout_s):
         return await anext(stream)
@@ -325,7 +325,7 @@ async def test_an_expired_lease_is_swept_with_its_running_step(runs: Clients, db
     swept = await eventually(
         lambda: runs.runs.get_run(run.id),
         lambda r: r.status != ev.RUNNING,
-        timeout_s=2.0,
+        timeout_s=10.0,
         what="the orphaned run swept",
     )
 
@@ -343,18 +343,20 @@ async def test_an_expired_lease_is_swept_with_its_running_step(runs: Clients, db
 
 
 async def test_heartbeats_keep_a_run_alive(runs: Clients) -> None:
-    engine, kept, token = await claimed(runs, ttl_s=1.0, name="kept")
+    # The kept run's lease (3 s) outlives a stall of a loaded machine between two heartbeats;
+    # the heartbeats go on past it, so without them the run would be swept.
+    engine, kept, token = await claimed(runs, ttl_s=3.0, name="kept")
     _, dropped, _ = await claimed(runs, ttl_s=1.0, name="dropped")  # never heartbeats
 
     expiries: list[float] = []
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + 4.0
     while time.monotonic() < deadline:
         await asyncio.sleep(0.3)
-        expiries.append(await engine.heartbeat(kept.id, token, 1.0))
+        expiries.append(await engine.heartbeat(kept.id, token, 3.0))
 
     assert (await runs.runs.get_run(kept.id)).status == ev.RUNNING
     assert expiries == sorted(expiries) and len(set(expiries)) == len(expiries)
-    # the sweeper was at work all along: the run without heartbeats is gone (2 x TTL passed)
+    # the sweeper was at work all along: the run without heartbeats is gone (4 x its TTL)
     lost = await runs.runs.get_run(dropped.id)
     assert lost.status == ev.FAILED and lost.error == ev.ORPHAN_ERROR
 
@@ -368,7 +370,7 @@ async def test_two_runs_replicas_sweep_an_orphan_once(
         swept = await eventually(
             lambda: other.runs.get_run(run.id),
             lambda r: r.status != ev.RUNNING,
-            timeout_s=2.0,
+            timeout_s=10.0,
             what="the orphaned run swept",
         )
         # more sweeps, all at once, find nothing left to sweep
@@ -392,7 +394,7 @@ async def test_concurrent_sweeps_fail_each_orphan_exactly_once(database_url: str
     ):
         orphans = [(await claimed(api, ttl_s=0.2, name=f"w{i}"))[1] for i in range(5)]
         ids = [run.id for run in orphans]
-        await eventually(lambda: a.expired_leases(ids), lambda n: n == len(ids), timeout_s=2.0)
+        await eventually(lambda: a.expired_leases(ids), lambda n: n == len(ids), timeout_s=10.0)
 
         results = await asyncio.gather(
             *(store.store.sweep_orphans_all_tenants() for store in [a, b, c] * 7)
@@ -420,7 +422,7 @@ async def test_create_run_sweeps_the_workflows_stale_run_first(database_url: str
         engine = as_engine(api, old.tenant_id)
         claim = await engine.claim_run(old.id, OWNER, 0.3)
         assert claim.won
-        await eventually(lambda: db.expired_leases([old.id]), lambda n: n == 1, timeout_s=2.0)
+        await eventually(lambda: db.expired_leases([old.id]), lambda n: n == 1, timeout_s=10.0)
         assert (await api.runs.get_run(old.id)).status == ev.RUNNING  # nobody swept it yet
 
         new = await api.runs.create_run(workflow.id)
@@ -473,7 +475,7 @@ async def test_other_operations_sweep_the_workflows_stale_run_first(
         old = await api.runs.retry_step(last.id)
         claim = await engine.claim_run(old.id, OWNER, 0.3)
         assert claim.won
-        await eventually(lambda: db.expired_leases([old.id]), lambda n: n == 1, timeout_s=2.0)
+        await eventually(lambda: db.expired_leases([old.id]), lambda n: n == 1, timeout_s=10.0)
 
         if operation == "select_alternative":
             assert (await api.runs.select_alternative(step.id, 1)).selected_index == 1
@@ -505,7 +507,7 @@ async def test_another_tenants_resume_or_rerun_sweeps_nothing(
         workflow = await api.runs.create_workflow("stale", chain(1))
         old = await api.runs.create_run(workflow.id)
         assert (await as_engine(api, old.tenant_id).claim_run(old.id, OWNER, 0.3)).won
-        await eventually(lambda: db.expired_leases([old.id]), lambda n: n == 1, timeout_s=2.0)
+        await eventually(lambda: db.expired_leases([old.id]), lambda n: n == 1, timeout_s=10.0)
 
         with pytest.raises(NotFound):
             await getattr(other, operation)(workflow.id)
@@ -559,9 +561,9 @@ async def test_watch_tails_live_through_the_bus_not_the_poll(database_url: str) 
                     await engine.append_events(run.id, token, [draft(ev.STEP_DELTA, n=n)])
                 ).events[0]
                 # the poll would take 30 s: only the bus delivers this fast
-                assert (await next_event(stream, timeout_s=1.0)).seq == written.seq
+                assert (await next_event(stream, timeout_s=10.0)).seq == written.seq
             await complete(engine, run, token)
-            assert (await next_event(stream, timeout_s=1.0)).type == ev.RUN_COMPLETED
+            assert (await next_event(stream, timeout_s=10.0)).type == ev.RUN_COMPLETED
 
 
 async def test_watch_of_a_finished_run_replays_and_ends(runs: Clients) -> None:
@@ -584,7 +586,8 @@ async def test_watch_after_the_terminal_event_ends_at_once(runs: Clients) -> Non
     engine, run, token = await claimed(runs)
     (terminal,) = await complete(engine, run, token)
 
-    assert await watch_all(runs.runs, run.id, after_seq=terminal.seq, timeout_s=2.0) == []
+    # one that tails for ever times out; 10 s outlasts a loaded machine's stall
+    assert await watch_all(runs.runs, run.id, after_seq=terminal.seq, timeout_s=10.0) == []
 
 
 async def test_a_watch_from_past_the_last_event_ends_when_the_run_does(runs: Clients) -> None:
@@ -1224,7 +1227,7 @@ async def test_a_batch_replayed_after_its_run_was_swept_is_refused(
     await eventually(
         lambda: runs.runs.get_run(run.id),
         lambda r: r.status == ev.FAILED,
-        timeout_s=3.0,
+        timeout_s=10.0,
         what="the run swept",
     )
     with pytest.raises(FailedPrecondition):
