@@ -24,7 +24,9 @@ from nyxflow.v1 import common_pb2 as pb
 from nyxflow_gateway import errors
 from nyxflow_gateway.coalesce import Coalescer
 from nyxflow_gateway.deps import BEARER, Clients, ServicesByKey, api_key
+from nyxflow_gateway.headers import SecurityHeaders, page_policy
 from nyxflow_gateway.hub import RunHub
+from nyxflow_gateway.key_check import KeyCheck
 from nyxflow_gateway.routes import personas, pipelines, projects, runs, steps, workflows
 from nyxflow_gateway.settings import GatewaySettings
 
@@ -36,10 +38,11 @@ MAX_BODY_BYTES = int(dict(CHANNEL_OPTIONS)["grpc.max_send_message_length"])
 
 class Intake:
     """What a request must show before its body is read: a declared size within the limit
-    and, for the API, a key of the right shape. FastAPI reads and parses a route's body before
-    the route's dependencies run, the key's among them: anyone could make the gateway hold any
-    size of JSON before its 401. A body sent without a length (chunked) is bounded while it
-    is read, by Starlette's RequestBodyLimitMiddleware."""
+    and, for the API, a key runs takes. FastAPI reads and parses a route's body before the
+    route's dependencies run, the key's among them, and runs sees the key only with the
+    route's call: anyone could make the gateway read and parse any body up to the limit
+    before its 401. A body sent without a length (chunked) is bounded while it is read, by
+    Starlette's RequestBodyLimitMiddleware."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -63,9 +66,10 @@ async def _intake(scope: Scope) -> None:
         "transfer-encoding" in headers
     )
     # Every /v1 route that takes a body takes the key from the header: its dependency would
-    # refuse the same way, but only after the body.
+    # refuse a malformed one, and runs a made-up one, but only after the body.
     if sends_body and scope["path"].startswith("/v1/"):
-        await api_key(await BEARER(Request(scope)))
+        key_check: KeyCheck = scope["app"].state.key_check
+        await key_check(await api_key(await BEARER(Request(scope))))
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -88,6 +92,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.services = ServicesByKey(
             app.state.runs_channel, app.state.engine_channel, settings.rpc_timeout_s
         )
+        app.state.key_check = KeyCheck(app.state.services)
         try:
             yield
         finally:
@@ -105,6 +110,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # Outermost last: the body's declared size and the key are checked before the limit.
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY_BYTES)
     app.add_middleware(Intake)
+    app.add_middleware(SecurityHeaders)  # outermost: on every answer, Intake's refusals too
     # The API, under one router: its errors are documented once, for every operation.
     api = APIRouter(responses=errors.RESPONSES)
     for module in (workflows, runs, steps, personas, projects, pipelines):
@@ -112,9 +118,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")  # the page's JS and CSS
 
+    framed_policy = page_policy(PAGE.read_text(encoding="utf-8"))
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        text = PAGE.read_text(encoding="utf-8")
+        return HTMLResponse(text, headers={"Content-Security-Policy": framed_policy})
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -3,6 +3,7 @@ and the workflow-level operations that start a new run (run, resume, re-run)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -62,7 +63,9 @@ async def import_workflow(request: Request, services: Clients) -> dict[str, Any]
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:  # refused, as the CLI does: U+FFFD would be stored
         raise InvalidArgument(f"not UTF-8 text (byte {error.start})", field="template") from None
-    return await _create(services, parse_template(text))
+    # PyYAML is pure Python: a 1 MB template takes it seconds, which on the event loop stopped
+    # every other request and stream meanwhile.
+    return await _create(services, await asyncio.to_thread(parse_template, text))
 
 
 @router.get("")
