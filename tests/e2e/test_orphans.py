@@ -59,13 +59,17 @@ async def test_frozen_engine_is_swept_and_its_later_writes_are_refused(
         )
         assert swept["status"] == "failed" and swept["error"] == ev.ORPHAN_ERROR
         stack.signal("engine", signal.SIGCONT)
-        # Give the zombie time to try: its next delta write and heartbeat must bounce.
+        # Give the zombie time to try: its next delta write and heartbeat must bounce (seen in
+        # its log, waited for: a loaded machine may be slow to run the woken process).
         await asyncio.sleep(LEASE_TTL_S)
+        await eventually(
+            lambda: asyncio.to_thread(stack.log_text, "engine"),
+            lambda log: "stale fencing token" in log or "lease lost" in log,
+            timeout_s=10,
+            what="the zombie's writes refused",
+        )
         after = await get_run(http, stack, run_id)
         assert after == swept
-        assert "stale fencing token" in stack.log_text("engine") or "lease lost" in stack.log_text(
-            "engine"
-        )
     finally:
         stack.restart("engine")
 
@@ -79,7 +83,8 @@ async def test_sigterm_engine_pauses_its_runs_never_leaves_them_running(
         run = await eventually(
             lambda: get_run(http, stack, run_id),
             lambda r: r["status"] != "running",
-            timeout_s=LEASE_TTL_S,  # well before any sweep could have done it
+            # Polling only, ample for a stalled machine: a sweep would have failed it.
+            timeout_s=10,
             what="run paused by the draining engine",
         )
         assert run["status"] == "paused" and run["error"] == "engine shut down"

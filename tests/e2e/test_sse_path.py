@@ -242,7 +242,7 @@ async def test_closed_tab_releases_upstream_and_run_goes_on(
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as tab:
         await read_events(tab, events_url(run_id), stack.headers, limit=3)
     # the tab is closed: its upstream stream goes, the run does not
-    await eventually(upstreams, lambda n: n <= baseline, timeout_s=5, what="upstream released")
+    await eventually(upstreams, lambda n: n <= baseline, timeout_s=10, what="upstream released")
     run = await eventually(
         lambda: get_run(http, stack, run_id),
         lambda r: r["status"] != "running",

@@ -98,8 +98,10 @@ async def test_not_serving_until_the_database_answers(tmp_path: Path) -> None:
     dead = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere"
     process, listen = start_runs(tmp_path, NYXFLOW_DATABASE_URL=dead, NYXFLOW_DATABASE_WAIT_S="6")
     try:
-        statuses = []
-        for _ in range(40):
+        statuses: list[int | None] = [None]
+        # Until it answers or gives up: a loaded machine may take seconds to start it.
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
             statuses.append(await health(listen))
             if statuses[-1] is not None:
                 break
