@@ -229,8 +229,18 @@ class RunsClient:
     async def list_runs(
         self, workflow_id: str = "", status: str = "", limit: int = 50
     ) -> list[pb.Run]:
-        request = runs_pb2.ListRunsRequest(workflow_id=workflow_id, status=status, limit=limit)
-        return list((await _unary(self._stub.ListRuns(request, **self._kw()))).runs)
+        """The newest `limit` runs (at most 500); older ones: list_runs_page."""
+        return list((await self.list_runs_page(workflow_id, status, limit)).runs)
+
+    async def list_runs_page(
+        self, workflow_id: str = "", status: str = "", limit: int = 50, page_token: str = ""
+    ) -> runs_pb2.ListRunsResponse:
+        """One page of runs, newest first; its `next_page_token`, when set, is where the
+        next (older) page begins."""
+        request = runs_pb2.ListRunsRequest(
+            workflow_id=workflow_id, status=status, limit=limit, page_token=page_token
+        )
+        return await _unary(self._stub.ListRuns(request, **self._kw()))
 
     async def retry_step(
         self,

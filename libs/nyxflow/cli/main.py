@@ -306,11 +306,25 @@ async def run_follow(
 async def run_list(
     status: str = typer.Option("", help="Only runs with this status."),
     workflow: str = typer.Option("", help="Only this workflow's runs."),
+    limit: int = typer.Option(50, "--limit", min=1, max=500, help="Runs per page."),
+    page_token: str = typer.Option(
+        "", "--page-token", help="Continue after an earlier page (the token it printed)."
+    ),
+    every: bool = typer.Option(False, "--all", help="Every run, page after page."),
     as_json: bool = JSON,
 ) -> None:
+    """Runs, newest first: a page of them, and on stderr how to ask for the next one."""
+    runs: list[pb.Run] = []
     async with connect() as c:
-        runs = await c.runs.list_runs(workflow, status)
+        while True:
+            page = await c.runs.list_runs_page(workflow, status, limit, page_token)
+            runs += page.runs
+            page_token = page.next_page_token
+            if not (every and page_token):
+                break
     render.as_json(list(runs)) if as_json else render.runs_table(runs)
+    if page_token:  # on stderr: `--json` stays a list, and a pipe reads the runs alone
+        err.print(f"older runs: --page-token {page_token}")
 
 
 @run_app.command("show")

@@ -13,6 +13,9 @@ from nyxflow.constants import MAX_SERVED_BY
 from nyxflow_runs.clock import db_now
 
 ACTIVE_RUN_SQL = "status IN ('pending', 'running')"
+# Runs re-queued and waiting for an engine: the adopters' poll (hot_path.REQUEUED), word for
+# word, or PostgreSQL does not see that the partial index holds its rows.
+REQUEUED_RUN_SQL = "status = 'pending' AND requeues > 0"
 
 
 def new_id() -> str:
@@ -64,7 +67,10 @@ class Workflow(TenantOwned, Base):
     __tablename__ = "workflows"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    project_id: Mapped[str | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    # A project's workflows (its list, its delete's cascade) read every workflow without it.
+    project_id: Mapped[str | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(200))
     consistency_check: Mapped[bool] = mapped_column(Boolean, default=False)
     on_orphan: Mapped[str] = mapped_column(String(20), default="fail", server_default="fail")
@@ -192,8 +198,18 @@ class Run(TenantOwned, Base):
         ),
         Index("ix_runs_status_lease", "status", "lease_expires_at"),
         # A workflow's runs, newest first: its latest run (the list's status, resume), its
-        # runs' list, and a workflow's delete (the cascade) read every run without it.
-        Index("ix_runs_workflow_created", "workflow_id", "created_at"),
+        # runs' list, and a workflow's delete (the cascade) read every run without it. With
+        # the id, the listing's order whole: the latest is the first entry read.
+        Index("ix_runs_workflow_created", "workflow_id", "created_at", "id"),
+        # A tenant's runs, newest first, as ListRuns pages through them by (created_at, id).
+        Index("ix_runs_tenant_created", "tenant_id", "created_at", "id"),
+        # The adopters' poll, several a second: the few re-queued runs among every pending one.
+        Index(
+            "ix_runs_requeued",
+            "created_at",
+            postgresql_where=text(REQUEUED_RUN_SQL),
+            sqlite_where=text(REQUEUED_RUN_SQL),
+        ),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)

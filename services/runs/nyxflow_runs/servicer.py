@@ -20,6 +20,7 @@ from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.store import Draft, Store
 from nyxflow_runs.store.hot_path import Entry
 from nyxflow_runs.store.record import Batch, Written
+from nyxflow_runs.store.workflows import MAX_LIST, RunsPage
 from nyxflow_runs.tenancy import Tenancy
 from nyxflow_runs.watch import watch_run
 
@@ -35,6 +36,8 @@ ITEMS_MAX_BYTES = 1_000_000
 # ListRunEvents per call, likewise.
 EVENTS_DEFAULT, EVENTS_MAX = 100, 500
 EVENTS_MAX_BYTES = 1_000_000
+# ListRuns per call; older runs are reached page by page (next_page_token).
+RUNS_DEFAULT, RUNS_MAX = 50, MAX_LIST
 
 
 def _response(written: Written) -> runs_pb2.WriteResponse:
@@ -217,15 +220,15 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         self, request: runs_pb2.ListRunsRequest, context: Ctx
     ) -> runs_pb2.ListRunsResponse:
         tenant = await self._tenant(request, context)
-        if request.limit < 0:
-            raise InvalidArgument("must not be negative", field="limit")
+        limit = valid.bounded(request.limit, 0, RUNS_MAX, "limit") or RUNS_DEFAULT
         if request.status and request.status not in ev.RUN_STATUSES:
             known = ", ".join(sorted(ev.RUN_STATUSES))
             raise InvalidArgument(f"must be one of {known}", field="status")
-        runs = await self._store.list_runs(
-            tenant, request.workflow_id, request.status, request.limit or 50
+        before = RunsPage.of(request.page_token, "page_token") if request.page_token else None
+        runs, more = await self._store.list_runs(
+            tenant, request.workflow_id, request.status, limit, before
         )
-        return runs_pb2.ListRunsResponse(runs=runs)
+        return runs_pb2.ListRunsResponse(runs=runs, next_page_token=more.token() if more else "")
 
     async def ListStepItems(
         self, request: runs_pb2.ListStepItemsRequest, context: Ctx

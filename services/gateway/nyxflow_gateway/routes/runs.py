@@ -40,9 +40,15 @@ async def list_runs(
     workflow_id: str = "",
     status: str = "",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    page_token: str = "",
 ) -> dict[str, Any]:
-    runs = await services.runs.list_runs(workflow_id, status, limit)
-    return {"runs": [convert.run(r) for r in runs]}
+    """The newest runs first; `next_page_token`, when not null, is the `page_token` of the
+    next (older) page, with the same filters."""
+    page = await services.runs.list_runs_page(workflow_id, status, limit, page_token)
+    return {
+        "runs": [convert.run(r) for r in page.runs],
+        "next_page_token": page.next_page_token or None,
+    }
 
 
 @router.get("/{run_id}")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
+import json
+import math
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, Row, Text, cast, delete, func, select, update
+from sqlalchemy import Integer, Row, Text, cast, delete, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import defer
@@ -37,7 +40,33 @@ from nyxflow_runs.store.projects import held_project, held_under_project
 from nyxflow_runs.validation import StepDraft
 
 DEFAULT_TENANT = "default"
+DEFAULT_TENANT_LOCK = 7_240_002  # pg advisory lock (migrations' env.py holds 7_240_001)
 MAX_LIST = 500
+
+
+class RunsPage(NamedTuple):
+    """Where a page of ListRuns ended: its last run's (created_at, id), the listing's order.
+    Sent as an opaque token: the next call's page_token."""
+
+    created_at: float
+    id: str
+
+    def token(self) -> str:
+        raw = json.dumps([self.created_at, self.id], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def of(cls, token: str, field: str) -> RunsPage:
+        """The page a token names; anything but a token a page ended with is refused."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            created_at, run_id = json.loads(raw)
+        except (ValueError, TypeError, RecursionError):
+            created_at = run_id = None
+        number = isinstance(created_at, int | float) and not isinstance(created_at, bool)
+        if not number or not math.isfinite(created_at) or not isinstance(run_id, str):
+            raise InvalidArgument("is not a token a page of runs ended with", field=field)
+        return cls(float(created_at), run_id)
 
 
 class OctetLength(FunctionElement[int]):
@@ -69,6 +98,18 @@ def within(sizes: Sequence[Row[int, int | None]], limit: int, max_bytes: int) ->
 @compiles(OctetLength, "sqlite")
 def _octets_sqlite(element: OctetLength, compiler: SQLCompiler, **kw: Any) -> str:
     return f"length(CAST({compiler.process(element.clauses, **kw)} AS BLOB))"
+
+
+def latest_run(column: Any) -> Any:
+    """`column` of the workflow's latest run (a scalar subquery on the enclosing query's
+    workflow): newest created_at, then greatest id, as ListRuns orders them."""
+    return (
+        select(column)
+        .where(Run.workflow_id == Workflow.id)
+        .order_by(Run.created_at.desc(), Run.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 def step_row(tenant_id: str, workflow_id: str, position: int, d: StepDraft) -> Step:
@@ -104,6 +145,11 @@ class Workflows(StoreBase):
         for ever. Only earlier ones: a replica restarted with a stale setting revokes nothing
         newer (its own key stays refused). The tenant, and how many keys were revoked."""
         async with self._sessions.begin() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # Replicas starting together: the second waits for the first's commit and
+                # then sees its tenant and key (read committed), instead of inserting them
+                # again and dying on the unique slug. Replicas share PostgreSQL, not SQLite.
+                await session.execute(text(f"SELECT pg_advisory_xact_lock({DEFAULT_TENANT_LOCK})"))
             tenant_id = await session.scalar(select(Tenant.id).where(Tenant.slug == DEFAULT_TENANT))
             if tenant_id is None:
                 tenant = Tenant(slug=DEFAULT_TENANT, name="Default")
@@ -258,21 +304,18 @@ class Workflows(StoreBase):
                     .options(defer(Step.output), defer(Step.alternatives_out))
                 )
             ).all()
-            ranked = (
+            # Each workflow's latest run (id, status): its first entry in
+            # ix_runs_workflow_created. Ranking their runs read every run they ever had, at
+            # every poll of the list; loading the latest by id after (or in a join), every run
+            # of the tenant.
+            latest_rows = await session.execute(
                 select(
-                    Run,
-                    func.row_number()
-                    .over(
-                        partition_by=Run.workflow_id,
-                        order_by=(Run.created_at.desc(), Run.id.desc()),
-                    )
-                    .label("rank"),
-                )
-                .where(Run.workflow_id.in_(ids))
-                .subquery()
+                    Workflow.id,
+                    latest_run(Run.id).label("run_id"),
+                    latest_run(Run.status).label("status"),
+                ).where(Workflow.id.in_(ids))
             )
-            latest_rows = await session.execute(select(ranked).where(ranked.c.rank == 1))
-            latest = {row.workflow_id: row for row in latest_rows}
+            latest = {row.id: row for row in latest_rows if row.run_id is not None}
             steps_pb = await self._steps_pb(session, tenant_id, steps, brief=True)
         by_workflow: dict[str, list[pb.Step]] = {}
         for step, step_pb in zip(steps, steps_pb, strict=True):
@@ -281,7 +324,7 @@ class Workflows(StoreBase):
         for w in workflows:
             message = convert.workflow(w, by_workflow.get(w.id, []))
             if (run := latest.get(w.id)) is not None:
-                message.status, message.last_run_id = run.status, run.id
+                message.status, message.last_run_id = run.status, run.run_id
             result.append(message)
         return result
 
@@ -436,18 +479,31 @@ class Workflows(StoreBase):
         return items, more
 
     async def list_runs(
-        self, tenant_id: str, workflow_id: str = "", status: str = "", limit: int = 50
-    ) -> list[pb.Run]:
+        self,
+        tenant_id: str,
+        workflow_id: str = "",
+        status: str = "",
+        limit: int = 50,
+        before: RunsPage | None = None,
+    ) -> tuple[list[pb.Run], RunsPage | None]:
+        """The newest `limit` runs (older than `before`, the previous page's end), newest
+        first, and where the next page begins (None: no older run)."""
         query = select(Run).where(Run.tenant_id == tenant_id)
         if workflow_id:
             query = query.where(Run.workflow_id == workflow_id)
         if status:
             query = query.where(Run.status == status)
-        query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(min(limit, MAX_LIST))
+        if before is not None:  # (created_at, id) as ordered: ties are neither skipped nor repeated
+            query = query.where(tuple_(Run.created_at, Run.id) < tuple_(*before))
+        limit = min(limit, MAX_LIST)
+        query = query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)
         async with self._scoped(tenant_id) as session:
             if workflow_id:  # a mistyped (or another tenant's) id is not "no runs"
                 await self._workflow(session, tenant_id, workflow_id)
-            return [convert.run(r) for r in (await session.scalars(query)).all()]
+            rows = (await session.scalars(query)).all()
+        page = rows[:limit]
+        more = RunsPage(page[-1].created_at, page[-1].id) if page and len(rows) > limit else None
+        return [convert.run(r) for r in page], more
 
     async def events_after(
         self, tenant_id: str, run_id: str, after_seq: int, limit: int = 500
