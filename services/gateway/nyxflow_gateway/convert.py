@@ -175,7 +175,9 @@ def project(p: runs_pb2.Project) -> dict[str, Any]:
         "name": p.name,
         "created_at": when(p.created_at),
         "repositories": [repository(r) for r in p.repositories],
-        "notes": [note(n) for n in p.notes],
+        "notes": [note(n) for n in p.notes],  # newest first, bounded: runs.proto's Project
+        "notes_left_out": p.notes_left_out,
+        "notes_cut": p.notes_cut,
         "workflow_ids": list(p.workflow_ids),
     }
 

@@ -222,14 +222,13 @@ def insight(row: models.WorkflowInsight) -> runs_pb2.WorkflowInsight:
 def project(
     row: models.Project,
     repositories: Sequence[models.Repository] = (),
-    notes: Sequence[models.ProjectNote] = (),
     workflow_ids: Sequence[str] = (),
 ) -> runs_pb2.Project:
+    """Without its notes: the store reads them within a bound (store/projects.py)."""
     return runs_pb2.Project(
         id=row.id,
         name=row.name,
         created_at=row.created_at,
         repositories=[repository(r) for r in repositories],
-        notes=[note(n) for n in notes],
         workflow_ids=workflow_ids,
     )

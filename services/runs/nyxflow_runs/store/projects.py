@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,6 +15,17 @@ from nyxflow_runs.models import Project, ProjectNote, Repository, Workflow, Work
 from nyxflow_runs.store.base import StoreBase
 
 MAX_PROJECTS = 500
+# A project's notes (up to 100,000 characters each, as many as were added) went whole into
+# GetProject, and every project's into ListProjects' one answer: 340 long notes in one project
+# passed the 32 MiB message limit, and the whole tenant's project list failed. GetProject
+# gives the newest notes whole, as many as NOTES_PER_READ characters hold (each note weighing
+# NOTE_OVERHEAD more, for its ids); ListProjects the newest NOTES_PER_LIST, cut to
+# NOTE_PREVIEW characters. The rest are counted (Project.notes_left_out).
+NOTES_PER_READ = 1_000_000
+NOTE_OVERHEAD = 100
+NOTES_PER_LIST = 3
+NOTE_PREVIEW = 300
+CUT = "…"
 
 UnderProject = TypeVar("UnderProject", Workflow, Repository)
 
@@ -59,12 +70,12 @@ class Projects(StoreBase):
     async def get_project(self, tenant_id: str, project_id: str) -> runs_pb2.Project:
         async with self._scoped(tenant_id) as session:
             project = await self._project(session, project_id)
-            return await self._project_pb(session, project)
+            return await self._project_pb(session, project, listed=False)
 
     async def list_projects(self, tenant_id: str) -> list[runs_pb2.Project]:
         async with self._scoped(tenant_id) as session:
             rows = await session.scalars(select(Project).order_by(Project.name).limit(MAX_PROJECTS))
-            return [await self._project_pb(session, p) for p in rows.all()]
+            return [await self._project_pb(session, p, listed=True) for p in rows.all()]
 
     async def add_repository(
         self, tenant_id: str, project_id: str, owner: str, repo: str, path: str
@@ -116,18 +127,70 @@ class Projects(StoreBase):
         return project
 
     @staticmethod
-    async def _project_pb(session: AsyncSession, project: Project) -> runs_pb2.Project:
+    async def _project_pb(
+        session: AsyncSession, project: Project, *, listed: bool
+    ) -> runs_pb2.Project:
         repositories = await session.scalars(
             select(Repository)
             .where(Repository.project_id == project.id)
             .order_by(Repository.owner, Repository.repo)
         )
-        notes = await session.scalars(
-            select(ProjectNote)
-            .where(ProjectNote.project_id == project.id)
-            .order_by(ProjectNote.created_at, ProjectNote.id)
-        )
         workflows = await session.scalars(
             select(Workflow.id).where(Workflow.project_id == project.id).order_by(Workflow.id)
         )
-        return convert.project(project, repositories.all(), notes.all(), workflows.all())
+        answer = convert.project(project, repositories.all(), workflows.all())
+        if listed:
+            await _note_previews(session, answer)
+        else:
+            await _newest_notes(session, answer)
+        return answer
+
+
+NEWEST = (ProjectNote.created_at.desc(), ProjectNote.id.desc())
+
+
+async def _newest_notes(session: AsyncSession, answer: runs_pb2.Project) -> None:
+    """The newest notes, whole, as many as NOTES_PER_READ holds (at least one): the budget is
+    summed in the database, which sends only those."""
+    weight = func.length(ProjectNote.text) + NOTE_OVERHEAD
+    ranked = (
+        select(
+            ProjectNote.id,
+            (func.sum(weight).over(order_by=NEWEST) - weight).label("before"),
+            func.count().over().label("total"),
+        )
+        .where(ProjectNote.project_id == answer.id)
+        .subquery()
+    )
+    rows = (
+        await session.execute(
+            select(ProjectNote, ranked.c.total)
+            .join(ranked, ranked.c.id == ProjectNote.id)
+            .where(ranked.c.before < NOTES_PER_READ)
+            .order_by(*NEWEST)
+        )
+    ).all()
+    answer.notes.extend(convert.note(note) for note, _ in rows)
+    answer.notes_left_out = rows[0].total - len(rows) if rows else 0
+
+
+async def _note_previews(session: AsyncSession, answer: runs_pb2.Project) -> None:
+    """The newest NOTES_PER_LIST notes, their text read no further than its preview."""
+    rows = await session.execute(
+        select(
+            ProjectNote.id,
+            func.substr(ProjectNote.text, 1, NOTE_PREVIEW + 1).label("text"),
+            ProjectNote.created_at,
+            func.count().over().label("total"),
+        )
+        .where(ProjectNote.project_id == answer.id)
+        .order_by(*NEWEST)
+        .limit(NOTES_PER_LIST)
+    )
+    for row in rows:
+        text = row.text
+        if len(text) > NOTE_PREVIEW:
+            text = text[:NOTE_PREVIEW] + CUT
+            answer.notes_cut = True
+        answer.notes.add(id=row.id, project_id=answer.id, text=text, created_at=row.created_at)
+        answer.notes_left_out = row.total - len(answer.notes)
