@@ -189,7 +189,7 @@ async def _redis_then_polling_then_live(
         run = await wait_status(dsn, run_id, FINISHED, 60)
         assert run["status"] == ev.COMPLETED
         for follower in followers:
-            received = await asyncio.wait_for(follower, 3 * poll_s)
+            received = await asyncio.wait_for(follower, 30)  # polling only: the run has ended
             assert_full_stream(received, run["last_seq"], ev.RUN_COMPLETED)
             polled = [r for r in received if stopped_at < r.frame.json["at"] < back_at]
             assert polled, "no event was made while Redis was down"
