@@ -1280,9 +1280,25 @@ async def test_the_workflow_list_stays_small_however_much_the_steps_produced(
         assert workflow.status == ev.COMPLETED
         (step,) = workflow.steps
         assert (step.name, step.status, step.output_tokens) == ("s0", ev.COMPLETED, 9)
-        assert step.output == "" and list(step.items) == [] and step.prompt == "begin"
+        assert step.output == "" and list(step.items) == [] and step.prompt == ""
     whole = await runs.runs.get_workflow(ids[0])
     assert whole.steps[0].output == big and [i.output for i in whole.steps[0].items] == ["item"]
+    assert whole.steps[0].prompt == whole.steps[0].spec.prompt == "begin"
+
+
+async def test_the_workflow_list_stays_small_however_long_the_prompts(runs: Clients) -> None:
+    """Nor its prompt: each came twice (the step's and its spec's), and two workflows with a
+    12 MB prompt (a long generated implementation prompt, many times over) made the tenant's
+    list outgrow a message for good."""
+    long = "y" * 12_000_000
+    ids = [
+        (await runs.runs.create_workflow(f"long-{i}", [llm_step("s0", long)])).id for i in range(2)
+    ]
+    listed = await runs.runs.list_workflows()
+    assert sorted(w.id for w in listed) == sorted(ids)
+    assert all(s.prompt == s.spec.prompt == s.system_prompt == "" for w in listed for s in w.steps)
+    whole = await runs.runs.get_workflow(ids[0])
+    assert whole.steps[0].prompt == whole.steps[0].spec.prompt == long
 
 
 async def test_a_step_that_answered_nothing_is_completed_with_its_empty_output(

@@ -14,12 +14,13 @@ from nyxflow_runs import models
 IDLE = "idle"
 
 
-def spec(row: models.Step) -> pb.StepSpec:
+def spec(row: models.Step, listed: bool = False) -> pb.StepSpec:
+    """`listed`: without the prompt, whose column the caller did not load (see `step`)."""
     config: dict[str, Any] = row.config or {}
     return pb.StepSpec(
         name=row.name,
         kind=row.kind,
-        prompt=row.prompt,
+        prompt="" if listed else row.prompt,
         provider=row.provider,
         model=row.model,
         params_json=json.dumps(row.params or {}),
@@ -96,17 +97,20 @@ def step(
     default_chain: Sequence[str] = (),
     brief: bool = False,
     left_out: bool = False,
+    listed: bool = False,
 ) -> pb.Step:
     """`brief`: the step without what it produced (output, alternatives; its items are the
     caller's to leave out), whose columns the caller did not load. `left_out`: the same, for
-    a whole read past its budget, said in `output_left_out` (store/base.py)."""
-    bare = brief or left_out
+    a whole read past its budget, said in `output_left_out` (store/base.py). `listed`: brief,
+    and without its prompt (a generated implementation prompt runs to many kilobytes, and a
+    tenant's list of 500 workflows outgrew a message), nor its persona's system prompt."""
+    bare = brief or left_out or listed
     return pb.Step(
         id=row.id,
         order=row.position,
         name=row.name,
         kind=row.kind,
-        prompt=row.prompt,
+        prompt="" if listed else row.prompt,
         provider=row.provider,
         model=row.model,
         params_json=json.dumps(row.params or {}),
@@ -122,8 +126,8 @@ def step(
         served_by=row.served_by or "",
         started_at=row.started_at or 0.0,
         finished_at=row.finished_at or 0.0,
-        spec=spec(row),
-        system_prompt=system_prompt,
+        spec=spec(row, listed),
+        system_prompt="" if listed else system_prompt,
         selected_index=row.selected_index,
         alternatives=[]
         if bare

@@ -343,9 +343,11 @@ class StoreBase:
         brief: bool = False,
         left_out: Collection[str] = frozenset(),
         produced: int | None = None,
+        listed: bool = False,
     ) -> list[pb.Step]:
         """`left_out`: the steps whose outputs a whole read leaves out (their columns were not
-        loaded); `produced`: what the outputs it carries weigh, counted from `steps` if None."""
+        loaded); `produced`: what the outputs it carries weigh, counted from `steps` if None;
+        `listed`: brief, without their prompts (not loaded either; convert.step)."""
         items: dict[str, list[Any]] = {}
         if steps and not brief:
             if produced is None:
@@ -361,6 +363,7 @@ class StoreBase:
                 defaults.get(s.workflow_id, ()),
                 brief,
                 left_out=s.id in left_out,
+                listed=listed,
             )
             for s in steps
         ]

@@ -294,14 +294,15 @@ class Workflows(StoreBase):
                 )
             ).all()
             ids = [w.id for w in workflows]
-            # Brief steps: what they produced (up to megabytes each) is GetWorkflow's, or a
-            # tenant's list would outgrow a message once enough results were stored.
+            # Brief steps without their prompts: what they produced (up to megabytes each) and
+            # what they ask (generated prompts of many kilobytes) are GetWorkflow's, or a
+            # tenant's list would outgrow a message once enough workflows were stored.
             steps = (
                 await session.scalars(
                     select(Step)
                     .where(Step.workflow_id.in_(ids))
                     .order_by(Step.position)
-                    .options(defer(Step.output), defer(Step.alternatives_out))
+                    .options(defer(Step.output), defer(Step.alternatives_out), defer(Step.prompt))
                 )
             ).all()
             # Each workflow's latest run (id, status): its first entry in
@@ -316,7 +317,7 @@ class Workflows(StoreBase):
                 ).where(Workflow.id.in_(ids))
             )
             latest = {row.id: row for row in latest_rows if row.run_id is not None}
-            steps_pb = await self._steps_pb(session, tenant_id, steps, brief=True)
+            steps_pb = await self._steps_pb(session, tenant_id, steps, brief=True, listed=True)
         by_workflow: dict[str, list[pb.Step]] = {}
         for step, step_pb in zip(steps, steps_pb, strict=True):
             by_workflow.setdefault(step.workflow_id, []).append(step_pb)
