@@ -9,7 +9,9 @@ from typing import Any
 import httpx
 
 from nyxflow import events as ev
-from nyxflow_gateway.app import PAGE
+from nyxflow_gateway.app import PAGE, create_app
+from nyxflow_gateway.settings import GatewaySettings
+from tests.support.ports import free_port
 from tests.unit.test_gateway_app import (  # noqa: F401  (fixtures)
     AUTH,
     BOTH_SERVERS,
@@ -94,3 +96,26 @@ async def test_the_event_stream_is_secured_and_still_streams(
         text = (await stream.aread()).decode()
     seqs = [int(n) for n in re.findall(r"^id: (\d+)$", text, re.M)]
     assert seqs == [e.seq for e in gateway.world.history["run-1"]]
+
+
+async def test_an_unexpected_errors_500_is_secured() -> None:
+    """Starlette answers an unhandled error from outside every middleware the app adds: its
+    500 went out without the headers."""
+    settings = GatewaySettings(
+        runs_addr=f"127.0.0.1:{free_port()}", engine_addr=f"127.0.0.1:{free_port()}"
+    )
+    app = create_app(settings)
+
+    @app.get("/boom")  # stands for any route's unexpected error
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http,
+    ):
+        answer = await http.get("/boom")
+    assert answer.status_code == 500
+    assert answer.json()["error"]["message"] == "internal error"
+    assert_secured(answer)

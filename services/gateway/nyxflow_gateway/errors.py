@@ -17,6 +17,7 @@ from starlette.routing import Match
 
 from nyxflow.errors import NyxflowError, ResourceExhausted
 from nyxflow.templates import field_path
+from nyxflow_gateway.headers import HEADERS
 
 log = logging.getLogger(__name__)
 SOURCES = ("body", "query", "path", "header", "cookie")
@@ -157,4 +158,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"path": request.url.path})
-        return JSONResponse(error_body("internal", "internal error"), status_code=500)
+        # Starlette answers this from outside every middleware: SecurityHeaders never sees it.
+        return JSONResponse(
+            error_body("internal", "internal error"),
+            status_code=500,
+            headers={name.decode(): value.decode() for name, value in HEADERS},
+        )

@@ -61,10 +61,17 @@ class RunsPage(NamedTuple):
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             created_at, run_id = json.loads(raw)
-        except (ValueError, TypeError, RecursionError):
-            created_at = run_id = None
-        number = isinstance(created_at, int | float) and not isinstance(created_at, bool)
-        if not number or not math.isfinite(created_at) or not isinstance(run_id, str):
+            number = isinstance(created_at, int | float) and not isinstance(created_at, bool)
+            # An int past a float's range overflows isfinite; a NUL PostgreSQL cannot compare.
+            valid = (
+                number
+                and math.isfinite(created_at)
+                and isinstance(run_id, str)
+                and "\x00" not in run_id
+            )
+        except (ValueError, TypeError, RecursionError, OverflowError):
+            valid = False
+        if not valid:
             raise InvalidArgument("is not a token a page of runs ended with", field=field)
         return cls(float(created_at), run_id)
 
