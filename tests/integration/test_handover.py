@@ -308,7 +308,11 @@ async def test_a_run_adopted_again_by_the_same_engine_is_handed_over_by_its_drai
             lambda events: [e.type for e in events].count(ev.RUN_STARTED) == 2,
             what="adopted again by the same engine",
         )
-        await asyncio.sleep(4.5)  # the stale execution's step (6 s) ends, is refused: it stops
+        # The stale execution's step (6 s) ends, its write is refused, it stops: its stream
+        # ends (waited for, not guessed: a loaded machine's stall must not reorder the two).
+        async with asyncio.timeout(20):
+            async for _ in first:
+                pass
         assert (await api.runs.get_run(run.id)).status == ev.RUNNING
         stop.set()  # SIGTERM
         await first.aclose()
@@ -336,7 +340,8 @@ async def test_a_drain_during_a_step_failures_write_fails_the_run(
     ) -> runs_pb2.RecordManyResponse:
         if ev.STEP_FAILED.encode() in request.SerializeToString():
             failure_written.set()
-            await asyncio.sleep(0.5)  # the drain lands meanwhile
+            await stop.wait()  # the drain lands meanwhile, whatever the machine's pace
+            await asyncio.sleep(0.3)
         return await original(self, request, context)
 
     monkeypatch.setattr(RunsServicer, "RecordMany", a_slow_failure)
