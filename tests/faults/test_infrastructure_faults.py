@@ -243,22 +243,36 @@ async def test_runs_service_restarted_mid_run(
         what="three steps done before the restart",
     )
     assert (await run_row(dsn, run_id))["status"] == ev.RUNNING
-    await asyncio.to_thread(stack.restart, "runs")
+    await asyncio.to_thread(stack.kill, "runs")
+    # Down until the engine has backed off four times (its fourth wait is 0.8 s): a restart
+    # quicker than the backoff (a warm machine's) would show no backoff to check.
+    await eventually(
+        lambda: asyncio.to_thread(_retries, stack, run_id),
+        lambda found: any(r["attempt"] >= 4 for r in found),
+        timeout_s=20,
+        what="the engine's fourth retry",
+    )
+    await asyncio.to_thread(stack.start, "runs")
     await wait_status(dsn, run_id, FINISHED, SETTLE_S)
     for reader in readers:
         await _check_stream(dsn, run_id, await asyncio.wait_for(reader, 20))
     # Retried with backoff: a call's first wait is 0.1 s, its fourth 0.8 s, each jittered by
     # half either way.
-    retries = [
-        line
-        for line in map(_json_line, stack.log_text("engine").splitlines())
-        if line.get("msg") == "runs unavailable, retrying" and line.get("run_id") == run_id
-    ]
+    retries = _retries(stack, run_id)
     first = [r["retry_in_s"] for r in retries if r["attempt"] == 1]
     later = [r["retry_in_s"] for r in retries if r["attempt"] >= 4]
     assert first and later, retries
     assert max(first) <= 0.15 and min(later) >= 0.4, (first, later)
     await assert_invariants(dsn)
+
+
+def _retries(stack: ProcessStack, run_id: str) -> list[dict[str, Any]]:
+    """The engine's logged retries of its calls to runs for `run_id`."""
+    return [
+        line
+        for line in map(_json_line, stack.log_text("engine").splitlines())
+        if line.get("msg") == "runs unavailable, retrying" and line.get("run_id") == run_id
+    ]
 
 
 def _json_line(line: str) -> dict[str, Any]:
