@@ -353,7 +353,8 @@ class StoreBase:
             if produced is None:
                 produced = sum(produced_bytes(s) for s in steps)
             items = await self._items(session, steps, produced)
-        personas = await self._personas(session, tenant_id)
+        # A listed step carries no system prompt: its persona's are not read for it.
+        personas = {} if listed else await self._personas(session, tenant_id)
         defaults = await self._default_chains(session, {s.workflow_id for s in steps})
         return [
             convert.step(
