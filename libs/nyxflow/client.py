@@ -122,6 +122,16 @@ class RunsClient:
         request = runs_pb2.GetProjectRequest(project_id=project_id)
         return await _unary(self._stub.GetProject(request, **self._kw()))
 
+    async def list_project_notes(
+        self, project_id: str, limit: int = 50, page_token: str = ""
+    ) -> runs_pb2.ListProjectNotesResponse:
+        """One page of a project's notes, newest first; its `next_page_token`, when set, is
+        where the next (older) page begins."""
+        request = runs_pb2.ListProjectNotesRequest(
+            project_id=project_id, limit=limit, page_token=page_token
+        )
+        return await _unary(self._stub.ListProjectNotes(request, **self._kw()))
+
     async def list_projects(self) -> list[runs_pb2.Project]:
         response = await _unary(
             self._stub.ListProjects(runs_pb2.ListProjectsRequest(), **self._kw())

@@ -1,15 +1,19 @@
-"""Fixtures of the runs service's integration tests: a client on the embedded service and a
-direct view of the same database."""
+"""Fixtures of the runs service's integration tests: a client on the embedded service, a
+direct view of the same database, and the gateway's app over it."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
+from nyxflow_gateway.app import create_app
+from nyxflow_gateway.settings import GatewaySettings
 from tests.support.direct import Direct, direct
 from tests.support.fake_providers import FakeProviders, fake_providers
-from tests.support.inprocess import Clients, clients
+from tests.support.inprocess import API_KEY, SECRET, Clients, clients
+from tests.support.ports import free_port
 from tests.support.provider_runs import engine_on_fake
 
 
@@ -24,6 +28,24 @@ async def db(runs_addr: str, database_url: str) -> AsyncIterator[Direct]:
     """The same database, read without the service (runs_addr first: it migrates)."""
     async with direct(database_url) as d:
         yield d
+
+
+@pytest.fixture
+async def gateway(runs_addr: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway's app on the real runs service, called in process."""
+    settings = GatewaySettings(
+        runs_addr=runs_addr, engine_addr=f"127.0.0.1:{free_port()}", internal_secret=SECRET
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://127.0.0.1",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as http,
+    ):
+        yield http
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from nyxflow_runs import migrate
 from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.db import create_engine, session_factory
 from nyxflow_runs.store import Store, hot_path
-from nyxflow_runs.store.workflows import RunsPage
+from nyxflow_runs.store.paging import PageEnd
 from tests.support.databases import fresh_database
 
 SETUP = [
@@ -139,7 +139,7 @@ async def test_a_tenant_s_newest_runs_and_each_older_page_are_read_by_index(
     await _in_index_order(captured)
     await store.list_runs("t", limit=5, before=more)
     await _in_index_order(captured)
-    await store.list_runs("t", status="completed", limit=5, before=RunsPage(1e9 + 3, "r30"))
+    await store.list_runs("t", status="completed", limit=5, before=PageEnd(1e9 + 3, "r30"))
     await _in_index_order(captured)
 
 

@@ -8,7 +8,7 @@ import asyncio
 import base64
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import httpx
 import pytest
@@ -18,12 +18,9 @@ from typer.testing import CliRunner, Result
 from nyxflow.cli.main import app
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
-from nyxflow_gateway.app import create_app
-from nyxflow_gateway.settings import GatewaySettings
 from nyxflow_runs.models import Run, Tenant
 from tests.support.direct import Direct
-from tests.support.inprocess import API_KEY, SECRET, Clients
-from tests.support.ports import free_port
+from tests.support.inprocess import API_KEY, Clients
 
 # (id, created_at, status): ties on created_at, ids that sort unlike the order they were made
 RUNS = [
@@ -112,24 +109,6 @@ async def test_a_limit_past_500_and_a_token_no_page_ended_with_are_refused(
         with pytest.raises(InvalidArgument) as raised:
             await runs.runs.list_runs_page(page_token=token)
         assert raised.value.field == "page_token", token
-
-
-@pytest.fixture
-async def gateway(runs_addr: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway's app on the real runs service, called in process."""
-    settings = GatewaySettings(
-        runs_addr=runs_addr, engine_addr=f"127.0.0.1:{free_port()}", internal_secret=SECRET
-    )
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://127.0.0.1",
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ) as http,
-    ):
-        yield http
 
 
 async def test_the_gateway_pages_runs_too(

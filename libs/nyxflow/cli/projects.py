@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
 
 from nyxflow.cli import render
-from nyxflow.cli.connection import connect, require_utf8, run_async
+from nyxflow.cli.connection import connect, err, require_utf8, run_async
 from nyxflow.pipelines import PIPELINES
 from nyxflow.v1 import runs_pb2
 
@@ -37,6 +38,39 @@ async def project_list(as_json: bool = JSON) -> None:
         repos = ", ".join(f"{r.owner}/{r.repo} ({r.id})" for r in p.repositories)
         render.add_row(table, p.id, p.name, repos, str(len(p.workflow_ids)))
     render.out.print(table)
+
+
+@project_app.command("notes")
+@run_async
+async def project_notes(
+    project_id: str,
+    limit: int = typer.Option(50, "--limit", min=1, max=500, help="Notes per page."),
+    page_token: str = typer.Option(
+        "", "--page-token", help="Continue after an earlier page (the token it printed)."
+    ),
+    every: bool = typer.Option(False, "--all", help="Every note, page after page."),
+    as_json: bool = JSON,
+) -> None:
+    """A project's notes, newest first, whole: a page of them, and on stderr how to ask for
+    the next one."""
+    notes: list[runs_pb2.ProjectNote] = []
+    async with connect() as c:
+        while True:
+            page = await c.runs.list_project_notes(project_id, limit, page_token)
+            notes += page.notes
+            page_token = page.next_page_token
+            if not (every and page_token):
+                break
+    if as_json:
+        render.as_json(list(notes))
+    else:
+        for note in notes:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(note.created_at))
+            render.out.print(render.line((f"note {note.id} · {when}", "bold")))
+            render.out.print(render.line(note.text))
+            render.out.print()
+    if page_token:  # on stderr: `--json` stays a list, and a pipe reads the notes alone
+        err.print(f"older notes: --page-token {page_token}")
 
 
 @project_app.command("add-repo")

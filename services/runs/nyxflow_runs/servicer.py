@@ -19,8 +19,9 @@ from nyxflow_runs import validation as valid
 from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.store import Draft, Store
 from nyxflow_runs.store.hot_path import Entry
+from nyxflow_runs.store.paging import PageEnd
 from nyxflow_runs.store.record import Batch, Written
-from nyxflow_runs.store.workflows import MAX_LIST, RunsPage
+from nyxflow_runs.store.workflows import MAX_LIST
 from nyxflow_runs.tenancy import Tenancy
 from nyxflow_runs.watch import watch_run
 
@@ -38,6 +39,8 @@ EVENTS_DEFAULT, EVENTS_MAX = 100, 500
 EVENTS_MAX_BYTES = 1_000_000
 # ListRuns per call; older runs are reached page by page (next_page_token).
 RUNS_DEFAULT, RUNS_MAX = 50, MAX_LIST
+# ListProjectNotes per call, likewise (and no more than about 1,000,000 characters).
+NOTES_DEFAULT, NOTES_MAX = 50, 500
 
 
 def _response(written: Written) -> runs_pb2.WriteResponse:
@@ -179,6 +182,18 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         text = valid.text(request.text, "text", 100_000)
         return await self._store.add_project_note(tenant, project_id, text)
 
+    async def ListProjectNotes(
+        self, request: runs_pb2.ListProjectNotesRequest, context: Ctx
+    ) -> runs_pb2.ListProjectNotesResponse:
+        tenant = await self._tenant(request, context)
+        project_id = valid.require_id(request.project_id, "project_id")
+        limit = valid.bounded(request.limit, 0, NOTES_MAX, "limit") or NOTES_DEFAULT
+        after = PageEnd.of(request.page_token, "page_token") if request.page_token else None
+        notes, more = await self._store.list_project_notes(tenant, project_id, limit, after)
+        return runs_pb2.ListProjectNotesResponse(
+            notes=notes, next_page_token=more.token() if more else ""
+        )
+
     async def AddWorkflowInsight(
         self, request: runs_pb2.AddWorkflowInsightRequest, context: Ctx
     ) -> runs_pb2.WorkflowInsight:
@@ -224,7 +239,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         if request.status and request.status not in ev.RUN_STATUSES:
             known = ", ".join(sorted(ev.RUN_STATUSES))
             raise InvalidArgument(f"must be one of {known}", field="status")
-        before = RunsPage.of(request.page_token, "page_token") if request.page_token else None
+        before = PageEnd.of(request.page_token, "page_token") if request.page_token else None
         runs, more = await self._store.list_runs(
             tenant, request.workflow_id, request.status, limit, before
         )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import Field
 
 from nyxflow_gateway import convert
@@ -49,6 +49,22 @@ async def add_repository(
 ) -> dict[str, Any]:
     repository = await services.runs.add_repository(project_id, body.owner, body.repo, body.path)
     return convert.repository(repository)
+
+
+@router.get("/{project_id}/notes")
+async def list_notes(
+    project_id: str,
+    services: Clients,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    page_token: str = "",
+) -> dict[str, Any]:
+    """The project's notes, newest first, as many as `limit` and about 1,000,000 characters
+    hold; `next_page_token`, when not null, is the `page_token` of the next (older) page."""
+    page = await services.runs.list_project_notes(project_id, limit, page_token)
+    return {
+        "notes": [convert.note(n) for n in page.notes],
+        "next_page_token": page.next_page_token or None,
+    }
 
 
 @router.post("/{project_id}/notes", status_code=201)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,6 +13,7 @@ from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.models import Project, ProjectNote, Repository, Workflow, WorkflowInsight
 from nyxflow_runs.store.base import StoreBase
+from nyxflow_runs.store.paging import PageEnd
 
 MAX_PROJECTS = 500
 # A project's notes (up to 100,000 characters each, as many as were added) went whole into
@@ -20,7 +21,8 @@ MAX_PROJECTS = 500
 # passed the 32 MiB message limit, and the whole tenant's project list failed. GetProject
 # gives the newest notes whole, as many as NOTES_PER_READ characters hold (each note weighing
 # NOTE_OVERHEAD more, for its ids); ListProjects the newest NOTES_PER_LIST, cut to
-# NOTE_PREVIEW characters. The rest are counted (Project.notes_left_out).
+# NOTE_PREVIEW characters. The rest are counted (Project.notes_left_out), and read page by page
+# with ListProjectNotes.
 NOTES_PER_READ = 1_000_000
 NOTE_OVERHEAD = 100
 NOTES_PER_LIST = 3
@@ -76,6 +78,18 @@ class Projects(StoreBase):
         async with self._scoped(tenant_id) as session:
             rows = await session.scalars(select(Project).order_by(Project.name).limit(MAX_PROJECTS))
             return [await self._project_pb(session, p, listed=True) for p in rows.all()]
+
+    async def list_project_notes(
+        self, tenant_id: str, project_id: str, limit: int, after: PageEnd | None = None
+    ) -> tuple[list[runs_pb2.ProjectNote], PageEnd | None]:
+        """A page of the project's notes, newest first, older than `after` (the previous page's
+        end): at most `limit`, as many as NOTES_PER_READ characters hold (at least one), and
+        where the next page begins (None: no older note)."""
+        async with self._scoped(tenant_id) as session:
+            await self._project(session, project_id)
+            notes, total = await _notes_within(session, project_id, after, limit)
+        more = PageEnd(notes[-1].created_at, notes[-1].id) if total > len(notes) else None
+        return [convert.note(n) for n in notes], more
 
     async def add_repository(
         self, tenant_id: str, project_id: str, owner: str, repo: str, path: str
@@ -150,28 +164,36 @@ NEWEST = (ProjectNote.created_at.desc(), ProjectNote.id.desc())
 
 
 async def _newest_notes(session: AsyncSession, answer: runs_pb2.Project) -> None:
-    """The newest notes, whole, as many as NOTES_PER_READ holds (at least one): the budget is
-    summed in the database, which sends only those."""
+    rows, total = await _notes_within(session, answer.id)
+    answer.notes.extend(convert.note(note) for note in rows)
+    answer.notes_left_out = total - len(rows)
+
+
+async def _notes_within(
+    session: AsyncSession, project_id: str, after: PageEnd | None = None, limit: int | None = None
+) -> tuple[list[ProjectNote], int]:
+    """The newest notes (older than `after`), whole, at most `limit` and as many as
+    NOTES_PER_READ holds (at least one), with how many there are in all from `after` on: the
+    budget is summed in the database, which sends only those."""
     weight = func.length(ProjectNote.text) + NOTE_OVERHEAD
-    ranked = (
-        select(
-            ProjectNote.id,
-            (func.sum(weight).over(order_by=NEWEST) - weight).label("before"),
-            func.count().over().label("total"),
-        )
-        .where(ProjectNote.project_id == answer.id)
-        .subquery()
-    )
+    ranked = select(
+        ProjectNote.id,
+        (func.sum(weight).over(order_by=NEWEST) - weight).label("before"),
+        func.count().over().label("total"),
+    ).where(ProjectNote.project_id == project_id)
+    if after is not None:  # (created_at, id) as ordered: ties neither skipped nor repeated
+        ranked = ranked.where(tuple_(ProjectNote.created_at, ProjectNote.id) < tuple_(*after))
+    within = ranked.subquery()
     rows = (
         await session.execute(
-            select(ProjectNote, ranked.c.total)
-            .join(ranked, ranked.c.id == ProjectNote.id)
-            .where(ranked.c.before < NOTES_PER_READ)
+            select(ProjectNote, within.c.total)
+            .join(within, within.c.id == ProjectNote.id)
+            .where(within.c.before < NOTES_PER_READ)
             .order_by(*NEWEST)
+            .limit(limit)
         )
     ).all()
-    answer.notes.extend(convert.note(note) for note, _ in rows)
-    answer.notes_left_out = rows[0].total - len(rows) if rows else 0
+    return [note for note, _ in rows], rows[0].total if rows else 0
 
 
 async def _note_previews(session: AsyncSession, answer: runs_pb2.Project) -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import hmac
-import json
-import math
 from collections.abc import Collection, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import Integer, Row, Text, cast, delete, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
@@ -36,44 +33,13 @@ from nyxflow_runs.models import (
     Workflow,
 )
 from nyxflow_runs.store.base import StoreBase
+from nyxflow_runs.store.paging import PageEnd
 from nyxflow_runs.store.projects import held_project, held_under_project
 from nyxflow_runs.validation import StepDraft
 
 DEFAULT_TENANT = "default"
 DEFAULT_TENANT_LOCK = 7_240_002  # pg advisory lock (migrations' env.py holds 7_240_001)
 MAX_LIST = 500
-
-
-class RunsPage(NamedTuple):
-    """Where a page of ListRuns ended: its last run's (created_at, id), the listing's order.
-    Sent as an opaque token: the next call's page_token."""
-
-    created_at: float
-    id: str
-
-    def token(self) -> str:
-        raw = json.dumps([self.created_at, self.id], separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @classmethod
-    def of(cls, token: str, field: str) -> RunsPage:
-        """The page a token names; anything but a token a page ended with is refused."""
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            created_at, run_id = json.loads(raw)
-            number = isinstance(created_at, int | float) and not isinstance(created_at, bool)
-            # An int past a float's range overflows isfinite; a NUL PostgreSQL cannot compare.
-            valid = (
-                number
-                and math.isfinite(created_at)
-                and isinstance(run_id, str)
-                and "\x00" not in run_id
-            )
-        except (ValueError, TypeError, RecursionError, OverflowError):
-            valid = False
-        if not valid:
-            raise InvalidArgument("is not a token a page of runs ended with", field=field)
-        return cls(float(created_at), run_id)
 
 
 class OctetLength(FunctionElement[int]):
@@ -492,8 +458,8 @@ class Workflows(StoreBase):
         workflow_id: str = "",
         status: str = "",
         limit: int = 50,
-        before: RunsPage | None = None,
-    ) -> tuple[list[pb.Run], RunsPage | None]:
+        before: PageEnd | None = None,
+    ) -> tuple[list[pb.Run], PageEnd | None]:
         """The newest `limit` runs (older than `before`, the previous page's end), newest
         first, and where the next page begins (None: no older run)."""
         query = select(Run).where(Run.tenant_id == tenant_id)
@@ -510,7 +476,7 @@ class Workflows(StoreBase):
                 await self._workflow(session, tenant_id, workflow_id)
             rows = (await session.scalars(query)).all()
         page = rows[:limit]
-        more = RunsPage(page[-1].created_at, page[-1].id) if page and len(rows) > limit else None
+        more = PageEnd(page[-1].created_at, page[-1].id) if page and len(rows) > limit else None
         return [convert.run(r) for r in page], more
 
     async def events_after(
