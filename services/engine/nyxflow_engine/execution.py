@@ -117,6 +117,7 @@ class Execution:
                 await self._finish_quietly(ev.FAILED, CANCELLED_ERROR)
             raise
         except StepFailed as error:
+            log.warning("run failed", extra={**extra, "error": str(error)})
             await self._finish_quietly(ev.FAILED, str(error))
         except Exception as error:
             log.exception("run crashed", extra=extra)

@@ -95,6 +95,8 @@ class Operations(StoreBase):
                 raise FailedPrecondition(f"run {run_id} is {run.status}; only an active run pauses")
             result = await self._run_pb(session, run)
         await self._bus.publish(run_id, written)
+        if written:  # ended here; a running run is counted by its engine as it pauses
+            metrics.RUNS_FINISHED.labels(status=ev.PAUSED).inc()
         return result
 
     async def cancel_run(self, tenant_id: str, run_id: str) -> pb.Run:
@@ -109,6 +111,8 @@ class Operations(StoreBase):
             written = await self._end(session, run, ev.CANCELLED, "cancelled by user")
             result = await self._run_pb(session, run)
         await self._bus.publish(run_id, written)
+        # Counted here: the engine's next write is refused, and it counts nothing.
+        metrics.RUNS_FINISHED.labels(status=ev.CANCELLED).inc()
         return result
 
     async def select_alternative(self, tenant_id: str, step_id: str, index: int) -> pb.Step:
@@ -167,14 +171,16 @@ class Operations(StoreBase):
                 previous = await self._latest_run(session, workflow_id)
                 draft = await change(session, workflow_id)
                 run = Run(tenant_id=tenant_id, workflow_id=workflow_id, status=ev.PENDING)
-                metrics.RUNS_CREATED.inc()
                 session.add(run)
                 await session.flush()
                 await self._carry_results(session, tenant_id, previous, run)
-                await self._append(session, run, [draft])
-                return convert.run(run)
+                written = await self._append(session, run, [draft])
+                created = convert.run(run)
         except IntegrityError:
             raise await self._lost_race(tenant_id, workflow_id) from None
+        metrics.RUNS_CREATED.inc()
+        await self._bus.publish(created.id, written)  # its first event, like any other
+        return created
 
     async def _drop_made_from(
         self, session: AsyncSession, workflow_id: str, step: Step

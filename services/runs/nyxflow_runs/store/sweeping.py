@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, select, update
 
 from nyxflow import events as ev
+from nyxflow import metrics
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs.clock import db_now
 from nyxflow_runs.models import Run
 from nyxflow_runs.store.base import Draft
 from nyxflow_runs.store.handover import Handover, resumable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,4 +70,21 @@ class Sweeping(Handover):
             )
         for run_id, written in published:
             await self._bus.publish(run_id, written)
-        return Swept([row.id for row in swept], [run_id for run_id, _ in requeued])
+        done = Swept([row.id for row in swept], [run_id for run_id, _ in requeued])
+        _count(done)
+        return done
+
+
+def _count(swept: Swept) -> None:
+    """Here, not in the sweeper's loop: a Start, a delete, a choice or a move sweeps the
+    workflow's orphans first, and those went uncounted and unlogged."""
+    metrics.SWEPT.inc(len(swept.failed) + len(swept.requeued))
+    metrics.RUNS_FINISHED.labels(status=ev.FAILED).inc(len(swept.failed))
+    metrics.RUNS_REQUEUED.labels(cause="orphaned").inc(len(swept.requeued))
+    for run_id in swept.failed:
+        log.warning("swept orphaned run", extra={"action": "sweep", "run_id": run_id})
+    for run_id in swept.requeued:
+        log.warning(
+            "swept orphaned run, requeued for another engine",
+            extra={"action": "requeue", "run_id": run_id},
+        )
