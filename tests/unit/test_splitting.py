@@ -182,3 +182,22 @@ def test_underlined_headings_split_at_their_level() -> None:
 )
 def test_a_dash_line_that_underlines_no_text_is_no_heading(text: str) -> None:
     assert [i.heading for i in split_items(text, "headings")] == ["One", "Two"]
+
+
+# Markdown ends a line at LF, CR or CRLF only; str.splitlines also broke at these, so a line
+# of code holding one became two items, and an item reached its prompt rewritten.
+NOT_LINE_ENDS = ["\x0b", "\x0c", "\x1c", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("char", NOT_LINE_ENDS)
+def test_only_markdown_line_ends_end_a_line_item(char: str) -> None:
+    text = f'print("a{char}b")\r\nsecond\rthird\n'
+    assert [i.text for i in split_items(text, "lines")] == [f'print("a{char}b")', "second", "third"]
+
+
+@pytest.mark.parametrize("char", NOT_LINE_ENDS)
+def test_a_heading_item_is_its_text_as_written(char: str) -> None:
+    first = f'## Parser\r\nconst sep = "a{char}b";\r\n\r\none{char}## Not a heading'
+    second = "## Wiring\nwire it"
+    items = split_items(f"intro\n{first}\n\n{second}\n", "headings")
+    assert [(i.heading, i.text) for i in items] == [("Parser", first), ("Wiring", second)]

@@ -21,6 +21,11 @@ NOT_SETEXT_TEXT = re.compile(r"^(?:[ \t]*$| {0,3}(?:[-*+>]|\d{1,9}[.)])(?:[ \t]|
 # Any indentation: a plan's code blocks often sit in list items.
 FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})(.*)$")
 MAX_HEADING = 120
+# Markdown's line ends. str.splitlines also breaks at a form feed, NEL, U+2028 and more: a
+# line of code holding one became two items, and an item's text reached its prompt rewritten.
+LINE_END = re.compile(r"\r\n|\r|\n")
+# What an item's text is trimmed of: blank lines and indentation around it, nothing else.
+BLANK = " \t\r\n"
 # Fences stand on lines of their own: inside JSON text a ``` is always within a string.
 FENCED_JSON = re.compile(
     r"^```(?:json)?[ \t]*\r?\n(.*?)^```[ \t]*\r?$", re.DOTALL | re.MULTILINE | re.IGNORECASE
@@ -35,33 +40,27 @@ class Item:
 
 def split_items(text: str, mode: str) -> list[Item]:
     if mode == "lines":
-        return [
-            Item(_short(line.strip()), line.strip()) for line in text.splitlines() if line.strip()
-        ]
+        lines = (line.strip(BLANK) for line in LINE_END.split(text))
+        return [Item(_short(line), line) for line in lines if line.strip()]
     if mode == "json":
         return _json_items(text)
     return _heading_items(text)
 
 
 def _heading_items(text: str) -> list[Item]:
-    lines = text.splitlines()
+    starts = [0] + [end.end() for end in LINE_END.finditer(text)]
+    lines = LINE_END.split(text)
     headings = _headings(lines)
     if not headings:
         raise InvalidArgument("the source output has no markdown headings to split", field="split")
     level = min(lvl for lvl, _ in headings.values())  # the top-most level present
-    items: list[Item] = []
-    heading, body = None, list[str]()
-    for i, line in enumerate(lines):
-        found = headings.get(i)
-        if found and found[0] == level:
-            if heading is not None:
-                items.append(Item(_short(heading), "\n".join(body).strip()))
-            heading, body = found[1], [line]
-        elif heading is not None:
-            body.append(line)
-    if heading is not None:
-        items.append(Item(_short(heading), "\n".join(body).strip()))
-    return items
+    tops = sorted(i for i, (lvl, _) in headings.items() if lvl == level)
+    # Each item is the text itself from its heading to the next, as the model wrote it.
+    ends = [starts[i] for i in tops[1:]] + [len(text)]
+    return [
+        Item(_short(headings[i][1]), text[starts[i] : end].strip(BLANK))
+        for i, end in zip(tops, ends, strict=True)
+    ]
 
 
 def _headings(lines: list[str]) -> dict[int, tuple[int, str]]:
