@@ -43,6 +43,12 @@ SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
 
 
 Translate = Callable[[Exception], NyxflowError | None]
+# Whether the service's dependency (its database, runs) answers now.
+Check = Callable[[], Awaitable[bool]]
+# How often a serving service asks its check, and how long an answer may take: a hung
+# dependency must read as down.
+HEALTH_INTERVAL_S = 2.0
+HEALTH_CHECK_TIMEOUT_S = 1.5
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -188,6 +194,25 @@ class GrpcService:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def _follow(self, check: Check, interval_s: float) -> None:
+        """Health after start-up: SERVING while `check` answers yes, NOT_SERVING while it
+        answers no, fails or hangs; one log line per change, not per poll."""
+        serving = True
+        while True:
+            await asyncio.sleep(interval_s)
+            ok, reason = await checked(check, HEALTH_CHECK_TIMEOUT_S)
+            if ok == serving:
+                continue
+            serving = ok
+            await self.set_serving(ok)
+            if ok:
+                log.info("a dependency answers again: SERVING", extra={"action": "health"})
+            else:
+                log.warning(
+                    "a dependency does not answer: NOT_SERVING",
+                    extra={"action": "health", "error": reason},
+                )
+
     async def run(
         self,
         *,
@@ -195,9 +220,12 @@ class GrpcService:
         on_drain: Callable[[], Awaitable[None]] | None = None,
         grace_s: float = 5.0,
         ready: asyncio.Event | None = None,
+        check: Check | None = None,
+        health_interval_s: float = HEALTH_INTERVAL_S,
     ) -> None:
         """Listen at once but answer NOT_SERVING until `prepare` (dependencies, schema) is done;
-        serve until SIGTERM/SIGINT or `request_stop`, then drain: NOT_SERVING first."""
+        then follow `check` every `health_interval_s`; serve until SIGTERM/SIGINT or
+        `request_stop`, then drain: NOT_SERVING first."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT) if self._signals else ():
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
@@ -208,9 +236,18 @@ class GrpcService:
             await self.server.stop(0)
             return
         await self.set_serving(True)
+        following = (
+            asyncio.create_task(self._follow(check, health_interval_s), name="health")
+            if check is not None
+            else None
+        )
         if ready is not None:
             ready.set()
-        await self._stop.wait()
+        try:
+            await self._stop.wait()
+        finally:  # ended before the drain: it must not turn a draining service SERVING
+            if following is not None:
+                await cancel_and_wait(following)
         # The grace is for the whole shutdown (what a supervisor waits before SIGKILL): the
         # drain's and the calls' waits share it.
         stop_by = loop.time() + grace_s
@@ -220,17 +257,34 @@ class GrpcService:
         await self.server.stop(max(0.0, stop_by - loop.time()))
 
 
+async def checked(check: Check, timeout_s: float) -> tuple[bool, str]:
+    """The check's answer, and why it is no: one that fails or hangs is a no."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await check(), ""
+    except TimeoutError:
+        return False, f"no answer within {timeout_s:g} s"
+    except Exception as error:
+        return False, f"{type(error).__name__}: {error}"
+
+
+async def is_serving(channel: grpc.aio.Channel, timeout_s: float = 1.0) -> bool:
+    """Whether the service behind `channel` answers SERVING to one health Check."""
+    try:
+        answer = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=timeout_s
+        )
+    except grpc.aio.AioRpcError:
+        return False
+    return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
 async def wait_serving(channel: grpc.aio.Channel, timeout_s: float) -> None:
     """Until the service behind `channel` reports SERVING (a dependency at start-up)."""
-    stub = health_pb2_grpc.HealthStub(channel)
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        try:
-            answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
+        if await is_serving(channel):
+            return
         if asyncio.get_running_loop().time() > deadline:
             raise Unavailable(f"a dependency did not become SERVING within {timeout_s:.0f} s")
         await asyncio.sleep(0.2)

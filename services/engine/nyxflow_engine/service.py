@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from nyxflow import metrics
 from nyxflow.auth import engine_metadata
 from nyxflow.client import RunsClient, open_channel
-from nyxflow.grpc_server import GrpcService, wait_serving
+from nyxflow.grpc_server import GrpcService, is_serving, wait_serving
 from nyxflow.v1 import engine_pb2, engine_pb2_grpc
 from nyxflow_engine.adopter import adopt_forever
 from nyxflow_engine.executor import Executor
@@ -60,7 +61,12 @@ async def serve(
 
     try:
         await service.run(
-            prepare=prepare, on_drain=drain, grace_s=settings.shutdown_grace_s, ready=ready
+            prepare=prepare,
+            on_drain=drain,
+            grace_s=settings.shutdown_grace_s,
+            ready=ready,
+            # after start-up too: an engine whose runs is gone can claim and write nothing
+            check=partial(is_serving, channel),
         )
     finally:
         for task in adopting:

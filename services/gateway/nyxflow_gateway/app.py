@@ -27,6 +27,7 @@ from nyxflow_gateway.deps import BEARER, Clients, ServicesByKey, api_key
 from nyxflow_gateway.headers import SecurityHeaders, page_policy
 from nyxflow_gateway.hub import RunHub
 from nyxflow_gateway.key_check import KeyCheck
+from nyxflow_gateway.readiness import router as readiness
 from nyxflow_gateway.routes import personas, pipelines, projects, runs, steps, workflows
 from nyxflow_gateway.settings import GatewaySettings
 
@@ -127,7 +128,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
+        """Liveness: the process answers. Readiness (runs and the engine up) is /readyz."""
         return {"status": "ok"}
+
+    app.include_router(readiness)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def metrics_text() -> PlainTextResponse:

@@ -159,3 +159,14 @@ async def wait_for_database(engine: AsyncEngine, timeout_s: float) -> None:
             log.warning("waiting for the database", extra={"action": "start", "error": str(error)})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+async def answers(engine: AsyncEngine) -> bool:
+    """Whether the database answers a query now (health after start-up); why not, raised."""
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except (OSError, DBAPIError) as error:
+        reason = error.orig if isinstance(error, DBAPIError) else error
+        raise Unavailable(f"the database does not answer: {reason}") from None
+    return True

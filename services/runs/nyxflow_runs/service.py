@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from nyxflow import metrics
 from nyxflow.grpc_server import GrpcService
@@ -12,7 +13,7 @@ from nyxflow.v1 import admin_pb2, admin_pb2_grpc, runs_pb2, runs_pb2_grpc
 from nyxflow_runs import db_errors, migrate
 from nyxflow_runs.admin_servicer import AdminServicer
 from nyxflow_runs.bus import create_bus
-from nyxflow_runs.db import create_engine, session_factory, wait_for_database
+from nyxflow_runs.db import answers, create_engine, session_factory, wait_for_database
 from nyxflow_runs.servicer import RunsServicer
 from nyxflow_runs.settings import RunsSettings
 from nyxflow_runs.store import Store
@@ -70,11 +71,14 @@ async def serve(
             asyncio.create_task(sweep_forever(store, settings.sweep_interval_s), name="sweeper")
         )
 
+    # A SQLite file does not go away, and a probe would queue behind writes for its one
+    # connection: only a database over the network is followed.
+    check = partial(answers, engine) if engine.dialect.name != "sqlite" else None
     background: list[asyncio.Task[None]] = []
     metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
     log.info("runs starting", extra={"action": "start", "listen": settings.runs_listen})
     try:
-        await service.run(prepare=prepare, ready=ready)
+        await service.run(prepare=prepare, ready=ready, check=check)
     finally:
         for task in background:
             await cancel_and_wait(task)
