@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from enum import Enum
 from typing import Any
 
+import httpx
 from google import genai
 from google.genai import errors, types
 
@@ -50,6 +53,19 @@ BLOCKED = (
 )
 
 
+# The responses the SDK opened for the call this task makes. Its stream is a chain of async
+# generators, each leaving the one it reads to the collector: a cancelled, stalled or failed
+# call kept reading the answer (the provider generating, and billing) until a collection came
+# by. The call closes them on its way out.
+_OPENED: ContextVar[list[httpx.Response] | None] = ContextVar("gemini_opened", default=None)
+
+
+async def _noted(response: httpx.Response) -> None:
+    opened = _OPENED.get()
+    if opened is not None:
+        opened.append(response)
+
+
 class GoogleProvider:
     name = "google"
 
@@ -64,11 +80,23 @@ class GoogleProvider:
                 http_options=types.HttpOptions(
                     base_url=self._endpoint.base_url,
                     timeout=int(self._endpoint.timeout_s * 1000),
+                    async_client_args={"event_hooks": {"response": [_noted]}},
                 ),
             )
         return self._client
 
     async def complete(self, request: CompletionRequest, on_delta: OnDelta) -> Completion:
+        opened: list[httpx.Response] = []
+        noting = _OPENED.set(opened)
+        try:
+            return await self._complete(request, on_delta)
+        finally:
+            _OPENED.reset(noting)
+            for response in opened:
+                with contextlib.suppress(httpx.HTTPError):
+                    await response.aclose()
+
+    async def _complete(self, request: CompletionRequest, on_delta: OnDelta) -> Completion:
         client = self._connect()
         model = model_or(request, DEFAULT_MODEL)
         contents = [types.Content(role="user", parts=[types.Part(text=request.prompt)])]

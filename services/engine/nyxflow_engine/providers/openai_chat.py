@@ -77,18 +77,21 @@ class OpenAIProvider:
                 max_completion_tokens=request.max_tokens if modern else omit,
                 max_tokens=omit if modern else request.max_tokens,
             )
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    input_tokens = chunk.usage.prompt_tokens
-                    output_tokens = chunk.usage.completion_tokens
-                if not chunk.choices:
-                    continue
-                choice = chunk.choices[0]
-                if choice.delta.content:
-                    parts.append(choice.delta.content)
-                    await on_delta(choice.delta.content)
-                if choice.finish_reason is not None:
-                    said = choice.finish_reason
+            # Closed on the way out: a cancel, a lost lease or a stall left the response read
+            # to its end (the provider generating, and billing) until a collector came by.
+            async with stream:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        input_tokens = chunk.usage.prompt_tokens
+                        output_tokens = chunk.usage.completion_tokens
+                    if not chunk.choices:
+                        continue
+                    choice = chunk.choices[0]
+                    if choice.delta.content:
+                        parts.append(choice.delta.content)
+                        await on_delta(choice.delta.content)
+                    if choice.finish_reason is not None:
+                        said = choice.finish_reason
         except openai.APIStatusError as error:
             message_text, code = error_detail(error.body)
             raise failure(
