@@ -45,6 +45,12 @@ def refused(response: httpx.Response, field: str) -> None:
         ("POST", f"/v1/workflows/{NO_ID}/duplicate", {"nam": "copy"}, "nam"),
         ("POST", f"/v1/workflows/{NO_ID}/insights", {"text": "t", "txt": "t"}, "txt"),
         ("POST", f"/v1/steps/{NO_ID}/select", {"index": 0, "indx": 1}, "indx"),
+        # Routes that take no body read none: a script's field went unseen.
+        ("POST", f"/v1/workflows/{NO_ID}/rerun", {"from_step": "s1"}, "from_step"),
+        ("POST", f"/v1/workflows/{NO_ID}/resume", {"from_step": "s1"}, "from_step"),
+        ("POST", f"/v1/workflows/{NO_ID}/runs", {"steps": ["s1"]}, "steps"),
+        ("POST", f"/v1/runs/{NO_ID}/cancel", {"reason": "wrong input"}, "reason"),
+        ("POST", f"/v1/runs/{NO_ID}/pause", {"at_step": "s1"}, "at_step"),
         ("POST", f"/v1/steps/{NO_ID}/retry", {"cascade": True, "max_token": 9}, "max_token"),
         (
             "POST",
@@ -70,6 +76,18 @@ async def test_every_body_refuses_a_field_it_does_not_know(
     field: str,
 ) -> None:
     refused(await http.request(method, path, json=body, headers=stack.headers), field)
+
+
+async def test_a_route_that_takes_no_body_still_takes_none_or_an_empty_one(
+    http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    workflow = await create_workflow(http, stack, "bodiless", steps(1, tokens=3))
+    first = await http.post(f"/v1/workflows/{workflow['id']}/runs", json={}, headers=stack.headers)
+    assert first.status_code == 201, first.text
+    cancelled = await http.post(f"/v1/runs/{first.json()['id']}/cancel", headers=stack.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    rerun = await http.post(f"/v1/workflows/{workflow['id']}/rerun", json={}, headers=stack.headers)
+    assert rerun.status_code == 201, rerun.text
 
 
 async def test_a_retry_with_a_misspelt_limit_starts_nothing(

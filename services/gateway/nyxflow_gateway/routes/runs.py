@@ -15,6 +15,7 @@ from nyxflow.templates import INT32_MAX
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_gateway import convert
 from nyxflow_gateway.deps import Clients, Services, StreamClients
+from nyxflow_gateway.routes import NoBody
 from nyxflow_gateway.sse import MEDIA_TYPE, EventStream
 from nyxflow_gateway.stored import MAX_EVENTS, stored_events
 
@@ -76,12 +77,12 @@ async def list_step_items(
 
 
 @router.post("/{run_id}/pause")
-async def pause_run(run_id: str, services: Clients) -> dict[str, Any]:
+async def pause_run(run_id: str, services: Clients, body: NoBody | None = None) -> dict[str, Any]:
     return convert.run(await services.runs.pause_run(run_id))
 
 
 @router.post("/{run_id}/cancel")
-async def cancel_run(run_id: str, services: Clients) -> dict[str, Any]:
+async def cancel_run(run_id: str, services: Clients, body: NoBody | None = None) -> dict[str, Any]:
     return convert.run(await services.runs.cancel_run(run_id))
 
 

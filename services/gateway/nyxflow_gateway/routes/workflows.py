@@ -14,7 +14,7 @@ from nyxflow.grpc_server import CHANNEL_OPTIONS
 from nyxflow.templates import WorkflowTemplate, parse_template
 from nyxflow_gateway import convert, errors
 from nyxflow_gateway.deps import Clients
-from nyxflow_gateway.routes import Body
+from nyxflow_gateway.routes import Body, NoBody
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 # A template's steps are StepSpecs, with their params as JSON text.
@@ -95,7 +95,9 @@ async def duplicate_workflow(
 
 
 @router.post("/{workflow_id}/runs", status_code=201)
-async def create_run(workflow_id: str, services: Clients) -> dict[str, Any]:
+async def create_run(
+    workflow_id: str, services: Clients, body: NoBody | None = None
+) -> dict[str, Any]:
     return convert.run(await services.runs.create_run(workflow_id))
 
 
@@ -106,12 +108,16 @@ async def list_workflow_runs(workflow_id: str, services: Clients) -> dict[str, A
 
 
 @router.post("/{workflow_id}/resume", status_code=201)
-async def resume_workflow(workflow_id: str, services: Clients) -> dict[str, Any]:
+async def resume_workflow(
+    workflow_id: str, services: Clients, body: NoBody | None = None
+) -> dict[str, Any]:
     return convert.run(await services.runs.resume_workflow(workflow_id))
 
 
 @router.post("/{workflow_id}/rerun", status_code=201)
-async def rerun_workflow(workflow_id: str, services: Clients) -> dict[str, Any]:
+async def rerun_workflow(
+    workflow_id: str, services: Clients, body: NoBody | None = None
+) -> dict[str, Any]:
     return convert.run(await services.runs.rerun_workflow(workflow_id))
 
 
