@@ -32,6 +32,11 @@ CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_send_message_length", 32 * 1024 * 1024),
     ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    # gRPC's default backoff grows to 120 s: after runs restarted, the engine and the gateway
+    # took up to two minutes to reconnect. A few seconds at most, from half a second.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 )
 SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     *CHANNEL_OPTIONS,
@@ -153,6 +158,7 @@ class GrpcService:
 
     def _listen(self, bind: str, setting: str) -> int:
         """The port bound, or a refusal naming the setting (grpc raises a bare RuntimeError)."""
+        _refuse_a_port_grpc_would_misuse(bind, setting)
         try:
             port = int(self.server.add_insecure_port(bind))
         except RuntimeError:
@@ -257,6 +263,23 @@ class GrpcService:
         await self.server.stop(max(0.0, stop_by - loop.time()))
 
 
+def _refuse_a_port_grpc_would_misuse(bind: str, setting: str) -> None:
+    """grpc wraps a port beyond 0..65535 round (127.0.0.1:99999 served on 34463), and binds
+    what it can of a name's addresses: localhost:P with 127.0.0.1:P held served on ::1 alone,
+    and IPv4 clients reached the other program."""
+    if bind.startswith("unix"):  # unix:path, unix-abstract:name
+        return
+    host, _, port = bind.rpartition(":")
+    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise InvalidArgument(
+            f"cannot listen on {bind}: expected host:port, a port from 0 to 65535", field=setting
+        )
+    from nyxflow.cli.supervisor import in_use  # here: the CLI's modules import this one
+
+    if in_use(host.strip("[]"), int(port)):
+        raise InvalidArgument(f"cannot listen on {bind}: the port is in use", field=setting)
+
+
 async def checked(check: Check, timeout_s: float) -> tuple[bool, str]:
     """The check's answer, and why it is no: one that fails or hangs is a no."""
     try:
@@ -279,12 +302,20 @@ async def is_serving(channel: grpc.aio.Channel, timeout_s: float = 1.0) -> bool:
     return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def wait_serving(channel: grpc.aio.Channel, timeout_s: float) -> None:
-    """Until the service behind `channel` reports SERVING (a dependency at start-up)."""
+async def wait_serving(
+    channel: grpc.aio.Channel,
+    timeout_s: float,
+    name: str = "a dependency",
+    setting: str | None = None,
+) -> None:
+    """Until the service behind `channel` reports SERVING (a dependency at start-up); else
+    Unavailable naming it (e.g. "runs at 10.0.0.7:50051") and the setting that points there."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         if await is_serving(channel):
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise Unavailable(f"a dependency did not become SERVING within {timeout_s:.0f} s")
+            raise Unavailable(
+                f"{name} did not become SERVING within {timeout_s:g} s", field=setting
+            )
         await asyncio.sleep(0.2)

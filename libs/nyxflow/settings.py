@@ -17,14 +17,17 @@ MIN_SECRET_CHARS = 16
 class CommonSettings(BaseSettings):
     """Environment variables all start with NYXFLOW_."""
 
-    model_config = SettingsConfigDict(env_prefix="NYXFLOW_", extra="ignore")
+    # inf and nan were taken: a timeout of inf failed every call at once, an interval of inf
+    # meant never
+    model_config = SettingsConfigDict(env_prefix="NYXFLOW_", extra="ignore", allow_inf_nan=False)
 
     # Shared by the services so that the engine may write on behalf of a run's tenant.
     internal_secret: str = DEV_INTERNAL_SECRET
     log_level: str = "INFO"
     runs_addr: str = "127.0.0.1:50051"
     engine_addr: str = "127.0.0.1:50052"
-    rpc_timeout_s: float = Field(default=10.0, gt=0)  # 0 failed every call at once
+    # 0 failed every call at once, and so did 1e10 (beyond what gRPC takes for a deadline)
+    rpc_timeout_s: float = Field(default=10.0, gt=0, le=86400)
     # Runs and engine: each tenant's repositories only under <root>/<tenant id>/ (repos.py);
     # unset, any absolute path (one team on its own machine).
     repos_root: str | None = None

@@ -171,6 +171,19 @@ def refusal(
         (["nyxflow_engine"], "NYXFLOW_COMMAND_SANDBOX", "chroot"),
         (["nyxflow_gateway"], "NYXFLOW_GATEWAY_PORT", "http"),
         (["nyxflow_gateway"], "NYXFLOW_RPC_TIMEOUT_S", "0"),  # every request failed
+        # tracebacks (setsockopt, round), or a refusal blaming NYXFLOW_GATEWAY_PORT (100000)
+        (["nyxflow_gateway"], "NYXFLOW_PEER_TIMEOUT_S", "1e12"),
+        (["nyxflow_gateway"], "NYXFLOW_PEER_TIMEOUT_S", "inf"),
+        (["nyxflow_gateway"], "NYXFLOW_PEER_TIMEOUT_S", "100000"),
+        (["nyxflow_runs"], "NYXFLOW_REDIS_URL", "redis://127.0.0.1:99999/0"),  # a traceback
+        (["nyxflow_runs"], "NYXFLOW_REDIS_URL", "redis://127.0.0.1:abc/0"),
+        # retried for NYXFLOW_DATABASE_WAIT_S as "database unreachable"
+        (["nyxflow_runs"], "NYXFLOW_DATABASE_URL", "postgresql://127.0.0.1/x?sslmode=bogus"),
+        # grpc wrapped the port round: runs served on 127.0.0.1:34463 when asked for 99999
+        (["nyxflow_runs"], "NYXFLOW_RUNS_LISTEN", "127.0.0.1:99999"),
+        (["nyxflow_runs"], "NYXFLOW_RUNS_LISTEN", "127.0.0.1:65536"),
+        (["nyxflow_runs"], "NYXFLOW_RUNS_LISTEN", "127.0.0.1:-5"),
+        (["nyxflow_engine"], "NYXFLOW_ENGINE_LISTEN", "127.0.0.1:99999"),
         (["nyxflow_runs"], "NYXFLOW_LOG_LEVEL", "verbose"),
         (["nyxflow_engine"], "NYXFLOW_LOG_LEVEL", "verbose"),
         (["nyxflow_gateway"], "NYXFLOW_LOG_LEVEL", "verbose"),
@@ -208,14 +221,17 @@ def test_a_metrics_port_taken_is_refused_naming_the_setting(tmp_path: Path) -> N
     ("command", "setting"),
     [(["nyxflow_runs"], "NYXFLOW_RUNS_LISTEN"), (["nyxflow_engine"], "NYXFLOW_ENGINE_LISTEN")],
 )
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_a_grpc_listen_port_taken_is_refused_naming_the_setting(
-    tmp_path: Path, command: list[str], setting: str
+    tmp_path: Path, command: list[str], setting: str, host: str
 ) -> None:
-    """It was grpc's RuntimeError traceback, naming neither the setting nor the address."""
+    """It was grpc's RuntimeError traceback, naming neither the setting nor the address. And
+    localhost:P with 127.0.0.1:P taken was served on ::1 alone (grpc binds what it can of
+    a name's addresses): IPv4 clients reached the other program."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        listen = f"{host}:{taken.getsockname()[1]}"
         stderr = refusal(
             tmp_path,
             command,

@@ -10,10 +10,11 @@ from nyxflow import events as ev
 from nyxflow.auth import internal_metadata
 from nyxflow.cli.connection import load_settings
 from nyxflow.client import EngineClient, open_channel
-from nyxflow.errors import InvalidArgument, Unauthenticated
+from nyxflow.errors import InvalidArgument, Unauthenticated, Unavailable
 from nyxflow.settings import DEV_INTERNAL_SECRET
 from nyxflow_engine.settings import EngineSettings
 from tests.support.inprocess import clients, engine_service, runs_service
+from tests.support.ports import free_port
 from tests.support.workflows import chain
 
 
@@ -66,3 +67,25 @@ async def test_execute_with_internal_credentials_is_refused_and_claims_nothing(
         # The owner's key still runs it.
         events = [e.type async for e in owner.engine.execute(run.id)]
         assert events[-1] == ev.RUN_COMPLETED
+
+
+async def test_an_engine_whose_secret_runs_refuses_does_not_start(database_url: str) -> None:
+    """Runs' health asks no credentials: the engine said SERVING, took work it could not
+    write (the adopter logging "this call needs the internal credentials" every second), and
+    its runs were failed 30 s later as orphans."""
+    async with runs_service(database_url) as rs:
+        with pytest.raises(InvalidArgument) as refused:
+            async with engine_service(rs.runs_listen, internal_secret="another-secret-of-ours"):
+                pass
+    assert refused.value.field == "NYXFLOW_INTERNAL_SECRET"
+    assert "another-secret-of-ours" not in refused.value.message
+
+
+async def test_an_engine_that_cannot_reach_runs_names_where_it_looked() -> None:
+    """It said "a dependency did not become SERVING within 1 s", naming neither."""
+    runs_addr = f"127.0.0.1:{free_port()}"
+    with pytest.raises(Unavailable) as refused:
+        async with engine_service(runs_addr, runs_wait_s=0.5):
+            pass
+    assert refused.value.field == "NYXFLOW_RUNS_ADDR"
+    assert f"runs at {runs_addr}" in refused.value.message

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from nyxflow.cli.connection import load_settings, one_line
+from nyxflow.cli.connection import CliSettings, load_settings, one_line
 from nyxflow.errors import InvalidArgument
 from nyxflow.settings import CommonSettings
 from nyxflow_engine.settings import EngineSettings
+from nyxflow_gateway.__main__ import listening_sockets
 from nyxflow_gateway.settings import GatewaySettings
 from nyxflow_runs.settings import RunsSettings
 
@@ -118,9 +119,16 @@ def test_a_log_level_is_a_level_logging_knows_in_any_case(
 
 
 @pytest.mark.parametrize(
-    "url", ["http://:pw@127.0.0.1:6379/0", "127.0.0.1:6379", "valkey://127.0.0.1/0"]
+    "url",
+    [
+        "http://:pw@127.0.0.1:6379/0",
+        "127.0.0.1:6379",
+        "valkey://127.0.0.1/0",
+        "redis://:pw@127.0.0.1:99999/0",  # a port redis-py cannot take
+        "redis://:pw@127.0.0.1:abc/0",
+    ],
 )
-def test_a_redis_url_of_another_scheme_is_refused(
+def test_a_redis_url_redis_cannot_take_is_refused(
     monkeypatch: pytest.MonkeyPatch, url: str
 ) -> None:
     """redis-py's ValueError was a traceback at start."""
@@ -134,3 +142,82 @@ def test_a_redis_url_of_another_scheme_is_refused(
 def test_a_redis_url_redis_takes_is_taken(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("NYXFLOW_REDIS_URL", url)
     assert load_settings(RunsSettings).redis_url == url
+
+
+@pytest.mark.parametrize("cls", [RunsSettings, EngineSettings, GatewaySettings, CliSettings])
+@pytest.mark.parametrize("value", ["inf", "nan", "1e10"])
+def test_an_rpc_timeout_beyond_a_day_is_refused(
+    monkeypatch: pytest.MonkeyPatch, cls: type[CommonSettings], value: str
+) -> None:
+    """inf and 1e10 were taken, and then every internal call failed at once with
+    DEADLINE_EXCEEDED."""
+    assert refusal(cls, monkeypatch, NYXFLOW_RPC_TIMEOUT_S=value).startswith(
+        "NYXFLOW_RPC_TIMEOUT_S: "
+    )
+    monkeypatch.setenv("NYXFLOW_RPC_TIMEOUT_S", "86400")
+    assert load_settings(cls).rpc_timeout_s == 86400
+
+
+@pytest.mark.parametrize(
+    ("cls", "setting"),
+    [
+        (RunsSettings, "NYXFLOW_SWEEP_INTERVAL_S"),  # inf: never swept
+        (RunsSettings, "NYXFLOW_DATABASE_WAIT_S"),
+        (EngineSettings, "NYXFLOW_ADOPT_INTERVAL_S"),
+        (EngineSettings, "NYXFLOW_SHUTDOWN_GRACE_S"),
+        (GatewaySettings, "NYXFLOW_SSE_HEARTBEAT_S"),
+    ],
+)
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_inf_or_nan_is_refused(
+    monkeypatch: pytest.MonkeyPatch, cls: type[CommonSettings], setting: str, value: str
+) -> None:
+    assert refusal(cls, monkeypatch, **{setting: value}).startswith(f"{setting}: ")
+
+
+@pytest.mark.parametrize("value", ["1e12", "inf", "100000"])
+def test_a_peer_timeout_the_keepalive_cannot_take_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """1e12 and inf were tracebacks at start; 100000 (TCP_KEEPIDLE stops at 32767 s) was a
+    refusal blaming NYXFLOW_GATEWAY_PORT."""
+    line = refusal(GatewaySettings, monkeypatch, NYXFLOW_PEER_TIMEOUT_S=value)
+    assert line.startswith("NYXFLOW_PEER_TIMEOUT_S: ")
+
+
+def test_the_longest_peer_timeout_is_one_the_keepalive_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NYXFLOW_PEER_TIMEOUT_S", "86400")
+    settings = load_settings(GatewaySettings)
+    for sock in listening_sockets("127.0.0.1", 0, settings.peer_timeout_s):
+        sock.close()
+
+
+@pytest.mark.parametrize("engine_id", ["", "e" * 201])
+def test_an_engine_id_runs_cannot_take_as_a_lease_owner_is_refused(
+    monkeypatch: pytest.MonkeyPatch, engine_id: str
+) -> None:
+    """Taken, and then every claim failed: runs takes an owner of 1 to 200 characters."""
+    line = refusal(EngineSettings, monkeypatch, NYXFLOW_ENGINE_ID=engine_id)
+    assert line.startswith("NYXFLOW_ENGINE_ID: ")
+    monkeypatch.setenv("NYXFLOW_ENGINE_ID", "e" * 200)
+    assert load_settings(EngineSettings).engine_id == "e" * 200
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_an_sse_queue_of_no_events_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """Taken, and then every browser was dropped at its first live event, again and again."""
+    line = refusal(GatewaySettings, monkeypatch, NYXFLOW_SSE_QUEUE_EVENTS=value)
+    assert line.startswith("NYXFLOW_SSE_QUEUE_EVENTS: ")
+
+
+@pytest.mark.parametrize("key", ["", "dev-key\n", "my key", "clé-secrète", "k" * 513])
+def test_an_api_key_no_client_can_send_is_refused(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """Runs took it and rotated to it: the default tenant's working key was revoked for one
+    no client can present."""
+    line = refusal(RunsSettings, monkeypatch, NYXFLOW_API_KEY=key)
+    assert line.startswith("NYXFLOW_API_KEY: ")
+    assert not key.strip() or key.strip() not in line  # a key is never quoted

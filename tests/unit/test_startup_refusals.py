@@ -160,6 +160,8 @@ async def test_libpqs_connect_timeout_becomes_asyncpgs_timeout() -> None:
         ("connect_timeout=ten", "'connect_timeout' must be seconds above 0"),
         ("connect_timeout=0", "'connect_timeout' must be seconds above 0"),
         ("sslmode=require&sslmode=disable", "'ssl' is given more than once"),
+        ("sslmode=bogus", "sslmode must be one of disable, allow, prefer, require"),
+        ("ssl=on", "sslmode must be one of disable, allow, prefer, require"),
     ],
 )
 def test_a_postgresql_option_the_driver_cannot_take_is_refused(query: str, why: str) -> None:

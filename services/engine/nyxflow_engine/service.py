@@ -9,6 +9,7 @@ from functools import partial
 from nyxflow import metrics
 from nyxflow.auth import engine_metadata
 from nyxflow.client import RunsClient, open_channel
+from nyxflow.errors import InvalidArgument, NyxflowError, Unauthenticated
 from nyxflow.grpc_server import GrpcService, is_serving, wait_serving
 from nyxflow.v1 import engine_pb2, engine_pb2_grpc
 from nyxflow_engine.adopter import adopt_forever
@@ -23,6 +24,21 @@ from nyxflow_engine.tools.sandbox_check import refuse_a_broken_sandbox
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["Engine"].full_name
+
+
+async def _runs_takes_our_secret(runs: RunsClient) -> None:
+    """Runs' health asks no credentials: an engine whose secret runs refuses said SERVING,
+    took work it could not write, and its runs were failed as orphans. One cheap internal
+    call finds out; any other failure is left to the adopter, which retries."""
+    try:
+        await runs.list_requeued_runs(limit=1)
+    except Unauthenticated:
+        raise InvalidArgument(
+            "runs refuses it: runs and the engine must share one secret",
+            field="NYXFLOW_INTERNAL_SECRET",
+        ) from None
+    except NyxflowError:
+        pass
 
 
 async def serve(
@@ -46,7 +62,10 @@ async def serve(
 
     async def prepare() -> None:
         # NOT_SERVING until runs answers: an engine that cannot write must not take work.
-        await wait_serving(channel, settings.runs_wait_s)
+        await wait_serving(
+            channel, settings.runs_wait_s, f"runs at {settings.runs_addr}", "NYXFLOW_RUNS_ADDR"
+        )
+        await _runs_takes_our_secret(runs)
         await asyncio.to_thread(scratch.sweep_left_behind)
         adopting.append(
             asyncio.create_task(

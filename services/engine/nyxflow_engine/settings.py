@@ -18,7 +18,8 @@ def _default_engine_id() -> str:
 
 class EngineSettings(InternalSettings):
     engine_listen: str = "127.0.0.1:50052"
-    engine_id: str = Field(default_factory=_default_engine_id)
+    # runs takes a lease's owner of 1 to 200 characters: another id could claim no run
+    engine_id: str = Field(default_factory=_default_engine_id, min_length=1, max_length=200)
     lease_ttl_s: float = Field(default=30.0, gt=0, le=3600)  # runs refuses longer leases
     heartbeat_s: float = Field(default=10.0, gt=0)  # shorter than the lease (below)
     # at most one step_delta event per step per this long (0: each delta as it comes)

@@ -14,9 +14,11 @@ class GatewaySettings(CommonSettings):
     sse_heartbeat_s: float = Field(default=15.0, gt=0)
     # A client connection whose sent data (or keepalive probe) goes unacknowledged this long
     # is closed: a browser that vanished without a word held its stream for ~15 min. 0: off.
-    peer_timeout_s: float = Field(default=30.0, ge=0)
+    # At most a day: TCP_KEEPIDLE (a third of it) stops at 32767 s.
+    peer_timeout_s: float = Field(default=30.0, ge=0, le=86400)
     sse_retry_ms: int = Field(default=3000, ge=0)
-    sse_queue_events: int = 1000  # per client: a client this far behind is dropped, alone
+    # per client: a client this far behind is dropped, alone (0 dropped every client at once)
+    sse_queue_events: int = Field(default=1000, ge=1)
     sse_queue_bytes: int = Field(default=8 * 1024 * 1024, ge=0)  # the same, in unsent bytes
     # per followed run: events kept for browsers that join late or reconnect; one that needs
     # older ones gets its own stream from runs

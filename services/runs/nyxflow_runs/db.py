@@ -24,6 +24,8 @@ SETTING = "NYXFLOW_DATABASE_URL"
 FORMS = "sqlite+aiosqlite:///path/to/file.db or postgresql://user:password@host/db"
 # The form hosts hand out names no driver, or one we do not ship (psycopg): asyncpg it is.
 POSTGRES_WITHOUT_ASYNC_DRIVER = ("postgres", "postgresql")
+# libpq's and asyncpg's; another was retried for NYXFLOW_DATABASE_WAIT_S as "unreachable"
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def database_url(url: str) -> URL:
@@ -39,6 +41,9 @@ def database_url(url: str) -> URL:
         # libpq's name, which hosts hand out; asyncpg takes the same values as `ssl`
         ssl = parsed.query["sslmode"]
         parsed = parsed.difference_update_query(["sslmode"]).update_query_dict({"ssl": ssl})
+    mode = parsed.query.get("ssl") if parsed.drivername == "postgresql+asyncpg" else None
+    if isinstance(mode, str) and mode not in SSL_MODES:  # given twice: asyncpg_options says so
+        raise InvalidArgument(f"sslmode must be one of {', '.join(SSL_MODES)}", field=SETTING)
     return parsed
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationInfo, field_validator
+from urllib.parse import urlsplit
 
+from pydantic import Field, ValidationInfo, field_validator
+from redis.connection import parse_url
+
+from nyxflow.auth import MAX_KEY, checked_key
+from nyxflow.errors import Unauthenticated
 from nyxflow.settings import InternalSettings, no_dev_secret_beyond_loopback
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -28,13 +33,45 @@ class RunsSettings(InternalSettings):
     @field_validator("redis_url")
     @classmethod
     def _a_url_redis_takes(cls, url: str | None) -> str | None:
-        """redis-py's refusal of another scheme was a traceback (the URL, with its password,
-        is not quoted here)."""
-        if url and url.partition("://")[0].lower() not in REDIS_SCHEMES:
-            raise ValueError("expected redis://host:6379/0, rediss://… (TLS) or unix://path")
+        """redis-py's refusal of another scheme or a bad port was a traceback at start (the
+        URL, with its password, is not quoted here)."""
+        expected = "expected redis://host:6379/0, rediss://… (TLS) or unix://path"
+        if not url:
+            return url
+        if url.partition("://")[0].lower() not in REDIS_SCHEMES:
+            raise ValueError(expected)
+        try:
+            parse_url(url)  # type: ignore[no-untyped-call]  # a bad port: a traceback at start
+        except ValueError as error:
+            reason, password = str(error), urlsplit(url).password
+            if password and password in reason:
+                reason = "not a URL redis-py takes"
+            raise ValueError(f"{reason}; {expected}") from None
         return url
+
+    @field_validator("api_key")
+    @classmethod
+    def _a_key_a_client_can_send(cls, key: str) -> str:
+        """A key gRPC metadata cannot carry (empty, a .env file's trailing newline, a space)
+        was taken, and its rotation revoked the key the default tenant had: locked out."""
+        try:
+            return checked_key(key)
+        except Unauthenticated:
+            raise ValueError(_why_unsendable(key)) from None
 
     @field_validator("runs_listen")
     @classmethod
     def _no_dev_secret_beyond_loopback(cls, listen: str, info: ValidationInfo) -> str:
         return no_dev_secret_beyond_loopback(listen, info.data.get("internal_secret"))
+
+
+def _why_unsendable(key: str) -> str:
+    """What is wrong with a key, never the key."""
+    if not key:
+        return "is empty: no client could send it"
+    if len(key) > MAX_KEY:
+        return f"has {len(key)} characters: at most {MAX_KEY}"
+    return (
+        "has a character no client can send (a space, a control character such as a "
+        "trailing newline, or one beyond ASCII)"
+    )
