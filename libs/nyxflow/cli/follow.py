@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from nyxflow import events as ev
 from nyxflow.cli.connection import Clients, one_line
@@ -39,8 +39,15 @@ class Detached(Exception):
 class Printer:
     """Prints each event of a run once, however many streams give it."""
 
-    def __init__(self, *, tokens: bool, as_json: bool) -> None:
+    def __init__(
+        self,
+        *,
+        tokens: bool,
+        as_json: bool,
+        read_step: Callable[[str], Awaitable[pb.Step]] | None = None,
+    ) -> None:
         self.tokens, self.as_json = tokens, as_json
+        self.read_step = read_step  # for a step_completed that left a long output out
         self.last = 0  # the last seq shown
         self.final = ""  # the run's final status, once its terminal event is shown
 
@@ -63,8 +70,12 @@ class Printer:
                     raise Unavailable(f"the engine said nothing for {silence_s:g} s") from None
                 if event.seq <= self.last:
                     continue  # shown already, from the stream before this one
-                self.last = event.seq
                 data = json.loads(event.data_json or "{}")
+                read = self.read_step
+                if self.as_json and read is not None and data.get("output_left_out"):
+                    # Before `last` moves: a read that fails has the event given again.
+                    data = await _with_output(data, read)
+                self.last = event.seq
                 if self.as_json:
                     print(json.dumps({"seq": event.seq, "type": event.type, **data}), flush=True)
                 else:
@@ -74,13 +85,24 @@ class Printer:
                     return
 
 
+async def _with_output(
+    data: dict[str, object], read_step: Callable[[str], Awaitable[pb.Step]]
+) -> dict[str, object]:
+    """step_completed's `data` with the output the engine left out of it (a long one), read
+    from the step: its JSON line has the output as a short one's has."""
+    step = await read_step(str(data["step_id"]))
+    return {**{k: v for k, v in data.items() if k != "output_left_out"}, "output": step.output}
+
+
 async def follow_run(c: Clients, run_id: str, *, start: bool, tokens: bool, as_json: bool) -> str:
     """Start the run (if `start`) through the engine and follow it to its terminal event;
     return its final status. Raises Detached when it can no longer be followed. The engine's
     stream silent for `c.execute_silence_s` is left for WatchRun: the engine may be frozen
     while its run is swept and finished (or failed) elsewhere. Execute sends nothing during a
     step that streams no tokens (a test command), so such a step costs only the switch."""
-    printer = Printer(tokens=tokens, as_json=as_json)
+    printer = Printer(
+        tokens=tokens, as_json=as_json, read_step=lambda step_id: c.runs.get_step(step_id)
+    )
     if start:
         await _execute(c, run_id, printer)
     loop = asyncio.get_running_loop()

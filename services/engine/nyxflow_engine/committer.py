@@ -18,6 +18,7 @@ from nyxflow.auth import internal_metadata
 from nyxflow.client import RunsClient
 from nyxflow.constants import MAX_RECORD_GROUP
 from nyxflow.errors import InvalidArgument, ResourceExhausted, error_from_status
+from nyxflow.grpc_server import CHANNEL_OPTIONS
 from nyxflow.v1 import runs_pb2
 
 Waiting = tuple[runs_pb2.RecordRequest, "asyncio.Future[runs_pb2.WriteResponse]"]
@@ -25,8 +26,15 @@ Waiting = tuple[runs_pb2.RecordRequest, "asyncio.Future[runs_pb2.WriteResponse]"
 # message may hold, or runs that each wrote a large result at once failed together.
 GROUP_BYTES = 16 << 20
 MIB = 1 << 20
+MESSAGE_BYTES = int(dict(CHANNEL_OPTIONS)["grpc.max_send_message_length"])
 
 log = logging.getLogger(__name__)
+
+
+class TooBig(InvalidArgument):
+    """A batch alone is past what a message holds: refused before it was sent, so runs applied
+    none of it, and its ops may still go in several smaller batches. (A batch that was sent
+    and applied, but whose answer no message holds, is refused as InvalidArgument.)"""
 
 
 def next_group(waiting: list[Waiting]) -> int:
@@ -38,6 +46,13 @@ def next_group(waiting: list[Waiting]) -> int:
         if count and size > GROUP_BYTES:
             return count
     return min(len(waiting), MAX_RECORD_GROUP)
+
+
+def _refusal(request: runs_pb2.RecordRequest) -> InvalidArgument:
+    """Why a batch sent alone was refused as too big: itself (TooBig), or runs' answer."""
+    sent = runs_pb2.RecordManyRequest(batches=[request]).ByteSize()
+    why = TooBig if sent > MESSAGE_BYTES else InvalidArgument
+    return why(f"a write of {request.ByteSize() / MIB:.1f} MiB is more than a message holds")
 
 
 class Committer:
@@ -81,8 +96,7 @@ class Committer:
         except ResourceExhausted as too_big:
             refusal: Exception = too_big
             if len(group) == 1:  # a batch too big alone: no retry would take it
-                size = group[0][0].ByteSize() / MIB
-                refusal = InvalidArgument(f"a write of {size:.1f} MiB is more than a message holds")
+                refusal = _refusal(group[0][0])
             for _, future in group:
                 if not future.done():
                     future.set_exception(refusal)

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from nyxflow import constants as kinds
 from nyxflow import events as ev
@@ -40,6 +41,9 @@ PAUSED_BY_USER = "paused by user"
 # Renewals in flight at once: one that never answers does not stop the next, and a slow one
 # is not cancelled (it may yet land) while another is tried.
 HEARTBEATS_IN_FLIGHT = 3
+# The longest output (in characters: at most 4 MiB of UTF-8) step_completed carries; a longer
+# one is left out (`output_left_out`), and followers read it from the step.
+EVENT_OUTPUT_CHARS = 1 << 20
 
 
 class StepFailed(Exception):
@@ -332,15 +336,11 @@ class Execution:
                     ),
                 )
             )
-        # A fan-out's output is its items joined, each sent already (fan_out_progress, and
-        # the items route): sent again it would go to every follower and into the event
-        # table whole (megabytes for hundreds of items), in the same message as the step's.
-        fanned = "items" in result.extra
         drafts.append(
             draft(
                 ev.STEP_COMPLETED,
                 **ids,
-                **({} if fanned else {"output": result.output}),
+                **_event_output(result),
                 truncated=result.truncated,
                 finish_reason=result.finish_reason,
                 input_tokens=result.input_tokens,
@@ -377,6 +377,19 @@ class Execution:
         # A result costs a model call to redo: it is committed before the next step starts
         # (the last one's, with the run's end).
         await self.writer.step(step.id, change, *drafts, durable=durable)
+
+
+def _event_output(result: StepResult) -> dict[str, Any]:
+    """What step_completed carries of the step's output. A fan-out's is its items joined,
+    each sent already (fan_out_progress, and the items route): sent again it would go to every
+    follower and into the event table whole (megabytes for hundreds of items), in the same
+    message as the step's. A long answer's is the step's own, and its deltas': a third copy in
+    the same write took it past what a message holds; it is read from the step instead."""
+    if "items" in result.extra:
+        return {}
+    if len(result.output) > EVENT_OUTPUT_CHARS:
+        return {"output_left_out": True}
+    return {"output": result.output}
 
 
 def _cut(alternatives: Sequence[Completion]) -> list[int]:

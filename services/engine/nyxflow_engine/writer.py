@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
@@ -22,12 +23,18 @@ from nyxflow.client import RunsClient
 from nyxflow.errors import NotFound, StaleToken
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2
-from nyxflow_engine.committer import Committer
+from nyxflow_engine.committer import GROUP_BYTES, Committer, TooBig
 from nyxflow_engine.feed import RunFeed
 from nyxflow_engine.retrying import while_unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# What each part of a flush that no message holds may weigh (see `_split`): one Record holding
+# a long answer twice (the step's output, its last delta) was past the 32 MiB a message holds.
+BATCH_BYTES = GROUP_BYTES
+# A JSON-escaped NUL (\u0000) not itself after an escaped backslash (\\u0000 is text).
+_ESCAPED_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 class LeaseLost(Exception):
@@ -35,7 +42,17 @@ class LeaseLost(Exception):
 
 
 def draft(type_: str, **data: Any) -> pb.EventDraft:
-    return pb.EventDraft(type=type_, data_json=json.dumps(data))
+    """An event of `data`, whose strings hold what `scrub` leaves of them: NUL as U+FFFD, as
+    in the step's stored output, so that the deltas join to it (scrub sees no escaped NUL)."""
+    # Not ASCII-escaped: a CJK character weighs 3 bytes, not 6 (an emoji 4, not 12).
+    text = json.dumps(data, ensure_ascii=False)
+    if "\\u0000" in text:
+        text = _ESCAPED_NUL.sub("\\1\ufffd", text)
+    try:
+        return pb.EventDraft(type=type_, data_json=text)
+    except UnicodeEncodeError:  # a lone surrogate (half an emoji), which no UTF-8 holds
+        whole = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return pb.EventDraft(type=type_, data_json=whole)
 
 
 def scrub(message: Message) -> None:
@@ -77,6 +94,23 @@ def _event_ops(drafts: Sequence[pb.EventDraft]) -> list[runs_pb2.WriteOp]:
     return [runs_pb2.WriteOp(event=d) for d in drafts]
 
 
+def _split(ops: list[runs_pb2.WriteOp], groups: list[int]) -> list[list[runs_pb2.WriteOp]]:
+    """`ops` in parts of whole groups (see RunWriter._groups), in order, each part under
+    BATCH_BYTES unless one group alone is over it: that group goes alone."""
+    parts: list[list[runs_pb2.WriteOp]] = [[]]
+    size, start = 0, 0
+    for count in groups:
+        group = ops[start : start + count]
+        start += count
+        weight = sum(op.ByteSize() for op in group)
+        if parts[-1] and size + weight > BATCH_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].extend(group)
+        size += weight
+    return parts
+
+
 class RunWriter:
     def __init__(
         self,
@@ -103,6 +137,9 @@ class RunWriter:
         self._retry_s = retry_s
         self._group_commit_s = group_commit_s
         self._pending: list[runs_pb2.WriteOp] = []
+        # How many ops each deferral added, in order: a split flush keeps each one's ops (a
+        # step's result and its events) in one batch, applied together or not at all.
+        self._groups: list[int] = []
         # Ops deferred and ops committed, counted since the start: a flush whose ops another
         # flush already carried returns without a call of its own (see `flush`).
         self._deferred = 0
@@ -239,39 +276,73 @@ class RunWriter:
             if not finish_status and self._lost is not None and self._lost[0] >= target:
                 raise self._lost[1]  # the batch that carried our ops failed
             ops, self._pending = self._pending, []
+            groups, self._groups = self._groups, []
             taken = self._deferred
             if not ops and not finish_status:
                 return
             for op in ops:
                 scrub(op)
-            self._batch_seq += 1
-            request = runs_pb2.RecordRequest(
-                run_id=self.run_id,
-                token=self.token,
-                ops=ops,
-                finish_status=finish_status,
-                finish_error=finish_error,
-                batch_id=uuid.uuid4().hex,  # the same across retries: applied once at most
-                batch_seq=self._batch_seq,
-            )
-            await _to_the_end(self._commit(request, taken))
+            await _to_the_end(self._commit(ops, groups, taken, finish_status, finish_error))
 
-    async def _commit(self, request: runs_pb2.RecordRequest, taken: int) -> None:
+    async def _commit(
+        self,
+        ops: list[runs_pb2.WriteOp],
+        groups: list[int],
+        taken: int,
+        finish_status: str,
+        finish_error: str,
+    ) -> None:
+        """`ops` (and the end, if asked) as one batch; one that a message cannot hold (a long
+        answer's output and its last delta) in parts, each a batch of its own. Nothing is
+        measured unless it was refused: a write that fits pays nothing for those that do not."""
         try:
-            response = await self._retrying(
-                lambda: self._committer.record(self._tenant_id, request)
-            )
+            try:
+                response = await self._record(ops, finish_status, finish_error)
+            except TooBig:
+                parts = _split(ops, groups)
+                if len(parts) == 1:
+                    raise  # one group alone: no split takes it
+                response = await self._record_parts(parts, taken, finish_status, finish_error)
         except Exception as error:
             self._lost = (taken, error)  # its ops are lost: so is every flush that counted on them
             raise
         self._committed = taken
         await self._absorb(response)
 
+    async def _record(
+        self, ops: list[runs_pb2.WriteOp], finish_status: str = "", finish_error: str = ""
+    ) -> runs_pb2.WriteResponse:
+        self._batch_seq += 1
+        request = runs_pb2.RecordRequest(
+            run_id=self.run_id,
+            token=self.token,
+            ops=ops,
+            finish_status=finish_status,
+            finish_error=finish_error,
+            batch_id=uuid.uuid4().hex,  # the same across retries: applied once at most
+            batch_seq=self._batch_seq,
+        )
+        return await self._retrying(lambda: self._committer.record(self._tenant_id, request))
+
+    async def _record_parts(
+        self, parts: list[list[runs_pb2.WriteOp]], taken: int, finish_status: str, finish_error: str
+    ) -> runs_pb2.WriteResponse:
+        """The parts in order, each applied (and its events fed) before the next goes, the end
+        in the last; the last's answer is returned. The refused whole was applied nowhere."""
+        committed = taken - sum(len(part) for part in parts)
+        for part in parts[:-1]:
+            response = await self._record(part)
+            committed += len(part)
+            self._committed = committed
+            await self._absorb(response)
+        return await self._record(parts[-1], finish_status, finish_error)
+
     # --- group commit -----------------------------------------------------------------
 
     def _defer(self, ops: list[runs_pb2.WriteOp]) -> None:
         self._raise_failure()
         self._pending.extend(ops)
+        self._groups.append(len(ops))
         self._deferred += len(ops)
         if self._timer is None or self._timer.done():
             self._timer = asyncio.create_task(self._flush_soon(), name=f"commit-{self.run_id}")

@@ -881,7 +881,10 @@ function showDetail(workflowId) {
       case "step_completed":
         if (!step) { refreshSoon(0); break; }
         Object.assign(step, {
-          status: "completed", output: data.output ?? step.output, truncated: Boolean(data.truncated),
+          // A long output is left out of its event, and the text streamed is whole only if
+          // no event was missed: the step is read whole instead (fetchStepsSoon).
+          status: "completed", output: data.output_left_out ? null : data.output ?? step.output,
+          truncated: Boolean(data.truncated),
           finish_reason: data.finish_reason || null, input_tokens: data.input_tokens || 0,
           output_tokens: data.output_tokens || 0, served_by: data.served_by || null,
           finished_at: epochIso(data.at),
@@ -890,6 +893,7 @@ function showDetail(workflowId) {
         });
         if ((data.alternatives || 0) > 1 || step.guessed) refreshSoon(0);
         else if (data.items) fetchItemsSoon(0); // the last items' outputs, not the whole run
+        else if (data.output_left_out) fetchStepsSoon();
         break;
       case "step_failed":
         if (!step) { refreshSoon(0); break; }
