@@ -33,9 +33,10 @@ CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.max_send_message_length", 32 * 1024 * 1024),
     ("grpc.max_receive_message_length", 32 * 1024 * 1024),
     # gRPC's default backoff grows to 120 s: after runs restarted, the engine and the gateway
-    # took up to two minutes to reconnect. A few seconds at most, from half a second.
+    # took up to two minutes to reconnect. A few seconds at most, from half a second. (Not
+    # grpc.min_reconnect_backoff_ms: it is also how long a connection attempt may take, 20 s,
+    # and at 500 ms a loaded or frozen peer failed calls that its deadline would have waited.)
     ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 5_000),
 )
 SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
