@@ -136,8 +136,10 @@ def event(e: pb.RunEvent) -> dict[str, Any]:
 
 
 def event_data(e: pb.RunEvent) -> str:
-    """An event's SSE data: `event`, as one JSON object."""
-    return json.dumps(event(e))
+    """An event's SSE data: `event`, as one JSON object, its text as UTF-8 (ASCII-escaped, a
+    CJK character took 6 bytes, an emoji 12; SSE ends lines at CR and LF only, which JSON
+    escapes)."""
+    return json.dumps(event(e), ensure_ascii=False)
 
 
 def repository(r: runs_pb2.Repository) -> dict[str, Any]:

@@ -195,7 +195,7 @@ def event(row: models.RunEvent) -> pb.RunEvent:
         run_id=row.run_id,
         seq=row.seq,
         type=row.type,
-        data_json=json.dumps(row.data or {}),
+        data_json=json.dumps(row.data or {}, ensure_ascii=False),
         created_at=row.created_at,
     )
 
