@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -93,7 +94,9 @@ def in_use(host: str, port: int) -> bool:
         return False  # the service says why in its own words
     several = len(found) > 1
     for family, kind, proto, _, address in found:
-        with socket.socket(family, kind, proto) as sock:
+        # Any other failure (an IPv6 address on a host without IPv6) is not "in use": the
+        # service binds what it can, and says why in its own words if that is nothing.
+        with contextlib.suppress(OSError), socket.socket(family, kind, proto) as sock:
             # as the services bind: a port left in TIME_WAIT by the last `up` is free
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6 and several:
