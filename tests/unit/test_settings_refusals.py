@@ -126,12 +126,15 @@ def test_a_log_level_is_a_level_logging_knows_in_any_case(
         "valkey://127.0.0.1/0",
         "redis://:pw@127.0.0.1:99999/0",  # a port redis-py cannot take
         "redis://:pw@127.0.0.1:abc/0",
+        # a password holding an unencoded "/": redis-py read "pwAb3" as the port and said so
+        "redis://:pwAb3/xyz+Q@redis:6379/0",
     ],
 )
 def test_a_redis_url_redis_cannot_take_is_refused(
     monkeypatch: pytest.MonkeyPatch, url: str
 ) -> None:
-    """redis-py's ValueError was a traceback at start."""
+    """redis-py's ValueError was a traceback at start; its words quote what it could not
+    read, which may be a password."""
     line = refusal(RunsSettings, monkeypatch, NYXFLOW_REDIS_URL=url)
     assert line.startswith("NYXFLOW_REDIS_URL: ") and "pw" not in line
 

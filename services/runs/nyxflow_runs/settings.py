@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from pydantic import Field, ValidationInfo, field_validator
 from redis.connection import parse_url
 
@@ -42,11 +40,13 @@ class RunsSettings(InternalSettings):
             raise ValueError(expected)
         try:
             parse_url(url)  # type: ignore[no-untyped-call]  # a bad port: a traceback at start
-        except ValueError as error:
-            reason, password = str(error), urlsplit(url).password
-            if password and password in reason:
-                reason = "not a URL redis-py takes"
-            raise ValueError(f"{reason}; {expected}") from None
+        except ValueError:
+            # Never redis-py's words: they quote the part they could not read, and a password
+            # holding an unencoded / or ? was read as the port.
+            raise ValueError(
+                "the host, port (0-65535) or db cannot be read (percent-encode a password's "
+                f"/, ?, # and @); {expected}"
+            ) from None
         return url
 
     @field_validator("api_key")

@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any
 
 import httpx
+import httpx2
 from google import genai
 from google.genai import errors, types
 
@@ -53,14 +54,16 @@ BLOCKED = (
 )
 
 
+# The SDK opens its responses with httpx2 (or httpx, in older releases).
+Response = httpx.Response | httpx2.Response
 # The responses the SDK opened for the call this task makes. Its stream is a chain of async
 # generators, each leaving the one it reads to the collector: a cancelled, stalled or failed
 # call kept reading the answer (the provider generating, and billing) until a collection came
 # by. The call closes them on its way out.
-_OPENED: ContextVar[list[httpx.Response] | None] = ContextVar("gemini_opened", default=None)
+_OPENED: ContextVar[list[Response] | None] = ContextVar("gemini_opened", default=None)
 
 
-async def _noted(response: httpx.Response) -> None:
+async def _noted(response: Response) -> None:
     opened = _OPENED.get()
     if opened is not None:
         opened.append(response)
@@ -86,14 +89,16 @@ class GoogleProvider:
         return self._client
 
     async def complete(self, request: CompletionRequest, on_delta: OnDelta) -> Completion:
-        opened: list[httpx.Response] = []
+        opened: list[Response] = []
         noting = _OPENED.set(opened)
         try:
             return await self._complete(request, on_delta)
         finally:
             _OPENED.reset(noting)
             for response in opened:
-                with contextlib.suppress(httpx.HTTPError):
+                # Whatever closing a broken stream raises, the call's own outcome stands (a
+                # failure, or the cancel), and the other responses are closed too.
+                with contextlib.suppress(Exception):
                     await response.aclose()
 
     async def _complete(self, request: CompletionRequest, on_delta: OnDelta) -> Completion:
