@@ -173,22 +173,33 @@ async def _notes_within(
     session: AsyncSession, project_id: str, after: PageEnd | None = None, limit: int | None = None
 ) -> tuple[list[ProjectNote], int]:
     """The newest notes (older than `after`), whole, at most `limit` and as many as
-    NOTES_PER_READ holds (at least one), with how many there are in all from `after` on: the
-    budget is summed in the database, which sends only those."""
-    weight = func.length(ProjectNote.text) + NOTE_OVERHEAD
-    ranked = select(
+    NOTES_PER_READ holds (at least one), with how many of them the budget and the limit were
+    taken from: every note from `after` on, or, with a limit, at most limit + 1 (a page reads
+    the notes it may give and one more, not every older note: paging through them all was
+    quadratic). The budget is summed in the database, which sends only those."""
+    candidates = select(
         ProjectNote.id,
-        (func.sum(weight).over(order_by=NEWEST) - weight).label("before"),
-        func.count().over().label("total"),
+        ProjectNote.created_at,
+        (func.length(ProjectNote.text) + NOTE_OVERHEAD).label("weight"),
     ).where(ProjectNote.project_id == project_id)
     if after is not None:  # (created_at, id) as ordered: ties neither skipped nor repeated
-        ranked = ranked.where(tuple_(ProjectNote.created_at, ProjectNote.id) < tuple_(*after))
-    within = ranked.subquery()
+        candidates = candidates.where(
+            tuple_(ProjectNote.created_at, ProjectNote.id) < tuple_(*after)
+        )
+    if limit is not None:
+        candidates = candidates.order_by(*NEWEST).limit(limit + 1)
+    taken = candidates.subquery()
+    order = (taken.c.created_at.desc(), taken.c.id.desc())
+    ranked = select(
+        taken.c.id,
+        (func.sum(taken.c.weight).over(order_by=order) - taken.c.weight).label("before"),
+        func.count().over().label("total"),
+    ).subquery()
     rows = (
         await session.execute(
-            select(ProjectNote, within.c.total)
-            .join(within, within.c.id == ProjectNote.id)
-            .where(within.c.before < NOTES_PER_READ)
+            select(ProjectNote, ranked.c.total)
+            .join(ranked, ranked.c.id == ProjectNote.id)
+            .where(ranked.c.before < NOTES_PER_READ)
             .order_by(*NEWEST)
             .limit(limit)
         )
