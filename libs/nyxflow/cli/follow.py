@@ -17,7 +17,7 @@ from nyxflow import events as ev
 from nyxflow.cli.connection import Clients, one_line
 from nyxflow.cli.render import console as make_console
 from nyxflow.cli.render import line, status
-from nyxflow.errors import FailedPrecondition, NyxflowError, Unavailable
+from nyxflow.errors import FailedPrecondition, NotFound, NyxflowError, Unavailable
 from nyxflow.v1 import common_pb2 as pb
 
 console = make_console()
@@ -44,7 +44,7 @@ class Printer:
         *,
         tokens: bool,
         as_json: bool,
-        read_step: Callable[[str], Awaitable[pb.Step]] | None = None,
+        read_step: Callable[[str], Awaitable[pb.Step | None]] | None = None,
     ) -> None:
         self.tokens, self.as_json = tokens, as_json
         self.read_step = read_step  # for a step_completed that left a long output out
@@ -86,12 +86,32 @@ class Printer:
 
 
 async def _with_output(
-    data: dict[str, object], read_step: Callable[[str], Awaitable[pb.Step]]
+    data: dict[str, object], read_step: Callable[[str], Awaitable[pb.Step | None]]
 ) -> dict[str, object]:
     """step_completed's `data` with the output the engine left out of it (a long one), read
-    from the step: its JSON line has the output as a short one's has."""
+    from the step: its JSON line has the output as a short one's has. A step that no longer
+    holds this run's output (see `this_runs_step`) leaves the event as it came."""
     step = await read_step(str(data["step_id"]))
+    if step is None:
+        return data
     return {**{k: v for k, v in data.items() if k != "output_left_out"}, "output": step.output}
+
+
+def this_runs_step(c: Clients, run_id: str) -> Callable[[str], Awaitable[pb.Step | None]]:
+    """A step as this run left it, or None: steps hold their workflow's latest run's state, so
+    an older run's replay (after a rerun, a retry or a choice) would have printed another run's
+    output, and a generated step dropped since is gone (NotFound stopped the follow)."""
+
+    async def read(step_id: str) -> pb.Step | None:
+        try:
+            step = await c.runs.get_step(step_id)
+        except NotFound:
+            return None
+        run = await c.runs.get_run(run_id, brief=True)
+        newest = await c.runs.list_runs_page(run.workflow_id, limit=1)  # as GetRun's latest
+        return step if [r.id for r in newest.runs] == [run_id] else None
+
+    return read
 
 
 async def follow_run(c: Clients, run_id: str, *, start: bool, tokens: bool, as_json: bool) -> str:
@@ -100,9 +120,7 @@ async def follow_run(c: Clients, run_id: str, *, start: bool, tokens: bool, as_j
     stream silent for `c.execute_silence_s` is left for WatchRun: the engine may be frozen
     while its run is swept and finished (or failed) elsewhere. Execute sends nothing during a
     step that streams no tokens (a test command), so such a step costs only the switch."""
-    printer = Printer(
-        tokens=tokens, as_json=as_json, read_step=lambda step_id: c.runs.get_step(step_id)
-    )
+    printer = Printer(tokens=tokens, as_json=as_json, read_step=this_runs_step(c, run_id))
     if start:
         await _execute(c, run_id, printer)
     loop = asyncio.get_running_loop()
