@@ -13,7 +13,13 @@ from nyxflow.v1 import admin_pb2, admin_pb2_grpc, runs_pb2, runs_pb2_grpc
 from nyxflow_runs import db_errors, migrate
 from nyxflow_runs.admin_servicer import AdminServicer
 from nyxflow_runs.bus import create_bus
-from nyxflow_runs.db import answers, create_engine, session_factory, wait_for_database
+from nyxflow_runs.db import (
+    answers,
+    create_engine,
+    create_probe_engine,
+    session_factory,
+    wait_for_database,
+)
 from nyxflow_runs.servicer import RunsServicer
 from nyxflow_runs.settings import RunsSettings
 from nyxflow_runs.store import Store
@@ -73,7 +79,8 @@ async def serve(
 
     # A SQLite file does not go away, and a probe would queue behind writes for its one
     # connection: only a database over the network is followed.
-    check = partial(answers, engine) if engine.dialect.name != "sqlite" else None
+    probe = create_probe_engine(settings.database_url) if engine.dialect.name != "sqlite" else None
+    check = partial(answers, probe) if probe is not None else None
     background: list[asyncio.Task[None]] = []
     metrics.serve_metrics(settings.metrics_port, settings.metrics_host)
     log.info("runs starting", extra={"action": "start", "listen": settings.runs_listen})
@@ -85,3 +92,5 @@ async def serve(
         await bus.close()
         await store.close()
         await engine.dispose()
+        if probe is not None:
+            await probe.dispose()
