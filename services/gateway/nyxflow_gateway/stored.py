@@ -23,7 +23,8 @@ async def stored_events(
     services: Services, run_id: str, after_seq: int, through_seq: int, limit: int
 ) -> list[pb.RunEvent]:
     """The events after `after_seq` through `through_seq` (stored already), in seq order: at
-    most `limit` and about MAX_BYTES of data, and at least one when there is one. What was
+    most `limit` and about MAX_BYTES characters of data (UTF-8: up to 4 bytes each, far under
+    a message's limit), and at least one when there is one. What was
     read when runs is slow to answer is returned; the caller asks again from there."""
     found: list[pb.RunEvent] = []
     size = 0
