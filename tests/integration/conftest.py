@@ -3,11 +3,14 @@ direct view of the same database, and the gateway's app over it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
+from typer.testing import CliRunner, Result
 
+from nyxflow.cli.main import app as cli_app
 from nyxflow_gateway.app import create_app
 from nyxflow_gateway.settings import GatewaySettings
 from tests.support.direct import Direct, direct
@@ -60,3 +63,19 @@ async def fake_api(runs_addr: str, fake: FakeProviders) -> AsyncIterator[Clients
     """Runs plus an engine whose providers all point at the fake server."""
     async with engine_on_fake(runs_addr, fake.base_url) as c:
         yield c
+
+
+CliCall = Callable[..., Awaitable[Result]]
+
+
+@pytest.fixture
+def nyxflow(runs_addr: str, monkeypatch: pytest.MonkeyPatch) -> CliCall:
+    """`nyxflow …` against the embedded runs service, in a thread: the CLI runs an event loop
+    of its own."""
+    monkeypatch.setenv("NYXFLOW_RUNS_ADDR", runs_addr)
+    monkeypatch.setenv("NYXFLOW_API_KEY", API_KEY)
+
+    async def call(*args: str) -> Result:
+        return await asyncio.to_thread(CliRunner().invoke, cli_app, list(args))
+
+    return call

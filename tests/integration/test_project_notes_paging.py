@@ -5,7 +5,6 @@ the notes past GetProject's budget were stored and counted but could not be read
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -13,13 +12,12 @@ import re
 import httpx
 import pytest
 from sqlalchemy import select
-from typer.testing import CliRunner, Result
 
-from nyxflow.cli.main import app
 from nyxflow.errors import InvalidArgument, NotFound
 from nyxflow_runs.models import ProjectNote, Tenant
+from tests.integration.conftest import CliCall
 from tests.support.direct import Direct
-from tests.support.inprocess import API_KEY, Clients
+from tests.support.inprocess import Clients
 
 # (id, created_at): ties on created_at, ids that sort unlike the order they were made
 NOTES = [("n-c", 100.0), ("n-a", 100.0), ("n-b", 100.0), ("n-e", 200.0), ("n-d", 200.0)]
@@ -132,17 +130,10 @@ async def test_the_gateway_pages_notes(
         assert response.json()["error"]["field"] == field, response.text
 
 
-async def nyxflow(*args: str) -> Result:
-    # In a thread: the CLI runs an event loop of its own.
-    return await asyncio.to_thread(CliRunner().invoke, app, list(args))
-
-
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_the_cli_reads_notes_page_by_page_or_all(
-    runs: Clients, db: Direct, runs_addr: str, monkeypatch: pytest.MonkeyPatch
+    runs: Clients, db: Direct, nyxflow: CliCall
 ) -> None:
-    monkeypatch.setenv("NYXFLOW_RUNS_ADDR", runs_addr)
-    monkeypatch.setenv("NYXFLOW_API_KEY", API_KEY)
     project_id = await a_project_with_notes(runs, db)
     listing = ("project", "notes", project_id)
 

@@ -4,7 +4,6 @@ ended with are refused, naming the field. And the workflows list's latest run of
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -13,14 +12,13 @@ from collections.abc import Sequence
 import httpx
 import pytest
 from sqlalchemy import select
-from typer.testing import CliRunner, Result
 
-from nyxflow.cli.main import app
 from nyxflow.errors import InvalidArgument
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs.models import Run, Tenant
+from tests.integration.conftest import CliCall
 from tests.support.direct import Direct
-from tests.support.inprocess import API_KEY, Clients
+from tests.support.inprocess import Clients
 
 # (id, created_at, status): ties on created_at, ids that sort unlike the order they were made
 RUNS = [
@@ -151,17 +149,10 @@ async def test_the_workflows_list_shows_each_workflow_s_latest_run(
     }
 
 
-async def nyxflow(*args: str) -> Result:
-    # In a thread: the CLI runs an event loop of its own.
-    return await asyncio.to_thread(CliRunner().invoke, app, list(args))
-
-
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_the_cli_lists_runs_page_by_page_or_all(
-    runs: Clients, db: Direct, runs_addr: str, monkeypatch: pytest.MonkeyPatch
+    runs: Clients, db: Direct, nyxflow: CliCall
 ) -> None:
-    monkeypatch.setenv("NYXFLOW_RUNS_ADDR", runs_addr)
-    monkeypatch.setenv("NYXFLOW_API_KEY", API_KEY)
     workflow = await a_workflow(runs)
     expected = newest_first(await add_runs(db, workflow.id, RUNS))
     listing = ("run", "list", "--workflow", workflow.id, "--json")
