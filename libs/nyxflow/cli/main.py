@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import typer
@@ -28,6 +28,7 @@ from nyxflow.cli.connection import (
 )
 from nyxflow.cli.demo import create_demo
 from nyxflow.cli.follow import EXIT_DETACHED, EXIT_FOR_STATUS, Detached, follow_run
+from nyxflow.cli.paging import read_pages
 from nyxflow.cli.projects import pipeline_app, project_app
 from nyxflow.cli.supervisor import (
     SERVICES,
@@ -314,14 +315,13 @@ async def run_list(
     as_json: bool = JSON,
 ) -> None:
     """Runs, newest first: a page of them, and on stderr how to ask for the next one."""
-    runs: list[pb.Run] = []
     async with connect() as c:
-        while True:
-            page = await c.runs.list_runs_page(workflow, status, limit, page_token)
-            runs += page.runs
-            page_token = page.next_page_token
-            if not (every and page_token):
-                break
+
+        async def fetch(token: str) -> tuple[Iterable[pb.Run], str]:
+            page = await c.runs.list_runs_page(workflow, status, limit, token)
+            return page.runs, page.next_page_token
+
+        runs, page_token = await read_pages(fetch, page_token, every)
     render.as_json(list(runs)) if as_json else render.runs_table(runs)
     if page_token:  # on stderr: `--json` stays a list, and a pipe reads the runs alone
         err.print(f"older runs: --page-token {page_token}")

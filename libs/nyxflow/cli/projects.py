@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import typer
 
 from nyxflow.cli import render
 from nyxflow.cli.connection import connect, err, require_utf8, run_async
+from nyxflow.cli.paging import read_pages
 from nyxflow.pipelines import PIPELINES
 from nyxflow.v1 import runs_pb2
 
@@ -53,14 +55,13 @@ async def project_notes(
 ) -> None:
     """A project's notes, newest first, whole: a page of them, and on stderr how to ask for
     the next one."""
-    notes: list[runs_pb2.ProjectNote] = []
     async with connect() as c:
-        while True:
-            page = await c.runs.list_project_notes(project_id, limit, page_token)
-            notes += page.notes
-            page_token = page.next_page_token
-            if not (every and page_token):
-                break
+
+        async def fetch(token: str) -> tuple[Iterable[runs_pb2.ProjectNote], str]:
+            page = await c.runs.list_project_notes(project_id, limit, token)
+            return page.notes, page.next_page_token
+
+        notes, page_token = await read_pages(fetch, page_token, every)
     if as_json:
         render.as_json(list(notes))
     else:
