@@ -18,18 +18,24 @@ BATCH = 10  # runs looked at per round
 
 
 async def adopt_forever(executor: Executor, runs: RunsClient, interval_s: float) -> None:
+    """Every `interval_s`, and at once again after a full batch of which this replica won
+    some: an engine that died holding 200 resumable runs left the last of them pending for
+    twenty intervals, ten a round."""
     while True:
+        more = False
         try:
-            await adopt_once(executor, runs)
+            listed, adopted = await adopt_once(executor, runs)
+            more = listed == BATCH and bool(adopted)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # runs away for a moment: look again next round
             log.warning("could not look for requeued runs", extra={"error": str(error)})
-        await asyncio.sleep(interval_s)
+        if not more:
+            await asyncio.sleep(interval_s)
 
 
-async def adopt_once(executor: Executor, runs: RunsClient) -> list[str]:
-    """Claim what is waiting; the run ids this replica won."""
+async def adopt_once(executor: Executor, runs: RunsClient) -> tuple[int, list[str]]:
+    """Claim what is waiting: how many runs were listed, and the ids this replica won."""
     waiting = await runs.list_requeued_runs(BATCH)
     random.shuffle(waiting)  # replicas looking at once start from different runs
     adopted = []
@@ -43,4 +49,4 @@ async def adopt_once(executor: Executor, runs: RunsClient) -> list[str]:
             continue
         adopted.append(run.run_id)
         log.info("adopted requeued run", extra={"run_id": run.run_id})
-    return adopted
+    return len(waiting), adopted
