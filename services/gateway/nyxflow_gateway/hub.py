@@ -325,9 +325,14 @@ class RunHub:
         tick per interval, an event just after one left the browser silent for nearly two."""
         while True:
             await asyncio.sleep(self._heartbeat_s / 2)
-            for channel in self._all():
-                for subscriber in tuple(channel.subscribers):
-                    subscriber.heartbeat()
+            self._heartbeats()
+
+    def _heartbeats(self) -> None:
+        # A method of its own, as `_followed`: loop variables left bound across the sleep
+        # kept the last channel (its frames, up to keep_bytes) and browser while idle.
+        for channel in self._all():
+            for subscriber in tuple(channel.subscribers):
+                subscriber.heartbeat()
 
     async def _check_keys(self) -> None:
         """Every `key_check_s`, each distinct key with browsers is asked once whether it may
@@ -335,13 +340,17 @@ class RunHub:
         limit = asyncio.Semaphore(KEY_CHECKS_AT_ONCE)
         while True:
             await asyncio.sleep(self._key_check_s)
-            followed: dict[Services, str] = {}
-            for channel in self._all():
-                for subscriber in channel.subscribers:
-                    if subscriber.services is not None and not subscriber.ended:
-                        followed.setdefault(subscriber.services, channel.run_id)
             # Awaited before the next sleep: checks never pile up behind a slow runs.
-            await asyncio.gather(*(self._check(s, r, limit) for s, r in followed.items()))
+            await asyncio.gather(*(self._check(s, r, limit) for s, r in self._followed().items()))
+
+    def _followed(self) -> dict[Services, str]:
+        """Each distinct key with browsers, and one run it follows."""
+        followed: dict[Services, str] = {}
+        for channel in self._all():
+            for subscriber in channel.subscribers:
+                if subscriber.services is not None and not subscriber.ended:
+                    followed.setdefault(subscriber.services, channel.run_id)
+        return followed
 
     async def _check(self, services: Services, run_id: str, limit: asyncio.Semaphore) -> None:
         async with limit:
