@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nyxflow.chains import on_model
@@ -136,6 +136,17 @@ def step(
         providers=chain(row, default_chain),
         output_left_out=left_out,
     )
+
+
+def drafted(
+    rows: Sequence[models.Step], personas: Mapping[str, str], default_chain: Sequence[str]
+) -> list[pb.Step]:
+    """Steps not stored yet as a write that stores them will answer with them, to be weighed
+    before it does (validation.answer_fits); their ids, status and times come with the write."""
+    return [
+        step(r, system_prompt=personas.get(r.persona, ""), default_chain=default_chain)
+        for r in rows
+    ]
 
 
 def workflow(

@@ -15,13 +15,14 @@ from nyxflow.constants import MAX_RECORD_GROUP, SCAN_MAXIMA
 from nyxflow.errors import InvalidArgument, NyxflowError
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow.v1 import runs_pb2, runs_pb2_grpc
+from nyxflow_runs import convert
 from nyxflow_runs import validation as valid
 from nyxflow_runs.bus import LocalBus
 from nyxflow_runs.store import Draft, Store
 from nyxflow_runs.store.hot_path import Entry
 from nyxflow_runs.store.paging import PageEnd
 from nyxflow_runs.store.record import Batch, Written
-from nyxflow_runs.store.workflows import MAX_LIST
+from nyxflow_runs.store.workflows import MAX_LIST, step_row
 from nyxflow_runs.tenancy import Tenancy
 from nyxflow_runs.watch import watch_run
 
@@ -100,10 +101,13 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
     ) -> pb.Workflow:
         tenant = await self._tenant(request, context)
         name = valid.workflow_name(request.name)
-        personas = await self._store.persona_names(tenant)
+        personas = {p.name: p.system_prompt for p in await self._store.list_personas(tenant)}
         drafts = valid.step_drafts(request.steps, personas)
         chain = valid.provider_chain(request.default_providers, "default_providers")
         policy = valid.on_orphan(request.on_orphan)
+        # Weighed before the insert: an answer the channel refuses comes after the commit.
+        rows = [step_row(tenant, "", i, d) for i, d in enumerate(drafts)]
+        valid.answer_fits(convert.drafted(rows, personas, chain))
         return await self._store.create_workflow(
             tenant,
             name,

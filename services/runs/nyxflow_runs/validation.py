@@ -14,7 +14,8 @@ from google.protobuf.message import Message
 
 from nyxflow import constants as kinds
 from nyxflow import events as ev
-from nyxflow.errors import InvalidArgument
+from nyxflow.errors import InvalidArgument, ResourceExhausted
+from nyxflow.grpc_server import CHANNEL_OPTIONS
 from nyxflow.references import REFERENCE, control_problem, expressions, name_problem, one_line
 from nyxflow.repos import written_path
 from nyxflow.v1 import common_pb2 as pb
@@ -210,6 +211,39 @@ def step_drafts(
         seen.append(draft.name)
         drafts.append(draft)
     return drafts
+
+
+MAX_MESSAGE_BYTES = int(dict(CHANNEL_OPTIONS)["grpc.max_send_message_length"])
+# What the answer holds beside the steps as drafted: the workflow's id, name, times, status
+# and chain (ANSWER_ROOM), and each step's id, status and the tenant's chain (STEP_ROOM).
+ANSWER_ROOM = 4 * 2**10
+STEP_ROOM = 2 * 2**10
+
+
+def answer_fits(steps: Sequence[pb.Step]) -> None:
+    """The answer to a write of these steps (as convert.drafted makes them) can be sent: a
+    workflow stored and then refused by the channel was unknown to its client, who made it
+    again on every retry. Each step's prompt and params come back twice (the step's and its
+    spec's), so a prompt of half a message is too long already."""
+    total = ANSWER_ROOM
+    for i, step in enumerate(steps):
+        total += step.ByteSize() + STEP_ROOM
+        if total > MAX_MESSAGE_BYTES:
+            raise ResourceExhausted(
+                f"the workflow's answer would outgrow a message ({MAX_MESSAGE_BYTES} bytes) by "
+                "this step: its prompt and params come back twice, its persona's prompt once",
+                field=_heaviest(step, f"steps[{i}]"),
+            )
+
+
+def _heaviest(step: pb.Step, at: str) -> str:
+    """The step's field that weighs most in its answer."""
+    weights = {
+        "prompt": len(step.prompt.encode()),
+        "params": len(step.params_json.encode()),
+        "persona": len(step.system_prompt.encode()),
+    }
+    return f"{at}.{max(weights, key=weights.__getitem__)}"
 
 
 def step_draft(
