@@ -21,22 +21,21 @@ from nyxflow_engine.writer import draft
 async def run_fan_out(ctx: StepContext) -> StepResult:
     step, spec = ctx.step, ctx.spec
     split = spec.split or "headings"
-    items = split_items(ctx.outputs.get(spec.source, ""), split)
-    if (
-        items
-        and split != "json"
-        and isinstance(ctx.outputs, Outputs)
-        and spec.source in ctx.outputs.cut
-    ):
-        # A source cut at its token limit is cut within its last item, which often reads
-        # whole: that item's model is told where it stops. (A cut JSON array does not parse.)
-        items[-1] = Item(items[-1].heading, marked(items[-1].text))
-    total = len(items)
+    # A source cut at its token limit is cut within its last item, which often reads whole:
+    # that item's model is told where it stops. (A cut JSON array does not parse.)
+    cut_source = (
+        split != "json" and isinstance(ctx.outputs, Outputs) and spec.source in ctx.outputs.cut
+    )
     # Not each item's whole prompt: one that quotes its source weighs items times the source
     # (10,000 items of a 0.8 MB source took 8.7 s with nothing else running, heartbeats
     # included, and the live run was swept as an orphan). What is around the item, once.
     around = context_hash(step.prompt, ctx.outputs)
-    hashes = [input_hash(around, item.text) for item in items]
+    # In a thread: 100,000 lines split and hashed held the engine's loop for 0.7 s, and
+    # every other run on it went without heartbeat or write.
+    items, hashes = await asyncio.to_thread(
+        hashed_items, ctx.outputs.get(spec.source, ""), split, cut_source, around
+    )
+    total = len(items)
     # An earlier attempt's item counts only if made from the same input: a source that ran
     # again (retry, another alternative) keeps its unchanged items, and the changed ones are
     # redone, their rows replaced. An item stored before hashes were kept has none: runs
@@ -55,7 +54,6 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
     cut = {i.index for i in kept if i.truncated}
     # The most a cut item's last request used: an earlier attempt's items know only their sum.
     cut_used = max((i.output_tokens for i in kept if i.truncated), default=0)
-    gate = asyncio.Semaphore(max(1, spec.concurrency or 4))
     # The step's usage is every item's, those an earlier execution finished included.
     usage = {
         "input": sum(i.input_tokens for i in kept),
@@ -67,51 +65,60 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
 
     async def one(index: int) -> None:
         nonlocal cut_used
-        async with gate:
+        item = items[index]
+        completion = await ctx.complete(
+            render(step.prompt, ctx.outputs, item=item.text), variant=0, stream=False
+        )
+        usage["input"] += completion.input_tokens
+        usage["output"] += completion.output_tokens
+        served_by[index] = completion.served_by
+        outputs[index] = completion.text
+        if completion.truncated:
+            cut.add(index)
+            cut_used = max(cut_used, completion.last_output_tokens)
+        await ctx.writer.item(
+            step.id,
+            pb.StepItem(
+                index=index,
+                heading=item.heading,
+                output=completion.text,
+                truncated=completion.truncated,
+                input_tokens=completion.input_tokens,
+                output_tokens=completion.output_tokens,
+                input_hash=hashes[index],
+                served_by=completion.served_by,
+            ),
+            draft(
+                ev.FAN_OUT_PROGRESS,
+                step_id=step.id,
+                index=index,
+                done=len(outputs),
+                total=total,
+                heading=item.heading,
+                **({"truncated": True} if completion.truncated else {}),
+                # why it was not continued further: the continuation failed
+                **(
+                    {"continuation_error": completion.continuation_error}
+                    if completion.continuation_error
+                    else {}
+                ),
+            ),
+        )
+
+    missing = (index for index in range(total) if index not in outputs)
+
+    async def worker() -> None:
+        """The next missing item, until none is left or a pause is asked for. `concurrency`
+        of these run, not a task per item: 100,000 tasks took seconds of the engine's loop to
+        start, and again to cancel."""
+        for index in missing:  # shared by the workers: each item once, in index order
             if ctx.writer.pause_requested:
                 return  # pause between items: what is in flight finishes, nothing new starts
-            item = items[index]
-            completion = await ctx.complete(
-                render(step.prompt, ctx.outputs, item=item.text), variant=0, stream=False
-            )
-            usage["input"] += completion.input_tokens
-            usage["output"] += completion.output_tokens
-            served_by[index] = completion.served_by
-            outputs[index] = completion.text
-            if completion.truncated:
-                cut.add(index)
-                cut_used = max(cut_used, completion.last_output_tokens)
-            await ctx.writer.item(
-                step.id,
-                pb.StepItem(
-                    index=index,
-                    heading=item.heading,
-                    output=completion.text,
-                    truncated=completion.truncated,
-                    input_tokens=completion.input_tokens,
-                    output_tokens=completion.output_tokens,
-                    input_hash=hashes[index],
-                    served_by=completion.served_by,
-                ),
-                draft(
-                    ev.FAN_OUT_PROGRESS,
-                    step_id=step.id,
-                    index=index,
-                    done=len(outputs),
-                    total=total,
-                    heading=item.heading,
-                    **({"truncated": True} if completion.truncated else {}),
-                    # why it was not continued further: the continuation failed
-                    **(
-                        {"continuation_error": completion.continuation_error}
-                        if completion.continuation_error
-                        else {}
-                    ),
-                ),
-            )
+            await one(index)
 
+    workers = min(max(1, spec.concurrency or 4), total - len(outputs))
     # One failure cancels the rest.
-    await together([one(index) for index in range(total) if index not in outputs])
+    await together([worker() for _ in range(workers)])
     if len(outputs) < total:
         raise PauseRequested()
     return StepResult(
@@ -145,6 +152,15 @@ async def with_outputs(ctx: StepContext, kept: list[pb.StepItem]) -> list[pb.Ste
         if found is not None and (found.heading, found.input_hash) == (i.heading, i.input_hash):
             fetched.append(found)
     return fetched
+
+
+def hashed_items(source: str, split: str, cut: bool, around: bytes) -> tuple[list[Item], list[str]]:
+    """The source's items, the last marked if the source was `cut`, and each one's input hash
+    with the prompt `around` it."""
+    items = split_items(source, split)
+    if items and cut:
+        items[-1] = Item(items[-1].heading, marked(items[-1].text))
+    return items, [input_hash(around, item.text) for item in items]
 
 
 ITEM = "\0item\0"  # where the item goes, in the prompt hashed once for all items
