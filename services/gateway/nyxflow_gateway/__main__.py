@@ -16,6 +16,7 @@ from nyxflow.errors import InvalidArgument
 from nyxflow_gateway.app import create_app
 from nyxflow_gateway.http_protocol import Protocol
 from nyxflow_gateway.settings import GatewaySettings
+from nyxflow_gateway.stopping import Server
 
 
 def main() -> None:
@@ -45,7 +46,8 @@ def main() -> None:
             # engine exit 0 after their drain; so does the gateway.
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, _stopped)
-            uvicorn.Server(config).run(sockets=listeners)
+            # Its stop ends the event streams first, which would hold it for the whole grace.
+            Server(config, app).run(sockets=listeners)
         finally:
             if traced:
                 tracing.shutdown()

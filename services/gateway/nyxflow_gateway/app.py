@@ -30,6 +30,7 @@ from nyxflow_gateway.key_check import KeyCheck
 from nyxflow_gateway.readiness import router as readiness
 from nyxflow_gateway.routes import personas, pipelines, projects, runs, steps, workflows
 from nyxflow_gateway.settings import GatewaySettings
+from nyxflow_gateway.stopping import CutShort
 
 STATIC = Path(__file__).parent / "static"
 PAGE = STATIC / "index.html"
@@ -111,7 +112,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # Outermost last: the body's declared size and the key are checked before the limit.
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY_BYTES)
     app.add_middleware(Intake)
+    app.add_middleware(CutShort)  # a request the server's stop cancels: a 503, not its 500
     app.add_middleware(SecurityHeaders)  # outermost: on every answer, Intake's refusals too
+    app.state.stopping = False  # set as the server begins to stop (stopping.py)
     # The API, under one router: its errors are documented once, for every operation.
     api = APIRouter(responses=errors.RESPONSES)
     for module in (workflows, runs, steps, personas, projects, pipelines):

@@ -246,6 +246,15 @@ class RunHub:
             if task is not None:
                 await cancel_and_wait(task)
 
+    def end_all(self) -> None:
+        """The gateway stops: every browser's stream ends after what it was offered (its
+        EventSource reconnects with its Last-Event-ID, to another replica), and a browser
+        that joins a channel now gets its end at once."""
+        for channel in self._all():
+            channel.done = True
+            for subscriber in tuple(channel.subscribers):
+                subscriber.end()
+
     @property
     def channels(self) -> int:
         return len(self._channels) + len(self._private)

@@ -29,6 +29,7 @@ from nyxflow_gateway.deps import Services
 from nyxflow_gateway.http_protocol import TRANSPORT
 from nyxflow_gateway.hub import RunHub, Subscriber, chunk
 from nyxflow_gateway.settings import GatewaySettings
+from nyxflow_gateway.stopping import is_stopping
 
 MAX_BATCH = 64  # backlog frames per write when a browser joins a long run late
 DROP_GRACE_S = 5.0  # a dropped browser that still reads this long gets the rest, then the end
@@ -60,6 +61,12 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        if is_stopping(scope):
+            # Ended at once, so EventSource reconnects (to another replica) with its
+            # Last-Event-ID: a 503 would end it for good. No await from this check to the
+            # subscribe below: a stream sees the flag or is ended by the hub's end_all.
+            await send({"type": "http.response.body", "body": self._retry, "more_body": False})
+            return
         transport = _transport(scope)
         # Subscribed once the response has started, so a request that fails before holds nothing.
         subscriber = self._hub.subscribe(
