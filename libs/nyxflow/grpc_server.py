@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from nyxflow.cli.child import POLL_S, answers
 from nyxflow.errors import (
     InvalidArgument,
     NyxflowError,
@@ -262,6 +263,39 @@ class GrpcService:
         if on_drain is not None:
             await on_drain()
         await self.server.stop(max(0.0, stop_by - loop.time()))
+
+
+def stop_after(stop: asyncio.Event, address: str, within_s: float) -> None:
+    """On SIGTERM/SIGINT, set `stop` only once nothing answers at `address` any more, or
+    `within_s` have passed. systemd signals every process of a unit at once: runs that drained
+    with the engine refused the pauses the engine was still writing through it."""
+    loop = asyncio.get_running_loop()
+    waiting: list[asyncio.Task[None]] = []  # held: a task only the loop refers to may be lost
+
+    def on_signal() -> None:
+        if not waiting:  # a second signal changes nothing: the wait is bounded already
+            waiting.append(
+                loop.create_task(_set_once_gone(stop, address, within_s), name="stop-after")
+            )
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(sig, on_signal)
+
+
+async def _set_once_gone(stop: asyncio.Event, address: str, within_s: float) -> None:
+    log.info(
+        "stopping once %s no longer answers",
+        address,
+        extra={"action": "stop", "within_s": within_s},
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while loop.time() < deadline:
+        if not await asyncio.to_thread(answers, address):
+            break
+        await asyncio.sleep(POLL_S)
+    stop.set()
 
 
 def _refuse_a_port_grpc_would_misuse(bind: str, setting: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import subprocess
 import sys
 import time
@@ -35,8 +34,8 @@ from nyxflow.cli.supervisor import (
     ServiceExited,
     StopSignal,
     Supervisor,
-    raise_stop_signal,
-    stop_signals,
+    catch_stop_signals,
+    ignore_stop_signals,
     wait_grpc_serving,
     wait_http_ok,
 )
@@ -97,7 +96,9 @@ def _up(demo: bool, start_timeout: float) -> None:
     md = key_metadata(settings.api_key, "NYXFLOW_API_KEY")
     supervisor = Supervisor.with_shared_secret(settings.metrics_port)
     base = local_url(settings.gateway_host, settings.gateway_port)
-    with stop_signals(raise_stop_signal):
+    catch_stop_signals()
+    # Not restored on the way out: a signal between the stop and the exit raised out of `up`.
+    try:
         try:
             supervisor.start("runs")
             wait_grpc_serving(settings.runs_addr, start_timeout, supervisor.running_check("runs"))
@@ -110,16 +111,17 @@ def _up(demo: bool, start_timeout: float) -> None:
             _announce(settings, supervisor, base, md, demo)
             while not (dead := supervisor.dead()):
                 time.sleep(0.5)
-            err.print(render.line((f"{', '.join(dead)} exited; stopping the others", "red")))
+            err.print(render.line((f"{supervisor.how_ended(dead)}; stopping the others", "red")))
             raise typer.Exit(1)
-        except (KeyboardInterrupt, StopSignal):
-            err.print("stopping…")
         except (TimeoutError, ServiceExited) as error:
             err.print(render.line((str(error), "red")))
             raise typer.Exit(1) from None
-        finally:
-            with stop_signals(signal.SIG_IGN):  # a second SIGTERM must not cut the stop short
-                supervisor.stop()
+    except (KeyboardInterrupt, StopSignal):  # also one that came while reporting the above
+        ignore_stop_signals()  # the handler did; not an interrupt raised by other means
+        err.print("stopping…")
+    finally:
+        ignore_stop_signals()  # a second signal must not cut the stop short
+        supervisor.stop()
 
 
 def _announce(

@@ -44,22 +44,25 @@ class StopSignal(Exception):
     """SIGTERM or SIGHUP: stop the services as Ctrl-C does."""
 
 
-@contextmanager
-def stop_signals(
-    handler: Callable[[int, FrameType | None], None] | signal.Handlers,
-) -> Iterator[None]:
-    """SIGTERM and SIGHUP go to `handler` inside the block."""
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, before in previous.items():
-            signal.signal(sig, before)
+def catch_stop_signals() -> None:
+    """From here on SIGTERM, SIGHUP and SIGINT raise in the main thread (`raise_stop_signal`)."""
+    for sig in (*STOP_SIGNALS, signal.SIGINT):
+        signal.signal(sig, raise_stop_signal)
+
+
+def ignore_stop_signals() -> None:
+    """For the rest of `up`'s life: once it stops, no signal may cut the stop short."""
+    for sig in (*STOP_SIGNALS, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def raise_stop_signal(signum: int, _frame: FrameType | None) -> None:
     """By default SIGTERM and SIGHUP end `up` at once, leaving its services running; raised
-    instead, they stop them as Ctrl-C does."""
+    instead, they stop them as Ctrl-C does. Once only: a second signal while `up` began to
+    stop (systemd's SIGHUP after its SIGTERM) was raised out of the stop, a traceback."""
+    ignore_stop_signals()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise StopSignal(signal.Signals(signum).name)
 
 
@@ -138,6 +141,11 @@ class Supervisor:
         env = dict(self.env)
         if self.metrics_port and name in METRICS_PORT_OFFSET:
             env["NYXFLOW_METRICS_PORT"] = str(self.metrics_port + METRICS_PORT_OFFSET[name])
+        # SIGTERM to the whole unit at once (systemd's KillMode=control-group): runs serves on
+        # until the engine, pausing its runs through it, is gone (a unix: address: not watched)
+        if name == "runs" and listen_address(self.settings.engine_addr) is not None:
+            env["NYXFLOW_STOP_AFTER"] = self.settings.engine_addr
+            env["NYXFLOW_STOP_AFTER_WITHIN_S"] = str(self.stop_grace_s("engine"))
         return env
 
     def addresses(self) -> list[tuple[str, int, str]]:
@@ -208,6 +216,13 @@ class Supervisor:
 
     def dead(self) -> list[str]:
         return [name for name, p in self.children.items() if p.poll() is not None]
+
+    def how_ended(self, names: list[str]) -> str:
+        """In words, e.g. "engine exited (killed by SIGKILL)": the OOM killer's work was read as
+        an exit of the service's own."""
+        return ", ".join(
+            f"{name} exited ({exit_status(self.children[name].returncode)})" for name in names
+        )
 
     def stop(self) -> None:
         """One by one in reverse order, each waited for: the gateway (it holds the browsers),

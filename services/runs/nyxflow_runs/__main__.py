@@ -7,6 +7,7 @@ import sys
 
 from nyxflow import logs, loop, tracing
 from nyxflow.cli.connection import load_settings, refusal_to_start
+from nyxflow.grpc_server import stop_after
 from nyxflow_runs import migrate
 from nyxflow_runs.db import create_engine, wait_for_database
 from nyxflow_runs.service import serve
@@ -24,6 +25,16 @@ async def _migrate(settings: RunsSettings) -> None:
         await engine.dispose()
 
 
+async def _serve(settings: RunsSettings) -> None:
+    """Stopped by SIGTERM at once, or (NYXFLOW_STOP_AFTER) once the engine is gone."""
+    if not settings.stop_after:
+        await serve(settings)
+        return
+    stop = asyncio.Event()
+    stop_after(stop, settings.stop_after, settings.stop_after_within_s)
+    await serve(settings, stop=stop)
+
+
 def main() -> None:
     loop.hand_over_io_quickly()
     with refusal_to_start("runs"):  # a refusal to start says why, without a traceback
@@ -36,7 +47,7 @@ def main() -> None:
                 asyncio.run(_migrate(settings))
             elif command == "serve":
                 loop.settle_heap()
-                loop.run(serve(settings))
+                loop.run(_serve(settings))
             else:
                 sys.exit(f"usage: python -m nyxflow_runs [serve|migrate], not {command!r}")
         finally:

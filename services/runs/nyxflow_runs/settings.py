@@ -27,6 +27,10 @@ class RunsSettings(InternalSettings):
     migrate_on_start: bool = False
     # start-up waits this long for the database to answer
     database_wait_s: float = Field(default=60.0, ge=0)
+    # Set by `nyxflow up`: on SIGTERM, serve on until the engine at this host:port is gone (it
+    # pauses its runs through runs), or STOP_AFTER_WITHIN_S have passed; unset, stop at once.
+    stop_after: str = ""
+    stop_after_within_s: float = Field(default=15.0, ge=0)
 
     @field_validator("redis_url")
     @classmethod
@@ -48,6 +52,17 @@ class RunsSettings(InternalSettings):
                 f"/, ?, # and @); {expected}"
             ) from None
         return url
+
+    @field_validator("stop_after")
+    @classmethod
+    def _an_address_to_watch(cls, address: str) -> str:
+        """A typo would have been read as an engine long gone: runs stopped at once."""
+        host, colon, port = address.rpartition(":")
+        if address and not (
+            colon and host and port.isascii() and port.isdigit() and 0 < int(port) <= 65535
+        ):
+            raise ValueError("expected the engine's host:port, e.g. 127.0.0.1:50052")
+        return address
 
     @field_validator("api_key")
     @classmethod
