@@ -17,8 +17,10 @@ import re
 from collections.abc import Iterator
 from typing import Final
 
-# Every `{{ … }}` of a prompt; each must be one of REFERENCE's forms.
-EXPRESSION: Final = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
+# Every `{{ … }}` of a prompt; each must be one of REFERENCE's forms. Its blanks are stripped
+# by the caller: a lazy body between two `\s*` read a long run of blanks once per character
+# before it (a 1 MB prompt held the runs service for minutes).
+EXPRESSION: Final = re.compile(r"\{\{([^}]*)\}\}")
 REFERENCE: Final = re.compile(
     r"\{\{\s*(?:steps\.(?P<step>[^{}]+?)\.output|(?P<item>item)|(?P<open>\"\{\{\"))\s*\}\}"
 )

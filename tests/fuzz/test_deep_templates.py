@@ -127,6 +127,9 @@ PROMPTS = st.one_of(
 @example(prompt="{{ steps." * 100_000, chain=0)
 @example(prompt="{{ " * 300_000 + "}}", chain=0)
 @example(prompt="{{ steps.s498.output }}", chain=499)
+# A long run of blanks inside one: read once per character before it, minutes for 1 MB.
+@example(prompt="{{ a" + " " * 1_000_000 + "b }}", chain=0)
+@example(prompt="{{ steps.s0" + " " * 1_000_000 + ".output }}", chain=0)
 async def test_deep_prompts_answer_in_time(
     runs: runs_pb2_grpc.RunsStub, prompt: str, chain: int
 ) -> None:

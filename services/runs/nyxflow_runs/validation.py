@@ -401,7 +401,7 @@ def provider_chain(entries: Sequence[str], field: str) -> list[str]:
 def _references(spec: pb.StepSpec, at: str, earlier: Sequence[str]) -> None:
     """Every `{{ … }}` in a prompt must resolve: an unknown one is an error now, not at run time."""
     for match in expressions(spec.prompt):
-        expression = match.group(1)
+        expression = match.group(1).strip()
         reference = REFERENCE.fullmatch(match.group(0))
         if reference is None:
             raise InvalidArgument(
