@@ -5,6 +5,8 @@ that are not headings because they sit in a code block."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -201,3 +203,36 @@ def test_a_heading_item_is_its_text_as_written(char: str) -> None:
     second = "## Wiring\nwire it"
     items = split_items(f"intro\n{first}\n\n{second}\n", "headings")
     assert [(i.heading, i.text) for i in items] == [("Parser", first), ("Wiring", second)]
+
+
+# Held on the engine's loop, a split or a verdict read in time quadratic in a run of blanks
+# stopped every run of that engine, heartbeats included, for minutes. A megabyte of blanks
+# takes milliseconds now: in a process of its own, so that a regression fails this test
+# alone, in its time limit, rather than hanging the whole run.
+LINEAR_S = 20
+
+
+def _finishes(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=LINEAR_S
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_heading_line_with_a_long_run_of_blanks_is_split_in_linear_time() -> None:
+    headings = _finishes(
+        "from nyxflow_engine.splitting import split_items\n"
+        "text = '## One' + ' ' * 1_000_000 + 'note\\n## Two ##\\nbody\\n## C#\\n## ###\\n'\n"
+        "print([i.heading for i in split_items(text, 'headings')][1:])"
+    )
+    assert headings.strip() == "['Two', 'C#', '###']"
+
+
+def test_a_verdict_after_a_long_run_of_blank_lines_is_read_in_linear_time() -> None:
+    verdict = _finishes(
+        "from nyxflow_engine.steps.consistency import VERDICT\n"
+        "text = '- first\\n' + ' \\n' * 500_000 + '- one more\\n  verdict: Inconsistent\\n'\n"
+        "print(VERDICT.search(text).group(1))"
+    )
+    assert verdict.strip() == "Inconsistent"

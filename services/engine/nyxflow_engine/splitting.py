@@ -10,9 +10,10 @@ from typing import Any
 from nyxflow.errors import InvalidArgument
 from nyxflow.references import one_line
 
-# A closing run of #s counts only after a space (CommonMark): "## C#" is about C#. Up to
-# three spaces may come first; four make a code block.
-HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
+# Up to three spaces may come first; four make a code block. The closing run of #s is taken
+# off by `_heading_text`: in the pattern, a lazy text before it read a long run of blanks
+# once per character (a 60 KB heading line held the engine past its lease).
+HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+)$")
 # A line of = or - under a line of text makes that text a heading of level 1 or 2 (setext).
 UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 # A line the underline cannot make a heading: a blank, a list item (its "---" is a break),
@@ -70,7 +71,7 @@ def _headings(lines: list[str]) -> dict[int, tuple[int, str]]:
     previous: tuple[int, str] | None = None  # the last line outside fences, if a text line
     for i, line in _outside_fences(lines):
         if match := HEADING.match(line):
-            found[i] = (len(match.group(1)), match.group(2))
+            found[i] = (len(match.group(1)), _heading_text(match.group(2)))
             previous = None
             continue
         under = UNDERLINE.match(line)
@@ -80,6 +81,16 @@ def _headings(lines: list[str]) -> dict[int, tuple[int, str]]:
             continue
         previous = None if NOT_SETEXT_TEXT.match(line) else (i, line)
     return found
+
+
+def _heading_text(text: str) -> str:
+    """An ATX heading's text without its closing run of #s, which counts only after a blank
+    (CommonMark): "## C#" is about C#, and "## ###" is about "###"."""
+    text = text.rstrip(" \t")
+    bare = text.rstrip("#")
+    if bare != text and bare.endswith((" ", "\t")):
+        return bare.rstrip(" \t")
+    return text
 
 
 def _outside_fences(lines: list[str]) -> list[tuple[int, str]]:
