@@ -171,10 +171,6 @@ class Workflows(StoreBase):
 
     # --- personas -----------------------------------------------------------------------
 
-    async def persona_names(self, tenant_id: str) -> set[str]:
-        async with self._scoped(tenant_id) as session:
-            return set(await self._personas(session, tenant_id))
-
     async def list_personas(self, tenant_id: str) -> list[pb.Persona]:
         async with self._scoped(tenant_id) as session:
             own = (
