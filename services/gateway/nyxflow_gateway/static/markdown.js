@@ -39,11 +39,35 @@ function emphasis(text) {
     .replace(/(^|[^\w])_([^\s_](?:[^_\n]*?[^\s_])?)_(?!\w)/g, "$1<em>$2</em>");
 }
 
-const FENCE = /^\s*```\s*([\w+-]*)\s*$/;
-// A closing run of # goes only after a space: "## Porting to C#" keeps its C#.
-const HEADING = /^\s{0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$/;
-const BULLET = /^\s*[-*+]\s+(.*)$/;
-const NUMBERED = /^\s*(\d{1,9})[.)]\s+(.*)$/;
+// Each pattern matches only where a line starts; the rest is read with string calls. Patterns
+// that read a line's end too (a lazy heading text before `\s*$`, blanks before a language)
+// read a long run of blanks once per character before it: a 120 KB output froze the tab 11 s.
+const FENCE_OPEN = /^\s*```/;
+const LANGUAGE = /^[\w+-]*$/;
+const HEADING_OPEN = /^\s{0,3}(#{1,6})\s/;
+// [^] and not `.`, which stops at a lone \r, so that `$` could fail and the blanks be read again.
+const BULLET = /^\s*[-*+]\s+([^]*)$/;
+const NUMBERED = /^\s*(\d{1,9})[.)]\s+([^]*)$/;
+
+/** A fence line's language ("" for none), or null for a line that is no fence. */
+function fenceOf(line) {
+  const open = FENCE_OPEN.exec(line);
+  if (!open) return null;
+  const language = line.slice(open[0].length).trim();
+  return LANGUAGE.test(language) ? language : null;
+}
+
+/** A heading line's [level, text], or null. A closing run of # goes only after a blank:
+ * "## Porting to C#" keeps its C#, and "## ###" is about "###". */
+function headingOf(line) {
+  const open = HEADING_OPEN.exec(line);
+  if (!open) return null;
+  const text = line.slice(open[0].length).trim();
+  let bare = text.length;
+  while (bare > 0 && text[bare - 1] === "#") bare -= 1;
+  const closed = bare < text.length && bare > 0 && /\s/.test(text[bare - 1]);
+  return [open[1].length, closed ? text.slice(0, bare).trimEnd() : text];
+}
 
 /** Markdown text → safe HTML. */
 export function renderMarkdown(source) {
@@ -56,20 +80,20 @@ export function renderMarkdown(source) {
   };
   for (let i = 0; i < lines.length; i += 1) {
     const line = lines[i];
-    const fence = FENCE.exec(line);
-    if (fence) {
+    const fence = fenceOf(line);
+    if (fence !== null) {
       flush();
       const code = [];
-      for (i += 1; i < lines.length && !FENCE.test(lines[i]); i += 1) code.push(lines[i]);
-      const lang = fence[1] ? ` class="language-${fence[1]}"` : "";
+      for (i += 1; i < lines.length && fenceOf(lines[i]) === null; i += 1) code.push(lines[i]);
+      const lang = fence ? ` class="language-${fence}"` : "";
       html.push(`<pre><code${lang}>${code.join("\n")}</code></pre>`);
       continue;
     }
-    const heading = HEADING.exec(line);
+    const heading = headingOf(line);
     if (heading) {
       flush();
-      const level = Math.min(6, heading[1].length + 2); // a step output sits under an h2/h3
-      html.push(`<h${level}>${inline(heading[2])}</h${level}>`);
+      const level = Math.min(6, heading[0] + 2); // a step output sits under an h2/h3
+      html.push(`<h${level}>${inline(heading[1])}</h${level}>`);
       continue;
     }
     const list = BULLET.test(line) ? BULLET : NUMBERED.test(line) ? NUMBERED : null;
@@ -138,7 +162,7 @@ export class MarkdownView {
     for (let nl = text.indexOf("\n", this.scan); nl >= 0; nl = text.indexOf("\n", this.scan)) {
       const line = text.slice(this.scan, nl).split(HOLE).join("");
       this.scan = nl + 1;
-      if (FENCE.test(line)) this.fence = !this.fence;
+      if (fenceOf(line) !== null) this.fence = !this.fence;
       else if (!this.fence && line.trim() === "") boundary = this.scan;
     }
     const tail = text.slice(boundary);
