@@ -20,6 +20,7 @@ from nyxflow_runs.db import (
     session_factory,
     wait_for_database,
 )
+from nyxflow_runs.polling import RunPoller
 from nyxflow_runs.servicer import RunsServicer
 from nyxflow_runs.settings import RunsSettings
 from nyxflow_runs.store import Store
@@ -50,7 +51,8 @@ async def serve(
         setting="NYXFLOW_RUNS_LISTEN",
     )
     tenancy = Tenancy(store, settings.internal_secret, bus)
-    servicer = RunsServicer(store, bus, tenancy, settings.watch_poll_s, settings.repos_root)
+    poller = RunPoller(store, settings.watch_poll_s)  # the idle watchers', one for them all
+    servicer = RunsServicer(store, bus, tenancy, poller, settings.repos_root)
     runs_pb2_grpc.add_RunsServicer_to_server(servicer, service.server)
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminServicer(
@@ -89,6 +91,7 @@ async def serve(
     finally:
         for task in background:
             await cancel_and_wait(task)
+        await poller.close()
         await bus.close()
         await store.close()
         await engine.dispose()

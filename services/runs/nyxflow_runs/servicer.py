@@ -18,6 +18,7 @@ from nyxflow.v1 import runs_pb2, runs_pb2_grpc
 from nyxflow_runs import convert
 from nyxflow_runs import validation as valid
 from nyxflow_runs.bus import LocalBus
+from nyxflow_runs.polling import RunPoller
 from nyxflow_runs.store import Draft, Store
 from nyxflow_runs.store.hot_path import Entry
 from nyxflow_runs.store.paging import PageEnd
@@ -71,13 +72,13 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
         store: Store,
         bus: LocalBus,
         tenancy: Tenancy,
-        poll_s: float,
+        poller: RunPoller,
         repos_root: str | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
         self._tenancy = tenancy
-        self._poll_s = poll_s
+        self._poller = poller
         self._repos_root = repos_root
 
     async def _tenant(self, request: Message, context: Ctx) -> str:
@@ -543,7 +544,7 @@ class RunsServicer(runs_pb2_grpc.RunsServicer):
                 raise InvalidArgument("must not be negative", field="after_seq")
             after_seq = min(request.after_seq, MAX_SEQ)  # no run has more; the column is int32
             async for events in watch_run(
-                self._store, self._bus, tenant, run_id, after_seq, self._poll_s, key.check
+                self._store, self._bus, self._poller, tenant, run_id, after_seq, key.check
             ):
                 key.check()
                 for batch in batched(events):

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from nyxflow import events as ev
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs.bus import LocalBus
+from nyxflow_runs.polling import RunPoller
 from nyxflow_runs.store import Store
 
 PAGE = 500
@@ -15,20 +16,22 @@ PAGE = 500
 async def watch_run(
     store: Store,
     bus: LocalBus,
+    poller: RunPoller,
     tenant_id: str,
     run_id: str,
     after_seq: int,
-    poll_s: float,
     on_silence: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[list[pb.RunEvent]]:
     """The events after `after_seq` in consecutive batches: a page of the replay, or what the
-    bus delivered together. `on_silence` is called after each `poll_s` of silence, and may end
-    the watch by raising (a batch is the caller's to check: it sees each one)."""
+    bus delivered together. `on_silence` is called after each poll of silence, and may end the
+    watch by raising (a batch is the caller's to check: it sees each one). While silent the
+    run is read only once the poller saw it move (or end, or go): not on every poll."""
     # NotFound before anything streams. Read before the first page: a run finished by then
     # has its terminal event (written in the same transaction) in the database too.
     status = await store.run_status(tenant_id, run_id)
     # Subscribe before the first read so nothing published in between is missed.
     sub = bus.subscribe(run_id)
+    poller.watch(tenant_id, run_id)
     try:
         await bus.listening(sub)
         last = after_seq
@@ -50,8 +53,21 @@ async def watch_run(
                 while not sub.queue.empty():
                     sub.queue.get_nowait()
                 continue
-            # Live tail until a gap, silence (poll the database) or the end.
-            while (batch := await sub.next_batch(poll_s)) is not None:
+            # Live tail until a gap, the end, or silence in which the run moved.
+            while True:
+                begun = poller.begun
+                batch = await sub.next_batch(poller.poll_s)
+                if batch is None:
+                    # An idle run (paused, waiting) sends no batch for the caller to check
+                    # at: its caller's checks are made here too, before the database is read.
+                    on_silence()
+                    if sub.overflowed or await _moved(poller, begun, tenant_id, run_id, last):
+                        # The status is read again before the next page, so that a run that
+                        # ended with nothing after `after_seq` for this watcher (asked from
+                        # past its last event) ends its watch instead of polling for ever.
+                        status = await store.run_status(tenant_id, run_id)
+                        break
+                    continue
                 fresh: list[pb.RunEvent] = []
                 gap = ended_here = False
                 for event in batch:
@@ -71,13 +87,17 @@ async def watch_run(
                     return
                 if gap:
                     break
-            else:
-                # An idle run (paused, waiting) sends no batch for the caller to check at:
-                # its caller's checks are made here too, before the database is read.
-                on_silence()
-                # Silence: the status is read again before the next page, so that a run that
-                # ended with nothing after `after_seq` for this watcher (asked from past its
-                # last event) ends its watch instead of polling the database for ever.
-                status = await store.run_status(tenant_id, run_id)
     finally:
+        poller.unwatch(tenant_id, run_id)
         bus.unsubscribe(sub)
+
+
+async def _moved(poller: RunPoller, begun: int, tenant_id: str, run_id: str, last: int) -> bool:
+    """Whether the run has events past `last`, has finished or is gone, as a poll begun since
+    round `begun` read it; True if the poller could not tell."""
+    marks = await poller.marks_since(begun)
+    mark = marks.get((tenant_id, run_id)) if marks is not None else None
+    if mark is None:
+        return True  # not read, or not found: read it to know (a deleted run is NotFound)
+    last_seq, status = mark
+    return last_seq > last or status in ev.FINISHED_RUN_STATUSES

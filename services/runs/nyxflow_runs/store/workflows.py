@@ -538,3 +538,25 @@ class Workflows(StoreBase):
     async def run_status(self, tenant_id: str, run_id: str) -> str:
         async with self._scoped(tenant_id) as session:
             return (await self._run(session, tenant_id, run_id)).status
+
+    async def watched_marks(
+        self, watched: Collection[tuple[str, str]], chunk: int = 500
+    ) -> dict[tuple[str, str], tuple[int, str]]:
+        """The last seq and status of each watched (tenant, run), in one query per `chunk`
+        runs, for the watchers' poller. Across tenants, as the sweeper reads: each row is
+        given only under the tenant a watcher was allowed to watch it as; a run gone (or
+        never that tenant's) is left out."""
+        wanted = set(watched)
+        ids = sorted({run_id for _, run_id in wanted})
+        marks: dict[tuple[str, str], tuple[int, str]] = {}
+        async with self._sessions() as session:
+            for start in range(0, len(ids), chunk):
+                rows = await session.execute(
+                    select(Run.tenant_id, Run.id, Run.last_seq, Run.status).where(
+                        Run.id.in_(ids[start : start + chunk])
+                    )
+                )
+                for tenant_id, run_id, last_seq, status in rows:
+                    if (tenant_id, run_id) in wanted:
+                        marks[tenant_id, run_id] = (last_seq, status)
+        return marks
