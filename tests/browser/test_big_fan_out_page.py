@@ -5,17 +5,21 @@ item shows its text, as it does after following the run live."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import time
 from collections import Counter
+from typing import Any
 
 import httpx
-from playwright.async_api import Page, Response, expect
+from playwright.async_api import Page, Response, Route, expect
 
-from tests.browser.test_page import open_workflow, shown_run_id
+from nyxflow import events as ev
+from tests.browser.test_page import EVENTS_URL, open_workflow, shown_run_id
 from tests.support.big_fan_out import ITEM_TEXT, ITEMS, NAME, big_fan_out, left_out
-from tests.support.gateway_api import get_run, start_run
+from tests.support.gateway_api import create_workflow, get_run, start_run
 from tests.support.processes import ProcessStack
-from tests.support.sse_client import read_events
+from tests.support.sse_client import Frame, frames, read_events
 
 ITEMS_URL = re.compile(r"/v1/runs/[^/]+/steps/[^/]+/items\?")
 
@@ -72,3 +76,65 @@ async def test_a_followed_big_fan_out_fetches_each_item_once(
     await asyncio.gather(*reads)
     assert sorted(fetched) == list(range(ITEMS))
     assert max(fetched.values()) == 1, "an item's output was fetched twice"
+
+
+ANNOUNCED = 60_000
+SLOW_FAN_OUT: list[dict[str, Any]] = [
+    {"name": "Outline", "params": {"items": 3, "tokens": 3}},
+    {
+        "name": "Detail",
+        "kind": "fan_out",
+        "source": "Outline",
+        "split": "headings",
+        "concurrency": 1,
+        "prompt": "Detail: {{ item }}",
+        "params": {"tokens": 3, "token_delay_ms": 1000},
+    },
+]
+
+
+async def test_many_announced_items_are_taken_in_time_linear_in_their_count(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """Each `fan_out_progress` scanned, copied and sorted every item announced before it: a
+    fan-out of n items cost n² over its run (60,000 items: about a minute of the page's time).
+    The stream here is the run's real start, then its first item's frame repeated for 60,000
+    items; the limit only catches that regression (linear, the page shows them in seconds)."""
+    workflow = await create_workflow(http, stack, "Announced", SLOW_FAN_OUT)
+    start: list[Frame] = []  # the real stream's frames, to its first item's
+    fulfilled: list[float] = []
+
+    async def until_first_item(url: str) -> None:
+        async with http.stream("GET", url, headers=stack.headers) as response:
+            async for frame in frames(response):
+                if frame.event:
+                    start.append(frame)
+                if frame.event == ev.FAN_OUT_PROGRESS:
+                    return
+
+    async def handle(route: Route) -> None:
+        if route.request.resource_type != "eventsource" or start:
+            await route.abort()
+            return
+        await until_first_item(route.request.url)
+        *before, first = start
+        body = "".join(f"id: {f.id}\nevent: {f.event}\ndata: {f.data}\n\n" for f in before)
+        for i in range(ANNOUNCED):
+            seq, data = first.seq + i, first.json | {"index": i, "done": i + 1}
+            data |= {"seq": seq, "total": ANNOUNCED}
+            body += f"id: {seq}\nevent: {first.event}\ndata: {json.dumps(data)}\n\n"
+        fulfilled.append(time.monotonic())
+        await route.fulfill(
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+            body="retry: 600000\n\n" + body,
+        )
+
+    await page.route(EVENTS_URL, handle)
+    await open_workflow(page, workflow["id"], "Announced")
+    await page.get_by_role("button", name="Start", exact=True).click()
+    await expect(page.locator(".fanout-count")).to_have_text(
+        f"{ANNOUNCED}/{ANNOUNCED}", timeout=120_000
+    )
+    took_s = time.monotonic() - fulfilled[0]
+    assert took_s < 30, f"the page took {took_s:.0f} s to take {ANNOUNCED} announced items"
