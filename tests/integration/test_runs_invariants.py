@@ -1301,6 +1301,22 @@ async def test_the_workflow_list_stays_small_however_long_the_prompts(runs: Clie
     assert whole.steps[0].prompt == whole.steps[0].spec.prompt == long
 
 
+async def test_the_workflow_list_stays_small_however_big_the_params(runs: Clients) -> None:
+    """Nor its params, which also came twice: three workflows with 6 MB of params each (a
+    script for the `local` provider, say) made the tenant's list outgrow a message."""
+    script = "z" * 6_000_000
+    ids = [
+        (await runs.runs.create_workflow(f"big-{i}", [llm_step("s0", script=script)])).id
+        for i in range(3)
+    ]
+    listed = await runs.runs.list_workflows()
+    assert sorted(w.id for w in listed) == sorted(ids)
+    assert all(s.params_json == s.spec.params_json == "" for w in listed for s in w.steps)
+    whole = await runs.runs.get_workflow(ids[0])
+    assert json.loads(whole.steps[0].params_json) == {"script": script}
+    assert whole.steps[0].spec.params_json == whole.steps[0].params_json
+
+
 async def test_a_step_that_answered_nothing_is_completed_with_its_empty_output(
     api: Clients, db: Direct
 ) -> None:

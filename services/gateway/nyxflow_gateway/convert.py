@@ -44,7 +44,7 @@ def step(s: pb.Step) -> dict[str, Any]:
         "provider": s.provider,
         "model": s.model,
         "providers": list(s.providers),
-        "params": _object(s.params_json),
+        "params": _object(s.params_json) if s.params_json else None,  # null: listed
         "max_tokens": s.max_tokens,
         "alternatives_count": spec.alternatives,
         "auto_continue": spec.auto_continue,

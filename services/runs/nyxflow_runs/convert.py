@@ -15,7 +15,8 @@ IDLE = "idle"
 
 
 def spec(row: models.Step, listed: bool = False) -> pb.StepSpec:
-    """`listed`: without the prompt, whose column the caller did not load (see `step`)."""
+    """`listed`: without the prompt and params, whose columns the caller did not load (see
+    `step`)."""
     config: dict[str, Any] = row.config or {}
     return pb.StepSpec(
         name=row.name,
@@ -23,7 +24,7 @@ def spec(row: models.Step, listed: bool = False) -> pb.StepSpec:
         prompt="" if listed else row.prompt,
         provider=row.provider,
         model=row.model,
-        params_json=json.dumps(row.params or {}),
+        params_json="" if listed else json.dumps(row.params or {}),
         max_tokens=row.max_tokens,
         persona=row.persona,
         alternatives=row.alternatives,
@@ -102,8 +103,9 @@ def step(
     """`brief`: the step without what it produced (output, alternatives; its items are the
     caller's to leave out), whose columns the caller did not load. `left_out`: the same, for
     a whole read past its budget, said in `output_left_out` (store/base.py). `listed`: brief,
-    and without its prompt (a generated implementation prompt runs to many kilobytes, and a
-    tenant's list of 500 workflows outgrew a message), nor its persona's system prompt."""
+    and without its prompt or params (a generated implementation prompt runs to many kilobytes,
+    params as far as the message allows, and a tenant's list of 500 workflows outgrew a
+    message), nor its persona's system prompt."""
     bare = brief or left_out or listed
     return pb.Step(
         id=row.id,
@@ -113,7 +115,7 @@ def step(
         prompt="" if listed else row.prompt,
         provider=row.provider,
         model=row.model,
-        params_json=json.dumps(row.params or {}),
+        params_json="" if listed else json.dumps(row.params or {}),
         max_tokens=row.max_tokens,
         status=row.status,
         output="" if bare else row.output or "",

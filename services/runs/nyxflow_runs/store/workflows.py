@@ -153,12 +153,14 @@ class Workflows(StoreBase):
         return tenant_id, int(revoked.rowcount or 0)  # type: ignore[attr-defined]
 
     async def tenant_for_key(self, api_key: str) -> tuple[str, float | None]:
-        """The key's tenant, and when the key expires (epoch seconds; None: never)."""
+        """The key's tenant, and the seconds it has left by the database's clock, which
+        judged it valid (None: it never expires)."""
         digest = hash_key(api_key)
+        left = (ApiKey.expires_at - db_now()).label("left")
         async with self._sessions() as session:
             row = (
                 await session.execute(
-                    select(ApiKey.tenant_id, ApiKey.key_hash, ApiKey.expires_at).where(
+                    select(ApiKey.tenant_id, ApiKey.key_hash, left).where(
                         ApiKey.key_hash == digest,
                         ApiKey.revoked_at.is_(None),
                         (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > db_now()),
@@ -167,7 +169,7 @@ class Workflows(StoreBase):
             ).first()
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             raise Unauthenticated("invalid API key")
-        return str(row.tenant_id), row.expires_at
+        return str(row.tenant_id), row.left
 
     # --- personas -----------------------------------------------------------------------
 
@@ -263,15 +265,21 @@ class Workflows(StoreBase):
                 )
             ).all()
             ids = [w.id for w in workflows]
-            # Brief steps without their prompts: what they produced (up to megabytes each) and
-            # what they ask (generated prompts of many kilobytes) are GetWorkflow's, or a
-            # tenant's list would outgrow a message once enough workflows were stored.
+            # Brief steps without their prompts or params: what they produced (up to megabytes
+            # each) and what they ask (generated prompts of many kilobytes, params up to the
+            # message limit) are GetWorkflow's, or a tenant's list would outgrow a message once
+            # enough workflows were stored.
             steps = (
                 await session.scalars(
                     select(Step)
                     .where(Step.workflow_id.in_(ids))
                     .order_by(Step.position)
-                    .options(defer(Step.output), defer(Step.alternatives_out), defer(Step.prompt))
+                    .options(
+                        defer(Step.output),
+                        defer(Step.alternatives_out),
+                        defer(Step.prompt),
+                        defer(Step.params),
+                    )
                 )
             ).all()
             # Each workflow's latest run (id, status): its first entry in
