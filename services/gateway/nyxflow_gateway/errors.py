@@ -97,10 +97,16 @@ def http_field(field: str | None, endpoint: Any) -> str | None:
     return field
 
 
-def response(error: NyxflowError, field: str | None = None) -> JSONResponse:
+# The methods whose request has a body, which a refusal as too large can name.
+BODIED = frozenset({"POST", "PUT", "PATCH"})
+
+
+def response(error: NyxflowError, field: str | None = None, bodied: bool = True) -> JSONResponse:
+    """`bodied`: the request had a body (BODIED); a read's answer too large names none."""
     code = error.code.name.lower()
     # Too large for a gRPC message: the request's body as a whole is what is refused.
-    field = field or error.field or ("body" if isinstance(error, ResourceExhausted) else None)
+    too_large = bodied and isinstance(error, ResourceExhausted)
+    field = field or error.field or ("body" if too_large else None)
     return JSONResponse(error_body(code, error.message, field), status_code=error.http_status)
 
 
@@ -123,7 +129,8 @@ def allowed_methods(request: Request) -> set[str]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(NyxflowError)
     async def nyxflow_error(request: Request, error: NyxflowError) -> JSONResponse:
-        return response(error, http_field(error.field, request.scope.get("endpoint")))
+        field = http_field(error.field, request.scope.get("endpoint"))
+        return response(error, field, request.method in BODIED)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
