@@ -34,6 +34,22 @@ from nyxflow.v1 import common_pb2 as pb
 T = TypeVar("T")
 
 
+def left_out_from(step: pb.Step) -> int | None:
+    """The index from which a whole read (GetRun, GetWorkflow, the claim) left a step's items
+    out, their outputs (StepItem.output_left_out) or the items themselves, unlisted
+    (Step.items_left_out); None if it left none out. ListStepItems serves them from there."""
+    starts = [i.index for i in step.items if i.output_left_out][:1]
+    if step.items_left_out:
+        starts.append(step.items[-1].index + 1 if step.items else 0)
+    return min(starts, default=None)
+
+
+def listed_with(step: pb.Step, start: int, stored: Iterable[pb.StepItem]) -> list[pb.StepItem]:
+    """The step's items: those the read listed before `start`, then `stored` (from `start` on,
+    outputs included), which replace the rest."""
+    return [*(i for i in step.items if i.index < start), *stored]
+
+
 def open_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 

@@ -77,6 +77,42 @@ def assert_bounded(steps: list[pb.Step], total: int) -> None:
     assert all(i.output_left_out for i in items[first:]), "a prefix carried, the rest left out"
 
 
+async def paused_with_kept(api: Clients, count: int, kept: list[str]) -> pb.Workflow:
+    """A workflow whose run paused in its fan-out over `count` topics answering "made now",
+    with every item but the last stored as the engine stores them, its output `kept[index]`
+    (to tell kept items from items made again)."""
+    workflow = await api.runs.create_workflow("kept", topics_then_each(count, "made now"))
+    run = await api.runs.create_run(workflow.id)
+    engine = as_engine(api, run.tenant_id)
+    claim = await engine.claim_run(run.id, OWNER, 30)
+    assert claim.won
+    source, each = claim.run.steps
+    done = runs_pb2.StepChange(status=ev.COMPLETED, output=topics(count))
+    await engine.update_step(run.id, claim.token, source.id, done)
+    around = context_hash(each.prompt, {"Topics": topics(count)})
+    for index, item in enumerate(split_items(topics(count), "lines")[:-1]):
+        stored = pb.StepItem(
+            index=index,
+            heading=item.heading,
+            output=kept[index],
+            input_hash=input_hash(around, item.text),
+            input_tokens=1,
+            output_tokens=1,
+            served_by="local:kept",
+        )
+        await engine.put_step_item(run.id, claim.token, each.id, stored)
+    await engine.finish_run(run.id, claim.token, ev.PAUSED)
+    return workflow
+
+
+async def items_run(api: Clients, run_id: str) -> list[int]:
+    """Execute the run to its end: the indexes of the fan-out items it ran."""
+    assert api.engine is not None
+    events = [e async for e in api.engine.execute(run_id)]
+    assert events[-1].type == ev.RUN_COMPLETED, events[-1].data_json
+    return [json.loads(e.data_json)["index"] for e in events if e.type == ev.FAN_OUT_PROGRESS]
+
+
 async def test_a_big_fan_out_keeps_its_run_readable_retryable_and_its_items_listed(
     api: Clients,
 ) -> None:
@@ -132,37 +168,11 @@ async def test_a_resumed_fan_out_joins_the_kept_items_a_claim_left_out(api: Clie
     outputs out, and the engine fetches them, runs only the item missing, and joins all."""
     count = 12
     big = 1_000_000  # 12 MB of kept items: past the budget
-    workflow = await api.runs.create_workflow("kept", topics_then_each(count, "made now"))
-    run = await api.runs.create_run(workflow.id)
-    engine = as_engine(api, run.tenant_id)
-    claim = await engine.claim_run(run.id, OWNER, 30)
-    assert claim.won
-    source, each = claim.run.steps
-    done = runs_pb2.StepChange(status=ev.COMPLETED, output=topics(count))
-    await engine.update_step(run.id, claim.token, source.id, done)
-    # Items as the engine stores them, all but the last: outputs of their own, to tell
-    # kept items from items made again.
-    around = context_hash(each.prompt, {"Topics": topics(count)})
     kept = [f"kept {i}: " + "k" * big for i in range(count - 1)]
-    for index, item in enumerate(split_items(topics(count), "lines")[:-1]):
-        stored = pb.StepItem(
-            index=index,
-            heading=item.heading,
-            output=kept[index],
-            input_hash=input_hash(around, item.text),
-            input_tokens=1,
-            output_tokens=1,
-            served_by="local:kept",
-        )
-        await engine.put_step_item(run.id, claim.token, each.id, stored)
-    await engine.finish_run(run.id, claim.token, ev.PAUSED)
+    workflow = await paused_with_kept(api, count, kept)
 
     resumed = await api.runs.resume_workflow(workflow.id)
-    assert api.engine is not None
-    events = [e async for e in api.engine.execute(resumed.id)]
-    assert events[-1].type == ev.RUN_COMPLETED, events[-1].data_json
-    ran = [json.loads(e.data_json)["index"] for e in events if e.type == ev.FAN_OUT_PROGRESS]
-    assert ran == [count - 1], "only the missing item runs"
+    assert await items_run(api, resumed.id) == [count - 1], "only the missing item runs"
 
     finished = await api.runs.get_run(resumed.id)
     assert_bounded(list(finished.steps), count - 1 + 1)

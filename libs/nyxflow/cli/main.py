@@ -39,6 +39,7 @@ from nyxflow.cli.supervisor import (
     wait_grpc_serving,
     wait_http_ok,
 )
+from nyxflow.client import left_out_from
 from nyxflow.errors import FailedPrecondition, InvalidArgument, Unavailable
 from nyxflow.settings import CommonSettings
 from nyxflow.templates import parse_template
@@ -247,17 +248,17 @@ async def _start(c: Clients, run_id: str) -> None:
 
 async def _with_outputs(c: Clients, run_id: str, steps: Sequence[pb.Step]) -> None:
     """The outputs a whole read left out (past its budget) filled in: the steps' own (and their
-    alternatives) read step by step, the items' from their pages, so that --json shows every
-    output whole as before."""
+    alternatives) read step by step, the items' and the items it left unlisted from their
+    pages, so that --json shows every item and output whole as before."""
     await c.runs.fill_left_out_steps(steps)
     for step in steps:
-        left_out = [i.index for i in step.items if i.output_left_out]
-        if not left_out or not run_id:
+        start = left_out_from(step)
+        if start is None or not run_id:
             continue
-        stored = {i.index: i for i in await c.runs.all_step_items(run_id, step.id, left_out[0])}
-        for item in step.items:
-            if item.output_left_out and item.index in stored:
-                item.CopyFrom(stored[item.index])
+        stored = await c.runs.all_step_items(run_id, step.id, start)
+        del step.items[sum(1 for i in step.items if i.index < start) :]  # listed in order
+        step.items.extend(stored)
+        step.items_left_out = 0
 
 
 async def _follow_to_the_end(

@@ -164,8 +164,8 @@ def steps_table(steps: list[Any]) -> None:
             notes.append(("truncated", "yellow"))
         if s.auto_generated:
             notes.append("generated")
-        if s.items:
-            notes.append(f"{len(s.items)} items")
+        if s.items or s.items_left_out:  # the items a whole read listed, and those it did not
+            notes.append(f"{len(s.items) + s.items_left_out} items")
         if s.error:
             notes.append((s.error, "red"))
         add_row(

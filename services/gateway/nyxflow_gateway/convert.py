@@ -80,6 +80,9 @@ def step(s: pb.Step) -> dict[str, Any]:
             for a in s.alternatives
         ],
         "items": [item(i) for i in s.items],
+        # stored items past the last listed: a whole read lists a fan-out's first ones only;
+        # GET /v1/runs/{id}/steps/{step_id}/items has them all
+        "items_left_out": s.items_left_out,
         "started_at": when(s.started_at),
         "finished_at": when(s.finished_at),
     }

@@ -9,6 +9,7 @@ import hashlib
 from collections.abc import Mapping
 
 from nyxflow import events as ev
+from nyxflow.client import left_out_from, listed_with
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_engine.cut_off import Outputs, marked
 from nyxflow_engine.providers.base import FINISH_MAX_TOKENS, FINISH_STOP, served_by_all
@@ -42,12 +43,11 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
     # dropped it if its source changed, so one still here was made from this source.
     kept = [
         i
-        for i in step.items
+        for i in await stored_items(ctx)
         if i.index < total
         and i.heading == items[i.index].heading
         and i.input_hash in ("", hashes[i.index])
     ]
-    kept = await with_outputs(ctx, kept)
     outputs = {i.index: i.output for i in kept}
     # Items that stopped at max_tokens, those of an earlier attempt included: the step is
     # marked truncated if any is, so a cut-off item does not pass for a complete one.
@@ -135,23 +135,15 @@ async def run_fan_out(ctx: StepContext) -> StepResult:
     )
 
 
-async def with_outputs(ctx: StepContext, kept: list[pb.StepItem]) -> list[pb.StepItem]:
-    """The kept items with their outputs: the run as read leaves them out past its budget
-    (StepItem.output_left_out), and they are fetched here, from the first one left out on. One
-    no longer stored as it was read is dropped, and so made again."""
-    left_out = [i.index for i in kept if i.output_left_out]
-    if not left_out:
-        return kept
-    stored = {i.index: i for i in await ctx.writer.stored_items(ctx.step.id, min(left_out))}
-    fetched = []
-    for i in kept:
-        if not i.output_left_out:
-            fetched.append(i)
-            continue
-        found = stored.get(i.index)
-        if found is not None and (found.heading, found.input_hash) == (i.heading, i.input_hash):
-            fetched.append(found)
-    return fetched
+async def stored_items(ctx: StepContext) -> list[pb.StepItem]:
+    """The step's stored items, outputs included: the run as read lists a fan-out's items up
+    to a budget (Step.items_left_out) and their outputs up to another
+    (StepItem.output_left_out), and the rest are fetched here, from the first left out on.
+    Only the claim's listed items would run every item past them again."""
+    start = left_out_from(ctx.step)
+    if start is None:
+        return list(ctx.step.items)
+    return listed_with(ctx.step, start, await ctx.writer.stored_items(ctx.step.id, start))
 
 
 def hashed_items(source: str, split: str, cut: bool, around: bytes) -> tuple[list[Item], list[str]]:

@@ -790,7 +790,8 @@ function showDetail(workflowId) {
 
   /** [from, to] ranges of a step's items that were announced but not loaded. An item loaded
    * between two splits their ranges, so none is fetched twice; one not announced yet may be
-   * fetched with the others (the API has it, or answers without it). */
+   * fetched with the others (the API has it, or answers without it). The items a whole read
+   * left unlisted (items_left_out: past its budget) are the range after the last listed. */
   function lackingRanges(step) {
     const ranges = [];
     let range = null;
@@ -798,6 +799,12 @@ function showDetail(workflowId) {
       if (item.output !== null && item.output !== undefined) range = null;
       else if (range) range[1] = item.index;
       else ranges.push((range = [item.index, item.index]));
+    }
+    if (step.items_left_out) {
+      const items = step.items || [];
+      const after = items.length ? items[items.length - 1].index + 1 : 0;
+      if (range) range[1] = Infinity;
+      else ranges.push([after, Infinity]);
     }
     return ranges;
   }
@@ -816,6 +823,7 @@ function showDetail(workflowId) {
       markDirty(step.id);
       next = page.next_index;
     }
+    if (next === null && to === Infinity) step.items_left_out = 0; // every unlisted one is in
     return true;
   }
 

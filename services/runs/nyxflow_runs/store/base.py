@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -16,7 +16,13 @@ from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 
 from nyxflow import events as ev
-from nyxflow.errors import STALE_TOKEN_PREFIX, FailedPrecondition, NotFound, StaleToken
+from nyxflow.errors import (
+    STALE_TOKEN_PREFIX,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    StaleToken,
+)
 from nyxflow.personas import BUILTIN_PERSONAS
 from nyxflow.v1 import common_pb2 as pb
 from nyxflow_runs import convert
@@ -69,6 +75,15 @@ STEP_OUTPUTS_PER_READ = 20 * 2**20
 ITEM_OUTPUTS_PER_READ = 8 * 2**20
 READ_OUTPUTS = 28 * 2**20
 
+# A whole read lists a fan-out's items from the first (in step order, then index order), at
+# most ITEMS_PER_READ of them in all, and no further than their headings, hashes and served_by
+# (ITEM_OVERHEAD more each) fit in ITEM_LISTING_PER_READ bytes: each step counts the items it
+# leaves unlisted (Step.items_left_out), which ListStepItems serves. Listed whole, 100,000
+# items' headings and hashes made a read of 38 MB, past the message limit.
+ITEMS_PER_READ = 10_000
+ITEM_LISTING_PER_READ = 2 * 2**20
+ITEM_OVERHEAD = 32
+
 
 # The claim's answer hands back the run's stream so far (for Execute's caller) beside the run:
 # its events from the first, as many as fit in what the run leaves of the message, at most
@@ -87,6 +102,44 @@ def events_budget(run: pb.Run) -> int:
 def item_budget(produced: int) -> int:
     """The bytes of item output a whole read carries, `produced` being its steps' own outputs."""
     return max(0, min(ITEM_OUTPUTS_PER_READ, READ_OUTPUTS - produced))
+
+
+def listed_items(rows: Iterable[Any], budget: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Of the items' (step_id, item_index, listing bytes, output bytes) in read order: step id
+    → the last index a whole read lists (ITEMS_PER_READ, ITEM_LISTING_PER_READ), and → the last
+    whose output it carries, within `budget` bytes of output (`item_budget`)."""
+    listed: dict[str, int] = {}
+    carried: dict[str, int] = {}
+    listing, left = ITEM_LISTING_PER_READ, budget
+    for count, row in enumerate(rows):
+        listing -= row.listing + ITEM_OVERHEAD
+        if count >= ITEMS_PER_READ or listing < 0:
+            break
+        listed[row.step_id] = row.item_index
+        # Outputs in order until one does not fit: the rest of the listed come without.
+        if left >= 0 and row.size <= left:
+            left -= row.size
+            carried[row.step_id] = row.item_index
+        else:
+            left = -1
+    return listed, carried
+
+
+def answerable(run: pb.Run) -> pb.Run:
+    """`run`, if a claim's answer can carry it; else RESOURCE_EXHAUSTED, raised before the
+    claim commits so that a run is never left `running` with no engine told it won."""
+    if run.ByteSize() > CLAIM_ROOM:
+        raise ResourceExhausted(
+            f"run {run.id} reads as {run.ByteSize()} bytes, more than a claim's answer carries"
+            f" ({CLAIM_ROOM}); it was not started"
+        )
+    return run
+
+
+def with_items_left_out(step: pb.Step, count: int) -> pb.Step:
+    """`step`, saying how many of its items a whole read left unlisted (`listed_items`)."""
+    step.items_left_out = count
+    return step
 
 
 def produced_bytes(step: Step) -> int:
@@ -349,22 +402,26 @@ class StoreBase:
         loaded); `produced`: what the outputs it carries weigh, counted from `steps` if None;
         `listed`: brief, without their prompts (not loaded either; convert.step)."""
         items: dict[str, list[Any]] = {}
+        unlisted: dict[str, int] = {}
         if steps and not brief:
             if produced is None:
                 produced = sum(produced_bytes(s) for s in steps)
-            items = await self._items(session, steps, produced)
+            items, unlisted = await self._items(session, steps, produced)
         # A listed step carries no system prompt: its persona's are not read for it.
         personas = {} if listed else await self._personas(session, tenant_id)
         defaults = await self._default_chains(session, {s.workflow_id for s in steps})
         return [
-            convert.step(
-                s,
-                items.get(s.id, ()),
-                personas.get(s.persona, ""),
-                defaults.get(s.workflow_id, ()),
-                brief,
-                left_out=s.id in left_out,
-                listed=listed,
+            with_items_left_out(
+                convert.step(
+                    s,
+                    items.get(s.id, ()),
+                    personas.get(s.persona, ""),
+                    defaults.get(s.workflow_id, ()),
+                    brief,
+                    left_out=s.id in left_out,
+                    listed=listed,
+                ),
+                unlisted.get(s.id, 0),
             )
             for s in steps
         ]
@@ -403,11 +460,59 @@ class StoreBase:
     @staticmethod
     async def _items(
         session: AsyncSession, steps: Sequence[Step], produced: int
-    ) -> dict[str, list[Any]]:
-        """Step id → its items, in order, their outputs within the read's budget (`item_budget`,
-        `produced` being what the steps' own outputs carried weigh) and None past it. The sizes
-        are read first: outputs left out are never loaded."""
+    ) -> tuple[dict[str, list[Any]], dict[str, int]]:
+        """Step id → the items a whole read lists (`listed_items`), in order, their outputs
+        within the read's budget (`item_budget`, `produced` being what the steps' own outputs
+        carried weigh) and None past it; and step id → how many it leaves unlisted. The sizes
+        are read first: items and outputs left out are never loaded."""
         from nyxflow_runs.store.workflows import OctetLength  # it builds on this module
+
+        def octets(column: Any) -> Any:
+            return func.coalesce(OctetLength(column), 0)
+
+        sizes = (
+            await session.execute(
+                select(
+                    StepItem.step_id,
+                    StepItem.item_index,
+                    (
+                        octets(StepItem.heading)
+                        + octets(StepItem.input_hash)
+                        + octets(StepItem.served_by)
+                    ).label("listing"),
+                    octets(StepItem.output).label("size"),
+                ).where(StepItem.step_id.in_([s.id for s in steps]))
+            )
+        ).all()
+        by_step: dict[str, list[Any]] = {}
+        for row in sizes:
+            by_step.setdefault(row.step_id, []).append(row)
+        for rows in by_step.values():
+            rows.sort(key=lambda row: row.item_index)
+        in_order = (row for s in steps for row in by_step.get(s.id, ()))
+        listed, carried = listed_items(in_order, item_budget(produced))
+        unlisted = {
+            step_id: sum(1 for row in rows if row.item_index > listed.get(step_id, -1))
+            for step_id, rows in by_step.items()
+        }
+        return await StoreBase._listed(session, listed, carried), unlisted
+
+    @staticmethod
+    async def _listed(
+        session: AsyncSession, listed: dict[str, int], carried: dict[str, int]
+    ) -> dict[str, list[Any]]:
+        """Step id → its items up to index `listed[step id]`, in order, with their outputs up
+        to index `carried[step id]` (None past it)."""
+        if not listed:
+            return {}
+
+        def up_to(last: dict[str, int]) -> Any:
+            return or_(
+                *(
+                    and_(StepItem.step_id == step_id, StepItem.item_index <= index)
+                    for step_id, index in last.items()
+                )
+            )
 
         rows = (
             await session.execute(
@@ -420,43 +525,23 @@ class StoreBase:
                     StepItem.output_tokens,
                     StepItem.input_hash,
                     StepItem.served_by,
-                    OctetLength(StepItem.output).label("size"),
                 )
-                .where(StepItem.step_id.in_([s.id for s in steps]))
+                .where(up_to(listed))
                 .order_by(StepItem.step_id, StepItem.item_index)
             )
         ).all()
-        found: dict[str, list[Any]] = {}
-        for row in rows:
-            found.setdefault(row.step_id, []).append(row)
-        # Step by step, index by index, until an output does not fit: the rest are left out.
-        left = item_budget(produced)
-        last: dict[str, int] = {}  # step id → the last index whose output goes in
-        for row in (row for s in steps for row in found.get(s.id, ())):
-            if row.size > left:
-                break
-            left -= row.size
-            last[row.step_id] = row.item_index
         outputs: dict[tuple[str, int], str] = {}
-        if last:
+        if carried:
             loaded = await session.execute(
-                select(StepItem.step_id, StepItem.item_index, StepItem.output).where(
-                    or_(
-                        *(
-                            and_(StepItem.step_id == step_id, StepItem.item_index <= index)
-                            for step_id, index in last.items()
-                        )
-                    )
-                )
+                select(StepItem.step_id, StepItem.item_index, StepItem.output).where(up_to(carried))
             )
             outputs = {(r.step_id, r.item_index): r.output for r in loaded}
-        return {
-            step_id: [
-                SimpleNamespace(**row._asdict(), output=outputs.get((step_id, row.item_index)))
-                for row in listed
-            ]
-            for step_id, listed in found.items()
-        }
+        found: dict[str, list[Any]] = {}
+        for row in rows:
+            found.setdefault(row.step_id, []).append(
+                SimpleNamespace(**row._asdict(), output=outputs.get((row.step_id, row.item_index)))
+            )
+        return found
 
     @staticmethod
     async def _default_chains(

@@ -37,14 +37,19 @@ from nyxflow.v1 import runs_pb2
 from nyxflow_runs import convert
 from nyxflow_runs.clock import PG_NOW_SQL
 from nyxflow_runs.models import Step
+from nyxflow_runs.store import base
 from nyxflow_runs.store.base import (
     EVENT_OVERHEAD,
+    ITEM_LISTING_PER_READ,
     ITEM_OUTPUTS_PER_READ,
+    ITEM_OVERHEAD,
     READ_OUTPUTS,
     STEP_OUTPUTS_PER_READ,
     Claim,
+    answerable,
     events_budget,
     started_data,
+    with_items_left_out,
 )
 
 if TYPE_CHECKING:
@@ -112,7 +117,9 @@ FROM run_events WHERE run_id = $1 AND seq < $2 ORDER BY seq"""
 # they come as null and the step as left out. Then the items' outputs, as base.py's `_items`
 # has them: step by step, index by index, until the running total passes what is left ($3 at
 # most, and no more than the steps' outputs carried leave of $4); the rest come as null (left
-# out). Sizes are read off the values' headers; an output left out is never fetched.
+# out). Only the items base.py's `listed_items` lists go in: at most $6 in all, while their
+# listing bytes ($7 each more) stay within $8; the step counts the rest (items_left_out).
+# Sizes are read off the values' headers; an output left out is never fetched.
 STEP_COLUMNS = ", ".join(
     f"s.{c.name}" for c in Step.__table__.columns if c.name not in ("output", "alternatives_out")
 )
@@ -130,9 +137,14 @@ WITH produced AS (
         AS bytes
     FROM produced
 ), sized AS (
-    SELECT i.id, sum(octet_length(i.output)) OVER (ORDER BY s.position, i.item_index) AS running
+    SELECT i.id, sum(octet_length(i.output)) OVER w AS running,
+           row_number() OVER w <= $6
+               AND sum(COALESCE(octet_length(i.heading), 0)
+                       + COALESCE(octet_length(i.input_hash), 0)
+                       + COALESCE(octet_length(i.served_by), 0) + $7) OVER w <= $8 AS listed
     FROM step_items i JOIN steps s ON s.id = i.step_id
     WHERE s.workflow_id = $1 AND s.tenant_id = $2
+    WINDOW w AS (ORDER BY s.position, i.item_index)
 )
 SELECT {STEP_COLUMNS},
     CASE WHEN p.carried THEN s.output END AS output,
@@ -147,8 +159,10 @@ SELECT {STEP_COLUMNS},
                                        'output_tokens', i.output_tokens,
                                        'input_hash', i.input_hash,
                                        'served_by', i.served_by)
-                     ORDER BY i.item_index)
-     FROM step_items i JOIN sized z ON z.id = i.id WHERE i.step_id = s.id) AS items
+                     ORDER BY i.item_index) FILTER (WHERE z.listed)
+     FROM step_items i JOIN sized z ON z.id = i.id WHERE i.step_id = s.id) AS items,
+    (SELECT count(*) FILTER (WHERE NOT z.listed)
+     FROM step_items i JOIN sized z ON z.id = i.id WHERE i.step_id = s.id) AS items_left_out
 FROM steps s JOIN produced p ON p.id = s.id
     JOIN workflows w ON w.id = s.workflow_id JOIN tenants t ON t.id = w.tenant_id
     CROSS JOIN budget b
@@ -434,8 +448,9 @@ class HotPath:
     async def claim(
         self, tenant_id: str, run_id: str, owner: str, ttl_s: float, claim_id: str = ""
     ) -> Claim | None:
-        """The pending -> running compare-and-set; None if it was not won."""
-        async with self._connection() as db:
+        """The pending -> running compare-and-set; None if it was not won. The answer is
+        built before the claim commits: one that cannot be sent (`answerable`) undoes it."""
+        async with self._connection() as db, db.transaction():
             won = await db.fetchrow(
                 CLAIM,
                 run_id,
@@ -449,7 +464,7 @@ class HotPath:
                 return None
             seq = won["last_seq"]
             steps = await self._steps(db, tenant_id, won["workflow_id"])
-            run = convert.run(Row(won), steps)  # type: ignore[arg-type]
+            run = answerable(convert.run(Row(won), steps))  # type: ignore[arg-type]
             # Events before the start: an operation (a retry, say) recorded its own first, and
             # a requeued run has its first engine's.
             earlier = []
@@ -476,18 +491,24 @@ class HotPath:
             ITEM_OUTPUTS_PER_READ,
             READ_OUTPUTS,
             STEP_OUTPUTS_PER_READ,
+            base.ITEMS_PER_READ,
+            ITEM_OVERHEAD,
+            ITEM_LISTING_PER_READ,
         )
         prompts = {name: p.system_prompt for name, p in BUILTIN_PERSONAS.items()}
         if any(r["persona"] for r in rows):
             own = await db.fetch(PERSONAS, tenant_id)
             prompts.update({r["name"]: r["system_prompt"] for r in own})
         return [
-            convert.step(
-                Row(r),  # type: ignore[arg-type]
-                [SimpleNamespace(**i) for i in r["items"] or ()],  # type: ignore[misc]
-                prompts.get(r["persona"], ""),
-                list(r["workflow_chain"] or r["tenant_chain"] or []),
-                left_out=r["output_left_out"],
+            with_items_left_out(
+                convert.step(
+                    Row(r),  # type: ignore[arg-type]
+                    [SimpleNamespace(**i) for i in r["items"] or ()],  # type: ignore[misc]
+                    prompts.get(r["persona"], ""),
+                    list(r["workflow_chain"] or r["tenant_chain"] or []),
+                    left_out=r["output_left_out"],
+                ),
+                r["items_left_out"],
             )
             for r in rows
         ]
