@@ -22,6 +22,7 @@ from nyxflow_runs.models import Run, RunEvent, Step
 from nyxflow_runs.store.base import (
     Claim,
     Draft,
+    answerable,
     events_budget,
     generated_block,
     started_data,
@@ -81,9 +82,10 @@ class EngineWrites(Recording):
             )
             # The claim hands back the run's stream so far (an operation such as a retry
             # recorded its event before the start), so Execute's followers miss nothing: as
-            # much as fits, and WatchRun serves the rest.
+            # much as fits, and WatchRun serves the rest. An answer that cannot be sent
+            # undoes the claim (`answerable`).
             run = await self._run(session, tenant_id, run_id)
-            run_pb = await self._run_pb(session, run)
+            run_pb = answerable(await self._run_pb(session, run))
             earlier, left_out = await self._events_from_start(
                 session, run_id, won.last_seq, events_budget(run_pb)
             )
