@@ -138,3 +138,46 @@ async def test_many_announced_items_are_taken_in_time_linear_in_their_count(
     )
     took_s = time.monotonic() - fulfilled[0]
     assert took_s < 30, f"the page took {took_s:.0f} s to take {ANNOUNCED} announced items"
+
+
+UNLISTED = 40  # items past the 10,000 a whole read lists
+MANY = 10_000 + UNLISTED
+
+
+async def test_a_fan_out_past_the_items_a_read_lists_shows_every_item(
+    page: Page, http: httpx.AsyncClient, stack: ProcessStack
+) -> None:
+    """A whole read lists a fan-out's first 10,000 items and counts the rest: the page fetches
+    those too, so the last items show with their outputs rather than going missing."""
+    lines = "\n".join(f"topic {i}" for i in range(MANY))
+    workflow = await create_workflow(
+        http,
+        stack,
+        "Many items",
+        [
+            {"name": "Topics", "kind": "llm", "params": {"script": lines, "tokens": 1}},
+            {
+                "name": "Each",
+                "kind": "fan_out",
+                "prompt": "{{ item }}",
+                "source": "Topics",
+                "split": "lines",
+                "concurrency": 16,
+                "params": {"script": "done", "tokens": 1},
+            },
+        ],
+    )
+    run_id = await start_run(http, stack, workflow["id"])
+    await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)  # starts it, to its end
+    run = await get_run(http, stack, run_id)
+    assert run["status"] == "completed", run["error"]
+    fan = run["steps"][1]
+    assert (len(fan["items"]), fan["items_left_out"]) == (MANY - UNLISTED, UNLISTED)
+
+    await open_workflow(page, workflow["id"], "Many items")
+    items = page.locator(f"#step-{fan['id']} .item")
+    await expect(items).to_have_count(MANY, timeout=60_000)
+    await expect(page.locator(f"#step-{fan['id']} .item-output p.muted")).to_have_count(0)
+    last = items.last
+    await expect(last).to_have_attribute("data-index", str(MANY - 1))
+    await expect(last.locator(".item-output")).to_have_text("done")
