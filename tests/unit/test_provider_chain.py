@@ -157,3 +157,44 @@ async def test_the_engines_default_chain_serves_the_steps_model(
 
 async def _no_wait_reset() -> None:
     return None
+
+
+class Overloaded:
+    """Answers 529 overloaded at once, every time (a provider in an outage)."""
+
+    name = "overloaded"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def complete(self, request: CompletionRequest, on_delta: OnDelta) -> Completion:
+        self.calls += 1
+        raise ProviderFailure(Action.RETRY, "overloaded: Overloaded (HTTP 529)", status=529)
+
+
+def test_the_backoff_of_a_very_late_attempt_is_its_ceiling() -> None:
+    """2 ** 1024 does not fit a float: past that many attempts the backoff raised."""
+    policy = RetryPolicy(attempts=5000, backoff_s=0.5, backoff_max_s=8.0)
+    assert 4.0 <= policy.delay(5000) <= 8.0
+
+
+async def test_thousands_of_retries_without_backoff_then_the_next_provider_serves() -> None:
+    """Retrying hard without pause (attempts >= 1, backoff >= 0 are taken): attempt 1025 was
+    an OverflowError that failed the step, and the next provider was never tried."""
+    overloaded, serving = Overloaded(), ServingProvider()
+    by_name: dict[str, Provider] = {"overloaded": overloaded, "serving": serving}
+    completion = await complete_with_chain(
+        by_name.__getitem__,
+        ["overloaded", "serving"],
+        REQUEST,
+        _shown,
+        policy=RetryPolicy(attempts=2000, backoff_s=0.0, backoff_max_s=0.0, budget_s=600.0),
+        on_fallback=lambda *_: None,
+        on_reset=_no_reset,
+        sleep=_no_wait,
+    )
+    assert (completion.text, overloaded.calls) == ("whole", 2000)
+
+
+async def _no_reset() -> None:
+    return None

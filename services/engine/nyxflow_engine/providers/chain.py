@@ -33,6 +33,9 @@ OnFallback = Callable[[str, str, str], None]  # from, to, reason
 OnReset = Callable[[], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
 
+# Past this many doublings any backoff is at its ceiling; 2 ** 1024 is an OverflowError.
+MAX_DOUBLINGS = 64
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -47,7 +50,8 @@ class RetryPolicy:
     stall_s: float = 300.0
 
     def delay(self, attempt: int) -> float:
-        ceiling = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
+        doublings = min(attempt - 1, MAX_DOUBLINGS)
+        ceiling = min(self.backoff_max_s, self.backoff_s * 2**doublings)
         return random.uniform(ceiling / 2, ceiling)
 
 
