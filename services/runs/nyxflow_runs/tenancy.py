@@ -31,11 +31,13 @@ class KeyHold:
     def __init__(
         self,
         api_key: str | None = None,
-        expires_at: float | None = None,
+        expires_by: float | None = None,
         verified_at: float = -math.inf,
     ) -> None:
         self.api_key = api_key  # None: internal credentials, held by nothing
-        self.expires_at = expires_at  # epoch seconds
+        # Monotonic: the time the database gave the key at its lookup, so one clock (the
+        # database's) judges it, not this host's wall clock as well.
+        self.expires_by = expires_by
         self.verified_at = verified_at  # monotonic: when the key was last looked up
         self.refused = False  # looked up again after a revocation, and refused
         # Tenancy's: asks for a lookup of a hold verified too long ago (see `check`).
@@ -46,7 +48,7 @@ class KeyHold:
         clock read, cheap enough for every batch a stream sends. A hold not looked up for
         KEY_CACHE_S asks for a lookup, made beside the stream: a revocation on a replica the
         bus cannot tell (no Redis) reaches its streams, as it reaches its cache."""
-        if self.refused or (self.expires_at is not None and time.time() >= self.expires_at):
+        if self.refused or (self.expires_by is not None and time.monotonic() >= self.expires_by):
             raise Unauthenticated("the API key was revoked or has expired")
         stale = time.monotonic() - self.verified_at >= KEY_CACHE_S
         if stale and self.on_stale is not None:
@@ -58,7 +60,7 @@ class Tenancy:
         self._store = store
         self._secret = internal_secret
         self._bus = bus
-        # key -> (tenant, looked up at and trusted until (monotonic), expiry (epoch s) or None)
+        # key -> (tenant, looked up at, trusted until, expiry or None): all monotonic
         self._keys: dict[str, tuple[str, float, float, float | None]] = {}
         self._holds: defaultdict[str, set[KeyHold]] = defaultdict(set)  # by key
         self._recheck: asyncio.Task[None] | None = None
@@ -102,19 +104,20 @@ class Tenancy:
         cached = self._keys.get(caller.api_key)
         now = time.monotonic()
         if cached is not None and cached[2] > now:
-            tenant_id, looked_up, _, expires_at = cached
+            tenant_id, looked_up, _, expires_by = cached
             logs.bind(tenant=tenant_id)
-            return tenant_id, KeyHold(caller.api_key, expires_at, looked_up)
+            return tenant_id, KeyHold(caller.api_key, expires_by, looked_up)
         revocations = self._revocations
-        tenant_id, expires_at = await self._store.tenant_for_key(caller.api_key)
+        tenant_id, left = await self._store.tenant_for_key(caller.api_key)
+        expires_by = None if left is None else now + left
         if len(self._keys) > 10_000:
             self._keys.clear()
         if revocations == self._revocations:
             # Never cached past the key's own expiry.
-            left = KEY_CACHE_S if expires_at is None else min(KEY_CACHE_S, expires_at - time.time())
-            self._keys[caller.api_key] = (tenant_id, now, now + left, expires_at)
+            trusted = KEY_CACHE_S if left is None else min(KEY_CACHE_S, left)
+            self._keys[caller.api_key] = (tenant_id, now, now + trusted, expires_by)
         logs.bind(tenant=tenant_id)  # the rest of this call's lines say whose it was
-        return tenant_id, KeyHold(caller.api_key, expires_at, now)
+        return tenant_id, KeyHold(caller.api_key, expires_by, now)
 
     def forget_keys(self) -> None:
         """After a revocation: every key is looked up again on its next use, and the keys
