@@ -67,6 +67,7 @@ async def serve(
         if settings.migrate_on_start:
             await migrate.upgrade(engine)
         await migrate.require_current(engine)
+        await _grace_leases(store, settings.sweep_start_grace_s)  # first: a Start sweeps too
         await bus.start()
         _, revoked = await store.ensure_default_tenant(settings.api_key)
         if revoked:
@@ -97,3 +98,14 @@ async def serve(
         await engine.dispose()
         if probe is not None:
             await probe.dispose()
+
+
+async def _grace_leases(store: Store, grace_s: float) -> None:
+    """Before the first sweep, and before serving (so only the runs running now): the
+    engines could renew no lease while runs was away, and had their runs swept at once."""
+    extended = await store.extend_leases_all_tenants(grace_s)
+    if extended:
+        log.info(
+            "leases extended at start",
+            extra={"action": "start_grace", "runs": extended, "grace_s": grace_s},
+        )

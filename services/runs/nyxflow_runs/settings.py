@@ -19,6 +19,12 @@ class RunsSettings(InternalSettings):
     admin_key: str | None = None  # guards the Admin service; unset = admin API off
     runs_listen: str = "127.0.0.1:50051"
     sweep_interval_s: float = Field(default=5.0, gt=0)  # 0 swept without pause: a core
+    # At start, before serving, every running run's lease is given at least this long (by the
+    # database's clock): a lease that lapsed while runs itself was away (a restart, a deploy)
+    # says nothing of its engine, which is renewing again once runs is back. The engines'
+    # NYXFLOW_LEASE_TTL_S is the right value; 0: none. An engine that died meanwhile is
+    # swept this much later, as is one a replica's start finds (at most one grace).
+    sweep_start_grace_s: float = Field(default=30.0, ge=0, le=3600)
     watch_poll_s: float = Field(
         default=1.0, gt=0
     )  # how often a watcher re-reads the database when the bus is quiet

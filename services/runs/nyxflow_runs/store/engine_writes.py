@@ -69,7 +69,7 @@ class EngineWrites(Recording):
             if won is None:
                 run = await self._run(session, tenant_id, run_id)  # NotFound if not ours
                 if claim_id and run.status == ev.RUNNING and run.lease_owner == owner:
-                    again = await self._claimed_before(session, run, claim_id)
+                    again = await self._claimed_before(session, run, claim_id, ttl_s)
                     if again is not None:
                         return again
                 return Claim(False, 0, convert.run(run), [])
@@ -93,10 +93,15 @@ class EngineWrites(Recording):
         await self._bus.publish(run_id, started)
         return claim
 
-    async def _claimed_before(self, session: AsyncSession, run: Run, claim_id: str) -> Claim | None:
+    async def _claimed_before(
+        self, session: AsyncSession, run: Run, claim_id: str, ttl_s: float
+    ) -> Claim | None:
         """The claim again if this attempt made it and nothing was written since: its answer
         was lost (a deadline, a dropped connection) and the engine, which never had the token,
-        could not have written. Otherwise None: someone else's run."""
+        could not have written. Otherwise None: someone else's run.
+
+        Its lease is renewed as a claim's: it ran from the first commit, and the engine
+        heartbeats only from now on, so a late answer left it to lapse with the run alive."""
         last = await session.scalar(
             select(RunEvent).where(RunEvent.run_id == run.id, RunEvent.seq == run.last_seq)
         )
@@ -104,6 +109,8 @@ class EngineWrites(Recording):
             return None
         if (last.data or {}).get("claim") != claim_id:
             return None
+        if await self._renewed(session, run.tenant_id, run.id, run.token, ttl_s) is None:
+            return None  # swept or cancelled since it was read
         run_pb = await self._run_pb(session, run)
         earlier, left_out = await self._events_from_start(
             session, run.id, last.seq, events_budget(run_pb)
@@ -112,13 +119,7 @@ class EngineWrites(Recording):
 
     async def heartbeat(self, tenant_id: str, run_id: str, token: int, ttl_s: float) -> float:
         async with self._scoped(tenant_id, write=True) as session:
-            expires = await session.scalar(
-                update(Run)
-                .where(*self._fenced(tenant_id, run_id, token))
-                .values(lease_expires_at=db_now() + ttl_s)
-                .returning(Run.lease_expires_at)
-                .execution_options(synchronize_session=False)
-            )
+            expires = await self._renewed(session, tenant_id, run_id, token, ttl_s)
             if expires is None:
                 await self._refuse(session, tenant_id, run_id)
         return float(expires or 0.0)
@@ -219,6 +220,20 @@ class EngineWrites(Recording):
         )
 
     # --- helpers ----------------------------------------------------------------------
+
+    async def _renewed(
+        self, session: AsyncSession, tenant_id: str, run_id: str, token: int, ttl_s: float
+    ) -> float | None:
+        """The lease from now, by the database's clock, if `token` still holds the run: when
+        it now expires, else None."""
+        expires: float | None = await session.scalar(
+            update(Run)
+            .where(*self._fenced(tenant_id, run_id, token))
+            .values(lease_expires_at=db_now() + ttl_s)
+            .returning(Run.lease_expires_at)
+            .execution_options(synchronize_session=False)
+        )
+        return expires
 
     async def _check_falls_back(
         self, session: AsyncSession, workflow_id: str, drafts: Sequence[StepDraft]

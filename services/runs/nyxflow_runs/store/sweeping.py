@@ -74,6 +74,25 @@ class Sweeping(Handover):
         _count(done)
         return done
 
+    async def extend_leases_all_tenants(self, grace_s: float) -> int:
+        """Every running run's lease lasts at least `grace_s` more by the database's clock;
+        how many were extended. For runs' start: a lease that lapsed while no runs served
+        says nothing of its engine, which could renew none meanwhile."""
+        if grace_s <= 0:
+            return 0
+        async with self._sessions.begin() as session:
+            until = db_now() + grace_s
+            extended = await session.execute(
+                update(Run)
+                .where(
+                    Run.status == ev.RUNNING,
+                    (Run.lease_expires_at.is_(None)) | (Run.lease_expires_at < until),
+                )
+                .values(lease_expires_at=until)
+                .execution_options(synchronize_session=False)
+            )
+        return int(extended.rowcount or 0)  # type: ignore[attr-defined]
+
 
 def _count(swept: Swept) -> None:
     """Here, not in the sweeper's loop: a Start, a delete, a choice or a move sweeps the
