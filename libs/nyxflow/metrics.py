@@ -35,6 +35,10 @@ PROVIDER_FALLBACKS = Counter(
 )  # fmt: skip
 SSE_CLIENTS = Gauge("nyxflow_sse_clients", "SSE clients connected to this gateway.")
 UPSTREAM_STREAMS = Gauge("nyxflow_upstream_streams", "Run streams this gateway holds open.")
+SSE_UNSENT_BYTES = Gauge(
+    "nyxflow_sse_unsent_bytes",
+    "Bytes of run events held for SSE clients: in their connections' buffers or pending.",
+)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:

@@ -17,6 +17,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from nyxflow import metrics
 from nyxflow.client import open_channel
 from nyxflow.errors import NyxflowError, ResourceExhausted
 from nyxflow.grpc_server import CHANNEL_OPTIONS
@@ -87,6 +88,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             settings.sse_keep_bytes,
             settings.sse_queue_bytes,
             settings.execute_silence_s,
+            stall_s=settings.sse_stall_s,
         )
         app.state.run_status = Coalescer[pb.Run]()
         app.state.runs_channel = open_channel(settings.runs_addr)
@@ -140,6 +142,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def metrics_text() -> PlainTextResponse:
         """Prometheus text format; no key, like /healthz (bind the gateway privately or
         filter /metrics at the proxy)."""
+        metrics.SSE_UNSENT_BYTES.set(app.state.hub.unsent_bytes())
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/v1/debug/streams", tags=["health"])

@@ -49,7 +49,11 @@ class Protocol(HttpToolsProtocol):
         super().on_headers_complete()
         # The event stream writes its chunks here itself (see sse.py); the ASGI task that
         # reads the scope has not started yet.
-        self.scope.setdefault("extensions", {})[TRANSPORT] = {"transport": self.transport}
+        # `drain` returns once the transport's buffer is low again: history waits on it.
+        self.scope.setdefault("extensions", {})[TRANSPORT] = {
+            "transport": self.transport,
+            "drain": self.flow.drain,
+        }
 
     def on_message_complete(self) -> None:
         self._head, self._in_body = b"", False

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nyxflow import events as ev
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 # number of its browsers; at most KEY_CHECKS_AT_ONCE of them in flight.
 KEY_CHECK_S = 2.0
 KEY_CHECKS_AT_ONCE = 16
+# While history waits for a browser's connection to drain: how often its progress is looked at.
+ROOM_CHECK_S = 0.5
+# Below this a connection's buffer is never waited for: the transport's own high-water mark.
+MIN_ROOM = 64 * 1024
+
+Drain = Callable[[], Awaitable[None]]
 
 
 def chunk(data: bytes) -> bytes:
@@ -74,7 +81,10 @@ class Subscriber:
     results would otherwise hold a thousand of them per browser. What the
     run had written when the browser came (up to `history_seq`) is its history, sent whole
     like a backlog: the first browser of a long run gets it from the upstream's replay, in a
-    burst no browser reads at once, and was dropped part-way, reconnecting again and again."""
+    burst no browser reads at once, and was dropped part-way, reconnecting again and again.
+    History is paced instead: once `max_bytes` of it wait for the browser, its channel stops
+    pulling until they drain (`room`), and a browser that takes none of them for `stall_s` is
+    dropped. Written whole at once, a stalled tab held a run's whole history in the gateway."""
 
     def __init__(
         self,
@@ -101,20 +111,91 @@ class Subscriber:
         self._waiter: asyncio.Future[None] | None = None
         self._transport: asyncio.WriteTransport | None = None
         self._unsent = 0  # frames written while the transport still held unsent bytes
+        self._pending_bytes = 0  # the size of `pending`
+        self._connection: asyncio.WriteTransport | None = None  # its unsent bytes are counted
+        self._drain: Drain | None = None  # returns once the connection's buffer is low again
+        self._written = 0  # bytes written to the connection, or taken from `pending`
+
+    def attach(self, transport: asyncio.WriteTransport, drain: Drain | None) -> None:
+        """The browser's connection, whose unsent bytes `room` waits on (before the backlog)."""
+        self._connection, self._drain = transport, drain
 
     def write_directly(self, transport: asyncio.WriteTransport) -> None:
-        """From now on, offers go straight to `transport` (the backlog is written)."""
+        """From now on, offers go straight to `transport` (the backlog is written): what
+        arrived meanwhile first."""
+        self._connection = self._connection or transport
         self._transport = transport
+        if self.pending:
+            self._write(b"".join([f.chunk for f in self.pending]), 0)
+        self.pending, self._pending_live, self._pending_bytes = [], 0, 0
 
-    def offer(self, frames: list[Frame], joined: bytes | None = None) -> None:
-        """Frames that arrived together, in seq order: on the transport, one write for all.
-        `joined` is their chunks already joined, once for every browser (see RunHub._pump)."""
-        if self.ended or not frames:
+    def send(self, data: bytes) -> None:
+        """`data` to the connection, counted (the backlog, before `write_directly`)."""
+        assert self._connection is not None
+        if not self._connection.is_closing():
+            self._connection.write(data)
+            self._written += len(data)
+
+    def unsent(self) -> int:
+        """Bytes held in this process for the browser: in its connection's buffer or pending."""
+        return self._buffered() + self._pending_bytes
+
+    def _buffered(self) -> int:
+        connection = self._connection
+        if connection is None or connection.is_closing():
+            return 0
+        return connection.get_write_buffer_size()
+
+    async def room(self, stall_s: float, pending_too: bool = True) -> bool:
+        """Until no more than `max_bytes` wait for the browser (in its connection's buffer,
+        and pending unless not `pending_too`), or it leaves; False once it took none of them
+        for `stall_s`: it is dropped (its reconnect loses nothing)."""
+        size = self.unsent if pending_too else self._buffered
+        return await self._wait(size, self.max_bytes, stall_s)
+
+    async def flushed(self, stall_s: float) -> bool:
+        """After its stream's end, until the connection has (nearly) all of it sent: False,
+        and dropped, once the browser took none of it for `stall_s`."""
+        return await self._wait(self._buffered, 0, stall_s)
+
+    async def _wait(self, size: Callable[[], int], limit: int, stall_s: float) -> bool:
+        limit = max(limit, MIN_ROOM)  # below it the transport never says it drained
+        loop = asyncio.get_running_loop()
+        taken, since = self._taken(), loop.time()
+        # A browser gone has nothing buffered: its closed connection holds nothing more.
+        while size() > limit and not (self.refused or self.dropped):
+            await self._drained(min(ROOM_CHECK_S, stall_s))
+            if self._taken() > taken:  # progress, however slow: the browser reads
+                taken, since = self._taken(), loop.time()
+            elif loop.time() - since >= stall_s:
+                self.dropped = self.ended = True
+                self._wake()
+                return False
+        return not self.dropped
+
+    def _taken(self) -> int:
+        """Bytes the browser has taken so far: out of the connection's buffer, or pending."""
+        return self._written - self._buffered()
+
+    async def _drained(self, at_most_s: float) -> None:
+        if self._drain is None or (self._transport is None and self._pending_bytes):
+            await asyncio.sleep(at_most_s)  # pending frames go when the browser's task takes them
             return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(at_most_s):
+                await self._drain()
+
+    def offer(self, frames: list[Frame], joined: bytes | None = None) -> bool:
+        """Frames that arrived together, in seq order: on the transport, one write for all.
+        `joined` is their chunks already joined, once for every browser (see RunHub._pump).
+        True when history left more than `max_bytes` waiting for the browser: its channel
+        waits for `room` before the next."""
+        if self.ended or not frames:
+            return False
         if frames[0].seq <= self.after_seq:
             frames = [f for f in frames if f.seq > self.after_seq]
             if not frames:
-                return
+                return False
             joined = None  # some were sent already: the rest is joined for this one alone
         self.quiet = False
         history = self._history(frames)
@@ -123,7 +204,7 @@ class Subscriber:
             if joined is None:
                 joined = b"".join([f.chunk for f in frames])
             self._write(joined, len(frames) - history)
-            return
+            return bool(history) and self.unsent() > self.max_bytes
         room = self.size - self._pending_live
         if room < len(frames) - history:
             # Too far behind: what is pending is still sent, then the stream ends. Nothing
@@ -134,7 +215,9 @@ class Subscriber:
             self.after_seq = frames[-1].seq
             self.pending.extend(frames)
             self._pending_live += len(frames) - history
+            self._pending_bytes += sum(len(f.chunk) for f in frames)
         self._wake()
+        return bool(history) and self.unsent() > self.max_bytes
 
     def _history(self, frames: list[Frame]) -> int:
         """How many of `frames` (in seq order) are the browser's history."""
@@ -148,7 +231,10 @@ class Subscriber:
         """Called by the hub's one ticker: a browser that heard nothing gets a comment."""
         if self.quiet and not self.ended:
             if self._transport is not None:
-                self._write(KEEPALIVE, 1)
+                # Not while history waits for the browser to take some: it is not idle, and
+                # the comment, counted as live, would drop a browser that reads slowly.
+                if self._buffered() + len(KEEPALIVE) <= self.max_bytes:
+                    self._write(KEEPALIVE, 1)
             else:
                 self.idle = True
                 self._wake()
@@ -164,7 +250,7 @@ class Subscriber:
         """Its key is no longer valid: the stream ends without what is pending, which the
         key may no longer read."""
         self.refused = True
-        self.pending, self._pending_live = [], 0
+        self.pending, self._pending_live, self._pending_bytes = [], 0, 0
         self.ended = True
         self._wake()
 
@@ -178,7 +264,8 @@ class Subscriber:
             finally:
                 self._waiter = None
         frames, self.pending, self.idle = self.pending, [], False
-        self._pending_live = 0
+        self._written += self._pending_bytes
+        self._pending_live = self._pending_bytes = 0
         return frames, self.ended
 
     def _write(self, data: bytes, count: int) -> None:
@@ -188,6 +275,7 @@ class Subscriber:
         if transport.is_closing():  # gone: the browser's task hears of it from the server
             return
         transport.write(data)
+        self._written += len(data)
         unsent = transport.get_write_buffer_size()
         if not unsent:
             self._unsent = 0
@@ -226,8 +314,10 @@ class RunHub:
         queue_bytes: int = 8 * 1024 * 1024,
         execute_silence_s: float = 15.0,
         key_check_s: float = KEY_CHECK_S,
+        stall_s: float = 30.0,
     ) -> None:
         self._queue_size = queue_size
+        self.stall_s = stall_s  # a browser that takes nothing of its backlog this long is dropped
         self._key_check_s = key_check_s
         self._execute_silence_s = execute_silence_s
         self._queue_bytes = queue_bytes
@@ -261,6 +351,10 @@ class RunHub:
 
     def _all(self) -> list[RunChannel]:
         return [*self._channels.values(), *self._private]
+
+    def unsent_bytes(self) -> int:
+        """Bytes held for browsers, in their connections' buffers or pending (for /metrics)."""
+        return sum(s.unsent() for c in self._all() for s in c.subscribers)
 
     def _open(
         self, services: Services, run_id: str, status: str, after_seq: int, shared: bool
@@ -406,8 +500,7 @@ class RunHub:
                         if channel.shared:
                             self._keep_frames(channel, frames)
                         joined = b"".join([f.chunk for f in frames])
-                        for subscriber in tuple(channel.subscribers):
-                            subscriber.offer(frames, joined)
+                        await self._offer(channel, frames, joined)
                     return
                 except (Unauthenticated, NotFound) as error:
                     # The key the upstream was opened with (its first browser's) was refused:
@@ -437,6 +530,14 @@ class RunHub:
             channel.done = True
             for subscriber in tuple(channel.subscribers):
                 subscriber.end()
+
+    async def _offer(self, channel: RunChannel, frames: list[Frame], joined: bytes) -> None:
+        """`frames` to every browser of the channel; history that backed a browser up is
+        waited for before the next batch is pulled from runs, for `stall_s` at most: then it
+        is dropped, and the channel's other browsers go on."""
+        behind = [s for s in tuple(channel.subscribers) if s.offer(frames, joined)]
+        if behind:
+            await asyncio.gather(*(s.room(self.stall_s) for s in behind))
 
     def _keep_frames(self, channel: RunChannel, frames: list[Frame]) -> None:
         """The last `keep_frames`, and no more than `keep_bytes` of them, let go of a quarter

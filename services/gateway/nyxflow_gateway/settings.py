@@ -20,6 +20,9 @@ class GatewaySettings(CommonSettings):
     # per client: a client this far behind is dropped, alone (0 dropped every client at once)
     sse_queue_events: int = Field(default=1000, ge=1)
     sse_queue_bytes: int = Field(default=8 * 1024 * 1024, ge=0)  # the same, in unsent bytes
+    # A client that takes none of its history (or backlog) this long is dropped: until then
+    # the history waits, sse_queue_bytes of it at most, for it to read.
+    sse_stall_s: float = Field(default=30.0, gt=0)
     # per followed run: events kept for browsers that join late or reconnect; one that needs
     # older ones gets its own stream from runs
     sse_keep_events: int = Field(default=5000, ge=0)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Iterator
 from typing import Any, cast
 
 from starlette.responses import Response
@@ -27,11 +28,12 @@ from nyxflow.sse import comment_frame, retry_frame
 from nyxflow.tasks import cancel_and_wait
 from nyxflow_gateway.deps import Services
 from nyxflow_gateway.http_protocol import TRANSPORT
-from nyxflow_gateway.hub import RunHub, Subscriber, chunk
+from nyxflow_gateway.hub import Drain, Frame, RunHub, Subscriber, chunk
 from nyxflow_gateway.settings import GatewaySettings
 from nyxflow_gateway.stopping import is_stopping
 
 MAX_BATCH = 64  # backlog frames per write when a browser joins a long run late
+PIECE_BYTES = 256 * 1024  # the same on the connection: then room for the next is waited for
 DROP_GRACE_S = 5.0  # a dropped browser that still reads this long gets the rest, then the end
 KEEPALIVE = comment_frame().encode()
 # No `Connection` header: the server sets it, and a request that asked to close got both.
@@ -80,15 +82,18 @@ class EventStream(Response):
             if transport is not None:
                 if transport.is_closing():
                     return  # gone before the stream began (its start went nowhere): quietly
-                # No await from subscribing to here, so no live frame can come in between.
-                transport.write(chunk(self._retry) + b"".join(f.chunk for f in backlog))
-                subscriber.write_directly(transport)
+                subscriber.attach(transport, _drain(scope))
+                if await self._backlog(subscriber, backlog):
+                    subscriber.write_directly(transport)
+                    await _follow(subscriber, send)
+                    # Its end too is left no longer than a browser that reads takes it.
+                    await subscriber.flushed(self._hub.stall_s)
             else:
                 await _write(send, self._retry)
                 for start in range(0, len(backlog), MAX_BATCH):
                     batch = backlog[start : start + MAX_BATCH]
                     await _write(send, b"".join(f.data for f in batch))
-            await _follow(subscriber, send)
+                await _follow(subscriber, send)
         finally:
             self._hub.unsubscribe(subscriber)
             await cancel_and_wait(listener)
@@ -98,6 +103,39 @@ class EventStream(Response):
         if not listener.cancelled() and listener.done():
             return  # the browser is gone: nothing more to send
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _backlog(self, subscriber: Subscriber, backlog: list[Frame]) -> bool:
+        """`retry:` and the backlog, a piece at a time, each once the connection has room: a
+        copy of the channel's frames (up to sse_keep_bytes) per browser, written at once, sat
+        in the gateway as long as a stalled browser's connection. Live frames that come in
+        meanwhile wait in the browser's inbox. False when the browser was dropped."""
+        subscriber.send(chunk(self._retry))
+        for piece in _pieces(backlog):
+            if subscriber.refused:
+                break
+            subscriber.send(piece)
+            # Its inbox is bounded by its own limits: only the connection's buffer is waited on.
+            await subscriber.room(self._hub.stall_s, pending_too=False)
+        return not subscriber.dropped
+
+
+def _pieces(frames: list[Frame]) -> Iterator[bytes]:
+    """`frames`' chunks joined in pieces of about PIECE_BYTES (a frame is never split)."""
+    piece: list[bytes] = []
+    size = 0
+    for frame in frames:
+        piece.append(frame.chunk)
+        size += len(frame.chunk)
+        if size >= PIECE_BYTES:
+            yield b"".join(piece)
+            piece, size = [], 0
+    if piece:
+        yield b"".join(piece)
+
+
+def _drain(scope: Scope) -> Drain | None:
+    extension: dict[str, Any] = scope.get("extensions", {}).get(TRANSPORT, {})
+    return cast("Drain | None", extension.get("drain"))
 
 
 def _transport(scope: Scope) -> asyncio.WriteTransport | None:
