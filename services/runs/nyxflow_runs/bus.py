@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -34,6 +35,11 @@ ANNOUNCE_WAIT_S = 2.0  # a revocation tells the other replicas for this long at 
 SUBSCRIBE_WAIT_S = 1.0  # a watcher waits this long for Redis to confirm, then polls anyway
 QUEUE_BATCHES = 256
 OUTBOX_LIMIT = 10_000  # batches queued for Redis before they are delivered locally only
+# A Redis that says nothing this long is taken for gone: a command (a publish) fails, and the
+# reader, quiet this long, pings and reconnects if no answer comes within as long again. A
+# connection a NAT or load balancer forgot, or a host that vanished, never closes: without it
+# the reader and the sender waited on one for good, and every watcher polled from then on.
+REDIS_TIMEOUT_S = 5.0
 
 
 class Subscription:
@@ -120,7 +126,9 @@ class RedisBus(LocalBus):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self._redis = aioredis.from_url(url)
+        self._redis = aioredis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
         self._reader: asyncio.Task[None] | None = None
         self._outbox: collections.deque[tuple[str, Sequence[pb.RunEvent]]] = collections.deque()
         self._sender: asyncio.Task[None] | None = None
@@ -237,20 +245,7 @@ class RedisBus(LocalBus):
                         self._command("subscribe", run_id)
                     for run_id in listed - set(self._confirmed):
                         self._command("unsubscribe", run_id)
-                    async for message in pubsub.listen():
-                        kind = message.get("type")
-                        channel = message["channel"].decode()
-                        if channel == KEYS_CHANNEL:
-                            # Revoked, or subscribed anew after an outage that may have
-                            # hidden a revocation: every key is looked up again.
-                            self._keys_revoked()
-                            continue
-                        run_id = channel.removeprefix(CHANNEL_PREFIX)
-                        if kind == "message":
-                            batch = runs_pb2.WriteResponse.FromString(message["data"])
-                            self.dispatch(run_id, batch.events)
-                        elif kind == "subscribe" and run_id in self._confirmed:
-                            self._confirmed[run_id].set()
+                    await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # Redis down: retry; watchers poll meanwhile.
@@ -260,6 +255,39 @@ class RedisBus(LocalBus):
                 for confirmed in self._confirmed.values():
                     confirmed.clear()
             await asyncio.sleep(1.0)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        """Delivers what the reader's connection brings until it is gone: closed, or silent
+        past a ping (raised as TimeoutError)."""
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        while True:
+            # its own wait, not the socket's timeout: a quiet channel is no failure
+            message = await pubsub.get_message(timeout=REDIS_TIMEOUT_S)
+            if message is not None:
+                heard = loop.time()
+                self._deliver(message)
+            elif loop.time() - heard >= 2 * REDIS_TIMEOUT_S:
+                raise TimeoutError(f"redis did not answer a ping within {REDIS_TIMEOUT_S:g} s")
+            else:
+                await pubsub.ping()  # its answer comes as a message, and counts as heard
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind not in ("message", "subscribe"):
+            return  # a pong, an unsubscribe
+        channel = message["channel"].decode()
+        if channel == KEYS_CHANNEL:
+            # Revoked, or subscribed anew after an outage that may have hidden a
+            # revocation: every key is looked up again.
+            self._keys_revoked()
+            return
+        run_id = channel.removeprefix(CHANNEL_PREFIX)
+        if kind == "message":
+            batch = runs_pb2.WriteResponse.FromString(message["data"])
+            self.dispatch(run_id, batch.events)
+        elif run_id in self._confirmed:
+            self._confirmed[run_id].set()
 
 
 def _quiet(task: asyncio.Task[None]) -> None:
