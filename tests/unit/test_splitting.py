@@ -241,7 +241,8 @@ def test_a_verdict_after_a_long_run_of_blank_lines_is_read_in_linear_time() -> N
 def test_a_verdict_word_on_the_line_after_its_label_is_read_in_linear_time() -> None:
     verdict = _finishes(
         "from nyxflow_engine.steps.consistency import VERDICT\n"
-        "text = ' \\n' * 200_000 + ('VERDICT:' + ' \\n' * 50_000) * 4 + 'VERDICT:\\r\\n consistent\\n'\n"
+        "text = ' \\n' * 200_000 + ('VERDICT:' + ' \\n' * 50_000) * 4\n"
+        "text += 'VERDICT:\\r\\n consistent\\n'\n"
         "print(VERDICT.search(text).group(1))"
     )
     assert verdict.strip() == "consistent"
