@@ -148,7 +148,8 @@ async def test_a_fan_out_past_the_items_a_read_lists_shows_every_item(
     page: Page, http: httpx.AsyncClient, stack: ProcessStack
 ) -> None:
     """A whole read lists a fan-out's first 10,000 items and counts the rest: the page fetches
-    those too, so the last items show with their outputs rather than going missing."""
+    those too, so the last items show with their outputs rather than going missing, and a
+    second fan-out's, none of which the read could list, show as well."""
     lines = "\n".join(f"topic {i}" for i in range(MANY))
     workflow = await create_workflow(
         http,
@@ -165,14 +166,24 @@ async def test_a_fan_out_past_the_items_a_read_lists_shows_every_item(
                 "concurrency": 16,
                 "params": {"script": "done", "tokens": 1},
             },
+            {"name": "Few", "kind": "llm", "params": {"script": "a\nb\nc", "tokens": 1}},
+            {
+                "name": "EachFew",
+                "kind": "fan_out",
+                "prompt": "{{ item }}",
+                "source": "Few",
+                "split": "lines",
+                "params": {"script": "few", "tokens": 1},
+            },
         ],
     )
     run_id = await start_run(http, stack, workflow["id"])
     await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)  # starts it, to its end
     run = await get_run(http, stack, run_id)
     assert run["status"] == "completed", run["error"]
-    fan = run["steps"][1]
+    fan, few = run["steps"][1], run["steps"][3]
     assert (len(fan["items"]), fan["items_left_out"]) == (MANY - UNLISTED, UNLISTED)
+    assert (len(few["items"]), few["items_left_out"]) == (0, 3)
 
     await open_workflow(page, workflow["id"], "Many items")
     items = page.locator(f"#step-{fan['id']} .item")
@@ -181,3 +192,4 @@ async def test_a_fan_out_past_the_items_a_read_lists_shows_every_item(
     last = items.last
     await expect(last).to_have_attribute("data-index", str(MANY - 1))
     await expect(last.locator(".item-output")).to_have_text("done")
+    await expect(page.locator(f"#step-{few['id']} .item-output")).to_have_text(["few"] * 3)

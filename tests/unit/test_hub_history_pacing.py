@@ -1,6 +1,6 @@
-"""A browser's history is paced by what it reads: no more than `max_bytes` of it wait for the
-browser in the gateway, a browser that reads slowly still gets all of it, and one that takes
-nothing for `stall_s` is dropped."""
+"""A browser's history is paced by what it reads: no more than half of `max_bytes` of it wait
+for the browser in the gateway (the rest is room for the live frames after it), a browser
+that reads slowly still gets all of it, and one that takes nothing for `stall_s` is dropped."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def connected(connection: SlowConnection, history_seq: int) -> Subscriber:
 async def test_history_beyond_max_bytes_waits_for_a_browser_that_reads_slowly() -> None:
     connection = SlowConnection()
     subscriber = connected(connection, history_seq=10)
-    assert not subscriber.offer(history(1, 2))  # 200 KB: room left
-    assert subscriber.offer(history(3, 2))  # 400 KB: its channel must wait before the next
+    assert not subscriber.offer(history(1, 1))  # 100 KB: room left
+    assert subscriber.offer(history(2, 2))  # 300 KB: its channel must wait before the next
 
     async def browser() -> None:  # 10 KB at a time: draining takes longer than the stall bound
         while connection.get_write_buffer_size() > 0:
@@ -66,7 +66,7 @@ async def test_history_beyond_max_bytes_waits_for_a_browser_that_reads_slowly() 
 
     reading = asyncio.ensure_future(browser())
     assert await subscriber.room(stall_s=0.2)  # progress, however slow, is not a stall
-    assert subscriber.unsent() <= MAX_BYTES and not subscriber.dropped
+    assert subscriber.unsent() <= MAX_BYTES // 2 and not subscriber.dropped
     reading.cancel()
 
 
@@ -94,3 +94,24 @@ async def test_what_waited_in_the_inbox_during_the_backlog_goes_first_and_counts
         sent.index(b"id: %d\n" % s) for s in range(1, 6)
     )
     assert subscriber.pending == [] and subscriber.unsent() == len(sent)
+
+
+async def test_a_slow_reader_paced_through_its_history_takes_the_live_frames_after_it() -> None:
+    """Paced up to `max_bytes`, history left the buffer at the brim, and the first live frame
+    after it (a 20 KB step output) dropped a browser that had been reading all along."""
+    connection = SlowConnection()
+    subscriber = connected(connection, history_seq=4)
+    assert subscriber.offer(history(1, 4))  # 400 KB of history: its channel waits
+
+    async def browser() -> None:  # reads steadily, 10 KB every 50 ms
+        while True:
+            await asyncio.sleep(0.05)
+            connection.taken = min(len(connection.written), connection.taken + 10_000)
+
+    reading = asyncio.ensure_future(browser())
+    try:
+        assert await subscriber.room(stall_s=1.0)
+        subscriber.offer([Frame(5, chunk(b"id: 5\ndata: %b\n\n" % (b"y" * 20_000)))])
+        assert not subscriber.dropped, f"dropped with {subscriber.unsent()} bytes unsent"
+    finally:
+        reading.cancel()

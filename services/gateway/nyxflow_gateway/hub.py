@@ -82,9 +82,11 @@ class Subscriber:
     run had written when the browser came (up to `history_seq`) is its history, sent whole
     like a backlog: the first browser of a long run gets it from the upstream's replay, in a
     burst no browser reads at once, and was dropped part-way, reconnecting again and again.
-    History is paced instead: once `max_bytes` of it wait for the browser, its channel stops
-    pulling until they drain (`room`), and a browser that takes none of them for `stall_s` is
-    dropped. Written whole at once, a stalled tab held a run's whole history in the gateway."""
+    History is paced instead: once half of `max_bytes` of it wait for the browser (the other
+    half is left for the live frames after it, which would drop a browser that reads), its
+    channel stops pulling until they drain (`room`), and a browser that takes none of them
+    for `stall_s` is dropped. Written whole at once, a stalled tab held a run's whole history
+    in the gateway."""
 
     def __init__(
         self,
@@ -147,11 +149,11 @@ class Subscriber:
         return connection.get_write_buffer_size()
 
     async def room(self, stall_s: float, pending_too: bool = True) -> bool:
-        """Until no more than `max_bytes` wait for the browser (in its connection's buffer,
+        """Until no more than half of `max_bytes` wait for the browser (in its connection's buffer,
         and pending unless not `pending_too`), or it leaves; False once it took none of them
         for `stall_s`: it is dropped (its reconnect loses nothing)."""
         size = self.unsent if pending_too else self._buffered
-        return await self._wait(size, self.max_bytes, stall_s)
+        return await self._wait(size, self._history_room(), stall_s)
 
     async def flushed(self, stall_s: float) -> bool:
         """After its stream's end, until the connection has (nearly) all of it sent: False,
@@ -173,6 +175,9 @@ class Subscriber:
                 return False
         return not self.dropped
 
+    def _history_room(self) -> int:
+        return self.max_bytes // 2
+
     def _taken(self) -> int:
         """Bytes the browser has taken so far: out of the connection's buffer, or pending."""
         return self._written - self._buffered()
@@ -188,7 +193,7 @@ class Subscriber:
     def offer(self, frames: list[Frame], joined: bytes | None = None) -> bool:
         """Frames that arrived together, in seq order: on the transport, one write for all.
         `joined` is their chunks already joined, once for every browser (see RunHub._pump).
-        True when history left more than `max_bytes` waiting for the browser: its channel
+        True when history left more than half of `max_bytes` waiting for the browser: its channel
         waits for `room` before the next."""
         if self.ended or not frames:
             return False
@@ -204,7 +209,7 @@ class Subscriber:
             if joined is None:
                 joined = b"".join([f.chunk for f in frames])
             self._write(joined, len(frames) - history)
-            return bool(history) and self.unsent() > self.max_bytes
+            return bool(history) and self.unsent() > self._history_room()
         room = self.size - self._pending_live
         if room < len(frames) - history:
             # Too far behind: what is pending is still sent, then the stream ends. Nothing
@@ -217,7 +222,7 @@ class Subscriber:
             self._pending_live += len(frames) - history
             self._pending_bytes += sum(len(f.chunk) for f in frames)
         self._wake()
-        return bool(history) and self.unsent() > self.max_bytes
+        return bool(history) and self.unsent() > self._history_room()
 
     def _history(self, frames: list[Frame]) -> int:
         """How many of `frames` (in seq order) are the browser's history."""

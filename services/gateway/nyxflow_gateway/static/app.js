@@ -814,16 +814,17 @@ function showDetail(workflowId) {
    * whole run may leave its outputs out, and would fetch them again. */
   async function fetchItems(runId, stepId, from, to) {
     let next = from;
+    let step = null;
     while (next !== null && next <= to) {
       const page = await API.listStepItems(runId, stepId, next, Math.min(ITEMS_PER_CALL, to - next + 1));
       if (state.gone || (state.follower ? state.follower.runId : state.run?.id) !== runId) return false;
-      const step = byId(stepId);
+      step = byId(stepId);
       if (!step) return true;
       step.items = mergeItems(step.items, page.items);
       markDirty(step.id);
       next = page.next_index;
     }
-    if (next === null && to === Infinity) step.items_left_out = 0; // every unlisted one is in
+    if (step && next === null && to === Infinity) step.items_left_out = 0; // every unlisted one is in
     return true;
   }
 
