@@ -55,6 +55,7 @@ async def test_a_503_names_no_address_and_a_service_s_own_keeps_its_text(
         async with serve_gateway(away) as base_url, httpx.AsyncClient(base_url=base_url) as http:
             answer = await http.get("/v1/workflows", headers=headers, timeout=10)
     assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "1"
     assert answer.json()["error"]["message"] == PLAIN, answer.text
     assert port not in answer.text and "ipv4" not in answer.text, answer.text
     # the operator still reads what gRPC said
@@ -68,6 +69,7 @@ async def test_a_503_names_no_address_and_a_service_s_own_keeps_its_text(
         async with serve_gateway(up) as base_url, httpx.AsyncClient(base_url=base_url) as http:
             answer = await http.get("/v1/workflows", headers=headers, timeout=10)
     assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "1"
     assert answer.json()["error"]["message"] == DRAINING, answer.text
 
 

@@ -97,6 +97,8 @@ def http_field(field: str | None, endpoint: Any) -> str | None:
     return field
 
 
+RETRY_AFTER_S = "1"  # on a 503: another replica, or this one restarted, answers by then
+
 # The methods whose request has a body, which a refusal as too large can name.
 BODIED = frozenset({"POST", "PUT", "PATCH"})
 
@@ -107,7 +109,10 @@ def response(error: NyxflowError, field: str | None = None, bodied: bool = True)
     # Too large for a gRPC message: the request's body as a whole is what is refused.
     too_large = bodied and isinstance(error, ResourceExhausted)
     field = field or error.field or ("body" if too_large else None)
-    return JSONResponse(error_body(code, error.message, field), status_code=error.http_status)
+    answer = JSONResponse(error_body(code, error.message, field), status_code=error.http_status)
+    if error.http_status == 503:  # a service away or draining: a client's cue for when to ask again
+        answer.headers["Retry-After"] = RETRY_AFTER_S
+    return answer
 
 
 def allowed_methods(request: Request) -> set[str]:

@@ -24,8 +24,6 @@ from nyxflow.errors import Unavailable
 from nyxflow_gateway import errors
 from nyxflow_gateway.hub import RunHub
 
-RETRY_AFTER_S = 1  # another replica, or this one restarted, answers by then
-
 
 def is_stopping(scope: Scope) -> bool:
     """Whether the server that handles `scope` has begun to stop."""
@@ -77,7 +75,6 @@ class CutShort:
 
 
 def unavailable() -> JSONResponse:
-    answer = errors.response(Unavailable("the gateway is stopping; try again"))
-    answer.headers["Retry-After"] = str(RETRY_AFTER_S)
+    answer = errors.response(Unavailable("the gateway is stopping; try again"))  # Retry-After
     answer.headers["Connection"] = "close"
     return answer
