@@ -50,6 +50,20 @@ async def db_events(dsn: str, run_id: str) -> list[dict[str, Any]]:
     )
 
 
+async def steps_done(dsn: str, run_id: str, count: int, within_s: float = 20.0) -> None:
+    """Waits until the run has completed `count` steps (by its step_completed events)."""
+
+    async def completed() -> int:
+        rows = await fetch(
+            dsn,
+            "SELECT count(*) AS n FROM run_events WHERE run_id = $1 AND type = 'step_completed'",
+            run_id,
+        )
+        return int(rows[0]["n"])
+
+    await eventually(completed, lambda n: n >= count, timeout_s=within_s, what=f"{count} steps")
+
+
 async def wait_status(
     dsn: str, run_id: str, statuses: frozenset[str], timeout_s: float
 ) -> dict[str, Any]:

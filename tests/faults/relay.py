@@ -47,10 +47,13 @@ class Relay:
             asyncio.create_task(_pump(reader, up_writer, silenced)),
             asyncio.create_task(_pump(up_reader, writer, silenced)),
         ]
-        await asyncio.gather(*pumps, return_exceptions=True)
+        # Either side closing (or failing) closes both, as on a direct connection.
+        _, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         if silenced.is_set():  # held open, saying nothing, until the relay closes
             await asyncio.Event().wait()
         self._cut.discard(silenced)
+        for pump in pending:
+            pump.cancel()
         for w in (writer, up_writer):
             w.close()
 
@@ -60,7 +63,9 @@ async def _pump(
 ) -> None:
     while not silenced.is_set():
         data = await source.read(CHUNK)
-        if not data or silenced.is_set():
+        if silenced.is_set():
+            return
+        if not data:
             return
         sink.write(data)
         await sink.drain()

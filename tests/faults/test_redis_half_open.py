@@ -16,9 +16,9 @@ from nyxflow import events as ev
 from tests.faults.conftest import LIMITS, TIMEOUT
 from tests.faults.helpers import (
     assert_full_stream,
-    fetch,
     grpc_clients,
     start_on_engine,
+    steps_done,
     timed_events,
     wait_status,
 )
@@ -69,7 +69,7 @@ async def test_silent_redis_connections_are_replaced_and_watchers_stream_live_ag
                     run_id = await start_run(http, stack, workflow["id"])
                     await start_on_engine(engines[0], run_id)
                     follower = asyncio.create_task(timed_events(http, stack, run_id))
-                    await _steps_done(dsn, run_id, 2)
+                    await steps_done(dsn, run_id, 2)
                     relay.cut()
                     cut_at = time.time()
                     run = await wait_status(dsn, run_id, frozenset(ev.FINISHED_RUN_STATUSES), 90)
@@ -82,15 +82,3 @@ async def test_silent_redis_connections_are_replaced_and_watchers_stream_live_ag
                 # Polled, every event waits half a poll on average; live, a few milliseconds.
                 assert lag < POLL_S / 4, f"median lag {lag:.2f} s: still polling, not live"
                 await assert_invariants(dsn)
-
-
-async def _steps_done(dsn: str, run_id: str, count: int) -> None:
-    async def completed() -> int:
-        rows = await fetch(
-            dsn,
-            "SELECT count(*) AS n FROM run_events WHERE run_id = $1 AND type = 'step_completed'",
-            run_id,
-        )
-        return int(rows[0]["n"])
-
-    await eventually(completed, lambda n: n >= count, timeout_s=20, what=f"{count} steps done")

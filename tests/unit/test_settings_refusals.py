@@ -93,6 +93,7 @@ def test_an_interval_or_timeout_not_above_zero_is_refused(
     ("cls", "setting"),
     [
         (RunsSettings, "NYXFLOW_DATABASE_WAIT_S"),
+        (RunsSettings, "NYXFLOW_DATABASE_TIMEOUT_S"),  # 0: no query timeout
         (EngineSettings, "NYXFLOW_RUNS_WAIT_S"),
         (EngineSettings, "NYXFLOW_SHUTDOWN_GRACE_S"),
         (EngineSettings, "NYXFLOW_DELTA_FLUSH_MS"),
@@ -166,6 +167,7 @@ def test_an_rpc_timeout_beyond_a_day_is_refused(
     [
         (RunsSettings, "NYXFLOW_SWEEP_INTERVAL_S"),  # inf: never swept
         (RunsSettings, "NYXFLOW_DATABASE_WAIT_S"),
+        (RunsSettings, "NYXFLOW_DATABASE_TIMEOUT_S"),  # inf: a frozen database waited for
         (EngineSettings, "NYXFLOW_ADOPT_INTERVAL_S"),
         (EngineSettings, "NYXFLOW_SHUTDOWN_GRACE_S"),
         (GatewaySettings, "NYXFLOW_SSE_HEARTBEAT_S"),

@@ -87,12 +87,15 @@ def _async_engine(url: URL, **options: Any) -> AsyncEngine:
         ) from None
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, timeout_s: float = 0.0) -> AsyncEngine:
+    """`timeout_s`: how long a PostgreSQL query may go unanswered (0: for ever)."""
     parsed = database_url(url)
     if parsed.get_backend_name() != "sqlite":
         parsed, arguments = (
             asyncpg_options(parsed) if parsed.get_driver_name() == "asyncpg" else (parsed, {})
         )
+        if timeout_s > 0 and parsed.get_driver_name() == "asyncpg":
+            arguments["command_timeout"] = timeout_s  # asyncpg's default for every query
         # No pre-ping: it costs a round trip per checkout; a dead connection fails the call and
         # is discarded, and the engine retries writes.
         return _async_engine(

@@ -46,6 +46,8 @@ def translate(error: Exception) -> NyxflowError | None:
         return Unavailable(_transient_message(str(error.sqlstate)))
     if isinstance(error, asyncpg.InterfaceError) and "closed" in str(error):
         return Unavailable("the database connection was lost; try again")
+    if isinstance(error, TimeoutError):  # NYXFLOW_DATABASE_TIMEOUT_S passed with no answer
+        return Unavailable("the database did not answer in time; try again")
     if isinstance(error, (ConnectionError, OSError)):
         return Unavailable("the database is unavailable; try again")
     return None

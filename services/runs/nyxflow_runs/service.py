@@ -40,9 +40,9 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, or until `stop` is set when embedded (tests)."""
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, settings.database_timeout_s)
     bus = create_bus(settings.redis_url)
-    store = Store(session_factory(engine), bus)
+    store = Store(session_factory(engine), bus, settings.database_timeout_s)
     service = GrpcService(
         [SERVICE_NAME, ADMIN_SERVICE_NAME],
         settings.runs_listen,
@@ -65,7 +65,7 @@ async def serve(
         """NOT_SERVING until the database answers and has this code's schema."""
         await wait_for_database(engine, settings.database_wait_s)
         if settings.migrate_on_start:
-            await migrate.upgrade(engine)
+            await _migrate(settings.database_url)
         await migrate.require_current(engine)
         await _grace_leases(store, settings.sweep_start_grace_s)  # first: a Start sweeps too
         await bus.start()
@@ -109,3 +109,13 @@ async def _grace_leases(store: Store, grace_s: float) -> None:
             "leases extended at start",
             extra={"action": "start_grace", "runs": extended, "grace_s": grace_s},
         )
+
+
+async def _migrate(url: str) -> None:
+    """On an engine of its own, without the serving one's query timeout: a migration may
+    rewrite a big table for longer."""
+    engine = create_engine(url)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()

@@ -33,6 +33,11 @@ class RunsSettings(InternalSettings):
     migrate_on_start: bool = False
     # start-up waits this long for the database to answer
     database_wait_s: float = Field(default=60.0, ge=0)
+    # A query the database has not answered in this long fails (UNAVAILABLE, the engine
+    # retries its write) and its connection is dropped: a database frozen, or a connection a
+    # NAT or load balancer forgot, held the sweeper and the watchers' poller for good. 0:
+    # none. Migrations (`nyxflow db upgrade`, NYXFLOW_MIGRATE_ON_START) have none either.
+    database_timeout_s: float = Field(default=30.0, ge=0, le=3600)
     # Set by `nyxflow up`: on SIGTERM, serve on until the engine at this host:port is gone (it
     # pauses its runs through runs), or STOP_AFTER_WITHIN_S have passed; unset, stop at once.
     stop_after: str = ""

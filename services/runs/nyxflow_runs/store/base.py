@@ -225,16 +225,21 @@ def _copy(row: Base, run_id: str) -> Base:
 
 
 class StoreBase:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], bus: LocalBus) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], bus: LocalBus, timeout_s: float = 0.0
+    ) -> None:
+        """`timeout_s`: how long a query on the hot path may go unanswered (0: for ever), as
+        the sessions' engine was given (db.create_engine)."""
         self._sessions = sessions
         self._bus = bus
+        self._timeout_s = timeout_s
 
     @functools.cached_property
     def _hot(self) -> HotPath | None:
         """asyncpg directly for the engine's hot path, on PostgreSQL (hot_path.py)."""
         from nyxflow_runs.store.hot_path import HotPath  # it builds on this module
 
-        return HotPath.of(self._sessions.kw.get("bind"))
+        return HotPath.of(self._sessions.kw.get("bind"), self._timeout_s)
 
     async def close(self) -> None:
         """Close the hot path's pool, if it was opened (the engine is the caller's to dispose)."""

@@ -386,15 +386,23 @@ class HotPath:
     hand-off on checkout and return; asyncpg's, with no reset query (these statements leave
     no session state behind), costs neither and no round trip."""
 
-    def __init__(self, dsn: str, size: int, options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        size: int,
+        options: dict[str, str] | None = None,
+        timeout_s: float = 0.0,
+    ) -> None:
         self._dsn = dsn
         self._options = options or {}
+        self._timeout_s = timeout_s or None  # asyncpg's command_timeout: None is none
         self._size = size
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
 
     @classmethod
-    def of(cls, engine: AsyncEngine | None) -> HotPath | None:
+    def of(cls, engine: AsyncEngine | None, timeout_s: float = 0.0) -> HotPath | None:
+        """`timeout_s`: as the engine's (db.create_engine), how long a query may go unanswered."""
         if engine is None or engine.dialect.name != "postgresql":
             return None
         # The URL's options go as asyncpg's arguments: in a DSN asyncpg sends the ones it does
@@ -402,7 +410,7 @@ class HotPath:
         # settings, which refused them and every hot-path call with them.
         options = {k: v for k, v in engine.url.query.items() if isinstance(v, str)}
         url = engine.url.set(drivername="postgresql", query={})
-        return cls(url.render_as_string(hide_password=False), POOL_SIZE, options)
+        return cls(url.render_as_string(hide_password=False), POOL_SIZE, options, timeout_s)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -420,6 +428,7 @@ class HotPath:
                     init=_json_codec,
                     reset=_no_reset,
                     max_inactive_connection_lifetime=POOL_IDLE_S,
+                    command_timeout=self._timeout_s,
                 )
             return self._pool
 
