@@ -74,6 +74,7 @@ def test_a_heartbeat_within_the_lease_is_taken(monkeypatch: pytest.MonkeyPatch) 
         (RunsSettings, "NYXFLOW_SWEEP_INTERVAL_S"),  # swept without a pause: a core pinned
         (RunsSettings, "NYXFLOW_WATCH_POLL_S"),
         (RunsSettings, "NYXFLOW_RPC_TIMEOUT_S"),
+        (RunsSettings, "NYXFLOW_REDIS_TIMEOUT_S"),  # every publish failed at once
         (EngineSettings, "NYXFLOW_ADOPT_INTERVAL_S"),
         (EngineSettings, "NYXFLOW_GROUP_COMMIT_MS"),
         (EngineSettings, "NYXFLOW_WRITE_RETRY_S"),
@@ -168,6 +169,7 @@ def test_an_rpc_timeout_beyond_a_day_is_refused(
         (RunsSettings, "NYXFLOW_SWEEP_INTERVAL_S"),  # inf: never swept
         (RunsSettings, "NYXFLOW_DATABASE_WAIT_S"),
         (RunsSettings, "NYXFLOW_DATABASE_TIMEOUT_S"),  # inf: a frozen database waited for
+        (RunsSettings, "NYXFLOW_REDIS_TIMEOUT_S"),
         (EngineSettings, "NYXFLOW_ADOPT_INTERVAL_S"),
         (EngineSettings, "NYXFLOW_SHUTDOWN_GRACE_S"),
         (GatewaySettings, "NYXFLOW_SSE_HEARTBEAT_S"),

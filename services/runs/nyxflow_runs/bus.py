@@ -35,10 +35,11 @@ ANNOUNCE_WAIT_S = 2.0  # a revocation tells the other replicas for this long at 
 SUBSCRIBE_WAIT_S = 1.0  # a watcher waits this long for Redis to confirm, then polls anyway
 QUEUE_BATCHES = 256
 OUTBOX_LIMIT = 10_000  # batches queued for Redis before they are delivered locally only
-# A Redis that says nothing this long is taken for gone: a command (a publish) fails, and the
-# reader, quiet this long, pings and reconnects if no answer comes within as long again. A
-# connection a NAT or load balancer forgot, or a host that vanished, never closes: without it
-# the reader and the sender waited on one for good, and every watcher polled from then on.
+# NYXFLOW_REDIS_TIMEOUT_S's default: a Redis that says nothing this long is taken for gone.
+# A command (a publish) fails, and the reader, quiet this long, pings and reconnects if no
+# answer comes within as long again. A connection a NAT or load balancer forgot, or a host
+# that vanished, never closes: without it the reader and the sender waited on one for good,
+# and every watcher polled from then on.
 REDIS_TIMEOUT_S = 5.0
 
 
@@ -124,10 +125,11 @@ class RedisBus(LocalBus):
     """Publishes to Redis; one reader per process subscribes to the channels of the runs
     watched here, and only those: a replica nobody watches through reads nothing back."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_s: float = REDIS_TIMEOUT_S) -> None:
         super().__init__()
+        self._timeout_s = timeout_s
         self._redis = aioredis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         self._reader: asyncio.Task[None] | None = None
         self._outbox: collections.deque[tuple[str, Sequence[pb.RunEvent]]] = collections.deque()
@@ -263,12 +265,12 @@ class RedisBus(LocalBus):
         heard = loop.time()
         while True:
             # its own wait, not the socket's timeout: a quiet channel is no failure
-            message = await pubsub.get_message(timeout=REDIS_TIMEOUT_S)
+            message = await pubsub.get_message(timeout=self._timeout_s)
             if message is not None:
                 heard = loop.time()
                 self._deliver(message)
-            elif loop.time() - heard >= 2 * REDIS_TIMEOUT_S:
-                raise TimeoutError(f"redis did not answer a ping within {REDIS_TIMEOUT_S:g} s")
+            elif loop.time() - heard >= 2 * self._timeout_s:
+                raise TimeoutError(f"redis did not answer a ping within {self._timeout_s:g} s")
             else:
                 await pubsub.ping()  # its answer comes as a message, and counts as heard
 
@@ -298,5 +300,5 @@ def _quiet(task: asyncio.Task[None]) -> None:
         )
 
 
-def create_bus(redis_url: str | None) -> LocalBus:
-    return RedisBus(redis_url) if redis_url else LocalBus()
+def create_bus(redis_url: str | None, timeout_s: float = REDIS_TIMEOUT_S) -> LocalBus:
+    return RedisBus(redis_url, timeout_s) if redis_url else LocalBus()

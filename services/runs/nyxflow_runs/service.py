@@ -41,7 +41,7 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT, or until `stop` is set when embedded (tests)."""
     engine = create_engine(settings.database_url, settings.database_timeout_s)
-    bus = create_bus(settings.redis_url)
+    bus = create_bus(settings.redis_url, settings.redis_timeout_s)
     store = Store(session_factory(engine), bus, settings.database_timeout_s)
     service = GrpcService(
         [SERVICE_NAME, ADMIN_SERVICE_NAME],

@@ -8,6 +8,7 @@ from redis.connection import parse_url
 from nyxflow.auth import MAX_KEY, checked_key
 from nyxflow.errors import Unauthenticated
 from nyxflow.settings import InternalSettings, no_dev_secret_beyond_loopback
+from nyxflow_runs.bus import REDIS_TIMEOUT_S
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -15,6 +16,9 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 class RunsSettings(InternalSettings):
     database_url: str = "sqlite+aiosqlite:///.nyxflow/nyxflow.db"
     redis_url: str | None = None
+    # Redis silent this long is taken for gone (bus.py): its publish fails, its reader
+    # reconnects; watchers poll the database meanwhile.
+    redis_timeout_s: float = Field(default=REDIS_TIMEOUT_S, gt=0, le=300)
     api_key: str = "dev-key"  # the default tenant's key, stored hashed
     admin_key: str | None = None  # guards the Admin service; unset = admin API off
     runs_listen: str = "127.0.0.1:50051"
