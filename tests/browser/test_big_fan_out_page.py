@@ -16,7 +16,14 @@ from playwright.async_api import Page, Response, Route, expect
 
 from nyxflow import events as ev
 from tests.browser.test_page import EVENTS_URL, open_workflow, shown_run_id
-from tests.support.big_fan_out import ITEM_TEXT, ITEMS, NAME, big_fan_out, left_out
+from tests.support.big_fan_out import (
+    ITEM_TEXT,
+    ITEMS,
+    NAME,
+    big_fan_out,
+    left_out,
+    lines_then_each,
+)
 from tests.support.gateway_api import create_workflow, get_run, start_run
 from tests.support.processes import ProcessStack
 from tests.support.sse_client import Frame, frames, read_events
@@ -150,33 +157,12 @@ async def test_a_fan_out_past_the_items_a_read_lists_shows_every_item(
     """A whole read lists a fan-out's first 10,000 items and counts the rest: the page fetches
     those too, so the last items show with their outputs rather than going missing, and a
     second fan-out's, none of which the read could list, show as well."""
-    lines = "\n".join(f"topic {i}" for i in range(MANY))
-    workflow = await create_workflow(
-        http,
-        stack,
-        "Many items",
-        [
-            {"name": "Topics", "kind": "llm", "params": {"script": lines, "tokens": 1}},
-            {
-                "name": "Each",
-                "kind": "fan_out",
-                "prompt": "{{ item }}",
-                "source": "Topics",
-                "split": "lines",
-                "concurrency": 16,
-                "params": {"script": "done", "tokens": 1},
-            },
-            {"name": "Few", "kind": "llm", "params": {"script": "a\nb\nc", "tokens": 1}},
-            {
-                "name": "EachFew",
-                "kind": "fan_out",
-                "prompt": "{{ item }}",
-                "source": "Few",
-                "split": "lines",
-                "params": {"script": "few", "tokens": 1},
-            },
-        ],
-    )
+    topics = [f"topic {i}" for i in range(MANY)]
+    steps = [
+        *lines_then_each("Topics", topics, "done", concurrency=16),
+        *lines_then_each("Few", ["a", "b", "c"], "few"),
+    ]
+    workflow = await create_workflow(http, stack, "Many items", steps)
     run_id = await start_run(http, stack, workflow["id"])
     await read_events(http, f"/v1/runs/{run_id}/events", stack.headers)  # starts it, to its end
     run = await get_run(http, stack, run_id)

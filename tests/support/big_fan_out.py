@@ -15,24 +15,27 @@ ITEM_TEXT = "x" * 100_000
 NAME = "Big items"
 
 
+def lines_then_each(
+    name: str, lines: list[str], answer: str, **fan_out: Any
+) -> list[dict[str, Any]]:
+    """Step `name` answering `lines`, then a fan-out `Each{name}` answering `answer` to each."""
+    return [
+        {"name": name, "kind": "llm", "params": {"script": "\n".join(lines), "tokens": 1}},
+        {
+            "name": f"Each{name}",
+            "kind": "fan_out",
+            "prompt": "{{ item }}",
+            "source": name,
+            "split": "lines",
+            "params": {"script": answer, "tokens": 1},
+            **fan_out,
+        },
+    ]
+
+
 async def big_fan_out(http: httpx.AsyncClient, stack: ProcessStack) -> dict[str, Any]:
-    lines = "\n".join(f"topic {i}" for i in range(ITEMS))
-    return await create_workflow(
-        http,
-        stack,
-        NAME,
-        [
-            {"name": "Topics", "kind": "llm", "params": {"script": lines, "tokens": 1}},
-            {
-                "name": "Each",
-                "kind": "fan_out",
-                "prompt": "{{ item }}",
-                "source": "Topics",
-                "split": "lines",
-                "params": {"script": ITEM_TEXT, "tokens": 1},
-            },
-        ],
-    )
+    topics = [f"topic {i}" for i in range(ITEMS)]
+    return await create_workflow(http, stack, NAME, lines_then_each("Topics", topics, ITEM_TEXT))
 
 
 def left_out(run: dict[str, Any]) -> list[int]:
